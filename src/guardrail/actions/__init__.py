@@ -1,0 +1,1 @@
+"""Responses guardrail sends instead of, or around, the app's."""

@@ -1,0 +1,101 @@
+"""Read an OpenAI-style JSON request body for inspection, then replay it to the app unchanged.
+
+The body is read only up to the route's ``inspect_max_bytes``; the messages already read are
+replayed exactly as received (same chunks, same ``more_body`` flags) before the rest streams on
+from the server, so the app sees the request byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.types import Message, Receive
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAIRequest:
+    """What the risk engine and tiers read from an inspected body."""
+
+    model: str | None
+    stream: bool
+    max_tokens: int | None
+    prompt: str  # the newest user turn (chat) or the prompt (completions)
+    body: dict[str, Any]
+
+
+def _text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: [{"type": "text", "text": "…"}, …]
+        return "\n".join(
+            part["text"] for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def parse_openai(raw: bytes) -> OpenAIRequest | None:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None  # the app answers malformed JSON itself; guardrail only looks
+    if not isinstance(body, dict):
+        return None
+    prompt = ""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in reversed(messages):
+            if isinstance(message, dict) and message.get("role") == "user":
+                prompt = _text(message.get("content"))
+                break
+    elif "prompt" in body:
+        prompt = _text(body["prompt"])
+    elif "input" in body:
+        prompt = _text(body["input"])
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+    model = body.get("model")
+    return OpenAIRequest(
+        model=model if isinstance(model, str) else None,
+        stream=body.get("stream") is True,
+        max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens >= 0 else None,
+        prompt=prompt,
+        body=body,
+    )
+
+
+class Replay:
+    """A ``receive`` that hands back the messages already read, then defers to the server."""
+
+    __slots__ = ("_messages", "_receive")
+
+    def __init__(self, messages: Sequence[Message], receive: Receive) -> None:
+        self._messages = list(messages)
+        self._receive = receive
+
+    async def __call__(self) -> Message:
+        if self._messages:
+            return self._messages.pop(0)
+        return await self._receive()
+
+
+async def read_body(receive: Receive, max_bytes: int) -> tuple[bytes | None, Replay]:
+    """The whole body if it fits in ``max_bytes`` (else None), and a receive that replays it."""
+    messages: list[Message] = []
+    chunks: list[bytes] = []
+    size = 0
+    complete = False
+    while size <= max_bytes:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            break  # http.disconnect: the app will see it too
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if not message.get("more_body", False):
+            complete = size <= max_bytes
+            break
+    return (b"".join(chunks) if complete else None), Replay(messages, receive)

@@ -1,0 +1,139 @@
+"""Routes and their token buckets, compiled once from the policy for the hot path.
+
+A request walks: match a route → turn each of its limits into a bucket charge for the request's
+subject → the storage decides all of them at once (all-or-nothing) → the tightest bucket speaks
+for the response headers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from guardrail.backends.base import BucketCharge, BucketState, Outcome
+from guardrail.identity import Subject
+from guardrail.policy import Limit, Route
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledLimit:
+    per: str
+    name: str  # bucket name inside the subject: "<route>:<index>"
+    label: str  # the policy's name in RateLimit-Policy, unique within its route
+    rate: str  # as written in the policy, for audit records
+    interval: float  # seconds per unit of cost
+    burst: int
+    cost: int
+    tokens: bool  # cost: tokens (LLM tokens; settled in a later release)
+    window: int  # RateLimit-Policy w=: seconds an empty bucket takes to refill (q= is burst)
+
+    def subject_key(self, subject: Subject) -> str:
+        # A request without the identity a limit is keyed on falls back to the next coarser one,
+        # so leaving out a header never escapes the limit.
+        per = self.per
+        if per == "account":
+            if subject.account is not None:
+                return "account:" + subject.account
+            per = "api_key"
+        if per == "api_key":
+            if subject.api_key is not None:
+                return "api_key:" + subject.api_key
+            return "ip:" + subject.ip
+        if per == "ip":
+            return "ip:" + subject.ip
+        if per == "subnet":
+            return "subnet:" + subject.subnet
+        return "global"
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    name: str
+    path: re.Pattern[str]
+    methods: frozenset[str] | None
+    exempt: bool
+    inspect: str | None
+    inspect_max_bytes: int
+    headers: bool
+    limits: tuple[CompiledLimit, ...]
+    # Token limits are not charged at admission in 0.1 (see CHANGELOG); request limits are.
+    charged: tuple[CompiledLimit, ...]
+
+    def charges(self, subject: Subject) -> list[BucketCharge]:
+        return [
+            BucketCharge(lim.subject_key(subject), lim.name, lim.interval, lim.burst, lim.cost)
+            for lim in self.charged
+        ]
+
+
+def compile_limit(route: str, index: int, limit: Limit, label: str) -> CompiledLimit:
+    burst = limit.capacity
+    interval = limit.rate.seconds / limit.rate.amount
+    tokens = limit.cost == "tokens"
+    return CompiledLimit(
+        per=limit.per,
+        name=f"{route}:{index}",
+        label=label,
+        rate=limit.rate.text,
+        interval=interval,
+        burst=burst,
+        cost=1 if tokens else int(limit.cost),
+        tokens=tokens,
+        window=max(1, math.ceil(burst * interval)),
+    )
+
+
+def _labels(limits: Sequence[Limit]) -> list[str]:
+    base = [f"{lim.per}-tokens" if lim.cost == "tokens" else lim.per for lim in limits]
+    return [name if base.count(name) == 1 else f"{name}-{i}" for i, name in enumerate(base)]
+
+
+def compile_route(route: Route) -> CompiledRoute:
+    compiled = tuple(
+        compile_limit(route.name, i, lim, label)
+        for i, (lim, label) in enumerate(zip(route.limits, _labels(route.limits), strict=True))
+    )
+    return CompiledRoute(
+        name=route.name,
+        path=route.match.path,
+        methods=route.match.methods,
+        exempt=route.exempt,
+        inspect=route.inspect,
+        inspect_max_bytes=route.inspect_max_bytes,
+        headers=route.headers,
+        limits=compiled,
+        charged=tuple(lim for lim in compiled if not lim.tokens),
+    )
+
+
+class RouteTable:
+    """First match wins: the path regex is anchored at the start, methods optional."""
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self.routes = tuple(compile_route(r) for r in routes)
+
+    def match(self, path: str, method: str) -> CompiledRoute | None:
+        for route in self.routes:
+            if route.path.match(path) and (route.methods is None or method in route.methods):
+                return route
+        return None
+
+
+def tightest(limits: Sequence[CompiledLimit], outcome: Outcome) -> int:
+    """Index of the bucket that speaks for the response: the refusing one, else the emptiest."""
+    states = outcome.states
+    if not outcome.allowed:
+        return max(range(len(states)), key=lambda i: states[i].retry_after)
+    return min(range(len(states)), key=lambda i: states[i].remaining / limits[i].burst)
+
+
+__all__ = [
+    "BucketState",
+    "CompiledLimit",
+    "CompiledRoute",
+    "RouteTable",
+    "compile_route",
+    "tightest",
+]

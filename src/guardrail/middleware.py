@@ -1,0 +1,287 @@
+"""Guardrail: the pure-ASGI middleware that walks a request through the pipeline.
+
+identity → route → limits (one storage call for all buckets) → decision → action → audit.
+Response bodies are never buffered: the only thing guardrail touches on the way out is the
+header list of ``http.response.start``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from guardrail.actions.limit import (
+    ratelimit_headers,
+    send_limited,
+    send_unavailable,
+    whole_seconds,
+)
+from guardrail.audit import AuditLog, format_ts, sink_from_uri
+from guardrail.backends import storage_from_uri
+from guardrail.backends.base import Outcome, Storage
+from guardrail.backends.memory import MemoryStorage
+from guardrail.decision import LIMIT, Decision, LimitHit, RequestIds
+from guardrail.errors import SecretError, StorageError
+from guardrail.identity import IdentityResolver
+from guardrail.inspection import parse_openai, read_body
+from guardrail.limits import CompiledRoute, RouteTable, tightest
+from guardrail.policy import Policy
+from guardrail.secrets import resolve_secret
+
+logger = logging.getLogger("guardrail")
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class Guardrail:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        policy: Policy | str | os.PathLike[str],
+        clock: Clock | None = None,
+        sleep: Sleep | None = None,
+        storage: str | None = None,
+        audit: str | None = None,
+    ) -> None:
+        self.app = app
+        self.policy = policy if isinstance(policy, Policy) else Policy.from_yaml(policy)
+        self.clock: Clock = clock or time.time
+        self.sleep: Sleep = sleep or asyncio.sleep
+        self.enforce = self.policy.mode == "enforce"
+        storage_uri = storage or self.policy.storage
+        self.identity = IdentityResolver(self.policy.identity, _secret(self.policy, storage_uri))
+        self.routes = RouteTable(self.policy.routes)
+        self.storage: Storage = storage_from_uri(storage_uri, max_subjects=self.policy.max_subjects)
+        self.fallback: Storage | None = (
+            MemoryStorage(self.policy.max_subjects)
+            if self.policy.on_storage_error == "fail_open" and not storage_uri.startswith("memory")
+            else None
+        )
+        conf = self.policy.audit
+        self.audit = AuditLog(
+            sink_from_uri(audit or conf.sink, max_bytes=conf.rotate.max_bytes, keep=conf.rotate.keep),
+            hash_chain=conf.hash_chain,
+        )
+        self.sample_allowed = conf.sample_allowed
+        self.request_ids = RequestIds()
+        self._ready: asyncio.Future[None] | None = None
+        self._storage_warned_at = float("-inf")
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Start guardrail's own resources; called on lifespan startup or the first request."""
+        if self._ready is None:
+            self._ready = asyncio.ensure_future(self._start())
+        await self._ready
+
+    async def _start(self) -> None:
+        await self.audit.start()
+        try:
+            await self.storage.start()
+        except StorageError as exc:
+            # Not fatal: each request then follows on_storage_error until the store is back.
+            logger.warning("guardrail: storage unavailable at startup: %s", exc)
+
+    async def shutdown(self) -> None:
+        """Flush the audit trail and close connections (lifespan shutdown, or call it yourself)."""
+        await self.audit.close()
+        await self.storage.close()
+        if self.fallback is not None:
+            await self.fallback.close()
+
+    aclose = shutdown
+
+    # -- ASGI ------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def lifespan_receive() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.startup()
+            return message
+
+        async def lifespan_send(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await self.shutdown()
+            await send(message)
+
+        await self.app(scope, lifespan_receive, lifespan_send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.routes.match(scope["path"], scope["method"])
+        if route is not None and route.exempt:
+            await self.app(scope, receive, send)
+            return
+        if self._ready is None or not self._ready.done():
+            await self.startup()
+        request_id = self.request_ids()
+        id_header = (b"guardrail-request-id", request_id.encode())
+        if route is None:
+            await self.app(scope, receive, _with_headers(send, [id_header], None))
+            return
+
+        now = self.clock()
+        decision = Decision(request_id, route.name, self.identity.resolve(scope))
+        decision.enforced = self.enforce
+        scope.setdefault("state", {})["guardrail"] = decision
+        if route.inspect == "openai":
+            raw, receive = await read_body(receive, route.inspect_max_bytes)
+            if raw is not None:
+                decision.request = parse_openai(raw)
+
+        outcome = await self._charge(route, decision, now)
+        if outcome is None:  # fail_closed and the store is down
+            decision.action, decision.storage_error = LIMIT, True
+            await send_unavailable(send, request_id=request_id, headers=[id_header])
+            self._record(scope, decision, now, 503)
+            return
+
+        headers = [id_header]
+        if outcome.states:
+            speaker = tightest(route.charged, outcome)
+            lim, state = route.charged[speaker], outcome.states[speaker]
+            retry_after = max(1, whole_seconds(state.retry_after)) if not outcome.allowed else 0
+            decision.limit = LimitHit(lim.per, lim.rate, state.remaining, retry_after)
+            if self.enforce and (route.headers or not outcome.allowed):
+                headers.extend(ratelimit_headers(route.charged, outcome, speaker))
+            if not outcome.allowed:
+                decision.action = LIMIT
+                if self.enforce:
+                    await send_limited(send, limit=lim, retry_after=retry_after,
+                                       request_id=request_id, headers=headers)
+                    self._record(scope, decision, now, 429)
+                    return
+
+        status = [0]
+        try:
+            await self.app(scope, receive, _with_headers(send, headers, status))
+        finally:
+            if decision.action != "allow" or (
+                self.sample_allowed and random.random() < self.sample_allowed
+            ):
+                self._record(scope, decision, now, status[0] or 500)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A handshake counts as one request of its route; a refusal closes it before accept,
+        # which servers answer with HTTP 403.
+        route = self.routes.match(scope["path"], "GET")
+        if route is None or route.exempt:
+            await self.app(scope, receive, send)
+            return
+        if self._ready is None or not self._ready.done():
+            await self.startup()
+        now = self.clock()
+        decision = Decision(self.request_ids(), route.name, self.identity.resolve(scope))
+        decision.enforced = self.enforce
+        scope.setdefault("state", {})["guardrail"] = decision
+        outcome = await self._charge(route, decision, now)
+        refused = outcome is None or not outcome.allowed
+        if refused:
+            decision.action, decision.storage_error = LIMIT, outcome is None
+            if outcome is not None and outcome.states:
+                speaker = tightest(route.charged, outcome)
+                state = outcome.states[speaker]
+                lim = route.charged[speaker]
+                decision.limit = LimitHit(lim.per, lim.rate, state.remaining,
+                                          max(1, whole_seconds(state.retry_after)))
+            self._record(scope, decision, now, 403 if self.enforce else 101)
+            if self.enforce:
+                message = await receive()
+                if message["type"] == "websocket.connect":
+                    await send({"type": "websocket.close", "code": 1008,
+                                "reason": "rate limit exceeded"})
+                return
+        await self.app(scope, receive, send)
+
+    # -- pipeline steps --------------------------------------------------------------------
+
+    async def _charge(self, route: CompiledRoute, decision: Decision, now: float) -> Outcome | None:
+        charges = route.charges(decision.subject)
+        if not charges:
+            return Outcome(True, ())
+        try:
+            return await self.storage.charge(charges, now)
+        except StorageError as exc:
+            self._warn_storage(exc, now)
+            if self.fallback is None:
+                return None
+            decision.degraded = True
+            return await self.fallback.charge(charges, now)
+
+    def _warn_storage(self, exc: StorageError, now: float) -> None:
+        if now - self._storage_warned_at >= 10.0:
+            self._storage_warned_at = now
+            policy = self.policy.on_storage_error
+            logger.warning("guardrail: storage error, applying on_storage_error=%s: %s", policy, exc)
+
+    def _record(self, scope: Scope, decision: Decision, now: float, status: int) -> None:
+        record: dict[str, Any] = {
+            "ts": format_ts(now),
+            "request_id": decision.request_id,
+            "policy": self.policy.digest,
+            "mode": self.policy.mode,
+            "route": decision.route,
+            "method": scope.get("method", "GET"),
+            "path": scope["path"],
+            "subject": decision.subject.as_dict(),
+            "action": decision.action,
+            "tier": decision.tier,
+            "score": decision.score,
+            "signals": decision.signals,
+            "limit": decision.limit.as_dict() if decision.limit else None,
+            "status": status,
+        }
+        if decision.degraded:
+            record["degraded"] = True  # decided by the local fallback while the store was down
+        if decision.storage_error:
+            record["storage_error"] = True  # fail_closed: refused because nothing could decide
+        self.audit.emit(record)
+
+
+def _with_headers(send: Send, extra: list[tuple[bytes, bytes]], status: list[int] | None) -> Send:
+    """Add headers to ``http.response.start`` and pass every other message straight through."""
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            if status is not None:
+                status[0] = message["status"]
+            message = {**message, "headers": [*message.get("headers", ()), *extra]}
+        await send(message)
+
+    return wrapped
+
+
+def _secret(policy: Policy, storage_uri: str) -> bytes:
+    if policy.secret is not None:
+        return resolve_secret(policy.secret)
+    if policy.identity.api_key is not None and not storage_uri.startswith("memory"):
+        raise SecretError(
+            "a shared storage is configured but the policy has no `secret`: every worker would "
+            "hash API keys differently and no two would share a bucket; set secret: env:NAME"
+        )
+    logger.warning(
+        "guardrail: no `secret` in the policy; API keys are hashed with a per-process secret, "
+        "so their hashes change on restart and `guardrail hash-key` cannot reproduce them"
+    )
+    return os.urandom(32)
