@@ -1,0 +1,451 @@
+"""Who is asking: API key (as a keyed hash), account, client IP behind trusted proxies, subnet.
+
+``IdentityResolver.resolve`` runs on every request, so everything that can be is computed once in
+``__init__`` and address parsing is memoised per distinct hop string.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import ipaddress
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from starlette.types import Scope
+
+from guardrail.errors import GuardrailError
+
+__all__ = [
+    "AccountConfig",
+    "ApiKeyConfig",
+    "ClientIpConfig",
+    "IdentityConfig",
+    "IdentityResolver",
+    "Subject",
+    "SubnetConfig",
+    "hash_key",
+]
+
+logger = logging.getLogger("guardrail.identity")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+UNKNOWN = "unknown"
+
+# policy.py owns the real models; these Protocols name only what is read here, so that this module
+# never imports policy at runtime. Properties keep them satisfiable by frozen models.
+
+
+class ApiKeyConfig(Protocol):
+    @property
+    def header(self) -> str: ...
+
+
+class AccountConfig(Protocol):
+    @property
+    def header(self) -> str | None: ...
+
+    @property
+    def resolve(self) -> Callable[[Scope], str | None] | None: ...
+
+
+class ClientIpConfig(Protocol):
+    @property
+    def trusted_proxies(self) -> Sequence[IPNetwork]: ...
+
+
+class SubnetConfig(Protocol):
+    @property
+    def ipv4_prefix(self) -> int: ...
+
+    @property
+    def ipv6_prefix(self) -> int: ...
+
+
+class IdentityConfig(Protocol):
+    @property
+    def api_key(self) -> ApiKeyConfig | None: ...
+
+    @property
+    def account(self) -> AccountConfig | None: ...
+
+    @property
+    def client_ip(self) -> ClientIpConfig: ...
+
+    @property
+    def subnet(self) -> SubnetConfig: ...
+
+
+def hash_key(secret: bytes, raw_key: str) -> str:
+    """The keyed hash an API key is stored and logged as: ``"k:"`` + 32 hex of HMAC-SHA256."""
+    return "k:" + hmac.digest(secret, raw_key.encode("utf-8"), "sha256").hex()[:32]
+
+
+class _KeyHasher:
+    """``hash_key`` over bytes, with the HMAC pads hashed once: about twice as fast per call."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, secret: bytes) -> None:
+        # RFC 2104: a key longer than the block is hashed first, a shorter one zero-padded.
+        key = hashlib.sha256(secret).digest() if len(secret) > 64 else secret
+        key = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def __call__(self, raw_key: bytes) -> str:
+        inner = self._inner.copy()
+        inner.update(raw_key)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return "k:" + outer.hexdigest()[:32]
+
+
+@dataclass(slots=True)
+class Subject:
+    """The identities of one request. ``api_key`` is always the keyed hash, never the key."""
+
+    api_key: str | None
+    account: str | None
+    ip: str
+    subnet: str
+
+    def as_dict(self) -> dict[str, str]:
+        """The audit record's ``subject`` object (SPEC §4), without the members that are None."""
+        out: dict[str, str] = {}
+        if self.api_key is not None:
+            out["api_key"] = self.api_key
+        if self.account is not None:
+            out["account"] = self.account
+        out["ip"] = self.ip
+        out["subnet"] = self.subnet
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Addr:
+    ip: str
+    subnet: str
+    trusted: bool
+
+
+# Bits of what a header name is wanted for; one name may serve several purposes.
+_KEY, _ACCOUNT, _FORWARDED, _XFF = 1, 2, 4, 8
+
+# Longer than any address with brackets, port and a sane zone id: refuse without parsing or caching.
+_MAX_NODE = 100
+_CACHE_SIZE = 4096
+_V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+class IdentityResolver:
+    """Turns an ASGI scope into a ``Subject`` according to the policy's ``identity`` block."""
+
+    def __init__(self, config: IdentityConfig, secret: bytes) -> None:
+        self._hash = _KeyHasher(bytes(secret))
+
+        wanted: dict[bytes, int] = {}
+
+        def want(name: str, bit: int) -> None:
+            key = name.strip().lower().encode("latin-1")
+            wanted[key] = wanted.get(key, 0) | bit
+
+        if config.api_key is not None:
+            want(config.api_key.header, _KEY)
+
+        self._account_of: Callable[[Scope], str | None] | None = None
+        self._warned = False
+        account = config.account
+        if account is not None:
+            # getattr: a header-based account model may not carry `resolve` at all.
+            resolve: Callable[[Scope], str | None] | None = getattr(account, "resolve", None)
+            if resolve is not None:
+                self._account_of = resolve
+            elif account.header:
+                want(account.header, _ACCOUNT)
+        self._wanted_direct = dict(wanted)
+
+        want("forwarded", _FORWARDED)
+        want("x-forwarded-for", _XFF)
+        self._wanted_proxied = wanted
+
+        v4_prefix, v6_prefix = config.subnet.ipv4_prefix, config.subnet.ipv6_prefix
+        if not 0 <= v4_prefix <= 32:
+            raise GuardrailError(f"identity.subnet.ipv4_prefix must be 0..32, got {v4_prefix!r}")
+        if not 0 <= v6_prefix <= 128:
+            raise GuardrailError(f"identity.subnet.ipv6_prefix must be 0..128, got {v6_prefix!r}")
+        self._v4_prefix, self._v6_prefix = v4_prefix, v6_prefix
+        self._v4_mask = (0xFFFFFFFF << (32 - v4_prefix)) & 0xFFFFFFFF
+        self._v6_mask = ((1 << 128) - 1) ^ ((1 << (128 - v6_prefix)) - 1)
+
+        # Single addresses go in a set (one lookup); real networks are scanned as (base, mask) ints.
+        # Mapped networks (::ffff:a.b.c.d/n) are rewritten as IPv4, since addresses are normalised.
+        v4_hosts: set[int] = set()
+        v6_hosts: set[int] = set()
+        v4_nets: list[tuple[int, int]] = []
+        v6_nets: list[tuple[int, int]] = []
+        for net in config.client_ip.trusted_proxies:
+            if (
+                isinstance(net, ipaddress.IPv6Network)
+                and net.prefixlen >= 96
+                and net.subnet_of(_V4_MAPPED)
+            ):
+                net = ipaddress.IPv4Network(
+                    (int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96)
+                )
+            base, mask = int(net.network_address), int(net.netmask)
+            if isinstance(net, ipaddress.IPv4Network):
+                if net.prefixlen == 32:
+                    v4_hosts.add(base)
+                else:
+                    v4_nets.append((base, mask))
+            elif net.prefixlen == 128:
+                v6_hosts.add(base)
+            else:
+                v6_nets.append((base, mask))
+        self._v4_hosts, self._v6_hosts = frozenset(v4_hosts), frozenset(v6_hosts)
+        self._v4_nets, self._v6_nets = tuple(v4_nets), tuple(v6_nets)
+
+        self._parse = functools.lru_cache(maxsize=_CACHE_SIZE)(self._parse_node)
+        # IPv6 text formatting is slow and many clients share a subnet.
+        self._v6_subnet = functools.lru_cache(maxsize=_CACHE_SIZE)(self._format_v6_subnet)
+
+    def resolve(self, scope: Scope) -> Subject:
+        """The subject of one request. Never raises on what a client can send."""
+        client = scope.get("client")
+        peer_host = client[0] if client else None
+        peer: _Addr | None = None
+        if isinstance(peer_host, str):
+            peer = self._lookup(peer_host)
+        proxied = peer is not None and peer.trusted
+
+        raw_key: bytes | None = None
+        raw_account: bytes | None = None
+        forwarded: list[bytes] = []
+        xff: list[bytes] = []
+        wanted = self._wanted_proxied if proxied else self._wanted_direct
+        if wanted:
+            for name, value in scope.get("headers", ()):
+                bits = wanted.get(name)
+                if bits is None:
+                    continue
+                if bits & _KEY and raw_key is None:
+                    raw_key = value
+                if bits & _ACCOUNT and raw_account is None:
+                    raw_account = value
+                if bits & _FORWARDED:
+                    forwarded.append(value)
+                if bits & _XFF:
+                    xff.append(value)
+
+        api_key: str | None = None
+        if raw_key is not None:
+            token = _strip_bearer(raw_key)
+            if token:
+                api_key = self._hash(token)
+
+        account: str | None = None
+        if self._account_of is not None:
+            account = self._call_account_of(self._account_of, scope)
+        elif raw_account is not None:
+            # latin-1 never fails and matches what Starlette's request.headers shows the app.
+            account = raw_account.decode("latin-1").strip() or None
+
+        if peer is None:
+            ip = subnet = peer_host if isinstance(peer_host, str) and peer_host else UNKNOWN
+            return Subject(api_key, account, ip, subnet)
+        if proxied:
+            nodes = _forwarded_nodes(forwarded) if forwarded else None
+            if nodes is None and xff:
+                nodes = _xff_nodes(xff)
+            if nodes:
+                peer = self._walk(nodes, peer)
+        return Subject(api_key, account, peer.ip, peer.subnet)
+
+    def subnet_of(self, ip: str) -> str:
+        """The subnet string for an address; anything that is not an address is its own subnet."""
+        addr = self._lookup(ip)
+        return ip if addr is None else addr.subnet
+
+    def _call_account_of(
+        self, account_of: Callable[[Scope], str | None], scope: Scope
+    ) -> str | None:
+        try:
+            result = account_of(scope)
+        except Exception:
+            # An app bug must not take the request down; say so once, not on every request.
+            if not self._warned:
+                self._warned = True
+                logger.warning(
+                    "identity.account callable raised; treating account as unknown", exc_info=True
+                )
+            return None
+        if result is None or isinstance(result, str):
+            return result or None
+        if not self._warned:
+            self._warned = True
+            logger.warning(
+                "identity.account callable returned %s, not str or None; ignored",
+                type(result).__name__,
+            )
+        return None
+
+    def _walk(self, nodes: list[str | None], peer: _Addr) -> _Addr:
+        # Each proxy appends the address it saw, so the trustworthy end is the right one.
+        best = peer
+        for node in reversed(nodes):
+            hop = None if node is None or len(node) > _MAX_NODE else self._parse(node)
+            if hop is None:
+                return best
+            if not hop.trusted:
+                return hop
+            best = hop
+        return best
+
+    def _lookup(self, node: str) -> _Addr | None:
+        if len(node) > _MAX_NODE:
+            return None
+        return self._parse(node)
+
+    def _parse_node(self, node: str) -> _Addr | None:
+        host = _host_of(node)
+        if host is None or not host.isascii():
+            return None
+        if ":" not in host:
+            # Dotted quads are parsed by hand: ipaddress takes several times as long.
+            n = _v4_int(host)
+            return None if n is None else self._v4(host, n)
+        try:
+            addr = ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+        mapped = addr.ipv4_mapped
+        if mapped is not None:
+            return self._v4(str(mapped), int(mapped))
+        n = int(addr)
+        trusted = n in self._v6_hosts or any((n & m) == b for b, m in self._v6_nets)
+        return _Addr(str(addr), self._v6_subnet(n & self._v6_mask), trusted)
+
+    def _v4(self, ip: str, n: int) -> _Addr:
+        trusted = n in self._v4_hosts or any((n & m) == b for b, m in self._v4_nets)
+        s = n & self._v4_mask
+        subnet = f"{s >> 24}.{(s >> 16) & 255}.{(s >> 8) & 255}.{s & 255}/{self._v4_prefix}"
+        return _Addr(ip, subnet, trusted)
+
+    def _format_v6_subnet(self, base: int) -> str:
+        return f"{ipaddress.IPv6Address(base)}/{self._v6_prefix}"
+
+
+def _v4_int(host: str) -> int | None:
+    """A dotted quad as ipaddress accepts it (four decimal octets, no leading zeros), or None."""
+    parts = host.split(".")
+    if len(parts) != 4:
+        return None
+    n = 0
+    for part in parts:
+        if not part.isdigit() or len(part) > 3 or (part[0] == "0" and len(part) > 1):
+            return None
+        octet = int(part)
+        if octet > 255:
+            return None
+        n = (n << 8) | octet
+    return n
+
+
+def _strip_bearer(value: bytes) -> bytes:
+    value = value.strip()
+    if value[:6].lower() == b"bearer" and (len(value) == 6 or value[6] in b" \t"):
+        return value[6:].lstrip()
+    return value
+
+
+def _host_of(node: str) -> str | None:
+    """The address part of ``1.2.3.4``, ``1.2.3.4:80``, ``[2001:db8::1]:80`` or ``2001:db8::1``."""
+    if node.startswith("["):
+        end = node.find("]")
+        if end == -1:
+            return None
+        rest = node[end + 1 :]
+        if rest and not (rest[0] == ":" and _is_port(rest[1:])):
+            return None
+        return node[1:end]
+    if node.count(":") == 1:
+        host, _, port = node.partition(":")
+        return host if _is_port(port) else None
+    return node
+
+
+def _is_port(text: str) -> bool:
+    # RFC 7239 also allows an obfuscated port ("_abc"); it carries no meaning here.
+    if text.startswith("_"):
+        return len(text) > 1
+    return 0 < len(text) <= 5 and text.isascii() and text.isdigit()
+
+
+def _xff_nodes(values: list[bytes]) -> list[str | None]:
+    text = (values[0] if len(values) == 1 else b",".join(values)).decode("latin-1")
+    # RFC 9110 §5.6.1: empty list elements are not elements.
+    return [node for part in text.split(",") if (node := part.strip())]
+
+
+def _forwarded_nodes(values: list[bytes]) -> list[str | None] | None:
+    """One entry per RFC 7239 element: its ``for=`` node, or None when absent or malformed."""
+    text = (values[0] if len(values) == 1 else b",".join(values)).decode("latin-1")
+    nodes: list[str | None] = []
+    for element in _split_unquoted(text, ","):
+        if element.strip():
+            nodes.append(_forwarded_for(element))
+    return nodes or None
+
+
+def _forwarded_for(element: str) -> str | None:
+    node: str | None = None
+    for pair in _split_unquoted(element, ";"):
+        name, eq, value = pair.partition("=")
+        if not eq or name.strip().lower() != "for":
+            continue
+        if node is not None:
+            return None  # two for= in one element: which hop is it?
+        value = value.strip()
+        if value.startswith('"'):
+            if len(value) < 2 or not value.endswith('"'):
+                return None
+            value = _unescape(value[1:-1])
+        node = value
+    return node
+
+
+def _split_unquoted(text: str, sep: str) -> Iterable[str]:
+    if '"' not in text:
+        return text.split(sep)
+    parts: list[str] = []
+    start, quoted, escaped = 0, False, False
+    for i, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif quoted:
+            if ch == "\\":
+                escaped = True
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch == sep:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _unescape(text: str) -> str:
+    if "\\" not in text:
+        return text
+    out: list[str] = []
+    chars = iter(text)
+    for ch in chars:
+        out.append(next(chars, "") if ch == "\\" else ch)
+    return "".join(out)

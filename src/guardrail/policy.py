@@ -1,0 +1,423 @@
+"""The policy file as frozen pydantic models: YAML in, ``Policy`` out, all errors at once.
+
+Value types written as strings (rates, durations, sizes, …) live in ``policy_types``; reading YAML
+with line numbers and turning pydantic errors into ``PolicyIssue``s lives in ``policy_yaml``.
+Checks that span fields are model validators that point at the offending key (``refuse(…, at=)``);
+checks that span the whole document run on the raw data, so they are reported with field errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from starlette.types import Scope
+
+from guardrail import policy_yaml
+from guardrail.errors import PolicyError, PolicyIssue
+from guardrail.policy_types import (
+    CallableRef,
+    Cost,
+    Duration,
+    Header,
+    HttpUrl,
+    KeyHash,
+    Method,
+    Network,
+    PathPrefix,
+    Pattern,
+    PositiveDuration,
+    Rate,
+    RateValue,
+    ReferencedSecret,
+    SecretRef,
+    SinkUri,
+    Size,
+    StorageUri,
+    import_callable,
+    parse_duration,
+    refuse,
+)
+from guardrail.secrets import reference_kind
+
+__all__ = ["Policy", "Rate", "check_files", "parse_duration"]
+
+_KeyPath = policy_yaml.KeyPath
+
+
+# -- the models -------------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ApiKeyIdentity(_Model):
+    header: Header = "authorization"
+
+
+class AccountIdentity(_Model):
+    """Exactly one of ``header`` or ``callable`` ("module:function" taking the ASGI scope)."""
+
+    header: Header | None = None
+    callable: CallableRef | None = None
+    _resolve: Callable[[Scope], str | None] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> AccountIdentity:
+        if (self.header is None) == (self.callable is None):
+            raise refuse("exactly one of header or callable")
+        if self.callable is not None:
+            self._resolve = import_callable(self.callable)
+        return self
+
+    @property
+    def resolve(self) -> Callable[[Scope], str | None] | None:
+        """The imported ``callable``, or None when the account comes from a header."""
+        return self._resolve
+
+
+class ClientIp(_Model):
+    trusted_proxies: tuple[Network, ...] = ()
+
+
+class SubnetConfig(_Model):
+    ipv4_prefix: int = Field(default=24, ge=0, le=32)
+    ipv6_prefix: int = Field(default=48, ge=0, le=128)
+
+
+class Identity(_Model):
+    api_key: ApiKeyIdentity | None = Field(default_factory=ApiKeyIdentity)
+    account: AccountIdentity | None = None
+    client_ip: ClientIp = Field(default_factory=ClientIp)
+    subnet: SubnetConfig = Field(default_factory=SubnetConfig)
+
+
+class Match(_Model):
+    path: Pattern
+    methods: Annotated[frozenset[Method], Field(min_length=1)] | None = None
+
+
+class Limit(_Model):
+    per: Literal["api_key", "account", "ip", "subnet", "global"]
+    rate: RateValue
+    burst: Annotated[int, Field(gt=0)] | None = None
+    cost: Cost = 1
+
+    @property
+    def capacity(self) -> int:
+        return self.burst if self.burst is not None else self.rate.amount
+
+    @model_validator(mode="after")
+    def _cost_fits(self) -> Limit:
+        if isinstance(self.cost, int) and self.cost > self.capacity:
+            raise refuse(
+                f"a cost of at most {self.capacity}, the bucket's capacity (burst, else "
+                "the rate's amount): a costlier request could never pass",
+                at=("cost",),
+            )
+        return self
+
+
+class Route(_Model):
+    name: str = Field(min_length=1)
+    match: Match
+    exempt: bool = False
+    inspect: Literal["openai"] | None = None
+    inspect_max_bytes: Size = 262_144
+    headers: bool = False
+    limits: tuple[Limit, ...] = ()
+
+    @model_validator(mode="after")
+    def _exempt_has_no_limits(self) -> Route:
+        if self.exempt and self.limits:
+            raise refuse(
+                "no limits on an exempt route (exempt: true lifts them all)", at=("limits",)
+            )
+        return self
+
+
+class SignalConfig(_Model):
+    weight: float = Field(default=1.0, ge=0)
+
+
+class Risk(_Model):
+    half_life: PositiveDuration = 6 * 3600.0
+    signals: dict[str, SignalConfig] = Field(default_factory=dict)
+
+
+class Allow(_Model):
+    accounts: tuple[str, ...] = ()
+    api_keys: tuple[KeyHash, ...] = ()
+    cidrs: tuple[Network, ...] = ()
+
+
+class Threshold(_Model):
+    score: float = Field(ge=0, le=100)
+    action: Literal["throttle", "challenge", "block"]
+    tier: str | None = None
+
+    @model_validator(mode="after")
+    def _throttle_names_tier(self) -> Threshold:
+        if self.action == "throttle" and self.tier is None:
+            raise refuse("the name of a tier: a throttle threshold needs one", at=("tier",))
+        return self
+
+
+class Hysteresis(_Model):
+    margin: float = Field(default=10.0, ge=0)
+    cooldown: Duration = 900.0
+
+
+class Tier(_Model):
+    limits: tuple[Limit, ...] = ()
+    delay: Duration | None = None
+    max_tokens: Annotated[int, Field(gt=0)] | None = None
+    stream_rate: RateValue | None = None
+    header: bool = False
+
+
+class HCaptcha(_Model):
+    sitekey: str = Field(min_length=1)
+    secret: ReferencedSecret
+    verify_url: HttpUrl = "https://api.hcaptcha.com/siteverify"
+    timeout: PositiveDuration = 3.0
+    on_error: Literal["pow", "open", "closed"] = "pow"
+
+
+class Pow(_Model):
+    difficulty: int = Field(default=18, ge=1, le=32)
+
+
+class Clearance(_Model):
+    ttl: PositiveDuration = 1800.0
+    max_requests: int = Field(default=500, gt=0)
+    bind: tuple[Literal["subject", "subnet", "user_agent", "ip"], ...] = (
+        "subject",
+        "subnet",
+        "user_agent",
+    )
+
+
+class Challenges(_Model):
+    prefix: PathPrefix = "/.guardrail"
+    order: tuple[Literal["hcaptcha", "pow"], ...] = Field(default=("pow",), min_length=1)
+    hcaptcha: HCaptcha | None = None
+    pow: Pow = Field(default_factory=Pow)
+    clearance: Clearance = Field(default_factory=Clearance)
+
+    @model_validator(mode="after")
+    def _hcaptcha_configured(self) -> Challenges:
+        if "hcaptcha" in self.order and self.hcaptcha is None:
+            raise refuse(
+                "an hcaptcha block (sitekey, secret) next to an order that lists hcaptcha",
+                at=("order",),
+            )
+        return self
+
+
+class Rotate(_Model):
+    max_bytes: Size = 100_000_000
+    keep: int = Field(default=10, ge=1)
+
+
+class AuditConfig(_Model):
+    sink: SinkUri = "stdout://"
+    rotate: Rotate = Field(default_factory=Rotate)
+    sample_allowed: float = Field(default=0.0, ge=0, le=1)
+    hash_chain: bool = True
+
+
+_WIDE_CHECKED = "guardrail_policy_wide_checked"
+
+
+class Policy(_Model):
+    """A guardrail policy. Load with ``Policy.from_yaml(path)`` or ``Policy.from_string(text)``."""
+
+    version: Literal[1]
+    mode: Literal["enforce", "observe"] = "enforce"
+    storage: StorageUri = "memory://"
+    on_storage_error: Literal["fail_open", "fail_closed"] = "fail_open"
+    max_subjects: int = Field(default=1_000_000, gt=0)
+    secret: SecretRef | None = None
+    identity: Identity = Field(default_factory=Identity)
+    routes: tuple[Route, ...] = ()
+    risk: Risk = Field(default_factory=Risk)
+    allow: Allow = Field(default_factory=Allow)
+    thresholds: tuple[Threshold, ...] = ()
+    hysteresis: Hysteresis = Field(default_factory=Hysteresis)
+    tiers: dict[str, Tier] = Field(default_factory=dict)
+    challenges: Challenges = Field(default_factory=Challenges)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+
+    _source: str = PrivateAttr(default="<python>")
+    _digest: str | None = PrivateAttr(default=None)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _ascending(cls, thresholds: tuple[Threshold, ...]) -> tuple[Threshold, ...]:
+        return tuple(sorted(thresholds, key=lambda threshold: threshold.score))
+
+    @model_validator(mode="after")
+    def _policy_wide(self, info: ValidationInfo) -> Policy:
+        # from_string runs these checks on the raw document itself, to report them with the rest.
+        if not (info.context or {}).get(_WIDE_CHECKED):
+            data = {
+                "mode": self.mode,
+                "secret": self.secret,
+                "tiers": self.tiers,
+                "thresholds": [{"tier": t.tier} for t in self.thresholds],
+                "routes": [{"name": r.name} for r in self.routes],
+            }
+            for path, _, expected in _policy_wide_problems(data):
+                raise refuse(expected, at=path)
+        return self
+
+    @property
+    def source(self) -> str:
+        """The file the policy was read from, or "<string>"."""
+        return self._source
+
+    @property
+    def digest(self) -> str:
+        """``sha256:`` + hex of the exact source text; names the policy in audit records."""
+        if self._digest is None:
+            self._digest = _digest(self.model_dump_json())
+        return self._digest
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> Policy:
+        source = os.fspath(path)
+        try:
+            with open(source, "rb") as file:
+                text = file.read().decode("utf-8")
+        except OSError as exc:
+            raise PolicyError(
+                [PolicyIssue(source, None, "", source, f"a readable file ({exc.strerror})")]
+            ) from None
+        except UnicodeDecodeError as exc:
+            raise PolicyError(
+                [PolicyIssue(source, None, "", source, f"UTF-8 text ({exc.reason})")]
+            ) from None
+        return cls.from_string(text, source=source)
+
+    @classmethod
+    def from_string(cls, text: str, source: str = "<string>") -> Policy:
+        document = policy_yaml.load(text, source)
+        issues = list(document.issues)
+        policy = None
+        if document.data is None and not issues:
+            issues.append(document.issue((), None, "a policy: a mapping starting with version: 1"))
+        elif not isinstance(document.data, Mapping) and not issues:
+            issues.append(
+                document.issue(
+                    (), document.data, "a mapping of keys to values, starting with version: 1"
+                )
+            )
+        elif isinstance(document.data, Mapping):
+            issues += [document.issue(*problem) for problem in _policy_wide_problems(document.data)]
+            try:
+                policy = cls.model_validate(document.data, context={_WIDE_CHECKED: True})
+            except ValidationError as exc:
+                issues += document.issues_from(exc, cls)
+        if issues or policy is None:
+            issues = [_reword(issue) for issue in issues]
+            raise PolicyError(sorted(issues, key=lambda issue: issue.line or 0))
+        policy._source, policy._digest = source, _digest(text)
+        return policy
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """The JSON Schema of a policy file, for editors' YAML support."""
+        schema = cls.model_json_schema(mode="validation")
+        return {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            **schema,
+            "title": "guardrail policy",
+        }
+
+
+def check_files(paths: Sequence[str]) -> list[PolicyIssue]:
+    """Every issue of every file in ``paths`` (empty when all of them load)."""
+    issues: list[PolicyIssue] = []
+    for path in paths:
+        try:
+            Policy.from_yaml(path)
+        except PolicyError as exc:
+            issues.extend(exc.issues)
+    return issues
+
+
+def _digest(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _policy_wide_problems(data: Mapping[str, Any]) -> list[tuple[_KeyPath, object, str]]:
+    """Checks across sections, on raw or validated data; malformed parts are left to fields."""
+    problems: list[tuple[_KeyPath, object, str]] = []
+    secret = data.get("secret")
+    if (
+        data.get("mode", "enforce") == "enforce"
+        and isinstance(secret, str)
+        and secret
+        and (reference_kind(secret) == "literal")
+    ):
+        problems.append(
+            (
+                ("secret",),
+                secret,
+                "env:NAME or file:PATH; a literal secret is only accepted with mode: observe",
+            )
+        )
+    tiers = data.get("tiers")
+    names = sorted(str(name) for name in tiers) if isinstance(tiers, Mapping) else []
+    thresholds = data.get("thresholds")
+    for index, threshold in enumerate(thresholds if isinstance(thresholds, list | tuple) else ()):
+        tier = threshold.get("tier") if isinstance(threshold, Mapping) else None
+        if isinstance(tier, str) and tier not in names:
+            defined = f"one of: {', '.join(names)}" if names else "none is defined under tiers"
+            problems.append(
+                (("thresholds", index, "tier"), tier, f"the name of a tier ({defined})")
+            )
+    routes = data.get("routes")
+    seen: dict[str, int] = {}
+    for index, route in enumerate(routes if isinstance(routes, list | tuple) else ()):
+        name = route.get("name") if isinstance(route, Mapping) else None
+        if isinstance(name, str) and name in seen:
+            problems.append(
+                (
+                    ("routes", index, "name"),
+                    name,
+                    f"a name not used before (routes[{seen[name]}] is already {name!r})",
+                )
+            )
+        elif isinstance(name, str):
+            seen[name] = index
+    return problems
+
+
+def _reword(issue: PolicyIssue) -> PolicyIssue:
+    if issue.path == "version":
+        expected = "1, the policy format version (required; 1 is the only one so far)"
+        return PolicyIssue(issue.file, issue.line, issue.path, issue.value, expected)
+    # Never echo a secret or a raw API key into an error message: those end up in CI logs.
+    secret = issue.path.endswith("secret") and isinstance(issue.value, str)
+    if secret and reference_kind(str(issue.value)) == "literal":
+        value = "(a literal secret, not shown)"
+        return PolicyIssue(issue.file, issue.line, issue.path, value, issue.expected)
+    if issue.path.startswith("allow.api_keys[") and isinstance(issue.value, str):
+        value = "(not shown: it may be a raw API key)"
+        return PolicyIssue(issue.file, issue.line, issue.path, value, issue.expected)
+    return issue

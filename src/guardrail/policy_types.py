@@ -1,0 +1,296 @@
+"""The value types of a policy file written as strings in YAML: rates, durations, sizes, networks,
+regular expressions, header names, "module:function" and secret references.
+
+Each is an ``Annotated`` type whose validator raises ``refuse(sentence)``: the user reads "a rate
+in limits notation such as 60/minute", never pydantic internals, and the JSON Schema says string.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from typing import Annotated, Any, Literal
+
+from limits import parse_many
+from pydantic import (
+    AfterValidator,
+    ByteSize,
+    PlainSerializer,
+    PlainValidator,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
+from pydantic_core import PydanticCustomError
+from starlette.types import Scope
+
+from guardrail.policy_yaml import GUARDRAIL_ERROR, KeyPath
+from guardrail.secrets import reference_kind
+
+
+def refuse(expected: str, at: KeyPath = ()) -> PydanticCustomError:
+    return PydanticCustomError(GUARDRAIL_ERROR, "{expected}", {"expected": expected, "at": at})
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """``amount`` requests (or cost units) every ``seconds``; ``text`` is the rate as written."""
+
+    amount: int
+    seconds: float
+    text: str
+
+    @property
+    def per_second(self) -> float:
+        return self.amount / self.seconds
+
+
+_RATE_EXPECTED = "a rate in limits notation such as 60/minute or 10 per second"
+
+
+def _rate(value: object) -> Rate:
+    if isinstance(value, Rate):
+        return value
+    if not isinstance(value, str):
+        raise refuse(_RATE_EXPECTED)
+    try:
+        items = parse_many(value)
+    except ValueError:
+        raise refuse(_RATE_EXPECTED) from None
+    if len(items) != 1:
+        # limits.parse would silently keep the first of "10/second;100/minute"
+        raise refuse(_RATE_EXPECTED + " (one rate per limit)")
+    if items[0].amount < 1:
+        raise refuse(_RATE_EXPECTED + ", above zero (exempt: true lifts limits)")
+    return Rate(items[0].amount, float(items[0].get_expiry()), value)
+
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_DURATION_EXPECTED = "a duration such as 500ms, 30s, 15m, 6h or 7d, or a number of seconds"
+
+
+def _duration(value: object) -> float:
+    seconds = -1.0
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value)):
+        seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise refuse(_DURATION_EXPECTED)
+    return seconds
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds in "500ms", "30s", "15m", "6h", "7d" or a plain number; ValueError otherwise."""
+    try:
+        return _duration(text)
+    except PydanticCustomError as exc:
+        raise ValueError(exc.message()) from None
+
+
+def _positive_duration(value: object) -> float:
+    seconds = _duration(value)
+    if seconds == 0:
+        raise refuse(_DURATION_EXPECTED + ", above zero")
+    return seconds
+
+
+_BYTE_SIZE = TypeAdapter(ByteSize)
+
+
+def _size(value: object) -> int:
+    try:
+        size = -1 if isinstance(value, bool) else int(_BYTE_SIZE.validate_python(value))
+    except ValidationError:
+        size = -1
+    if size < 1:
+        raise refuse("a size such as 262144, 256KB (1000 bytes a KB) or 256KiB (1024), above zero")
+    return size
+
+
+def _network(value: object) -> IPv4Network | IPv6Network:
+    if isinstance(value, IPv4Network | IPv6Network):
+        return value
+    expected = "an IP address or CIDR network such as 10.0.0.0/8, 127.0.0.1 or 2001:db8::/32"
+    if not isinstance(value, str):
+        raise refuse(expected)
+    try:
+        return ip_network(value.strip())  # a plain address is its own /32 or /128
+    except ValueError:
+        pass
+    try:
+        loose = ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise refuse(expected) from None
+    raise refuse(f"a network without host bits set: did you mean {loose}?")
+
+
+def _pattern(value: object) -> re.Pattern[str]:
+    if isinstance(value, re.Pattern):
+        return value
+    if not isinstance(value, str):
+        raise refuse("a regular expression, as a string")
+    try:
+        return re.compile(value)
+    except re.error as exc:
+        raise refuse(f"a valid regular expression ({exc.msg} at position {exc.pos})") from None
+
+
+def _cost(value: object) -> int | Literal["tokens"]:
+    if value == "tokens":
+        return "tokens"
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    raise refuse("a whole number of units above zero, or tokens (the request's LLM tokens)")
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+_KEY_HASH = re.compile(r"k:[0-9a-f]{32}")
+
+
+def _key_hash(value: str) -> str:
+    if not _KEY_HASH.fullmatch(value):
+        raise refuse('a keyed hash: "k:" and 32 lowercase hex digits (`guardrail hash-key`)')
+    return value
+
+
+def _prefix(value: str) -> str:
+    if not value.startswith("/") or value.endswith("/") or len(value) < 2:
+        raise refuse("a path starting with / and not ending with /, such as /.guardrail")
+    return value
+
+
+def _header(value: str) -> str:
+    if not _TOKEN.fullmatch(value):
+        raise refuse("an HTTP header name such as authorization or x-account-id")
+    return value.lower()
+
+
+def _method(value: str) -> str:
+    if not _TOKEN.fullmatch(value):
+        raise refuse("an HTTP method such as GET or POST")
+    return value.upper()
+
+
+def import_callable(ref: str) -> Callable[[Scope], str | None]:
+    module_name, _, attribute = ref.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for name in attribute.split("."):
+            target = getattr(target, name)
+    except Exception as exc:  # the user's module may fail in any way while importing
+        raise refuse(f"an importable 'module:function' ({type(exc).__name__}: {exc})") from None
+    if not callable(target):
+        raise refuse(f"a callable 'module:function' ({ref} is a {type(target).__name__})")
+    return target  # type: ignore[no-any-return]
+
+
+_CALLABLE_REF = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def _callable_ref(value: str) -> str:
+    if not _CALLABLE_REF.fullmatch(value):
+        raise refuse("a 'module:function' reference such as myapp.auth:account_of")
+    import_callable(value)  # imported at load so a typo fails `guardrail check`, not a request
+    return value
+
+
+def _secret_ref(value: str) -> str:
+    kind = reference_kind(value)
+    name = value.partition(":")[2]
+    if kind == "env" and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise refuse("env:NAME with NAME an environment variable name")
+    if (kind == "file" and not name) or not value:
+        raise refuse("env:NAME or file:PATH")
+    return value
+
+
+def _referenced_secret(value: str) -> str:
+    if reference_kind(_secret_ref(value)) == "literal":
+        raise refuse("env:NAME or file:PATH; this secret is never written into the policy")
+    return value
+
+
+def _uri(schemes: tuple[str, ...], *, host_for: tuple[str, ...]) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme not in schemes or (scheme in host_for and not rest.strip("/")):
+            raise refuse(f"a URI starting with one of: {', '.join(s + '://' for s in schemes)}")
+        return value
+
+    return check
+
+
+_DURATION_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"},
+        {"type": "number", "minimum": 0},
+    ],
+    "description": _DURATION_EXPECTED,
+}
+
+RateValue = Annotated[
+    Rate,
+    PlainValidator(_rate),
+    PlainSerializer(lambda rate: rate.text, return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"(?i)^\s*\d+\s*(/|per)\s*(\d+\s*)?[a-z]+\s*$",
+            "description": _RATE_EXPECTED,
+        }
+    ),
+]
+Duration = Annotated[float, PlainValidator(_duration), WithJsonSchema(_DURATION_SCHEMA)]
+PositiveDuration = Annotated[
+    float, PlainValidator(_positive_duration), WithJsonSchema(_DURATION_SCHEMA)
+]
+Size = Annotated[
+    int,
+    PlainValidator(_size),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1},
+                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[A-Za-z]*\s*$"},
+            ],
+            "description": "bytes, or a size such as 256KB or 256KiB",
+        }
+    ),
+]
+Network = Annotated[
+    IPv4Network | IPv6Network,
+    PlainValidator(_network),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "description": "an IP address or CIDR network"}),
+]
+Pattern = Annotated[
+    re.Pattern[str],
+    PlainValidator(_pattern),
+    PlainSerializer(lambda pattern: pattern.pattern, return_type=str),
+    WithJsonSchema({"type": "string", "format": "regex"}),
+]
+Cost = Annotated[
+    int | Literal["tokens"],
+    PlainValidator(_cost),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1}, {"const": "tokens"}]}),
+]
+Header = Annotated[str, AfterValidator(_header)]
+Method = Annotated[str, AfterValidator(_method)]
+KeyHash = Annotated[str, AfterValidator(_key_hash)]
+CallableRef = Annotated[str, AfterValidator(_callable_ref)]
+SecretRef = Annotated[str, AfterValidator(_secret_ref)]
+ReferencedSecret = Annotated[str, AfterValidator(_referenced_secret)]
+PathPrefix = Annotated[str, AfterValidator(_prefix)]
+HttpUrl = Annotated[str, AfterValidator(_uri(("https", "http"), host_for=("https", "http")))]
+_STORAGE = ("memory", "redis", "rediss", "redis+cluster", "redis+sentinel")
+StorageUri = Annotated[str, AfterValidator(_uri(_STORAGE, host_for=_STORAGE[1:]))]
+_SINKS = ("file", "stdout", "redis", "rediss")
+SinkUri = Annotated[str, AfterValidator(_uri(_SINKS, host_for=("file", "redis", "rediss")))]

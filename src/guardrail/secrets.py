@@ -1,0 +1,52 @@
+"""Secret references: ``env:NAME``, ``file:PATH``, or a literal (tolerated only in observe mode).
+
+Error messages name the reference (``env:GUARDRAIL_SECRET``, ``file:/run/secrets/x``) so the
+operator knows what to fix, and never the secret itself: they end up in logs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from guardrail.errors import SecretError
+
+SecretKind = Literal["env", "file", "literal"]
+
+
+def reference_kind(ref: str) -> SecretKind:
+    """Whether ``ref`` points at an environment variable, a file, or is the secret itself."""
+    if ref.startswith("env:"):
+        return "env"
+    if ref.startswith("file:"):
+        return "file"
+    return "literal"
+
+
+def resolve_secret(ref: str) -> bytes:
+    """The secret ``ref`` stands for, as bytes; ``SecretError`` (naming ``ref``) if it can't."""
+    kind = reference_kind(ref)
+    if kind == "env":
+        name = ref.removeprefix("env:")
+        value = os.environ.get(name, "") if name else ""
+        if not value:
+            state = "is empty" if name in os.environ else "is not set"
+            raise SecretError(f"secret {ref!r}: environment variable {name!r} {state}")
+        return value.encode("utf-8")
+    if kind == "file":
+        path = Path(ref.removeprefix("file:")).expanduser()
+        try:
+            # Files written by `echo` or editors end in a newline that is not part of the secret.
+            data = path.read_bytes().rstrip(b"\r\n")
+        except OSError as exc:
+            raise SecretError(
+                f"secret {ref!r}: cannot read {str(path)!r} ({exc.strerror})"
+            ) from None
+        if not data:
+            raise SecretError(f"secret {ref!r}: the file is empty")
+        return data
+    if not ref:
+        # An empty key would make every keyed hash guessable.
+        raise SecretError("secret: the literal secret is empty")
+    return ref.encode("utf-8")
