@@ -1,0 +1,440 @@
+"""Reading a trail back for the CLI: ``tail``, ``summary`` and ``verify`` over rotated files."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, TextIO
+
+from guardrail.audit.record import GENESIS, format_ts, link, parse_ts
+from guardrail.errors import AuditError
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+# --- files and records -------------------------------------------------------------------------
+
+
+def rotated_files(path: str | os.PathLike[str]) -> list[Path]:
+    """PATH.N … PATH.1 (oldest first) that exist; PATH itself is not included."""
+    base = Path(path)
+    prefix = base.name + "."
+    try:
+        names = os.listdir(base.parent)
+    except FileNotFoundError:
+        return []
+    indexed = [
+        (int(name[len(prefix):]), base.with_name(name))
+        for name in names
+        if name.startswith(prefix) and name[len(prefix):].isdigit()
+    ]
+    return [file for _, file in sorted(indexed, reverse=True)]
+
+
+def trail_files(path: str | os.PathLike[str]) -> list[Path]:
+    """Every file of the trail, oldest first. ``AuditError`` when there is none."""
+    files = rotated_files(path)
+    if Path(path).exists():
+        files.append(Path(path))
+    if not files:
+        raise AuditError(f"no audit trail at {os.fspath(path)} (nor rotated {os.fspath(path)}.N)")
+    return files
+
+
+def iter_lines(path: str | os.PathLike[str]) -> Iterator[tuple[Location, bytes]]:
+    """Raw lines (without the newline) of the whole trail, oldest first."""
+    for file in trail_files(path):
+        with open(file, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                yield Location(str(file), number), raw.rstrip(b"\n")
+
+
+def parse_line(raw: bytes) -> dict[str, Any] | None:
+    """The record on ``raw``, or None when the line is not a JSON object."""
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except ValueError:  # includes UnicodeDecodeError and JSONDecodeError
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def iter_records(
+    path: str | os.PathLike[str], malformed: list[Location] | None = None
+) -> Iterator[tuple[Location, dict[str, Any]]]:
+    """Records of the whole trail, oldest first. Lines that are not records are skipped and, when
+    ``malformed`` is given, their locations appended to it."""
+    for location, raw in iter_lines(path):
+        record = parse_line(raw)
+        if record is None:
+            if malformed is not None:
+                malformed.append(location)
+            continue
+        yield location, record
+
+
+# --- tail --------------------------------------------------------------------------------------
+
+_ACTION_WIDTH = len("challenge_failed")
+_ROUTE_WIDTH = 12
+_REQUEST_WIDTH = 34
+
+
+def format_record(record: dict[str, Any]) -> str:
+    """One fixed-column line for a human: when, what, to whom, why."""
+    ts = str(record.get("ts", "?")).ljust(24)
+    action = str(record.get("action", "?")).ljust(_ACTION_WIDTH)
+    status = record.get("status")
+    status_text = str(status) if status is not None else "-"
+    route = str(record.get("route") or "-").ljust(_ROUTE_WIDTH)
+    request = f"{record.get('method', '?')} {record.get('path', '?')}".ljust(_REQUEST_WIDTH)
+    score = record.get("score")
+    score_text = f"{score:.1f}" if isinstance(score, int | float) else "-"
+    parts = [f"{ts}  {action} {status_text:>3}  score={score_text:<5}  {route} {request}",
+             _subject_text(record)]
+    if record.get("tier"):
+        parts.append(f"tier={record['tier']}")
+    limit = record.get("limit")
+    if isinstance(limit, dict):
+        parts.append(f"limit={limit.get('per', '?')}:{limit.get('rate', '?')}"
+                     f" retry={limit.get('retry_after', '?')}s")
+    signals = record.get("signals")
+    if isinstance(signals, dict) and signals:
+        top = sorted(
+            ((name, value) for name, value in signals.items() if isinstance(value, int | float)),
+            key=lambda item: -item[1],
+        )[:3]
+        parts.append("top: " + " ".join(f"{name}={value:.1f}" for name, value in top))
+    if record.get("mode") == "observe":
+        parts.append("(observe: not enforced)")
+    text = "  ".join(parts)
+    dropped = record.get("dropped")
+    if dropped:
+        text = f"{'':24}  !! {dropped} record(s) lost before this one\n{text}"
+    return text
+
+
+def _subject_text(record: dict[str, Any]) -> str:
+    subject = record.get("subject")
+    if not isinstance(subject, dict):
+        return "subject=?"
+    shown = [f"{key}={subject[key]}" for key in ("api_key", "account", "ip") if subject.get(key)]
+    return " ".join(shown) or "subject=-"
+
+
+def _format_raw(location: Location, raw: bytes) -> tuple[str, bool]:
+    record = parse_line(raw)
+    if record is None:
+        return f"!! {location}: not an audit record: {raw[:60]!r}", False
+    return format_record(record), True
+
+
+def tail(
+    path: str | os.PathLike[str],
+    follow: bool = False,
+    out: TextIO | None = None,
+    *,
+    sleep: Callable[[float], object] = time.sleep,
+    interval: float = 1.0,
+    stop: Callable[[], bool] | None = None,
+    lines: int | None = None,
+) -> int:
+    """Prints the trail (rotated files first), or its last ``lines`` records; with ``follow``
+    keeps printing new records, across rotations, until ``stop()`` is true or Ctrl-C.
+    Returns the exit code (0). ``AuditError`` when there is no trail."""
+    stream = out if out is not None else sys.stdout
+    follower = _Follower(Path(path), stream, lines)
+    follower.start()
+    if follow:
+        try:
+            while True:
+                follower.poll()
+                if stop is not None and stop():
+                    break
+                sleep(interval)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            follower.close()
+    else:
+        follower.close()
+    if follower.malformed:
+        print(f"-- {follower.malformed} line(s) were not audit records", file=stream)
+    return 0
+
+
+class _Follower:
+    """Reads the live file through an open handle and notices rotation by its inode changing."""
+
+    def __init__(self, path: Path, out: TextIO, last: int | None) -> None:
+        self.path = path
+        self.out = out
+        self.malformed = 0
+        self._backlog: deque[str] | None = deque(maxlen=last) if last is not None else None
+        self._handle: IO[bytes] | None = None
+        self._inode: int | None = None
+        self._number = 0
+        self._partial = b""
+
+    def start(self) -> None:
+        files = trail_files(self.path)
+        for file in files:
+            if file != self.path:
+                self._print_file(file)
+        self._open_live()
+        self._read_live(final=False)
+        if self._backlog is not None:
+            for text in self._backlog:
+                print(text, file=self.out)
+            self._backlog = None
+        self.out.flush()
+
+    def poll(self) -> None:
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            stat = None  # between a rotation's rename and the new file: wait for it
+        if stat is not None and self._handle is not None and stat.st_ino != self._inode:
+            self._read_live(final=True)  # the rest of the file that was rotated away
+            old_inode = self._inode
+            self._close_live()
+            for file in self._rotated_since(old_inode):
+                self._print_file(file)
+        elif stat is not None and self._handle is not None and stat.st_size < self._handle.tell():
+            self._handle.seek(0)  # truncated in place: start over
+            self._number = 0
+            self._partial = b""
+        if self._handle is None and stat is not None:
+            self._open_live()
+        self._read_live(final=False)
+        self.out.flush()
+
+    def close(self) -> None:
+        self._read_live(final=True)
+        self._close_live()
+        self.out.flush()
+
+    def _rotated_since(self, inode: int | None) -> list[Path]:
+        """Rotated files newer than the one with ``inode`` (several rotations between polls)."""
+        files = rotated_files(self.path)
+        for index, file in enumerate(files):
+            try:
+                if os.stat(file).st_ino == inode:
+                    return files[index + 1:]
+            except FileNotFoundError:
+                continue
+        return files  # ours was deleted (keep exceeded): every rotated file is newer
+
+    def _open_live(self) -> None:
+        try:
+            self._handle = open(self.path, "rb")  # noqa: SIM115 - held open to follow the file
+        except FileNotFoundError:
+            return
+        self._inode = os.fstat(self._handle.fileno()).st_ino
+        self._number = 0
+        self._partial = b""
+
+    def _close_live(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def _read_live(self, *, final: bool) -> None:
+        if self._handle is None:
+            return
+        data = self._partial + self._handle.read()
+        complete, _, self._partial = data.rpartition(b"\n")
+        if complete or data.endswith(b"\n"):
+            self._emit_lines(str(self.path), complete.split(b"\n"), self._number)
+            self._number += complete.count(b"\n") + 1
+        if final and self._partial:
+            # A writer never leaves half a line in a file it has rotated away or stopped using.
+            self._emit_lines(str(self.path), [self._partial], self._number)
+            self._number += 1
+            self._partial = b""
+
+    def _print_file(self, file: Path) -> None:
+        try:
+            with open(file, "rb") as handle:
+                raws = [raw.rstrip(b"\n") for raw in handle]
+        except FileNotFoundError:
+            return
+        self._emit_lines(str(file), raws, 0)
+
+    def _emit_lines(self, file: str, raws: Iterable[bytes], before: int) -> None:
+        for offset, raw in enumerate(raws, start=1):
+            text, ok = _format_raw(Location(file, before + offset), raw)
+            if not ok:
+                self.malformed += 1
+            if self._backlog is not None:
+                self._backlog.append(text)
+            else:
+                print(text, file=self.out)
+
+
+# --- summary -----------------------------------------------------------------------------------
+
+
+def summary(
+    path: str | os.PathLike[str],
+    since_seconds: float | None = None,
+    now: float | None = None,
+    *,
+    top: int = 10,
+) -> dict[str, Any]:
+    """Counts over the trail (or its last ``since_seconds`` before ``now``), JSON-ready."""
+    current = time.time() if now is None else now
+    cutoff = None if since_seconds is None else current - since_seconds
+    malformed: list[Location] = []
+    by_action: Counter[str] = Counter()
+    by_route: dict[str, Counter[str]] = {}
+    subjects: dict[str, Counter[str]] = {}
+    signal_sum: dict[str, float] = {}
+    signal_count: Counter[str] = Counter()
+    files = [str(file) for file in trail_files(path)]
+    total = dropped = undated = 0
+    first: float | None = None
+    last: float | None = None
+    for _, record in iter_records(path, malformed):
+        try:
+            when: float | None = parse_ts(str(record["ts"]))
+        except (KeyError, ValueError):
+            when = None
+        if cutoff is not None and (when is None or when < cutoff):
+            undated += when is None
+            continue
+        total += 1
+        if when is not None:
+            first = when if first is None else min(first, when)
+            last = when if last is None else max(last, when)
+        action = str(record.get("action", "?"))
+        by_action[action] += 1
+        by_route.setdefault(str(record.get("route") or "-"), Counter())[action] += 1
+        if isinstance(record.get("dropped"), int):
+            dropped += record["dropped"]
+        subject = record.get("subject")
+        if action != "allow" and isinstance(subject, dict):
+            for member, value in subject.items():
+                subjects.setdefault(str(member), Counter())[str(value)] += 1
+        signals = record.get("signals")
+        if isinstance(signals, dict):
+            for name, value in signals.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    signal_sum[name] = signal_sum.get(name, 0.0) + value
+                    signal_count[name] += 1
+    return {
+        "files": files,
+        "since": None if cutoff is None else format_ts(cutoff),
+        "now": format_ts(current),
+        "records": total,
+        "first": None if first is None else format_ts(first),
+        "last": None if last is None else format_ts(last),
+        "malformed": [str(location) for location in malformed],
+        "undated": undated,
+        "dropped": dropped,
+        "by_action": dict(by_action.most_common()),
+        "by_route": {
+            route: {"total": sum(counts.values()), **dict(counts.most_common())}
+            for route, counts in sorted(by_route.items(), key=lambda kv: -sum(kv[1].values()))
+        },
+        "top_subjects": {
+            member: [{"value": value, "count": count} for value, count in counts.most_common(top)]
+            for member, counts in sorted(subjects.items())
+        },
+        "top_signals": [
+            {"name": name, "sum": round(value, 3), "count": signal_count[name]}
+            for name, value in sorted(signal_sum.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+        ],
+    }
+
+
+def render_summary(data: dict[str, Any]) -> str:
+    """The summary as aligned tables for a terminal."""
+    window = f"since {data['since']}" if data["since"] else "whole trail"
+    lines = [
+        f"audit summary ({window}; {len(data['files'])} file(s))",
+        f"records: {data['records']}   from {data['first'] or '-'} to {data['last'] or '-'}",
+    ]
+    if data["dropped"]:
+        lines.append(f"!! {data['dropped']} record(s) reported lost by the writer")
+    if data["malformed"]:
+        lines.append(f"!! {len(data['malformed'])} line(s) not audit records, first at "
+                     f"{data['malformed'][0]}")
+    lines += ["", "by action"]
+    lines += [f"  {action:<18}{count:>10}" for action, count in data["by_action"].items()]
+    lines += ["", "by route"]
+    for route, counts in data["by_route"].items():
+        detail = ", ".join(f"{a}={n}" for a, n in counts.items() if a != "total")
+        lines.append(f"  {route:<18}{counts['total']:>10}   {detail}")
+    lines += ["", "top subjects (decisions other than allow)"]
+    for member, rows in data["top_subjects"].items():
+        for row in rows:
+            lines.append(f"  {member:<8} {row['value']:<40}{row['count']:>8}")
+    if not data["top_subjects"]:
+        lines.append("  (none)")
+    lines += ["", "top signals (summed contribution)"]
+    lines += [f"  {row['name']:<28}{row['sum']:>12.1f}{row['count']:>10} records"
+              for row in data["top_signals"]] or ["  (none)"]
+    return "\n".join(lines)
+
+
+# --- verify ------------------------------------------------------------------------------------
+
+
+def verify(path: str | os.PathLike[str]) -> tuple[bool, str]:
+    """Walks the hash chain over every file of the trail. ``(True, report)`` when intact;
+    ``(False, message)`` naming the first broken link (file and line)."""
+    expected: str | None = None
+    previous: Location | None = None
+    anchor = ""
+    checked = dropped = 0
+    files = trail_files(path)
+    lines = iter_lines(path)
+    for location, raw in lines:
+        record = parse_line(raw)
+        if record is None:
+            return False, f"{location}: broken: not a JSON audit record: {raw[:80]!r}"
+        prev = record.get("prev")
+        if not isinstance(prev, str):
+            return False, f"{location}: broken: no \"prev\" (was hash_chain off?)"
+        if expected is None:
+            anchor = ("starts at genesis" if prev == GENESIS else
+                      "starts after records no longer present (rotated away?): its first link "
+                      "cannot be checked")
+        elif prev != expected:
+            return False, _broken_message(location, previous, expected, lines)
+        checked += 1
+        if isinstance(record.get("dropped"), int):
+            dropped += record["dropped"]
+        expected = link(raw)
+        previous = location
+    if checked == 0:
+        return True, f"OK: trail is empty ({len(files)} file(s))"
+    note = f"; {dropped} record(s) reported lost by the writer" if dropped else ""
+    return True, (f"OK: {checked} records in {len(files)} file(s), hash chain intact, {anchor}"
+                  f"{note}")
+
+
+def _broken_message(
+    location: Location, previous: Location | None, expected: str,
+    rest: Iterable[tuple[Location, bytes]],
+) -> str:
+    message = f"{location}: broken link: its prev does not match the line before ({previous})"
+    # Look ahead for the line that should have come here, to tell a reordering from a loss.
+    needle = f'"prev":"{expected}"'.encode()
+    for later, raw in rest:
+        if needle in raw:
+            return message + f"; the line that belongs here is at {later}: lines out of order"
+    return message + f"; {previous} was altered, or a line after it removed or inserted"

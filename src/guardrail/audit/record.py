@@ -1,0 +1,40 @@
+"""The audit record on the wire: timestamps, one-line JSON, and the hash chain linking lines."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+GENESIS = "sha256:" + "0" * 64
+"""The ``prev`` of the first record of a fresh trail."""
+
+
+def format_ts(epoch_seconds: float) -> str:
+    """``"2026-11-28T14:00:00.123Z"``: UTC, millisecond precision."""
+    # Rounding (not truncating) keeps 0.123 from printing as .122 through float error.
+    millis = round(epoch_seconds * 1000)
+    seconds, ms = divmod(millis, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ms:03d}Z"
+
+
+def parse_ts(text: str) -> float:
+    """Inverse of :func:`format_ts` (any ISO 8601 time with an offset); else ``ValueError``."""
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        raise ValueError(f"timestamp without a time zone: {text!r}")
+    return parsed.timestamp()
+
+
+def encode(record: Mapping[str, Any]) -> str:
+    """One JSON line, without the newline. Key order is kept: the chain hashes these exact bytes."""
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+
+
+def link(line: str | bytes) -> str:
+    """The ``prev`` value of the record that follows ``line`` (given without its newline)."""
+    data = line.encode("utf-8") if isinstance(line, str) else line
+    return "sha256:" + hashlib.sha256(data).hexdigest()

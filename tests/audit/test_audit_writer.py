@@ -1,0 +1,374 @@
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from audit_helpers import file_names, make_record, request_ids, stream_lines, trail_lines
+
+from guardrail.audit.reader import verify
+from guardrail.audit.record import GENESIS, link
+from guardrail.audit.sinks import FileSink, StdoutSink, sink_from_uri
+from guardrail.audit.writer import AuditLog
+
+
+class MemorySink:
+    """A sink that keeps lines in a list and fails the first ``failures`` writes.
+
+    With ``partial``, a failing write keeps that many lines first (a pipeline cut mid-way)."""
+
+    def __init__(self, failures: int = 0, partial: int = 0) -> None:
+        self.lines: list[str] = []
+        self.failures = failures
+        self.partial = partial
+        self.calls = 0
+        self.closed = False
+
+    async def write(self, lines: Sequence[str]) -> None:
+        self.calls += 1
+        if self.failures > 0:
+            self.failures -= 1
+            self.lines.extend(lines[: self.partial])
+            raise ConnectionError("sink unavailable")
+        self.lines.extend(lines)
+
+    async def close(self) -> None:
+        self.closed = True
+
+    async def last_line(self) -> str | None:
+        return self.lines[-1] if self.lines else None
+
+
+class Sleeps:
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+
+
+def records(lines: Sequence[str]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in lines]
+
+
+def assert_chain(lines: Sequence[str], first_prev: str = GENESIS) -> None:
+    expected = first_prev
+    for line in lines:
+        assert json.loads(line)["prev"] == expected
+        expected = link(line)
+
+
+async def test_rotation_through_the_log_loses_no_record(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(FileSink(path, max_bytes=20_000, keep=500), batch_size=37)
+    await log.start()
+    for i in range(3_000):
+        log.emit(make_record(i))
+        if i % 500 == 0:
+            await log.flush()  # vary batch boundaries against rotation points
+    await log.close()
+    assert request_ids(path) == [f"req-{i:06d}" for i in range(3_000)]
+    assert len(file_names(tmp_path)) > 50  # many rotations happened
+    assert_chain(trail_lines(path))
+    assert verify(path)[0]
+    assert (log.written, log.lost) == (3_000, 0)
+
+
+async def test_records_keep_their_order_and_get_dropped_then_prev_last() -> None:
+    sink = MemorySink()
+    log = AuditLog(sink)
+    log.emit(make_record(0))
+    log.emit({**make_record(1), "prev": "forged", "dropped": 99})
+    await log.close()
+    first, second = records(sink.lines)
+    assert list(first) == [*make_record(0), "prev"]
+    assert list(second) == [*make_record(1), "prev"]  # caller's prev/dropped are replaced
+    assert_chain(sink.lines)
+    assert sink.closed
+
+
+async def test_chain_continues_after_reopening_the_trail(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    for run in range(3):
+        log = AuditLog(FileSink(path, max_bytes=1_500, keep=50))
+        await log.start()
+        for i in range(run * 10, run * 10 + 10):
+            log.emit(make_record(i))
+        await log.close()
+    lines = trail_lines(path)
+    assert len(lines) == 30
+    assert_chain(lines)
+    ok, report = verify(path)
+    assert ok, report
+    assert "30 records" in report
+
+
+async def test_chain_continues_on_a_redis_stream(redis_url: str) -> None:
+    for run in range(2):
+        log = AuditLog(sink_from_uri(f"{redis_url}?stream=chain"))
+        await log.start()
+        for i in range(run * 5, run * 5 + 5):
+            log.emit(make_record(i))
+        await log.close()
+    lines = await stream_lines(redis_url, "chain")
+    assert [r["request_id"] for r in records(lines)] == [f"req-{i:06d}" for i in range(10)]
+    assert_chain(lines)
+
+
+async def test_emit_before_start_waits_in_the_queue_and_close_drains_it() -> None:
+    sink = MemorySink()
+    log = AuditLog(sink, batch_size=100)
+    for i in range(2_000):
+        log.emit(make_record(i))
+    assert sink.lines == []
+    await log.close()  # never started: close starts, drains everything, then closes
+    assert [r["request_id"] for r in records(sink.lines)] == [f"req-{i:06d}" for i in range(2_000)]
+    assert sink.calls == 20  # batched, not a write per record
+    assert sink.closed
+
+
+async def test_overflow_is_counted_logged_once_per_interval_and_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    sink = MemorySink()
+    log = AuditLog(sink, queue_size=3, monotonic=lambda: now[0], warn_every=10.0)
+    caplog.set_level(logging.WARNING, logger="guardrail.audit")
+    for i in range(10):  # not started: 3 fit, 7 overflow
+        log.emit(make_record(i))
+    warnings = [r for r in caplog.records if r.name == "guardrail.audit"]
+    assert len(warnings) == 1  # a flood does not flood the log
+    assert "1 record(s) lost" in warnings[0].getMessage()
+    assert "queue full" in warnings[0].getMessage()
+    now[0] = 11.0
+    log.emit(make_record(10))  # still full: the next warning carries the suppressed ones
+    assert "7 record(s) lost" in caplog.records[-1].getMessage()
+    await log.flush()
+    log.emit(make_record(11))
+    await log.close()
+    got = records(sink.lines)
+    assert [r["request_id"] for r in got] == [f"req-{i:06d}" for i in (0, 1, 2, 11)]
+    assert "dropped" not in got[2]
+    assert got[3]["dropped"] == 8
+    assert list(got[3])[-2:] == ["dropped", "prev"]
+    assert log.lost == 8
+    assert_chain(sink.lines)
+
+
+async def test_sink_failure_is_retried_with_backoff(caplog: pytest.LogCaptureFixture) -> None:
+    sink = MemorySink(failures=2)
+    sleeps = Sleeps()
+    log = AuditLog(sink, sleep=sleeps, backoff=0.1, retries=4)
+    caplog.set_level(logging.WARNING, logger="guardrail.audit")
+    for i in range(5):
+        log.emit(make_record(i))
+    await log.close()
+    assert sleeps.calls == [0.1, 0.2]
+    assert len(records(sink.lines)) == 5
+    assert_chain(sink.lines)
+    assert log.lost == 0
+    retries = [r for r in caplog.records if "retry" in r.getMessage()]
+    assert len(retries) == 2
+    assert "sink unavailable" in retries[0].getMessage()
+
+
+async def test_backoff_is_bounded() -> None:
+    sink = MemorySink(failures=6)
+    sleeps = Sleeps()
+    log = AuditLog(sink, sleep=sleeps, backoff=0.5, max_backoff=1.5, retries=6)
+    log.emit(make_record(0))
+    await log.close()
+    assert sleeps.calls == [0.5, 1.0, 1.5, 1.5, 1.5, 1.5]
+    assert len(sink.lines) == 1
+
+
+async def test_records_the_sink_keeps_refusing_are_counted_as_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = MemorySink(failures=3)
+    sleeps = Sleeps()
+    log = AuditLog(sink, sleep=sleeps, retries=2)
+    caplog.set_level(logging.WARNING, logger="guardrail.audit")
+    for i in range(3):
+        log.emit(make_record(i))
+    await log.flush()  # this batch fails 3 times: given up
+    assert sink.lines == []
+    assert log.lost == 3
+    assert any("giving up on 3 record(s)" in r.getMessage() for r in caplog.records)
+    log.emit(make_record(3))
+    await log.close()
+    (only,) = records(sink.lines)
+    assert only["request_id"] == "req-000003"
+    assert only["dropped"] == 3
+    assert only["prev"] == GENESIS  # the chain links what reached the sink, nothing else
+
+
+async def test_a_partial_write_is_not_duplicated_on_retry() -> None:
+    sink = MemorySink(failures=1, partial=2)
+    log = AuditLog(sink, sleep=Sleeps())
+    for i in range(5):
+        log.emit(make_record(i))
+    await log.close()
+    assert [r["request_id"] for r in records(sink.lines)] == [f"req-{i:06d}" for i in range(5)]
+    assert_chain(sink.lines)
+
+
+async def test_dropped_claims_of_unwritten_records_carry_over() -> None:
+    sink = MemorySink(failures=2)
+    log = AuditLog(sink, queue_size=1, retries=1, sleep=Sleeps())
+    log.emit(make_record(0))
+    log.emit(make_record(1))  # overflow: record 0 stands ahead of one loss
+    await log.flush()  # record 0 fails twice: given up
+    log.emit(make_record(2))
+    await log.close()
+    (only,) = records(sink.lines)
+    assert only["request_id"] == "req-000002"
+    assert only["dropped"] == 2  # record 1 (overflow) and record 0 (sink)
+
+
+async def test_emit_after_close_is_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    sink = MemorySink()
+    log = AuditLog(sink)
+    await log.start()
+    log.emit(make_record(0))
+    assert not log.closed
+    await log.close()
+    assert log.closed
+    await log.close()  # idempotent
+    caplog.set_level(logging.WARNING, logger="guardrail.audit")
+    log.emit(make_record(1))
+    assert log.lost == 1
+    assert any("closed" in r.getMessage() for r in caplog.records)
+    assert len(sink.lines) == 1
+
+
+async def test_losses_after_the_last_record_are_logged_at_close(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = AuditLog(MemorySink(), queue_size=1)
+    caplog.set_level(logging.WARNING, logger="guardrail.audit")
+    log.emit(make_record(0))
+    log.emit(make_record(1))
+    await log.close()
+    assert any("cannot show them" in r.getMessage() and r.levelno == logging.ERROR
+               for r in caplog.records)
+
+
+async def test_an_unserialisable_record_is_counted_not_fatal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = MemorySink()
+    log = AuditLog(sink)
+    log.emit(make_record(0, score=object()))
+    log.emit(make_record(1))
+    await log.close()
+    (only,) = records(sink.lines)
+    assert only["dropped"] == 1
+    assert any("req-000000" in r.getMessage() for r in caplog.records)
+
+
+async def test_without_hash_chain_there_is_no_prev() -> None:
+    sink = MemorySink()
+    log = AuditLog(sink, hash_chain=False)
+    log.emit(make_record(0))
+    await log.close()
+    assert "prev" not in records(sink.lines)[0]
+
+
+async def test_an_unreadable_trail_end_is_retried_then_restarts_the_chain(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class BlindSink(MemorySink):
+        async def last_line(self) -> str | None:
+            raise ConnectionError("down")
+
+    sink = BlindSink()
+    sleeps = Sleeps()
+    log = AuditLog(sink, sleep=sleeps, retries=2, backoff=1.0)
+    await log.start()  # does not fail the application's startup
+    log.emit(make_record(0))
+    await log.close()
+    assert sleeps.calls == [1.0, 2.0]
+    assert records(sink.lines)[0]["prev"] == GENESIS
+    assert any("verify will flag" in r.getMessage() for r in caplog.records)
+
+
+async def test_stdout_sink_through_the_log(capsys: pytest.CaptureFixture[str]) -> None:
+    log = AuditLog(StdoutSink())
+    log.emit(make_record(0, path="/v1/ünïcode"))
+    await log.close()
+    out = capsys.readouterr().out
+    assert out.endswith("\n") and out.count("\n") == 1
+    assert json.loads(out)["path"] == "/v1/ünïcode"
+    assert json.loads(out)["prev"] == GENESIS
+
+
+async def test_redis_stream_shows_every_record(redis_url: str) -> None:
+    log = AuditLog(sink_from_uri(redis_url), batch_size=64)
+    await log.start()
+    for i in range(500):
+        log.emit(make_record(i))
+    await log.close()
+    lines = await stream_lines(redis_url, "guardrail:audit")
+    assert [r["request_id"] for r in records(lines)] == [f"req-{i:06d}" for i in range(500)]
+    assert_chain(lines)
+
+
+class HalfWrites:
+    """Wraps the sink's file: the first write puts half its bytes on disk, then fails (ENOSPC)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.failed = False
+
+    def write(self, data: memoryview) -> int:
+        if not self.failed:
+            self.failed = True
+            self.real.write(data[: len(data) // 2])
+            raise OSError(28, "No space left on device")
+        return int(self.real.write(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+async def test_a_failed_file_write_leaves_no_half_line(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    sink = FileSink(path)
+    log = AuditLog(sink, sleep=Sleeps())
+    log.emit(make_record(0))
+    await log.flush()
+    sink._file = HalfWrites(sink._file)  # type: ignore[assignment]
+    for i in range(1, 6):
+        log.emit(make_record(i))
+    await log.close()
+    assert request_ids(path) == [f"req-{i:06d}" for i in range(6)]
+    assert verify(path)[0]
+
+
+async def test_a_failed_rotation_is_retried_without_duplicates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    sink = FileSink(path, max_bytes=2_000, keep=50)
+    rotate = sink._rotate
+    calls = [0]
+
+    def flaky_rotate() -> None:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise PermissionError("rename refused")
+        rotate()
+
+    monkeypatch.setattr(sink, "_rotate", flaky_rotate)
+    log = AuditLog(sink, sleep=Sleeps())
+    for i in range(20):
+        log.emit(make_record(i))
+    await log.close()
+    assert calls[0] > 3
+    assert request_ids(path) == [f"req-{i:06d}" for i in range(20)]
+    assert verify(path)[0]
+    assert log.lost == 0
