@@ -27,16 +27,30 @@ class RedisServer:
     def __init__(self, workdir: Path) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            message = "redis-server not found: `make test` installs it (apt-get install redis-server)"
+            message = (
+                "redis-server not found: `make test` installs it (apt-get install redis-server)"
+            )
             if os.environ.get("GUARDRAIL_REQUIRE_REDIS") == "1":
                 pytest.fail(message)
             pytest.skip(message)
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -102,3 +116,10 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture(autouse=True)
+def _guardrail_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    from helpers import SECRET
+
+    monkeypatch.setenv("GUARDRAIL_TEST_SECRET", SECRET)

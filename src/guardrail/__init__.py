@@ -1,7 +1,7 @@
 """guardrail: protect model-serving APIs from abuse, as one pure-ASGI middleware.
 
-    from guardrail import Guardrail
-    app = Guardrail(app, policy="guardrail.yaml")
+from guardrail import Guardrail
+app = Guardrail(app, policy="guardrail.yaml")
 """
 
 from guardrail.decision import Decision

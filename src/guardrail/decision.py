@@ -24,8 +24,12 @@ class LimitHit:
     retry_after: int  # whole seconds, rounded up; 0 when admitted
 
     def as_dict(self) -> dict[str, Any]:
-        return {"per": self.per, "rate": self.rate, "remaining": self.remaining,
-                "retry_after": self.retry_after}
+        return {
+            "per": self.per,
+            "rate": self.rate,
+            "remaining": self.remaining,
+            "retry_after": self.retry_after,
+        }
 
 
 @dataclass(slots=True)

@@ -31,7 +31,8 @@ def _text(content: object) -> str:
         return content
     if isinstance(content, list):  # content parts: [{"type": "text", "text": "…"}, …]
         return "\n".join(
-            part["text"] for part in content
+            part["text"]
+            for part in content
             if isinstance(part, dict) and isinstance(part.get("text"), str)
         )
     return ""

@@ -68,7 +68,9 @@ class Guardrail:
         )
         conf = self.policy.audit
         self.audit = AuditLog(
-            sink_from_uri(audit or conf.sink, max_bytes=conf.rotate.max_bytes, keep=conf.rotate.keep),
+            sink_from_uri(
+                audit or conf.sink, max_bytes=conf.rotate.max_bytes, keep=conf.rotate.keep
+            ),
             hash_chain=conf.hash_chain,
         )
         self.sample_allowed = conf.sample_allowed
@@ -168,8 +170,13 @@ class Guardrail:
             if not outcome.allowed:
                 decision.action = LIMIT
                 if self.enforce:
-                    await send_limited(send, limit=lim, retry_after=retry_after,
-                                       request_id=request_id, headers=headers)
+                    await send_limited(
+                        send,
+                        limit=lim,
+                        retry_after=retry_after,
+                        request_id=request_id,
+                        headers=headers,
+                    )
                     self._record(scope, decision, now, 429)
                     return
 
@@ -203,14 +210,16 @@ class Guardrail:
                 speaker = tightest(route.charged, outcome)
                 state = outcome.states[speaker]
                 lim = route.charged[speaker]
-                decision.limit = LimitHit(lim.per, lim.rate, state.remaining,
-                                          max(1, whole_seconds(state.retry_after)))
+                decision.limit = LimitHit(
+                    lim.per, lim.rate, state.remaining, max(1, whole_seconds(state.retry_after))
+                )
             self._record(scope, decision, now, 403 if self.enforce else 101)
             if self.enforce:
                 message = await receive()
                 if message["type"] == "websocket.connect":
-                    await send({"type": "websocket.close", "code": 1008,
-                                "reason": "rate limit exceeded"})
+                    await send(
+                        {"type": "websocket.close", "code": 1008, "reason": "rate limit exceeded"}
+                    )
                 return
         await self.app(scope, receive, send)
 
@@ -233,7 +242,9 @@ class Guardrail:
         if now - self._storage_warned_at >= 10.0:
             self._storage_warned_at = now
             policy = self.policy.on_storage_error
-            logger.warning("guardrail: storage error, applying on_storage_error=%s: %s", policy, exc)
+            logger.warning(
+                "guardrail: storage error, applying on_storage_error=%s: %s", policy, exc
+            )
 
     def _record(self, scope: Scope, decision: Decision, now: float, status: int) -> None:
         record: dict[str, Any] = {

@@ -36,9 +36,7 @@ def openai_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
-def ratelimit_headers(
-    limits: Sequence[CompiledLimit], outcome: Outcome, speaker: int
-) -> Headers:
+def ratelimit_headers(limits: Sequence[CompiledLimit], outcome: Outcome, speaker: int) -> Headers:
     policy = ", ".join(f'"{lim.label}";q={lim.burst};w={lim.window}' for lim in limits)
     current = []
     for lim, state in zip(limits, outcome.states, strict=True):

@@ -1,0 +1,76 @@
+"""The wire format of the Lua scripts: loading them, their KEYS/ARGV, their replies."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
+
+from guardrail.backends.base import BucketCharge, BucketState
+
+Client = aioredis.Redis | RedisCluster
+
+
+@dataclass(frozen=True, slots=True)
+class LuaScript:
+    """A script shipped as a package file, addressed by its SHA1 for EVALSHA."""
+
+    body: bytes
+    sha: str
+
+    @classmethod
+    def load(cls, name: str) -> LuaScript:
+        body = importlib.resources.files("guardrail.backends").joinpath(name).read_bytes()
+        return cls(body, hashlib.sha1(body, usedforsecurity=False).hexdigest())
+
+
+GCRA = LuaScript.load("gcra.lua")
+GCRA_REFUND = LuaScript.load("gcra_refund.lua")
+
+
+async def evalsha(
+    client: Client, script: LuaScript, keys: Sequence[str], args: Sequence[Any]
+) -> Any:
+    """One EVALSHA; on NOSCRIPT (a flushed, restarted or failed-over server) one EVAL,
+    which runs the script and caches it for the next EVALSHA."""
+    try:
+        return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        return await client.execute_command("EVAL", script.body, len(keys), *keys, *args)
+
+
+def bucket_key(prefix: str, subject: str, name: str) -> str:
+    # The subject is the hash tag, so a subject's buckets share a cluster slot.
+    return f"{prefix}{{{subject}}}:{name}"
+
+
+async def charge(
+    client: Client, prefix: str, charges: Sequence[BucketCharge], now: float
+) -> tuple[bool, list[BucketState]]:
+    """Run gcra.lua over ``charges`` (which must share a slot on a cluster)."""
+    keys = [bucket_key(prefix, c.subject, c.name) for c in charges]
+    args: list[Any] = [now]
+    for c in charges:
+        args += (c.interval, c.burst, c.cost)
+    reply = await evalsha(client, GCRA, keys, args)
+    # {allowed, remaining_1, reset_after_1, retry_after_1, ...}, floats as strings
+    states = [
+        BucketState(int(reply[i]), float(reply[i + 1]), float(reply[i + 2]))
+        for i in range(1, len(reply), 3)
+    ]
+    return bool(reply[0]), states
+
+
+async def refund(client: Client, prefix: str, charges: Sequence[BucketCharge], now: float) -> None:
+    """Run gcra_refund.lua: give back what a successful gcra.lua call took."""
+    keys = [bucket_key(prefix, c.subject, c.name) for c in charges]
+    args: list[Any] = [now]
+    for c in charges:
+        args += (c.interval, c.cost)
+    await evalsha(client, GCRA_REFUND, keys, args)

@@ -1,0 +1,126 @@
+"""Buckets in Redis: one EVALSHA of ``gcra.lua`` per request, so every bucket is charged
+atomically on the server in a single round trip.
+
+URIs: ``redis://[[user]:password@]host:port/db``, ``rediss://…``,
+``redis+cluster://[[user]:password@]h1:7000,h2:7001``,
+``redis+sentinel://[[user]:password@]h1:26379,h2:26379/service_name`` (the password is used
+for the sentinels and the master alike). Query parameters: ``timeout`` (seconds, socket and
+connect, default 0.25), ``prefix`` (key prefix, default ``gr:``) and ``max_connections``
+(charges in flight at once, default 100; more queue for a free connection, at most
+``QUEUE_TIMEOUTS`` times ``timeout``).
+
+Nothing is retried: a limiter that waits on a sick Redis adds its latency to every request,
+so a failure surfaces at once as ``StorageError`` and ``on_storage_error`` decides. After a
+timeout it is unknown whether the script ran: the charge may have been applied.
+
+On a cluster, a request whose subjects hash to several slots takes one call per slot and is
+not atomic (see ``cluster.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
+
+from guardrail.backends import cluster, lua
+from guardrail.backends.base import BucketCharge, Outcome
+from guardrail.backends.uri import RedisTarget, mask_uri, parse_uri
+from guardrail.errors import StorageError
+
+#: What a Redis client can raise; all of it becomes StorageError.
+REDIS_FAILURES = (RedisError, RedisClusterException, OSError)
+
+#: How many ``timeout``s a charge may queue for a connection. A burst of requests must wait
+#: its turn rather than fail (and fail open); but a dead server must not pile up a queue.
+QUEUE_TIMEOUTS = 4
+
+#: A request names at most a handful of subjects (api_key, account, ip, subnet, global),
+#: hence at most that many slots.
+CLUSTER_CONNECTIONS_PER_CHARGE = 8
+
+
+def connect(target: RedisTarget) -> tuple[lua.Client, list[aioredis.Redis]]:
+    """Build the client (no I/O yet); also returns extra clients to close (sentinels)."""
+    options: dict[str, Any] = {
+        "socket_timeout": target.timeout,
+        "socket_connect_timeout": target.timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "max_connections": target.max_connections,
+    }
+    if target.scheme in ("redis", "rediss"):
+        return aioredis.from_url(target.url, **options), []
+    options["username"] = target.username
+    options["password"] = target.password
+    if target.scheme == "redis+cluster":
+        nodes = [ClusterNode(host, port) for host, port in target.hosts]
+        # per node; a request spanning several slots holds one connection per slot
+        options["max_connections"] = target.max_connections * CLUSTER_CONNECTIONS_PER_CHARGE
+        return RedisCluster(startup_nodes=nodes, **options), []
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(target.hosts), sentinel_kwargs=dict(options), **options
+    )
+    return sentinel.master_for(target.service), list(sentinel.sentinels)
+
+
+class RedisStorage:
+    """GCRA buckets in Redis, standalone, Sentinel-managed or Cluster."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = mask_uri(uri)  # only ever shown masked
+        target = parse_uri(uri)
+        self.prefix = target.prefix
+        self.timeout = target.timeout
+        # redis-py's pools raise "Too many connections" when exhausted rather than wait:
+        # the gate keeps charges in flight within the pool, and makes extra ones queue.
+        self._gate = asyncio.Semaphore(target.max_connections)
+        try:
+            self.client, self._extra = connect(target)
+        except (ValueError, TypeError, *REDIS_FAILURES) as exc:
+            raise StorageError(f"storage {self.uri!r}: {exc}") from exc
+        self._cluster = isinstance(self.client, RedisCluster)
+
+    async def start(self) -> None:
+        """Check the server answers and preload the scripts."""
+        try:
+            await self.client.ping()
+            for script in (lua.GCRA, lua.GCRA_REFUND):
+                await self.client.script_load(script.body)  # every primary, for a cluster
+        except REDIS_FAILURES as exc:
+            raise self.failure(exc) from exc
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        for extra in self._extra:
+            await extra.aclose()
+
+    async def charge(self, charges: Sequence[BucketCharge], now: float) -> Outcome:
+        if not charges:
+            return Outcome(True, ())
+        if self._gate.locked():
+            try:
+                async with asyncio.timeout(self.timeout * QUEUE_TIMEOUTS):
+                    await self._gate.acquire()
+            except TimeoutError as exc:
+                raise StorageError(f"storage {self.uri!r}: every connection busy") from exc
+        else:
+            await self._gate.acquire()
+        try:
+            if self._cluster:
+                return await cluster.charge(self.client, self.prefix, charges, now)
+            allowed, states = await lua.charge(self.client, self.prefix, charges, now)
+        except REDIS_FAILURES as exc:
+            raise self.failure(exc) from exc
+        finally:
+            self._gate.release()
+        return Outcome(allowed, tuple(states))
+
+    def failure(self, exc: BaseException) -> StorageError:
+        return StorageError(f"storage {self.uri!r}: {type(exc).__name__}: {exc}")

@@ -1,0 +1,115 @@
+"""The ``guardrail`` command: check policies, print the schema, hash keys, read the audit trail."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from guardrail import audit
+from guardrail.errors import GuardrailError, PolicyError
+from guardrail.identity import hash_key
+from guardrail.policy import Policy, check_files, parse_duration
+from guardrail.secrets import resolve_secret
+
+
+def _check(args: argparse.Namespace) -> int:
+    issues = check_files(args.policies)
+    for issue in issues:
+        print(issue)
+    if issues:
+        noun = "error" if len(issues) == 1 else "errors"
+        print(f"{len(issues)} {noun} in {len({i.file for i in issues})} file(s)", file=sys.stderr)
+        return 1
+    for path in args.policies:
+        print(f"{path}: ok")
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    print(json.dumps(Policy.json_schema(), indent=2))
+    return 0
+
+
+def _hash_key(args: argparse.Namespace) -> int:
+    policy = Policy.from_yaml(args.policy)
+    if policy.secret is None:
+        print(
+            f"{args.policy}: the policy has no `secret`, so API keys have no stable hash; "
+            "set secret: env:NAME",
+            file=sys.stderr,
+        )
+        return 1
+    print(hash_key(resolve_secret(policy.secret), args.key))
+    return 0
+
+
+def _audit_tail(args: argparse.Namespace) -> int:
+    return audit.tail(args.file, follow=args.follow, lines=args.lines)
+
+
+def _audit_summary(args: argparse.Namespace) -> int:
+    since = parse_duration(args.since) if args.since else None
+    data = audit.summary(args.file, since)
+    print(json.dumps(data, indent=2) if args.json else audit.render_summary(data))
+    return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    ok, report = audit.verify(args.file)
+    print(report, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="guardrail", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = commands.add_parser("check", help="validate policy files; exit 1 with every error")
+    check.add_argument("policies", nargs="+", metavar="POLICY")
+    check.set_defaults(run=_check)
+
+    schema = commands.add_parser("schema", help="print the policy's JSON Schema")
+    schema.set_defaults(run=_schema)
+
+    hashing = commands.add_parser("hash-key", help="print the keyed hash an API key is logged as")
+    hashing.add_argument("--policy", required=True, metavar="POLICY")
+    hashing.add_argument("key", metavar="KEY")
+    hashing.set_defaults(run=_hash_key)
+
+    trail = commands.add_parser("audit", help="read the audit trail").add_subparsers(
+        dest="audit_command", required=True, metavar="ACTION"
+    )
+    tail = trail.add_parser("tail", help="readable lines, rotated files included")
+    tail.add_argument("file", metavar="FILE")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
+    tail.add_argument("-n", "--lines", type=int, default=None, help="only the last N records")
+    tail.set_defaults(run=_audit_tail)
+    summary = trail.add_parser("summary", help="decisions by action, top subjects and signals")
+    summary.add_argument("file", metavar="FILE")
+    summary.add_argument("--since", metavar="DURATION", help="only the last 1h, 30m, 7d …")
+    summary.add_argument("--json", action="store_true", help="machine-readable output")
+    summary.set_defaults(run=_audit_summary)
+    verify = trail.add_parser("verify", help="check the hash chain; exit 1 at the first break")
+    verify.add_argument("file", metavar="FILE")
+    verify.set_defaults(run=_audit_verify)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except PolicyError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return 1
+    except (GuardrailError, OSError, ValueError) as exc:
+        print(f"guardrail: {exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

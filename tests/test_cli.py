@@ -1,0 +1,116 @@
+"""The ``guardrail`` command line (SPEC section 5)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from guardrail.cli import main
+from guardrail.identity import hash_key
+from helpers import POLICY, SECRET, audit_records, bearer, build, client
+
+POLICIES = Path(__file__).parent / "policies"
+BAD = sorted(str(p) for p in (POLICIES / "bad").glob("*.yaml"))
+GOOD = sorted(str(p) for p in (POLICIES / "good").glob("*.yaml"))
+
+
+def test_check_accepts_every_good_policy(capsys: pytest.CaptureFixture[str]):
+    assert main(["check", *GOOD]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{path}: ok" in out for path in GOOD)
+
+
+def test_check_prints_every_error_of_every_bad_policy_with_line_numbers(
+    capsys: pytest.CaptureFixture[str],
+):
+    assert main(["check", *BAD]) == 1
+    out = capsys.readouterr().out.splitlines()
+    for path in BAD:
+        assert any(line.startswith(path) for line in out), path
+    located = [line for line in out if line.split(":", 2)[1].isdigit()]
+    assert len(located) >= len(BAD) - 3  # all but documents that have no line (empty, no version)
+    several = [line for line in out if "several_errors.yaml" in line]
+    assert len(several) == 6
+    assert len({line.split(":")[1] for line in several}) == 6  # each on its own line
+
+
+def test_check_as_a_real_command(tmp_path: Path):
+    result = subprocess.run(
+        [sys.executable, "-m", "guardrail", "check", *BAD],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "several_errors.yaml:3: mode: 'strict': one of: enforce, observe" in result.stdout
+
+
+def test_schema_is_json_schema(capsys: pytest.CaptureFixture[str]):
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["type"] == "object"
+    assert {"version", "routes", "identity", "audit"} <= set(schema["properties"])
+
+
+def test_hash_key_matches_what_the_audit_log_shows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY)
+    assert main(["hash-key", "--policy", str(policy), "sk-findme"]) == 0
+    assert capsys.readouterr().out.strip() == hash_key(SECRET.encode(), "sk-findme")
+
+
+def test_hash_key_without_secret_fails_clearly(tmp_path: Path, capsys):
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\n")
+    assert main(["hash-key", "--policy", str(policy), "sk-x"]) == 1
+    assert "no `secret`" in capsys.readouterr().err
+
+
+def test_hash_key_with_unset_env_secret_names_the_variable(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.delenv("GUARDRAIL_TEST_SECRET")
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY)
+    assert main(["hash-key", "--policy", str(policy), "sk-x"]) == 1
+    assert "GUARDRAIL_TEST_SECRET" in capsys.readouterr().err
+
+
+async def make_trail(tmp_path: Path, clock) -> Path:
+    app = build(tmp_path, clock)
+    async with client(app) as http:
+        for _ in range(5):
+            await http.get("/page", headers=bearer("sk-cli"))
+            clock.advance(60)
+            await http.get("/page", headers=bearer("sk-cli"))
+            await http.get("/page", headers=bearer("sk-cli"))
+    await app.shutdown()
+    return tmp_path / "audit.jsonl"
+
+
+async def test_audit_summary_tail_and_verify_on_a_real_trail(tmp_path: Path, clock, capsys):
+    trail = await make_trail(tmp_path, clock)
+    records = audit_records(tmp_path)
+    assert records and {r["action"] for r in records} == {"limit"}
+
+    assert main(["audit", "summary", str(trail), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["by_action"] == {"limit": len(records)}
+
+    assert main(["audit", "summary", str(trail)]) == 0
+    assert "limit" in capsys.readouterr().out
+
+    assert main(["audit", "tail", str(trail)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum("limit" in line for line in lines) == len(records)
+
+    assert main(["audit", "verify", str(trail)]) == 0
+    capsys.readouterr()
+    tampered = trail.read_text().replace('"status":429', '"status":200', 1)
+    trail.write_text(tampered)
+    assert main(["audit", "verify", str(trail)]) == 1
+    assert "audit.jsonl:2" in capsys.readouterr().err  # the link after the tampered line breaks

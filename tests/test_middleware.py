@@ -1,0 +1,432 @@
+"""The HTTP contract of the middleware (SPEC sections 1 and 3), through httpx.ASGITransport."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from starlette.types import Message, Receive, Scope, Send
+
+from guardrail import Guardrail, Policy
+from guardrail.identity import hash_key
+from helpers import (
+    CHAT,
+    POLICY,
+    SECRET,
+    audit_records,
+    bearer,
+    build,
+    client,
+    echo_app,
+    lifespan,
+)
+
+
+async def test_allowed_response_carries_request_id_and_ratelimit_headers(tmp_path: Path, clock):
+    app = build(tmp_path, clock)
+    async with client(app) as http:
+        response = await http.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-a"))
+    assert response.status_code == 200
+    assert len(response.headers["guardrail-request-id"]) >= 16
+    assert response.headers["ratelimit-policy"] == '"api_key";q=3;w=18, "subnet";q=5;w=3'
+    assert response.headers["ratelimit"] == '"api_key";r=2;t=6, "subnet";r=4;t=1'
+    assert response.headers["x-ratelimit-limit-requests"] == "3"
+    assert response.headers["x-ratelimit-remaining-requests"] == "2"
+    assert response.headers["x-ratelimit-reset-requests"] == "6s"
+    assert response.headers["x-seen-action"] == "allow"
+    await app.shutdown()
+
+
+async def test_route_without_headers_option_sends_only_the_request_id(tmp_path: Path, clock):
+    app = build(tmp_path, clock)
+    async with client(app) as http:
+        response = await http.get("/page")
+    assert response.status_code == 200
+    assert "guardrail-request-id" in response.headers
+    assert "ratelimit" not in response.headers
+    await app.shutdown()
+
+
+async def test_limit_is_a_429_exactly_as_the_contract(tmp_path: Path, clock):
+    app = build(tmp_path, clock)
+    async with client(app) as http:
+        for _ in range(3):
+            assert (
+                await http.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-a"))
+            ).status_code == 200
+        response = await http.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-a"))
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "6"  # 10/minute: one unit every 6 s
+    assert response.headers["guardrail-action"] == "limit"
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["x-ratelimit-remaining-requests"] == "0"
+    assert response.headers["x-ratelimit-reset-requests"] == "6s"
+    assert '"api_key";r=0;t=6' in response.headers["ratelimit"]
+    body = response.json()
+    assert body["type"] == "quota-exceeded"
+    assert body["status"] == 429
+    assert body["retry_after"] == 6
+    assert body["request_id"] == response.headers["guardrail-request-id"]
+    assert body["error"]["type"] == body["error"]["code"] == "rate_limit_exceeded"
+    assert "10/minute per api key" in body["error"]["message"]
+    await app.shutdown()
+
+    records = audit_records(tmp_path)
+    assert [r["action"] for r in records] == ["limit"]
+    record = records[0]
+    assert record["status"] == 429
+    assert record["route"] == "inference"
+    assert record["limit"] == {
+        "per": "api_key",
+        "rate": "10/minute",
+        "remaining": 0,
+        "retry_after": 6,
+    }
+    assert record["subject"]["api_key"] == hash_key(SECRET.encode(), "sk-a")
+    assert record["subject"]["ip"] == "203.0.113.7"
+    assert record["subject"]["subnet"] == "203.0.113.0/24"
+    assert record["policy"].startswith("sha256:")
+    assert record["prev"].startswith("sha256:")
+    assert record["ts"] == "2027-01-15T08:00:00.000Z"
+
+
+async def test_bucket_refills_with_the_injected_clock(tmp_path: Path, clock):
+    app = build(tmp_path, clock)
+    async with client(app) as http:
+        statuses = [(await http.get("/page")).status_code for _ in range(3)]
+        assert statuses == [200, 200, 429]
+        clock.advance(1.0)  # 60/minute: one request back each second
+        assert (await http.get("/page")).status_code == 200
+        assert (await http.get("/page")).status_code == 429
+    await app.shutdown()
+
+
+async def test_a_refusal_by_one_bucket_consumes_from_none(tmp_path: Path, clock):
+    app = build(tmp_path, clock)
+    async with client(app) as http:
+        # Five different keys fill the subnet bucket (burst 5) ...
+        for i in range(5):
+            ok = await http.post("/v1/chat/completions", json=CHAT, headers=bearer(f"sk-{i}"))
+            assert ok.status_code == 200
+        # ... so key sk-0's request is refused by the subnet, and its own bucket is not charged.
+        refused = await http.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-0"))
+        assert refused.status_code == 429
+        assert '"api_key";r=2' in refused.headers["ratelimit"]
+    await app.shutdown()
+
+
+async def test_observe_mode_decides_and_audits_but_never_interferes(tmp_path: Path, clock):
+    app = build(tmp_path, clock, POLICY.replace("version: 1", "version: 1\nmode: observe"))
+    async with client(app) as http:
+        responses = [await http.get("/page") for _ in range(4)]
+    assert [r.status_code for r in responses] == [200] * 4
+    assert all("ratelimit" not in r.headers for r in responses)
+    assert [r.json()["action"] for r in responses] == ["allow", "allow", "limit", "limit"]
+    await app.shutdown()
+    records = audit_records(tmp_path)
+    assert [(r["action"], r["status"], r["mode"]) for r in records] == [
+        ("limit", 200, "observe")
+    ] * 2
+
+
+async def test_exempt_route_is_untouched(tmp_path: Path, clock):
+    app = build(tmp_path, clock)
+    async with client(app) as http:
+        responses = [await http.get("/healthz") for _ in range(10)]
+    assert {r.status_code for r in responses} == {200}
+    assert all("guardrail-request-id" not in r.headers for r in responses)
+    await app.shutdown()
+    assert audit_records(tmp_path) == []
+
+
+async def test_decision_is_exposed_in_scope_state(tmp_path: Path, clock):
+    app = build(tmp_path, clock)
+    async with client(app) as http:
+        response = await http.get("/page", headers={"x-account-id": "acct-42", **bearer("sk-z")})
+    data = response.json()
+    assert data["action"] == "allow"
+    assert data["tier"] is None
+    assert data["score"] == 0.0
+    assert data["request_id"] == response.headers["guardrail-request-id"]
+    assert data["subject"] == {
+        "api_key": hash_key(SECRET.encode(), "sk-z"),
+        "account": "acct-42",
+        "ip": "203.0.113.7",
+        "subnet": "203.0.113.0/24",
+    }
+    await app.shutdown()
+
+
+async def test_forwarded_for_from_an_untrusted_peer_is_ignored(tmp_path: Path, clock):
+    app = build(tmp_path, clock)
+    async with client(app, peer="203.0.113.7") as http:
+        spoofed = [
+            await http.get("/page", headers={"x-forwarded-for": f"198.51.100.{i}"})
+            for i in range(3)
+        ]
+    # Every request is the peer's: the third is limited although each claimed another address.
+    assert [r.status_code for r in spoofed] == [200, 200, 429]
+    assert spoofed[0].json()["subject"]["ip"] == "203.0.113.7"
+    await app.shutdown()
+
+
+async def test_forwarded_for_from_a_trusted_proxy_is_honoured(tmp_path: Path, clock):
+    app = build(tmp_path, clock)
+    async with client(app, peer="10.0.0.1") as http:
+        responses = [
+            await http.get("/page", headers={"x-forwarded-for": f"198.51.100.{i}"})
+            for i in range(3)
+        ]
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert responses[2].json()["subject"]["ip"] == "198.51.100.2"
+    await app.shutdown()
+
+
+async def test_request_without_api_key_is_limited_by_address(tmp_path: Path, clock):
+    app = build(tmp_path, clock)
+    async with client(app) as http:
+        statuses = [
+            (await http.post("/v1/chat/completions", json=CHAT)).status_code for _ in range(4)
+        ]
+    assert statuses == [200, 200, 200, 429]
+    await app.shutdown()
+
+
+async def chunked_receive(chunks: list[bytes]) -> Any:
+    messages = [
+        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+        for i, c in enumerate(chunks)
+    ]
+
+    async def receive() -> Message:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    return receive
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [json.dumps(CHAT).encode()],
+        [b'{"model": "m", "mess', b'ages": [{"role": "user", ', b'"content": "hi"}]}'],
+        [b"x" * 700, b"y" * 700, b"z" * 10],  # larger than inspect_max_bytes (1 KB)
+        [b"{not json"],
+        [b"", b""],
+    ],
+)
+async def test_inspected_body_is_replayed_byte_for_byte(tmp_path: Path, clock, chunks):
+    seen: list[Message] = []
+
+    async def recorder(scope: Scope, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            seen.append(message)
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    app = build(tmp_path, clock, app=recorder)
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "headers": [],
+        "client": ("203.0.113.7", 1),
+        "query_string": b"",
+    }
+    await app(scope, await chunked_receive(list(chunks)), send)
+    assert [m["body"] for m in seen] == chunks
+    assert [m["more_body"] for m in seen] == [i < len(chunks) - 1 for i in range(len(chunks))]
+    assert sent[0]["status"] == 204
+    request = scope["state"]["guardrail"].request  # type: ignore[index]
+    if chunks[0].startswith(b'{"model"'):
+        assert request is not None and request.model == "m"
+    else:
+        assert request is None
+    await app.shutdown()
+
+
+async def test_malformed_json_reaches_the_app_which_answers_4xx(tmp_path: Path, clock):
+    from examples.openai_server import build_app
+
+    app = build(tmp_path, clock, app=build_app())
+    async with client(app) as http:
+        response = await http.post(
+            "/v1/chat/completions", content=b"{oops", headers={"content-type": "application/json"}
+        )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_body"
+    await app.shutdown()
+
+
+async def test_other_scopes_pass_first_and_lifespan_starts_and_stops_guardrail(tmp_path, clock):
+    seen: list[str] = []
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["type"])
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    app = build(tmp_path, clock, app=inner)
+    await app({"type": "custom.protocol"}, None, None)  # type: ignore[arg-type]
+    incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    outgoing: list[Message] = []
+
+    async def receive() -> Message:
+        return incoming.pop(0)
+
+    async def send(message: Message) -> None:
+        outgoing.append(message)
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+    assert seen == ["custom.protocol", "lifespan"]
+    assert [m["type"] for m in outgoing] == [
+        "lifespan.startup.complete",
+        "lifespan.shutdown.complete",
+    ]
+    assert app.audit.closed
+
+
+async def test_websocket_handshake_counts_as_a_request(tmp_path: Path, clock):
+    accepted: list[bool] = []
+
+    async def ws_app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        accepted.append(True)
+        await send({"type": "websocket.close", "code": 1000})
+
+    app = build(tmp_path, clock, app=ws_app)
+    closes: list[Message] = []
+    for _ in range(3):
+
+        async def receive() -> Message:
+            return {"type": "websocket.connect"}
+
+        async def send(message: Message) -> None:
+            closes.append(message)
+
+        await app(
+            {"type": "websocket", "path": "/ws", "headers": [], "client": ("203.0.113.7", 1)},
+            receive,
+            send,
+        )
+    assert len(accepted) == 2
+    assert closes[-1] == {"type": "websocket.close", "code": 1008, "reason": "rate limit exceeded"}
+    await app.shutdown()
+    assert [r["action"] for r in audit_records(tmp_path)] == ["limit"]
+
+
+async def test_add_middleware_on_fastapi(tmp_path: Path, clock, monkeypatch):
+    policy_file = tmp_path / "guardrail.yaml"
+    policy_file.write_text(POLICY)
+    api = FastAPI()
+
+    @api.get("/hello")
+    async def hello() -> dict[str, str]:
+        return {"hello": "world"}
+
+    api.add_middleware(
+        Guardrail, policy=str(policy_file), clock=clock, audit=f"file://{tmp_path / 'audit.jsonl'}"
+    )
+    async with lifespan(api), client(api) as http:
+        statuses = [(await http.get("/hello")).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    assert len(audit_records(tmp_path)) == 1  # lifespan shutdown flushed the trail
+
+
+async def test_app_exception_is_recorded_and_propagates(tmp_path: Path, clock):
+    async def broken(scope: Scope, receive: Receive, send: Send) -> None:
+        raise RuntimeError("model crashed")
+
+    app = build(tmp_path, clock, POLICY + "audit: {sample_allowed: 1.0}\n", app=broken)
+    with pytest.raises(RuntimeError):
+        await app(
+            {
+                "type": "http",
+                "method": "GET",
+                "path": "/x",
+                "headers": [],
+                "client": ("203.0.113.7", 1),
+            },
+            None,
+            None,
+        )  # type: ignore[arg-type]
+    await app.shutdown()
+    assert [(r["action"], r["status"]) for r in audit_records(tmp_path)] == [("allow", 500)]
+
+
+async def test_sample_allowed_records_plain_allows(tmp_path: Path, clock):
+    app = build(tmp_path, clock, POLICY + "audit: {sample_allowed: 1.0}\n")
+    async with client(app) as http:
+        await http.get("/page")
+    await app.shutdown()
+    assert [(r["action"], r["status"]) for r in audit_records(tmp_path)] == [("allow", 200)]
+
+
+def test_policy_argument_accepts_a_path_or_a_policy(tmp_path: Path):
+    path = tmp_path / "p.yaml"
+    path.write_text(POLICY)
+    assert Guardrail(echo_app(), policy=path).policy.digest == Policy.from_string(POLICY).digest
+
+
+async def test_response_streams_through_unbuffered_via_asgi(tmp_path: Path, clock):
+    # The app's messages reach the server one by one, interleaved with the app's own progress.
+    events: list[str] = []
+
+    async def streamer(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for i in range(3):
+            events.append(f"app:{i}")
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": f"data: {i}\n\n".encode(),
+                    "more_body": i < 2,
+                }
+            )
+
+    app = build(tmp_path, clock, app=streamer)
+
+    async def send(message: Message) -> None:
+        events.append(
+            message["type"].rsplit(".", 1)[-1]
+            + (f":{message['body'].decode().strip()}" if "body" in message else "")
+        )
+
+    await app(
+        {
+            "type": "http",
+            "method": "GET",
+            "path": "/s",
+            "headers": [],
+            "client": ("203.0.113.7", 1),
+        },
+        None,
+        send,
+    )  # type: ignore[arg-type]
+    assert events == [
+        "start",
+        "app:0",
+        "body:data: 0",
+        "app:1",
+        "body:data: 1",
+        "app:2",
+        "body:data: 2",
+    ]
+    await app.shutdown()
