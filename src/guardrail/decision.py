@@ -5,31 +5,14 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
+from guardrail.backends.base import Outcome
 from guardrail.identity import Subject
 from guardrail.inspection import OpenAIRequest
+from guardrail.limits import CompiledLimit, LimitHit, limit_hit
 
 ALLOW = "allow"
 LIMIT = "limit"
-
-
-@dataclass(frozen=True, slots=True)
-class LimitHit:
-    """The bucket that decided (refused, or came closest to refusing)."""
-
-    per: str
-    rate: str
-    remaining: int
-    retry_after: int  # whole seconds, rounded up; 0 when admitted
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "per": self.per,
-            "rate": self.rate,
-            "remaining": self.remaining,
-            "retry_after": self.retry_after,
-        }
 
 
 @dataclass(slots=True)
@@ -39,15 +22,21 @@ class Decision:
     request_id: str
     route: str
     subject: Subject
+    enforced: bool = True  # False in mode observe: the action was recorded, not applied
     action: str = ALLOW
     tier: str | None = None
     score: float = 0.0
     signals: dict[str, float] = field(default_factory=dict)
-    limit: LimitHit | None = None
-    enforced: bool = True  # False in mode observe: the action was recorded, not applied
     degraded: bool = False  # the shared storage failed and a local fallback decided
     storage_error: bool = False  # the storage failed and nothing could decide (fail_closed)
     request: OpenAIRequest | None = None  # the inspected body, on routes with `inspect: openai`
+    outcome: Outcome | None = None  # the storage's verdict over the route's buckets
+    limits: tuple[CompiledLimit, ...] = ()  # the buckets that verdict is about
+
+    @property
+    def limit(self) -> LimitHit | None:
+        """The bucket that decided; computed on demand, since most requests never ask."""
+        return None if self.outcome is None else limit_hit(self.limits, self.outcome)
 
 
 class RequestIds:

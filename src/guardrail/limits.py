@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from guardrail.backends.base import BucketCharge, BucketState, Outcome
 from guardrail.identity import Subject
@@ -60,12 +61,20 @@ class CompiledRoute:
     limits: tuple[CompiledLimit, ...]
     # Token limits are not charged at admission in 0.1 (see CHANGELOG); request limits are.
     charged: tuple[CompiledLimit, ...]
+    ratelimit_policy: bytes  # the RateLimit-Policy header value of the charged limits
 
     def charges(self, subject: Subject) -> list[BucketCharge]:
+        # tuple.__new__ skips NamedTuple's Python-level __new__: this runs on every request.
         return [
-            BucketCharge(lim.subject_key(subject), lim.name, lim.interval, lim.burst, lim.cost)
+            _new(
+                BucketCharge,
+                (lim.subject_key(subject), lim.name, lim.interval, lim.burst, lim.cost),
+            )
             for lim in self.charged
         ]
+
+
+_new = tuple.__new__
 
 
 def compile_limit(route: str, index: int, limit: Limit, label: str) -> CompiledLimit:
@@ -85,6 +94,12 @@ def compile_limit(route: str, index: int, limit: Limit, label: str) -> CompiledL
     )
 
 
+def ratelimit_policy(limits: Sequence[CompiledLimit]) -> bytes:
+    """The RateLimit-Policy header value (draft-ietf-httpapi-ratelimit-headers): ``q`` is the
+    burst, ``w`` the seconds an empty bucket takes to refill. Fixed per route, so built once."""
+    return ", ".join(f'"{lim.label}";q={lim.burst};w={lim.window}' for lim in limits).encode()
+
+
 def _labels(limits: Sequence[Limit]) -> list[str]:
     base = [f"{lim.per}-tokens" if lim.cost == "tokens" else lim.per for lim in limits]
     return [name if base.count(name) == 1 else f"{name}-{i}" for i, name in enumerate(base)]
@@ -95,6 +110,7 @@ def compile_route(route: Route) -> CompiledRoute:
         compile_limit(route.name, i, lim, label)
         for i, (lim, label) in enumerate(zip(route.limits, _labels(route.limits), strict=True))
     )
+    charged = tuple(lim for lim in compiled if not lim.tokens)
     return CompiledRoute(
         name=route.name,
         path=route.match.path,
@@ -104,7 +120,8 @@ def compile_route(route: Route) -> CompiledRoute:
         inspect_max_bytes=route.inspect_max_bytes,
         headers=route.headers,
         limits=compiled,
-        charged=tuple(lim for lim in compiled if not lim.tokens),
+        charged=charged,
+        ratelimit_policy=ratelimit_policy(charged),
     )
 
 
@@ -129,11 +146,46 @@ def tightest(limits: Sequence[CompiledLimit], outcome: Outcome) -> int:
     return min(range(len(states)), key=lambda i: states[i].remaining / limits[i].burst)
 
 
+def whole_seconds(seconds: float) -> int:
+    # 1e-6 absorbs float noise so that exactly 2.0 s does not round up to 3.
+    return max(0, math.ceil(seconds - 1e-6))
+
+
+@dataclass(frozen=True, slots=True)
+class LimitHit:
+    """The bucket that decided (refused, or came closest to refusing)."""
+
+    per: str
+    rate: str
+    remaining: int
+    retry_after: int  # whole seconds, rounded up; 0 when admitted
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "per": self.per,
+            "rate": self.rate,
+            "remaining": self.remaining,
+            "retry_after": self.retry_after,
+        }
+
+
+def limit_hit(limits: Sequence[CompiledLimit], outcome: Outcome) -> LimitHit | None:
+    if not outcome.states:
+        return None
+    speaker = tightest(limits, outcome)
+    lim, state = limits[speaker], outcome.states[speaker]
+    retry_after = 0 if outcome.allowed else max(1, whole_seconds(state.retry_after))
+    return LimitHit(lim.per, lim.rate, state.remaining, retry_after)
+
+
 __all__ = [
     "BucketState",
     "CompiledLimit",
     "CompiledRoute",
+    "LimitHit",
     "RouteTable",
     "compile_route",
+    "limit_hit",
     "tightest",
+    "whole_seconds",
 ]

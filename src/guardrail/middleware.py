@@ -17,25 +17,22 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from guardrail.actions.limit import (
-    ratelimit_headers,
-    send_limited,
-    send_unavailable,
-    whole_seconds,
-)
+from guardrail.actions.limit import ratelimit_headers, send_limited, send_unavailable
 from guardrail.audit import AuditLog, format_ts, sink_from_uri
 from guardrail.backends import storage_from_uri
-from guardrail.backends.base import Outcome, Storage
+from guardrail.backends.base import BucketCharge, Outcome, Storage
 from guardrail.backends.memory import MemoryStorage
-from guardrail.decision import LIMIT, Decision, LimitHit, RequestIds
+from guardrail.decision import LIMIT, Decision, RequestIds
 from guardrail.errors import SecretError, StorageError
 from guardrail.identity import IdentityResolver
 from guardrail.inspection import parse_openai, read_body
-from guardrail.limits import CompiledRoute, RouteTable, tightest
+from guardrail.limits import RouteTable
 from guardrail.policy import Policy
 from guardrail.secrets import resolve_secret
 
 logger = logging.getLogger("guardrail")
+
+UNLIMITED = Outcome(True, ())  # a route with no request limits
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -144,41 +141,38 @@ class Guardrail:
             return
 
         now = self.clock()
-        decision = Decision(request_id, route.name, self.identity.resolve(scope))
-        decision.enforced = self.enforce
+        decision = Decision(request_id, route.name, self.identity.resolve(scope), self.enforce)
         scope.setdefault("state", {})["guardrail"] = decision
         if route.inspect == "openai":
             raw, receive = await read_body(receive, route.inspect_max_bytes)
             if raw is not None:
                 decision.request = parse_openai(raw)
 
-        outcome = await self._charge(route, decision, now)
+        charges = route.charges(decision.subject)
+        outcome: Outcome | None
+        try:
+            outcome = await self.storage.charge(charges, now) if charges else UNLIMITED
+        except StorageError as exc:
+            outcome = await self._degrade(exc, charges, decision, now)
         if outcome is None:  # fail_closed and the store is down
             decision.action, decision.storage_error = LIMIT, True
             await send_unavailable(send, request_id=request_id, headers=[id_header])
             self._record(scope, decision, now, 503)
             return
+        decision.outcome, decision.limits = outcome, route.charged
 
         headers = [id_header]
-        if outcome.states:
-            speaker = tightest(route.charged, outcome)
-            lim, state = route.charged[speaker], outcome.states[speaker]
-            retry_after = max(1, whole_seconds(state.retry_after)) if not outcome.allowed else 0
-            decision.limit = LimitHit(lim.per, lim.rate, state.remaining, retry_after)
-            if self.enforce and (route.headers or not outcome.allowed):
-                headers.extend(ratelimit_headers(route.charged, outcome, speaker))
-            if not outcome.allowed:
-                decision.action = LIMIT
-                if self.enforce:
-                    await send_limited(
-                        send,
-                        limit=lim,
-                        retry_after=retry_after,
-                        request_id=request_id,
-                        headers=headers,
-                    )
-                    self._record(scope, decision, now, 429)
-                    return
+        if not outcome.allowed:
+            decision.action = LIMIT
+            if self.enforce:
+                hit = decision.limit
+                assert hit is not None  # a refusal always comes from a bucket
+                headers += ratelimit_headers(route.ratelimit_policy, route.charged, outcome)
+                await send_limited(send, hit=hit, request_id=request_id, headers=headers)
+                self._record(scope, decision, now, 429)
+                return
+        elif route.headers and self.enforce and outcome.states:
+            headers += ratelimit_headers(route.ratelimit_policy, route.charged, outcome)
 
         status = [0]
         try:
@@ -199,20 +193,20 @@ class Guardrail:
         if self._ready is None or not self._ready.done():
             await self.startup()
         now = self.clock()
-        decision = Decision(self.request_ids(), route.name, self.identity.resolve(scope))
-        decision.enforced = self.enforce
+        decision = Decision(
+            self.request_ids(), route.name, self.identity.resolve(scope), self.enforce
+        )
         scope.setdefault("state", {})["guardrail"] = decision
-        outcome = await self._charge(route, decision, now)
-        refused = outcome is None or not outcome.allowed
-        if refused:
+        charges = route.charges(decision.subject)
+        outcome: Outcome | None
+        try:
+            outcome = await self.storage.charge(charges, now) if charges else UNLIMITED
+        except StorageError as exc:
+            outcome = await self._degrade(exc, charges, decision, now)
+        if outcome is None or not outcome.allowed:
             decision.action, decision.storage_error = LIMIT, outcome is None
-            if outcome is not None and outcome.states:
-                speaker = tightest(route.charged, outcome)
-                state = outcome.states[speaker]
-                lim = route.charged[speaker]
-                decision.limit = LimitHit(
-                    lim.per, lim.rate, state.remaining, max(1, whole_seconds(state.retry_after))
-                )
+            if outcome is not None:
+                decision.outcome, decision.limits = outcome, route.charged
             self._record(scope, decision, now, 403 if self.enforce else 101)
             if self.enforce:
                 message = await receive()
@@ -225,18 +219,15 @@ class Guardrail:
 
     # -- pipeline steps --------------------------------------------------------------------
 
-    async def _charge(self, route: CompiledRoute, decision: Decision, now: float) -> Outcome | None:
-        charges = route.charges(decision.subject)
-        if not charges:
-            return Outcome(True, ())
-        try:
-            return await self.storage.charge(charges, now)
-        except StorageError as exc:
-            self._warn_storage(exc, now)
-            if self.fallback is None:
-                return None
-            decision.degraded = True
-            return await self.fallback.charge(charges, now)
+    async def _degrade(
+        self, exc: StorageError, charges: list[BucketCharge], decision: Decision, now: float
+    ) -> Outcome | None:
+        """on_storage_error: the local fallback's verdict (fail_open), or None (fail_closed)."""
+        self._warn_storage(exc, now)
+        if self.fallback is None:
+            return None
+        decision.degraded = True
+        return await self.fallback.charge(charges, now)
 
     def _warn_storage(self, exc: StorageError, now: float) -> None:
         if now - self._storage_warned_at >= 10.0:
@@ -260,7 +251,7 @@ class Guardrail:
             "tier": decision.tier,
             "score": decision.score,
             "signals": decision.signals,
-            "limit": decision.limit.as_dict() if decision.limit else None,
+            "limit": hit.as_dict() if (hit := decision.limit) else None,
             "status": status,
         }
         if decision.degraded:

@@ -14,12 +14,7 @@ from starlette.types import Send
 
 from guardrail.actions.problem import Headers, send_problem
 from guardrail.backends.base import Outcome
-from guardrail.limits import CompiledLimit
-
-
-def whole_seconds(seconds: float) -> int:
-    # 1e-6 absorbs float noise so that exactly 2.0 s does not round up to 3.
-    return max(0, math.ceil(seconds - 1e-6))
+from guardrail.limits import CompiledLimit, LimitHit, tightest, whole_seconds
 
 
 def openai_duration(seconds: float) -> str:
@@ -36,16 +31,16 @@ def openai_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
-def ratelimit_headers(limits: Sequence[CompiledLimit], outcome: Outcome, speaker: int) -> Headers:
-    policy = ", ".join(f'"{lim.label}";q={lim.burst};w={lim.window}' for lim in limits)
+def ratelimit_headers(policy: bytes, limits: Sequence[CompiledLimit], outcome: Outcome) -> Headers:
     current = []
     for lim, state in zip(limits, outcome.states, strict=True):
         wait = state.retry_after if state.retry_after > 0 else state.reset_after
         current.append(f'"{lim.label}";r={state.remaining};t={whole_seconds(wait)}')
+    speaker = tightest(limits, outcome)
     lim, state = limits[speaker], outcome.states[speaker]
     reset = state.retry_after if state.retry_after > 0 else state.reset_after
     return [
-        (b"ratelimit-policy", policy.encode()),
+        (b"ratelimit-policy", policy),
         (b"ratelimit", ", ".join(current).encode()),
         (b"x-ratelimit-limit-requests", str(lim.burst).encode()),
         (b"x-ratelimit-remaining-requests", str(state.remaining).encode()),
@@ -56,14 +51,14 @@ def ratelimit_headers(limits: Sequence[CompiledLimit], outcome: Outcome, speaker
 async def send_limited(
     send: Send,
     *,
-    limit: CompiledLimit,
-    retry_after: int,
+    hit: LimitHit,
     request_id: str,
     headers: Headers,
 ) -> None:
-    subject = "globally" if limit.per == "global" else f"per {limit.per.replace('_', ' ')}"
+    retry_after = hit.retry_after
+    subject = "globally" if hit.per == "global" else f"per {hit.per.replace('_', ' ')}"
     detail = (
-        f"Rate limit of {limit.rate} {subject} reached. "
+        f"Rate limit of {hit.rate} {subject} reached. "
         f"Retry after {retry_after} second{'s' if retry_after != 1 else ''}."
     )
     await send_problem(

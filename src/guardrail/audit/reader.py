@@ -37,9 +37,9 @@ def rotated_files(path: str | os.PathLike[str]) -> list[Path]:
     except FileNotFoundError:
         return []
     indexed = [
-        (int(name[len(prefix):]), base.with_name(name))
+        (int(name[len(prefix) :]), base.with_name(name))
         for name in names
-        if name.startswith(prefix) and name[len(prefix):].isdigit()
+        if name.startswith(prefix) and name[len(prefix) :].isdigit()
     ]
     return [file for _, file in sorted(indexed, reverse=True)]
 
@@ -102,14 +102,18 @@ def format_record(record: dict[str, Any]) -> str:
     request = f"{record.get('method', '?')} {record.get('path', '?')}".ljust(_REQUEST_WIDTH)
     score = record.get("score")
     score_text = f"{score:.1f}" if isinstance(score, int | float) else "-"
-    parts = [f"{ts}  {action} {status_text:>3}  score={score_text:<5}  {route} {request}",
-             _subject_text(record)]
+    parts = [
+        f"{ts}  {action} {status_text:>3}  score={score_text:<5}  {route} {request}",
+        _subject_text(record),
+    ]
     if record.get("tier"):
         parts.append(f"tier={record['tier']}")
     limit = record.get("limit")
     if isinstance(limit, dict):
-        parts.append(f"limit={limit.get('per', '?')}:{limit.get('rate', '?')}"
-                     f" retry={limit.get('retry_after', '?')}s")
+        parts.append(
+            f"limit={limit.get('per', '?')}:{limit.get('rate', '?')}"
+            f" retry={limit.get('retry_after', '?')}s"
+        )
     signals = record.get("signals")
     if isinstance(signals, dict) and signals:
         top = sorted(
@@ -232,7 +236,7 @@ class _Follower:
         for index, file in enumerate(files):
             try:
                 if os.stat(file).st_ino == inode:
-                    return files[index + 1:]
+                    return files[index + 1 :]
             except FileNotFoundError:
                 continue
         return files  # ours was deleted (keep exceeded): every rotated file is newer
@@ -370,8 +374,10 @@ def render_summary(data: dict[str, Any]) -> str:
     if data["dropped"]:
         lines.append(f"!! {data['dropped']} record(s) reported lost by the writer")
     if data["malformed"]:
-        lines.append(f"!! {len(data['malformed'])} line(s) not audit records, first at "
-                     f"{data['malformed'][0]}")
+        lines.append(
+            f"!! {len(data['malformed'])} line(s) not audit records, first at "
+            f"{data['malformed'][0]}"
+        )
     lines += ["", "by action"]
     lines += [f"  {action:<18}{count:>10}" for action, count in data["by_action"].items()]
     lines += ["", "by route"]
@@ -385,8 +391,10 @@ def render_summary(data: dict[str, Any]) -> str:
     if not data["top_subjects"]:
         lines.append("  (none)")
     lines += ["", "top signals (summed contribution)"]
-    lines += [f"  {row['name']:<28}{row['sum']:>12.1f}{row['count']:>10} records"
-              for row in data["top_signals"]] or ["  (none)"]
+    lines += [
+        f"  {row['name']:<28}{row['sum']:>12.1f}{row['count']:>10} records"
+        for row in data["top_signals"]
+    ] or ["  (none)"]
     return "\n".join(lines)
 
 
@@ -408,11 +416,14 @@ def verify(path: str | os.PathLike[str]) -> tuple[bool, str]:
             return False, f"{location}: broken: not a JSON audit record: {raw[:80]!r}"
         prev = record.get("prev")
         if not isinstance(prev, str):
-            return False, f"{location}: broken: no \"prev\" (was hash_chain off?)"
+            return False, f'{location}: broken: no "prev" (was hash_chain off?)'
         if expected is None:
-            anchor = ("starts at genesis" if prev == GENESIS else
-                      "starts after records no longer present (rotated away?): its first link "
-                      "cannot be checked")
+            anchor = (
+                "starts at genesis"
+                if prev == GENESIS
+                else "starts after records no longer present (rotated away?): its first link "
+                "cannot be checked"
+            )
         elif prev != expected:
             return False, _broken_message(location, previous, expected, lines)
         checked += 1
@@ -423,12 +434,15 @@ def verify(path: str | os.PathLike[str]) -> tuple[bool, str]:
     if checked == 0:
         return True, f"OK: trail is empty ({len(files)} file(s))"
     note = f"; {dropped} record(s) reported lost by the writer" if dropped else ""
-    return True, (f"OK: {checked} records in {len(files)} file(s), hash chain intact, {anchor}"
-                  f"{note}")
+    return True, (
+        f"OK: {checked} records in {len(files)} file(s), hash chain intact, {anchor}{note}"
+    )
 
 
 def _broken_message(
-    location: Location, previous: Location | None, expected: str,
+    location: Location,
+    previous: Location | None,
+    expected: str,
     rest: Iterable[tuple[Location, bytes]],
 ) -> str:
     message = f"{location}: broken link: its prev does not match the line before ({previous})"

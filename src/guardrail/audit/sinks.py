@@ -53,8 +53,9 @@ class FileSink:
     first. A single line longer than ``max_bytes`` gets a fresh file of its own.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int = 100_000_000,
-                 keep: int = 10) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, max_bytes: int = 100_000_000, keep: int = 10
+    ) -> None:
         if max_bytes <= 0:
             raise AuditError(f"audit rotate.max_bytes must be > 0, got {max_bytes}")
         if keep < 1:
@@ -116,7 +117,7 @@ class FileSink:
         try:
             view = memoryview(data)
             while view:
-                view = view[file.write(view) or 0:]
+                view = view[file.write(view) or 0 :]
         except BaseException:
             # Leave no half line behind: the writer then retries from the last whole line.
             with contextlib.suppress(OSError):

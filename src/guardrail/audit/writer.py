@@ -106,8 +106,11 @@ class AuditLog:
         await self._task
         unreported = self._pending_loss + self._carried
         if unreported:
-            log.error("audit: %d record(s) lost after the last written record; the trail "
-                      "cannot show them", unreported)
+            log.error(
+                "audit: %d record(s) lost after the last written record; the trail "
+                "cannot show them",
+                unreported,
+            )
         self._warn(force=True)
         self._closed = True
         await self.sink.close()
@@ -159,8 +162,11 @@ class AuditLog:
             try:
                 line = encode(out)
             except (TypeError, ValueError) as exc:
-                log.error("audit: record %s cannot be serialised (%s); counted as dropped",
-                          record.get("request_id", "?"), exc)
+                log.error(
+                    "audit: record %s cannot be serialised (%s); counted as dropped",
+                    record.get("request_id", "?"),
+                    exc,
+                )
                 self.lost += 1
                 dropped += 1
                 continue
@@ -192,12 +198,21 @@ class AuditLog:
                     return done
                 attempt += 1
                 if attempt > self._retries:
-                    log.error("audit: sink failed %d times, giving up on %d record(s): %s",
-                              attempt, len(lines) - done, exc)
+                    log.error(
+                        "audit: sink failed %d times, giving up on %d record(s): %s",
+                        attempt,
+                        len(lines) - done,
+                        exc,
+                    )
                     return done
                 delay = min(self._max_backoff, self._backoff * 2 ** (attempt - 1))
-                log.warning("audit: sink write failed (%s); retry %d/%d in %.2fs",
-                            exc, attempt, self._retries, delay)
+                log.warning(
+                    "audit: sink write failed (%s); retry %d/%d in %.2fs",
+                    exc,
+                    attempt,
+                    self._retries,
+                    delay,
+                )
                 await self._sleep(delay)
         return done
 
@@ -230,8 +245,10 @@ class AuditLog:
                 return
             await self._sleep(min(self._max_backoff, self._backoff * 2**attempt))
         if not await self._continue_chain():
-            log.error("audit: the end of the trail stays unreadable; the chain restarts at "
-                      "genesis (verify will flag this point)")
+            log.error(
+                "audit: the end of the trail stays unreadable; the chain restarts at "
+                "genesis (verify will flag this point)"
+            )
             self._prev = GENESIS
 
     def _lose(self, count: int, reason: str) -> None:

@@ -8,9 +8,8 @@ it would be full again. ``gcra`` below is the single definition of the algorithm
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from math import floor
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 #: Time slack (seconds) in the admission test and in ``remaining``. Epoch seconds as floats
 #: resolve only ~0.24 µs (one ulp of 1.8e9), so ``now + 0.4`` may come back 0.1 µs late; a
@@ -19,8 +18,11 @@ from typing import Protocol
 EPSILON = 1e-6
 
 
-@dataclass(frozen=True, slots=True)
-class BucketCharge:
+# NamedTuples, not frozen dataclasses: several are built on every request, and a frozen
+# dataclass costs about three times as much to construct (measured: 0.54 µs against 0.19 µs).
+
+
+class BucketCharge(NamedTuple):
     """What one request takes from one bucket."""
 
     subject: str  # e.g. "ip:203.0.113.7", "api_key:k:ab12...", "global"
@@ -30,8 +32,7 @@ class BucketCharge:
     cost: int  # units this request takes; 0 reads the state without consuming
 
 
-@dataclass(frozen=True, slots=True)
-class BucketState:
+class BucketState(NamedTuple):
     """A bucket after the request: what the rate-limit headers report."""
 
     remaining: int
@@ -39,8 +40,7 @@ class BucketState:
     retry_after: float  # seconds until this request would be admitted (0 when it was)
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """The verdict over every bucket of one request: all admitted, or none charged."""
 
     allowed: bool
@@ -62,6 +62,9 @@ class Storage(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+_new = tuple.__new__
 
 
 def refused_state(tat_after: float, new_after: float, interval: float, tau: float) -> BucketState:
@@ -86,21 +89,23 @@ def gcra(
     """
     allowed = True
     news: list[float] = []
-    for charge, tat in zip(charges, stored, strict=True):
+    for (_, _, interval, burst, cost), tat in zip(charges, stored, strict=False):  # equal lengths
         if tat is None or tat < now:
             tat = now
-        new = tat + charge.cost * charge.interval
+        new = tat + cost * interval
         news.append(new)
-        if new - now > charge.burst * charge.interval + EPSILON:
+        if new - now > burst * interval + EPSILON:
             allowed = False
     if allowed:
-        admitted: list[BucketState] = []
-        for charge, new in zip(charges, news, strict=True):
-            interval = charge.interval
-            after = new - now
-            remaining = floor((charge.burst * interval - after + EPSILON) / interval)
-            admitted.append(BucketState(remaining, after, 0.0))
-        return Outcome(True, tuple(admitted)), news
+        # tuple.__new__ skips NamedTuple's Python-level __new__: this runs on every request.
+        states = [
+            _new(
+                BucketState,
+                (floor((burst * interval - (new - now) + EPSILON) / interval), new - now, 0.0),
+            )
+            for (_, _, interval, burst, _), new in zip(charges, news, strict=False)
+        ]
+        return _new(Outcome, (True, tuple(states))), news
     refused: list[BucketState] = []
     for charge, tat, new in zip(charges, stored, news, strict=True):
         tat_after = 0.0 if tat is None or tat < now else tat - now

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from math import floor
 
-from guardrail.backends.base import BucketCharge, Outcome, gcra
+from guardrail.backends.base import EPSILON, BucketCharge, BucketState, Outcome, gcra
 
 
 class MemoryStorage:
@@ -35,23 +36,43 @@ class MemoryStorage:
         self._subjects.clear()
 
     async def charge(self, charges: Sequence[BucketCharge], now: float) -> Outcome:
+        # The admitted path is ``gcra`` fused with the dict lookups (one pass to decide, one to
+        # store): it is the embedded default's hot path. A refusal takes the reference code.
         subjects = self._subjects
         stored: list[float | None] = []
-        for charge in charges:
-            buckets = subjects.get(charge.subject)
-            stored.append(None if buckets is None else buckets.get(charge.name))
-        outcome, news = gcra(charges, stored, now)
-        if news is None:
-            return outcome
-        for charge, new in zip(charges, news, strict=True):
-            if new <= now:  # a cost-0 read of an empty bucket: nothing to keep
+        news: list[float] = []
+        for subject, name, interval, burst, cost in charges:
+            buckets = subjects.get(subject)
+            tat = None if buckets is None else buckets.get(name)
+            stored.append(tat)
+            base = now if tat is None or tat < now else tat
+            new = base + cost * interval
+            if new - now > burst * interval + EPSILON:
+                for later in charges[len(stored) :]:
+                    buckets = subjects.get(later.subject)
+                    stored.append(None if buckets is None else buckets.get(later.name))
+                return gcra(charges, stored, now)[0]
+            news.append(new)
+        states = []
+        for (subject, name, interval, burst, _), new in zip(charges, news, strict=False):
+            after = new - now
+            states.append(
+                _new(
+                    BucketState,
+                    (floor((burst * interval - after + EPSILON) / interval), after, 0.0),
+                )
+            )
+            if after <= 0:  # a cost-0 read of an empty bucket: nothing to keep
                 continue
-            buckets = subjects.get(charge.subject)
+            buckets = subjects.get(subject)
             if buckets is None:
-                subjects[charge.subject] = {charge.name: new}
+                subjects[subject] = {name: new}
+                if len(subjects) > self.max_subjects:
+                    subjects.popitem(last=False)
             else:
-                buckets[charge.name] = new
-                subjects.move_to_end(charge.subject)
-        while len(subjects) > self.max_subjects:
-            subjects.popitem(last=False)
-        return outcome
+                buckets[name] = new
+                subjects.move_to_end(subject)
+        return _new(Outcome, (True, tuple(states)))
+
+
+_new = tuple.__new__
