@@ -61,9 +61,9 @@ def slowapi_app() -> Starlette:
     return app
 
 
-def guardrail_app() -> Guardrail:
+def guardrail_app(storage: str | None = None) -> Guardrail:
     os.environ.setdefault("GUARDRAIL_BENCH_SECRET", "bench-secret")
-    return Guardrail(bare_app(), policy=Policy.from_string(POLICY))
+    return Guardrail(bare_app(), policy=Policy.from_string(POLICY), storage=storage)
 
 
 SCOPE: dict[str, Any] = {
@@ -111,12 +111,14 @@ class Server:
         return (time.perf_counter_ns() - start) / requests / 1000
 
 
-async def main_async(requests: int, batches: int) -> None:
+async def main_async(requests: int, batches: int, redis: str | None) -> None:
     builders: dict[str, Callable[[], ASGIApp]] = {
         "bare Starlette app": bare_app,
         "slowapi, 1 memory limit": slowapi_app,
         "guardrail, 3 memory buckets": guardrail_app,
     }
+    if redis:  # one round trip to a real Redis per request: informative, not part of the target
+        builders["guardrail, 3 Redis buckets"] = lambda: guardrail_app(redis)
     servers = {name: Server(build()) for name, build in builders.items()}
     for server in servers.values():
         await server.batch(1000)  # warm-up: caches, lazily started resources
@@ -146,8 +148,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=60000)
     parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--redis", metavar="URL", help="also measure the Redis backend at URL")
     args = parser.parse_args()
-    asyncio.run(main_async(args.requests, args.batches))
+    asyncio.run(main_async(args.requests, args.batches, args.redis))
 
 
 if __name__ == "__main__":
