@@ -430,3 +430,23 @@ async def test_response_streams_through_unbuffered_via_asgi(tmp_path: Path, cloc
         "body:data: 2",
     ]
     await app.shutdown()
+
+
+@pytest.mark.parametrize("behaviour", ["raises", "returns"])
+async def test_app_without_lifespan_support_still_gets_guardrail_started_and_flushed(
+    tmp_path: Path, clock, behaviour: str
+):
+    async def no_lifespan(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            if behaviour == "raises":
+                raise RuntimeError("lifespan not supported")
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    app = build(tmp_path, clock, app=no_lifespan)
+    async with lifespan(app), client(app) as http:
+        statuses = [(await http.get("/x")).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    assert app.audit.closed
+    assert [r["action"] for r in audit_records(tmp_path)] == ["limit"]

@@ -114,9 +114,13 @@ class Guardrail:
             await self.app(scope, receive, send)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        took_startup = False
+
         async def lifespan_receive() -> Message:
+            nonlocal took_startup
             message = await receive()
             if message["type"] == "lifespan.startup":
+                took_startup = True
                 await self.startup()
             return message
 
@@ -125,7 +129,28 @@ class Guardrail:
                 await self.shutdown()
             await send(message)
 
-        await self.app(scope, lifespan_receive, lifespan_send)
+        try:
+            await self.app(scope, lifespan_receive, lifespan_send)
+        except Exception:
+            if took_startup:
+                raise
+            await self._own_lifespan(receive, send)
+            return
+        if not took_startup:
+            await self._own_lifespan(receive, send)
+
+    async def _own_lifespan(self, receive: Receive, send: Send) -> None:
+        # The app does not speak lifespan, but guardrail still has to start and, above all,
+        # flush the audit trail at shutdown: answer the server on the app's behalf.
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self.routes.match(scope["path"], scope["method"])
