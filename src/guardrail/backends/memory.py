@@ -39,19 +39,13 @@ class MemoryStorage:
         # The admitted path is ``gcra`` fused with the dict lookups (one pass to decide, one to
         # store): it is the embedded default's hot path. A refusal takes the reference code.
         subjects = self._subjects
-        stored: list[float | None] = []
         news: list[float] = []
         for subject, name, interval, burst, cost in charges:
             buckets = subjects.get(subject)
             tat = None if buckets is None else buckets.get(name)
-            stored.append(tat)
-            base = now if tat is None or tat < now else tat
-            new = base + cost * interval
+            new = (now if tat is None or tat < now else tat) + cost * interval
             if new - now > burst * interval + EPSILON:
-                for later in charges[len(stored) :]:
-                    buckets = subjects.get(later.subject)
-                    stored.append(None if buckets is None else buckets.get(later.name))
-                return gcra(charges, stored, now)[0]
+                return gcra(charges, [self._tat(c) for c in charges], now)[0]
             news.append(new)
         states = []
         for (subject, name, interval, burst, _), new in zip(charges, news, strict=False):
@@ -73,6 +67,10 @@ class MemoryStorage:
                 buckets[name] = new
                 subjects.move_to_end(subject)
         return _new(Outcome, (True, tuple(states)))
+
+    def _tat(self, charge: BucketCharge) -> float | None:
+        buckets = self._subjects.get(charge.subject)
+        return None if buckets is None else buckets.get(charge.name)
 
 
 _new = tuple.__new__
