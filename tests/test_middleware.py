@@ -132,12 +132,14 @@ async def test_observe_mode_decides_and_audits_but_never_interferes(tmp_path: Pa
     ] * 2
 
 
-async def test_exempt_route_is_untouched(tmp_path: Path, clock):
+async def test_exempt_route_is_never_limited_nor_audited(tmp_path: Path, clock):
     app = build(tmp_path, clock)
     async with client(app) as http:
         responses = [await http.get("/healthz") for _ in range(10)]
     assert {r.status_code for r in responses} == {200}
-    assert all("guardrail-request-id" not in r.headers for r in responses)
+    assert all("ratelimit" not in r.headers for r in responses)
+    # SPEC 3: every response that passes through guardrail carries its request id.
+    assert len({r.headers["guardrail-request-id"] for r in responses}) == 10
     await app.shutdown()
     assert audit_records(tmp_path) == []
 
@@ -450,3 +452,92 @@ async def test_app_without_lifespan_support_still_gets_guardrail_started_and_flu
     assert statuses == [200, 200, 429]
     assert app.audit.closed
     assert [r["action"] for r in audit_records(tmp_path)] == ["limit"]
+
+
+async def test_deeply_nested_json_is_limited_like_any_request_never_a_500(tmp_path: Path, clock):
+    app = build(
+        tmp_path, clock, POLICY.replace("inspect_max_bytes: 1KB", "inspect_max_bytes: 200KB")
+    )
+    body = b"[" * 100_000  # under inspect_max_bytes; json.loads raises RecursionError on it
+    async with client(app) as http:
+        statuses = [
+            (await http.post("/v1/chat/completions", content=body, headers=bearer("sk-deep")))
+            for _ in range(4)
+        ]
+    await app.shutdown()
+    assert [r.status_code for r in statuses] == [200, 200, 200, 429]
+    assert statuses[0].content == body  # replayed to the app unchanged
+
+
+def test_parse_openai_survives_what_json_cannot_parse():
+    from guardrail.inspection import parse_openai
+
+    with pytest.raises(RecursionError):
+        json.loads(b"[" * 100_000)
+    assert parse_openai(b"[" * 100_000) is None
+    assert parse_openai(b"\xff\xfe") is None
+    assert parse_openai(b"[1, 2]") is None
+
+
+async def test_observe_mode_with_fail_closed_still_serves_when_the_store_is_down(
+    tmp_path: Path, clock
+):
+    from conftest import free_port
+
+    policy = POLICY.replace(
+        "version: 1", "version: 1\nmode: observe\non_storage_error: fail_closed"
+    )
+    app = build(tmp_path, clock, policy, storage=f"redis://127.0.0.1:{free_port()}/0?timeout=0.2")
+    async with client(app) as http:
+        response = await http.get("/page")
+    await app.shutdown()
+    assert response.status_code == 200
+    [record] = audit_records(tmp_path)
+    assert (record["action"], record["status"], record["storage_error"]) == ("limit", 200, True)
+
+
+async def test_first_request_cancelled_during_startup_does_not_leave_guardrail_unstarted(
+    tmp_path: Path, clock
+):
+    import asyncio
+
+    app = build(tmp_path, clock)
+    gate = asyncio.Event()
+    real_start = app.audit.start
+
+    async def slow_start() -> None:
+        await gate.wait()
+        await real_start()
+
+    app.audit.start = slow_start  # type: ignore[method-assign]
+    first = asyncio.ensure_future(app.startup())
+    await asyncio.sleep(0)
+    first.cancel()  # the first request's client went away while guardrail was starting
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    gate.set()
+    async with client(app) as http:
+        for _ in range(3):
+            await http.get("/page")
+    await app.shutdown()
+    assert [r["action"] for r in audit_records(tmp_path)] == ["limit"]
+
+
+async def test_failed_app_startup_releases_guardrail(tmp_path: Path, clock):
+    async def failing(scope: Scope, receive: Receive, send: Send) -> None:
+        assert (await receive())["type"] == "lifespan.startup"
+        await send({"type": "lifespan.startup.failed", "message": "no model"})
+
+    app = build(tmp_path, clock, app=failing)
+    incoming = [{"type": "lifespan.startup"}]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return incoming.pop(0)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+    assert sent == [{"type": "lifespan.startup.failed", "message": "no model"}]
+    assert app.audit.closed

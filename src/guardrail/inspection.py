@@ -41,8 +41,10 @@ def _text(content: object) -> str:
 def parse_openai(raw: bytes) -> OpenAIRequest | None:
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None  # the app answers malformed JSON itself; guardrail only looks
+    except (ValueError, RecursionError):
+        # Malformed or absurdly nested JSON: the app answers it; guardrail only looks, and a
+        # body it cannot read must never turn into a 500 or skip the limits.
+        return None
     if not isinstance(body, dict):
         return None
     prompt = ""

@@ -20,19 +20,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from guardrail.actions.limit import ratelimit_headers, send_limited, send_unavailable
 from guardrail.audit import AuditLog, format_ts, sink_from_uri
 from guardrail.backends import storage_from_uri
-from guardrail.backends.base import BucketCharge, Outcome, Storage
+from guardrail.backends.base import Storage
 from guardrail.backends.memory import MemoryStorage
 from guardrail.decision import LIMIT, Decision, RequestIds
 from guardrail.errors import SecretError, StorageError
 from guardrail.identity import IdentityResolver
 from guardrail.inspection import parse_openai, read_body
-from guardrail.limits import RouteTable
+from guardrail.limits import CompiledRoute, RouteTable
 from guardrail.policy import Policy
 from guardrail.secrets import resolve_secret
 
 logger = logging.getLogger("guardrail")
-
-UNLIMITED = Outcome(True, ())  # a route with no request limits
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -73,15 +71,19 @@ class Guardrail:
         self.sample_allowed = conf.sample_allowed
         self.request_ids = RequestIds()
         self._ready: asyncio.Future[None] | None = None
+        self._started = False  # read on every request: cheaper than asking the future
         self._storage_warned_at = float("-inf")
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def startup(self) -> None:
         """Start guardrail's own resources; called on lifespan startup or the first request."""
-        if self._ready is None:
-            self._ready = asyncio.ensure_future(self._start())
-        await self._ready
+        ready = self._ready
+        if ready is None or (ready.done() and (ready.cancelled() or ready.exception())):
+            ready = self._ready = asyncio.ensure_future(self._start())
+        # Shielded: the first request being cancelled (its client left) must not cancel the
+        # start that every later request relies on.
+        await asyncio.shield(ready)
 
     async def _start(self) -> None:
         await self.audit.start()
@@ -90,6 +92,7 @@ class Guardrail:
         except StorageError as exc:
             # Not fatal: each request then follows on_storage_error until the store is back.
             logger.warning("guardrail: storage unavailable at startup: %s", exc)
+        self._started = True
 
     async def shutdown(self) -> None:
         """Flush the audit trail and close connections (lifespan shutdown, or call it yourself)."""
@@ -125,7 +128,11 @@ class Guardrail:
             return message
 
         async def lifespan_send(message: Message) -> None:
-            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            if message["type"] in (
+                "lifespan.shutdown.complete",
+                "lifespan.shutdown.failed",
+                "lifespan.startup.failed",  # the app will not serve: release what we started
+            ):
                 await self.shutdown()
             await send(message)
 
@@ -154,16 +161,13 @@ class Guardrail:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self.routes.match(scope["path"], scope["method"])
-        if route is not None and route.exempt:
-            await self.app(scope, receive, send)
-            return
-        if self._ready is None or not self._ready.done():
-            await self.startup()
         request_id = self.request_ids()
         id_header = (b"guardrail-request-id", request_id.encode())
-        if route is None:
+        if route is None or route.exempt:
             await self.app(scope, receive, _with_headers(send, [id_header], None))
             return
+        if not self._started:
+            await self.startup()
 
         now = self.clock()
         decision = Decision(request_id, route.name, self.identity.resolve(scope), self.enforce)
@@ -172,31 +176,22 @@ class Guardrail:
             raw, receive = await read_body(receive, route.inspect_max_bytes)
             if raw is not None:
                 decision.request = parse_openai(raw)
-
-        charges = route.charges(decision.subject)
-        outcome: Outcome | None
-        try:
-            outcome = await self.storage.charge(charges, now) if charges else UNLIMITED
-        except StorageError as exc:
-            outcome = await self._degrade(exc, charges, decision, now)
-        if outcome is None:  # fail_closed and the store is down
-            decision.action, decision.storage_error = LIMIT, True
-            await send_unavailable(send, request_id=request_id, headers=[id_header])
-            self._record(scope, decision, now, 503)
-            return
-        decision.outcome, decision.limits = outcome, route.charged
+        await self._decide(route, decision, now)
 
         headers = [id_header]
-        if not outcome.allowed:
-            decision.action = LIMIT
-            if self.enforce:
-                hit = decision.limit
-                assert hit is not None  # a refusal always comes from a bucket
-                headers += ratelimit_headers(route.ratelimit_policy, route.charged, outcome)
-                await send_limited(send, hit=hit, request_id=request_id, headers=headers)
-                self._record(scope, decision, now, 429)
+        outcome = decision.outcome
+        if decision.action == LIMIT and self.enforce:
+            if outcome is None:  # fail_closed and the store is down
+                await send_unavailable(send, request_id=request_id, headers=headers)
+                self._record(scope, decision, now, 503)
                 return
-        elif route.headers and self.enforce and outcome.states:
+            hit = decision.limit
+            assert hit is not None  # a refusal always comes from a bucket
+            headers += ratelimit_headers(route.ratelimit_policy, route.charged, outcome)
+            await send_limited(send, hit=hit, request_id=request_id, headers=headers)
+            self._record(scope, decision, now, 429)
+            return
+        if route.headers and self.enforce and outcome is not None and outcome.states:
             headers += ratelimit_headers(route.ratelimit_policy, route.charged, outcome)
 
         status = [0]
@@ -215,23 +210,15 @@ class Guardrail:
         if route is None or route.exempt:
             await self.app(scope, receive, send)
             return
-        if self._ready is None or not self._ready.done():
+        if not self._started:
             await self.startup()
         now = self.clock()
         decision = Decision(
             self.request_ids(), route.name, self.identity.resolve(scope), self.enforce
         )
         scope.setdefault("state", {})["guardrail"] = decision
-        charges = route.charges(decision.subject)
-        outcome: Outcome | None
-        try:
-            outcome = await self.storage.charge(charges, now) if charges else UNLIMITED
-        except StorageError as exc:
-            outcome = await self._degrade(exc, charges, decision, now)
-        if outcome is None or not outcome.allowed:
-            decision.action, decision.storage_error = LIMIT, outcome is None
-            if outcome is not None:
-                decision.outcome, decision.limits = outcome, route.charged
+        await self._decide(route, decision, now)
+        if decision.action == LIMIT:
             self._record(scope, decision, now, 403 if self.enforce else 101)
             if self.enforce:
                 message = await receive()
@@ -244,15 +231,27 @@ class Guardrail:
 
     # -- pipeline steps --------------------------------------------------------------------
 
-    async def _degrade(
-        self, exc: StorageError, charges: list[BucketCharge], decision: Decision, now: float
-    ) -> Outcome | None:
-        """on_storage_error: the local fallback's verdict (fail_open), or None (fail_closed)."""
-        self._warn_storage(exc, now)
-        if self.fallback is None:
-            return None
-        decision.degraded = True
-        return await self.fallback.charge(charges, now)
+    async def _decide(self, route: CompiledRoute, decision: Decision, now: float) -> None:
+        """Charge every bucket of the route at once; a refusal makes the action ``limit``.
+
+        A storage failure follows on_storage_error: the local fallback decides (fail_open), or
+        nothing can, and the request is refused with ``storage_error`` set (fail_closed).
+        """
+        charges = route.charges(decision.subject)
+        if not charges:
+            return
+        try:
+            outcome = await self.storage.charge(charges, now)
+        except StorageError as exc:
+            self._warn_storage(exc, now)
+            if self.fallback is None:
+                decision.action, decision.storage_error = LIMIT, True
+                return
+            decision.degraded = True
+            outcome = await self.fallback.charge(charges, now)
+        decision.outcome, decision.limits = outcome, route.charged
+        if not outcome.allowed:
+            decision.action = LIMIT
 
     def _warn_storage(self, exc: StorageError, now: float) -> None:
         if now - self._storage_warned_at >= 10.0:
@@ -307,8 +306,9 @@ def _secret(policy: Policy, storage_uri: str) -> bytes:
             "a shared storage is configured but the policy has no `secret`: every worker would "
             "hash API keys differently and no two would share a bucket; set secret: env:NAME"
         )
-    logger.warning(
-        "guardrail: no `secret` in the policy; API keys are hashed with a per-process secret, "
-        "so their hashes change on restart and `guardrail hash-key` cannot reproduce them"
-    )
+    if policy.identity.api_key is not None:
+        logger.warning(
+            "guardrail: no `secret` in the policy; API keys are hashed with a per-process secret, "
+            "so their hashes change on restart and `guardrail hash-key` cannot reproduce them"
+        )
     return os.urandom(32)
