@@ -40,7 +40,7 @@ async def main(url: str, workers: int) -> str:
         audit=f"file://{tempfile.mkdtemp()}/audit.jsonl",
     )
     await app.startup()
-    barrier = aioredis.from_url(url)
+    barrier = aioredis.from_url(url.split("?")[0])  # guardrail's own URI options are not redis-py's
     # Start together: every process waits until all have connected.
     await barrier.incr("test:ready")
     while int(await barrier.get("test:ready") or 0) < workers:  # noqa: ASYNC110

@@ -34,6 +34,7 @@ class Account:
 @dataclass(frozen=True)
 class ClientIp:
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    header: str = "x-forwarded-for"
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,14 @@ class Identity:
     subnet: Subnet = field(default_factory=Subnet)
 
 
-def proxies(*cidrs: str) -> ClientIp:
-    return ClientIp(tuple(ip_network(c) for c in cidrs))
+def proxies(*cidrs: str, header: str = "x-forwarded-for") -> ClientIp:
+    return ClientIp(tuple(ip_network(c) for c in cidrs), header)
 
 
-def resolver(*trusted: str, secret: bytes = SECRET, **fields: Any) -> IdentityResolver:
-    return IdentityResolver(Identity(client_ip=proxies(*trusted), **fields), secret)
+def resolver(
+    *trusted: str, secret: bytes = SECRET, header: str = "x-forwarded-for", **fields: Any
+) -> IdentityResolver:
+    return IdentityResolver(Identity(client_ip=proxies(*trusted, header=header), **fields), secret)
 
 
 def scope(
@@ -211,22 +214,32 @@ def test_x_forwarded_for(
 )
 def test_forwarded(forwarded: list[str], expected: str) -> None:
     headers = [("forwarded", value) for value in forwarded]
-    assert resolver(*LOCAL).resolve(scope("127.0.0.1", headers)).ip == expected
+    assert resolver(*LOCAL, header="forwarded").resolve(scope("127.0.0.1", headers)).ip == expected
 
 
-def test_forwarded_wins_over_x_forwarded_for() -> None:
-    headers = [("x-forwarded-for", "6.6.6.6"), ("forwarded", "for=203.0.113.9")]
-    assert resolver(*LOCAL).resolve(scope("127.0.0.1", headers)).ip == "203.0.113.9"
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("x-forwarded-for", "203.0.113.9"), ("forwarded", "198.51.100.20")],
+)
+def test_only_the_configured_forwarding_header_is_read(header: str, expected: str) -> None:
+    # The client sends the header its proxy does not write; the proxy appends to its own.
+    # Reading the other one would let the client pick its address.
+    spoof = "for=6.6.6.6" if header == "x-forwarded-for" else "6.6.6.6"
+    other = "forwarded" if header == "x-forwarded-for" else "x-forwarded-for"
+    own = "203.0.113.9" if header == "x-forwarded-for" else "for=198.51.100.20"
+    headers = [(other, spoof), (header, own)]
+    assert resolver(*LOCAL, header=header).resolve(scope("127.0.0.1", headers)).ip == expected
 
 
-def test_blank_forwarded_falls_back_to_x_forwarded_for() -> None:
-    headers = [("forwarded", " , "), ("x-forwarded-for", "203.0.113.9")]
-    assert resolver(*LOCAL).resolve(scope("127.0.0.1", headers)).ip == "203.0.113.9"
+def test_unknown_forwarding_header_is_refused() -> None:
+    with pytest.raises(GuardrailError, match="x-real-ip"):
+        resolver(*LOCAL, header="x-real-ip")
 
 
 def test_forwarded_from_untrusted_peer_ignored() -> None:
     headers = [("forwarded", "for=203.0.113.9")]
-    assert resolver(*LOCAL).resolve(scope("198.51.100.7", headers)).ip == "198.51.100.7"
+    r = resolver(*LOCAL, header="forwarded")
+    assert r.resolve(scope("198.51.100.7", headers)).ip == "198.51.100.7"
 
 
 @pytest.mark.parametrize(
@@ -460,7 +473,7 @@ def test_account_without_header_or_callable() -> None:
     ],
 )
 def test_headers_that_are_not_utf8_do_not_raise(value: bytes, proxy_header: str) -> None:
-    r = resolver(*LOCAL, account=Account(header="x-account-id"))
+    r = resolver(*LOCAL, header=proxy_header, account=Account(header="x-account-id"))
     hops = (
         value + b", 10.0.0.5"
         if proxy_header == "x-forwarded-for"
@@ -572,7 +585,7 @@ version: 1
 identity:
   api_key: {header: X-Api-Key}
   account: {header: x-account-id}
-  client_ip: {trusted_proxies: [127.0.0.1, 10.0.0.0/8, "2001:db8:ffff::/48"]}
+  client_ip: {trusted_proxies: [127.0.0.1, 10.0.0.0/8, "2001:db8:ffff::/48"], header: forwarded}
   subnet: {ipv4_prefix: 16, ipv6_prefix: 32}
 """
     )

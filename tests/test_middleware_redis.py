@@ -58,7 +58,7 @@ async def test_four_processes_of_fifty_concurrent_requests_admit_exactly_one_hun
         await asyncio.create_subprocess_exec(
             sys.executable,
             str(worker),
-            redis_url,
+            f"{redis_url}?timeout=5",  # under load a slow reply must not pass for a failure
             "4",
             env=env,
             stdout=asyncio.subprocess.PIPE,

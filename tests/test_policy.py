@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import textwrap
+import time
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
@@ -52,6 +53,25 @@ BAD: dict[str, list[tuple[str, int | None]]] = {
     "bad_api_key_hash.yaml": [("allow.api_keys[0]", 4)],
     "not_a_mapping.yaml": [("", None)],
     "empty.yaml": [("", None)],
+    "too_deep.yaml": [("", 3)],
+    "alias_bomb.yaml": [("d[7]", 6)],
+    "recursive_alias.yaml": [("risk.signals.a", 3)],
+    "booleans_as_numbers.yaml": [
+        ("max_subjects", 3),
+        ("routes[0].limits[0].burst", 7),
+        ("audit.sample_allowed", 8),
+        ("thresholds[0].score", 9),
+    ],
+    "non_text_keys.yaml": [("1", 3), ("null", 4), ("[a, b]", 5), ("mode", 7), ("tiers.1", 8)],
+    "huge_numbers.yaml": [
+        ("max_subjects", 3),
+        ("routes[0].inspect_max_bytes", 7),
+        ("routes[0].limits[0].burst", 9),
+        ("routes[0].limits[1].rate", 10),
+        ("routes[0].limits[1].cost", 10),
+        ("audit.rotate.max_bytes", 11),
+    ],
+    "not_finite.yaml": [("thresholds[0].score", 3), ("risk.signals.abuse.weight", 4)],
 }
 
 
@@ -79,7 +99,7 @@ def test_good_policy_loads(path: Path) -> None:
 
 def test_good_set_is_complete() -> None:
     expected = {"minimal", "spec_example", "observe_literal_secret", "redis_cluster"}
-    expected |= {"ipv6_proxies", "account_callable"}
+    expected |= {"ipv6_proxies", "account_callable", "merge_keys"}
     assert expected <= {path.stem for path in GOOD}
 
 
@@ -527,3 +547,149 @@ def test_non_utf8_file_is_an_issue(tmp_path: Path) -> None:
     path.write_bytes(b"version: 1\nmode: \xe9\n")
     (issue,) = check_files([str(path)])
     assert issue.expected.startswith("UTF-8 text")
+
+
+# -- hostile or odd YAML ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "version: 1\nrisk: " + "[" * 5000 + "]" * 5000,
+        "version: 1\nrisk:\n" + "".join(f"{'  ' * (i + 1)}k{i}:\n" for i in range(3000)),
+    ],
+    ids=["flow", "block"],
+)
+def test_deep_nesting_is_an_issue_not_a_recursion_error(text: str) -> None:
+    issue = only_issue(text)
+    assert issue.expected == "a policy nested at most 50 levels deep"
+    assert issue.line is not None and issue.line <= 53
+    assert len(repr(issue.value)) < 80  # the offending line, shortened
+
+
+def test_nesting_through_aliases_counts_too() -> None:
+    chain = "\n".join(f"a{i}: &a{i} [*a{i - 1}]" for i in range(1, 60))
+    issue = only_issue(f"version: 1\na0: &a0 [x]\n{chain}")
+    assert issue.expected.startswith("a policy nested at most 50 levels deep once aliases")
+
+
+def test_alias_bomb_is_refused_quickly() -> None:
+    levels = [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 10)]
+    text = "version: 1\nl0: &l0 [x, x, x, x, x, x, x, x, x, x]\n" + "\n".join(levels)
+    start = time.perf_counter()
+    issue = only_issue(text)
+    assert time.perf_counter() - start < 2  # 11 billion values if expanded
+    assert issue.expected.startswith("aliases repeating at most 10000 values in all")
+    assert (issue.path, issue.line) == ("l3[7]", 5)
+
+
+def test_aliases_that_repeat_little_are_fine() -> None:
+    policy = Policy.from_string(
+        textwrap.dedent(
+            """\
+            version: 1
+            routes:
+              - {name: a, match: &m {path: /}, limits: &l [{per: ip, rate: 1/second}]}
+              - {name: b, match: *m, limits: *l}
+            """
+        )
+    )
+    assert policy.routes[0].limits == policy.routes[1].limits
+
+
+def test_merge_keys_override_and_point_at_their_lines() -> None:
+    policy = Policy.from_yaml(POLICIES / "good" / "merge_keys.yaml")
+    limits = policy.routes[0].limits
+    assert [(limit.per, limit.rate.text, limit.burst, limit.cost) for limit in limits] == [
+        ("ip", "10/minute", 5, 1),
+        ("subnet", "10/minute", 5, 1),
+        ("ip", "20/minute", 5, 2),
+    ]
+    issues = issues_of(
+        """\
+        version: 1
+        x: &lim {per: ip, rate: 10/minute, burst: 0}
+        routes:
+          - name: a
+            match: {path: /}
+            limits:
+              - <<: *lim
+                per: everyone
+                per: ip
+        """
+    )
+    found = [(issue.path, issue.line) for issue in issues]
+    assert ("routes[0].limits[0].burst", 7) in found  # merged: the line of <<
+    assert ("routes[0].limits[0].per", 9) in found  # an explicit duplicate is still one
+    assert ("routes[0].limits[0].per", 8) not in found  # the merged per is no duplicate
+
+
+def test_non_text_keys_do_not_hide_other_issues() -> None:
+    issues = issues_of("version: 1\n? [a, b]\n: x\nmode: strict\n")
+    assert [(issue.path, issue.line) for issue in issues] == [("[a, b]", 2), ("mode", 4)]
+    assert issues[0].expected == "a key that is text, not a list or a mapping"
+
+
+def test_a_yaml_boolean_where_a_word_is_expected_hints_to_quote_it() -> None:
+    issue = only_issue("version: 1\nmode: yes")
+    assert issue.expected.startswith("one of: enforce, observe")
+    assert "quote the word" in issue.expected
+    assert "quote the word" in only_issue("version: 1\nstorage: off").expected
+
+
+@pytest.mark.parametrize("version", ["true", "1.0", "'1'"])
+def test_version_is_the_number_one(version: str) -> None:
+    issue = only_issue(f"version: {version}")
+    assert issue.path == "version" and issue.expected.startswith("1, the policy format version")
+
+
+def test_duplicate_version_keeps_the_duplicate_message() -> None:
+    issue = only_issue("version: 1\nversion: 1")
+    assert (issue.line, issue.expected) == (
+        2,
+        "each key once in a mapping; 'version' is already set on line 1",
+    )
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["headers: 'yes'", "exempt: 1", "limits: [{per: ip, rate: 1/second, burst: '5'}]"],
+)
+def test_values_are_not_coerced(setting: str) -> None:
+    issue = only_issue(f"version: 1\nroutes: [{{name: r, match: {{path: /}}, {setting}}}]")
+    assert issue.path.startswith("routes[0].")
+
+
+def test_whole_numbers_are_accepted_where_a_fraction_may_be() -> None:
+    policy = Policy.from_string(
+        "version: 1\nmode: observe\nthresholds: [{score: 50, action: block}]\n"
+        "audit: {sample_allowed: 1}\nhysteresis: {margin: 5}"
+    )
+    assert policy.thresholds[0].score == 50.0 and policy.audit.sample_allowed == 1.0
+
+
+def test_counts_stop_at_2_to_the_53() -> None:
+    limit = "{per: ip, rate: 9007199254740992/day, burst: %d}"
+    policy = Policy.from_string(
+        f"version: 1\nroutes: [{{name: r, match: {{path: /}}, limits: [{limit % 2**53}]}}]"
+    )
+    assert policy.routes[0].limits[0].capacity == 2**53
+    issue = only_issue(
+        f"version: 1\nroutes: [{{name: r, match: {{path: /}}, limits: [{limit % (2**53 + 1)}]}}]"
+    )
+    assert issue.path == "routes[0].limits[0].burst" and "2**53" in issue.expected
+
+
+def test_check_files_turns_a_crash_into_an_issue(monkeypatch: pytest.MonkeyPatch) -> None:
+    good, bad = str(POLICIES / "good" / "minimal.yaml"), str(POLICIES / "bad" / "bad_rate.yaml")
+    real = Policy.from_yaml
+
+    def from_yaml(path: str) -> Policy:
+        if path == good:
+            raise RuntimeError("boom")
+        return real(path)
+
+    monkeypatch.setattr(Policy, "from_yaml", from_yaml)
+    issues = check_files([good, bad])
+    assert issues[0].file == good and "RuntimeError: boom" in issues[0].expected
+    assert [issue.file for issue in issues[1:]] == [bad]

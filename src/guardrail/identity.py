@@ -57,6 +57,9 @@ class ClientIpConfig(Protocol):
     @property
     def trusted_proxies(self) -> Sequence[IPNetwork]: ...
 
+    @property
+    def header(self) -> str: ...  # "x-forwarded-for" or "forwarded"
+
 
 class SubnetConfig(Protocol):
     @property
@@ -169,8 +172,18 @@ class IdentityResolver:
                 want(account.header, _ACCOUNT)
         self._wanted_direct = dict(wanted)
 
-        want("forwarded", _FORWARDED)
-        want("x-forwarded-for", _XFF)
+        # Exactly one forwarding header is read: the one the proxies write. Reading both lets a
+        # client send the other one through a proxy that only appends to its own, and choose
+        # its address (nginx appends to X-Forwarded-For and passes Forwarded through untouched).
+        header = config.client_ip.header
+        if header == "forwarded":
+            want("forwarded", _FORWARDED)
+        elif header == "x-forwarded-for":
+            want("x-forwarded-for", _XFF)
+        else:
+            raise GuardrailError(
+                f"client_ip.header {header!r}: expected x-forwarded-for or forwarded"
+            )
         self._wanted_proxied = wanted
 
         v4_prefix, v6_prefix = config.subnet.ipv4_prefix, config.subnet.ipv6_prefix
@@ -259,9 +272,7 @@ class IdentityResolver:
             ip = subnet = peer_host if isinstance(peer_host, str) and peer_host else UNKNOWN
             return Subject(api_key, account, ip, subnet)
         if proxied:
-            nodes = _forwarded_nodes(forwarded) if forwarded else None
-            if nodes is None and xff:
-                nodes = _xff_nodes(xff)
+            nodes = _forwarded_nodes(forwarded) if forwarded else _xff_nodes(xff) if xff else None
             if nodes:
                 peer = self._walk(nodes, peer)
         return Subject(api_key, account, peer.ip, peer.subnet)

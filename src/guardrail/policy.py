@@ -30,6 +30,7 @@ from guardrail.errors import PolicyError, PolicyIssue
 from guardrail.policy_types import (
     CallableRef,
     Cost,
+    Count,
     Duration,
     Header,
     HttpUrl,
@@ -61,6 +62,9 @@ _KeyPath = policy_yaml.KeyPath
 
 
 class _Model(BaseModel):
+    # Numbers and booleans are declared strict=True field by field (strict mode for the whole
+    # model would refuse YAML lists for tuples): YAML has typed them already, and lax mode would
+    # read `burst: true` as 1 and `headers: "no"` as false. Floats still accept whole numbers.
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
@@ -91,11 +95,14 @@ class AccountIdentity(_Model):
 
 class ClientIp(_Model):
     trusted_proxies: tuple[Network, ...] = ()
+    # The one forwarding header the trusted proxies write; the other is never read (a proxy
+    # that appends to one passes the other through from the client, who could choose its IP).
+    header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
 
 
 class SubnetConfig(_Model):
-    ipv4_prefix: int = Field(default=24, ge=0, le=32)
-    ipv6_prefix: int = Field(default=48, ge=0, le=128)
+    ipv4_prefix: int = Field(default=24, ge=0, le=32, strict=True)
+    ipv6_prefix: int = Field(default=48, ge=0, le=128, strict=True)
 
 
 class Identity(_Model):
@@ -113,7 +120,7 @@ class Match(_Model):
 class Limit(_Model):
     per: Literal["api_key", "account", "ip", "subnet", "global"]
     rate: RateValue
-    burst: Annotated[int, Field(gt=0)] | None = None
+    burst: Count | None = None
     cost: Cost = 1
 
     @property
@@ -134,10 +141,10 @@ class Limit(_Model):
 class Route(_Model):
     name: str = Field(min_length=1)
     match: Match
-    exempt: bool = False
+    exempt: bool = Field(default=False, strict=True)
     inspect: Literal["openai"] | None = None
     inspect_max_bytes: Size = 262_144
-    headers: bool = False
+    headers: bool = Field(default=False, strict=True)
     limits: tuple[Limit, ...] = ()
 
     @model_validator(mode="after")
@@ -150,7 +157,7 @@ class Route(_Model):
 
 
 class SignalConfig(_Model):
-    weight: float = Field(default=1.0, ge=0)
+    weight: float = Field(default=1.0, ge=0, strict=True, allow_inf_nan=False)
 
 
 class Risk(_Model):
@@ -165,7 +172,7 @@ class Allow(_Model):
 
 
 class Threshold(_Model):
-    score: float = Field(ge=0, le=100)
+    score: float = Field(ge=0, le=100, strict=True, allow_inf_nan=False)
     action: Literal["throttle", "challenge", "block"]
     tier: str | None = None
 
@@ -177,16 +184,16 @@ class Threshold(_Model):
 
 
 class Hysteresis(_Model):
-    margin: float = Field(default=10.0, ge=0)
+    margin: float = Field(default=10.0, ge=0, strict=True, allow_inf_nan=False)
     cooldown: Duration = 900.0
 
 
 class Tier(_Model):
     limits: tuple[Limit, ...] = ()
     delay: Duration | None = None
-    max_tokens: Annotated[int, Field(gt=0)] | None = None
+    max_tokens: Count | None = None
     stream_rate: RateValue | None = None
-    header: bool = False
+    header: bool = Field(default=False, strict=True)
 
 
 class HCaptcha(_Model):
@@ -198,12 +205,12 @@ class HCaptcha(_Model):
 
 
 class Pow(_Model):
-    difficulty: int = Field(default=18, ge=1, le=32)
+    difficulty: int = Field(default=18, ge=1, le=32, strict=True)
 
 
 class Clearance(_Model):
     ttl: PositiveDuration = 1800.0
-    max_requests: int = Field(default=500, gt=0)
+    max_requests: Count = 500
     bind: tuple[Literal["subject", "subnet", "user_agent", "ip"], ...] = (
         "subject",
         "subnet",
@@ -230,14 +237,14 @@ class Challenges(_Model):
 
 class Rotate(_Model):
     max_bytes: Size = 100_000_000
-    keep: int = Field(default=10, ge=1)
+    keep: Count = 10
 
 
 class AuditConfig(_Model):
     sink: SinkUri = "stdout://"
     rotate: Rotate = Field(default_factory=Rotate)
-    sample_allowed: float = Field(default=0.0, ge=0, le=1)
-    hash_chain: bool = True
+    sample_allowed: float = Field(default=0.0, ge=0, le=1, strict=True, allow_inf_nan=False)
+    hash_chain: bool = Field(default=True, strict=True)
 
 
 _WIDE_CHECKED = "guardrail_policy_wide_checked"
@@ -250,7 +257,7 @@ class Policy(_Model):
     mode: Literal["enforce", "observe"] = "enforce"
     storage: StorageUri = "memory://"
     on_storage_error: Literal["fail_open", "fail_closed"] = "fail_open"
-    max_subjects: int = Field(default=1_000_000, gt=0)
+    max_subjects: Count = 1_000_000
     secret: SecretRef | None = None
     identity: Identity = Field(default_factory=Identity)
     routes: tuple[Route, ...] = ()
@@ -264,6 +271,13 @@ class Policy(_Model):
 
     _source: str = PrivateAttr(default="<python>")
     _digest: str | None = PrivateAttr(default=None)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_is_a_number(cls, version: object) -> object:
+        if isinstance(version, bool) or not isinstance(version, int):  # Literal[1] takes true, 1.0
+            raise refuse("1")  # reworded by _reword, like any other version issue
+        return version
 
     @field_validator("thresholds")
     @classmethod
@@ -331,7 +345,7 @@ class Policy(_Model):
             try:
                 policy = cls.model_validate(document.data, context={_WIDE_CHECKED: True})
             except ValidationError as exc:
-                issues += document.issues_from(exc, cls)
+                issues += [_reword_version(issue) for issue in document.issues_from(exc, cls)]
         if issues or policy is None:
             issues = [_reword(issue) for issue in issues]
             raise PolicyError(sorted(issues, key=lambda issue: issue.line or 0))
@@ -357,6 +371,9 @@ def check_files(paths: Sequence[str]) -> list[PolicyIssue]:
             Policy.from_yaml(path)
         except PolicyError as exc:
             issues.extend(exc.issues)
+        except Exception as exc:  # a bug in guardrail must not hide the other files' issues
+            expected = f"a policy guardrail can read (it failed: {type(exc).__name__}: {exc})"
+            issues.append(PolicyIssue(path, None, "", path, expected))
     return issues
 
 
@@ -408,10 +425,15 @@ def _policy_wide_problems(data: Mapping[str, Any]) -> list[tuple[_KeyPath, objec
     return problems
 
 
-def _reword(issue: PolicyIssue) -> PolicyIssue:
+def _reword_version(issue: PolicyIssue) -> PolicyIssue:
+    # Only validation issues: a duplicate `version:` key keeps its own message.
     if issue.path == "version":
         expected = "1, the policy format version (required; 1 is the only one so far)"
         return PolicyIssue(issue.file, issue.line, issue.path, issue.value, expected)
+    return issue
+
+
+def _reword(issue: PolicyIssue) -> PolicyIssue:
     # Never echo a secret or a raw API key into an error message: those end up in CI logs.
     secret = issue.path.endswith("secret") and isinstance(issue.value, str)
     if secret and reference_kind(str(issue.value)) == "literal":

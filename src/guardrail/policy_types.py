@@ -36,6 +36,20 @@ def refuse(expected: str, at: KeyPath = ()) -> PydanticCustomError:
     return PydanticCustomError(GUARDRAIL_ERROR, "{expected}", {"expected": expected, "at": at})
 
 
+#: The largest count a policy may set (burst, cost, sizes, …): 2**53 is the last whole number a
+#: double holds exactly, and Redis's Lua scripts count in doubles, so a larger burst would come
+#: back from Redis rounded or as a garbage integer (-9223372036854775808).
+MAX_COUNT = 2**53
+_COUNT_EXPECTED = f"a whole number from 1 to 2**53 ({MAX_COUNT})"
+
+
+def _count(value: object) -> int:
+    # isinstance(True, int) holds: a bool is refused, not read as 1.
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_COUNT:
+        return value
+    raise refuse(_COUNT_EXPECTED)
+
+
 @dataclass(frozen=True, slots=True)
 class Rate:
     """``amount`` requests (or cost units) every ``seconds``; ``text`` is the rate as written."""
@@ -66,6 +80,8 @@ def _rate(value: object) -> Rate:
         raise refuse(_RATE_EXPECTED + " (one rate per limit)")
     if items[0].amount < 1:
         raise refuse(_RATE_EXPECTED + ", above zero (exempt: true lifts limits)")
+    if items[0].amount > MAX_COUNT:
+        raise refuse(f"{_RATE_EXPECTED}, of at most 2**53 ({MAX_COUNT}) requests")
     return Rate(items[0].amount, float(items[0].get_expiry()), value)
 
 
@@ -108,8 +124,10 @@ def _size(value: object) -> int:
         size = -1 if isinstance(value, bool) else int(_BYTE_SIZE.validate_python(value))
     except ValidationError:
         size = -1
-    if size < 1:
-        raise refuse("a size such as 262144, 256KB (1000 bytes a KB) or 256KiB (1024), above zero")
+    if not 1 <= size <= MAX_COUNT:
+        raise refuse(
+            "a size such as 262144, 256KB (1000 bytes a KB) or 256KiB (1024), from 1 byte to 2**53"
+        )
     return size
 
 
@@ -144,9 +162,9 @@ def _pattern(value: object) -> re.Pattern[str]:
 def _cost(value: object) -> int | Literal["tokens"]:
     if value == "tokens":
         return "tokens"
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_COUNT:
         return value
-    raise refuse("a whole number of units above zero, or tokens (the request's LLM tokens)")
+    raise refuse("a whole number of units from 1 to 2**53, or tokens (the request's LLM tokens)")
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -258,7 +276,7 @@ Size = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "integer", "minimum": 1},
+                {"type": "integer", "minimum": 1, "maximum": MAX_COUNT},
                 {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[A-Za-z]*\s*$"},
             ],
             "description": "bytes, or a size such as 256KB or 256KiB",
@@ -280,7 +298,14 @@ Pattern = Annotated[
 Cost = Annotated[
     int | Literal["tokens"],
     PlainValidator(_cost),
-    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1}, {"const": "tokens"}]}),
+    WithJsonSchema(
+        {"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_COUNT}, {"const": "tokens"}]}
+    ),
+]
+Count = Annotated[
+    int,
+    PlainValidator(_count),
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_COUNT}),
 ]
 Header = Annotated[str, AfterValidator(_header)]
 Method = Annotated[str, AfterValidator(_method)]

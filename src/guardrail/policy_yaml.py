@@ -71,21 +71,233 @@ class Document:
         return issues
 
 
+#: How deep a policy may nest. A real one is under ten levels; PyYAML composes (and pydantic
+#: validates) recursively, so thousands of levels would end in a RecursionError, not an issue.
+MAX_DEPTH = 50
+#: How many values aliases (``*name``) may repeat in all. Aliases share nodes, so eight lines can
+#: expand to millions of values ("billion laughs") that validation would then walk one by one.
+MAX_ALIAS_VALUES = 10_000
+
+_MERGE = "tag:yaml.org,2002:merge"
+_TEXT = "tag:yaml.org,2002:str"
+
+
 def load(text: str, source: str) -> Document:
     """Parse ``text``; YAML errors and duplicate keys come back as issues, never as exceptions."""
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
+        walk = _Walk(source, text, loader.alias_lines)
+        if node is not None:
+            walk.visit(node, ())
+        if walk.refused or node is None:  # too deep, too big or cyclic: never construct it
+            return Document(source, None, walk.lines, tuple(walk.issues))
+        data = loader.construct_document(node)
+    except _TooDeep as exc:
+        return Document(source, None, {}, (_too_deep(source, text, exc.line),))
+    except RecursionError:  # not expected past the limits above; an issue all the same
+        return Document(source, None, {}, (_too_deep(source, text, None),))
     except yaml.YAMLError as exc:
         return Document(source, None, {}, (_yaml_issue(exc, text, source),))
     finally:
         loader.dispose()
-    lines: dict[KeyPath, int] = {}
-    duplicates: list[PolicyIssue] = []
-    if node is not None:
-        _walk(node, (), lines, duplicates, source, set())
-    return Document(source, data, lines, tuple(duplicates))
+    return Document(source, data, walk.lines, tuple(walk.issues))
+
+
+class _TooDeep(Exception):
+    def __init__(self, line: int | None) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, refusing deep nesting as it composes and leaving out keys that are not
+    text as it constructs (the walk reports them, so a list as a key hides no other issue)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.depth = 0
+        # (id of a sequence, index) -> line of an alias written there: the node it yields is
+        # the anchored one, whose own line is that of the anchor.
+        self.alias_lines: dict[tuple[int, int], int] = {}
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+        line = event.start_mark.line + 1 if event.start_mark is not None else None
+        if isinstance(event, yaml.AliasEvent):
+            if parent is not None and isinstance(index, int) and line is not None:
+                self.alias_lines[(id(parent), index)] = line
+        elif self.depth > MAX_DEPTH:
+            raise _TooDeep(line)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self.flatten_mapping(node)  # resolves merge keys first, as SafeConstructor does
+        node.value = [(key, value) for key, value in node.value if _is_text(key)]
+        return super().construct_mapping(node, deep)
+
+
+def _is_text(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == _TEXT
+
+
+class _Walk:
+    """One pass over the composed node tree, before construction: the line of every key path,
+    and the issues PyYAML would not report (duplicate keys, keys that are not text) or would
+    only hit later as a crash or a stall (aliases that loop or repeat too much)."""
+
+    def __init__(self, source: str, text: str, alias_lines: Mapping[tuple[int, int], int]):
+        self.source, self.text, self.alias_lines = source, text, alias_lines
+        self.lines: dict[KeyPath, int] = {}
+        self.issues: list[PolicyIssue] = []
+        self.refused = False  # an issue that makes the data unsafe to construct and validate
+        self.visited: set[int] = set()
+        self.active: set[int] = set()  # the nodes enclosing the current one
+        self.measured: dict[int, tuple[int, int]] = {}
+        self.repeated = 0  # values repeated by aliases so far
+
+    def visit(self, node: yaml.Node, path: KeyPath, line: int | None = None) -> None:
+        line = line or node.start_mark.line + 1
+        if id(node) in self.active:
+            self._refuse(
+                path, line, "an alias outside the anchor it names: this value would contain itself"
+            )
+        elif id(node) in self.visited:
+            # An alias: each node is walked once (its key paths got their lines the first
+            # time), but what it repeats counts towards the limits.
+            values, depth = self._measure(node)
+            self.repeated += values
+            if len(path) + depth - 1 > MAX_DEPTH:
+                self._refuse(path, line, _TOO_DEEP + " once aliases are expanded")
+            elif self.repeated > MAX_ALIAS_VALUES:
+                self._refuse(
+                    path,
+                    line,
+                    f"aliases repeating at most {MAX_ALIAS_VALUES} values "
+                    f"in all; with this one they repeat {self.repeated}",
+                )
+        else:
+            self.visited.add(id(node))
+            self.active.add(id(node))
+            if isinstance(node, yaml.MappingNode):
+                self._mapping(node, path)
+            elif isinstance(node, yaml.SequenceNode):
+                for index, item in enumerate(node.value):
+                    item_line = self.alias_lines.get((id(node), index), item.start_mark.line + 1)
+                    self.lines[(*path, index)] = item_line
+                    self.visit(item, (*path, index), item_line)
+            self.active.discard(id(node))
+
+    def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> None:
+        explicit: dict[str, int] = {}
+        merged: list[tuple[yaml.Node, int]] = []
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            if key_node.tag == _MERGE:
+                merged.append((value_node, line))
+                continue
+            if not _is_text(key_node):
+                written = self._written(key_node)
+                self._issue((*path, written), line, written, _not_text_key(key_node, written))
+                self.visit(value_node, (*path, written), line)
+                continue
+            key = str(key_node.value)
+            if key in explicit:
+                expected = (
+                    f"each key once in a mapping; {key!r} is already set on line {explicit[key]}"
+                )
+                self._issue((*path, key), line, key, expected)
+            explicit[key] = line
+        # Merged keys (``<<: *anchor``) are defaults that explicit keys override, as the YAML
+        # merge spec says: not duplicates. Their values are found at the ``<<`` line.
+        for value_node, line in merged:
+            sources = (
+                value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            )
+            for source in sources:
+                self.visit(source, path, line)
+                for key in _keys_of(source, set()):
+                    if key not in explicit:
+                        self.lines.setdefault((*path, key), line)
+        for key_node, value_node in node.value:
+            if _is_text(key_node):
+                key, line = str(key_node.value), key_node.start_mark.line + 1
+                self.lines[(*path, key)] = line  # of the last one, whose value PyYAML keeps
+                self.visit(value_node, (*path, key), line)
+
+    def _measure(self, node: yaml.Node) -> tuple[int, int]:
+        """(values, depth) of ``node`` once its aliases are expanded; each node counted once."""
+        if id(node) in self.measured:
+            return self.measured[id(node)]
+        if id(node) in self.active:  # a cycle, refused by visit()
+            return 1, 1
+        self.active.add(id(node))
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        values, depth = 1, 1
+        for child in children:
+            child_values, child_depth = self._measure(child)
+            values, depth = values + child_values, max(depth, child_depth + 1)
+        self.active.discard(id(node))
+        self.measured[id(node)] = values, depth
+        return values, depth
+
+    def _written(self, node: yaml.Node) -> str:
+        return _shorten(self.text[node.start_mark.index : node.end_mark.index])
+
+    def _issue(self, path: KeyPath, line: int, value: object, expected: str) -> None:
+        self.issues.append(PolicyIssue(self.source, line, render_path(path), value, expected))
+
+    def _refuse(self, path: KeyPath, line: int, expected: str) -> None:
+        # The first such problem is enough: the document is not constructed, and every alias
+        # past the limit would repeat the same issue.
+        if not self.refused:
+            self._issue(path, line, _line_text(self.text, line), expected)
+        self.refused = True
+
+
+def _not_text_key(node: yaml.Node, written: str) -> str:
+    if isinstance(node, yaml.ScalarNode):
+        return f"a key that is text: quote it ('{written}') to use it as one"
+    return "a key that is text, not a list or a mapping"
+
+
+def _keys_of(node: yaml.Node, seen: set[int]) -> list[str]:
+    """The text keys a merge of ``node`` brings, its own merges included."""
+    if not isinstance(node, yaml.MappingNode) or id(node) in seen:
+        return []
+    seen.add(id(node))
+    keys = []
+    for key_node, value_node in node.value:
+        if key_node.tag == _MERGE:
+            nested = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            keys += [key for source in nested for key in _keys_of(source, seen)]
+        elif _is_text(key_node):
+            keys.append(str(key_node.value))
+    return keys
+
+
+_TOO_DEEP = f"a policy nested at most {MAX_DEPTH} levels deep"
+
+
+def _too_deep(source: str, text: str, line: int | None) -> PolicyIssue:
+    return PolicyIssue(source, line, "", _line_text(text, line), _TOO_DEEP)
+
+
+def _line_text(text: str, line: int | None) -> str:
+    lines = text.splitlines()
+    return _shorten(lines[line - 1].strip()) if line and line <= len(lines) else ""
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _yaml_issue(exc: yaml.YAMLError, text: str, source: str) -> PolicyIssue:
@@ -96,41 +308,8 @@ def _yaml_issue(exc: yaml.YAMLError, text: str, source: str) -> PolicyIssue:
     context_mark = getattr(exc, "context_mark", None)
     if context and context_mark is not None and context_mark.line + 1 != line:
         context += f" started on line {context_mark.line + 1}"
-    found = text.splitlines()[line - 1].strip() if line and line <= len(text.splitlines()) else ""
     reason = f"{context}, {problem}" if context else problem
-    return PolicyIssue(source, line, "", found, f"valid YAML ({reason})")
-
-
-def _walk(
-    node: yaml.Node,
-    path: KeyPath,
-    lines: dict[KeyPath, int],
-    duplicates: list[PolicyIssue],
-    source: str,
-    active: set[int],
-) -> None:
-    if id(node) in active:  # a recursive alias: the data is cyclic, stop here
-        return
-    active.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
-                continue
-            key, line = str(key_node.value), key_node.start_mark.line + 1
-            if key in seen:
-                expected = f"each key once in a mapping; {key!r} is already set on line {seen[key]}"
-                duplicates.append(
-                    PolicyIssue(source, line, render_path((*path, key)), key, expected)
-                )
-            seen[key] = line
-            lines[(*path, key)] = line
-            _walk(value_node, (*path, key), lines, duplicates, source, active)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            lines[(*path, index)] = item.start_mark.line + 1
-            _walk(item, (*path, index), lines, duplicates, source, active)
-    active.discard(id(node))
+    return PolicyIssue(source, line, "", _line_text(text, line), f"valid YAML ({reason})")
 
 
 _KIND = {
@@ -139,7 +318,7 @@ _KIND = {
     "int_from_float": "a whole number",
     "float_type": "a number",
     "float_parsing": "a number",
-    "finite_number": "a finite number",
+    "finite_number": "a finite number (not .nan or .inf)",
     "bool_type": "true or false",
     "bool_parsing": "true or false",
     "string_type": "a string",
@@ -175,11 +354,18 @@ def describe(detail: ErrorDetails, root: type[BaseModel]) -> str:
         close = difflib.get_close_matches(str(loc[-1]), known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"not a known key{hint}; known keys here: {', '.join(known)}"
+    # yes/no/on/off are booleans in YAML 1.1 (PyYAML's YAML): `mode: on` is not the word "on".
+    quote = " (unquoted, YAML reads it as true or false: quote the word)"
+    hint = quote if isinstance(detail["input"], bool) else ""
     if kind in ("literal_error", "enum"):
         choices = _literal_choices(_type_at(root, loc))
-        return f"one of: {', '.join(choices)}" if choices else f"one of: {ctx.get('expected')}"
+        if choices:
+            return f"one of: {', '.join(choices)}" + hint
+        return f"one of: {ctx.get('expected')}"
     if kind in _BOUND:
         return _BOUND[kind].format(**{key: _number(value) for key, value in ctx.items()})
+    if kind == "string_type":
+        return _KIND[kind] + hint
     return _KIND.get(kind, detail["msg"])
 
 

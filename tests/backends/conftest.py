@@ -68,6 +68,10 @@ def storage_uri(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def storage(storage_uri: str) -> AsyncIterator[Storage]:
+    # These tests are about what is decided, not how fast: a generous timeout keeps a loaded
+    # CI machine (2 cores, 250 concurrent charges) from turning a slow reply into a failure.
+    if storage_uri != "memory://":
+        storage_uri += ("&" if "?" in storage_uri else "?") + "timeout=5"
     store = storage_from_uri(storage_uri)
     await store.start()
     yield store
