@@ -23,8 +23,11 @@ def make_record(i: int, *, at: float | None = None, **overrides: Any) -> dict[st
         "route": "inference",
         "method": "POST",
         "path": "/v1/chat/completions",
-        "subject": {"api_key": "k:" + f"{i % 7:032x}", "ip": "203.0.113.7",
-                    "subnet": "203.0.113.0/24"},
+        "subject": {
+            "api_key": "k:" + f"{i % 7:032x}",
+            "ip": "203.0.113.7",
+            "subnet": "203.0.113.0/24",
+        },
         "action": "limit",
         "tier": None,
         "score": 12.5,

@@ -19,14 +19,15 @@ from guardrail.audit.reader import (
     trail_files,
     verify,
 )
-from guardrail.audit.record import format_ts
+from guardrail.audit.record import format_ts, link
 from guardrail.audit.sinks import FileSink
 from guardrail.audit.writer import AuditLog
 from guardrail.errors import AuditError
 
 
-def write_trail(path: Path, records: list[dict[str, object]], *, max_bytes: int = 100_000_000,
-                keep: int = 10) -> None:
+def write_trail(
+    path: Path, records: list[dict[str, object]], *, max_bytes: int = 100_000_000, keep: int = 10
+) -> None:
     async def run() -> None:
         log = AuditLog(FileSink(path, max_bytes=max_bytes, keep=keep))
         for record in records:
@@ -54,11 +55,22 @@ def trail(tmp_path: Path) -> Path:
 
 def test_trail_files_are_oldest_first_and_ignore_other_names(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    for name in ("audit.jsonl", "audit.jsonl.1", "audit.jsonl.10", "audit.jsonl.2",
-                 "audit.jsonl.bak", "audit.jsonl.2.gz", "other.jsonl.1"):
+    for name in (
+        "audit.jsonl",
+        "audit.jsonl.1",
+        "audit.jsonl.10",
+        "audit.jsonl.2",
+        "audit.jsonl.bak",
+        "audit.jsonl.2.gz",
+        "other.jsonl.1",
+    ):
         (tmp_path / name).write_text("")
     assert [p.name for p in trail_files(path)] == [
-        "audit.jsonl.10", "audit.jsonl.2", "audit.jsonl.1", "audit.jsonl"]
+        "audit.jsonl.10",
+        "audit.jsonl.2",
+        "audit.jsonl.1",
+        "audit.jsonl",
+    ]
 
 
 def test_no_trail_is_an_audit_error(tmp_path: Path) -> None:
@@ -180,6 +192,74 @@ def test_verify_mentions_records_the_writer_lost(trail: Path) -> None:
     assert "1 record(s) reported lost" in report
 
 
+def write_interleaved(path: Path) -> None:
+    """Two processes' logs on one file: each chains from its own last line."""
+
+    async def run() -> None:
+        a, b = AuditLog(FileSink(path)), AuditLog(FileSink(path))
+        await a.start()
+        await b.start()
+        for i in range(3):
+            a.emit(make_record(i, request_id=f"A{i}"))
+            await a.flush()
+            b.emit(make_record(i, request_id=f"B{i}"))
+            await b.flush()
+        await a.close()
+        await b.close()
+
+    asyncio.run(run())
+
+
+def test_verify_says_when_two_writers_started_one_fresh_file(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_interleaved(path)
+    ok, message = verify(path)
+    assert not ok
+    assert message.startswith(f"{path}:2: broken link")
+    assert f"starts a new chain, and the chain it interrupts goes on at {path}:3" in message
+    assert "several writers appended to this one file" in message
+    assert "{pid}" in message and "Redis stream" in message
+
+
+def test_verify_says_when_two_writers_continued_one_trail(trail: Path) -> None:
+    write_interleaved(trail)  # both read the same last line, then both chain from it
+    ok, message = verify(trail)
+    assert not ok
+    assert message.startswith(f"{trail}:12: broken link")
+    assert (
+        f"but an earlier one ({trail}:10), and the chain it interrupts goes on at {trail}:13"
+        in message
+    )
+    assert "several writers appended to this one file" in message
+    assert "file://guardrail-audit-{pid}.jsonl" in message
+
+
+def test_verify_still_tells_an_inserted_line_from_two_writers(trail: Path) -> None:
+    def insert(lines: list[str]) -> None:
+        forged = json.loads(lines[5])
+        forged["request_id"] = "forged"
+        forged["prev"] = link(lines[4])
+        lines.insert(5, json.dumps(forged, separators=(",", ":")))
+
+    edit_lines(trail, insert)  # the forged line 6 continues line 5; the real line 6 does too
+    ok, message = verify(trail)
+    assert not ok
+    assert message.startswith(f"{trail}:7: broken link")
+    assert "several writers" not in message
+    assert "removed or inserted" in message
+
+
+def test_a_surrogate_escaped_in_the_trail_verifies_and_tails(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_trail(path, [make_record(0), make_record(1, path="/v1/\udce9"), make_record(2)])
+    assert verify(path)[0]
+    out = io.StringIO()
+    tail(path, out=out)
+    shown = out.getvalue().splitlines()[1]
+    assert "/v1/\\udce9" in shown
+    shown.encode("utf-8")  # printable on a UTF-8 terminal
+
+
 def test_verify_of_an_empty_trail(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     path.write_text("")
@@ -194,12 +274,24 @@ def mixed_records() -> list[dict[str, object]]:
     b = {"account": "acct-42", "ip": "198.51.100.9", "subnet": "198.51.100.0/24"}
     return [
         make_record(0, at=T0, action="allow", status=200, subject=a, signals={}, score=0.0),
-        make_record(1, at=T0 + 60, action="limit", subject=a,
-                    signals={"timing_regularity": 31.0}),
-        make_record(2, at=T0 + 3_000, action="challenge", status=403, subject=b, route="default",
-                    signals={"timing_regularity": 4.0, "prompt_templating": 22.5}),
-        make_record(3, at=T0 + 3_500, action="block", status=403, subject=b,
-                    signals={"prompt_templating": 40.0}),
+        make_record(1, at=T0 + 60, action="limit", subject=a, signals={"timing_regularity": 31.0}),
+        make_record(
+            2,
+            at=T0 + 3_000,
+            action="challenge",
+            status=403,
+            subject=b,
+            route="default",
+            signals={"timing_regularity": 4.0, "prompt_templating": 22.5},
+        ),
+        make_record(
+            3,
+            at=T0 + 3_500,
+            action="block",
+            status=403,
+            subject=b,
+            signals={"prompt_templating": 40.0},
+        ),
         make_record(4, at=T0 + 3_550, action="limit", subject=a, signals={}),
     ]
 
@@ -217,8 +309,10 @@ def test_summary_counts_the_whole_trail(tmp_path: Path) -> None:
     }
     assert data["top_subjects"]["api_key"] == [{"value": "k:" + "a" * 32, "count": 2}]
     assert data["top_subjects"]["account"] == [{"value": "acct-42", "count": 2}]
-    assert data["top_subjects"]["ip"] == [{"value": "203.0.113.7", "count": 2},
-                                          {"value": "198.51.100.9", "count": 2}]
+    assert data["top_subjects"]["ip"] == [
+        {"value": "203.0.113.7", "count": 2},
+        {"value": "198.51.100.9", "count": 2},
+    ]
     assert data["top_signals"] == [
         {"name": "prompt_templating", "sum": 62.5, "count": 2},
         {"name": "timing_regularity", "sum": 35.0, "count": 2},
@@ -264,17 +358,30 @@ def test_render_summary_is_a_readable_table(tmp_path: Path) -> None:
 
 def test_format_record_has_fixed_columns() -> None:
     record = make_record(
-        1, at=T0 + 0.123, score=78.4, subject={"api_key": "k:" + "ab" * 16, "ip": "203.0.113.7",
-                                               "subnet": "203.0.113.0/24"},
-        signals={"prompt_templating": 22.5, "timing_regularity": 31.0})
+        1,
+        at=T0 + 0.123,
+        score=78.4,
+        subject={"api_key": "k:" + "ab" * 16, "ip": "203.0.113.7", "subnet": "203.0.113.0/24"},
+        signals={"prompt_templating": 22.5, "timing_regularity": 31.0},
+    )
     assert format_record(record) == (
         "2026-11-28T14:00:00.123Z  limit            429  score=78.4   inference    "
         "POST /v1/chat/completions           api_key=k:abababababababababababababababab "
         "ip=203.0.113.7  limit=api_key:60/minute retry=4s  "
         "top: timing_regularity=31.0 prompt_templating=22.5"
     )
-    throttled = format_record(make_record(2, action="throttle", tier="slow", status=200,
-                                          limit=None, signals={}, mode="observe", dropped=3))
+    throttled = format_record(
+        make_record(
+            2,
+            action="throttle",
+            tier="slow",
+            status=200,
+            limit=None,
+            signals={},
+            mode="observe",
+            dropped=3,
+        )
+    )
     notice, line = throttled.split("\n")
     assert notice.strip() == "!! 3 record(s) lost before this one"
     assert "throttle         200  score=12.5   inference" in line
@@ -328,8 +435,17 @@ def test_tail_follow_survives_rotation(tmp_path: Path) -> None:
         steps[len(sleeps) - 1]()
 
     out = io.StringIO()
-    assert tail(path, follow=True, out=out, sleep=sleep, interval=0.5,
-                stop=lambda: len(sleeps) == len(steps)) == 0
+    assert (
+        tail(
+            path,
+            follow=True,
+            out=out,
+            sleep=sleep,
+            interval=0.5,
+            stop=lambda: len(sleeps) == len(steps),
+        )
+        == 0
+    )
     assert sleeps == [0.5] * len(steps)
     stamps = [line[:24] for line in out.getvalue().splitlines()]
     assert stamps == [format_ts(T0 + i) for i in range(40)]

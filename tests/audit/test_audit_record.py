@@ -37,6 +37,22 @@ def test_encode_round_trips_any_text(record: dict[str, object]) -> None:
     assert json.loads(line) == record
 
 
+def test_encode_escapes_a_lone_surrogate_so_the_line_is_utf8() -> None:
+    record = {"path": "/v1/\udce9", "q": "a\\\udc80b", "é": "✓"}
+    line = encode(record)
+    assert line == '{"path":"/v1/\\udce9","q":"a\\\\\\udc80b","é":"✓"}'
+    assert json.loads(line.encode("utf-8")) == record  # valid UTF-8, reads back the same
+    assert link(line) == link(line.encode("utf-8"))
+
+
+@given(st.dictionaries(st.text(st.characters(codec=None)), st.text(st.characters(codec=None))))
+def test_encode_is_valid_utf8_json_whatever_the_strings_hold(record: dict[str, str]) -> None:
+    line = encode(record)
+    data = line.encode("utf-8")  # never raises: lone surrogates are escaped
+    assert "\n" not in line
+    assert len(json.loads(data)) == len(record)
+
+
 def test_link_is_sha256_of_the_utf8_line() -> None:
     line = encode({"path": "/é"})
     assert link(line) == "sha256:" + hashlib.sha256(line.encode("utf-8")).hexdigest()

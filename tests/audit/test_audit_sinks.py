@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,6 @@ from guardrail.audit.sinks import (
     FileSink,
     RedisStreamSink,
     StdoutSink,
-    mask_uri,
     sink_from_uri,
 )
 from guardrail.errors import AuditError
@@ -56,9 +58,15 @@ async def test_redis_uri_reads_stream_and_maxlen() -> None:
 
 @pytest.mark.parametrize(
     "uri",
-    ["ftp://auditor:hunter2@example.com/audit", "kafka://auditor:hunter2@broker:9092",
-     "audit.jsonl", "file://", "stdout://somewhere", "redis://auditor:hunter2@h:6379/0?maxlen=lots",
-     "redis://auditor:hunter2@h:6379/0?maxlen=0"],
+    [
+        "ftp://auditor:hunter2@example.com/audit",
+        "kafka://auditor:hunter2@broker:9092",
+        "audit.jsonl",
+        "file://",
+        "stdout://somewhere",
+        "redis://auditor:hunter2@h:6379/0?maxlen=lots",
+        "redis://auditor:hunter2@h:6379/0?maxlen=0",
+    ],
 )
 def test_bad_uris_are_refused_without_leaking_the_password(uri: str) -> None:
     with pytest.raises(AuditError) as caught:
@@ -68,9 +76,32 @@ def test_bad_uris_are_refused_without_leaking_the_password(uri: str) -> None:
         assert "auditor:***@" in str(caught.value)
 
 
-def test_mask_uri() -> None:
-    assert mask_uri("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
-    assert mask_uri("redis://h:6379/0") == "redis://h:6379/0"
+def test_a_password_in_the_query_is_masked_too() -> None:
+    with pytest.raises(AuditError) as caught:
+        sink_from_uri("redis://h:6379/0?password=hunter2&maxlen=lots")
+    assert "hunter2" not in str(caught.value)
+    assert "password=***" in str(caught.value)
+
+
+async def test_redis_uri_reads_the_timeout() -> None:
+    default = sink_from_uri("redis://127.0.0.1:6390/0")
+    tuned = sink_from_uri("redis://127.0.0.1:6390/0?timeout=0.5&stream=s")
+    assert isinstance(default, RedisStreamSink) and isinstance(tuned, RedisStreamSink)
+    assert (default.timeout, tuned.timeout, tuned.stream) == (1.0, 0.5, "s")
+    await default.close()
+    await tuned.close()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf", "nan", ""])
+def test_redis_uri_refuses_a_bad_timeout(value: str) -> None:
+    with pytest.raises(AuditError, match="timeout must be a positive number"):
+        sink_from_uri(f"redis://:hunter2@127.0.0.1:6390/0?timeout={value}")
+
+
+def test_file_uri_pid_placeholder_names_this_process(tmp_path: Path) -> None:
+    sink = sink_from_uri(f"file://{tmp_path}/audit-{{pid}}.jsonl")
+    assert isinstance(sink, FileSink)
+    assert sink.path == tmp_path / f"audit-{os.getpid()}.jsonl"
 
 
 def test_file_sink_refuses_nonsense_rotation() -> None:
@@ -102,7 +133,7 @@ async def test_file_sink_rotation_keeps_whole_lines_and_drops_the_oldest(tmp_pat
     sink = FileSink(path, max_bytes=100, keep=2)
     lines = [json.dumps({"n": i, "pad": "x" * 20}) for i in range(40)]  # 37 bytes a line
     for start in range(0, 40, 3):
-        await sink.write(lines[start:start + 3])
+        await sink.write(lines[start : start + 3])
     await sink.close()
     files = [path.with_name("audit.jsonl.2"), path.with_name("audit.jsonl.1"), path]
     assert file_names(tmp_path) == sorted(p.name for p in files)
@@ -110,7 +141,7 @@ async def test_file_sink_rotation_keeps_whole_lines_and_drops_the_oldest(tmp_pat
     for file in files:
         assert file.stat().st_size <= 100
         assert file.read_bytes().endswith(b"\n")
-    assert kept == lines[-len(kept):]  # the newest lines, contiguous: only the oldest file went
+    assert kept == lines[-len(kept) :]  # the newest lines, contiguous: only the oldest file went
     assert len(kept) == 6  # two 37-byte lines fit in 100 bytes; three files kept
 
 
@@ -161,7 +192,53 @@ async def test_stdout_sink_writes_one_line_per_record(capsys: pytest.CaptureFixt
     assert capsys.readouterr().out == '{"n":1}\n{"s":"ü"}\n'
 
 
+async def test_file_sink_pid_placeholder_writes_and_rotates_this_process_trail(
+    tmp_path: Path,
+) -> None:
+    sink = FileSink(tmp_path / "audit-{pid}.jsonl", max_bytes=20, keep=2)
+    await sink.write(['{"n":1,"pad":"xxxx"}', '{"n":2,"pad":"xxxx"}'])
+    assert await sink.last_line() == '{"n":2,"pad":"xxxx"}'
+    await sink.close()
+    mine = f"audit-{os.getpid()}.jsonl"
+    assert file_names(tmp_path) == [mine, f"{mine}.1"]
+    assert lines_of(tmp_path / mine) == ['{"n":2,"pad":"xxxx"}']
+
+
 # --- RedisStreamSink ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def silent_server() -> AsyncIterator[int]:
+    """A TCP server on loopback that accepts connections and never answers; yields its port."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        while await reader.read(65536):
+            pass
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_redis_sink_that_never_answers_fails_within_its_timeout(silent_server: int) -> None:
+    sink = sink_from_uri(f"redis://:hunter2@127.0.0.1:{silent_server}/0?timeout=0.05")
+    try:
+        async with asyncio.timeout(5):  # a hang fails the test instead of blocking it
+            with pytest.raises(AuditError, match="Timeout") as caught:
+                await sink.last_line()
+            assert "hunter2" not in str(caught.value)
+            with pytest.raises(AuditError, match="Timeout"):
+                await sink.write(['{"n":1}'])
+    finally:
+        async with asyncio.timeout(5):
+            await sink.close()
 
 
 async def test_redis_sink_adds_every_line_to_the_stream(redis_url: str) -> None:

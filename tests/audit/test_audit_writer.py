@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Sequence
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -253,8 +256,9 @@ async def test_losses_after_the_last_record_are_logged_at_close(
     log.emit(make_record(0))
     log.emit(make_record(1))
     await log.close()
-    assert any("cannot show them" in r.getMessage() and r.levelno == logging.ERROR
-               for r in caplog.records)
+    assert any(
+        "cannot show them" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records
+    )
 
 
 async def test_an_unserialisable_record_is_counted_not_fatal(
@@ -350,7 +354,8 @@ async def test_a_failed_file_write_leaves_no_half_line(tmp_path: Path) -> None:
 
 
 async def test_a_failed_rotation_is_retried_without_duplicates(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     path = tmp_path / "audit.jsonl"
     sink = FileSink(path, max_bytes=2_000, keep=50)
@@ -372,3 +377,211 @@ async def test_a_failed_rotation_is_retried_without_duplicates(
     assert request_ids(path) == [f"req-{i:06d}" for i in range(20)]
     assert verify(path)[0]
     assert log.lost == 0
+
+
+# --- a sink that stops answering ---------------------------------------------------------------
+
+
+class StuckSink(MemorySink):
+    """Answers nothing: every call waits forever (a sink client without timeouts)."""
+
+    def __init__(
+        self, *, stuck_write: bool = True, stuck_read: bool = True, stuck_close: bool = False
+    ) -> None:
+        super().__init__()
+        self.stuck_write, self.stuck_read, self.stuck_close = stuck_write, stuck_read, stuck_close
+        self.forever = asyncio.Event()
+        self.writing = asyncio.Event()  # set once a write is stuck
+
+    async def write(self, lines: Sequence[str]) -> None:
+        if self.stuck_write:
+            self.writing.set()
+            await self.forever.wait()
+        await super().write(lines)
+
+    async def last_line(self) -> str | None:
+        if self.stuck_read:
+            await self.forever.wait()
+        return await super().last_line()
+
+    async def close(self) -> None:
+        if self.stuck_close:
+            await self.forever.wait()
+        await super().close()
+
+
+async def test_a_trail_end_that_never_answers_does_not_hold_up_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = StuckSink(stuck_write=False)
+    sleeps = Sleeps()
+    log = AuditLog(sink, timeout=0.01, retries=2, sleep=sleeps)
+    caplog.set_level(logging.WARNING, logger="guardrail.audit")
+    async with asyncio.timeout(5):
+        await log.start()  # gives up after `timeout`: the chain stays unknown
+        assert any("no answer within 0.01s" in r.getMessage() for r in caplog.records)
+        log.emit(make_record(0))
+        await log.close()  # read again (3 tries) before the first batch, then genesis
+    assert sleeps.calls == [0.05, 0.1]
+    (only,) = records(sink.lines)
+    assert only["prev"] == GENESIS
+    assert log.written == 1 and log.lost == 0
+    assert any("verify will flag" in r.getMessage() for r in caplog.records)
+
+
+async def test_close_gives_up_on_a_sink_that_never_answers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = StuckSink(stuck_read=False, stuck_close=True)
+    log = AuditLog(sink, timeout=0.01, close_timeout=0.05, queue_size=4, batch_size=2)
+    caplog.set_level(logging.WARNING, logger="guardrail.audit")
+    await log.start()
+    log.emit(make_record(0))
+    log.emit(make_record(1))
+    await sink.writing.wait()  # the writer took records 0 and 1 and is stuck writing them
+    for i in range(2, 6):
+        log.emit(make_record(i))  # the queue is full: close() cannot even queue its stop mark
+    assert log.lost == 0
+    async with asyncio.timeout(5):
+        await log.close()
+    assert log.closed
+    assert sink.lines == []
+    assert log.written == 0
+    assert log.lost == 6
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("within 0.05s; gave up on 6 record(s)" in m for m in messages)
+    assert any("did not close within" in m for m in messages)
+    assert any("6 record(s) lost after the last written record" in m for m in messages)
+    async with asyncio.timeout(5):
+        await log.flush()  # nothing left unaccounted in the queue
+
+
+@pytest.fixture
+async def silent_server() -> AsyncIterator[int]:
+    """A TCP server on loopback that accepts connections and never answers; yields its port."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        while await reader.read(65536):
+            pass
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_redis_stream_that_never_answers_holds_up_neither_start_nor_close(
+    silent_server: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = sink_from_uri(f"redis://127.0.0.1:{silent_server}/0?stream=s&timeout=0.02")
+    log = AuditLog(sink, batch_size=2, retries=1, sleep=Sleeps())
+    caplog.set_level(logging.WARNING, logger="guardrail.audit")
+    async with asyncio.timeout(10):
+        await log.start()
+        for i in range(5):
+            log.emit(make_record(i))
+        await log.close()
+    assert log.closed
+    assert (log.written, log.lost) == (0, 5)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("cannot read the end of the trail yet" in m and "Timeout" in m for m in messages)
+    # the first batch goes through its retries; the sink is then known down: the rest is
+    # counted without being tried, so shutdown ends after one batch's worth of timeouts
+    assert sum("giving up on 2 record(s)" in m for m in messages) == 1
+    assert any("3 record(s) lost (audit sink down at shutdown; not tried)" in m for m in messages)
+
+
+# --- one bad record never takes its batch down ------------------------------------------------
+
+
+async def test_a_lone_surrogate_is_written_escaped_and_the_chain_verifies(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(FileSink(path))
+    for i in range(100):
+        log.emit(make_record(i, path="/v1/\udce9" if i == 50 else f"/ok/{i}"))
+    await log.close()
+    assert (log.written, log.lost) == (100, 0)
+    raw = path.read_bytes()
+    raw.decode("utf-8")  # valid UTF-8 throughout
+    assert b'"path":"/v1/\\udce9"' in raw
+    assert json.loads(trail_lines(path)[50])["path"] == "/v1/\udce9"  # reads back the same
+    assert verify(path) == (
+        True,
+        "OK: 100 records in 1 file(s), hash chain intact, starts at genesis",
+    )
+
+
+async def test_a_record_failing_in_any_way_costs_only_itself(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    deep: dict[str, Any] = {}
+    cursor = deep
+    for _ in range(100_000):  # json.dumps raises RecursionError, not TypeError/ValueError
+        cursor["a"] = cursor = {}
+
+    class Exploding(Mapping[str, Any]):  # a mapping that cannot even be copied
+        def __init__(self, record: dict[str, Any]) -> None:
+            self.record = record
+
+        def __getitem__(self, key: str) -> Any:
+            return self.record[key]
+
+        def __len__(self) -> int:
+            return len(self.record)
+
+        def __iter__(self) -> Iterator[str]:
+            raise RuntimeError("boom")
+
+    sink = MemorySink()
+    log = AuditLog(sink)
+    log.emit(make_record(0))
+    log.emit(make_record(1, signals=deep))
+    log.emit(Exploding(make_record(2)))
+    log.emit(make_record(3))
+    await log.close()
+    got = records(sink.lines)
+    assert [r["request_id"] for r in got] == ["req-000000", "req-000003"]
+    assert got[1]["dropped"] == 2
+    assert (log.written, log.lost) == (2, 2)
+    assert_chain(sink.lines)
+    assert any("req-000001" in r.getMessage() for r in caplog.records)
+
+
+# --- {pid}: one trail per worker process -------------------------------------------------------
+
+_WORKER = """
+import asyncio, sys
+from guardrail.audit import AuditLog, sink_from_uri
+
+async def main():
+    log = AuditLog(sink_from_uri(sys.argv[1]))
+    await log.start()
+    for i in range(3):
+        log.emit({"request_id": f"{sys.argv[2]}{i}", "action": "limit"})
+        await log.flush()
+    await log.close()
+
+asyncio.run(main())
+"""
+
+
+def test_workers_sharing_a_pid_sink_uri_each_keep_a_verifiable_trail(tmp_path: Path) -> None:
+    uri = f"file://{tmp_path}/guardrail-audit-{{pid}}.jsonl"
+    workers = [subprocess.Popen([sys.executable, "-c", _WORKER, uri, name]) for name in ("A", "B")]
+    for worker in workers:
+        assert worker.wait(timeout=60) == 0
+    trails = sorted(tmp_path.iterdir())
+    assert [p.name for p in trails] == sorted(
+        f"guardrail-audit-{worker.pid}.jsonl" for worker in workers
+    )
+    for trail in trails:
+        ok, message = verify(trail)
+        assert ok, message
+        assert "3 records" in message

@@ -127,6 +127,10 @@ def format_record(record: dict[str, Any]) -> str:
     dropped = record.get("dropped")
     if dropped:
         text = f"{'':24}  !! {dropped} record(s) lost before this one\n{text}"
+    if not text.isascii():
+        # A lone surrogate (escaped in the trail, e.g. a path that was not UTF-8) cannot be
+        # printed: show it as \udce9 rather than fail the whole tail.
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
 
 
@@ -401,11 +405,22 @@ def render_summary(data: dict[str, Any]) -> str:
 # --- verify ------------------------------------------------------------------------------------
 
 
+#: How many recent lines verify remembers, to recognise a line chaining from one of them.
+_RECENT = 4096
+
+_SHARED_FILE = (
+    "several writers appended to this one file, each chaining its own lines (workers sharing "
+    "a file:// sink): give each its own trail with {pid} in the path "
+    "(file://guardrail-audit-{pid}.jsonl) or use a Redis stream sink"
+)
+
+
 def verify(path: str | os.PathLike[str]) -> tuple[bool, str]:
     """Walks the hash chain over every file of the trail. ``(True, report)`` when intact;
     ``(False, message)`` naming the first broken link (file and line)."""
     expected: str | None = None
     previous: Location | None = None
+    recent: dict[str, Location] = {}  # link -> line, for the last _RECENT lines (insertion order)
     anchor = ""
     checked = dropped = 0
     files = trail_files(path)
@@ -425,12 +440,17 @@ def verify(path: str | os.PathLike[str]) -> tuple[bool, str]:
                 "cannot be checked"
             )
         elif prev != expected:
-            return False, _broken_message(location, previous, expected, lines)
+            return False, _broken_message(
+                location, previous, prev, expected, lines, recent.get(prev)
+            )
         checked += 1
         if isinstance(record.get("dropped"), int):
             dropped += record["dropped"]
         expected = link(raw)
         previous = location
+        recent[expected] = location
+        if len(recent) > _RECENT:
+            del recent[next(iter(recent))]
     if checked == 0:
         return True, f"OK: trail is empty ({len(files)} file(s))"
     note = f"; {dropped} record(s) reported lost by the writer" if dropped else ""
@@ -442,13 +462,27 @@ def verify(path: str | os.PathLike[str]) -> tuple[bool, str]:
 def _broken_message(
     location: Location,
     previous: Location | None,
+    prev: str,
     expected: str,
     rest: Iterable[tuple[Location, bytes]],
+    forks_from: Location | None,
 ) -> str:
     message = f"{location}: broken link: its prev does not match the line before ({previous})"
     # Look ahead for the line that should have come here, to tell a reordering from a loss.
     needle = f'"prev":"{expected}"'.encode()
     for later, raw in rest:
         if needle in raw:
+            # Two chains going on side by side: this line continues an earlier line (or starts
+            # afresh), while the chain it interrupted goes on further down.
+            if forks_from is not None:
+                return message + (
+                    f" but an earlier one ({forks_from}), and the chain it interrupts goes on at "
+                    f"{later}: {_SHARED_FILE}"
+                )
+            if prev == GENESIS:
+                return message + (
+                    f" but starts a new chain, and the chain it interrupts goes on at {later}: "
+                    + _SHARED_FILE
+                )
             return message + f"; the line that belongs here is at {later}: lines out of order"
     return message + f"; {previous} was altered, or a line after it removed or inserted"

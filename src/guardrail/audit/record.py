@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -29,9 +30,24 @@ def parse_ts(text: str) -> float:
     return parsed.timestamp()
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def encode(record: Mapping[str, Any]) -> str:
-    """One JSON line, without the newline. Key order is kept: the chain hashes these exact bytes."""
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    """One JSON line, without the newline. Key order is kept: the chain hashes these exact bytes.
+
+    The line is always valid UTF-8: a lone surrogate (a path decoded with ``surrogateescape``,
+    say) is written as its JSON escape ``\\udce9``, which reads back as the same string.
+    """
+    line = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    if _SURROGATE.search(line):
+        # Only a string can hold one, and inside a JSON string the escape means the same text.
+        line = _SURROGATE.sub(_escape, line)
+    return line
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
 
 
 def link(line: str | bytes) -> str:

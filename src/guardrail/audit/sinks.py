@@ -13,12 +13,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from guardrail.backends.uri import _number, mask_uri
 from guardrail.errors import AuditError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 DEFAULT_STREAM = "guardrail:audit"
+DEFAULT_TIMEOUT = 1.0
+"""Seconds a Redis stream sink waits to connect, or for an answer, before the call fails."""
+PID = "{pid}"
+"""In a file sink's path, replaced by the writing process's id: one trail per worker."""
 
 
 @runtime_checkable
@@ -32,25 +37,15 @@ class Sink(Protocol):
         """The last line written by any earlier run, so a reopened trail continues its chain."""
 
 
-def mask_uri(uri: str) -> str:
-    """``uri`` with any password replaced by ``***``, fit for error messages and logs."""
-    try:
-        parts = urlsplit(uri)
-        password = parts.password
-    except ValueError:
-        return uri.split("@", 1)[-1] if "@" in uri else uri
-    if not password:
-        return uri
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
-
-
 class FileSink:
     """Appends to ``path``; past ``max_bytes`` rotates PATH -> PATH.1 -> ... -> PATH.keep.
 
     A line is never split across files: a batch that would overflow the current file rotates
     first. A single line longer than ``max_bytes`` gets a fresh file of its own.
+
+    ``{pid}`` in ``path`` stands for the id of the process writing, read at each write: several
+    worker processes (forked before or after the sink was built) each keep a trail of their own,
+    whose hash chain verifies on its own. Without it they would interleave one file.
     """
 
     def __init__(
@@ -60,13 +55,18 @@ class FileSink:
             raise AuditError(f"audit rotate.max_bytes must be > 0, got {max_bytes}")
         if keep < 1:
             raise AuditError(f"audit rotate.keep must be >= 1, got {keep}")
-        self.path = Path(path)
+        self._template = os.fspath(path)
         self.max_bytes = max_bytes
         self.keep = keep
         self._file: FileIO | None = None
         self._size = 0
         # Writes run in worker threads; the lock keeps two overlapping batches from interleaving.
         self._lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        """Where this process writes (``{pid}`` replaced by its process id)."""
+        return Path(self._template.replace(PID, str(os.getpid())))
 
     async def write(self, lines: Sequence[str]) -> None:
         if lines:
@@ -80,7 +80,8 @@ class FileSink:
 
     def _open(self) -> FileIO:
         if self._file is not None and self._moved_away(self._file):
-            # Rotated or removed by someone else (logrotate): write to the file at our path.
+            # Rotated or removed by someone else (logrotate), or this is a forked child whose
+            # {pid} path differs: write to the file at our path.
             self._close_file()
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -213,15 +214,21 @@ def _write_stdout(text: str) -> None:
 
 
 class RedisStreamSink:
-    """``XADD <stream> * record <line>`` per line, one pipelined round trip per batch."""
+    """``XADD <stream> * record <line>`` per line, one pipelined round trip per batch.
+
+    Every call gives up after ``timeout`` seconds (``?timeout=``, default 1) with AuditError.
+    """
 
     def __init__(self, uri: str) -> None:
         import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
         parts = urlsplit(uri)
         query = parse_qsl(parts.query, keep_blank_values=True)
         self.stream = DEFAULT_STREAM
         self.maxlen: int | None = None
+        self.timeout = DEFAULT_TIMEOUT
         passthrough: list[tuple[str, str]] = []
         for key, value in query:
             if key == "stream":
@@ -237,12 +244,26 @@ class RedisStreamSink:
                     ) from None
                 if self.maxlen <= 0:
                     raise AuditError(f"audit sink {mask_uri(uri)}: maxlen must be > 0")
+            elif key == "timeout":
+                self.timeout = _number(float, value)
+                if not 0 < self.timeout < float("inf"):
+                    raise AuditError(
+                        f"audit sink {mask_uri(uri)}: timeout must be a positive number of "
+                        f"seconds, got {value!r}"
+                    )
             else:
                 passthrough.append((key, value))
         self._uri = mask_uri(uri)
         client_uri = urlunsplit(parts._replace(query=urlencode(passthrough)))
         try:
-            self._client: Redis = aioredis.from_url(client_uri)
+            # Bounded calls and no retries of the client's own: a server that stops answering
+            # fails the call within ``timeout``, and the audit writer's retries take over.
+            self._client: Redis = aioredis.from_url(
+                client_uri,
+                socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
         except (ValueError, TypeError) as exc:
             raise AuditError(f"audit sink {self._uri}: {exc}") from None
 
@@ -279,8 +300,9 @@ class RedisStreamSink:
 
 
 def sink_from_uri(uri: str, *, max_bytes: int = 100_000_000, keep: int = 10) -> Sink:
-    """``file://PATH`` (``file://audit.jsonl`` is relative, ``file:///var/log/a.jsonl`` absolute),
-    ``stdout://``, ``redis://host:port/db?stream=NAME&maxlen=N`` or ``rediss://``."""
+    """``file://PATH`` (``file://audit.jsonl`` is relative, ``file:///var/log/a.jsonl`` absolute;
+    ``{pid}`` in PATH gives each worker process a trail of its own), ``stdout://``,
+    ``redis://host:port/db?stream=NAME&maxlen=N&timeout=SECONDS`` or ``rediss://``."""
     scheme, sep, rest = uri.partition("://")
     scheme = scheme.lower()
     if sep and scheme == "file":

@@ -4,6 +4,10 @@ Nothing is lost silently. A record that cannot be queued (queue full, log closed
 (sink still failing after the retries) is counted, logged, and reported as ``"dropped": N`` in
 the next record that does get written. The hash chain is assigned at write time, so it always
 links the lines that actually reached the sink.
+
+A sink that stops answering holds up neither startup nor shutdown: reading the end of the trail
+gives up after ``timeout`` (the chain stays unknown and is read again before the first write),
+and :meth:`AuditLog.close` gives up after ``close_timeout``, counting what it could not write.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class AuditLog:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         monotonic: Callable[[], float] = time.monotonic,
         warn_every: float = 10.0,
+        timeout: float = 5.0,
+        close_timeout: float = 20.0,
     ) -> None:
         self.sink = sink
         self.hash_chain = hash_chain
@@ -53,6 +59,10 @@ class AuditLog:
         self._sleep = sleep
         self._monotonic = monotonic
         self._warn_every = warn_every
+        self._timeout = timeout  # reading the end of the trail; closing the sink
+        self._close_timeout = close_timeout  # close() draining the queue into the sink
+        self._gave_up = False  # closing, and the sink failed a batch through every retry
+        self._in_hand = 0  # records of the batch being written not yet written nor counted lost
         self._last_warning = float("-inf")
         self._unwarned = 0
         self._reason = ""
@@ -96,14 +106,30 @@ class AuditLog:
         await self._queue.join()
 
     async def close(self) -> None:
-        """Writes everything queued so far, then closes the sink."""
+        """Writes everything queued so far, then closes the sink.
+
+        Bounded: once a batch has failed through every retry, the records still queued are not
+        tried (the sink is down); and after ``close_timeout`` the writer is stopped. Either way
+        what was not written is counted as lost and logged."""
         if self._closed:
             return
         self._closing = True
         await self.start()
-        await self._queue.put(None)  # waits for room: the writer task keeps draining
         assert self._task is not None
-        await self._task
+        try:
+            async with asyncio.timeout(self._close_timeout):
+                await self._queue.put(None)  # waits for room: the writer task keeps draining
+                await asyncio.shield(self._task)
+        except TimeoutError:
+            self._task.cancel()
+            await asyncio.wait([self._task], timeout=self._timeout)
+            abandoned = self._drain_queue()
+            log.error(
+                "audit: the sink did not take the queued records within %gs; gave up on "
+                "%d record(s) (counted as lost)",
+                self._close_timeout,
+                abandoned,
+            )
         unreported = self._pending_loss + self._carried
         if unreported:
             log.error(
@@ -113,7 +139,29 @@ class AuditLog:
             )
         self._warn(force=True)
         self._closed = True
-        await self.sink.close()
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self.sink.close()
+        except TimeoutError:
+            log.error("audit: the sink did not close within %gs; left as it is", self._timeout)
+
+    def _drain_queue(self) -> int:
+        """After the writer was stopped: counts what was in hand or still queued as lost."""
+        count = self._in_hand
+        self._carried += self._in_hand
+        self._in_hand = 0
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            self._queue.task_done()
+            if item is not None:
+                count += 1
+                self._carried += 1 + item[1]
+        if count:
+            self._lose(count, "audit sink did not answer at shutdown; not in the trail")
+        return count
 
     async def _run(self) -> None:
         while True:
@@ -129,56 +177,73 @@ class AuditLog:
                     stop = True
                 else:
                     batch.append(item)
-            if batch:
-                try:
-                    await self._write_batch(batch)
-                except Exception:  # the writer task must outlive any single bad batch
-                    log.exception("audit: batch of %d record(s) lost", len(batch))
+            try:
+                if batch and self._gave_up:
                     self._carried += len(batch) + sum(loss for _, loss in batch)
-                    self._lose(len(batch), f"writer error; {_REPORTED}")
-            for _ in range(len(batch) + stop):
-                self._queue.task_done()
+                    self._lose(len(batch), "audit sink down at shutdown; not tried")
+                elif batch:
+                    await self._write_batch_counted(batch)
+            finally:
+                for _ in range(len(batch) + stop):
+                    self._queue.task_done()
             if stop:
                 return
+
+    async def _write_batch_counted(self, batch: list[_Item]) -> None:
+        self._in_hand = len(batch)
+        try:
+            await self._write_batch(batch)
+        except Exception:  # the writer task must outlive any single bad batch
+            log.exception("audit: batch of %d record(s) lost", len(batch))
+            self._carried += self._in_hand + sum(loss for _, loss in batch)
+            self._lose(self._in_hand, f"writer error; {_REPORTED}")
+            self._in_hand = 0
+        # Cancelled (close() ran out of time): _in_hand stays for close() to count.
 
     async def _write_batch(self, batch: list[_Item]) -> None:
         if self.hash_chain and self._prev is None:
             await self._continue_chain_with_retries()
         prev = self._prev or GENESIS
         lines: list[str] = []
+        links: list[str] = []  # link(line) of each line: the prev of the one after it
         claims: list[int] = []  # the "dropped" each line carries, re-owed if it is not written
         dropped = self._carried
         for index, (record, loss) in enumerate(batch):
             if index and index % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # serialising is CPU work on the loop: let requests run
             dropped += loss
-            out = dict(record)
-            out.pop("dropped", None)
-            out.pop("prev", None)
-            if dropped:
-                out["dropped"] = dropped
-            if self.hash_chain:
-                out["prev"] = prev
-            try:
+            try:  # everything that can fail on one record, so it never takes its batch down
+                out = dict(record)
+                out.pop("dropped", None)
+                out.pop("prev", None)
+                if dropped:
+                    out["dropped"] = dropped
+                if self.hash_chain:
+                    out["prev"] = prev
                 line = encode(out)
-            except (TypeError, ValueError) as exc:
+                following = link(line)  # hashes the UTF-8 bytes the sink will write
+            except Exception as exc:
                 log.error(
                     "audit: record %s cannot be serialised (%s); counted as dropped",
-                    record.get("request_id", "?"),
+                    _request_id(record),
                     exc,
                 )
                 self.lost += 1
+                self._in_hand -= 1
                 dropped += 1
                 continue
             lines.append(line)
+            links.append(following)
             claims.append(dropped)
-            prev = link(line)
+            prev = following
             dropped = 0
         self._carried = dropped
+        self._in_hand = len(lines)
         written = await self._write_with_retries(lines)
+        self._in_hand = 0
         if written:
             self.written += written
-            self._prev = link(lines[written - 1])
+            self._prev = links[written - 1]
         if written < len(lines):
             failed = len(lines) - written
             self._carried += failed + sum(claims[written:])
@@ -198,6 +263,9 @@ class AuditLog:
                     return done
                 attempt += 1
                 if attempt > self._retries:
+                    # At shutdown a sink that failed every retry is down: what is still queued
+                    # is counted as lost without trying, so that close() ends.
+                    self._gave_up = self._closing
                     log.error(
                         "audit: sink failed %d times, giving up on %d record(s): %s",
                         attempt,
@@ -220,7 +288,8 @@ class AuditLog:
         """After a failed write: how many of ``lines`` the sink kept anyway (so a retry does not
         duplicate them and break the chain). Zero when the sink cannot tell."""
         try:
-            last = await self.sink.last_line()
+            async with asyncio.timeout(self._timeout):
+                last = await self.sink.last_line()
         except Exception:
             return 0
         if last is None:
@@ -231,10 +300,14 @@ class AuditLog:
         return 0
 
     async def _continue_chain(self) -> bool:
+        """Reads the end of the trail, within ``timeout``. False (the chain stays unknown) when
+        the sink fails or does not answer: the writer reads it again before the first batch."""
         try:
-            last = await self.sink.last_line()
-        except Exception as exc:
-            log.warning("audit: cannot read the end of the trail yet (%s)", exc)
+            async with asyncio.timeout(self._timeout):
+                last = await self.sink.last_line()
+        except Exception as exc:  # TimeoutError too: a sink that does not answer
+            reason = str(exc) or f"no answer within {self._timeout:g}s"
+            log.warning("audit: cannot read the end of the trail yet (%s)", reason)
             return False
         self._prev = GENESIS if last is None else link(last)
         return True
@@ -266,3 +339,10 @@ class AuditLog:
             log.warning("audit: %d record(s) lost (%s)", self._unwarned, self._reason)
             self._unwarned = 0
             self._last_warning = now
+
+
+def _request_id(record: Mapping[str, Any]) -> object:
+    try:
+        return record.get("request_id", "?")
+    except Exception:
+        return "?"
