@@ -6,6 +6,7 @@ a missing redis-server then fails the run instead of skipping.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -123,3 +124,23 @@ def _guardrail_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     from helpers import SECRET
 
     monkeypatch.setenv("GUARDRAIL_TEST_SECRET", SECRET)
+
+
+@pytest.fixture
+async def silent_server() -> AsyncIterator[int]:
+    """A TCP server on loopback that accepts connections and never answers; yields its port."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        while await reader.read(65536):
+            pass
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()

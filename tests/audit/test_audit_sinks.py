@@ -3,12 +3,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from audit_helpers import file_names, stream_lines
+from audit_helpers import (
+    file_names,
+    stream_lines,
+)
 
 from guardrail.audit.sinks import (
     DEFAULT_STREAM,
@@ -205,26 +207,6 @@ async def test_file_sink_pid_placeholder_writes_and_rotates_this_process_trail(
 
 
 # --- RedisStreamSink ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def silent_server() -> AsyncIterator[int]:
-    """A TCP server on loopback that accepts connections and never answers; yields its port."""
-    held: list[asyncio.StreamWriter] = []
-
-    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-        while await reader.read(65536):
-            pass
-
-    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        for writer in held:
-            writer.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_redis_sink_that_never_answers_fails_within_its_timeout(silent_server: int) -> None:

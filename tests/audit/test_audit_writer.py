@@ -5,12 +5,18 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from audit_helpers import file_names, make_record, request_ids, stream_lines, trail_lines
+from audit_helpers import (
+    file_names,
+    make_record,
+    request_ids,
+    stream_lines,
+    trail_lines,
+)
 
 from guardrail.audit.reader import verify
 from guardrail.audit.record import GENESIS, link
@@ -454,26 +460,6 @@ async def test_close_gives_up_on_a_sink_that_never_answers(
     assert any("6 record(s) lost after the last written record" in m for m in messages)
     async with asyncio.timeout(5):
         await log.flush()  # nothing left unaccounted in the queue
-
-
-@pytest.fixture
-async def silent_server() -> AsyncIterator[int]:
-    """A TCP server on loopback that accepts connections and never answers; yields its port."""
-    held: list[asyncio.StreamWriter] = []
-
-    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-        while await reader.read(65536):
-            pass
-
-    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        for writer in held:
-            writer.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_redis_stream_that_never_answers_holds_up_neither_start_nor_close(
