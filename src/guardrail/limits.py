@@ -64,14 +64,21 @@ class CompiledRoute:
     ratelimit_policy: bytes  # the RateLimit-Policy header value of the charged limits
 
     def charges(self, subject: Subject) -> list[BucketCharge]:
-        # tuple.__new__ skips NamedTuple's Python-level __new__: this runs on every request.
-        return [
-            _new(
-                BucketCharge,
-                (lim.subject_key(subject), lim.name, lim.interval, lim.burst, lim.cost),
-            )
-            for lim in self.charged
-        ]
+        # Runs on every request: the common identities are inlined rather than asked of each
+        # limit, and tuple.__new__ skips NamedTuple's Python-level __new__.
+        out = []
+        for lim in self.charged:
+            per = lim.per
+            if per == "ip":
+                key = "ip:" + subject.ip
+            elif per == "subnet":
+                key = "subnet:" + subject.subnet
+            elif per == "api_key" and subject.api_key is not None:
+                key = "api_key:" + subject.api_key
+            else:
+                key = lim.subject_key(subject)
+            out.append(_new(BucketCharge, (key, lim.name, lim.interval, lim.burst, lim.cost)))
+        return out
 
 
 _new = tuple.__new__
