@@ -146,8 +146,8 @@ async def main_async(requests: int, batches: int, redis: str | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=60000)
-    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--requests", type=int, default=120000)
+    parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--redis", metavar="URL", help="also measure the Redis backend at URL")
     args = parser.parse_args()
     asyncio.run(main_async(args.requests, args.batches, args.redis))
