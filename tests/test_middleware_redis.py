@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
 
 from conftest import RedisServer, free_port
@@ -96,9 +98,10 @@ async def test_instances_sharing_redis_share_buckets(tmp_path: Path, clock, redi
     await second.shutdown()
 
 
-async def test_raw_api_key_appears_nowhere_in_redis_or_the_audit_file(
-    tmp_path: Path, clock, redis_url: str
+async def test_raw_api_key_appears_nowhere_in_redis_the_audit_file_or_the_logs(
+    tmp_path: Path, clock, redis_url: str, caplog: pytest.LogCaptureFixture
 ):
+    caplog.set_level(logging.DEBUG)
     raw = "sk-live-RAW-KEY-must-never-be-stored-0042"
     app = build(tmp_path, clock, storage=redis_url)
     async with client(app) as http:
@@ -118,6 +121,8 @@ async def test_raw_api_key_appears_nowhere_in_redis_or_the_audit_file(
     audit_text = (tmp_path / "audit.jsonl").read_text()
     assert audit_records(tmp_path)
     assert raw not in audit_text and "RAW-KEY" not in audit_text
+    assert caplog.records  # something was logged at DEBUG, and none of it is the key
+    assert "RAW-KEY" not in caplog.text
 
 
 DEAD = "redis://127.0.0.1:{port}/0?timeout=0.2"
