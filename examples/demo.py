@@ -20,7 +20,6 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from examples.openai_server import create_app
-
 from guardrail.cli import main as guardrail_cli
 from guardrail.identity import hash_key
 

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from guardrail import Guardrail, Policy
+
 from helpers import echo_app
 
 POLICY = """

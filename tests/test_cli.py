@@ -11,6 +11,7 @@ import pytest
 
 from guardrail.cli import main
 from guardrail.identity import hash_key
+
 from helpers import POLICY, SECRET, audit_records, bearer, build, client
 
 POLICIES = Path(__file__).parent / "policies"

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+
 from examples import demo
 from examples.openai_server import create_app
-
 from guardrail import Policy
+
 from helpers import client
 
 EXAMPLE_POLICY = Path(__file__).parent.parent / "examples" / "policy.yaml"

@@ -12,6 +12,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from guardrail import Guardrail, Policy
 from guardrail.identity import hash_key
+
 from helpers import (
     CHAT,
     POLICY,

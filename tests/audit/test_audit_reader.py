@@ -7,7 +7,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from audit_helpers import T0, make_record
 
 from guardrail.audit.reader import (
     Location,
@@ -23,6 +22,8 @@ from guardrail.audit.record import format_ts, link
 from guardrail.audit.sinks import FileSink
 from guardrail.audit.writer import AuditLog
 from guardrail.errors import AuditError
+
+from audit_helpers import T0, make_record
 
 
 def write_trail(

@@ -7,10 +7,6 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from audit_helpers import (
-    file_names,
-    stream_lines,
-)
 
 from guardrail.audit.sinks import (
     DEFAULT_STREAM,
@@ -20,6 +16,11 @@ from guardrail.audit.sinks import (
     sink_from_uri,
 )
 from guardrail.errors import AuditError
+
+from audit_helpers import (
+    file_names,
+    stream_lines,
+)
 
 
 def lines_of(file: Path) -> list[str]:

@@ -10,6 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from guardrail.audit.reader import verify
+from guardrail.audit.record import GENESIS, link
+from guardrail.audit.sinks import FileSink, StdoutSink, sink_from_uri
+from guardrail.audit.writer import AuditLog
+
 from audit_helpers import (
     file_names,
     make_record,
@@ -17,11 +23,6 @@ from audit_helpers import (
     stream_lines,
     trail_lines,
 )
-
-from guardrail.audit.reader import verify
-from guardrail.audit.record import GENESIS, link
-from guardrail.audit.sinks import FileSink, StdoutSink, sink_from_uri
-from guardrail.audit.writer import AuditLog
 
 
 class MemorySink:
