@@ -3,6 +3,10 @@
 -- Returns {allowed, remaining_1, reset_after_1, retry_after_1, ...}; floats travel as
 -- strings because Redis truncates Lua numbers to integers.
 local EPSILON = 1e-6  -- seconds; see base.EPSILON
+-- A key outlives its bucket by a second: expiry runs on Redis's clock while decisions run on
+-- the callers' (injected, or another host's), and a key gone early would forget what was taken.
+-- A key that outlives its bucket is harmless: a TAT in the past reads as a full bucket.
+local TTL_SLACK_MS = 1000
 local now = tonumber(ARGV[1])
 local n = #KEYS
 local tats, news = {}, {}
@@ -32,7 +36,7 @@ for i = 1, n do
     if news[i] > tats[i] then  -- a cost-0 read leaves the stored TAT as it was
       -- PX so an idle bucket vanishes once it is full again; rounded up, never early
       redis.call('SET', KEYS[i], string.format('%.17g', news[i]),
-        'PX', math.max(1, math.ceil(new_after * 1000)))
+        'PX', math.ceil(new_after * 1000) + TTL_SLACK_MS)
     end
     remaining = math.floor((tau - new_after + EPSILON) / interval)
     reset_after, retry_after = new_after, 0
