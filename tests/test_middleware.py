@@ -483,7 +483,7 @@ def test_parse_openai_survives_what_json_cannot_parse():
 async def test_observe_mode_with_fail_closed_still_serves_when_the_store_is_down(
     tmp_path: Path, clock
 ):
-    from conftest import free_port
+    from redis_servers import free_port
 
     policy = POLICY.replace(
         "version: 1", "version: 1\nmode: observe\non_storage_error: fail_closed"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from conftest import RedisServer, free_port
 from helpers import CHAT, POLICY, audit_records, bearer, build, client
+from redis_servers import Server, free_port
 
 
 async def commandstats(url: str) -> dict[str, int]:
@@ -31,7 +31,7 @@ THREE_BUCKETS = POLICY.replace(
 
 async def test_one_redis_round_trip_per_request(tmp_path: Path, clock):
     # A server of its own: the shared one is watched by the Sentinel tests, which PUBLISH to it.
-    server = RedisServer(tmp_path)
+    server = Server(tmp_path)
     try:
         await _count_round_trips(tmp_path, clock, server.url)
     finally:

@@ -13,8 +13,8 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from conftest import free_port
 from helpers import build
+from redis_servers import free_port
 
 
 async def test_first_sse_chunk_reaches_the_client_before_the_app_produces_the_last(

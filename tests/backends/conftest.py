@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, settings
 
 from guardrail.backends import Storage, storage_from_uri
 
-from .backend_servers import Cluster, SentinelServer
+from redis_servers import Cluster, SentinelServer
 
 BACKENDS = ["memory", "redis", "sentinel", "cluster"]
 

@@ -14,7 +14,7 @@ from guardrail.backends import BucketCharge, BucketState
 from guardrail.backends.redis import RedisStorage
 from guardrail.errors import StorageError
 
-from .backend_servers import Cluster, free_port
+from redis_servers import Cluster, free_port
 
 NOW = 1_800_000_000.0
 
@@ -58,9 +58,7 @@ async def evalsha_calls(cluster: Cluster) -> dict[int, int]:
     return calls
 
 
-async def test_one_subject_one_evalsha(
-    storage: RedisStorage, redis_cluster: Cluster
-) -> None:
+async def test_one_subject_one_evalsha(storage: RedisStorage, redis_cluster: Cluster) -> None:
     charges = [BucketCharge("api_key:k:" + "d" * 32, f"inference:{i}", 1.0, 5, 1) for i in range(3)]
     await storage.charge(charges, NOW)
     redis_cluster.reset_stats()

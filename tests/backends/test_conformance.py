@@ -21,7 +21,11 @@ def seconds(value: float) -> object:
 
 
 def bucket(
-    name: str = "b", *, subject: str = "ip:203.0.113.7", interval: float = 1.0, burst: int = 5,
+    name: str = "b",
+    *,
+    subject: str = "ip:203.0.113.7",
+    interval: float = 1.0,
+    burst: int = 5,
     cost: int = 1,
 ) -> BucketCharge:
     return BucketCharge(subject, name, interval, burst, cost)
@@ -202,9 +206,7 @@ def test_admitted_cost_never_exceeds_burst_plus_rate(storage_uri: str, clock) ->
     profile = "backends-memory" if storage_uri == "memory://" else "backends-redis"
 
     @settings(settings.get_profile(profile))
-    @given(
-        interval=st.floats(0.001, 2.0, allow_nan=False), burst=st.integers(1, 8), steps=steps
-    )
+    @given(interval=st.floats(0.001, 2.0, allow_nan=False), burst=st.integers(1, 8), steps=steps)
     def check(interval: float, burst: int, steps: list[tuple[float, int]]) -> None:
         subject = f"prop:{next(_subjects)}"  # the Redis database is shared between examples
         admitted = asyncio.run(run(storage_uri, subject, interval, burst, steps, clock()))
@@ -219,7 +221,11 @@ def test_admitted_cost_never_exceeds_burst_plus_rate(storage_uri: str, clock) ->
 
 
 async def run(
-    uri: str, subject: str, interval: float, burst: int, steps: list[tuple[float, int]],
+    uri: str,
+    subject: str,
+    interval: float,
+    burst: int,
+    steps: list[tuple[float, int]],
     start: float,
 ) -> list[tuple[float, int]]:
     storage = storage_from_uri(uri)  # a fresh client on this example's own event loop

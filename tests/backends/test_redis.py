@@ -19,7 +19,7 @@ from guardrail.backends import BucketCharge
 from guardrail.backends.redis import RedisStorage
 from guardrail.errors import StorageError
 
-from .backend_servers import Server, free_port
+from redis_servers import Server, free_port
 
 NOW = 1_800_000_000.0
 THREE = [

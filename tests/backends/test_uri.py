@@ -14,7 +14,14 @@ from guardrail.errors import StorageError
 def test_redis_defaults() -> None:
     target = parse_uri("redis://127.0.0.1:6379/2")
     assert target == RedisTarget(
-        "redis", "redis://127.0.0.1:6379/2", (), "", None, None, timeout=0.25, prefix="gr:",
+        "redis",
+        "redis://127.0.0.1:6379/2",
+        (),
+        "",
+        None,
+        None,
+        timeout=0.25,
+        prefix="gr:",
         max_connections=100,
     )
 
@@ -48,7 +55,10 @@ def test_sentinel_service_and_bare_password() -> None:
     target = parse_uri("redis+sentinel://hunter2@s1:26379,s2:26380/mymaster?prefix=x:")
     assert target.hosts == (("s1", 26379), ("s2", 26380))
     assert (target.service, target.password, target.username, target.prefix) == (
-        "mymaster", "hunter2", None, "x:",
+        "mymaster",
+        "hunter2",
+        None,
+        "x:",
     )
 
 

@@ -1,6 +1,7 @@
-"""Real Redis processes for the backend tests: a plain server, a Sentinel, a Cluster.
+"""Real Redis processes for the tests: a plain server, a Sentinel, a Cluster.
 
-(Not in conftest.py so that test modules can import it by a name no other conftest shares.)
+Missing binaries skip, or fail when GUARDRAIL_REQUIRE_REDIS=1 (``make test`` and CI set it).
+(Not in conftest.py so that test modules can import it by a name no conftest shares.)
 """
 
 from __future__ import annotations
@@ -68,9 +69,22 @@ class Server:
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process = subprocess.Popen(
-            [redis_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(workdir), *args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                redis_binary("redis-server"),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+                *args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         if not wait_for_ping(self.port):
             self.stop()
@@ -89,16 +103,31 @@ class Cluster:
         self.nodes: list[Server] = []
         try:
             for index in range(3):
-                self.nodes.append(Server(
-                    workdir / f"node{index}", "--cluster-enabled", "yes",
-                    "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
-                    port=free_cluster_port(),
-                ))
+                self.nodes.append(
+                    Server(
+                        workdir / f"node{index}",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                        port=free_cluster_port(),
+                    )
+                )
             subprocess.run(
-                [redis_binary("redis-cli"), "--cluster", "create",
-                 *(f"127.0.0.1:{node.port}" for node in self.nodes),
-                 "--cluster-replicas", "0", "--cluster-yes"],
-                check=True, capture_output=True, timeout=60,
+                [
+                    redis_binary("redis-cli"),
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                    "--cluster-replicas",
+                    "0",
+                    "--cluster-yes",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
             )
             self._wait_ok()
         except BaseException:
@@ -153,7 +182,8 @@ class SentinelServer:
         )
         self.process = subprocess.Popen(
             [redis_binary("redis-server"), str(config), "--sentinel"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         if not wait_for_ping(self.port):
             self.stop()
