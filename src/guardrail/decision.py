@@ -13,6 +13,9 @@ from guardrail.limits import CompiledLimit, LimitHit, limit_hit
 
 ALLOW = "allow"
 LIMIT = "limit"
+THROTTLE = "throttle"
+CHALLENGE = "challenge"
+BLOCK = "block"
 
 
 @dataclass(slots=True)

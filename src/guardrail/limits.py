@@ -48,6 +48,9 @@ class CompiledLimit:
             return "subnet:" + subject.subnet
         return "global"
 
+    def charge(self, subject: Subject) -> BucketCharge:
+        return BucketCharge(self.subject_key(subject), self.name, self.interval, self.burst, self.cost)
+
 
 @dataclass(frozen=True, slots=True)
 class CompiledRoute:

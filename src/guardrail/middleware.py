@@ -1,6 +1,7 @@
 """Guardrail: the pure-ASGI middleware that walks a request through the pipeline.
 
-identity → route → limits (one storage call for all buckets) → decision → action → audit.
+identity → route → inspection → risk signals → decision (thresholds, hysteresis) → limits
+(one storage call for all buckets, the tier's included) → action → audit.
 Response bodies are never buffered: the only thing guardrail touches on the way out is the
 header list of ``http.response.start``.
 """
@@ -17,18 +18,22 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from guardrail.actions import challenge
+from guardrail.actions.block import send_blocked
 from guardrail.actions.limit import ratelimit_headers, send_limited, send_unavailable
+from guardrail.actions.tier import CompiledTier, compile_tier, tier_policy
 from guardrail.audit import AuditLog, format_ts, sink_from_uri
-from guardrail.backends import storage_from_uri
+from guardrail.backends import risk_engine, storage_from_uri
 from guardrail.backends.base import Storage
 from guardrail.backends.memory import MemoryStorage
-from guardrail.decision import LIMIT, Decision, RequestIds
+from guardrail.decision import BLOCK, CHALLENGE, LIMIT, THROTTLE, Decision, RequestIds
 from guardrail.errors import SecretError, StorageError
 from guardrail.identity import IdentityResolver
 from guardrail.inspection import parse_openai, read_body
-from guardrail.limits import CompiledRoute, RouteTable
+from guardrail.limits import CompiledLimit, CompiledRoute, RouteTable
 from guardrail.policy import Policy
 from guardrail.secrets import resolve_secret
+from guardrail.signals.engine import Assessment, RiskEngine
 
 logger = logging.getLogger("guardrail")
 
@@ -53,7 +58,8 @@ class Guardrail:
         self.sleep: Sleep = sleep or asyncio.sleep
         self.enforce = self.policy.mode == "enforce"
         storage_uri = storage or self.policy.storage
-        self.identity = IdentityResolver(self.policy.identity, _secret(self.policy, storage_uri))
+        self.secret = _secret(self.policy, storage_uri)
+        self.identity = IdentityResolver(self.policy.identity, self.secret)
         self.routes = RouteTable(self.policy.routes)
         self.storage: Storage = storage_from_uri(storage_uri, max_subjects=self.policy.max_subjects)
         self.fallback: Storage | None = (
@@ -61,6 +67,12 @@ class Guardrail:
             if self.policy.on_storage_error == "fail_open" and not storage_uri.startswith("memory")
             else None
         )
+        # The risk engine runs when the policy has thresholds to act on.
+        self.risk: RiskEngine | None = None
+        if self.policy.thresholds:
+            self.risk = risk_engine(self.policy, self.storage, self.fallback is not None)
+        self.tiers = {name: compile_tier(name, tier) for name, tier in self.policy.tiers.items()}
+        self._tier_policies: dict[tuple[str, str], bytes] = {}
         conf = self.policy.audit
         self.audit = AuditLog(
             sink_from_uri(
@@ -89,6 +101,8 @@ class Guardrail:
         await self.audit.start()
         try:
             await self.storage.start()
+            if self.risk is not None:
+                await self.risk.store.start()
         except StorageError as exc:
             # Not fatal: each request then follows on_storage_error until the store is back.
             logger.warning("guardrail: storage unavailable at startup: %s", exc)
@@ -97,6 +111,8 @@ class Guardrail:
     async def shutdown(self) -> None:
         """Flush the audit trail and close connections (lifespan shutdown, or call it yourself)."""
         await self.audit.close()
+        if self.risk is not None:
+            await self.risk.store.close()
         await self.storage.close()
         if self.fallback is not None:
             await self.fallback.close()
@@ -176,9 +192,24 @@ class Guardrail:
             raw, receive = await read_body(receive, route.inspect_max_bytes)
             if raw is not None:
                 decision.request = parse_openai(raw)
-        await self._decide(route, decision, now)
+        assessment = await self._assess(route, decision, scope, now)
+        tier = None
+        if decision.action == THROTTLE and decision.tier is not None:
+            tier = self.tiers[decision.tier]
 
         headers = [id_header]
+        if decision.action in (CHALLENGE, BLOCK) and self.enforce:
+            if assessment is not None:
+                await self._commit(assessment, now)
+            await self._refuse(scope, send, decision, now, headers)
+            await self._refused(assessment, now)
+            return
+        if decision.storage_error and self.enforce:  # fail_closed: the risk store is down
+            await send_unavailable(send, request_id=request_id, headers=headers)
+            self._record(scope, decision, now, 503)
+            return
+        await self._decide(route, decision, now, tier, assessment)
+
         outcome = decision.outcome
         if decision.action == LIMIT and self.enforce:
             if outcome is None:  # fail_closed and the store is down
@@ -187,12 +218,20 @@ class Guardrail:
                 return
             hit = decision.limit
             assert hit is not None  # a refusal always comes from a bucket
-            headers += ratelimit_headers(route.ratelimit_policy, route.charged, outcome)
+            policy = self._ratelimit_policy(route, tier)
+            headers += ratelimit_headers(policy, decision.limits, outcome)
             await send_limited(send, hit=hit, request_id=request_id, headers=headers)
             self._record(scope, decision, now, 429)
+            await self._refused(assessment, now)
             return
         if route.headers and self.enforce and outcome is not None and outcome.states:
-            headers += ratelimit_headers(route.ratelimit_policy, route.charged, outcome)
+            policy = self._ratelimit_policy(route, tier)
+            headers += ratelimit_headers(policy, decision.limits, outcome)
+        if tier is not None and self.enforce:
+            if tier.header is not None:
+                headers.append(tier.header)
+            if tier.delay > 0:
+                await self.sleep(tier.delay)
 
         status = [0]
         try:
@@ -202,6 +241,26 @@ class Guardrail:
                 self.sample_allowed and random.random() < self.sample_allowed
             ):
                 self._record(scope, decision, now, status[0] or 500)
+        if status[0] >= 400:
+            await self._refused(assessment, now)
+
+    async def _refuse(
+        self,
+        scope: Scope,
+        send: Send,
+        decision: Decision,
+        now: float,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        """Answer a challenge or a block (403) in place of the app."""
+        if decision.action == BLOCK:
+            await send_blocked(send, request_id=decision.request_id, headers=headers)
+        else:
+            issued = challenge.issue(self.policy.challenges, self.secret, now)
+            await challenge.send_challenge(
+                send, scope, challenge=issued, request_id=decision.request_id, headers=headers
+            )
+        self._record(scope, decision, now, 403)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A handshake counts as one request of its route; a refusal closes it before accept,
@@ -231,15 +290,91 @@ class Guardrail:
 
     # -- pipeline steps --------------------------------------------------------------------
 
-    async def _decide(self, route: CompiledRoute, decision: Decision, now: float) -> None:
-        """Charge every bucket of the route at once; a refusal makes the action ``limit``.
+    async def _assess(
+        self, route: CompiledRoute, decision: Decision, scope: Scope, now: float
+    ) -> Assessment | None:
+        """Score the request; the band it falls in (after hysteresis) sets the action."""
+        risk = self.risk
+        if risk is None or risk.exempt(decision.subject):
+            return None
+        try:
+            assessment = await risk.assess(route, decision.subject, scope, decision.request, now)
+        except StorageError as exc:  # fail_closed: nothing can score it
+            self._warn_storage(exc, now)
+            decision.storage_error = True
+            return None
+        decision.score, decision.signals = assessment.score, assessment.signals
+        if assessment.degraded:
+            decision.degraded = True
+        threshold = assessment.threshold
+        if threshold is not None:
+            decision.action, decision.tier = threshold.action, threshold.tier
+        return assessment
+
+    async def _commit(self, assessment: Assessment, now: float) -> None:
+        # The decision is already made from what was read; a write that fails loses one
+        # request's evidence, which is no reason to refuse the request.
+        try:
+            await self.risk.commit(assessment)  # type: ignore[union-attr]
+        except StorageError as exc:
+            self._warn_storage(exc, now)
+
+    async def _refused(self, assessment: Assessment | None, now: float) -> None:
+        # After the answer is sent: a 4xx feeds the refusals signal, off the hot path.
+        if assessment is None or self.risk is None:
+            return
+        try:
+            await self.risk.refused(assessment, now)
+        except StorageError as exc:
+            self._warn_storage(exc, now)
+
+    def _ratelimit_policy(self, route: CompiledRoute, tier: CompiledTier | None) -> bytes:
+        if tier is None:
+            return route.ratelimit_policy
+        key = (route.name, tier.name)
+        policy = self._tier_policies.get(key)
+        if policy is None:
+            policy = self._tier_policies[key] = tier_policy(route.charged, tier)
+        return policy
+
+    async def _decide(
+        self,
+        route: CompiledRoute,
+        decision: Decision,
+        now: float,
+        tier: CompiledTier | None = None,
+        assessment: Assessment | None = None,
+    ) -> None:
+        """Charge every bucket of the route (and of the subject's tier) at once; a refusal
+        makes the action ``limit``. The risk engine's write goes out alongside.
 
         A storage failure follows on_storage_error: the local fallback decides (fail_open), or
         nothing can, and the request is refused with ``storage_error`` set (fail_closed).
         """
         charges = route.charges(decision.subject)
-        if not charges:
-            return
+        limits: tuple[CompiledLimit, ...] = route.charged
+        if tier is not None and tier.limits:
+            subject = decision.subject
+            charges += [lim.charge(subject) for lim in tier.limits]
+            limits = (*limits, *tier.limits)
+        if assessment is not None:
+            if charges and assessment.remote:
+                # Redis: the risk write and the bucket charge share the second round trip.
+                await asyncio.gather(
+                    self._commit(assessment, now), self._charge(charges, limits, decision, now)
+                )
+                return
+            await self._commit(assessment, now)
+        if charges:
+            await self._charge(charges, limits, decision, now)
+
+    async def _charge(
+        self,
+        charges: list[Any],
+        limits: tuple[CompiledLimit, ...],
+        decision: Decision,
+        now: float,
+    ) -> None:
         try:
             outcome = await self.storage.charge(charges, now)
         except StorageError as exc:
@@ -249,7 +384,7 @@ class Guardrail:
                 return
             decision.degraded = True
             outcome = await self.fallback.charge(charges, now)
-        decision.outcome, decision.limits = outcome, route.charged
+        decision.outcome, decision.limits = outcome, limits
         if not outcome.allowed:
             decision.action = LIMIT
 

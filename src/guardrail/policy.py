@@ -52,6 +52,7 @@ from guardrail.policy_types import (
     refuse,
 )
 from guardrail.secrets import reference_kind
+from guardrail.signals.catalog import NAMES as SIGNAL_NAMES
 
 __all__ = ["Policy", "Rate", "check_files", "parse_duration"]
 
@@ -158,6 +159,9 @@ class Route(_Model):
 
 class SignalConfig(_Model):
     weight: float = Field(default=1.0, ge=0, strict=True, allow_inf_nan=False)
+    # reasoning_extraction only: the phrasings that count (case-insensitive regexes, searched
+    # anywhere in the prompt); replaces the built-in list
+    patterns: tuple[Pattern, ...] | None = None
 
 
 class Risk(_Model):
@@ -294,6 +298,7 @@ class Policy(_Model):
                 "tiers": self.tiers,
                 "thresholds": [{"tier": t.tier} for t in self.thresholds],
                 "routes": [{"name": r.name} for r in self.routes],
+                "risk": {"signals": dict(self.risk.signals)},
             }
             for path, _, expected in _policy_wide_problems(data):
                 raise refuse(expected, at=path)
@@ -408,6 +413,7 @@ def _policy_wide_problems(data: Mapping[str, Any]) -> list[tuple[_KeyPath, objec
             problems.append(
                 (("thresholds", index, "tier"), tier, f"the name of a tier ({defined})")
             )
+    problems += _signal_problems(data.get("risk"))
     routes = data.get("routes")
     seen: dict[str, int] = {}
     for index, route in enumerate(routes if isinstance(routes, list | tuple) else ()):
@@ -423,6 +429,36 @@ def _policy_wide_problems(data: Mapping[str, Any]) -> list[tuple[_KeyPath, objec
         elif isinstance(name, str):
             seen[name] = index
     return problems
+
+
+def _signal_problems(risk: object) -> list[tuple[_KeyPath, object, str]]:
+    signals = risk.get("signals") if isinstance(risk, Mapping) else None
+    problems: list[tuple[_KeyPath, object, str]] = []
+    for name, conf in signals.items() if isinstance(signals, Mapping) else ():
+        if name not in SIGNAL_NAMES:
+            problems.append(
+                (
+                    ("risk", "signals", name),
+                    name,
+                    f"a built-in signal ({', '.join(SIGNAL_NAMES)}); `guardrail signals` "
+                    "lists them",
+                )
+            )
+        elif name != "reasoning_extraction" and _has_patterns(conf):
+            problems.append(
+                (
+                    ("risk", "signals", name, "patterns"),
+                    name,
+                    "no patterns here: only reasoning_extraction takes a pattern list",
+                )
+            )
+    return problems
+
+
+def _has_patterns(conf: object) -> bool:
+    if isinstance(conf, Mapping):
+        return "patterns" in conf
+    return getattr(conf, "patterns", None) is not None
 
 
 def _reword_version(issue: PolicyIssue) -> PolicyIssue:

@@ -1,0 +1,99 @@
+"""Signals of one identity's own behaviour, each a value from 0 to 1.
+
+Every share is scaled by a confidence that grows with the evidence behind it, so a new
+identity starts at 0 and two requests never make a pattern. The ramps (where a value starts
+to rise and where it saturates) are set so that ordinary human variety stays at 0: people's
+think times vary by more than their mean (CV > 1), they sleep, and they seldom re-ask a
+near-copy of their last question.
+"""
+
+from __future__ import annotations
+
+import math
+
+from guardrail.signals import sketch
+from guardrail.signals.state import FCH, GN, GQ, GS, HOUR0, PRM, REF, REQ, RSN, SHP, TPL, XAC
+
+
+def ramp(value: float, start: float, full: float) -> float:
+    """0 below ``start``, 1 from ``full``, linear between (``full`` may be below ``start``)."""
+    if full > start:
+        x = (value - start) / (full - start)
+    else:
+        x = (start - value) / (start - full)
+    return 0.0 if x <= 0 else 1.0 if x >= 1 else x
+
+
+def confidence(count: float, needed: float) -> float:
+    return count / needed if count < needed else 1.0
+
+
+def request_volume(c: list[float], half_life: float, limit_rate: float | None) -> float:
+    """Sustained rate (requests decayed over half_life, in requests per second at steady
+    state) against the tightest per-identity limit of the route."""
+    if not limit_rate:
+        return 0.0
+    rate = c[REQ] * math.log(2) / half_life
+    return ramp(rate / limit_rate, 0.25, 0.75)
+
+
+def timing_regularity(c: list[float]) -> float:
+    n = c[GN]
+    if n < 4:
+        return 0.0
+    mean = c[GS] / n
+    if mean <= 0:
+        return 0.0
+    variance = max(c[GQ] / n - mean * mean, 0.0)
+    cv = math.sqrt(variance) / mean
+    return ramp(cv, 0.5, 0.15) * confidence(n, 8)
+
+
+def round_the_clock(c: list[float], hour: int, half_life: float) -> float:
+    hours = c[HOUR0 : HOUR0 + 24]
+    entropy = sketch.hour_entropy(hours, hour, half_life / 3600)
+    return ramp(entropy, 0.9, 0.98) * confidence(c[REQ], 48)
+
+
+def prompt_templating(c: list[float]) -> float:
+    prompts = c[PRM]
+    if prompts < 2:
+        return 0.0
+    return ramp(c[TPL] / prompts, 0.2, 0.6) * confidence(prompts, 6)
+
+
+def reasoning_extraction(c: list[float]) -> float:
+    prompts = c[PRM]
+    if prompts <= 0:
+        return 0.0
+    return ramp(c[RSN] / prompts, 0.1, 0.6) * confidence(prompts, 4)
+
+
+def cross_account_templates(c: list[float]) -> float:
+    prompts = c[PRM]
+    if prompts <= 0:
+        return 0.0
+    return ramp(c[XAC] / prompts, 0.1, 0.5) * confidence(prompts, 4)
+
+
+def network_spread(subnets: float) -> float:
+    """Distinct subnets: home, office and a phone make three; rotating proxies make dozens."""
+    return ramp(subnets, 3.5, 8.0)
+
+
+def request_shape(c: list[float]) -> float:
+    requests = c[REQ]
+    if requests <= 0:
+        return 0.0
+    return ramp(c[SHP] / requests, 0.1, 0.5) * confidence(requests, 6)
+
+
+def refusals(c: list[float]) -> float:
+    requests = c[REQ]
+    if requests <= 0:
+        return 0.0
+    return ramp(c[REF] / requests, 0.1, 0.5) * confidence(requests, 10)
+
+
+def failed_challenges(c: list[float]) -> float:
+    return ramp(c[FCH], 0.0, 3.0)

@@ -1,0 +1,98 @@
+"""The built-in risk signals: name, how many points each adds at full strength, what it measures.
+
+A signal's value is a number from 0 to 1; it adds ``value × points × weight`` to the score
+(``weight`` from the policy, 1 by default). No signal is worth 50 points at weight 1, the lowest
+threshold of the example policy: one odd habit alone never mitigates anyone, evidence has to
+agree.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class SignalInfo(NamedTuple):
+    name: str
+    points: float
+    scope: str  # "identity": the principal's own behaviour; "cohort": across identities
+    description: str
+
+
+SIGNALS: tuple[SignalInfo, ...] = (
+    SignalInfo(
+        "request_volume",
+        15,
+        "identity",
+        "sustained request rate (decayed over half_life) against the route's tightest limit",
+    ),
+    SignalInfo(
+        "timing_regularity",
+        15,
+        "identity",
+        "steady inter-arrival times (low coefficient of variation): scripts tick, people burst",
+    ),
+    SignalInfo(
+        "round_the_clock",
+        10,
+        "identity",
+        "activity spread evenly over the 24 hours of the day (entropy of hour-of-day counts)",
+    ),
+    SignalInfo(
+        "prompt_templating",
+        20,
+        "identity",
+        "share of prompts that are near-duplicates, but not copies, of the identity's recent ones",
+    ),
+    SignalInfo(
+        "reasoning_extraction",
+        20,
+        "identity",
+        "share of prompts asking for chain of thought, hidden reasoning or the system prompt",
+    ),
+    SignalInfo(
+        "cross_account_templates",
+        25,
+        "cohort",
+        "share of prompts that are near-duplicates of recent prompts from other identities",
+    ),
+    SignalInfo(
+        "subnet_cohort",
+        30,
+        "cohort",
+        "many identities on one subnet that act in concert or hop between subnets (not a NAT)",
+    ),
+    SignalInfo(
+        "network_spread",
+        20,
+        "identity",
+        "distinct subnets one identity comes from: rotating proxies, not a laptop and a phone",
+    ),
+    SignalInfo(
+        "fingerprint_cohort",
+        25,
+        "cohort",
+        "many identities sharing one client fingerprint (user agent, header names, SDK headers) "
+        "whose members act in concert",
+    ),
+    SignalInfo(
+        "request_shape",
+        10,
+        "identity",
+        "extraction-shaped parameters: logprobs, n > 1, temperature sweeps, a pinned large max_tokens",
+    ),
+    SignalInfo(
+        "refusals",
+        15,
+        "identity",
+        "share of answers that were 403, 429 or another 4xx",
+    ),
+    SignalInfo(
+        "failed_challenges",
+        30,
+        "identity",
+        "challenges failed recently (each counts; three or more is full strength)",
+    ),
+)
+
+BY_NAME: dict[str, SignalInfo] = {signal.name: signal for signal in SIGNALS}
+NAMES: tuple[str, ...] = tuple(BY_NAME)

@@ -1,0 +1,46 @@
+"""Signals across identities: a cohort (a subnet, a client fingerprint) is suspicious when it
+is crowded *and* its members act alike, never for being crowded alone.
+
+A university NAT holds a hundred accounts on one /24, each a person on one network: crowded,
+not coordinated. A farm's /24 holds a hundred accounts that all tick like scripts and send the
+same templates: its members' mean behaviour score is high. A residential proxy pool's subnets
+hold many accounts that each hop across many subnets: the *wander* of its traffic is high.
+Reading the cohort's state on every member's request is what raises the members together:
+an account new to a coordinated subnet carries the cohort's evidence from its first request.
+"""
+
+from __future__ import annotations
+
+from guardrail.signals import sketch
+from guardrail.signals.behaviour import confidence, ramp
+from guardrail.signals.state import C_BEH, C_REQ, C_WAN, COHORT_BITS, Band
+
+__all__ = ["Band", "behaviour_score", "fingerprint_cohort", "subnet_cohort"]
+
+
+def behaviour_score(points: float) -> float:
+    """A member's contribution to its cohorts' coordination: its own-behaviour points scaled
+    so that 60 (three strong signals) is 1."""
+    return min(points / 60.0, 1.0)
+
+
+def _mean(c: list[float], field: int) -> float:
+    return c[field] / c[C_REQ] if c[C_REQ] > 0 else 0.0
+
+
+def subnet_cohort(c: list[float], members: int) -> float:
+    crowd = ramp(sketch.distinct(members, COHORT_BITS), 4.0, 20.0)
+    if crowd == 0:
+        return 0.0
+    acting_alike = ramp(_mean(c, C_BEH), 0.25, 0.5)
+    hopping = ramp(_mean(c, C_WAN), 0.1, 0.4)
+    return crowd * max(acting_alike, hopping) * confidence(c[C_REQ], 20)
+
+
+def fingerprint_cohort(c: list[float], members: int) -> float:
+    # An SDK's default user agent is shared by every honest user of that SDK, so a crowd is
+    # expected here; only a crowd that also acts alike counts.
+    crowd = ramp(sketch.distinct(members, COHORT_BITS), 8.0, 30.0)
+    if crowd == 0:
+        return 0.0
+    return crowd * ramp(_mean(c, C_BEH), 0.3, 0.55) * confidence(c[C_REQ], 30)

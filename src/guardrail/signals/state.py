@@ -1,0 +1,137 @@
+"""What the risk engine keeps between requests, and the contract every risk store honours.
+
+Everything is a *commutative* update, so that workers on many hosts can apply theirs to one
+Redis without losing any to a race: decayed counters are kept in forward-decay form (an
+increment ``x`` at time ``t`` adds ``x · 2^((t − L)/h)`` to the stored sum, for a landmark
+``L`` kept with them; the value at ``now`` is the sum times ``2^(−(now − L)/h)``), distinct
+counts are bits OR-ed into per-window bitmaps, recent prompts are pushed onto capped lists.
+Reads may be a request stale under concurrency; no write is ever lost.
+
+Four kinds of state, each keyed by a string the engine builds:
+
+- a *principal* (the most specific identity of a request: account, else API key hash, else IP):
+  ``PRINCIPAL`` counters, its last-seen time and last request parameters, a ring of its recent
+  prompt sketches, the subnets it was seen from (a bitmap per window), its hysteresis band;
+- a *subnet* and a client *fingerprint*: ``COHORT`` counters and the principals seen in it
+  (a bitmap per window);
+- a *template bucket* (one per sketch value): the recent prompt sketches of every principal
+  that had that value among its smallest, for the cross-account index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+#: Decayed counters of a principal, in this order in ``Snapshot.principal`` and
+#: ``Update.principal``. Hour counters ``h0``…``h23`` follow (UTC hour of each request).
+PRINCIPAL = (
+    "req",  # requests
+    "prm",  # prompts long enough to sketch
+    "tpl",  # prompts near-duplicate (not identical) of one in the principal's own ring
+    "rsn",  # prompts matching a reasoning-extraction pattern
+    "xac",  # prompts near-duplicate of another principal's recent prompt
+    "shp",  # requests with an extraction-shaped parameter set (logprobs, n>1, sweeps…)
+    "ref",  # answers 403/429/4xx
+    "fch",  # failed challenges
+    "gn",  # inter-arrival gaps counted
+    "gs",  # their sum (seconds)
+    "gq",  # their sum of squares
+    "spr",  # sum of this principal's network-spread value over its requests
+    *(f"h{hour}" for hour in range(24)),
+)
+(REQ, PRM, TPL, RSN, XAC, SHP, REF, FCH, GN, GS, GQ, SPR) = range(12)
+HOUR0 = 12  # index of h0
+
+#: Decayed counters of a subnet or a fingerprint cohort.
+COHORT = (
+    "req",  # requests from the cohort
+    "beh",  # sum over those requests of the sender's behaviour score (0–1)
+    "wan",  # sum over those requests of the sender's network-spread value (0–1)
+)
+C_REQ, C_BEH, C_WAN = range(3)
+
+#: Recent prompt sketches kept per principal, and per template bucket.
+RING_SIZE = 8
+BUCKET_SIZE = 16
+#: Bits of the distinct-count bitmaps (linear counting): subnets per principal, principals
+#: per cohort.
+SPREAD_BITS = 64
+COHORT_BITS = 256
+
+
+class Band(NamedTuple):
+    """Hysteresis state: the threshold band a principal is in and since when it held."""
+
+    level: int  # index into the policy's thresholds + 1; 0 is no band
+    held: float  # last time the score was at or above the band's exit line
+
+
+class Keys(NamedTuple):
+    """The state one request touches."""
+
+    principal: str  # "a:<account>" | "k:<key hash>" | "i:<ip>"
+    subnet: str  # "s:<cidr>"
+    fingerprint: str | None  # "f:<hex>"; None: no fingerprint (no headers to take one from)
+    templates: tuple[str, ...]  # template bucket ids ("t:<hex>"); empty without a sketch
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """The state as read at ``now``: counters already decayed to ``now``."""
+
+    principal: list[float]  # len(PRINCIPAL)
+    last_seen: float | None  # None: never seen (or expired)
+    last_max_tokens: int  # -1: none seen
+    last_temperature: float  # -1.0: none seen
+    ring: list[bytes]  # newest first, at most RING_SIZE packed sketches
+    spread: int  # subnet bitmap over the current and previous window, OR-ed
+    band: Band | None
+    subnet: list[float]  # len(COHORT)
+    subnet_members: int  # principal bitmap of the subnet, current | previous window
+    fingerprint: list[float]  # len(COHORT); zeros when Keys.fingerprint is None
+    fingerprint_members: int
+    neighbours: list[bytes]  # entries of every template bucket, each a packed (tag, sketch)
+
+
+@dataclass(slots=True)
+class Update:
+    """What one request adds. Zero increments may be skipped by a store."""
+
+    now: float
+    principal: list[float]  # increments, len(PRINCIPAL)
+    max_tokens: int = -1  # the request's, if any (replaces last_max_tokens when >= 0)
+    temperature: float = -1.0  # likewise
+    seen: bool = True  # False for after-the-fact updates (refusals): last_seen is left alone
+    ring: bytes | None = None  # pushed on the principal's ring
+    spread_bit: int | None = None  # set in the principal's subnet bitmap (current window)
+    band: Band | None = None  # replaces the band when not None
+    subnet: list[float] = field(default_factory=list)  # increments, len(COHORT) or empty
+    subnet_bit: int | None = None  # the principal's bit in the subnet's member bitmap
+    fingerprint: list[float] = field(default_factory=list)
+    fingerprint_bit: int | None = None
+    template: bytes | None = None  # pushed on every template bucket of Keys.templates
+
+
+class RiskStore(Protocol):
+    """Where risk state lives. Parameters fixed at construction: ``half_life`` (seconds) decays
+    every counter; ``window`` (seconds) is the span of one distinct-count bitmap (two are
+    read); state untouched for ``ttl`` seconds may be forgotten; template-bucket entries older
+    than ``window`` may be dropped; the memory store keeps at most ``max_subjects`` of each
+    kind of state, the least recently used evicted first."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def load(self, keys: Keys, now: float) -> Snapshot:
+        """Read everything ``keys`` names, decayed to ``now``; absent state reads as zeros."""
+        ...
+
+    async def save(self, keys: Keys, update: Update) -> None:
+        """Apply ``update`` at ``update.now``, commutatively (see the module docstring)."""
+        ...
+
+
+def window_epoch(now: float, window: float) -> int:
+    return int(now // window)
