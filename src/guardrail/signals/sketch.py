@@ -4,9 +4,9 @@ Prompts: a bottom-k sketch of the prompt's word bigrams (the ``K`` smallest CRC-
 the set). Two sketches estimate the Jaccard similarity of the two bigram sets; the smallest
 values double as locality-sensitive bucket ids for the cross-account index. CRC-32 rather than
 ``hash()``: every worker and host must compute the same sketch for the same prompt, and
-``zlib.crc32`` chains a bigram (``crc32(b, crc32(a))``) at C speed. datasketch's MinHash is the
-reference; with 128 permutations it costs ~100x more per prompt in pure Python, and bigram
-sets of templated prompts differ enough that k = 12 separates them (see tests/signals).
+``zlib.crc32`` chains a bigram (``crc32(b, crc32(a))``) at C speed. datasketch's MinHash is
+the reference: over the same 64 words it took 296 µs a prompt here (128 permutations; 243 µs
+with 32) against about 20 µs for this sketch, and it needs numpy.
 
 Populations: distinct counts are linear-counting bitmaps, OR-able across workers.
 """
