@@ -49,7 +49,9 @@ class CompiledLimit:
         return "global"
 
     def charge(self, subject: Subject) -> BucketCharge:
-        return BucketCharge(self.subject_key(subject), self.name, self.interval, self.burst, self.cost)
+        return BucketCharge(
+            self.subject_key(subject), self.name, self.interval, self.burst, self.cost
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,9 +95,7 @@ async def send_challenge(
     )
 
 
-async def _send_page(
-    send: Send, challenge: Challenge, request_id: str, headers: Headers
-) -> None:
+async def _send_page(send: Send, challenge: Challenge, request_id: str, headers: Headers) -> None:
     url = html.escape(challenge.url)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

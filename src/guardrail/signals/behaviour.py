@@ -17,10 +17,7 @@ from guardrail.signals.state import FCH, GN, GQ, GS, HOUR0, PRM, REF, REQ, RSN, 
 
 def ramp(value: float, start: float, full: float) -> float:
     """0 below ``start``, 1 from ``full``, linear between (``full`` may be below ``start``)."""
-    if full > start:
-        x = (value - start) / (full - start)
-    else:
-        x = (start - value) / (start - full)
+    x = (value - start) / (full - start)
     return 0.0 if x <= 0 else 1.0 if x >= 1 else x
 
 
@@ -52,7 +49,7 @@ def timing_regularity(c: list[float]) -> float:
 def round_the_clock(c: list[float], hour: int, half_life: float) -> float:
     hours = c[HOUR0 : HOUR0 + 24]
     entropy = sketch.hour_entropy(hours, hour, half_life / 3600)
-    return ramp(entropy, 0.9, 0.98) * confidence(c[REQ], 48)
+    return ramp(entropy, 0.9, 0.98) * confidence(c[REQ], 12)
 
 
 def prompt_templating(c: list[float]) -> float:

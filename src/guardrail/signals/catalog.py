@@ -1,6 +1,6 @@
 """The built-in risk signals: name, how many points each adds at full strength, what it measures.
 
-A signal's value is a number from 0 to 1; it adds ``value × points × weight`` to the score
+A signal's value is a number from 0 to 1; it adds ``value x points x weight`` to the score
 (``weight`` from the policy, 1 by default). No signal is worth 50 points at weight 1, the lowest
 threshold of the example policy: one odd habit alone never mitigates anyone, evidence has to
 agree.
@@ -78,7 +78,8 @@ SIGNALS: tuple[SignalInfo, ...] = (
         "request_shape",
         10,
         "identity",
-        "extraction-shaped parameters: logprobs, n > 1, temperature sweeps, a pinned large max_tokens",
+        "extraction-shaped parameters: logprobs, n > 1, temperature sweeps, "
+        "a pinned large max_tokens",
     ),
     SignalInfo(
         "refusals",

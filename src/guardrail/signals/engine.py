@@ -225,9 +225,7 @@ class RiskEngine:
         spread = behaviour.network_spread(subnets)
         inc[SPR] = spread
         values = {
-            "request_volume": behaviour.request_volume(
-                c, self.half_life, self._limit_rate(route)
-            ),
+            "request_volume": behaviour.request_volume(c, self.half_life, self._limit_rate(route)),
             "timing_regularity": behaviour.timing_regularity(c),
             "round_the_clock": behaviour.round_the_clock(c, hour, self.half_life),
             "prompt_templating": behaviour.prompt_templating(c),
@@ -336,4 +334,3 @@ class RiskEngine:
 
 def _add(state: list[float], increments: list[float]) -> list[float]:
     return [a + b for a, b in zip(state, increments, strict=True)]
-

@@ -64,7 +64,9 @@ def shape(request: OpenAIRequest, last_max_tokens: int, last_temperature: float)
     if temperature >= 0 and last_temperature >= 0 and temperature != last_temperature:
         return True
     max_tokens = request.max_tokens
-    return max_tokens is not None and max_tokens >= LARGE_MAX_TOKENS and max_tokens == last_max_tokens
+    return (
+        max_tokens is not None and max_tokens >= LARGE_MAX_TOKENS and max_tokens == last_max_tokens
+    )
 
 
 def temperature_of(request: OpenAIRequest) -> float:

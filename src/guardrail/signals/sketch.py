@@ -28,8 +28,11 @@ MIN_WORDS = 6
 #: which opens or closes a prompt; hashing a pasted document in the middle would cost ~0.2 µs
 #: a word and tell nothing more.
 HEAD, TAIL = 320, 96
-#: Estimated Jaccard similarity from which two prompts are near-duplicates.
-NEAR = 0.25
+#: Estimated Jaccard similarity from which two prompts are near-duplicates, and the fewest
+#: shared sketch values that may show it: a stock phrase ("think step by step") shares three
+#: bigrams with every prompt that ends with it, which on short prompts can look like 0.25.
+NEAR = 0.3
+MIN_SHARED = 4
 #: Template buckets per prompt: its smallest values.
 BUCKETS = 3
 
@@ -85,22 +88,26 @@ def unpack_template(entry: bytes) -> tuple[int, int, Sketch]:
     return tag, when, Sketch(exact, tuple(v for v in values if v != PAD))
 
 
-def similarity(a: Sequence[int], b: Sequence[int]) -> float:
-    """Jaccard estimate of two bottom-k sketches: the share of the union's k smallest values
-    that both sets hold."""
+def similarity(a: Sequence[int], b: Sequence[int]) -> tuple[float, int]:
+    """Jaccard estimate of two bottom-k sketches (the share of the union's k smallest values
+    that both sets hold), and how many values that share is made of."""
     if not a or not b:
-        return 0.0
+        return 0.0, 0
     both = set(a)
     both.intersection_update(b)
-    if not both:
-        return 0.0
+    if len(both) < MIN_SHARED:
+        return 0.0, len(both)  # cannot count as near, whatever the ratio
     union = sorted(set(a).union(b))[:K]
-    return sum(1 for value in union if value in both) / len(union)
+    shared = sum(1 for value in union if value in both)
+    return shared / len(union), shared
 
 
 def near_duplicate(a: Sketch, b: Sketch) -> bool:
     """Near-duplicate but not a copy: a re-sent prompt is not a filled-in template."""
-    return a.exact != b.exact and similarity(a.values, b.values) >= NEAR
+    if a.exact == b.exact:
+        return False
+    estimate, shared = similarity(a.values, b.values)
+    return shared >= MIN_SHARED and estimate >= NEAR
 
 
 def bit(key: str, bits: int) -> int:
@@ -116,7 +123,7 @@ def distinct(bitmap: int, bits: int) -> float:
 
 
 def hour_entropy(counts: Sequence[float], hour: int, half_life_hours: float) -> float:
-    """Normalised entropy (0–1) of activity over the hours of the day.
+    """Normalised entropy (0-1) of activity over the hours of the day.
 
     Hour counters decay like everything else, so an hour seen 20 h ago weighs less than the
     current one even for a client active around the clock; each counter is first brought back

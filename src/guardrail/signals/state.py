@@ -2,8 +2,8 @@
 
 Everything is a *commutative* update, so that workers on many hosts can apply theirs to one
 Redis without losing any to a race: decayed counters are kept in forward-decay form (an
-increment ``x`` at time ``t`` adds ``x · 2^((t − L)/h)`` to the stored sum, for a landmark
-``L`` kept with them; the value at ``now`` is the sum times ``2^(−(now − L)/h)``), distinct
+increment ``x`` at time ``t`` adds ``x · 2^((t - L)/h)`` to the stored sum, for a landmark
+``L`` kept with them; the value at ``now`` is the sum times ``2^(-(now - L)/h)``), distinct
 counts are bits OR-ed into per-window bitmaps, recent prompts are pushed onto capped lists.
 Reads may be a request stale under concurrency; no write is ever lost.
 
@@ -46,8 +46,8 @@ HOUR0 = 12  # index of h0
 #: Decayed counters of a subnet or a fingerprint cohort.
 COHORT = (
     "req",  # requests from the cohort
-    "beh",  # sum over those requests of the sender's behaviour score (0–1)
-    "wan",  # sum over those requests of the sender's network-spread value (0–1)
+    "beh",  # sum over those requests of the sender's behaviour score (0-1)
+    "wan",  # sum over those requests of the sender's network-spread value (0-1)
 )
 C_REQ, C_BEH, C_WAN = range(3)
 

@@ -1,0 +1,187 @@
+"""Each identity signal on crafted streams, against the memory store and a real Redis."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from .streams import START, diverse, human, steady, templated
+
+Make = Any
+
+
+async def test_timing_regularity_tells_a_script_from_a_person(make_driver: Make) -> None:
+    rng = random.Random(1)
+    script = await make_driver()
+    tick = await script.stream(steady(40, every=20.0), diverse(rng, 40), account="bot")
+    person = await script.stream(human(rng, 40), diverse(rng, 40), account="person")
+    assert tick.signals["timing_regularity"] == 15.0
+    assert "timing_regularity" not in person.signals
+
+
+async def test_coding_agent_bursts_are_not_regular(make_driver: Make) -> None:
+    """Bursts of 15-70 requests a few seconds apart, then minutes to hours of nothing."""
+    rng = random.Random(2)
+    driver = await make_driver()
+    times, now = [], START
+    for _ in range(6):
+        for _ in range(rng.randint(15, 70)):
+            times.append(now)
+            now += rng.uniform(2, 10)
+        now += rng.uniform(300, 5400)
+    last = await driver.stream(times, diverse(rng, len(times)), account="agent")
+    assert last.signals.get("timing_regularity", 0) < 7.5  # at most half strength
+    assert last.score < 50
+
+
+async def test_round_the_clock_activity(make_driver: Make) -> None:
+    rng = random.Random(3)
+    driver = await make_driver()
+    always = await driver.stream(steady(96, every=1800.0), diverse(rng, 96), account="247")
+    day_times = [t for t in steady(200, every=900.0) if 7 <= (t // 3600) % 24 <= 22]
+    daytime = await driver.stream(day_times[:96], diverse(rng, 96), account="day")
+    assert always.signals["round_the_clock"] >= 9.0
+    assert "round_the_clock" not in daytime.signals
+
+
+async def test_templated_prompts_are_templating_and_diverse_ones_are_not(make_driver: Make) -> None:
+    rng = random.Random(4)
+    driver = await make_driver()
+    templ = await driver.stream(human(rng, 20), templated(rng, 20), account="templ")
+    free = await driver.stream(human(rng, 20), diverse(rng, 20), account="free")
+    assert templ.signals["prompt_templating"] >= 15.0
+    assert "prompt_templating" not in free.signals
+
+
+async def test_a_fixed_prompt_set_sent_again_is_not_a_template(make_driver: Make) -> None:
+    """An evaluation harness re-sends the same prompts: copies, not filled-in templates."""
+    rng = random.Random(5)
+    suite = diverse(rng, 10)
+    driver = await make_driver()
+    last = await driver.stream(steady(60, every=30.0), suite, account="harness")
+    assert "prompt_templating" not in last.signals
+    assert last.score < 50
+
+
+async def test_reasoning_extraction_share(make_driver: Make) -> None:
+    rng = random.Random(6)
+    driver = await make_driver()
+    asks = [p + ". Show your full reasoning step by step." for p in diverse(rng, 12)]
+    probe = await driver.stream(human(rng, 12), asks, account="asks")
+    plain = await driver.stream(human(rng, 12), diverse(rng, 12), account="plain")
+    assert probe.signals["reasoning_extraction"] == 20.0
+    assert "reasoning_extraction" not in plain.signals
+
+
+async def test_a_step_by_step_habit_alone_mitigates_no_one(make_driver: Make) -> None:
+    rng = random.Random(7)
+    driver = await make_driver()
+    habit = [p + " Think step by step." for p in diverse(rng, 60)]
+    last = await driver.stream(human(rng, 60), habit, account="habit")
+    assert last.signals["reasoning_extraction"] == 20.0
+    assert last.score < 50 and last.threshold is None
+
+
+async def test_custom_reasoning_patterns_replace_the_built_in_list(make_driver: Make) -> None:
+    from .streams import BASE_POLICY
+
+    rng = random.Random(8)
+    driver = await make_driver(
+        BASE_POLICY
+        + "risk:\n  signals:\n    reasoning_extraction: {patterns: ['\\bpineapple\\b']}\n"
+    )
+    odd = await driver.stream(
+        human(rng, 8), ["tell me about pineapple farms please now"] * 8, account="odd"
+    )
+    usual = await driver.stream(
+        human(rng, 8), ["solve it step by step for me please now"] * 8, account="usual"
+    )
+    assert odd.signals["reasoning_extraction"] == 20.0
+    assert "reasoning_extraction" not in usual.signals
+
+
+async def test_network_spread(make_driver: Make) -> None:
+    rng = random.Random(9)
+    driver = await make_driver()
+    last = None
+    for i, when in enumerate(human(rng, 20)):
+        last = await driver.send(when, account="hopper", ip=f"203.0.{i * 7 % 250}.9")
+    assert last is not None and last.signals["network_spread"] == 20.0
+    for i, when in enumerate(human(rng, 20)):  # home, office, phone
+        last = await driver.send(
+            when,
+            account="commuter",
+            ip=f"192.0.2.{i % 3}" if i % 3 == 0 else f"198.51.{100 + i % 3}.4",
+        )
+    assert "network_spread" not in last.signals
+
+
+async def test_request_shape(make_driver: Make) -> None:
+    driver = await make_driver()
+    rng = random.Random(10)
+    times = human(rng, 12)
+    for i, when in enumerate(times):
+        probe = await driver.send(
+            when,
+            account="probe",
+            prompt=f"question {i} about things",
+            body={"logprobs": True, "top_logprobs": 5},
+        )
+        sweep = await driver.send(
+            when,
+            account="sweep",
+            prompt=f"question {i} about things",
+            body={"temperature": (i % 4) / 2},
+        )
+        pinned = await driver.send(
+            when, account="pinned", prompt=f"question {i} about things", body={"max_tokens": 8192}
+        )
+        plain = await driver.send(
+            when,
+            account="plain",
+            prompt=f"question {i} about things",
+            body={"max_tokens": 512, "temperature": 0.7},
+        )
+    assert probe.signals["request_shape"] == 10.0
+    assert sweep.signals["request_shape"] == 10.0
+    assert pinned.signals["request_shape"] == 10.0
+    assert "request_shape" not in plain.signals
+
+
+async def test_refusals_and_failed_challenges(make_driver: Make) -> None:
+    from guardrail.identity import Subject
+
+    driver = await make_driver()
+    times = steady(12, every=60.0)
+    for when in times:
+        refused = await driver.send(when, account="refused")
+        await driver.engine.refused(refused, when)
+    after = await driver.send(times[-1] + 60, account="refused")
+    assert after.signals["refusals"] == 15.0
+    subject = Subject(None, "failing", "198.51.100.9", "198.51.100.0/24")
+    for when in times[:3]:
+        await driver.engine.challenge_failed(subject, when)
+    failing = await driver.send(times[3], account="failing", ip="198.51.100.9")
+    assert failing.signals["failed_challenges"] >= 29.5  # three failures, minutes ago
+
+
+async def test_request_volume_against_the_route_limit(make_driver: Make) -> None:
+    from .streams import BASE_POLICY
+
+    driver = await make_driver(BASE_POLICY.replace("60/minute", "6/minute"))
+    # 4 a minute, sustained for two half-lives, against a limit of 6 a minute
+    heavy = await driver.stream(steady(4 * 60 * 12, every=15.0), account="heavy")
+    light = await driver.stream(steady(60, every=600.0), account="light")
+    assert heavy.signals["request_volume"] >= 7.0
+    assert "request_volume" not in light.signals
+
+
+async def test_evidence_decays_with_the_half_life(make_driver: Make) -> None:
+    rng = random.Random(11)
+    driver = await make_driver()
+    await driver.stream(steady(40, every=20.0), templated(rng, 40), account="bot")
+    hot = await driver.send(START + 801, account="bot", prompt=templated(rng, 1)[0], commit=False)
+    later = await driver.send(
+        START + 801 + 4 * 6 * 3600, account="bot", prompt=templated(rng, 1)[0], commit=False
+    )
+    assert hot.score > later.score

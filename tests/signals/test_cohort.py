@@ -1,0 +1,175 @@
+"""Signals across identities, and cohort escalation: a coordinated cohort raises its members
+together, a crowded but honest one (a NAT) raises no one."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from .streams import START, Driver, diverse, human, templated
+
+Make = Any
+
+
+async def campaign(
+    driver: Driver,
+    rng: random.Random,
+    *,
+    accounts: int,
+    ip: str,
+    ua: str = "python-requests/2.31",
+    rounds: int = 12,
+) -> None:
+    """Sybil accounts on one /24: steady ticks, templated prompts asking for reasoning."""
+    for r in range(rounds):
+        for a in range(accounts):
+            await driver.send(
+                START + r * 20.0 + a * 0.1,
+                account=f"sybil-{ip}-{a}",
+                ip=ip.format(a % 250 + 1),
+                prompt=templated(rng, 1)[0],
+                ua=ua,
+            )
+
+
+async def office(
+    driver: Driver,
+    rng: random.Random,
+    *,
+    accounts: int,
+    ip: str,
+    ua: str = "Mozilla/5.0",
+    turns: int = 12,
+) -> None:
+    """People behind one NAT: human timing, their own questions."""
+    for a in range(accounts):
+        for when, prompt in zip(
+            human(rng, turns, START + a * 37.0), diverse(rng, turns), strict=True
+        ):
+            await driver.send(
+                when, account=f"staff-{a}", ip=ip.format(a % 4 + 1), prompt=prompt, ua=ua
+            )
+
+
+async def test_a_coordinated_subnet_raises_a_newcomer_from_its_first_request(
+    make_driver: Make,
+) -> None:
+    rng = random.Random(20)
+    driver = await make_driver()
+    await campaign(driver, rng, accounts=50, ip="203.0.113.{}")
+    newcomer = await driver.send(
+        START + 400,
+        account="new-sybil",
+        ip="203.0.113.77",
+        prompt="What is the capital of Australia and why is it not Sydney",
+    )
+    assert newcomer.signals["subnet_cohort"] >= 25.0
+    member = await driver.send(
+        START + 401,
+        account="sybil-203.0.113.{}-3",
+        ip="203.0.113.4",
+        prompt=templated(rng, 1)[0],
+        ua="python-requests/2.31",
+    )
+    assert member.threshold is not None and member.score >= 75
+
+
+async def test_a_nat_of_fifty_honest_accounts_raises_no_one(make_driver: Make) -> None:
+    rng = random.Random(21)
+    driver = await make_driver()
+    await office(driver, rng, accounts=50, ip="192.0.2.{}")
+    newcomer = await driver.send(
+        START + 7200,
+        account="new-staff",
+        ip="192.0.2.9",
+        prompt="How do I format a table of contents in my thesis please",
+    )
+    assert "subnet_cohort" not in newcomer.signals
+    assert "fingerprint_cohort" not in newcomer.signals
+    assert newcomer.score < 50
+
+
+async def test_a_step_by_step_office_stays_below_the_thresholds(make_driver: Make) -> None:
+    """Fifty people behind one NAT who all end prompts with "think step by step"."""
+    rng = random.Random(22)
+    driver = await make_driver()
+    worst = 0.0
+    for a in range(50):
+        prompts = [p + " Think step by step." for p in diverse(rng, 10)]
+        for when, prompt in zip(human(rng, 10, START + a * 41.0), prompts, strict=True):
+            assessment = await driver.send(
+                when, account=f"student-{a}", ip="192.0.2.8", prompt=prompt, ua="Mozilla/5.0"
+            )
+            worst = max(worst, assessment.score)
+    assert worst < 50
+
+
+async def test_cross_account_templates(make_driver: Make) -> None:
+    rng = random.Random(23)
+    driver = await make_driver()
+    last = None
+    for a in range(20):  # twenty accounts, twenty subnets, one template
+        for when, prompt in zip(human(rng, 6, START + a * 60.0), templated(rng, 6), strict=True):
+            last = await driver.send(when, account=f"tmpl-{a}", ip=f"198.18.{a}.5", prompt=prompt)
+    assert last is not None and last.signals["cross_account_templates"] >= 20.0
+    for a in range(20):  # twenty accounts with their own questions
+        for when, prompt in zip(human(rng, 6, START + a * 60.0), diverse(rng, 6), strict=True):
+            last = await driver.send(when, account=f"own-{a}", ip=f"198.19.{a}.5", prompt=prompt)
+    assert "cross_account_templates" not in last.signals
+
+
+async def test_a_rotating_proxy_pool_is_a_cohort_even_without_templates(make_driver: Make) -> None:
+    """Accounts that each hop over many subnets of a shared pool: the pool's subnets see many
+    wandering accounts, however human their questions."""
+    rng = random.Random(24)
+    driver = await make_driver()
+    pool = [f"100.{64 + i // 200}.{i % 200}.{rng.randint(1, 254)}" for i in range(12)]
+    last = None
+    for r in range(12):
+        for a in range(40):
+            last = await driver.send(
+                START + r * 300 + a,
+                account=f"harvest-{a}",
+                ip=rng.choice(pool),
+                prompt=diverse(rng, 1)[0],
+                ua="OpenAI/Python 1.51.0",
+            )
+    assert last is not None
+    assert last.signals["network_spread"] >= 10.0
+    assert last.signals["subnet_cohort"] >= 15.0
+
+
+async def test_a_fingerprint_shared_by_coordinated_accounts(make_driver: Make) -> None:
+    rng = random.Random(25)
+    driver = await make_driver()
+    for a in range(40):  # forty accounts, each on its own subnet, one scripted client
+        for r in range(8):
+            await driver.send(
+                START + r * 20.0 + a * 0.2,
+                account=f"fp-{a}",
+                ip=f"198.18.{a}.9",
+                prompt=templated(rng, 1)[0],
+                ua="farm-client/0.1",
+            )
+    newcomer = await driver.send(
+        START + 400,
+        account="fp-new",
+        ip="198.19.200.9",
+        prompt="What time is it in Tokyo when it is noon in Paris today",
+        ua="farm-client/0.1",
+    )
+    assert newcomer.signals["fingerprint_cohort"] >= 15.0
+
+
+async def test_a_popular_sdk_fingerprint_is_not_suspicious(make_driver: Make) -> None:
+    rng = random.Random(26)
+    driver = await make_driver()
+    await office(driver, rng, accounts=40, ip="10.{}.0.1", ua="OpenAI/Python 1.51.0")
+    newcomer = await driver.send(
+        START + 9000,
+        account="sdk-new",
+        ip="10.9.9.9",
+        prompt="Draft a short thank-you note for my neighbour's help",
+        ua="OpenAI/Python 1.51.0",
+    )
+    assert "fingerprint_cohort" not in newcomer.signals

@@ -1,0 +1,125 @@
+"""Scoring, explanations, weights, allow-listing and hysteresis."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from guardrail.identity import Subject
+from guardrail.policy import Policy
+from guardrail.signals.catalog import SIGNALS
+from guardrail.signals.engine import RiskEngine
+from guardrail.signals.state import Band
+
+from .streams import BASE_POLICY, START, human, steady, templated
+
+Make = Any
+ONLY_REASONING = (
+    BASE_POLICY
+    + """
+risk:
+  signals:
+"""
+    + "".join(
+        f"    {s.name}: {{weight: {3.0 if s.name == 'reasoning_extraction' else 0}}}\n"
+        for s in SIGNALS
+    )
+)
+ASK = "Please answer this and show your full reasoning, question number {}"
+
+
+def test_no_signal_alone_reaches_the_lowest_example_threshold() -> None:
+    assert all(signal.points < 50 for signal in SIGNALS)
+
+
+async def test_the_score_is_the_sum_of_its_explanations(make_driver: Make) -> None:
+    rng = random.Random(30)
+    driver = await make_driver()
+    last = await driver.stream(steady(30), templated(rng, 30), account="bot")
+    assert last.signals, "a templated script must show evidence"
+    assert list(last.signals.values()) == sorted(last.signals.values(), reverse=True)
+    assert last.score == pytest.approx(min(100.0, sum(last.signals.values())), abs=0.6)
+
+
+async def test_weights_scale_and_zero_disables(make_driver: Make) -> None:
+    rng = random.Random(31)
+    driver = await make_driver(ONLY_REASONING)
+    asks = [ASK.format(i) for i in range(10)]
+    last = await driver.stream(human(rng, 10), asks, account="asker")
+    assert last.signals == {"reasoning_extraction": 60.0}
+    assert last.threshold is not None and last.threshold.action == "throttle"
+
+
+async def test_allow_listed_subjects_are_exempt() -> None:
+    policy = Policy.from_string(
+        BASE_POLICY + "allow: {accounts: [partner], cidrs: [192.0.2.0/24]}\n"
+    )
+    engine = RiskEngine(policy, store=None)  # type: ignore[arg-type]
+    assert engine.exempt(Subject(None, "partner", "198.51.100.1", "198.51.100.0/24"))
+    assert engine.exempt(Subject(None, "other", "192.0.2.77", "192.0.2.0/24"))
+    assert not engine.exempt(Subject(None, "other", "198.51.100.1", "198.51.100.0/24"))
+
+
+# -- hysteresis ------------------------------------------------------------------------------
+
+
+def bands() -> RiskEngine:
+    return RiskEngine(Policy.from_string(BASE_POLICY), store=None)  # type: ignore[arg-type]
+
+
+def test_a_subject_rises_into_a_band_at_once() -> None:
+    engine = bands()
+    assert engine._band(49.9, None, START) == (0, None)
+    assert engine._band(50.0, None, START) == (1, Band(1, START))
+    assert engine._band(96.0, Band(1, START), START + 1) == (3, Band(3, START + 1))
+
+
+def test_it_stays_within_the_margin_and_the_hold_renews() -> None:
+    engine = bands()  # throttle at 50, margin 10, cooldown 15 minutes
+    assert engine._band(41.0, Band(1, START), START + 3600) == (1, Band(1, START + 3600))
+
+
+def test_it_leaves_only_after_the_cooldown_below_the_exit_line() -> None:
+    engine = bands()
+    held = Band(1, START)
+    assert engine._band(39.0, held, START + 899) == (1, None)  # below the line, cooling down
+    assert engine._band(39.0, held, START + 900) == (0, Band(0, START + 900))
+
+
+def test_from_challenge_it_steps_down_to_the_band_its_score_is_in() -> None:
+    engine = bands()
+    assert engine._band(55.0, Band(2, START), START + 900) == (1, Band(1, START + 900))
+
+
+async def test_hysteresis_holds_in_the_store(make_driver: Make) -> None:
+    """Throttled at 60 points; the evidence decays under 50 but not under 40: still throttled,
+    and only 15 minutes after dropping under 40 does the subject go free."""
+    rng = random.Random(32)
+    driver = await make_driver(ONLY_REASONING)
+    asks = [ASK.format(i) for i in range(10)]
+    times = human(rng, 10)
+    hot = await driver.stream(times, asks, account="asker")
+    assert hot.threshold is not None
+    # Plain prompts dilute the share of reasoning requests: send them until under 50.
+    now, last = times[-1], hot
+    while last.score >= 50:
+        now += 60
+        last = await driver.send(
+            now, account="asker", prompt=f"hello there, a plain question {now}"
+        )
+    assert last.threshold is not None and last.threshold.action == "throttle"
+    while last.score >= 40:
+        now += 60
+        last = await driver.send(
+            now, account="asker", prompt=f"hello there, a plain question {now}"
+        )
+    assert last.threshold is not None  # under the exit line, cooling down
+    dropped = now
+    while now - dropped < 900:
+        now += 120
+        last = await driver.send(
+            now, account="asker", prompt=f"hello there, a plain question {now}"
+        )
+    assert last.threshold is None and last.score < 40

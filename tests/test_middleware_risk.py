@@ -1,0 +1,212 @@
+"""The risk engine's actions through the middleware: throttle (tier limits, delay, header),
+challenge (403 with the challenge; an HTML page for browsers), block, observe, allow-list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from guardrail.signals.catalog import SIGNALS
+
+from conftest import FakeClock
+from helpers import audit_records, build, client
+from redis_servers import free_port
+
+ASK = "Please answer this question and show your full reasoning, number {}"
+
+
+def policy(weight: float, *, mode: str = "enforce", extra: str = "", header: bool = True) -> str:
+    # Only reasoning_extraction counts, so the score is exactly 20 x weight once four prompts
+    # have asked for reasoning.
+    weights = "".join(
+        f"    {s.name}: {{weight: {weight if s.name == 'reasoning_extraction' else 0}}}\n"
+        for s in SIGNALS
+    )
+    return f"""
+version: 1
+mode: {mode}
+secret: env:GUARDRAIL_TEST_SECRET
+identity:
+  api_key: {{header: authorization}}
+  account: {{header: x-account-id}}
+  client_ip: {{trusted_proxies: [10.0.0.1]}}
+routes:
+  - name: inference
+    match: {{path: "/v1/chat/completions$", methods: [POST]}}
+    inspect: openai
+    limits:
+      - {{per: api_key, rate: 600/minute, burst: 100}}
+  - name: default
+    match: {{path: /}}
+    limits:
+      - {{per: ip, rate: 600/minute, burst: 100}}
+risk:
+  signals:
+{weights}thresholds:
+  - {{score: 50, action: throttle, tier: slow}}
+  - {{score: 75, action: challenge}}
+  - {{score: 95, action: block}}
+tiers:
+  slow:
+    limits: [{{per: account, rate: 6/minute, burst: 2}}]
+    delay: 2s
+    header: {str(header).lower()}
+{extra}"""
+
+
+def chat(n: int) -> dict[str, Any]:
+    return {"model": "m", "messages": [{"role": "user", "content": ASK.format(n)}]}
+
+
+HEADERS = {"authorization": "Bearer sk-test-1", "x-account-id": "acct-1"}
+
+
+async def warm_up(http: Any, clock: FakeClock, n: int = 3) -> None:
+    for i in range(n):
+        response = await http.post("/v1/chat/completions", json=chat(i), headers=HEADERS)
+        assert response.status_code == 200
+        clock.advance(30)
+
+
+async def test_throttle_delays_adds_the_tier_header_and_charges_the_tier_limits(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    app = build(tmp_path, clock, policy(3.0))
+    async with client(app) as http:
+        await warm_up(http, clock)
+        before = clock.now
+        response = await http.post("/v1/chat/completions", json=chat(9), headers=HEADERS)
+        assert response.status_code == 200
+        assert clock.now - before == pytest.approx(2.0)  # the tier's delay, on the injected clock
+        assert response.headers["guardrail-tier"] == "slow"
+        assert response.headers["x-seen-action"] == "throttle"
+        second = await http.post("/v1/chat/completions", json=chat(10), headers=HEADERS)
+        assert second.status_code == 200
+        third = await http.post("/v1/chat/completions", json=chat(11), headers=HEADERS)
+        assert third.status_code == 429  # the tier's 6/minute, burst 2
+        assert "tier-slow-account" in third.headers["ratelimit-policy"]
+    await app.shutdown()
+    records = audit_records(tmp_path)
+    throttled = [r for r in records if r["action"] == "throttle"]
+    assert throttled and throttled[0]["tier"] == "slow"
+    # decayed evidence: a hair under 3 x 20 after the warm-up's two minutes
+    assert throttled[0]["signals"] == {"reasoning_extraction": pytest.approx(60.0, abs=0.5)}
+    assert throttled[0]["score"] == pytest.approx(60.0, abs=0.5)
+    limited = [r for r in records if r["action"] == "limit"]
+    assert limited and limited[0]["tier"] == "slow"
+
+
+async def test_a_tier_without_header_says_nothing(tmp_path: Path, clock: FakeClock) -> None:
+    app = build(tmp_path, clock, policy(3.0, header=False))
+    async with client(app) as http:
+        await warm_up(http, clock)
+        response = await http.post("/v1/chat/completions", json=chat(9), headers=HEADERS)
+    assert response.status_code == 200 and "guardrail-tier" not in response.headers
+    await app.shutdown()
+
+
+async def test_challenge_is_a_403_with_the_challenge_never_a_429(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    app = build(tmp_path, clock, policy(4.0))
+    async with client(app) as http:
+        await warm_up(http, clock)
+        response = await http.post("/v1/chat/completions", json=chat(9), headers=HEADERS)
+        page = await http.get("/account", headers={**HEADERS, "accept": "text/html,*/*"})
+    assert response.status_code == 403
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["guardrail-action"] == "challenge"
+    assert response.headers["cache-control"] == "no-store"
+    body = response.json()
+    assert body["type"] == "abnormal-usage-detected"
+    assert body["error"]["code"] == "challenge_required"
+    assert "browser" in body["error"]["message"]
+    challenge = body["challenge"]
+    assert challenge["url"] == f"/.guardrail/challenge/{challenge['id']}"
+    assert challenge["kinds"] == ["pow"]
+    assert challenge["pow"]["algorithm"] == "sha256" and challenge["pow"]["difficulty"] == 18
+    assert len(challenge["pow"]["seed"]) == 32
+    assert challenge["expires_at"].endswith("Z")
+    # A browser of the same account gets a page, with a strict CSP
+    assert page.status_code == 403
+    assert page.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert "/.guardrail/challenge/" in page.text
+    await app.shutdown()
+    records = [r for r in audit_records(tmp_path) if r["action"] == "challenge"]
+    assert [r["status"] for r in records] == [403, 403]
+    assert records[0]["signals"] == {"reasoning_extraction": pytest.approx(80.0, abs=0.5)}
+
+
+async def test_block(tmp_path: Path, clock: FakeClock) -> None:
+    app = build(tmp_path, clock, policy(5.0))
+    async with client(app) as http:
+        await warm_up(http, clock)
+        response = await http.post("/v1/chat/completions", json=chat(9), headers=HEADERS)
+    assert response.status_code == 403
+    assert response.headers["guardrail-action"] == "block"
+    assert response.json()["error"]["code"] == "blocked"
+    await app.shutdown()
+    assert audit_records(tmp_path)[-1]["action"] == "block"
+
+
+async def test_observe_mode_scores_and_records_but_never_interferes(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    app = build(
+        tmp_path,
+        clock,
+        policy(5.0, mode="observe").replace("env:GUARDRAIL_TEST_SECRET", "observe-literal"),
+    )
+    async with client(app) as http:
+        await warm_up(http, clock)
+        before = clock.now
+        response = await http.post("/v1/chat/completions", json=chat(9), headers=HEADERS)
+    assert response.status_code == 200 and clock.now == before
+    assert {k for k in response.headers if k.startswith("guardrail")} == {"guardrail-request-id"}
+    await app.shutdown()
+    record = audit_records(tmp_path)[-1]
+    assert record["action"] == "block" and record["mode"] == "observe"
+    assert record["status"] == 200
+
+
+async def test_allow_listed_accounts_are_never_escalated_but_still_limited(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    app = build(tmp_path, clock, policy(5.0, extra="allow: {accounts: [acct-1]}\n"))
+    async with client(app) as http:
+        await warm_up(http, clock, n=8)
+        response = await http.post("/v1/chat/completions", json=chat(9), headers=HEADERS)
+        assert response.status_code == 200 and response.headers["x-seen-action"] == "allow"
+        statuses = {
+            (await http.post("/v1/chat/completions", json=chat(i), headers=HEADERS)).status_code
+            for i in range(120)
+        }
+    assert statuses == {200, 429}
+    await app.shutdown()
+
+
+async def test_a_failing_redis_fails_open_to_a_local_risk_engine(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0?timeout=0.2"
+    app = build(tmp_path, clock, policy(3.0), storage=dead)
+    async with client(app) as http:
+        await warm_up(http, clock)
+        response = await http.post("/v1/chat/completions", json=chat(9), headers=HEADERS)
+    assert response.status_code == 200 and response.headers["guardrail-tier"] == "slow"
+    await app.shutdown()
+    record = audit_records(tmp_path)[-1]
+    assert record["action"] == "throttle" and record["degraded"] is True
+
+
+async def test_a_failing_redis_fails_closed_with_a_503(tmp_path: Path, clock: FakeClock) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0?timeout=0.2"
+    app = build(tmp_path, clock, policy(3.0, extra="on_storage_error: fail_closed\n"), storage=dead)
+    async with client(app) as http:
+        response = await http.post("/v1/chat/completions", json=chat(1), headers=HEADERS)
+    assert response.status_code == 503
+    await app.shutdown()
+    assert audit_records(tmp_path)[-1]["storage_error"] is True
