@@ -3,8 +3,10 @@ in the same run: the bare Starlette app and the same app under slowapi with one 
 
     make bench        # or: .venv/bin/python benchmarks/overhead.py [--requests 20000]
 
-Target (issue 2): guardrail with three memory buckets (api_key, ip, subnet) adds at most half of
-what slowapi adds.
+Targets: guardrail with three memory buckets (api_key, ip, subnet) adds at most half of what
+slowapi adds (issue 2); with the risk engine on and a 1 KB chat prompt inspected, it adds at most
+60 µs (issue 3). The risk rows rotate 1,000 identities and 64 different prompts, so the
+cross-account index and every identity's ring hold real, comparable sketches.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
+import json
 import os
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -42,6 +47,25 @@ routes:
 """
 
 
+RISK_POLICY = """
+version: 1
+secret: env:GUARDRAIL_BENCH_SECRET
+audit: {sink: "stdout://"}
+identity:
+  api_key: {header: authorization}
+routes:
+  - name: inference
+    match: {path: /v1/}
+    inspect: openai
+    limits:
+      - {per: api_key, rate: 1000000000/second}
+      - {per: ip, rate: 1000000000/second}
+      - {per: subnet, rate: 1000000000/second}
+thresholds:
+  - {score: 100, action: block}
+"""
+
+
 def bare_app() -> Starlette:
     async def endpoint(request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")
@@ -61,9 +85,34 @@ def slowapi_app() -> Starlette:
     return app
 
 
-def guardrail_app(storage: str | None = None) -> Guardrail:
+def guardrail_app(storage: str | None = None, policy: str = POLICY) -> Guardrail:
     os.environ.setdefault("GUARDRAIL_BENCH_SECRET", "bench-secret")
-    return Guardrail(bare_app(), policy=Policy.from_string(POLICY), storage=storage)
+    return Guardrail(bare_app(), policy=Policy.from_string(policy), storage=storage)
+
+
+def chat_requests(count: int = 1000, prompts: int = 64) -> list[tuple[dict[str, Any], bytes]]:
+    """``count`` identities (key, address) cycling over ``prompts`` different 1 KB prompts."""
+    rng = random.Random(1)
+    words = [
+        "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9)))
+        for _ in range(3000)
+    ]
+    bodies = []
+    for _ in range(prompts):
+        text = " ".join(rng.choice(words) for _ in range(160))[:1024]
+        body = {"model": "m", "messages": [{"role": "user", "content": text}]}
+        bodies.append(json.dumps(body).encode())
+    out = []
+    for i in range(count):
+        headers = [h for h in SCOPE["headers"] if h[0] not in (b"authorization", b"content-length")]
+        body = bodies[i % prompts]
+        headers += [
+            (b"authorization", f"Bearer sk-bench-{i:04d}".encode()),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        scope = {**SCOPE, "headers": headers, "client": (f"198.51.{i // 250}.{i % 250 + 1}", 5)}
+        out.append((scope, body))
+    return out
 
 
 SCOPE: dict[str, Any] = {
@@ -94,9 +143,10 @@ async def receive() -> Message:
 class Server:
     """Calls one app the way a server would, and checks every answer was a 200."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, requests: list[tuple[dict[str, Any], bytes]] | None = None):
         self.app = app
         self.statuses: set[int] = set()
+        self.requests = itertools.cycle(requests) if requests else None
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -105,10 +155,25 @@ class Server:
     async def batch(self, requests: int) -> float:
         """Mean µs per request over ``requests`` sequential requests."""
         app, send = self.app, self.send
+        if self.requests is None:
+            start = time.perf_counter_ns()
+            for _ in range(requests):
+                await app(dict(SCOPE), receive, send)
+            return (time.perf_counter_ns() - start) / requests / 1000
+        variants = [next(self.requests) for _ in range(requests)]
         start = time.perf_counter_ns()
-        for _ in range(requests):
-            await app(dict(SCOPE), receive, send)
+        for scope, body in variants:
+            message = {"type": "http.request", "body": body, "more_body": False}
+
+            async def receive_body(message: Message = message) -> Message:
+                return message
+
+            await app(dict(scope), receive_body, send)
         return (time.perf_counter_ns() - start) / requests / 1000
+
+
+BARE_CHAT = "bare app, 1 KB chat bodies"
+RISK = "  + guardrail, risk engine"
 
 
 async def main_async(requests: int, batches: int, redis: str | None) -> None:
@@ -120,6 +185,11 @@ async def main_async(requests: int, batches: int, redis: str | None) -> None:
     if redis:  # one round trip to a real Redis per request: informative, not part of the target
         builders["guardrail, 3 Redis buckets"] = lambda: guardrail_app(redis)
     servers = {name: Server(build()) for name, build in builders.items()}
+    chats = chat_requests()
+    servers[BARE_CHAT] = Server(bare_app(), chats)
+    servers[RISK] = Server(guardrail_app(policy=RISK_POLICY), chats)
+    if redis:  # two round trips: informative
+        servers["  risk engine, Redis"] = Server(guardrail_app(redis, RISK_POLICY), chats)
     for server in servers.values():
         await server.batch(1000)  # warm-up: caches, lazily started resources
     # Batches are interleaved so that drift (GC, CPU frequency, a noisy neighbour) hits every
@@ -142,6 +212,11 @@ async def main_async(requests: int, batches: int, redis: str | None) -> None:
     guard_added = rows["guardrail, 3 memory buckets"] - bare
     ratio = guard_added / slow_added if slow_added > 0 else float("inf")
     print(f"\nguardrail adds {ratio:.2f}x what slowapi adds (target <= 0.50)")
+    risk_added = rows[RISK] - rows[BARE_CHAT]
+    print(
+        f"guardrail with the risk engine and a 1 KB prompt adds {risk_added:.1f} µs "
+        f"over the bare app on the same requests (target <= 60)"
+    )
 
 
 def main() -> None:

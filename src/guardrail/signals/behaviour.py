@@ -46,10 +46,11 @@ def timing_regularity(c: list[float]) -> float:
     return ramp(cv, 0.5, 0.15) * confidence(n, 8)
 
 
-def round_the_clock(c: list[float], hour: int, half_life: float) -> float:
-    hours = c[HOUR0 : HOUR0 + 24]
-    entropy = sketch.hour_entropy(hours, hour, half_life / 3600)
-    return ramp(entropy, 0.9, 0.98) * confidence(c[REQ], 12)
+def round_the_clock(c: list[float], factors: list[float]) -> float:
+    """Busy hours of the day: people sleep (and a fake night shows as 8 idle hours).
+    ``factors``: ``sketch.undecay_table(half_life in hours)[current UTC hour]``."""
+    busy = sketch.busy_hours(c[HOUR0 : HOUR0 + 24], factors)
+    return ramp(busy, 18.0, 23.0) * confidence(c[REQ], 12)
 
 
 def prompt_templating(c: list[float]) -> float:

@@ -35,7 +35,7 @@ SIGNALS: tuple[SignalInfo, ...] = (
         "round_the_clock",
         10,
         "identity",
-        "activity spread evenly over the 24 hours of the day (entropy of hour-of-day counts)",
+        "activity in nearly every hour of the day (busy hours out of 24): people sleep",
     ),
     SignalInfo(
         "prompt_templating",

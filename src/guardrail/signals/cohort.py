@@ -24,23 +24,22 @@ def behaviour_score(points: float) -> float:
     return min(points / 60.0, 1.0)
 
 
-def _mean(c: list[float], field: int) -> float:
-    return c[field] / c[C_REQ] if c[C_REQ] > 0 else 0.0
-
-
 def subnet_cohort(c: list[float], members: int) -> float:
+    """``c``: the subnet's COHORT counters, this request included; ``members``: its bitmap."""
     crowd = ramp(sketch.distinct(members, COHORT_BITS), 4.0, 20.0)
-    if crowd == 0:
+    requests = c[C_REQ]
+    if crowd == 0 or requests <= 0:
         return 0.0
-    acting_alike = ramp(_mean(c, C_BEH), 0.25, 0.5)
-    hopping = ramp(_mean(c, C_WAN), 0.1, 0.4)
-    return crowd * max(acting_alike, hopping) * confidence(c[C_REQ], 20)
+    acting_alike = ramp(c[C_BEH] / requests, 0.25, 0.5)
+    hopping = ramp(c[C_WAN] / requests, 0.1, 0.4)
+    return crowd * max(acting_alike, hopping) * confidence(requests, 20)
 
 
 def fingerprint_cohort(c: list[float], members: int) -> float:
     # An SDK's default user agent is shared by every honest user of that SDK, so a crowd is
     # expected here; only a crowd that also acts alike counts.
     crowd = ramp(sketch.distinct(members, COHORT_BITS), 8.0, 30.0)
-    if crowd == 0:
+    requests = c[C_REQ]
+    if crowd == 0 or requests <= 0:
         return 0.0
-    return crowd * ramp(_mean(c, C_BEH), 0.3, 0.55) * confidence(c[C_REQ], 30)
+    return crowd * ramp(c[C_BEH] / requests, 0.3, 0.55) * confidence(requests, 30)

@@ -8,7 +8,6 @@ non-zero contribution, largest first, which is what the audit log shows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address
 
@@ -47,9 +46,10 @@ from guardrail.signals.state import (
 
 #: Gaps longer than this end a session: they measure sleep, not timing.
 SESSION_BREAK = 1800.0
-#: Signals that describe how an identity itself behaves, as its cohorts see it (refusals and
-#: failed challenges are consequences of guardrail's own answers, volume is not a manner).
-_MANNER = (
+#: The order the scorer computes signals in. The first seven describe how an identity itself
+#: behaves, as its cohorts see it ("manner"); refusals and failed challenges are consequences
+#: of guardrail's own answers, and volume is not a manner.
+_ORDER = (
     "timing_regularity",
     "round_the_clock",
     "prompt_templating",
@@ -57,7 +57,14 @@ _MANNER = (
     "cross_account_templates",
     "network_spread",
     "request_shape",
+    "request_volume",
+    "refusals",
+    "failed_challenges",
+    "subnet_cohort",
+    "fingerprint_cohort",
 )
+#: Principal counters a request may increment, apart from its hour.
+_FOLDED = (REQ, PRM, TPL, RSN, XAC, SHP, GN, GS, GQ)
 
 
 @dataclass(slots=True)
@@ -97,15 +104,13 @@ class RiskEngine:
         self.remote = remote
         self.half_life = risk.half_life
         self.window = risk.half_life
+        self._undecay = sketch.undecay_table(risk.half_life / 3600)
         weights = {name: conf.weight for name, conf in risk.signals.items()}
         self.points = {s.name: s.points * weights.get(s.name, 1.0) for s in SIGNALS}
+        self._points = [self.points[name] for name in _ORDER]
         reasoning = risk.signals.get("reasoning_extraction")
-        patterns = (
-            reasoning.patterns
-            if reasoning is not None and reasoning.patterns is not None
-            else features.REASONING_PATTERNS
-        )
-        self.pattern = features.compile_patterns(patterns)
+        patterns = reasoning.patterns if reasoning is not None else None
+        self.asks_for_reasoning = features.ReasoningMatcher(patterns)
         self.thresholds = policy.thresholds
         self.margin = policy.hysteresis.margin
         self.cooldown = policy.hysteresis.cooldown
@@ -139,7 +144,8 @@ class RiskEngine:
     ) -> Assessment:
         principal = principal_of(subject)
         prompt = request.prompt if request is not None else ""
-        sk = sketch.sketch(prompt) if prompt else None
+        cut = sketch.excerpt(prompt) if prompt else ""
+        sk = sketch.sketch(prompt, cut) if prompt else None
         keys = Keys(
             principal,
             "s:" + subject.subnet,
@@ -154,7 +160,7 @@ class RiskEngine:
                 raise
             degraded = True
             snap = await self.fallback.load(keys, now)
-        assessment = self._score(route, keys, snap, sk, request, now)
+        assessment = self._score(route, keys, snap, sk, request, cut, now)
         assessment.degraded = degraded
         assessment.remote = self.remote and not degraded
         return assessment
@@ -194,75 +200,88 @@ class RiskEngine:
         snap: Snapshot,
         sk: sketch.Sketch | None,
         request: OpenAIRequest | None,
+        cut: str,
         now: float,
     ) -> Assessment:
+        """``cut``: the prompt's lowercased excerpt (``sketch.excerpt``)."""
         inc = [0.0] * len(PRINCIPAL)
         inc[REQ] = 1.0
         if snap.last_seen is not None and 0.0 <= (gap := now - snap.last_seen) <= SESSION_BREAK:
             inc[GN], inc[GS], inc[GQ] = 1.0, gap, gap * gap
         hour = int(now // 3600) % 24
-        inc[HOUR0 + hour] = 1.0
         tag = sketch.bit(keys.principal, 1 << 32)
         max_tokens, temperature = -1, -1.0
         if request is not None:
             if request.prompt:
                 inc[PRM] = 1.0
-                if features.asks_for_reasoning(self.pattern, request.prompt):
+                if self.asks_for_reasoning(cut):
                     inc[RSN] = 1.0
             if sk is not None:
-                if any(sketch.near_duplicate(sk, sketch.unpack(e)) for e in snap.ring):
+                if sketch.any_near(sk, snap.ring):
                     inc[TPL] = 1.0
-                if self._seen_elsewhere(sk, tag, snap.neighbours, now):
+                if sketch.any_near_elsewhere(sk, tag, snap.neighbours, now, self.window):
                     inc[XAC] = 1.0
             if features.shape(request, snap.last_max_tokens, snap.last_temperature):
                 inc[SHP] = 1.0
             max_tokens = request.max_tokens if request.max_tokens is not None else -1
             temperature = features.temperature_of(request)
-        c = [a + b for a, b in zip(snap.principal, inc, strict=True)]
+        c = snap.principal[:]
+        for i in _FOLDED:
+            c[i] += inc[i]
+        c[HOUR0 + hour] += 1.0
 
         spread_bit = sketch.bit(keys.subnet, SPREAD_BITS)
-        subnets = sketch.distinct(snap.spread | (1 << spread_bit), SPREAD_BITS)
-        spread = behaviour.network_spread(subnets)
+        spread = behaviour.network_spread(
+            sketch.distinct(snap.spread | (1 << spread_bit), SPREAD_BITS)
+        )
         inc[SPR] = spread
-        values = {
-            "request_volume": behaviour.request_volume(c, self.half_life, self._limit_rate(route)),
-            "timing_regularity": behaviour.timing_regularity(c),
-            "round_the_clock": behaviour.round_the_clock(c, hour, self.half_life),
-            "prompt_templating": behaviour.prompt_templating(c),
-            "reasoning_extraction": behaviour.reasoning_extraction(c),
-            "cross_account_templates": behaviour.cross_account_templates(c),
-            "network_spread": spread,
-            "request_shape": behaviour.request_shape(c),
-            "refusals": behaviour.refusals(c),
-            "failed_challenges": behaviour.failed_challenges(c),
-        }
-        points = self.points
-        manner = cohort.behaviour_score(sum(values[n] * points[n] for n in _MANNER))
-
+        points = self._points
+        values = [
+            behaviour.timing_regularity(c),
+            behaviour.round_the_clock(c, self._undecay[hour]),
+            behaviour.prompt_templating(c),
+            behaviour.reasoning_extraction(c),
+            behaviour.cross_account_templates(c),
+            spread,
+            behaviour.request_shape(c),
+        ]  # _MANNER, in order
+        manner = cohort.behaviour_score(sum(v * p for v, p in zip(values, points, strict=False)))
+        values += (
+            behaviour.request_volume(c, self.half_life, self._limit_rate(route)),
+            behaviour.refusals(c),
+            behaviour.failed_challenges(c),
+        )
         member_bit = sketch.bit(keys.principal, COHORT_BITS)
         subnet_inc = [1.0, manner, spread]
-        values["subnet_cohort"] = cohort.subnet_cohort(
-            _add(snap.subnet, subnet_inc), snap.subnet_members | (1 << member_bit)
+        s = snap.subnet
+        values.append(
+            cohort.subnet_cohort(
+                [s[0] + 1.0, s[1] + manner, s[2] + spread], snap.subnet_members | (1 << member_bit)
+            )
         )
         fingerprint_inc: list[float] = []
         if keys.fingerprint is not None:
             fingerprint_inc = [1.0, manner, 0.0]
-            values["fingerprint_cohort"] = cohort.fingerprint_cohort(
-                _add(snap.fingerprint, fingerprint_inc),
-                snap.fingerprint_members | (1 << member_bit),
+            f = snap.fingerprint
+            values.append(
+                cohort.fingerprint_cohort(
+                    [f[0] + 1.0, f[1] + manner, f[2]],
+                    snap.fingerprint_members | (1 << member_bit),
+                )
             )
+        else:
+            values.append(0.0)
 
-        contributions = {
-            name: round(value * points[name], 1)
-            for name, value in values.items()
-            if value > 0 and points[name] > 0
-        }
-        signals = {
-            name: pts
-            for name, pts in sorted(contributions.items(), key=lambda kv: -kv[1])
-            if pts > 0
-        }
-        score = round(min(100.0, sum(value * points[n] for n, value in values.items())), 1)
+        score = 0.0
+        contributions = []
+        for name, value, weight in zip(_ORDER, values, points, strict=True):
+            if value > 0 and weight > 0:
+                score += value * weight
+                contributions.append((round(value * weight, 1), name))
+        contributions.sort(reverse=True)
+        signals = {name: pts for pts, name in contributions if pts > 0}
+        score = round(min(100.0, score), 1)
+        inc[HOUR0 + hour] = 1.0
         level, band = self._band(score, snap.band, now)
         update = Update(
             now,
@@ -280,21 +299,6 @@ class RiskEngine:
         )
         threshold = self.thresholds[level - 1] if level else None
         return Assessment(keys, score, signals, threshold, update)
-
-    def _seen_elsewhere(
-        self, sk: sketch.Sketch, tag: int, neighbours: Sequence[bytes], now: float
-    ) -> bool:
-        horizon = int(self.window)
-        stamp = int(now) & 0xFFFFFFFF
-        for entry in neighbours:
-            other_tag, when, other = sketch.unpack_template(entry)
-            if (
-                other_tag != tag
-                and (stamp - when) & 0xFFFFFFFF <= horizon
-                and sketch.near_duplicate(sk, other)
-            ):
-                return True
-        return False
 
     def _band(self, score: float, band: Band | None, now: float) -> tuple[int, Band | None]:
         """Thresholds with hysteresis: a subject rises into a band at once, and leaves it only

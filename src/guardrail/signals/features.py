@@ -39,16 +39,52 @@ _SDK_PREFIXES = (b"x-stainless-", b"x-sdk-", b"openai-", b"anthropic-")
 LARGE_MAX_TOKENS = 2048
 
 
-def compile_patterns(patterns: Sequence[str | re.Pattern[str]]) -> re.Pattern[str] | None:
-    """One case-insensitive alternation: a single search per prompt, in C."""
-    if not patterns:
-        return None
-    sources = [p.pattern if isinstance(p, re.Pattern) else p for p in patterns]
-    return re.compile("|".join(f"(?:{source})" for source in sources), re.IGNORECASE)
+#: Words one of which every built-in pattern needs: most prompts contain none, and a
+#: substring test is ~100x cheaper than the alternation (measured: ~80 µs a 1 KB prompt).
+_TRIGGERS = (
+    "step",
+    "chain",
+    "show",
+    "reason",
+    "thought",
+    "think",
+    "logic",
+    "intermediate",
+    "monologue",
+    "scratchpad",
+    "before",
+    "instructions",
+    "system prompt",
+)
 
+class ReasoningMatcher:
+    """Does a prompt ask for hidden reasoning? The built-in list, or the policy's patterns
+    (which replace it and are searched without the trigger-word prefilter)."""
 
-def asks_for_reasoning(pattern: re.Pattern[str] | None, prompt: str) -> bool:
-    return pattern is not None and pattern.search(prompt) is not None
+    __slots__ = ("_pattern", "_triggers")
+
+    def __init__(self, patterns: Sequence[str | re.Pattern[str]] | None = None) -> None:
+        custom = patterns is not None
+        sources = [p.pattern if isinstance(p, re.Pattern) else p for p in patterns or ()]
+        if not custom:
+            sources = list(REASONING_PATTERNS)
+        # Lowercasing the text once is several times cheaper than IGNORECASE in sre.
+        flags = re.IGNORECASE if custom else 0
+        self._pattern = (
+            re.compile("|".join(f"(?:{source})" for source in sources), flags)
+            if sources
+            else None
+        )
+        self._triggers = () if custom else _TRIGGERS
+
+    def __call__(self, cut: str) -> bool:
+        """``cut``: the prompt's lowercased excerpt (``sketch.excerpt``): requests for
+        reasoning are instructions, which open or close a prompt."""
+        if self._pattern is None:
+            return False
+        if self._triggers and not any(trigger in cut for trigger in self._triggers):
+            return False
+        return self._pattern.search(cut) is not None
 
 
 def shape(request: OpenAIRequest, last_max_tokens: int, last_temperature: float) -> bool:

@@ -24,17 +24,17 @@ K = 12
 #: Words a prompt needs to be sketched at all: short prompts ("hi", "thanks!") are alike
 #: for everyone and say nothing about templates.
 MIN_WORDS = 6
-#: Bytes of the prompt's start and end that are sketched. A template shows in its instruction,
-#: which opens or closes a prompt; hashing a pasted document in the middle would cost ~0.2 µs
-#: a word and tell nothing more.
-HEAD, TAIL = 320, 96
+#: Characters of the prompt's start and end that are read. A template shows in its
+#: instruction, which opens or closes a prompt; hashing a pasted document in the middle would
+#: cost ~0.2 µs a word and tell nothing more.
+HEAD, TAIL = 256, 96
 #: Estimated Jaccard similarity from which two prompts are near-duplicates, and the fewest
 #: shared sketch values that may show it: a stock phrase ("think step by step") shares three
 #: bigrams with every prompt that ends with it, which on short prompts can look like 0.25.
 NEAR = 0.3
 MIN_SHARED = 4
 #: Template buckets per prompt: its smallest values.
-BUCKETS = 3
+BUCKETS = 2
 
 _PUNCTUATION = string.punctuation.encode()
 _ENTRY = struct.Struct(f"<I{K}I")  # exact-text CRC, then the sketch (padded with PAD)
@@ -62,14 +62,19 @@ class Sketch:
         return tuple(f"t:{value:08x}" for value in self.values[:BUCKETS])
 
 
-def sketch(text: str) -> Sketch | None:
-    data = text.lower().encode()
-    exact = zlib.crc32(data)
-    if len(data) > HEAD + TAIL:
-        words = data[:HEAD].translate(None, _PUNCTUATION).split()
-        words += data[-TAIL:].translate(None, _PUNCTUATION).split()
-    else:
-        words = data.translate(None, _PUNCTUATION).split()
+def excerpt(text: str) -> str:
+    """The lowercased start and end of a prompt: what its sketch and the reasoning patterns
+    read (instructions open or close a prompt; a pasted document in between only costs)."""
+    if len(text) > HEAD + TAIL:
+        return text[:HEAD].lower() + "\n" + text[-TAIL:].lower()
+    return text.lower()
+
+
+def sketch(text: str, cut: str | None = None) -> Sketch | None:
+    """``cut``: ``excerpt(text)``, when the caller has it already."""
+    exact = zlib.crc32(text.encode())
+    data = (cut if cut is not None else excerpt(text)).encode()
+    words = data.translate(None, _PUNCTUATION).split()
     if len(words) < MIN_WORDS:
         return None
     # crc32(b, crc32(a)) is the CRC of a + b: a bigram's hash, with no Python-level loop
@@ -102,6 +107,45 @@ def similarity(a: Sequence[int], b: Sequence[int]) -> tuple[float, int]:
     return shared / len(union), shared
 
 
+def any_near(sk: Sketch, entries: Sequence[bytes]) -> bool:
+    """Is any of ``entries`` (packed sketches) a near-duplicate of ``sk``? Each entry costs
+    one C-level unpack and one set intersection unless it shares enough values to compare."""
+    mine = frozenset(sk.values)
+    exact, values = sk.exact, sk.values
+    for entry in entries:
+        other = _ENTRY.unpack(entry)
+        if other[0] == exact or len(mine.intersection(other[1:])) < MIN_SHARED:
+            continue
+        estimate, shared = similarity(values, [v for v in other[1:] if v != PAD])
+        if shared >= MIN_SHARED and estimate >= NEAR:
+            return True
+    return False
+
+
+def any_near_elsewhere(
+    sk: Sketch, tag: int, entries: Sequence[bytes], now: float, horizon: float
+) -> bool:
+    """Like ``any_near`` over template-index entries, skipping the identity's own (``tag``)
+    and those older than ``horizon`` seconds."""
+    mine = frozenset(sk.values)
+    exact, values = sk.exact, sk.values
+    stamp = int(now) & 0xFFFFFFFF
+    limit = int(horizon)
+    for entry in entries:
+        other = _TEMPLATE.unpack(entry)
+        if (
+            other[0] == tag
+            or other[2] == exact
+            or (stamp - other[1]) & 0xFFFFFFFF > limit
+            or len(mine.intersection(other[3:])) < MIN_SHARED
+        ):
+            continue
+        estimate, shared = similarity(values, [v for v in other[3:] if v != PAD])
+        if shared >= MIN_SHARED and estimate >= NEAR:
+            return True
+    return False
+
+
 def near_duplicate(a: Sketch, b: Sketch) -> bool:
     """Near-duplicate but not a copy: a re-sent prompt is not a filled-in template."""
     if a.exact == b.exact:
@@ -122,23 +166,25 @@ def distinct(bitmap: int, bits: int) -> float:
     return bits * math.log(bits / zeros)
 
 
-def hour_entropy(counts: Sequence[float], hour: int, half_life_hours: float) -> float:
-    """Normalised entropy (0-1) of activity over the hours of the day.
+def undecay_table(half_life_hours: float) -> list[list[float]]:
+    """``table[hour][h]``: the factor that brings hour ``h``'s counter, read at ``hour``, back
+    to its weight when it was last filled."""
+    return [
+        [2.0 ** (((hour - h) % 24) / half_life_hours) for h in range(24)] for hour in range(24)
+    ]
+
+
+def busy_hours(counts: Sequence[float], factors: Sequence[float]) -> int:
+    """Hours of the day with a fair share of the activity (at least a quarter of the mean
+    hour's).
 
     Hour counters decay like everything else, so an hour seen 20 h ago weighs less than the
-    current one even for a client active around the clock; each counter is first brought back
-    to its weight when it was last filled (``hour`` is the current UTC hour).
+    current one even for a client active around the clock: ``factors`` (a row of
+    ``undecay_table``) first bring each back to its weight when it was filled. A count of
+    busy hours reads like entropy here and costs a tenth of it (no logarithms).
     """
-    undecayed = []
-    for h, count in enumerate(counts):
-        age = (hour - h) % 24
-        undecayed.append(count * 2.0 ** (age / half_life_hours))
-    total = sum(undecayed)
-    if total <= 0:
-        return 0.0
-    entropy = 0.0
-    for value in undecayed:
-        if value > 0:
-            p = value / total
-            entropy -= p * math.log(p)
-    return entropy / math.log(24)
+    undecayed = [c * f for c, f in zip(counts, factors, strict=True)]
+    floor = sum(undecayed) / 96  # a quarter of the mean of 24 hours
+    if floor <= 0:
+        return 0
+    return sum(1 for u in undecayed if u >= floor)

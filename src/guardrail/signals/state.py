@@ -53,7 +53,7 @@ C_REQ, C_BEH, C_WAN = range(3)
 
 #: Recent prompt sketches kept per principal, and per template bucket.
 RING_SIZE = 8
-BUCKET_SIZE = 16
+BUCKET_SIZE = 8
 #: Bits of the distinct-count bitmaps (linear counting): subnets per principal, principals
 #: per cohort.
 SPREAD_BITS = 64
