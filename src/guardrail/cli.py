@@ -1,10 +1,12 @@
-"""The ``guardrail`` command: check policies, print the schema, hash keys, read the audit trail."""
+"""The ``guardrail`` command: check policies, print the schema, hash keys, read the audit trail,
+list the risk signals, simulate campaigns against a policy."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from guardrail import audit
@@ -12,6 +14,7 @@ from guardrail.errors import GuardrailError, PolicyError
 from guardrail.identity import hash_key
 from guardrail.policy import Policy, check_files, parse_duration
 from guardrail.secrets import resolve_secret
+from guardrail.simulate import command as simulate_command
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -62,6 +65,30 @@ def _audit_verify(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _signals(args: argparse.Namespace) -> int:
+    from guardrail.signals.catalog import SIGNALS
+
+    name_width = max(len(signal.name) for signal in SIGNALS) + 2
+    indent = " " * (name_width + 18)
+    print(f"{'signal':<{name_width}}{'points':>6}  {'scope':<10}what it measures")
+    for signal in SIGNALS:
+        lead = f"{signal.name:<{name_width}}{signal.points:>6g}  {signal.scope:<10}"
+        print(
+            textwrap.fill(
+                signal.description, width=100, initial_indent=lead, subsequent_indent=indent
+            )
+        )
+    print(
+        "\npoints: what a signal adds to the 0-100 score at full strength (times its policy "
+        "weight);\nscope: identity = one principal's own behaviour, cohort = across identities"
+    )
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    return simulate_command.run(args)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="guardrail", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -77,6 +104,19 @@ def parser() -> argparse.ArgumentParser:
     hashing.add_argument("--policy", required=True, metavar="POLICY")
     hashing.add_argument("key", metavar="KEY")
     hashing.set_defaults(run=_hash_key)
+
+    signals = commands.add_parser("signals", help="list the built-in risk signals")
+    signals.set_defaults(run=_signals)
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="run seeded benign and campaign traffic through the policy; report per population",
+        description="Simulated days of benign users and distillation campaigns, sent through "
+        "guardrail and the app on a simulated clock; reports what each population was served, "
+        "limited, throttled, challenged and blocked.",
+    )
+    simulate_command.add_arguments(simulate)
+    simulate.set_defaults(run=_simulate)
 
     trail = commands.add_parser("audit", help="read the audit trail").add_subparsers(
         dest="audit_command", required=True, metavar="ACTION"

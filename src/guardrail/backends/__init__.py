@@ -77,5 +77,6 @@ def risk_engine(policy: Policy, storage: Storage, fallback: bool) -> RiskEngine:
         half_life=half_life,
         window=half_life,
         ttl=half_life * TTL_HALF_LIVES,
+        gate=storage.gate,  # one pool, one gate: risk calls queue with bucket charges
     )
     return RiskEngine(policy, store, memory() if fallback else None, remote=True)

@@ -80,7 +80,7 @@ class RedisStorage:
         self.timeout = target.timeout
         # redis-py's pools raise "Too many connections" when exhausted rather than wait:
         # the gate keeps charges in flight within the pool, and makes extra ones queue.
-        self._gate = asyncio.Semaphore(target.max_connections)
+        self.gate = asyncio.Semaphore(target.max_connections)
         try:
             self.client, self._extra = connect(target)
         except (ValueError, TypeError, *REDIS_FAILURES) as exc:
@@ -104,14 +104,14 @@ class RedisStorage:
     async def charge(self, charges: Sequence[BucketCharge], now: float) -> Outcome:
         if not charges:
             return Outcome(True, ())
-        if self._gate.locked():
+        if self.gate.locked():
             try:
                 async with asyncio.timeout(self.timeout * QUEUE_TIMEOUTS):
-                    await self._gate.acquire()
+                    await self.gate.acquire()
             except TimeoutError as exc:
                 raise StorageError(f"storage {self.uri!r}: every connection busy") from exc
         else:
-            await self._gate.acquire()
+            await self.gate.acquire()
         try:
             if self._cluster:
                 return await cluster.charge(self.client, self.prefix, charges, now)
@@ -119,7 +119,7 @@ class RedisStorage:
         except REDIS_FAILURES as exc:
             raise self.failure(exc) from exc
         finally:
-            self._gate.release()
+            self.gate.release()
         return Outcome(allowed, tuple(states))
 
     def failure(self, exc: BaseException) -> StorageError:

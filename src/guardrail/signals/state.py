@@ -5,7 +5,9 @@ Redis without losing any to a race: decayed counters are kept in forward-decay f
 increment ``x`` at time ``t`` adds ``x · 2^((t - L)/h)`` to the stored sum, for a landmark
 ``L`` kept with them; the value at ``now`` is the sum times ``2^(-(now - L)/h)``), distinct
 counts are bits OR-ed into per-window bitmaps, recent prompts are pushed onto capped lists.
-Reads may be a request stale under concurrency; no write is ever lost.
+Reads may be a request stale under concurrency; no increment is ever lost. A few fields are
+last-write-wins by nature (the hysteresis band, the last max_tokens and temperature) and
+last_seen keeps the latest time written.
 
 Four kinds of state, each keyed by a string the engine builds:
 
@@ -118,7 +120,8 @@ class RiskStore(Protocol):
     every counter; ``window`` (seconds) is the span of one distinct-count bitmap (two are
     read); state untouched for ``ttl`` seconds may be forgotten; template-bucket entries older
     than ``window`` may be dropped; the memory store keeps at most ``max_subjects`` of each
-    kind of state, the least recently used evicted first."""
+    kind of state, the least recently written evicted first. Bits are below SPREAD_BITS or
+    COHORT_BITS, and ``ttl`` is at least ``2 * window`` (bitmaps must not outlive the rest)."""
 
     async def start(self) -> None: ...
 

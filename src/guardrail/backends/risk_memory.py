@@ -1,0 +1,430 @@
+"""Risk state in process: the embedded default, read and written on every request.
+
+The whole risk engine has about 60 µs per request, so the store is plain attribute access on
+``__slots__`` objects: forward decay turns a decayed increment into one multiply-add on a
+float32 counter, and a principal, ring included, fits in under a kilobyte.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from itertools import compress
+from math import exp2
+from struct import Struct
+from typing import Any
+
+from guardrail.signals.state import (
+    BUCKET_SIZE,
+    COHORT,
+    COHORT_BITS,
+    PRINCIPAL,
+    RING_SIZE,
+    SPREAD_BITS,
+    Band,
+    Keys,
+    Snapshot,
+    Update,
+)
+
+#: Half-lives the store's landmark may lag ``now`` before it moves to ``now``. Every state
+#: takes the store's landmark when next written (renormalised once if it had an older one), so
+#: weights stay under 2^32, far inside float32's 2^128, and the landmark float is one object
+#: for all states instead of 24 bytes each. (state.py's bound is 64 half-lives.)
+RENORMALISE_AFTER = 32.0
+#: Distinct request parameters kept as shared objects: a float or a large int costs 24-28
+#: bytes per principal, and clients send a handful of values (temperature 0.7, 1024 tokens…).
+_MAX_INTERNED = 1024
+
+_PRINCIPAL_ZEROS = array("f", bytes(4 * len(PRINCIPAL)))
+_COHORT_ZEROS = array("f", bytes(4 * len(COHORT)))
+_PRINCIPAL_INDEXES = range(len(PRINCIPAL))
+_COHORT_INDEXES = range(len(COHORT))
+#: Single-bit masks, shared: a bitmap with one member costs no int object of its own.
+_BITS = tuple(1 << bit for bit in range(max(SPREAD_BITS, COHORT_BITS)))
+
+
+# A capped list of opaque entries (a ring, a template bucket), newest first, is one bytes blob
+# of fixed-width entries, split on load by a precompiled struct: one object instead of one per
+# entry plus a container (measured: a full ring 457 bytes against 792 as a tuple, a full bucket
+# 1001 against 2256 as a deque). Its layout is None while it is empty, and should entries of
+# unequal length arrive: the blob then holds them length-prefixed (slower, and never expected).
+
+
+class _Layout:
+    """How a blob of ``width``-byte entries splits: one precompiled unpack per count."""
+
+    __slots__ = ("unpack", "width")
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.unpack: tuple[Callable[[bytes], tuple[Any, ...]], ...] = tuple(
+            Struct(f"{width}s" * count).unpack for count in range(max(RING_SIZE, BUCKET_SIZE) + 1)
+        )
+
+
+#: One layout per entry width seen; sketches come in one or two widths, so few are kept.
+_LAYOUTS: dict[int, _Layout] = {}
+_MAX_LAYOUTS = 16
+_FRAME = Struct("<I")  # an entry's length, when entries are of unequal length
+
+
+class _Principal:
+    # ``last_seen`` and ``touched`` are usually one float object.
+    __slots__ = (
+        "band",
+        "counters",
+        "epoch",
+        "landmark",
+        "last_seen",
+        "layout",
+        "max_tokens",
+        "ring",
+        "spread",
+        "spread_prev",
+        "temperature",
+        "touched",
+    )
+
+    def __init__(self, landmark: float, now: float, epoch: int) -> None:
+        self.reset(landmark, now, epoch)
+
+    def reset(self, landmark: float, now: float, epoch: int) -> None:
+        self.counters = _PRINCIPAL_ZEROS[:]
+        self.landmark = landmark
+        self.touched = now
+        self.last_seen: float | None = None
+        self.max_tokens = -1
+        self.temperature = -1.0
+        self.ring = b""
+        self.layout: _Layout | None = None
+        self.epoch = epoch
+        self.spread = 0
+        self.spread_prev = 0
+        self.band: Band | None = None
+
+
+class _Cohort:
+    __slots__ = ("counters", "epoch", "landmark", "members", "members_prev", "touched")
+
+    def __init__(self, landmark: float, now: float, epoch: int) -> None:
+        self.reset(landmark, now, epoch)
+
+    def reset(self, landmark: float, now: float, epoch: int) -> None:
+        self.counters = _COHORT_ZEROS[:]
+        self.landmark = landmark
+        self.touched = now
+        self.epoch = epoch
+        self.members = 0
+        self.members_prev = 0
+
+
+class _Bucket:
+    __slots__ = ("entries", "layout", "touched")
+
+    def __init__(self, now: float) -> None:
+        self.touched = now
+        self.entries = b""
+        self.layout: _Layout | None = None
+
+
+class MemoryRiskStore:
+    """Risk state in dicts, at most ``max_subjects`` of each kind (principals, cohorts,
+    template buckets), the least recently written evicted first.
+
+    Neither method awaits, so under asyncio each runs whole: a save is never interleaved with
+    another request's. State untouched for more than ``ttl`` reads as absent and starts over
+    when written; it is not swept, the LRU bounds what lingers.
+    """
+
+    def __init__(self, *, half_life: float, window: float, ttl: float, max_subjects: int) -> None:
+        if half_life <= 0 or window <= 0 or ttl <= 0:
+            raise ValueError("half_life, window and ttl must be positive")
+        if max_subjects < 1:
+            raise ValueError("max_subjects must be at least 1")
+        self.half_life = half_life
+        self.window = window
+        self.ttl = ttl
+        self.max_subjects = max_subjects
+        self._rate = 1.0 / half_life
+        self._span = RENORMALISE_AFTER * half_life
+        self._epoch = 0  # the last epoch computed: every state written in it shares the int
+        self._landmark = float("-inf")  # set by the first save
+        self._floats: dict[float, float] = {}
+        self._ints: dict[int, int] = {}
+        self._principals: OrderedDict[str, _Principal] = OrderedDict()
+        self._cohorts: OrderedDict[str, _Cohort] = OrderedDict()  # subnets and fingerprints
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._principals) + len(self._cohorts) + len(self._buckets)
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        self._principals.clear()
+        self._cohorts.clear()
+        self._buckets.clear()
+
+    async def load(self, keys: Keys, now: float) -> Snapshot:
+        ttl = self.ttl
+        epoch = int(now // self.window)
+        p = self._principals.get(keys.principal)
+        if p is None or now - p.touched > ttl:
+            principal = _PRINCIPAL_ZEROS.tolist()
+            last_seen, max_tokens, temperature = None, -1, -1.0
+            ring: list[bytes] = []
+            spread, band = 0, None
+        else:
+            factor = exp2((p.landmark - now) * self._rate)
+            principal = [v * factor for v in p.counters.tolist()]
+            last_seen, max_tokens, temperature = p.last_seen, p.max_tokens, p.temperature
+            ring = list(_split(p.ring, p.layout))
+            e0 = p.epoch
+            if epoch == e0:
+                spread = p.spread | p.spread_prev
+            elif epoch == e0 + 1:
+                spread = p.spread
+            elif epoch == e0 - 1:  # a reader behind the writers' clock: the window it knows
+                spread = p.spread_prev
+            else:
+                spread = 0
+            band = p.band
+        cohorts = self._cohorts
+        subnet, subnet_members = _load_cohort(cohorts.get(keys.subnet), now, epoch, self)
+        fingerprint = keys.fingerprint
+        if fingerprint is None:
+            fingerprint_counters, fingerprint_members = _COHORT_ZEROS.tolist(), 0
+        else:
+            fingerprint_counters, fingerprint_members = _load_cohort(
+                cohorts.get(fingerprint), now, epoch, self
+            )
+        neighbours: list[bytes] = []
+        buckets = self._buckets
+        for template in keys.templates:
+            bucket = buckets.get(template)
+            if bucket is not None and now - bucket.touched <= ttl:
+                neighbours += _split(bucket.entries, bucket.layout)
+        return Snapshot(
+            principal,
+            last_seen,
+            max_tokens,
+            temperature,
+            ring,
+            spread,
+            band,
+            subnet,
+            subnet_members,
+            fingerprint_counters,
+            fingerprint_members,
+            neighbours,
+        )
+
+    async def save(self, keys: Keys, update: Update) -> None:
+        now = update.now
+        epoch = int(now // self.window)
+        if epoch == self._epoch:
+            epoch = self._epoch
+        else:
+            self._epoch = epoch
+        landmark = self._landmark
+        if now - landmark > self._span:
+            landmark = self._landmark = now
+        principals = self._principals
+        key = keys.principal
+        p = principals.get(key)
+        if p is None:
+            p = principals[key] = _Principal(landmark, now, epoch)
+            if len(principals) > self.max_subjects:
+                principals.popitem(last=False)
+        else:
+            principals.move_to_end(key)
+            if now - p.touched > self.ttl:
+                p.reset(landmark, now, epoch)
+            elif now > p.touched:
+                p.touched = now
+
+        increments = update.principal
+        if any(increments):
+            if p.landmark is not landmark:
+                p.landmark = _renormalise(p.counters, p.landmark, landmark, self._rate)
+            weight = exp2((now - landmark) * self._rate)
+            counters = p.counters
+            for i in compress(_PRINCIPAL_INDEXES, increments):
+                counters[i] += increments[i] * weight
+        if update.seen and (p.last_seen is None or now > p.last_seen):
+            p.last_seen = now
+        if update.max_tokens >= 0:
+            p.max_tokens = _intern(self._ints, update.max_tokens)
+        if update.temperature >= 0:
+            p.temperature = _intern(self._floats, update.temperature)
+        if update.band is not None:
+            p.band = update.band
+        entry = update.ring
+        if entry is not None:
+            layout = p.layout
+            if layout is not None and len(entry) == layout.width:
+                keep = layout.width * (RING_SIZE - 1)
+                ring = p.ring
+                p.ring = entry + ring if len(ring) <= keep else entry + ring[:keep]
+            else:
+                p.ring, p.layout = _push(p.ring, layout, entry, RING_SIZE)
+        bit = update.spread_bit
+        if bit is not None:
+            mask = _BITS[bit] if bit < len(_BITS) else 1 << bit
+            e0 = p.epoch
+            if epoch == e0:
+                p.spread |= mask
+            elif epoch == e0 + 1:
+                p.epoch, p.spread_prev, p.spread = epoch, p.spread, mask
+            elif epoch > e0:
+                p.epoch, p.spread_prev, p.spread = epoch, 0, mask
+            elif epoch == e0 - 1:
+                p.spread_prev |= mask
+
+        if update.subnet or update.subnet_bit is not None:
+            self._save_cohort(keys.subnet, landmark, now, epoch, update.subnet, update.subnet_bit)
+        fingerprint = keys.fingerprint
+        if fingerprint is not None and (update.fingerprint or update.fingerprint_bit is not None):
+            self._save_cohort(
+                fingerprint, landmark, now, epoch, update.fingerprint, update.fingerprint_bit
+            )
+        template = update.template
+        if template is not None and keys.templates:
+            buckets = self._buckets
+            ttl = self.ttl
+            for name in keys.templates:
+                bucket = buckets.get(name)
+                if bucket is None:
+                    bucket = buckets[name] = _Bucket(now)
+                    if len(buckets) > self.max_subjects:
+                        buckets.popitem(last=False)
+                else:
+                    buckets.move_to_end(name)
+                    if now - bucket.touched > ttl:
+                        bucket.entries, bucket.layout = b"", None
+                        bucket.touched = now
+                    elif now > bucket.touched:
+                        bucket.touched = now
+                layout = bucket.layout
+                if layout is not None and len(template) == layout.width:
+                    keep = layout.width * (BUCKET_SIZE - 1)
+                    entries = bucket.entries
+                    if len(entries) <= keep:
+                        bucket.entries = template + entries
+                    else:
+                        bucket.entries = template + entries[:keep]
+                else:
+                    bucket.entries, bucket.layout = _push(
+                        bucket.entries, layout, template, BUCKET_SIZE
+                    )
+
+    def _save_cohort(
+        self,
+        key: str,
+        landmark: float,
+        now: float,
+        epoch: int,
+        increments: list[float],
+        member: int | None,
+    ) -> None:
+        cohorts = self._cohorts
+        c = cohorts.get(key)
+        if c is None:
+            c = cohorts[key] = _Cohort(landmark, now, epoch)
+            if len(cohorts) > self.max_subjects:
+                cohorts.popitem(last=False)
+        else:
+            cohorts.move_to_end(key)
+            if now - c.touched > self.ttl:
+                c.reset(landmark, now, epoch)
+            elif now > c.touched:
+                c.touched = now
+        if any(increments):
+            if c.landmark is not landmark:
+                c.landmark = _renormalise(c.counters, c.landmark, landmark, self._rate)
+            weight = exp2((now - landmark) * self._rate)
+            counters = c.counters
+            for i in compress(_COHORT_INDEXES, increments):
+                counters[i] += increments[i] * weight
+        if member is not None:
+            mask = _BITS[member] if member < len(_BITS) else 1 << member
+            e0 = c.epoch
+            if epoch == e0:
+                c.members |= mask
+            elif epoch == e0 + 1:
+                c.epoch, c.members_prev, c.members = epoch, c.members, mask
+            elif epoch > e0:
+                c.epoch, c.members_prev, c.members = epoch, 0, mask
+            elif epoch == e0 - 1:
+                c.members_prev |= mask
+
+
+def _load_cohort(
+    c: _Cohort | None, now: float, epoch: int, store: MemoryRiskStore
+) -> tuple[list[float], int]:
+    if c is None or now - c.touched > store.ttl:
+        return _COHORT_ZEROS.tolist(), 0
+    factor = exp2((c.landmark - now) * store._rate)
+    e0 = c.epoch
+    if epoch == e0:
+        members = c.members | c.members_prev
+    elif epoch == e0 + 1:
+        members = c.members
+    elif epoch == e0 - 1:
+        members = c.members_prev
+    else:
+        members = 0
+    return [v * factor for v in c.counters.tolist()], members
+
+
+def _renormalise(counters: array[float], old: float, new: float, rate: float) -> float:
+    """Rescale the counters from landmark ``old`` to ``new`` (same values); returns ``new``."""
+    factor = exp2((old - new) * rate)
+    counters[:] = array("f", [v * factor for v in counters.tolist()])
+    return new
+
+
+def _intern(values: dict[Any, Any], value: Any) -> Any:
+    shared = values.get(value)
+    if shared is None:
+        if len(values) < _MAX_INTERNED:
+            values[value] = value
+        return value
+    return shared
+
+
+def _split(blob: bytes, layout: _Layout | None) -> Sequence[bytes]:
+    if layout is not None:
+        return layout.unpack[len(blob) // layout.width](blob)
+    entries = []
+    offset = 0
+    while offset < len(blob):
+        (size,) = _FRAME.unpack_from(blob, offset)
+        offset += _FRAME.size
+        entries.append(blob[offset : offset + size])
+        offset += size
+    return entries
+
+
+def _push(
+    blob: bytes, layout: _Layout | None, entry: bytes, cap: int
+) -> tuple[bytes, _Layout | None]:
+    """``entry`` put first, at most ``cap`` kept: the paths ``save`` does not inline (the
+    first entry, entries of unequal length)."""
+    entries = (entry, *_split(blob, layout)[: cap - 1])
+    width = len(entry)
+    if all(len(e) == width for e in entries):
+        layout = _layout(width)
+        if layout is not None:
+            return b"".join(entries), layout
+    return b"".join(_FRAME.pack(len(e)) + e for e in entries), None
+
+
+def _layout(width: int) -> _Layout | None:
+    layout = _LAYOUTS.get(width)
+    if layout is None and width and len(_LAYOUTS) < _MAX_LAYOUTS:
+        layout = _LAYOUTS[width] = _Layout(width)
+    return layout

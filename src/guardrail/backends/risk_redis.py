@@ -1,0 +1,278 @@
+"""Risk state in Redis, shared by every worker: one pipelined round trip to read a request's
+state, one to write it.
+
+Writes are commutative (``risk.lua`` adds forward-decayed increments; bits are OR-ed; lists
+are pushed), so the pipeline needs no transaction: workers racing on one principal each land
+their update. On a cluster each state's keys share a hash tag, hence a slot, and redis-py's
+cluster pipeline sends each node its commands concurrently: still one round trip of latency.
+
+Keys (``P`` the prefix, ``K`` a ``Keys`` string, ``E`` a window epoch)::
+
+    P{r:K}            hash: counters, "_L" landmark, "_t" last seen, "_m"/"_p" parameters
+    P{r:K}:ring       list, newest first (principals)
+    P{r:K}:band       string "level:held" (principals)
+    P{r:K}:sp:E       bitmap of subnets seen in window E (principals)
+    P{r:K}:m:E        bitmap of principals seen in window E (subnets, fingerprints)
+    P{r:T}            list, newest first (template bucket T)
+
+Bitmaps are read with GET: byte ``i // 8``, most significant bit first, holds SETBIT offset
+``i``, decoded to the int whose bit ``i`` is that offset, as the memory store keeps it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+from guardrail.backends import lua
+from guardrail.backends.redis import REDIS_FAILURES
+from guardrail.errors import StorageError
+from guardrail.signals.state import (
+    BUCKET_SIZE,
+    COHORT,
+    PRINCIPAL,
+    RING_SIZE,
+    Band,
+    Keys,
+    Snapshot,
+    Update,
+)
+
+RISK = lua.LuaScript.load("risk.lua")
+
+#: A window's bitmap outlives the two windows it is read in by this much: expiry runs on
+#: Redis's clock, windows on the callers' (as TTL_SLACK_MS in gcra.lua).
+BITMAP_SLACK = 1.0
+
+#: Reverses the bits of each byte: SETBIT numbers a byte's bits from the most significant.
+_REVERSED = bytes(int(f"{byte:08b}"[::-1], 2) for byte in range(256))
+_PRINCIPAL_FIELDS = {name.encode(): index for index, name in enumerate(PRINCIPAL)}
+_COHORT_FIELDS = {name.encode(): index for index, name in enumerate(COHORT)}
+
+
+class RedisRiskStore:
+    """Risk state next to the buckets of a ``RedisStorage``, on its client (not owned: the
+    storage closes it). ``uri`` is the storage's masked URI, for messages. ``gate``, when
+    given, is held for each round trip: the storage's own, so that risk state and buckets
+    together stay within the client's connection pool.
+
+    The client must return bytes (redis-py's default ``decode_responses=False``).
+    """
+
+    def __init__(
+        self,
+        client: lua.Client,
+        *,
+        prefix: str,
+        uri: str,
+        half_life: float,
+        window: float,
+        ttl: float,
+        gate: asyncio.Semaphore | None = None,
+    ) -> None:
+        if half_life <= 0 or window <= 0 or ttl <= 0:
+            raise ValueError("half_life, window and ttl must be positive")
+        self.client = client
+        self.prefix = prefix
+        self.uri = uri
+        self.half_life = half_life
+        self.window = window
+        self.ttl = ttl
+        self._gate = gate
+        self._ttl_ms = math.ceil(ttl * 1000)
+        self._bitmap_ttl_ms = math.ceil((2 * window + BITMAP_SLACK) * 1000)
+
+    async def start(self) -> None:
+        """Preload the script (on every primary of a cluster)."""
+        try:
+            await self.client.script_load(RISK.body)
+        except REDIS_FAILURES as exc:
+            raise self.failure(exc) from exc
+
+    async def close(self) -> None:
+        pass
+
+    def key(self, name: str) -> str:
+        """The hash of the state ``name`` (a ``Keys`` string); its other keys extend it."""
+        return f"{self.prefix}{{r:{name}}}"
+
+    async def load(self, keys: Keys, now: float) -> Snapshot:
+        epoch = int(now // self.window)
+        principal = self.key(keys.principal)
+        subnet = self.key(keys.subnet)
+        commands: list[tuple[Any, ...]] = [
+            ("HGETALL", principal),
+            ("LRANGE", principal + ":ring", 0, RING_SIZE - 1),
+            ("MGET", principal + ":band", f"{principal}:sp:{epoch}", f"{principal}:sp:{epoch - 1}"),
+            ("HGETALL", subnet),
+            ("MGET", f"{subnet}:m:{epoch}", f"{subnet}:m:{epoch - 1}"),
+        ]
+        if keys.fingerprint is not None:
+            fingerprint = self.key(keys.fingerprint)
+            commands += (
+                ("HGETALL", fingerprint),
+                ("MGET", f"{fingerprint}:m:{epoch}", f"{fingerprint}:m:{epoch - 1}"),
+            )
+        commands += (("LRANGE", self.key(t), 0, BUCKET_SIZE - 1) for t in keys.templates)
+        replies = await self._execute(commands)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise self.failure(reply)
+        try:
+            return self._snapshot(keys, replies, now)
+        except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+            # not what this module writes: another program's keys under the same prefix?
+            raise self.failure(exc) from exc
+
+    def _snapshot(self, keys: Keys, replies: list[Any], now: float) -> Snapshot:
+        counters, state = replies[0], replies[2]
+        seen, tokens, temperature = (counters.get(f) for f in (b"_t", b"_m", b"_p"))
+        band = None
+        if state[0] is not None:
+            level, _, held = state[0].partition(b":")
+            band = Band(int(level), float(held))
+        if keys.fingerprint is None:
+            fingerprint_values, fingerprint_members, rest = [0.0] * len(COHORT), 0, 5
+        else:
+            fingerprint_values = self._decay(replies[5], _COHORT_FIELDS, len(COHORT), now)
+            fingerprint_members, rest = _bitmap(replies[6]), 7
+        neighbours: list[bytes] = []
+        for entries in replies[rest:]:
+            neighbours += entries
+        return Snapshot(
+            self._decay(counters, _PRINCIPAL_FIELDS, len(PRINCIPAL), now),
+            None if seen is None else float(seen),
+            -1 if tokens is None else int(tokens),
+            -1.0 if temperature is None else float(temperature),
+            replies[1],
+            _bitmap(state[1:]),
+            band,
+            self._decay(replies[3], _COHORT_FIELDS, len(COHORT), now),
+            _bitmap(replies[4]),
+            fingerprint_values,
+            fingerprint_members,
+            neighbours,
+        )
+
+    def _decay(
+        self, fields: dict[bytes, bytes], names: dict[bytes, int], size: int, now: float
+    ) -> list[float]:
+        values = [0.0] * size
+        landmark = fields.get(b"_L")
+        if landmark is None:
+            return values
+        factor = 2.0 ** ((float(landmark) - now) / self.half_life)
+        for name, value in fields.items():
+            index = names.get(name)
+            if index is not None:
+                values[index] = float(value) * factor
+        return values
+
+    async def save(self, keys: Keys, update: Update) -> None:
+        now = update.now
+        epoch = int(now // self.window)
+        ttl_ms, bitmap_ttl_ms = self._ttl_ms, self._bitmap_ttl_ms
+        commands: list[tuple[Any, ...]] = []
+        scripts: list[int] = []  # indexes of the EVALSHA commands
+
+        principal = self.key(keys.principal)
+        ring, band = principal + ":ring", principal + ":band"
+        if update.ring is not None:
+            commands += (("LPUSH", ring, update.ring), ("LTRIM", ring, 0, RING_SIZE - 1))
+        if update.band is not None:
+            level, held = update.band
+            commands.append(("SET", band, f"{level}:{held!r}", "PX", ttl_ms))
+        if update.spread_bit is not None:
+            bitmap = f"{principal}:sp:{epoch}"
+            commands += (
+                ("SETBIT", bitmap, update.spread_bit, 1),
+                ("PEXPIRE", bitmap, bitmap_ttl_ms),
+            )
+        fields = _increments(PRINCIPAL, update.principal)
+        if update.seen:
+            fields += ("_t", now)
+        if update.max_tokens >= 0:
+            fields += ("_m", update.max_tokens)
+        if update.temperature >= 0:
+            fields += ("_p", update.temperature)
+        # after the ring and band commands: the script renews their expiry with the hash's
+        scripts.append(len(commands))
+        commands.append(self._script((principal, ring, band), now, fields))
+
+        cohorts = [(keys.subnet, update.subnet, update.subnet_bit)]
+        if keys.fingerprint is not None:
+            cohorts.append((keys.fingerprint, update.fingerprint, update.fingerprint_bit))
+        for name, increments, bit in cohorts:
+            if not increments and bit is None:
+                continue
+            cohort = self.key(name)
+            scripts.append(len(commands))
+            commands.append(self._script((cohort,), now, _increments(COHORT, increments)))
+            if bit is not None:
+                bitmap = f"{cohort}:m:{epoch}"
+                commands += (("SETBIT", bitmap, bit, 1), ("PEXPIRE", bitmap, bitmap_ttl_ms))
+
+        if update.template is not None:
+            for template in keys.templates:
+                bucket = self.key(template)
+                commands += (
+                    ("LPUSH", bucket, update.template),
+                    ("LTRIM", bucket, 0, BUCKET_SIZE - 1),
+                    ("PEXPIRE", bucket, ttl_ms),
+                )
+
+        replies = await self._execute(commands)
+        for reply in replies:
+            if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
+                raise self.failure(reply)
+        missing = [i for i in scripts if isinstance(replies[i], NoScriptError)]
+        if missing:
+            # A flushed, restarted or failed-over server: EVAL runs the script and caches it.
+            # Only the scripts run again; the rest of the pipeline was applied, once.
+            retry = [("EVAL", RISK.body, *commands[i][2:]) for i in missing]
+            for reply in await self._execute(retry):
+                if isinstance(reply, Exception):
+                    raise self.failure(reply)
+
+    def _script(self, keys: Sequence[str], now: float, fields: list[Any]) -> tuple[Any, ...]:
+        return ("EVALSHA", RISK.sha, len(keys), *keys, now, self.half_life, self._ttl_ms, *fields)
+
+    async def _execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """One round trip; a command's error comes back in its place in the list."""
+        pipe = self.client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        try:
+            if self._gate is None:
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
+            else:
+                async with self._gate:
+                    replies = await pipe.execute(raise_on_error=False)
+        except REDIS_FAILURES as exc:
+            raise self.failure(exc) from exc
+        return replies
+
+    def failure(self, exc: BaseException) -> StorageError:
+        return StorageError(f"risk store {self.uri!r}: {type(exc).__name__}: {exc}")
+
+
+def _increments(names: Sequence[str], increments: Sequence[float]) -> list[Any]:
+    """Field/value pairs of the non-zero increments."""
+    fields: list[Any] = []
+    for name, value in zip(names, increments, strict=False):
+        if value:
+            fields += (name, value)
+    return fields
+
+
+def _bitmap(chunks: Sequence[bytes | None]) -> int:
+    """The OR of GET replies of SETBIT bitmaps, bit ``i`` of the int being offset ``i``."""
+    bits = 0
+    for chunk in chunks:
+        if chunk:
+            bits |= int.from_bytes(chunk.translate(_REVERSED), "little")
+    return bits
