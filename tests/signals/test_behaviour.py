@@ -106,14 +106,14 @@ async def test_network_spread(make_driver: Make) -> None:
     last = None
     for i, when in enumerate(human(rng, 20)):
         last = await driver.send(when, account="hopper", ip=f"203.0.{i * 7 % 250}.9")
-    assert last is not None and last.signals["network_spread"] == 20.0
+    assert last is not None and last.signals["network_spread"] == 25.0
     for i, when in enumerate(human(rng, 20)):  # home, office, phone
         last = await driver.send(
             when,
             account="commuter",
             ip=f"192.0.2.{i % 3}" if i % 3 == 0 else f"198.51.{100 + i % 3}.4",
         )
-    assert "network_spread" not in last.signals
+    assert last.signals.get("network_spread", 0) < 5  # three subnets: a little, alone harmless
 
 
 async def test_request_shape(make_driver: Make) -> None:
@@ -185,3 +185,27 @@ async def test_evidence_decays_with_the_half_life(make_driver: Make) -> None:
         START + 801 + 4 * 6 * 3600, account="bot", prompt=templated(rng, 1)[0], commit=False
     )
     assert hot.score > later.score
+
+
+async def test_templated_reasoning_finds_extraction_blended_into_honest_work(
+    make_driver: Make,
+) -> None:
+    """A hydra: one real-looking customer, a quarter of whose prompts are a reasoning
+    template. Each half alone is weak; together they stand out."""
+    rng = random.Random(12)
+    driver = await make_driver()
+    honest = diverse(rng, 60)
+    prompts = [templated(rng, 1)[0] if i % 4 == 0 else honest[i] for i in range(60)]
+    hydra = await driver.stream(human(rng, 60), prompts, account="hydra")
+    assert hydra.signals["templated_reasoning"] >= 20.0
+    assert hydra.signals.get("reasoning_extraction", 0) < 10.0
+
+
+async def test_asking_for_reasoning_in_ones_own_words_is_not_templated_reasoning(
+    make_driver: Make,
+) -> None:
+    rng = random.Random(13)
+    driver = await make_driver()
+    habit = [p + " Think step by step." for p in diverse(rng, 60)]
+    person = await driver.stream(human(rng, 60), habit, account="habit")
+    assert "templated_reasoning" not in person.signals

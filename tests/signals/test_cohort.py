@@ -137,6 +137,7 @@ async def test_a_rotating_proxy_pool_is_a_cohort_even_without_templates(make_dri
     assert last is not None
     assert last.signals["network_spread"] >= 10.0
     assert last.signals["subnet_cohort"] >= 15.0
+    assert last.signals["fingerprint_cohort"] >= 10.0  # one client build, hopping
 
 
 async def test_a_fingerprint_shared_by_coordinated_accounts(make_driver: Make) -> None:

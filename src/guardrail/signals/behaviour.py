@@ -12,7 +12,21 @@ from __future__ import annotations
 import math
 
 from guardrail.signals import sketch
-from guardrail.signals.state import FCH, GN, GQ, GS, HOUR0, PRM, REF, REQ, RSN, SHP, TPL, XAC
+from guardrail.signals.state import (
+    FCH,
+    GN,
+    GQ,
+    GS,
+    HOUR0,
+    PRM,
+    REF,
+    REQ,
+    RSN,
+    SHP,
+    TPL,
+    TRS,
+    XAC,
+)
 
 
 def ramp(value: float, start: float, full: float) -> float:
@@ -67,16 +81,26 @@ def reasoning_extraction(c: list[float]) -> float:
     return ramp(c[RSN] / prompts, 0.1, 0.6) * confidence(prompts, 4)
 
 
+def templated_reasoning(c: list[float]) -> float:
+    """Each half alone is common (a prompting habit; a batch job's fixed instruction); together
+    they are what distillation sends, so a small share is strong evidence."""
+    prompts = c[PRM]
+    if prompts <= 0:
+        return 0.0
+    return ramp(c[TRS] / prompts, 0.03, 0.12) * confidence(prompts, 10)
+
+
 def cross_account_templates(c: list[float]) -> float:
     prompts = c[PRM]
     if prompts <= 0:
         return 0.0
-    return ramp(c[XAC] / prompts, 0.1, 0.5) * confidence(prompts, 4)
+    return ramp(c[XAC] / prompts, 0.35, 0.75) * confidence(prompts, 6)
 
 
 def network_spread(subnets: float) -> float:
-    """Distinct subnets: home, office and a phone make three; rotating proxies make dozens."""
-    return ramp(subnets, 3.5, 8.0)
+    """Distinct subnets over the last one or two half-lives: home, office and a phone make
+    three; a proxy pool makes six and more."""
+    return ramp(subnets, 2.5, 6.0)
 
 
 def request_shape(c: list[float]) -> float:

@@ -50,6 +50,13 @@ SIGNALS: tuple[SignalInfo, ...] = (
         "share of prompts asking for chain of thought, hidden reasoning or the system prompt",
     ),
     SignalInfo(
+        "templated_reasoning",
+        25,
+        "identity",
+        "share of prompts that ask for reasoning inside a template: a few in a hundred is "
+        "already the mark of extraction blended into honest traffic",
+    ),
+    SignalInfo(
         "cross_account_templates",
         25,
         "cohort",
@@ -63,7 +70,7 @@ SIGNALS: tuple[SignalInfo, ...] = (
     ),
     SignalInfo(
         "network_spread",
-        20,
+        25,
         "identity",
         "distinct subnets one identity comes from: rotating proxies, not a laptop and a phone",
     ),

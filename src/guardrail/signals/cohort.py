@@ -26,20 +26,25 @@ def behaviour_score(points: float) -> float:
 
 def subnet_cohort(c: list[float], members: int) -> float:
     """``c``: the subnet's COHORT counters, this request included; ``members``: its bitmap."""
-    crowd = ramp(sketch.distinct(members, COHORT_BITS), 4.0, 20.0)
+    accounts = sketch.distinct(members, COHORT_BITS)
     requests = c[C_REQ]
-    if crowd == 0 or requests <= 0:
+    if accounts < 2 or requests <= 0:
         return 0.0
-    acting_alike = ramp(c[C_BEH] / requests, 0.25, 0.5)
-    hopping = ramp(c[C_WAN] / requests, 0.1, 0.4)
-    return crowd * max(acting_alike, hopping) * confidence(requests, 20)
+    # A crowd of twenty acting alike, or a handful of accounts that each hop across many
+    # subnets and keep meeting on this one: a family or a NAT does neither.
+    acting_alike = ramp(accounts, 4.0, 20.0) * ramp(c[C_BEH] / requests, 0.25, 0.5)
+    hopping = ramp(accounts, 1.5, 4.0) * ramp(c[C_WAN] / requests, 0.1, 0.4)
+    return max(acting_alike, hopping) * confidence(requests, 20)
 
 
 def fingerprint_cohort(c: list[float], members: int) -> float:
     # An SDK's default user agent is shared by every honest user of that SDK, so a crowd is
-    # expected here; only a crowd that also acts alike counts.
+    # expected here; only a crowd that also acts alike, or whose traffic hops across subnets
+    # (one client build driven through a proxy pool), counts.
     crowd = ramp(sketch.distinct(members, COHORT_BITS), 8.0, 30.0)
     requests = c[C_REQ]
     if crowd == 0 or requests <= 0:
         return 0.0
-    return crowd * ramp(c[C_BEH] / requests, 0.3, 0.55) * confidence(requests, 30)
+    acting_alike = ramp(c[C_BEH] / requests, 0.3, 0.55)
+    hopping = ramp(c[C_WAN] / requests, 0.15, 0.5)
+    return crowd * max(acting_alike, hopping) * confidence(requests, 30)

@@ -36,6 +36,7 @@ from guardrail.signals.state import (
     SPR,
     SPREAD_BITS,
     TPL,
+    TRS,
     XAC,
     Band,
     Keys,
@@ -46,7 +47,7 @@ from guardrail.signals.state import (
 
 #: Gaps longer than this end a session: they measure sleep, not timing.
 SESSION_BREAK = 1800.0
-#: The order the scorer computes signals in. The first seven describe how an identity itself
+#: The order the scorer computes signals in. The first eight describe how an identity itself
 #: behaves, as its cohorts see it ("manner"); refusals and failed challenges are consequences
 #: of guardrail's own answers, and volume is not a manner.
 _ORDER = (
@@ -57,6 +58,7 @@ _ORDER = (
     "cross_account_templates",
     "network_spread",
     "request_shape",
+    "templated_reasoning",
     "request_volume",
     "refusals",
     "failed_challenges",
@@ -64,7 +66,7 @@ _ORDER = (
     "fingerprint_cohort",
 )
 #: Principal counters a request may increment, apart from its hour.
-_FOLDED = (REQ, PRM, TPL, RSN, XAC, SHP, GN, GS, GQ)
+_FOLDED = (REQ, PRM, TPL, RSN, XAC, SHP, GN, GS, GQ, TRS)
 
 
 @dataclass(slots=True)
@@ -221,6 +223,8 @@ class RiskEngine:
                     inc[TPL] = 1.0
                 if sketch.any_near_elsewhere(sk, tag, snap.neighbours, now, self.window):
                     inc[XAC] = 1.0
+            if inc[RSN] and (inc[TPL] or inc[XAC]):
+                inc[TRS] = 1.0
             if features.shape(request, snap.last_max_tokens, snap.last_temperature):
                 inc[SHP] = 1.0
             max_tokens = request.max_tokens if request.max_tokens is not None else -1
@@ -244,7 +248,8 @@ class RiskEngine:
             behaviour.cross_account_templates(c),
             spread,
             behaviour.request_shape(c),
-        ]  # _MANNER, in order
+            behaviour.templated_reasoning(c),
+        ]  # the manner signals, in _ORDER
         manner = cohort.behaviour_score(sum(v * p for v, p in zip(values, points, strict=False)))
         values += (
             behaviour.request_volume(c, self.half_life, self._limit_rate(route)),
@@ -261,11 +266,11 @@ class RiskEngine:
         )
         fingerprint_inc: list[float] = []
         if keys.fingerprint is not None:
-            fingerprint_inc = [1.0, manner, 0.0]
+            fingerprint_inc = [1.0, manner, spread]
             f = snap.fingerprint
             values.append(
                 cohort.fingerprint_cohort(
-                    [f[0] + 1.0, f[1] + manner, f[2]],
+                    [f[0] + 1.0, f[1] + manner, f[2] + spread],
                     snap.fingerprint_members | (1 << member_bit),
                 )
             )

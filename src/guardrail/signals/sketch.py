@@ -33,6 +33,10 @@ HEAD, TAIL = 256, 96
 #: bigrams with every prompt that ends with it, which on short prompts can look like 0.25.
 NEAR = 0.3
 MIN_SHARED = 4
+#: Across identities the bar is higher: strangers do ask alike ("write a cover letter for a
+#: nursing job"), but a filled-in template with a short slot reads as a near copy (a campaign
+#: of the simulator scores 0.83 at the median, its honest users 0.42).
+NEAR_ELSEWHERE = 0.7
 #: Template buckets per prompt: its smallest values.
 BUCKETS = 2
 
@@ -141,7 +145,7 @@ def any_near_elsewhere(
         ):
             continue
         estimate, shared = similarity(values, [v for v in other[3:] if v != PAD])
-        if shared >= MIN_SHARED and estimate >= NEAR:
+        if shared >= MIN_SHARED and estimate >= NEAR_ELSEWHERE:
             return True
     return False
 
