@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from guardrail.cli import main
 from guardrail.signals.catalog import SIGNALS
 
 from conftest import FakeClock
@@ -96,6 +97,22 @@ async def test_throttle_delays_adds_the_tier_header_and_charges_the_tier_limits(
     assert throttled[0]["score"] == pytest.approx(60.0, abs=0.5)
     limited = [r for r in records if r["action"] == "limit"]
     assert limited and limited[0]["tier"] == "slow"
+
+
+async def test_audit_summary_names_the_top_signals_of_mitigations(
+    tmp_path: Path, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = build(tmp_path, clock, policy(4.0))
+    async with client(app) as http:
+        await warm_up(http, clock)
+        for i in range(3):
+            await http.post("/v1/chat/completions", json=chat(10 + i), headers=HEADERS)
+    await app.shutdown()
+    assert all(r["signals"] for r in audit_records(tmp_path) if r["action"] != "allow")
+    capsys.readouterr()
+    assert main(["audit", "summary", str(tmp_path / "audit.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "challenge" in out and "reasoning_extraction" in out
 
 
 async def test_a_tier_without_header_says_nothing(tmp_path: Path, clock: FakeClock) -> None:

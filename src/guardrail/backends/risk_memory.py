@@ -160,6 +160,14 @@ class MemoryRiskStore:
     def __len__(self) -> int:
         return len(self._principals) + len(self._cohorts) + len(self._buckets)
 
+    def sizes(self) -> dict[str, int]:
+        """States held, by kind: each kind is bounded by ``max_subjects`` on its own."""
+        return {
+            "principals": len(self._principals),
+            "cohorts": len(self._cohorts),
+            "template buckets": len(self._buckets),
+        }
+
     async def start(self) -> None:
         pass
 

@@ -60,7 +60,8 @@ SIGNALS: tuple[SignalInfo, ...] = (
         "cross_account_templates",
         25,
         "cohort",
-        "share of prompts that are near-duplicates of recent prompts from other identities",
+        "share of prompts that are near copies (not exact copies) of other identities' recent "
+        "prompts: one template filled in by many accounts",
     ),
     SignalInfo(
         "subnet_cohort",
@@ -79,7 +80,7 @@ SIGNALS: tuple[SignalInfo, ...] = (
         25,
         "cohort",
         "many identities sharing one client fingerprint (user agent, header names, SDK headers) "
-        "whose members act in concert",
+        "that act in concert or hop across subnets",
     ),
     SignalInfo(
         "request_shape",
