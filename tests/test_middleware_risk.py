@@ -227,3 +227,18 @@ async def test_a_failing_redis_fails_closed_with_a_503(tmp_path: Path, clock: Fa
     assert response.status_code == 503
     await app.shutdown()
     assert audit_records(tmp_path)[-1]["storage_error"] is True
+
+
+async def test_two_instances_sharing_redis_share_the_evidence(
+    tmp_path: Path, clock: FakeClock, redis_url: str
+) -> None:
+    """Workers or hosts behind one Redis: evidence gathered by one counts at the other."""
+    url = redis_url + "?timeout=5"
+    first = build(tmp_path / "a", clock, policy(3.0), storage=url)
+    second = build(tmp_path / "b", clock, policy(3.0), storage=url)
+    async with client(first) as a, client(second) as b:
+        await warm_up(a, clock)  # three requests for reasoning, all through the first
+        response = await b.post("/v1/chat/completions", json=chat(9), headers=HEADERS)
+    assert response.status_code == 200 and response.headers["guardrail-tier"] == "slow"
+    await first.shutdown()
+    await second.shutdown()

@@ -20,6 +20,7 @@ from guardrail.signals.state import (
     COHORT,
     COHORT_BITS,
     PRINCIPAL,
+    PRM,
     RING_SIZE,
     SPREAD_BITS,
     Band,
@@ -175,6 +176,13 @@ class MemoryRiskStore:
         self._principals.clear()
         self._cohorts.clear()
         self._buckets.clear()
+
+    def evidence(self, principal: str, now: float) -> float | None:
+        """Prompts seen from ``principal`` (decayed to ``now``): in process, a dict lookup."""
+        p = self._principals.get(principal)
+        if p is None or now - p.touched > self.ttl:
+            return 0.0
+        return float(p.counters[PRM]) * exp2((p.landmark - now) * self._rate)
 
     async def load(self, keys: Keys, now: float) -> Snapshot:
         ttl = self.ttl

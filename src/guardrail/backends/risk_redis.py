@@ -100,6 +100,10 @@ class RedisRiskStore:
         """The hash of the state ``name`` (a ``Keys`` string); its other keys extend it."""
         return f"{self.prefix}{{r:{name}}}"
 
+    def evidence(self, principal: str, now: float) -> float | None:
+        """Unknown without a round trip: every prompt of a shared store is analysed."""
+        return None
+
     async def load(self, keys: Keys, now: float) -> Snapshot:
         epoch = int(now // self.window)
         principal = self.key(keys.principal)

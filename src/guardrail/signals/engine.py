@@ -47,6 +47,12 @@ from guardrail.signals.state import (
 
 #: Gaps longer than this end a session: they measure sleep, not timing.
 SESSION_BREAK = 1800.0
+#: Prompt analysis (sketch, templates, reasoning patterns) is most of the engine's cost. Once an
+#: identity's shares rest on this many prompts, one prompt in ANALYSE_EVERY keeps them current:
+#: numerators and denominators are sampled alike, so the shares stay unbiased. Only where the
+#: store can tell without I/O (memory); a shared store analyses every prompt.
+ANALYSE_ALL_UNTIL = 32.0
+ANALYSE_EVERY = 4
 #: The order the scorer computes signals in. The first eight describe how an identity itself
 #: behaves, as its cohorts see it ("manner"); refusals and failed challenges are consequences
 #: of guardrail's own answers, and volume is not a manner.
@@ -121,6 +127,7 @@ class RiskEngine:
         self._allow_keys = frozenset(allow.api_keys)
         self._allow_nets = tuple(allow.cidrs)
         self._limit_rates: dict[str, float | None] = {}
+        self._tick = 0
 
     # -- the hot path ----------------------------------------------------------------------
 
@@ -146,6 +153,8 @@ class RiskEngine:
     ) -> Assessment:
         principal = principal_of(subject)
         prompt = request.prompt if request is not None else ""
+        if prompt and not self._analyse(principal, now):
+            prompt = ""
         cut = sketch.excerpt(prompt) if prompt else ""
         sk = sketch.sketch(prompt, cut) if prompt else None
         keys = Keys(
@@ -162,7 +171,7 @@ class RiskEngine:
                 raise
             degraded = True
             snap = await self.fallback.load(keys, now)
-        assessment = self._score(route, keys, snap, sk, request, cut, now)
+        assessment = self._score(route, keys, snap, sk, request, prompt, cut, now)
         assessment.degraded = degraded
         assessment.remote = self.remote and not degraded
         return assessment
@@ -202,10 +211,12 @@ class RiskEngine:
         snap: Snapshot,
         sk: sketch.Sketch | None,
         request: OpenAIRequest | None,
+        prompt: str,
         cut: str,
         now: float,
     ) -> Assessment:
-        """``cut``: the prompt's lowercased excerpt (``sketch.excerpt``)."""
+        """``prompt``: the prompt if it is analysed ("" if not), ``cut`` its lowercased
+        excerpt (``sketch.excerpt``)."""
         inc = [0.0] * len(PRINCIPAL)
         inc[REQ] = 1.0
         if snap.last_seen is not None and 0.0 <= (gap := now - snap.last_seen) <= SESSION_BREAK:
@@ -214,7 +225,7 @@ class RiskEngine:
         tag = sketch.bit(keys.principal, 1 << 32)
         max_tokens, temperature = -1, -1.0
         if request is not None:
-            if request.prompt:
+            if prompt:
                 inc[PRM] = 1.0
                 if self.asks_for_reasoning(cut):
                     inc[RSN] = 1.0
@@ -304,6 +315,13 @@ class RiskEngine:
         )
         threshold = self.thresholds[level - 1] if level else None
         return Assessment(keys, score, signals, threshold, update)
+
+    def _analyse(self, principal: str, now: float) -> bool:
+        evidence = self.store.evidence(principal, now)
+        if evidence is None or evidence < ANALYSE_ALL_UNTIL:
+            return True
+        self._tick = (self._tick + 1) % ANALYSE_EVERY
+        return self._tick == 0
 
     def _band(self, score: float, band: Band | None, now: float) -> tuple[int, Band | None]:
         """Thresholds with hysteresis: a subject rises into a band at once, and leaves it only

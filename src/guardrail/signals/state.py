@@ -128,6 +128,11 @@ class RiskStore(Protocol):
 
     async def close(self) -> None: ...
 
+    def evidence(self, principal: str, now: float) -> float | None:
+        """Prompts seen from ``principal`` (decayed), if the store can tell without I/O (the
+        memory store); None otherwise."""
+        ...
+
     async def load(self, keys: Keys, now: float) -> Snapshot:
         """Read everything ``keys`` names, decayed to ``now``; absent state reads as zeros."""
         ...
