@@ -192,7 +192,9 @@ class Guardrail:
             raw, receive = await read_body(receive, route.inspect_max_bytes)
             if raw is not None:
                 decision.request = parse_openai(raw)
-        assessment = await self._assess(route, decision, scope, now)
+        assessment = None
+        if self.risk is not None:
+            assessment = await self._assess(route, decision, scope, now)
         tier = None
         if decision.action == THROTTLE and decision.tier is not None:
             tier = self.tiers[decision.tier]
@@ -357,33 +359,29 @@ class Guardrail:
             subject = decision.subject
             charges += [lim.charge(subject) for lim in tier.limits]
             limits = (*limits, *tier.limits)
+        commit = None
         if assessment is not None:
             if charges and assessment.remote:
-                # Redis: the risk write and the bucket charge share the second round trip.
-                await asyncio.gather(
-                    self._commit(assessment, now), self._charge(charges, limits, decision, now)
-                )
-                return
-            await self._commit(assessment, now)
-        if charges:
-            await self._charge(charges, limits, decision, now)
-
-    async def _charge(
-        self,
-        charges: list[Any],
-        limits: tuple[CompiledLimit, ...],
-        decision: Decision,
-        now: float,
-    ) -> None:
+                # Redis: the risk write goes out alongside the bucket charge, so the two share
+                # the request's second round trip.
+                commit = asyncio.ensure_future(self._commit(assessment, now))
+            else:
+                await self._commit(assessment, now)
+        if not charges:
+            return
         try:
-            outcome = await self.storage.charge(charges, now)
-        except StorageError as exc:
-            self._warn_storage(exc, now)
-            if self.fallback is None:
-                decision.action, decision.storage_error = LIMIT, True
-                return
-            decision.degraded = True
-            outcome = await self.fallback.charge(charges, now)
+            try:
+                outcome = await self.storage.charge(charges, now)
+            except StorageError as exc:
+                self._warn_storage(exc, now)
+                if self.fallback is None:
+                    decision.action, decision.storage_error = LIMIT, True
+                    return
+                decision.degraded = True
+                outcome = await self.fallback.charge(charges, now)
+        finally:
+            if commit is not None:
+                await commit
         decision.outcome, decision.limits = outcome, limits
         if not outcome.allowed:
             decision.action = LIMIT

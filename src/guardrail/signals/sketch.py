@@ -14,6 +14,7 @@ Populations: distinct counts are linear-counting bitmaps, OR-able across workers
 from __future__ import annotations
 
 import math
+import operator
 import string
 import struct
 import zlib
@@ -27,7 +28,7 @@ MIN_WORDS = 6
 #: Characters of the prompt's start and end that are read. A template shows in its
 #: instruction, which opens or closes a prompt; hashing a pasted document in the middle would
 #: cost ~0.2 µs a word and tell nothing more.
-HEAD, TAIL = 256, 96
+HEAD, TAIL = 192, 64
 #: Estimated Jaccard similarity from which two prompts are near-duplicates, and the fewest
 #: shared sketch values that may show it: a stock phrase ("think step by step") shares three
 #: bigrams with every prompt that ends with it, which on short prompts can look like 0.25.
@@ -187,8 +188,8 @@ def busy_hours(counts: Sequence[float], factors: Sequence[float]) -> int:
     ``undecay_table``) first bring each back to its weight when it was filled. A count of
     busy hours reads like entropy here and costs a tenth of it (no logarithms).
     """
-    undecayed = [c * f for c, f in zip(counts, factors, strict=True)]
+    undecayed = list(map(operator.mul, counts, factors))  # C loops: a third of a comprehension
     floor = sum(undecayed) / 96  # a quarter of the mean of 24 hours
     if floor <= 0:
         return 0
-    return sum(1 for u in undecayed if u >= floor)
+    return sum(map(floor.__le__, undecayed))
