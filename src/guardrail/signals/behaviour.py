@@ -67,34 +67,30 @@ def round_the_clock(c: list[float], factors: list[float]) -> float:
     return ramp(busy, 18.0, 23.0) * confidence(c[REQ], 12)
 
 
-def prompt_templating(c: list[float]) -> float:
-    prompts = c[PRM]
-    if prompts < 2:
+def share(c: list[float], part: int, whole: int, start: float, full: float, needed: float) -> float:
+    """``c[part] / c[whole]`` on a ramp, scaled by the confidence ``c[whole]`` gives."""
+    n = c[whole]
+    if n <= 0:
         return 0.0
-    return ramp(c[TPL] / prompts, 0.2, 0.6) * confidence(prompts, 6)
+    return ramp(c[part] / n, start, full) * confidence(n, needed)
+
+
+def prompt_templating(c: list[float]) -> float:
+    return share(c, TPL, PRM, 0.2, 0.6, 6)
 
 
 def reasoning_extraction(c: list[float]) -> float:
-    prompts = c[PRM]
-    if prompts <= 0:
-        return 0.0
-    return ramp(c[RSN] / prompts, 0.1, 0.6) * confidence(prompts, 4)
+    return share(c, RSN, PRM, 0.1, 0.6, 4)
 
 
 def templated_reasoning(c: list[float]) -> float:
     """Each half alone is common (a prompting habit; a batch job's fixed instruction); together
     they are what distillation sends, so a small share is strong evidence."""
-    prompts = c[PRM]
-    if prompts <= 0:
-        return 0.0
-    return ramp(c[TRS] / prompts, 0.03, 0.12) * confidence(prompts, 10)
+    return share(c, TRS, PRM, 0.03, 0.12, 10)
 
 
 def cross_account_templates(c: list[float]) -> float:
-    prompts = c[PRM]
-    if prompts <= 0:
-        return 0.0
-    return ramp(c[XAC] / prompts, 0.35, 0.75) * confidence(prompts, 6)
+    return share(c, XAC, PRM, 0.35, 0.75, 6)
 
 
 def network_spread(subnets: float) -> float:
@@ -104,17 +100,11 @@ def network_spread(subnets: float) -> float:
 
 
 def request_shape(c: list[float]) -> float:
-    requests = c[REQ]
-    if requests <= 0:
-        return 0.0
-    return ramp(c[SHP] / requests, 0.1, 0.5) * confidence(requests, 6)
+    return share(c, SHP, REQ, 0.1, 0.5, 6)
 
 
 def refusals(c: list[float]) -> float:
-    requests = c[REQ]
-    if requests <= 0:
-        return 0.0
-    return ramp(c[REF] / requests, 0.1, 0.5) * confidence(requests, 10)
+    return share(c, REF, REQ, 0.1, 0.5, 10)
 
 
 def failed_challenges(c: list[float]) -> float:
