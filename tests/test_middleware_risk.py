@@ -242,3 +242,43 @@ async def test_two_instances_sharing_redis_share_the_evidence(
     assert response.status_code == 200 and response.headers["guardrail-tier"] == "slow"
     await first.shutdown()
     await second.shutdown()
+
+
+async def test_redis_mode_costs_two_round_trips_the_risk_write_alongside_the_charge(
+    tmp_path: Path, clock: FakeClock, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One pipelined read of the risk state, then the risk write and the bucket charge
+    together: two round trips in sequence, whatever the number of keys."""
+    from guardrail.backends.redis import RedisStorage
+    from guardrail.backends.risk_redis import RedisRiskStore
+
+    events: list[str] = []
+    execute, charge = RedisRiskStore._execute, RedisStorage.charge
+
+    async def traced_execute(self: RedisRiskStore, commands: Any) -> Any:
+        events.append("risk start")
+        try:
+            return await execute(self, commands)
+        finally:
+            events.append("risk end")
+
+    async def traced_charge(self: RedisStorage, charges: Any, now: float) -> Any:
+        events.append("charge start")
+        try:
+            return await charge(self, charges, now)
+        finally:
+            events.append("charge end")
+
+    monkeypatch.setattr(RedisRiskStore, "_execute", traced_execute)
+    monkeypatch.setattr(RedisStorage, "charge", traced_charge)
+    app = build(tmp_path, clock, policy(1.0), storage=redis_url + "?timeout=5")
+    async with client(app) as http:
+        await http.post("/v1/chat/completions", json=chat(0), headers=HEADERS)
+        events.clear()
+        response = await http.post("/v1/chat/completions", json=chat(1), headers=HEADERS)
+    assert response.status_code == 200
+    await app.shutdown()
+    # the read, then the write and the charge both in flight before either ends
+    assert events[:2] == ["risk start", "risk end"]
+    assert sorted(events[2:4]) == ["charge start", "risk start"]
+    assert sorted(events[4:]) == ["charge end", "risk end"]
