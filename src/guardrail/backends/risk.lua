@@ -3,7 +3,13 @@
 -- KEYS[1]: the hash. KEYS[2..]: other keys of the same state (same hash tag, so one slot on a
 -- cluster), the ring and the band, whose expiry is renewed with the hash: a state expires as a
 -- whole, as it does in the memory store.
--- ARGV: now, half_life (s), ttl_ms, then field/value pairs. A field without a leading "_" is a
+-- ARGV: now, half_life (s), ttl_ms, n, then n field/value pairs, then operations on KEYS[2..]
+-- (one script call per state instead of a command each: on this project's CI machine every
+-- pipelined command costs redis-py ~25 µs of CPU):
+--   "L", i, value, cap   push value on list KEYS[i], keep the newest cap (a ring, a bucket)
+--   "S", i, value        set string KEYS[i] (the band)
+--   "B", i, bit, ttl_ms  set bit in bitmap KEYS[i], which expires in its own ttl_ms
+-- Every key of KEYS but bitmaps then expires in ttl_ms. A field without a leading "_" is a
 -- counter: value x at time now adds x * 2^((now - L)/h) to it, for the landmark L kept in the
 -- field "_L" (set by the first increment). A field with a leading "_" is stored as given,
 -- undecayed: "_t" (last seen) keeps the larger of old and new, since workers' requests land
@@ -14,11 +20,15 @@
 local RENORMALISE_AFTER = 64
 local key = KEYS[1]
 local now, half_life = tonumber(ARGV[1]), tonumber(ARGV[2])
-local state = redis.call('HMGET', key, '_L', '_t')
-local landmark, seen = tonumber(state[1]), tonumber(state[2])
+local last = 4 + 2 * tonumber(ARGV[4])  -- the last field/value ARGV
+local landmark, seen
+if last > 4 then  -- no fields: KEYS[1] may be a list (a template bucket), not a hash
+  local state = redis.call('HMGET', key, '_L', '_t')
+  landmark, seen = tonumber(state[1]), tonumber(state[2])
+end
 
 local counters = false
-for i = 4, #ARGV, 2 do
+for i = 5, last, 2 do
   if string.sub(ARGV[i], 1, 1) ~= '_' then
     counters = true
     break
@@ -42,7 +52,7 @@ if counters then
 end
 
 local weight = counters and 2 ^ ((now - landmark) / half_life)
-for i = 4, #ARGV, 2 do
+for i = 5, last, 2 do
   local field, value = ARGV[i], ARGV[i + 1]
   if string.sub(field, 1, 1) ~= '_' then
     redis.call('HINCRBYFLOAT', key, field, string.format('%.17g', tonumber(value) * weight))
@@ -50,7 +60,26 @@ for i = 4, #ARGV, 2 do
     redis.call('HSET', key, field, value)
   end
 end
-for i = 1, #KEYS do
-  redis.call('PEXPIRE', KEYS[i], ARGV[3])
+local bitmaps = {}
+local i = last + 1
+while i <= #ARGV do
+  local op, target = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
+  if op == 'L' then
+    redis.call('LPUSH', target, ARGV[i + 2])
+    redis.call('LTRIM', target, 0, tonumber(ARGV[i + 3]) - 1)
+    i = i + 4
+  elseif op == 'S' then
+    redis.call('SET', target, ARGV[i + 2])
+    i = i + 3
+  elseif op == 'B' then
+    redis.call('SETBIT', target, ARGV[i + 2], 1)
+    bitmaps[target] = ARGV[i + 3]
+    i = i + 4
+  else
+    return redis.error_reply('risk.lua: unknown operation ' .. tostring(op))
+  end
+end
+for k = 1, #KEYS do
+  redis.call('PEXPIRE', KEYS[k], bitmaps[KEYS[k]] or ARGV[3])
 end
 return 1

@@ -3,8 +3,13 @@ state, one to write it.
 
 Writes are commutative (``risk.lua`` adds forward-decayed increments; bits are OR-ed; lists
 are pushed), so the pipeline needs no transaction: workers racing on one principal each land
-their update. On a cluster each state's keys share a hash tag, hence a slot, and redis-py's
-cluster pipeline sends each node its commands concurrently: still one round trip of latency.
+their update. Each state is read by one ``risk_read.lua`` call and written by one ``risk.lua``
+call: redis-py spends ~25 µs of CPU on every pipelined command on this project's CI machine,
+and a request touches up to six states (measured: a load 610 → 500 µs, a save 790 → 530 µs
+against one command per key).
+
+On a cluster each state's keys share a hash tag, hence a slot, and redis-py's cluster
+pipeline sends each node its commands concurrently: still one round trip of latency.
 
 Keys (``P`` the prefix, ``K`` a ``Keys`` string, ``E`` a window epoch)::
 
@@ -43,6 +48,8 @@ from guardrail.signals.state import (
 )
 
 RISK = lua.LuaScript.load("risk.lua")
+READ = lua.LuaScript.load("risk_read.lua")
+_SCRIPTS = {RISK.sha: RISK, READ.sha: READ}
 
 #: A window's bitmap outlives the two windows it is read in by this much: expiry runs on
 #: Redis's clock, windows on the callers' (as TTL_SLACK_MS in gcra.lua).
@@ -87,9 +94,10 @@ class RedisRiskStore:
         self._bitmap_ttl_ms = math.ceil((2 * window + BITMAP_SLACK) * 1000)
 
     async def start(self) -> None:
-        """Preload the script (on every primary of a cluster)."""
+        """Preload the scripts (on every primary of a cluster)."""
         try:
-            await self.client.script_load(RISK.body)
+            for script in (RISK, READ):
+                await self.client.script_load(script.body)
         except REDIS_FAILURES as exc:
             raise self.failure(exc) from exc
 
@@ -108,42 +116,51 @@ class RedisRiskStore:
         epoch = int(now // self.window)
         principal = self.key(keys.principal)
         subnet = self.key(keys.subnet)
+        # one read script per state (its keys share a slot), one LRANGE per template bucket
         commands: list[tuple[Any, ...]] = [
-            ("HGETALL", principal),
-            ("LRANGE", principal + ":ring", 0, RING_SIZE - 1),
-            ("MGET", principal + ":band", f"{principal}:sp:{epoch}", f"{principal}:sp:{epoch - 1}"),
-            ("HGETALL", subnet),
-            ("MGET", f"{subnet}:m:{epoch}", f"{subnet}:m:{epoch - 1}"),
+            self._read(
+                principal,
+                principal + ":ring",
+                principal + ":band",
+                f"{principal}:sp:{epoch}",
+                f"{principal}:sp:{epoch - 1}",
+                lists=1,
+            ),
+            self._read(subnet, f"{subnet}:m:{epoch}", f"{subnet}:m:{epoch - 1}"),
         ]
         if keys.fingerprint is not None:
             fingerprint = self.key(keys.fingerprint)
-            commands += (
-                ("HGETALL", fingerprint),
-                ("MGET", f"{fingerprint}:m:{epoch}", f"{fingerprint}:m:{epoch - 1}"),
+            commands.append(
+                self._read(fingerprint, f"{fingerprint}:m:{epoch}", f"{fingerprint}:m:{epoch - 1}")
             )
         commands += (("LRANGE", self.key(t), 0, BUCKET_SIZE - 1) for t in keys.templates)
-        replies = await self._execute(commands)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise self.failure(reply)
+        replies = await self._run(commands)
         try:
             return self._snapshot(keys, replies, now)
-        except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+        except (ValueError, TypeError, AttributeError, OverflowError, IndexError) as exc:
             # not what this module writes: another program's keys under the same prefix?
             raise self.failure(exc) from exc
 
+    def _read(self, *keys: str, lists: int = 0) -> tuple[Any, ...]:
+        return ("EVALSHA", READ.sha, len(keys), *keys, lists)
+
     def _snapshot(self, keys: Keys, replies: list[Any], now: float) -> Snapshot:
-        counters, state = replies[0], replies[2]
+        counters_flat, ring, state = replies[0]
+        counters = _pairs(counters_flat)
         seen, tokens, temperature = (counters.get(f) for f in (b"_t", b"_m", b"_p"))
         band = None
         if state[0] is not None:
             level, _, held = state[0].partition(b":")
             band = Band(int(level), float(held))
+        subnet_flat, subnet_bits = replies[1]
         if keys.fingerprint is None:
-            fingerprint_values, fingerprint_members, rest = [0.0] * len(COHORT), 0, 5
+            fingerprint_values, fingerprint_members, rest = [0.0] * len(COHORT), 0, 2
         else:
-            fingerprint_values = self._decay(replies[5], _COHORT_FIELDS, len(COHORT), now)
-            fingerprint_members, rest = _bitmap(replies[6]), 7
+            fingerprint_flat, fingerprint_bits = replies[2]
+            fingerprint_values = self._decay(
+                _pairs(fingerprint_flat), _COHORT_FIELDS, len(COHORT), now
+            )
+            fingerprint_members, rest = _bitmap(fingerprint_bits), 3
         neighbours: list[bytes] = []
         for entries in replies[rest:]:
             neighbours += entries
@@ -152,11 +169,11 @@ class RedisRiskStore:
             None if seen is None else float(seen),
             -1 if tokens is None else int(tokens),
             -1.0 if temperature is None else float(temperature),
-            replies[1],
+            ring[:RING_SIZE],
             _bitmap(state[1:]),
             band,
-            self._decay(replies[3], _COHORT_FIELDS, len(COHORT), now),
-            _bitmap(replies[4]),
+            self._decay(_pairs(subnet_flat), _COHORT_FIELDS, len(COHORT), now),
+            _bitmap(subnet_bits),
             fingerprint_values,
             fingerprint_members,
             neighbours,
@@ -177,25 +194,23 @@ class RedisRiskStore:
         return values
 
     async def save(self, keys: Keys, update: Update) -> None:
+        """One risk.lua call per state: counters, ring, band and bitmap together."""
         now = update.now
         epoch = int(now // self.window)
-        ttl_ms, bitmap_ttl_ms = self._ttl_ms, self._bitmap_ttl_ms
+        bitmap_ttl_ms = self._bitmap_ttl_ms
         commands: list[tuple[Any, ...]] = []
-        scripts: list[int] = []  # indexes of the EVALSHA commands
 
         principal = self.key(keys.principal)
-        ring, band = principal + ":ring", principal + ":band"
+        related = [principal + ":ring", principal + ":band"]
+        ops: list[Any] = []
         if update.ring is not None:
-            commands += (("LPUSH", ring, update.ring), ("LTRIM", ring, 0, RING_SIZE - 1))
+            ops += ("L", 2, update.ring, RING_SIZE)
         if update.band is not None:
             level, held = update.band
-            commands.append(("SET", band, f"{level}:{held!r}", "PX", ttl_ms))
+            ops += ("S", 3, f"{level}:{held!r}")
         if update.spread_bit is not None:
-            bitmap = f"{principal}:sp:{epoch}"
-            commands += (
-                ("SETBIT", bitmap, update.spread_bit, 1),
-                ("PEXPIRE", bitmap, bitmap_ttl_ms),
-            )
+            related.append(f"{principal}:sp:{epoch}")
+            ops += ("B", 4, update.spread_bit, bitmap_ttl_ms)
         fields = _increments(PRINCIPAL, update.principal)
         if update.seen:
             fields += ("_t", now)
@@ -203,9 +218,7 @@ class RedisRiskStore:
             fields += ("_m", update.max_tokens)
         if update.temperature >= 0:
             fields += ("_p", update.temperature)
-        # after the ring and band commands: the script renews their expiry with the hash's
-        scripts.append(len(commands))
-        commands.append(self._script((principal, ring, band), now, fields))
+        commands.append(self._script((principal, *related), now, fields, ops))
 
         cohorts = [(keys.subnet, update.subnet, update.subnet_bit)]
         if keys.fingerprint is not None:
@@ -214,36 +227,53 @@ class RedisRiskStore:
             if not increments and bit is None:
                 continue
             cohort = self.key(name)
-            scripts.append(len(commands))
-            commands.append(self._script((cohort,), now, _increments(COHORT, increments)))
-            if bit is not None:
+            fields = _increments(COHORT, increments)
+            if bit is None:
+                commands.append(self._script((cohort,), now, fields, []))
+            else:
                 bitmap = f"{cohort}:m:{epoch}"
-                commands += (("SETBIT", bitmap, bit, 1), ("PEXPIRE", bitmap, bitmap_ttl_ms))
+                commands.append(
+                    self._script((cohort, bitmap), now, fields, ["B", 2, bit, bitmap_ttl_ms])
+                )
 
         if update.template is not None:
             for template in keys.templates:
                 bucket = self.key(template)
-                commands += (
-                    ("LPUSH", bucket, update.template),
-                    ("LTRIM", bucket, 0, BUCKET_SIZE - 1),
-                    ("PEXPIRE", bucket, ttl_ms),
+                commands.append(
+                    self._script((bucket,), now, [], ["L", 1, update.template, BUCKET_SIZE])
                 )
+        await self._run(commands)
 
+    async def _run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """One round trip; on NOSCRIPT (a flushed, restarted or failed-over server), the
+        scripts that were refused go again as EVAL, which also caches them. Only those: the
+        rest of the pipeline was applied, once."""
         replies = await self._execute(commands)
-        for reply in replies:
-            if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
-                raise self.failure(reply)
-        missing = [i for i in scripts if isinstance(replies[i], NoScriptError)]
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
-            # A flushed, restarted or failed-over server: EVAL runs the script and caches it.
-            # Only the scripts run again; the rest of the pipeline was applied, once.
-            retry = [("EVAL", RISK.body, *commands[i][2:]) for i in missing]
-            for reply in await self._execute(retry):
-                if isinstance(reply, Exception):
-                    raise self.failure(reply)
+            retry = [_as_eval(commands[i]) for i in missing]
+            for i, reply in zip(missing, await self._execute(retry), strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise self.failure(reply)
+        return replies
 
-    def _script(self, keys: Sequence[str], now: float, fields: list[Any]) -> tuple[Any, ...]:
-        return ("EVALSHA", RISK.sha, len(keys), *keys, now, self.half_life, self._ttl_ms, *fields)
+    def _script(
+        self, keys: Sequence[str], now: float, fields: list[Any], ops: list[Any]
+    ) -> tuple[Any, ...]:
+        return (
+            "EVALSHA",
+            RISK.sha,
+            len(keys),
+            *keys,
+            now,
+            self.half_life,
+            self._ttl_ms,
+            len(fields) // 2,
+            *fields,
+            *ops,
+        )
 
     async def _execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """One round trip; a command's error comes back in its place in the list."""
@@ -280,3 +310,13 @@ def _bitmap(chunks: Sequence[bytes | None]) -> int:
         if chunk:
             bits |= int.from_bytes(chunk.translate(_REVERSED), "little")
     return bits
+
+
+def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+    """HGETALL's reply inside a script's: a flat list of field, value, field, value…"""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _as_eval(command: tuple[Any, ...]) -> tuple[Any, ...]:
+    """EVALSHA sha … → EVAL body …"""
+    return ("EVAL", _SCRIPTS[command[1]].body, *command[2:])
