@@ -8,6 +8,7 @@ non-zero contribution, largest first, which is what the audit log shows.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from ipaddress import ip_address
 
@@ -127,7 +128,7 @@ class RiskEngine:
         self._allow_keys = frozenset(allow.api_keys)
         self._allow_nets = tuple(allow.cidrs)
         self._limit_rates: dict[str, float | None] = {}
-        self._tick = 0
+        self._sample = random.Random(0x5EED).random
 
     # -- the hot path ----------------------------------------------------------------------
 
@@ -320,8 +321,9 @@ class RiskEngine:
         evidence = self.store.evidence(principal, now)
         if evidence is None or evidence < ANALYSE_ALL_UNTIL:
             return True
-        self._tick = (self._tick + 1) % ANALYSE_EVERY
-        return self._tick == 0
+        # Pseudo-random, not a round-robin counter: accounts that take turns in lockstep would
+        # otherwise always land on the same side of it. Seeded, so a simulation replays.
+        return self._sample() * ANALYSE_EVERY < 1.0
 
     def _band(self, score: float, band: Band | None, now: float) -> tuple[int, Band | None]:
         """Thresholds with hysteresis: a subject rises into a band at once, and leaves it only
