@@ -26,7 +26,7 @@ from guardrail.audit import AuditLog, format_ts, sink_from_uri
 from guardrail.backends import risk_engine, storage_from_uri
 from guardrail.backends.base import Storage
 from guardrail.backends.memory import MemoryStorage
-from guardrail.decision import BLOCK, CHALLENGE, LIMIT, THROTTLE, Decision, RequestIds
+from guardrail.decision import ALLOW, BLOCK, CHALLENGE, LIMIT, THROTTLE, Decision, RequestIds
 from guardrail.errors import SecretError, StorageError
 from guardrail.identity import IdentityResolver
 from guardrail.inspection import parse_openai, read_body
@@ -192,24 +192,23 @@ class Guardrail:
             raw, receive = await read_body(receive, route.inspect_max_bytes)
             if raw is not None:
                 decision.request = parse_openai(raw)
-        assessment = None
+        assessment = tier = None
+        headers = [id_header]
         if self.risk is not None:
             assessment = await self._assess(route, decision, scope, now)
-        tier = None
-        if decision.action == THROTTLE and decision.tier is not None:
-            tier = self.tiers[decision.tier]
-
-        headers = [id_header]
-        if decision.action in (CHALLENGE, BLOCK) and self.enforce:
-            if assessment is not None:
-                await self._commit(assessment, now)
-            await self._refuse(scope, send, decision, now, headers)
-            await self._refused(assessment, now)
-            return
-        if decision.storage_error and self.enforce:  # fail_closed: the risk store is down
-            await send_unavailable(send, request_id=request_id, headers=headers)
-            self._record(scope, decision, now, 503)
-            return
+            if decision.action != ALLOW or decision.storage_error:  # one test on the usual path
+                if decision.action == THROTTLE and decision.tier is not None:
+                    tier = self.tiers[decision.tier]
+                elif decision.action in (CHALLENGE, BLOCK) and self.enforce:
+                    if assessment is not None:
+                        await self._commit(assessment, now)
+                    await self._refuse(scope, send, decision, now, headers)
+                    await self._refused(assessment, now)
+                    return
+                if decision.storage_error and self.enforce:  # fail_closed: no risk store
+                    await send_unavailable(send, request_id=request_id, headers=headers)
+                    self._record(scope, decision, now, 503)
+                    return
         await self._decide(route, decision, now, tier, assessment)
 
         outcome = decision.outcome
@@ -355,18 +354,19 @@ class Guardrail:
         """
         charges = route.charges(decision.subject)
         limits: tuple[CompiledLimit, ...] = route.charged
-        if tier is not None and tier.limits:
-            subject = decision.subject
-            charges += [lim.charge(subject) for lim in tier.limits]
-            limits = (*limits, *tier.limits)
         commit = None
-        if assessment is not None:
-            if charges and assessment.remote:
-                # Redis: the risk write goes out alongside the bucket charge, so the two share
-                # the request's second round trip.
-                commit = asyncio.ensure_future(self._commit(assessment, now))
-            else:
-                await self._commit(assessment, now)
+        if tier is not None or assessment is not None:  # the risk engine is on
+            if tier is not None and tier.limits:
+                subject = decision.subject
+                charges += [lim.charge(subject) for lim in tier.limits]
+                limits = (*limits, *tier.limits)
+            if assessment is not None:
+                if charges and assessment.remote:
+                    # Redis: the risk write goes out alongside the bucket charge, so the two
+                    # share the request's second round trip.
+                    commit = asyncio.ensure_future(self._commit(assessment, now))
+                else:
+                    await self._commit(assessment, now)
         if not charges:
             return
         try:
