@@ -63,7 +63,8 @@ def parse_openai(raw: bytes) -> OpenAIRequest | None:
     return OpenAIRequest(
         model=model if isinstance(model, str) else None,
         stream=body.get("stream") is True,
-        max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens >= 0 else None,
+        # bool is an int to isinstance, and `true` is no token count
+        max_tokens=max_tokens if type(max_tokens) is int and 0 <= max_tokens < 2**31 else None,
         prompt=prompt,
         body=body,
     )

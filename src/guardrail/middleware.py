@@ -24,7 +24,7 @@ from guardrail.actions.limit import ratelimit_headers, send_limited, send_unavai
 from guardrail.actions.tier import CompiledTier, compile_tier, tier_policy
 from guardrail.audit import AuditLog, format_ts, sink_from_uri
 from guardrail.backends import risk_engine, storage_from_uri
-from guardrail.backends.base import Storage
+from guardrail.backends.base import Outcome, Storage
 from guardrail.backends.memory import MemoryStorage
 from guardrail.decision import ALLOW, BLOCK, CHALLENGE, LIMIT, THROTTLE, Decision, RequestIds
 from guardrail.errors import SecretError, StorageError
@@ -202,8 +202,8 @@ class Guardrail:
                 elif decision.action in (CHALLENGE, BLOCK) and self.enforce:
                     if assessment is not None:
                         await self._commit(assessment, now)
+                    # Not fed back as refusals: the engine's own answers must not feed it.
                     await self._refuse(scope, send, decision, now, headers)
-                    await self._refused(assessment, now)
                     return
                 if decision.storage_error and self.enforce:  # fail_closed: no risk store
                     await send_unavailable(send, request_id=request_id, headers=headers)
@@ -221,13 +221,19 @@ class Guardrail:
             assert hit is not None  # a refusal always comes from a bucket
             policy = self._ratelimit_policy(route, tier)
             headers += ratelimit_headers(policy, decision.limits, outcome)
+            self._record(scope, decision, now, 429)  # before sending: a client gone mid-send
             await send_limited(send, hit=hit, request_id=request_id, headers=headers)
-            self._record(scope, decision, now, 429)
-            await self._refused(assessment, now)
+            if tier is None:  # the route's limits, not the throttle tier the engine chose
+                await self._refused(assessment, now)
             return
         if route.headers and self.enforce and outcome is not None and outcome.states:
-            policy = self._ratelimit_policy(route, tier)
-            headers += ratelimit_headers(policy, decision.limits, outcome)
+            if tier is None or tier.header is not None:
+                policy = self._ratelimit_policy(route, tier)
+                headers += ratelimit_headers(policy, decision.limits, outcome)
+            else:  # a silent tier: the route's own limits only (SPEC §3, throttle)
+                charged = route.charged
+                states = Outcome(outcome.allowed, outcome.states[: len(charged)])
+                headers += ratelimit_headers(route.ratelimit_policy, charged, states)
         if tier is not None and self.enforce:
             if tier.header is not None:
                 headers.append(tier.header)
@@ -254,6 +260,7 @@ class Guardrail:
         headers: list[tuple[bytes, bytes]],
     ) -> None:
         """Answer a challenge or a block (403) in place of the app."""
+        self._record(scope, decision, now, 403)  # before sending: a client gone mid-send
         if decision.action == BLOCK:
             await send_blocked(send, request_id=decision.request_id, headers=headers)
         else:
@@ -261,7 +268,6 @@ class Guardrail:
             await challenge.send_challenge(
                 send, scope, challenge=issued, request_id=decision.request_id, headers=headers
             )
-        self._record(scope, decision, now, 403)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A handshake counts as one request of its route; a refusal closes it before accept,

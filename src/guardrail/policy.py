@@ -160,7 +160,7 @@ class Route(_Model):
 class SignalConfig(_Model):
     weight: float = Field(default=1.0, ge=0, strict=True, allow_inf_nan=False)
     # reasoning_extraction only: the phrasings that count (case-insensitive regexes, searched
-    # anywhere in the prompt); replaces the built-in list
+    # in the prompt's opening and closing characters); replaces the built-in list
     patterns: tuple[Pattern, ...] | None = None
 
 

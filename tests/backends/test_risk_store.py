@@ -760,3 +760,48 @@ async def compare(url: str, steps: list[tuple[Any, ...]]) -> None:
             assert_same(await remote.load(keys, later), await memory.load(keys, later))
     finally:
         await storage.close()
+
+
+async def test_a_waiting_caller_gives_up_on_a_busy_gate(redis_url: str) -> None:
+    """A hung server must become a StorageError (on_storage_error), not an endless queue."""
+    storage = RedisStorage(redis_url + "?timeout=5")
+    gate = asyncio.Semaphore(1)
+    store = RedisRiskStore(
+        storage.client,
+        prefix=storage.prefix,
+        uri=storage.uri,
+        half_life=HALF_LIFE,
+        window=WINDOW,
+        ttl=TTL,
+        gate=gate,
+        queue_timeout=0.01,
+    )
+    try:
+        await gate.acquire()  # every connection busy
+        with pytest.raises(StorageError, match="every connection busy"):
+            await store.load(KEYS, NOW)
+        gate.release()
+        await store.load(KEYS, NOW)  # and the gate is whole again
+        assert not gate.locked()
+    finally:
+        await storage.close()
+
+
+async def test_a_changed_half_life_reads_and_rescales_what_the_old_one_wrote(
+    redis_url: str,
+) -> None:
+    """A policy whose half_life changed (or a rolling deploy running two) must neither read
+    the old sums with the wrong weight nor add to them with it."""
+    storage = RedisStorage(redis_url + "?timeout=5")
+    try:
+        hourly = redis_risk_store(storage, half_life=3600.0, ttl=10**6)
+        await hourly.start()
+        await hourly.save(KEYS, update(principal=counters(req=8)))
+        slower = redis_risk_store(storage, half_life=6 * 3600.0, ttl=10**6)
+        later = NOW + 40 * 3600.0  # forty of the old half-lives
+        assert (await slower.load(KEYS, later)).principal[REQ] == near(8 * 2.0**-40)
+        await slower.save(KEYS, update(later, principal=counters(req=1)))
+        after = await slower.load(KEYS, later + 6 * 3600.0)  # one new half-life on
+        assert after.principal[REQ] == near((8 * 2.0**-40 + 1) / 2)
+    finally:
+        await storage.close()

@@ -123,3 +123,9 @@ async def test_hysteresis_holds_in_the_store(make_driver: Make) -> None:
             now, account="asker", prompt=f"hello there, a plain question {now}"
         )
     assert last.threshold is None and last.score < 40
+
+
+def test_after_the_cooldown_it_steps_down_to_the_highest_band_it_still_holds() -> None:
+    engine = bands()  # throttle 50, challenge 75, block 95; margin 10
+    assert engine._band(70.0, Band(3, START), START + 900) == (2, Band(2, START + 900))
+    assert engine._band(50.0, Band(3, START), START + 900) == (1, Band(1, START + 900))

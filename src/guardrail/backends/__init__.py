@@ -66,7 +66,7 @@ def risk_engine(policy: Policy, storage: Storage, fallback: bool) -> RiskEngine:
 
     if isinstance(storage, MemoryStorage):
         return RiskEngine(policy, memory())
-    from guardrail.backends.redis import RedisStorage
+    from guardrail.backends.redis import QUEUE_TIMEOUTS, RedisStorage
     from guardrail.backends.risk_redis import RedisRiskStore
 
     assert isinstance(storage, RedisStorage)
@@ -78,5 +78,6 @@ def risk_engine(policy: Policy, storage: Storage, fallback: bool) -> RiskEngine:
         window=half_life,
         ttl=half_life * TTL_HALF_LIVES,
         gate=storage.gate,  # one pool, one gate: risk calls queue with bucket charges
+        queue_timeout=storage.timeout * QUEUE_TIMEOUTS,
     )
     return RiskEngine(policy, store, memory() if fallback else None, remote=True)

@@ -15,16 +15,17 @@
 -- undecayed: "_t" (last seen) keeps the larger of old and new, since workers' requests land
 -- out of order; any other ("_m" last max_tokens, "_p" last temperature) is overwritten, the
 -- last write wins. Returns 1.
+-- "_H" keeps the half-life the counters were weighted with (see below).
 -- Weights grow by 2 every half-life; past 64 of them (2^64) the sums are rescaled to a landmark
 -- at now, so they stay well inside a double.
 local RENORMALISE_AFTER = 64
 local key = KEYS[1]
 local now, half_life = tonumber(ARGV[1]), tonumber(ARGV[2])
 local last = 4 + 2 * tonumber(ARGV[4])  -- the last field/value ARGV
-local landmark, seen
+local landmark, seen, weighted
 if last > 4 then  -- no fields: KEYS[1] may be a list (a template bucket), not a hash
-  local state = redis.call('HMGET', key, '_L', '_t')
-  landmark, seen = tonumber(state[1]), tonumber(state[2])
+  local state = redis.call('HMGET', key, '_L', '_t', '_H')
+  landmark, seen, weighted = tonumber(state[1]), tonumber(state[2]), tonumber(state[3])
 end
 
 local counters = false
@@ -35,11 +36,14 @@ for i = 5, last, 2 do
   end
 end
 if counters then
+  -- "_H": the half-life the sums were weighted with. A policy whose half_life changed (or a
+  -- rolling deploy running two) rescales them to its own instead of misreading them.
+  weighted = weighted or half_life
   if landmark == nil then
     landmark = now
-    redis.call('HSET', key, '_L', ARGV[1])
-  elseif now - landmark > RENORMALISE_AFTER * half_life then
-    local factor = 2 ^ ((landmark - now) / half_life)
+    redis.call('HSET', key, '_L', ARGV[1], '_H', ARGV[2])
+  elseif weighted ~= half_life or now - landmark > RENORMALISE_AFTER * half_life then
+    local factor = 2 ^ ((landmark - now) / weighted)
     local fields = redis.call('HGETALL', key)
     for i = 1, #fields, 2 do
       if string.sub(fields[i], 1, 1) ~= '_' then
@@ -47,7 +51,7 @@ if counters then
       end
     end
     landmark = now
-    redis.call('HSET', key, '_L', ARGV[1])
+    redis.call('HSET', key, '_L', ARGV[1], '_H', ARGV[2])
   end
 end
 

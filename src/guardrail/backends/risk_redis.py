@@ -13,7 +13,8 @@ pipeline sends each node its commands concurrently: still one round trip of late
 
 Keys (``P`` the prefix, ``K`` a ``Keys`` string, ``E`` a window epoch)::
 
-    P{r:K}            hash: counters, "_L" landmark, "_t" last seen, "_m"/"_p" parameters
+    P{r:K}            hash: counters, "_L" landmark, "_H" their half-life, "_t" last seen,
+                      "_m"/"_p" parameters
     P{r:K}:ring       list, newest first (principals)
     P{r:K}:band       string "level:held" (principals)
     P{r:K}:sp:E       bitmap of subnets seen in window E (principals)
@@ -80,6 +81,7 @@ class RedisRiskStore:
         window: float,
         ttl: float,
         gate: asyncio.Semaphore | None = None,
+        queue_timeout: float = 1.0,
     ) -> None:
         if half_life <= 0 or window <= 0 or ttl <= 0:
             raise ValueError("half_life, window and ttl must be positive")
@@ -90,6 +92,7 @@ class RedisRiskStore:
         self.window = window
         self.ttl = ttl
         self._gate = gate
+        self._queue_timeout = queue_timeout  # how long a call may wait for the gate
         self._ttl_ms = math.ceil(ttl * 1000)
         self._bitmap_ttl_ms = math.ceil((2 * window + BITMAP_SLACK) * 1000)
 
@@ -186,7 +189,9 @@ class RedisRiskStore:
         landmark = fields.get(b"_L")
         if landmark is None:
             return values
-        factor = 2.0 ** ((float(landmark) - now) / self.half_life)
+        weighted = fields.get(b"_H")  # the half-life the sums were written with
+        half_life = self.half_life if weighted is None else float(weighted)
+        factor = 2.0 ** ((float(landmark) - now) / half_life)
         for name, value in fields.items():
             index = names.get(name)
             if index is not None:
@@ -280,14 +285,22 @@ class RedisRiskStore:
         pipe = self.client.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)
+        gate = self._gate
+        if gate is not None:
+            # Bounded, as RedisStorage.charge waits: a hung server must turn into StorageError
+            # (and on_storage_error), not into a queue that grows with every request.
+            try:
+                async with asyncio.timeout(self._queue_timeout):
+                    await gate.acquire()
+            except TimeoutError as exc:
+                raise StorageError(f"risk store {self.uri!r}: every connection busy") from exc
         try:
-            if self._gate is None:
-                replies: list[Any] = await pipe.execute(raise_on_error=False)
-            else:
-                async with self._gate:
-                    replies = await pipe.execute(raise_on_error=False)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
         except REDIS_FAILURES as exc:
             raise self.failure(exc) from exc
+        finally:
+            if gate is not None:
+                gate.release()
         return replies
 
     def failure(self, exc: BaseException) -> StorageError:

@@ -193,15 +193,13 @@ class RiskEngine:
         await self.store.save(keys, Update(now, increments, seen=False))
 
     async def _save(self, assessment: Assessment, update: Update) -> None:
-        store = self.store
+        # Writes go where the read came from. A write that fails after a good read is not
+        # diverted to the fallback, which nobody reads while the store answers: it raises, and
+        # the caller logs it (the evidence of one request is lost, visibly).
         if assessment.degraded and self.fallback is not None:
-            store = self.fallback
-        try:
-            await store.save(assessment.keys, update)
-        except StorageError:
-            if self.fallback is None:
-                raise
             await self.fallback.save(assessment.keys, update)
+        else:
+            await self.store.save(assessment.keys, update)
 
     # -- scoring ---------------------------------------------------------------------------
 
@@ -343,6 +341,11 @@ class RiskEngine:
             return current, Band(current, now)  # still close to the entry: the hold renews
         assert band is not None
         if now - band.held >= self.cooldown:
+            # Step down to the highest band whose exit line the score still holds: a blocked
+            # subject at 70 goes to challenge (exit 65), not straight to throttle.
+            for level in range(current - 1, target, -1):
+                if score >= thresholds[level - 1].score - self.margin:
+                    return level, Band(level, now)
             return target, Band(target, now)
         return current, None
 

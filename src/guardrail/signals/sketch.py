@@ -41,7 +41,9 @@ NEAR_ELSEWHERE = 0.7
 #: Template buckets per prompt: its smallest values.
 BUCKETS = 2
 
-_PUNCTUATION = string.punctuation.encode()
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
+#: Characters from which a text with too few words is shingled instead (spaceless scripts).
+SHINGLED_FROM = 24
 _ENTRY = struct.Struct(f"<I{K}I")  # exact-text CRC, then the sketch (padded with PAD)
 _TEMPLATE = struct.Struct(f"<III{K}I")  # principal tag, time (s), exact CRC, sketch
 PAD = 0xFFFFFFFF
@@ -77,11 +79,21 @@ def excerpt(text: str) -> str:
 
 def sketch(text: str, cut: str | None = None) -> Sketch | None:
     """``cut``: ``excerpt(text)``, when the caller has it already."""
-    exact = zlib.crc32(text.encode())
-    data = (cut if cut is not None else excerpt(text)).encode()
-    words = data.translate(None, _PUNCTUATION).split()
-    if len(words) < MIN_WORDS:
-        return None
+    # surrogatepass: JSON may carry lone surrogates ("\udc80"), which strict UTF-8 refuses
+    exact = zlib.crc32(text.encode("utf-8", "surrogatepass"))
+    if cut is None:
+        cut = excerpt(text)
+    # str.split, not bytes.split: every Unicode space separates words (a no-break space too)
+    parts = cut.translate(_NO_PUNCTUATION).split()
+    if len(parts) < MIN_WORDS:
+        if len(cut) < SHINGLED_FROM:
+            return None
+        # A script written without spaces (Chinese, Japanese): overlapping 4-character shingles
+        compact = "".join(parts)
+        parts = [compact[i : i + 4] for i in range(0, len(compact) - 3, 2)]
+        if len(parts) < MIN_WORDS:
+            return None
+    words = "\n".join(parts).encode("utf-8", "surrogatepass").split(b"\n")
     # crc32(b, crc32(a)) is the CRC of a + b: a bigram's hash, with no Python-level loop
     bigrams = set(map(zlib.crc32, words[1:], map(zlib.crc32, words[:-1])))
     return Sketch(exact, tuple(sorted(bigrams)[:K]))
@@ -160,7 +172,7 @@ def near_duplicate(a: Sketch, b: Sketch) -> bool:
 
 
 def bit(key: str, bits: int) -> int:
-    return zlib.crc32(key.encode()) % bits
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % bits
 
 
 def distinct(bitmap: int, bits: int) -> float:
