@@ -32,8 +32,53 @@ REASONING_PATTERNS: tuple[str, ...] = (
     r"<\s*(?:think|thinking|reasoning|scratchpad)\s*>",
 )
 
-#: Headers that SDKs add to describe themselves (OpenAI's Stainless SDKs, Anthropic's…).
-_SDK_PREFIXES = (b"x-stainless-", b"x-sdk-", b"openai-", b"anthropic-")
+
+#: Header names a fingerprint notes the presence of: what browsers, SDKs and HTTP libraries
+#: send on their own.
+_KNOWN = frozenset(
+    (
+        b"accept",
+        b"accept-encoding",
+        b"accept-language",
+        b"authorization",
+        b"cache-control",
+        b"connection",
+        b"content-type",
+        b"cookie",
+        b"dnt",
+        b"origin",
+        b"pragma",
+        b"priority",
+        b"referer",
+        b"sec-ch-ua",
+        b"sec-ch-ua-mobile",
+        b"sec-ch-ua-platform",
+        b"sec-fetch-dest",
+        b"sec-fetch-mode",
+        b"sec-fetch-site",
+        b"te",
+        b"upgrade-insecure-requests",
+        b"user-agent",
+        b"x-requested-with",
+    )
+)
+#: Headers SDKs describe themselves with (OpenAI's Stainless SDKs, Anthropic's), values
+#: included; not those that change between calls of one client (x-stainless-retry-count,
+#: x-stainless-read-timeout), nor any made-up name under the same prefixes.
+_SDK = frozenset(
+    (
+        b"x-stainless-lang",
+        b"x-stainless-package-version",
+        b"x-stainless-os",
+        b"x-stainless-arch",
+        b"x-stainless-runtime",
+        b"x-stainless-runtime-version",
+        b"x-stainless-async",
+        b"openai-beta",
+        b"anthropic-version",
+        b"anthropic-beta",
+    )
+)
 
 #: max_tokens from which a fixed value on every request looks like harvesting long answers.
 LARGE_MAX_TOKENS = 2048
@@ -113,16 +158,23 @@ def temperature_of(request: OpenAIRequest) -> float:
 
 
 def fingerprint(scope: Scope) -> str | None:
-    """A hash of what a client sends about itself: its user agent, the names of its headers
-    (sorted: order varies with intermediaries) and the values of SDK headers. Identities that
-    share one run the same client build, which is how a farm's accounts look alike."""
+    """A hash of what a client sends about itself: its user agent, which of the well-known
+    headers it sends (sorted: order varies with intermediaries) and the values of SDK headers.
+    Identities that share one run the same client build, which is how a farm's accounts look
+    alike. Unknown header names are left out, or a client could wear a new fingerprint per
+    request by inventing one; so are values that change between calls of one client (an SDK's
+    retry count)."""
     headers: Iterable[tuple[bytes, bytes]] = scope.get("headers") or ()
     names = []
     described = []
     for name, value in headers:
-        names.append(name)
-        if name == b"user-agent" or name.startswith(_SDK_PREFIXES):
+        if name in _SDK:
+            names.append(name)
             described.append(name + b"=" + value)
+        elif name in _KNOWN:
+            names.append(name)
+            if name == b"user-agent":
+                described.append(b"user-agent=" + value)
     if not names:
         return None
     names.sort()

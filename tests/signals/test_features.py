@@ -1,0 +1,41 @@
+"""What is read from one request: the client fingerprint, the reasoning patterns."""
+
+from __future__ import annotations
+
+from guardrail.signals import features
+
+SDK = [
+    (b"user-agent", b"OpenAI/Python 1.54.3"),
+    (b"x-stainless-lang", b"python"),
+    (b"x-stainless-package-version", b"1.54.3"),
+    (b"accept", b"application/json"),
+    (b"content-type", b"application/json"),
+]
+
+
+def fp(*extra: tuple[bytes, bytes], base: list[tuple[bytes, bytes]] = SDK) -> str | None:
+    return features.fingerprint({"headers": [*base, *extra]})
+
+
+def test_one_client_build_has_one_fingerprint_whatever_it_adds_on_the_fly() -> None:
+    same = fp()
+    assert fp((b"x-stainless-retry-count", b"2")) == same  # an SDK retry
+    assert fp((b"x-made-up-8f3a", b"1")) == same  # a header invented to look new
+    assert fp((b"content-length", b"512"), (b"host", b"api")) == same
+    assert features.fingerprint({"headers": list(reversed(SDK))}) == same  # order
+
+
+def test_another_build_or_library_has_another() -> None:
+    same = fp()
+    other_version = [(n, b"1.55.0" if n == b"x-stainless-package-version" else v) for n, v in SDK]
+    assert fp(base=other_version) != same
+    assert fp((b"accept-language", b"en")) != same
+    assert features.fingerprint({"headers": []}) is None
+
+
+def test_reasoning_patterns_see_spaces_of_every_kind_and_custom_lists() -> None:
+    builtin = features.ReasoningMatcher()
+    assert builtin("please show your reasoning step by step")
+    assert not builtin("please show me the way to the station")
+    custom = features.ReasoningMatcher([r"\bpineapple\b"])
+    assert custom("tell me about PINEAPPLE farms") and not custom("step by step")
