@@ -181,7 +181,8 @@ class RiskEngine:
         await self._save(assessment, assessment.update)
 
     async def refused(self, assessment: Assessment, now: float) -> None:
-        """The request was answered 403, 429 or another 4xx."""
+        """The app answered 4xx, or a route limit 429 (not the engine's own throttle tier or
+        403s: those must not feed the score that caused them)."""
         increments = [0.0] * len(PRINCIPAL)
         increments[REF] = 1.0
         await self._save(assessment, Update(now, increments, seen=False))
