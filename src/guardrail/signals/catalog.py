@@ -93,7 +93,8 @@ SIGNALS: tuple[SignalInfo, ...] = (
         "refusals",
         15,
         "identity",
-        "share of answers that were 403, 429 or another 4xx",
+        "share of answers that were the app's 4xx or a route limit's 429 (never the engine's own "
+        "throttle or 403s)",
     ),
     SignalInfo(
         "failed_challenges",
