@@ -108,7 +108,7 @@ async def remote(remote_url: str) -> AsyncIterator[RedisRiskStore]:
 
 
 def redis_risk_store(
-    storage: RedisStorage, *, ttl: float = TTL, half_life: float = HALF_LIFE
+    storage: RedisStorage, *, ttl: float = TTL, half_life: float = HALF_LIFE, **options: Any
 ) -> RedisRiskStore:
     return RedisRiskStore(
         storage.client,
@@ -117,6 +117,7 @@ def redis_risk_store(
         half_life=half_life,
         window=WINDOW,
         ttl=ttl,
+        **options,
     )
 
 
@@ -665,15 +666,7 @@ async def test_redis_unreadable_state_is_a_storage_error(remote: RedisRiskStore)
 async def test_redis_gate_keeps_round_trips_within_the_pool(redis_url: str) -> None:
     # redis-py's pool refuses a third connection rather than wait: the storage's gate queues
     storage = RedisStorage(redis_url + "?timeout=5&max_connections=2")
-    store = RedisRiskStore(
-        storage.client,
-        prefix=storage.prefix,
-        uri=storage.uri,
-        half_life=HALF_LIFE,
-        window=WINDOW,
-        ttl=TTL,
-        gate=asyncio.Semaphore(2),
-    )
+    store = redis_risk_store(storage, gate=asyncio.Semaphore(2))
     try:
         await store.start()
         saves = (store.save(KEYS, update(principal=counters(req=1))) for _ in range(40))
@@ -766,16 +759,7 @@ async def test_a_waiting_caller_gives_up_on_a_busy_gate(redis_url: str) -> None:
     """A hung server must become a StorageError (on_storage_error), not an endless queue."""
     storage = RedisStorage(redis_url + "?timeout=5")
     gate = asyncio.Semaphore(1)
-    store = RedisRiskStore(
-        storage.client,
-        prefix=storage.prefix,
-        uri=storage.uri,
-        half_life=HALF_LIFE,
-        window=WINDOW,
-        ttl=TTL,
-        gate=gate,
-        queue_timeout=0.01,
-    )
+    store = redis_risk_store(storage, gate=gate, queue_timeout=0.01)
     try:
         await gate.acquire()  # every connection busy
         with pytest.raises(StorageError, match="every connection busy"):
