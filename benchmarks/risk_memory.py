@@ -26,7 +26,7 @@ from guardrail.backends import risk_engine, storage_from_uri
 from guardrail.backends.risk_memory import MemoryRiskStore
 from guardrail.identity import Subject
 from guardrail.inspection import parse_openai
-from guardrail.limits import compile_route
+from guardrail.limits import CompiledRoute, compile_route
 from guardrail.signals.engine import RiskEngine
 
 POLICY = """
@@ -64,7 +64,7 @@ def prompts(count: int) -> list[bytes]:
     ]
 
 
-def engine(max_subjects: int) -> tuple[RiskEngine, object]:
+def engine(max_subjects: int) -> tuple[RiskEngine, CompiledRoute]:
     policy = Policy.from_string(POLICY.format(max_subjects=max_subjects))
     return risk_engine(policy, storage_from_uri("memory://"), False), compile_route(
         policy.routes[0]
@@ -82,7 +82,8 @@ async def flood(ips: int, max_subjects: int) -> None:
     for i in range(ips):
         ip = str(IPv4Address(base + i))
         subject = Subject(None, None, ip, ip.rsplit(".", 1)[0] + ".0/24")
-        assessment = await risk.assess(route, subject, scope, bodies[i % PROMPTS], 1.8e9 + i * 0.01)  # type: ignore[arg-type]
+        body = bodies[i % PROMPTS]
+        assessment = await risk.assess(route, subject, scope, body, 1.8e9 + i * 0.01)
         await risk.commit(assessment)
     elapsed = time.perf_counter() - start
     gc.collect()
@@ -111,7 +112,8 @@ def exact_principal(count: int = 5_000) -> None:
         for i in range(count):
             subject = Subject(f"k:{i:032x}", None, "198.51.100.7", "198.51.100.0/24")
             for n in range(8):  # a full ring
-                a = await risk.assess(route, subject, scope, bodies[(i + n) % 64], 1.8e9 + n)  # type: ignore[arg-type]
+                body = bodies[(i + n) % 64]
+                a = await risk.assess(route, subject, scope, body, 1.8e9 + n)
                 await risk.commit(a)
 
     tracemalloc.start()

@@ -89,13 +89,14 @@ class CompiledRoute:
 _new = tuple.__new__
 
 
-def compile_limit(route: str, index: int, limit: Limit, label: str) -> CompiledLimit:
+def compile_limit(name: str, limit: Limit, label: str) -> CompiledLimit:
+    """``name``: the bucket's name within its subject, unique across routes and tiers."""
     burst = limit.capacity
     interval = limit.rate.seconds / limit.rate.amount
     tokens = limit.cost == "tokens"
     return CompiledLimit(
         per=limit.per,
-        name=f"{route}:{index}",
+        name=name,
         label=label,
         rate=limit.rate.text,
         interval=interval,
@@ -119,7 +120,7 @@ def _labels(limits: Sequence[Limit]) -> list[str]:
 
 def compile_route(route: Route) -> CompiledRoute:
     compiled = tuple(
-        compile_limit(route.name, i, lim, label)
+        compile_limit(f"{route.name}:{i}", lim, label)
         for i, (lim, label) in enumerate(zip(route.limits, _labels(route.limits), strict=True))
     )
     charged = tuple(lim for lim in compiled if not lim.tokens)

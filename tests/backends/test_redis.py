@@ -50,7 +50,24 @@ async def commandstats(client: aioredis.Redis) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
 
 
-async def test_one_evalsha_per_charge(storage: RedisStorage, raw: aioredis.Redis) -> None:
+@pytest.fixture
+async def alone(tmp_path: Path) -> AsyncIterator[tuple[RedisStorage, aioredis.Redis]]:
+    """A storage and a plain client on a redis-server of their own: the session's server is
+    also watched by a Sentinel, whose PINGs and hellos land in its command counts."""
+    server = Server(tmp_path)
+    store = RedisStorage(server.url)
+    client = aioredis.from_url(server.url, decode_responses=True)
+    try:
+        await store.start()
+        yield store, client
+    finally:
+        await client.aclose()
+        await store.close()
+        server.stop()
+
+
+async def test_one_evalsha_per_charge(alone: tuple[RedisStorage, aioredis.Redis]) -> None:
+    storage, raw = alone
     await storage.charge(THREE, NOW)  # whatever connecting costs is paid here
     await raw.config_resetstat()
     n = 25

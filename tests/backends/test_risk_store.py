@@ -174,7 +174,7 @@ async def test_empty_load(store: RiskStore) -> None:
 
 
 async def test_increments_read_back_at_the_same_time(store: RiskStore) -> None:
-    increments = counters(req=1, prm=1, gn=1, gs=2.5, gq=6.25, spr=0.3, h7=1)
+    increments = counters(req=1, prm=1, gn=1, gs=2.5, gq=6.25, trs=0.3, h7=1)
     await store.save(
         KEYS,
         update(principal=increments, subnet=[1.0, 0.4, 0.3], fingerprint=[1.0, 0.4, 0.0]),

@@ -4,7 +4,7 @@ throttled subject must fit both), and its ``delay`` is awaited before the app is
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from guardrail.limits import CompiledLimit, compile_limit, ratelimit_policy
 from guardrail.policy import Tier
@@ -19,12 +19,11 @@ class CompiledTier:
 
 
 def compile_tier(name: str, tier: Tier) -> CompiledTier:
+    # Bucket names: a route's are "<route>:<n>", so "<n>" after "#" can never be one of them
     limits = tuple(
-        compile_limit(f"tier-{name}", index, limit, f"tier-{name}-{limit.per}")
+        compile_limit(f"tier:{name}#{index}", limit, f"tier-{name}-{limit.per}")
         for index, limit in enumerate(tier.limits)
     )
-    # Bucket names: a route's are "<route>:<n>", so "<n>" after "#" can never be one of them
-    limits = tuple(replace(lim, name=f"tier:{name}#{index}") for index, lim in enumerate(limits))
     return CompiledTier(
         name=name,
         limits=tuple(lim for lim in limits if not lim.tokens),

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from guardrail.signals import sketch
 from guardrail.signals.behaviour import confidence, ramp
-from guardrail.signals.state import C_BEH, C_REQ, C_WAN, COHORT_BITS, Band
+from guardrail.signals.state import C_BEH, C_REQ, C_WAN, COHORT_BITS
 
-__all__ = ["Band", "behaviour_score", "fingerprint_cohort", "subnet_cohort"]
+__all__ = ["behaviour_score", "fingerprint_cohort", "subnet_cohort"]
 
 
 def behaviour_score(points: float) -> float:

@@ -34,7 +34,6 @@ from guardrail.signals.state import (
     REQ,
     RSN,
     SHP,
-    SPR,
     SPREAD_BITS,
     TPL,
     TRS,
@@ -236,10 +235,10 @@ class RiskEngine:
                     inc[XAC] = 1.0
             if inc[RSN] and (inc[TPL] or inc[XAC]):
                 inc[TRS] = 1.0
-            if features.shape(request, snap.last_max_tokens, snap.last_temperature):
+            temperature = features.temperature_of(request)
+            if features.shape(request, temperature, snap.last_max_tokens, snap.last_temperature):
                 inc[SHP] = 1.0
             max_tokens = request.max_tokens if request.max_tokens is not None else -1
-            temperature = features.temperature_of(request)
         c = snap.principal[:]
         for i in _FOLDED:
             c[i] += inc[i]
@@ -249,7 +248,6 @@ class RiskEngine:
         spread = behaviour.network_spread(
             sketch.distinct(snap.spread | (1 << spread_bit), SPREAD_BITS)
         )
-        inc[SPR] = spread
         points = self._points
         values = [
             behaviour.timing_regularity(c),
@@ -267,7 +265,7 @@ class RiskEngine:
             behaviour.refusals(c),
             behaviour.failed_challenges(c),
         )
-        member_bit = sketch.bit(keys.principal, COHORT_BITS)
+        member_bit = tag % COHORT_BITS  # = sketch.bit(principal, COHORT_BITS): one CRC, not two
         subnet_inc = [1.0, manner, spread]
         s = snap.subnet
         values.append(

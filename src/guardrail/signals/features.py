@@ -132,16 +132,18 @@ class ReasoningMatcher:
         return self._pattern.search(cut) is not None
 
 
-def shape(request: OpenAIRequest, last_max_tokens: int, last_temperature: float) -> bool:
+def shape(
+    request: OpenAIRequest, temperature: float, last_max_tokens: int, last_temperature: float
+) -> bool:
     """Parameters that serve extraction rather than an answer: token probabilities, several
-    samples per prompt, temperature sweeps, or the same large max_tokens every time."""
+    samples per prompt, temperature sweeps, or the same large max_tokens every time.
+    ``temperature``: ``temperature_of(request)``, which the caller keeps too."""
     body = request.body
     if body.get("logprobs") is True or body.get("top_logprobs"):
         return True
     n = body.get("n")
     if isinstance(n, int) and not isinstance(n, bool) and n > 1:
         return True
-    temperature = temperature_of(request)
     if temperature >= 0 and last_temperature >= 0 and temperature != last_temperature:
         return True
     max_tokens = request.max_tokens

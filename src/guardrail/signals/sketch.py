@@ -99,17 +99,6 @@ def sketch(text: str, cut: str | None = None) -> Sketch | None:
     return Sketch(exact, tuple(sorted(bigrams)[:K]))
 
 
-def unpack(entry: bytes) -> Sketch:
-    exact, *values = _ENTRY.unpack(entry)
-    return Sketch(exact, tuple(v for v in values if v != PAD))
-
-
-def unpack_template(entry: bytes) -> tuple[int, int, Sketch]:
-    """(principal tag, time in whole seconds mod 2^32, sketch)."""
-    tag, when, exact, *values = _TEMPLATE.unpack(entry)
-    return tag, when, Sketch(exact, tuple(v for v in values if v != PAD))
-
-
 def similarity(a: Sequence[int], b: Sequence[int]) -> tuple[float, int]:
     """Jaccard estimate of two bottom-k sketches (the share of the union's k smallest values
     that both sets hold), and how many values that share is made of."""
@@ -161,14 +150,6 @@ def any_near_elsewhere(
         if shared >= MIN_SHARED and estimate >= NEAR_ELSEWHERE:
             return True
     return False
-
-
-def near_duplicate(a: Sketch, b: Sketch) -> bool:
-    """Near-duplicate but not a copy: a re-sent prompt is not a filled-in template."""
-    if a.exact == b.exact:
-        return False
-    estimate, shared = similarity(a.values, b.values)
-    return shared >= MIN_SHARED and estimate >= NEAR
 
 
 def bit(key: str, bits: int) -> int:
