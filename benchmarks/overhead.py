@@ -5,8 +5,9 @@ in the same run: the bare Starlette app and the same app under slowapi with one 
 
 Targets: guardrail with three memory buckets (api_key, ip, subnet) adds at most half of what
 slowapi adds (issue 2); with the risk engine on and a 1 KB chat prompt inspected, it adds at most
-60 µs (issue 3). The risk rows rotate 1,000 identities and 64 different prompts, so the
-cross-account index and every identity's ring hold real, comparable sketches.
+60 µs (issue 3). The risk rows send diverse prompts: 1,000 identities taking turns, each
+sending 16 different prompts in turn (or a new identity every time), so every identity's ring
+and the cross-account index are full of sketches the new prompt is compared with.
 """
 
 from __future__ import annotations
@@ -90,30 +91,38 @@ def guardrail_app(storage: str | None = None, policy: str = POLICY) -> Guardrail
     return Guardrail(bare_app(), policy=Policy.from_string(policy), storage=storage)
 
 
-def chat_requests(count: int = 1000, prompts: int = 256) -> list[tuple[dict[str, Any], bytes]]:
-    """``count`` identities (key, address) cycling over ``prompts`` different 1 KB prompts."""
+def chat_requests(count: int = 1000, rounds: int = 16) -> list[tuple[dict[str, Any], bytes]]:
+    """``count`` identities (key, address), each sending ``rounds`` different 1 KB prompts of
+    random words in turn: diverse prompts, as most traffic is."""
+    identities = []
+    for i in range(count):
+        headers = [h for h in SCOPE["headers"] if h[0] not in (b"authorization", b"content-length")]
+        headers.append((b"authorization", f"Bearer sk-bench-{i:04d}".encode()))
+        address = f"10.{i // 62500 % 250}.{i // 250 % 250}.{i % 250 + 1}"
+        identities.append((headers, address))
+    out = []
+    bodies = itertools.cycle(_bodies())
+    for _ in range(rounds):
+        for headers, address in identities:
+            body = next(bodies)
+            length = (b"content-length", str(len(body)).encode())
+            scope = {**SCOPE, "headers": [*headers, length], "client": (address, 5)}
+            out.append((scope, body))
+    return out
+
+
+def _bodies(count: int = 20000) -> list[bytes]:
     rng = random.Random(1)
     words = [
         "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9)))
         for _ in range(3000)
     ]
     bodies = []
-    for _ in range(prompts):
-        text = " ".join(rng.choice(words) for _ in range(160))[:1024]
+    for _ in range(count):
+        text = " ".join(rng.choices(words, k=160))[:1024]
         body = {"model": "m", "messages": [{"role": "user", "content": text}]}
         bodies.append(json.dumps(body).encode())
-    out = []
-    for i in range(count):
-        headers = [h for h in SCOPE["headers"] if h[0] not in (b"authorization", b"content-length")]
-        body = bodies[i % prompts]
-        headers += [
-            (b"authorization", f"Bearer sk-bench-{i:04d}".encode()),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        address = f"10.{i // 62500 % 250}.{i // 250 % 250}.{i % 250 + 1}"
-        scope = {**SCOPE, "headers": headers, "client": (address, 5)}
-        out.append((scope, body))
-    return out
+    return bodies
 
 
 SCOPE: dict[str, Any] = {
@@ -190,7 +199,7 @@ async def main_async(requests: int, batches: int, redis: str | None) -> None:
     chats = chat_requests()
     servers[BARE_CHAT] = Server(bare_app(), chats)
     servers[RISK] = Server(guardrail_app(policy=RISK_POLICY), chats)
-    servers[RISK_NEW] = Server(guardrail_app(policy=RISK_POLICY), chat_requests(requests + 2000))
+    servers[RISK_NEW] = Server(guardrail_app(policy=RISK_POLICY), chat_requests(requests + 2000, 1))
     if redis:  # two round trips: informative
         servers["  risk engine, Redis"] = Server(guardrail_app(redis, RISK_POLICY), chats)
     for server in servers.values():

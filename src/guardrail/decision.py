@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from guardrail.backends.base import Outcome
 from guardrail.identity import Subject
 from guardrail.inspection import OpenAIRequest
 from guardrail.limits import CompiledLimit, LimitHit, limit_hit
+from guardrail.signals.engine import Assessment
 
 ALLOW = "allow"
 LIMIT = "limit"
@@ -29,12 +30,18 @@ class Decision:
     action: str = ALLOW
     tier: str | None = None
     score: float = 0.0
-    signals: dict[str, float] = field(default_factory=dict)
     degraded: bool = False  # the shared storage failed and a local fallback decided
     storage_error: bool = False  # the storage failed and nothing could decide (fail_closed)
     request: OpenAIRequest | None = None  # the inspected body, on routes with `inspect: openai`
     outcome: Outcome | None = None  # the storage's verdict over the route's buckets
     limits: tuple[CompiledLimit, ...] = ()  # the buckets that verdict is about
+    assessment: Assessment | None = None  # the risk engine's, when it scored the request
+
+    @property
+    def signals(self) -> dict[str, float]:
+        """Each risk signal's contribution to ``score`` in points, largest first (computed on
+        demand: most requests are never recorded)."""
+        return {} if self.assessment is None else self.assessment.signals
 
     @property
     def limit(self) -> LimitHit | None:

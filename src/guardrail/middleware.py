@@ -310,7 +310,7 @@ class Guardrail:
             self._warn_storage(exc, now)
             decision.storage_error = True
             return None
-        decision.score, decision.signals = assessment.score, assessment.signals
+        decision.score, decision.assessment = assessment.score, assessment
         if assessment.degraded:
             decision.degraded = True
         threshold = assessment.threshold

@@ -45,7 +45,9 @@ NOW = 1_800_000_000.0  # a window boundary for every WINDOW below
 HALF_LIFE = 60.0
 WINDOW = 60.0
 TTL = 200 * HALF_LIFE  # beyond the 64 half-lives of a renormalisation
-KEYS = Keys("k:" + "a" * 32, "s:203.0.113.0/24", "f:" + "b" * 16, ())
+# A request with a sketch (a template bucket to look up): a store may leave the ring out of
+# the snapshot of one without.
+KEYS = Keys("k:" + "a" * 32, "s:203.0.113.0/24", "f:" + "b" * 16, ("t:ffffffff",))
 
 Make = Callable[..., Awaitable[RiskStore]]
 

@@ -111,23 +111,21 @@ class RedisRiskStore:
         """The hash of the state ``name`` (a ``Keys`` string); its other keys extend it."""
         return f"{self.prefix}{{r:{name}}}"
 
-    def evidence(self, principal: str, now: float) -> float | None:
-        """Unknown without a round trip: every prompt of a shared store is analysed."""
-        return None
-
     async def load(self, keys: Keys, now: float) -> Snapshot:
         epoch = int(now // self.window)
         principal = self.key(keys.principal)
         subnet = self.key(keys.subnet)
         # one read script per state (its keys share a slot), one LRANGE per template bucket
+        # (the ring only with a sketch to compare it with)
+        ring = (principal + ":ring",) if keys.templates else ()
         commands: list[tuple[Any, ...]] = [
             self._read(
                 principal,
-                principal + ":ring",
+                *ring,
                 principal + ":band",
                 f"{principal}:sp:{epoch}",
                 f"{principal}:sp:{epoch - 1}",
-                lists=1,
+                lists=len(ring),
             ),
             self._read(subnet, f"{subnet}:m:{epoch}", f"{subnet}:m:{epoch - 1}"),
         ]
@@ -148,7 +146,10 @@ class RedisRiskStore:
         return ("EVALSHA", READ.sha, len(keys), *keys, lists)
 
     def _snapshot(self, keys: Keys, replies: list[Any], now: float) -> Snapshot:
-        counters_flat, ring, state = replies[0]
+        if keys.templates:
+            counters_flat, ring, state = replies[0]
+        else:
+            (counters_flat, state), ring = replies[0], []
         counters = _pairs(counters_flat)
         seen, tokens, temperature = (counters.get(f) for f in (b"_t", b"_m", b"_p"))
         band = None

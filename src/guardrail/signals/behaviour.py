@@ -23,6 +23,7 @@ from guardrail.signals.state import (
     REQ,
     RSN,
     SHP,
+    SPREAD_BITS,
     TPL,
     TRS,
     XAC,
@@ -39,6 +40,10 @@ def confidence(count: float, needed: float) -> float:
     return count / needed if count < needed else 1.0
 
 
+# The functions below run on every request: ramps and confidences are written out in them
+# (a call costs more than the arithmetic), and each returns as soon as its value is 0.
+
+
 def request_volume(c: list[float], half_life: float, limit_rate: float | None) -> float:
     """Sustained rate (requests decayed over half_life, in requests per second at steady
     state) against the tightest per-identity limit of the route."""
@@ -49,30 +54,43 @@ def request_volume(c: list[float], half_life: float, limit_rate: float | None) -
 
 
 def timing_regularity(c: list[float]) -> float:
+    """ramp(coefficient of variation of the gaps, 0.5, 0.15) * confidence(gaps, 8)."""
     n = c[GN]
     if n < 4:
         return 0.0
     mean = c[GS] / n
     if mean <= 0:
         return 0.0
-    variance = max(c[GQ] / n - mean * mean, 0.0)
-    cv = math.sqrt(variance) / mean
-    return ramp(cv, 0.5, 0.15) * confidence(n, 8)
+    cv = math.sqrt(max(c[GQ] / n - mean * mean, 0.0)) / mean
+    if cv >= 0.5:
+        return 0.0
+    x = 1.0 if cv <= 0.15 else (0.5 - cv) / 0.35
+    return x if n >= 8 else x * n / 8
 
 
 def round_the_clock(c: list[float], factors: list[float]) -> float:
-    """Busy hours of the day: people sleep (and a fake night shows as 8 idle hours).
-    ``factors``: ``sketch.undecay_table(half_life in hours)[current UTC hour]``."""
+    """ramp(busy hours of the day, 18, 23) * confidence(requests, 12): people sleep (and a
+    fake night shows as 8 idle hours). ``factors``: ``sketch.undecay_table(half_life in
+    hours)[current UTC hour]``."""
     busy = sketch.busy_hours(c[HOUR0 : HOUR0 + 24], factors)
-    return ramp(busy, 18.0, 23.0) * confidence(c[REQ], 12)
+    if busy <= 18:
+        return 0.0
+    x = 1.0 if busy >= 23 else (busy - 18) / 5
+    n = c[REQ]
+    return x if n >= 12 else x * n / 12
 
 
 def share(c: list[float], part: int, whole: int, start: float, full: float, needed: float) -> float:
-    """``c[part] / c[whole]`` on a ramp, scaled by the confidence ``c[whole]`` gives."""
+    """ramp(``c[part] / c[whole]``, start, full) * confidence(``c[whole]``, needed)."""
     n = c[whole]
     if n <= 0:
         return 0.0
-    return ramp(c[part] / n, start, full) * confidence(n, needed)
+    x = (c[part] / n - start) / (full - start)
+    if x <= 0:
+        return 0.0
+    if x > 1:
+        x = 1.0
+    return x if n >= needed else x * n / needed
 
 
 def prompt_templating(c: list[float]) -> float:
@@ -93,10 +111,13 @@ def cross_account_templates(c: list[float]) -> float:
     return share(c, XAC, PRM, 0.35, 0.75, 6)
 
 
-def network_spread(subnets: float) -> float:
-    """Distinct subnets over the last one or two half-lives: home, office and a phone make
-    three; a proxy pool makes six and more."""
-    return ramp(subnets, 2.5, 6.0)
+def network_spread(subnets: int) -> float:
+    """ramp(distinct subnets, 2.5, 6) over the last one or two half-lives: home, office and a
+    phone make three; a proxy pool makes six and more. ``subnets``: the bitmap
+    (``SPREAD_BITS``)."""
+    if subnets.bit_count() < 3:  # two subnets count as about two: the usual case
+        return 0.0
+    return ramp(sketch.distinct(subnets, SPREAD_BITS), 2.5, 6.0)
 
 
 def request_shape(c: list[float]) -> float:

@@ -26,14 +26,17 @@ def behaviour_score(points: float) -> float:
 
 def subnet_cohort(c: list[float], members: int) -> float:
     """``c``: the subnet's COHORT counters, this request included; ``members``: its bitmap."""
-    accounts = sketch.distinct(members, COHORT_BITS)
     requests = c[C_REQ]
-    if accounts < 2 or requests <= 0:
+    if requests <= 0 or members & (members - 1) == 0:  # fewer than two accounts
         return 0.0
+    alike, wander = c[C_BEH] / requests, c[C_WAN] / requests
+    if alike <= 0.25 and wander <= 0.1:  # every ramp below is 0: the usual subnet
+        return 0.0
+    accounts = sketch.distinct(members, COHORT_BITS)
     # A crowd of twenty acting alike, or a handful of accounts that each hop across many
     # subnets and keep meeting on this one: a family or a NAT does neither.
-    acting_alike = ramp(accounts, 4.0, 20.0) * ramp(c[C_BEH] / requests, 0.25, 0.5)
-    hopping = ramp(accounts, 1.5, 4.0) * ramp(c[C_WAN] / requests, 0.1, 0.4)
+    acting_alike = ramp(accounts, 4.0, 20.0) * ramp(alike, 0.25, 0.5)
+    hopping = ramp(accounts, 1.5, 4.0) * ramp(wander, 0.1, 0.4)
     return max(acting_alike, hopping) * confidence(requests, 20)
 
 
@@ -41,10 +44,13 @@ def fingerprint_cohort(c: list[float], members: int) -> float:
     # An SDK's default user agent is shared by every honest user of that SDK, so a crowd is
     # expected here; only a crowd that also acts alike, or whose traffic hops across subnets
     # (one client build driven through a proxy pool), counts.
-    crowd = ramp(sketch.distinct(members, COHORT_BITS), 8.0, 30.0)
     requests = c[C_REQ]
-    if crowd == 0 or requests <= 0:
+    if requests <= 0 or members.bit_count() < 8:  # fewer than 8 accounts: no crowd
         return 0.0
-    acting_alike = ramp(c[C_BEH] / requests, 0.3, 0.55)
-    hopping = ramp(c[C_WAN] / requests, 0.15, 0.5)
+    alike, wander = c[C_BEH] / requests, c[C_WAN] / requests
+    if alike <= 0.3 and wander <= 0.15:
+        return 0.0
+    crowd = ramp(sketch.distinct(members, COHORT_BITS), 8.0, 30.0)
+    acting_alike = ramp(alike, 0.3, 0.55)
+    hopping = ramp(wander, 0.15, 0.5)
     return crowd * max(acting_alike, hopping) * confidence(requests, 30)

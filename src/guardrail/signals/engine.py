@@ -9,8 +9,10 @@ non-zero contribution, largest first, which is what the audit log shows.
 from __future__ import annotations
 
 import random
+from bisect import bisect_right
 from dataclasses import dataclass
 from ipaddress import ip_address
+from operator import mul
 
 from starlette.types import Scope
 
@@ -40,23 +42,34 @@ from guardrail.signals.state import (
     XAC,
     Band,
     Keys,
+    LocalRiskStore,
     RiskStore,
     Snapshot,
+    Standing,
     Update,
 )
 
 #: Gaps longer than this end a session: they measure sleep, not timing.
 SESSION_BREAK = 1800.0
-#: Prompt analysis (sketch, templates, reasoning patterns) is most of the engine's cost. Once an
-#: identity's shares rest on this many prompts, one prompt in ANALYSE_EVERY keeps them current:
-#: numerators and denominators are sampled alike, so the shares stay unbiased. Only where the
-#: store can tell without I/O (memory); a shared store analyses every prompt.
+#: Prompt analysis (sketch, templates, reasoning patterns) is most of the engine's cost. Once a
+#: principal's shares rest on ANALYSE_ALL_UNTIL prompts, one prompt in ANALYSE_EVERY keeps them
+#: current (numerators and denominators are sampled alike, so the shares stay unbiased), unless
+#: it already scores ANALYSE_ALL_FROM: then its evidence decides whether it crosses a threshold,
+#: and every prompt is read (``guardrail simulate --seed 1`` prints the same table as with
+#: every prompt analysed). Only where the store can tell without I/O (memory); a shared store
+#: analyses every prompt.
 ANALYSE_ALL_UNTIL = 32.0
-ANALYSE_EVERY = 4
+ANALYSE_EVERY = 16
+ANALYSE_ALL_FROM = 20.0
+#: A principal's standing (its last full assessment) decides its requests for this long, unless
+#: it is in a band, or a request brings evidence (a prompt to analyse, an extraction-shaped
+#: parameter set). Its signals move with decayed counters over hours: a second is nothing to
+#: them, and at a busy principal's rate it saves most of the engine's work.
+RESCORE_AFTER = 1.0
 #: The order the scorer computes signals in. The first eight describe how an identity itself
 #: behaves, as its cohorts see it ("manner"); refusals and failed challenges are consequences
 #: of guardrail's own answers, and volume is not a manner.
-_ORDER = (
+ORDER = (
     "timing_regularity",
     "round_the_clock",
     "prompt_templating",
@@ -71,8 +84,8 @@ _ORDER = (
     "subnet_cohort",
     "fingerprint_cohort",
 )
-#: Principal counters a request may increment, apart from its hour.
-_FOLDED = (REQ, PRM, TPL, RSN, XAC, SHP, GN, GS, GQ, TRS)
+_NO_INCREMENTS = [0.0] * len(PRINCIPAL)
+_new = tuple.__new__  # a NamedTuple without its Python-level __new__, on the hot path
 
 
 @dataclass(slots=True)
@@ -81,11 +94,29 @@ class Assessment:
 
     keys: Keys
     score: float
-    signals: dict[str, float]  # non-zero contributions in points, largest first
+    values: list[float] | None  # each signal's value (0-1), in ORDER; None: decided from
+    # the principal's standing, without a breakdown
+    points: list[float]  # each signal's points times its policy weight, in ORDER
     threshold: Threshold | None  # the band the principal is in, after hysteresis
-    update: Update
+    update: Update | None  # what commit writes (None: nothing left to write)
     remote: bool = False  # the state is in Redis: its write can share a round trip
     degraded: bool = False  # the shared store failed; the local fallback decided
+
+    @property
+    def signals(self) -> dict[str, float]:
+        """Non-zero contributions in points, largest first: computed on demand, since only
+        mitigations and sampled records are written with them."""
+        if self.values is None:
+            return {}
+        contributions = sorted(
+            (
+                (round(value * weight, 1), name)
+                for name, value, weight in zip(ORDER, self.values, self.points, strict=True)
+                if value > 0 and weight > 0
+            ),
+            reverse=True,
+        )
+        return {name: points for points, name in contributions if points > 0}
 
 
 def principal_of(subject: Subject) -> str:
@@ -105,21 +136,24 @@ class RiskEngine:
         fallback: RiskStore | None = None,
         *,
         remote: bool = False,
+        rescore_after: float = RESCORE_AFTER,
     ) -> None:
         risk = policy.risk
         self.store = store
         self.fallback = fallback
         self.remote = remote
+        self._local = store if isinstance(store, LocalRiskStore) else None
         self.half_life = risk.half_life
         self.window = risk.half_life
         self._undecay = sketch.undecay_table(risk.half_life / 3600)
         weights = {name: conf.weight for name, conf in risk.signals.items()}
         self.points = {s.name: s.points * weights.get(s.name, 1.0) for s in SIGNALS}
-        self._points = [self.points[name] for name in _ORDER]
+        self._points = [self.points[name] for name in ORDER]
         reasoning = risk.signals.get("reasoning_extraction")
         patterns = reasoning.patterns if reasoning is not None else None
         self.asks_for_reasoning = features.ReasoningMatcher(patterns)
         self.thresholds = policy.thresholds
+        self._entries = [t.score for t in policy.thresholds]
         self.margin = policy.hysteresis.margin
         self.cooldown = policy.hysteresis.cooldown
         allow = policy.allow
@@ -128,6 +162,7 @@ class RiskEngine:
         self._allow_nets = tuple(allow.cidrs)
         self._limit_rates: dict[str, float | None] = {}
         self._sample = random.Random(0x5EED).random
+        self.rescore_after = rescore_after
 
     # -- the hot path ----------------------------------------------------------------------
 
@@ -152,17 +187,28 @@ class RiskEngine:
         now: float,
     ) -> Assessment:
         principal = principal_of(subject)
+        subnet = "s:" + subject.subnet
+        fingerprint = features.fingerprint(scope)
         prompt = request.prompt if request is not None else ""
-        if prompt and not self._analyse(principal, now):
-            prompt = ""
+        local = self._local
+        if local is not None and (standing := local.standing(principal, now)) is not None:
+            # Pseudo-random, not a round-robin counter: accounts that take turns in lockstep
+            # would otherwise always land on the same side of it. Seeded, so a simulation
+            # replays.
+            if (
+                prompt
+                and standing.evidence >= ANALYSE_ALL_UNTIL
+                and standing.score < ANALYSE_ALL_FROM
+                and self._sample() * ANALYSE_EVERY >= 1.0
+            ):
+                prompt = ""
+            if not prompt and standing.level == 0 and now - standing.scored < self.rescore_after:
+                keys = _new(Keys, (principal, subnet, fingerprint, ()))
+                if self._fold(local, keys, standing, request, now):
+                    return Assessment(keys, standing.score, None, self._points, None, None)
         cut = sketch.excerpt(prompt) if prompt else ""
         sk = sketch.sketch(prompt, cut) if prompt else None
-        keys = Keys(
-            principal,
-            "s:" + subject.subnet,
-            features.fingerprint(scope),
-            sk.buckets() if sk is not None else (),
-        )
+        keys = Keys(principal, subnet, fingerprint, sk.buckets() if sk is not None else ())
         degraded = False
         try:
             snap = await self.store.load(keys, now)
@@ -177,7 +223,8 @@ class RiskEngine:
         return assessment
 
     async def commit(self, assessment: Assessment) -> None:
-        await self._save(assessment, assessment.update)
+        if assessment.update is not None:  # None: folded already, from the standing
+            await self._save(assessment, assessment.update)
 
     async def refused(self, assessment: Assessment, now: float) -> None:
         """The app answered 4xx, or a route limit 429 (not the engine's own throttle tier or
@@ -203,6 +250,38 @@ class RiskEngine:
 
     # -- scoring ---------------------------------------------------------------------------
 
+    def _fold(
+        self,
+        local: LocalRiskStore,
+        keys: Keys,
+        standing: Standing,
+        request: OpenAIRequest | None,
+        now: float,
+    ) -> bool:
+        """Fold a request decided from its principal's standing into the state, as a full
+        assessment would, with the standing's behaviour score for its cohorts. False (and
+        nothing written): the request's parameters are extraction-shaped, which is evidence
+        worth a full assessment."""
+        gap, hour, max_tokens, temperature, shaped = _per_request(
+            standing.last_seen, standing.last_max_tokens, standing.last_temperature, request, now
+        )
+        if shaped:
+            return False
+        spread_bit = sketch.bit(keys.subnet, SPREAD_BITS)
+        spread = behaviour.network_spread(standing.spread | (1 << spread_bit))
+        local.fold(
+            keys,
+            now,
+            gap,
+            hour,
+            max_tokens,
+            temperature,
+            spread_bit,
+            sketch.bit(keys.principal, COHORT_BITS),
+            [1.0, standing.manner, spread],
+        )
+        return True
+
     def _score(
         self,
         route: CompiledRoute,
@@ -216,39 +295,49 @@ class RiskEngine:
     ) -> Assessment:
         """``prompt``: the prompt if it is analysed ("" if not), ``cut`` its lowercased
         excerpt (``sketch.excerpt``)."""
-        inc = [0.0] * len(PRINCIPAL)
+        # The snapshot's counters are its own: the request is folded into them in place, and
+        # ``inc`` keeps what it added for the store.
+        c = snap.principal
+        gap, hour, max_tokens, temperature, shaped = _per_request(
+            snap.last_seen, snap.last_max_tokens, snap.last_temperature, request, now
+        )
+        inc = _NO_INCREMENTS[:]
         inc[REQ] = 1.0
-        if snap.last_seen is not None and 0.0 <= (gap := now - snap.last_seen) <= SESSION_BREAK:
+        c[REQ] += 1.0
+        if gap is not None:
             inc[GN], inc[GS], inc[GQ] = 1.0, gap, gap * gap
-        hour = int(now // 3600) % 24
+            c[GN] += 1.0
+            c[GS] += gap
+            c[GQ] += gap * gap
+        inc[HOUR0 + hour] = 1.0
+        c[HOUR0 + hour] += 1.0
+        if shaped:
+            inc[SHP] = 1.0
+            c[SHP] += 1.0
         tag = sketch.bit(keys.principal, 1 << 32)
-        max_tokens, temperature = -1, -1.0
-        if request is not None:
-            if prompt:
-                inc[PRM] = 1.0
-                if self.asks_for_reasoning(cut):
-                    inc[RSN] = 1.0
+        if prompt:  # analysed (so there is a request)
+            inc[PRM] = 1.0
+            c[PRM] += 1.0
+            reasoning = self.asks_for_reasoning(cut)
+            if reasoning:
+                inc[RSN] = 1.0
+                c[RSN] += 1.0
             if sk is not None:
+                near = False
                 if sketch.any_near(sk, snap.ring):
                     inc[TPL] = 1.0
+                    c[TPL] += 1.0
+                    near = True
                 if sketch.any_near_elsewhere(sk, tag, snap.neighbours, now, self.window):
                     inc[XAC] = 1.0
-            if inc[RSN] and (inc[TPL] or inc[XAC]):
-                inc[TRS] = 1.0
-            temperature = features.temperature_of(request)
-            if features.shape(request, temperature, snap.last_max_tokens, snap.last_temperature):
-                inc[SHP] = 1.0
-            max_tokens = request.max_tokens if request.max_tokens is not None else -1
-        c = snap.principal[:]
-        for i in _FOLDED:
-            c[i] += inc[i]
-        c[HOUR0 + hour] += 1.0
+                    c[XAC] += 1.0
+                    near = True
+                if reasoning and near:
+                    inc[TRS] = 1.0
+                    c[TRS] += 1.0
 
         spread_bit = sketch.bit(keys.subnet, SPREAD_BITS)
-        spread = behaviour.network_spread(
-            sketch.distinct(snap.spread | (1 << spread_bit), SPREAD_BITS)
-        )
-        points = self._points
+        spread = behaviour.network_spread(snap.spread | (1 << spread_bit))
         values = [
             behaviour.timing_regularity(c),
             behaviour.round_the_clock(c, self._undecay[hour]),
@@ -258,69 +347,52 @@ class RiskEngine:
             spread,
             behaviour.request_shape(c),
             behaviour.templated_reasoning(c),
-        ]  # the manner signals, in _ORDER
-        manner = cohort.behaviour_score(sum(v * p for v, p in zip(values, points, strict=False)))
+        ]  # the manner signals, in ORDER
+        points = self._points
+        manner = cohort.behaviour_score(sum(map(mul, values, points)))
+        member_bit = tag % COHORT_BITS  # = sketch.bit(principal, COHORT_BITS): one CRC, not two
+        s = snap.subnet
+        subnet_cohort = cohort.subnet_cohort(
+            [s[0] + 1.0, s[1] + manner, s[2] + spread], snap.subnet_members | (1 << member_bit)
+        )
+        if keys.fingerprint is not None:
+            f = snap.fingerprint
+            fingerprint_cohort = cohort.fingerprint_cohort(
+                [f[0] + 1.0, f[1] + manner, f[2] + spread],
+                snap.fingerprint_members | (1 << member_bit),
+            )
+            fingerprint_inc = [1.0, manner, spread]
+            fingerprint_bit: int | None = member_bit
+        else:
+            fingerprint_cohort, fingerprint_inc, fingerprint_bit = 0.0, [], None
         values += (
             behaviour.request_volume(c, self.half_life, self._limit_rate(route)),
             behaviour.refusals(c),
             behaviour.failed_challenges(c),
+            subnet_cohort,
+            fingerprint_cohort,
         )
-        member_bit = tag % COHORT_BITS  # = sketch.bit(principal, COHORT_BITS): one CRC, not two
-        subnet_inc = [1.0, manner, spread]
-        s = snap.subnet
-        values.append(
-            cohort.subnet_cohort(
-                [s[0] + 1.0, s[1] + manner, s[2] + spread], snap.subnet_members | (1 << member_bit)
-            )
-        )
-        fingerprint_inc: list[float] = []
-        if keys.fingerprint is not None:
-            fingerprint_inc = [1.0, manner, spread]
-            f = snap.fingerprint
-            values.append(
-                cohort.fingerprint_cohort(
-                    [f[0] + 1.0, f[1] + manner, f[2] + spread],
-                    snap.fingerprint_members | (1 << member_bit),
-                )
-            )
-        else:
-            values.append(0.0)
-
-        score = 0.0
-        contributions = []
-        for name, value, weight in zip(_ORDER, values, points, strict=True):
-            if value > 0 and weight > 0:
-                score += value * weight
-                contributions.append((round(value * weight, 1), name))
-        contributions.sort(reverse=True)
-        signals = {name: pts for pts, name in contributions if pts > 0}
-        score = round(min(100.0, score), 1)
-        inc[HOUR0 + hour] = 1.0
+        score = round(min(100.0, sum(map(mul, values, points))), 1)
         level, band = self._band(score, snap.band, now)
         update = Update(
             now,
             inc,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            ring=sk.pack() if sk is not None else None,
-            spread_bit=spread_bit,
-            band=band,
-            subnet=subnet_inc,
-            subnet_bit=member_bit,
-            fingerprint=fingerprint_inc,
-            fingerprint_bit=member_bit if keys.fingerprint is not None else None,
-            template=sk.pack_template(tag, now) if sk is not None else None,
+            max_tokens,
+            temperature,
+            True,
+            sk.pack() if sk is not None else None,
+            spread_bit,
+            band,
+            [1.0, manner, spread],
+            member_bit,
+            fingerprint_inc,
+            fingerprint_bit,
+            sk.pack_template(tag, now) if sk is not None else None,
+            score,
+            manner,
         )
         threshold = self.thresholds[level - 1] if level else None
-        return Assessment(keys, score, signals, threshold, update)
-
-    def _analyse(self, principal: str, now: float) -> bool:
-        evidence = self.store.evidence(principal, now)
-        if evidence is None or evidence < ANALYSE_ALL_UNTIL:
-            return True
-        # Pseudo-random, not a round-robin counter: accounts that take turns in lockstep would
-        # otherwise always land on the same side of it. Seeded, so a simulation replays.
-        return self._sample() * ANALYSE_EVERY < 1.0
+        return Assessment(keys, score, values, points, threshold, update)
 
     def _band(self, score: float, band: Band | None, now: float) -> tuple[int, Band | None]:
         """Thresholds with hysteresis: a subject rises into a band at once, and leaves it only
@@ -330,7 +402,7 @@ class RiskEngine:
         when the stored one is still right.
         """
         thresholds = self.thresholds
-        target = sum(1 for t in thresholds if score >= t.score)
+        target = bisect_right(self._entries, score)  # thresholds are sorted by score
         current = band.level if band is not None and band.level <= len(thresholds) else 0
         if target >= current:
             if target == 0:
@@ -363,5 +435,23 @@ class RiskEngine:
             return rate
 
 
-def _add(state: list[float], increments: list[float]) -> list[float]:
-    return [a + b for a, b in zip(state, increments, strict=True)]
+def _per_request(
+    last_seen: float | None,
+    last_max_tokens: int,
+    last_temperature: float,
+    request: OpenAIRequest | None,
+    now: float,
+) -> tuple[float | None, int, int, float, bool]:
+    """What every request brings, given its principal's last request: the gap since (None
+    across a session break), its UTC hour, its max_tokens and temperature (-1: none), and
+    whether its parameters are extraction-shaped."""
+    gap = None
+    if last_seen is not None and 0.0 <= now - last_seen <= SESSION_BREAK:
+        gap = now - last_seen
+    hour = int(now // 3600) % 24
+    if request is None:
+        return gap, hour, -1, -1.0, False
+    temperature = features.temperature_of(request)
+    shaped = features.shape(request, temperature, last_max_tokens, last_temperature)
+    max_tokens = request.max_tokens if request.max_tokens is not None else -1
+    return gap, hour, max_tokens, temperature, shaped

@@ -102,6 +102,7 @@ _TRIGGERS = (
     "system prompt",
 )
 
+
 class ReasoningMatcher:
     """Does a prompt ask for hidden reasoning? The built-in list, or the policy's patterns
     (which replace it and are searched without the trigger-word prefilter)."""
@@ -116,20 +117,23 @@ class ReasoningMatcher:
         # Lowercasing the text once is several times cheaper than IGNORECASE in sre.
         flags = re.IGNORECASE if custom else 0
         self._pattern = (
-            re.compile("|".join(f"(?:{source})" for source in sources), flags)
-            if sources
-            else None
+            re.compile("|".join(f"(?:{source})" for source in sources), flags) if sources else None
         )
         self._triggers = () if custom else _TRIGGERS
 
     def __call__(self, cut: str) -> bool:
         """``cut``: the prompt's lowercased excerpt (``sketch.excerpt``): requests for
         reasoning are instructions, which open or close a prompt."""
-        if self._pattern is None:
+        pattern = self._pattern
+        if pattern is None:
             return False
-        if self._triggers and not any(trigger in cut for trigger in self._triggers):
-            return False
-        return self._pattern.search(cut) is not None
+        if self._triggers:
+            for trigger in self._triggers:  # a loop, not any(): no generator per prompt
+                if trigger in cut:
+                    break
+            else:
+                return False
+        return pattern.search(cut) is not None
 
 
 def shape(

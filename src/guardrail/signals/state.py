@@ -23,7 +23,7 @@ Four kinds of state, each keyed by a string the engine builds:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 #: Decayed counters of a principal, in this order in ``Snapshot.principal`` and
 #: ``Update.principal``. Hour counters ``h0``…``h23`` follow (UTC hour of each request).
@@ -86,7 +86,8 @@ class Snapshot:
     last_seen: float | None  # None: never seen (or expired)
     last_max_tokens: int  # -1: none seen
     last_temperature: float  # -1.0: none seen
-    ring: list[bytes]  # newest first, at most RING_SIZE packed sketches
+    ring: list[bytes]  # newest first, at most RING_SIZE packed sketches (may be left empty
+    # when Keys.templates is: without a sketch there is nothing to compare)
     spread: int  # subnet bitmap over the current and previous window, OR-ed
     band: Band | None
     subnet: list[float]  # len(COHORT)
@@ -94,6 +95,21 @@ class Snapshot:
     fingerprint: list[float]  # len(COHORT); zeros when Keys.fingerprint is None
     fingerprint_members: int
     neighbours: list[bytes]  # entries of every template bucket, each a packed (tag, sketch)
+
+
+class Standing(NamedTuple):
+    """What a store that keeps state in process can tell of a principal without I/O: enough
+    for the engine to decide a request from the principal's last assessment."""
+
+    evidence: float  # prompts analysed (decayed)
+    last_seen: float | None
+    last_max_tokens: int  # -1: none seen
+    last_temperature: float  # -1.0: none seen
+    spread: int  # subnet bitmap over the current and previous window, OR-ed
+    level: int  # hysteresis band (0: none)
+    score: float  # the last assessment's score
+    manner: float  # the last assessment's behaviour score (what it adds to its cohorts)
+    scored: float  # when that assessment ran (-inf: never)
 
 
 @dataclass(slots=True)
@@ -113,6 +129,8 @@ class Update:
     fingerprint: list[float] = field(default_factory=list)
     fingerprint_bit: int | None = None
     template: bytes | None = None  # pushed on every template bucket of Keys.templates
+    score: float = -1.0  # a full assessment's score and behaviour score, and its time, are
+    manner: float = 0.0  # kept for ``standing`` when >= 0 (stores without one may drop them)
 
 
 class RiskStore(Protocol):
@@ -127,17 +145,39 @@ class RiskStore(Protocol):
 
     async def close(self) -> None: ...
 
-    def evidence(self, principal: str, now: float) -> float | None:
-        """Prompts seen from ``principal`` (decayed), if the store can tell without I/O (the
-        memory store); None otherwise."""
-        ...
-
     async def load(self, keys: Keys, now: float) -> Snapshot:
         """Read everything ``keys`` names, decayed to ``now``; absent state reads as zeros."""
         ...
 
     async def save(self, keys: Keys, update: Update) -> None:
         """Apply ``update`` at ``update.now``, commutatively (see the module docstring)."""
+        ...
+
+
+@runtime_checkable
+class LocalRiskStore(RiskStore, Protocol):
+    """A store in process (memory): it can tell a principal's standing without I/O, and fold
+    a request decided from that standing straight into the state."""
+
+    def standing(self, principal: str, now: float) -> Standing | None:
+        """None: the principal is unknown (or expired)."""
+        ...
+
+    def fold(
+        self,
+        keys: Keys,
+        now: float,
+        gap: float | None,
+        hour: int,
+        max_tokens: int,
+        temperature: float,
+        spread_bit: int,
+        member_bit: int,
+        cohort: list[float],
+    ) -> None:
+        """What ``save`` would apply for such a request: one request, its gap (within a
+        session) and hour; its parameters; ``spread_bit`` in the principal's subnet bitmap;
+        ``cohort`` (COHORT increments) and ``member_bit`` in its subnet and fingerprint."""
         ...
 
 

@@ -1,0 +1,116 @@
+"""Requests decided from a principal's standing (the memory store): folded into the state as a
+full assessment would fold them, and never instead of one that could change the decision."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from guardrail.backends import risk_engine, storage_from_uri
+from guardrail.limits import compile_route
+from guardrail.policy import Policy
+from guardrail.signals.engine import Assessment
+from guardrail.signals.state import C_REQ, C_WAN, Keys, RiskStore
+
+from .streams import BASE_POLICY, START, Driver
+from .test_engine import ASK, ONLY_REASONING
+
+Make = Any
+
+
+async def memory_driver(policy_text: str = BASE_POLICY, rescore_after: float = 1.0) -> Driver:
+    policy = Policy.from_string(policy_text)
+    storage = storage_from_uri("memory://")
+    engine = risk_engine(policy, storage, fallback=False)
+    engine.rescore_after = rescore_after
+    return Driver(engine, compile_route(policy.routes[0]))
+
+
+def full(assessment: Assessment) -> bool:
+    """Was ``assessment`` a full one (scored signal by signal)?"""
+    return assessment.values is not None
+
+
+async def test_a_recent_assessment_decides_the_next_requests_in_memory_only(
+    make_driver: Make,
+) -> None:
+    driver = await make_driver()
+    local = driver.engine._local is not None
+    times = [START + 0.25 * i for i in range(9)]  # two seconds of requests
+    sent = [await driver.send(t, account="steady", body={"temperature": 0.7}) for t in times]
+    kinds = [full(a) for a in sent]
+    if local:
+        # Assessed at 0 s; decided from that at 0.25-0.75 s; assessed again at 1 s, and so on
+        assert kinds == [True, False, False, False, True, False, False, False, True]
+        assert all(a.score == sent[0].score for a in sent[1:4])
+        assert sent[1].signals == {} and sent[1].threshold is None
+    else:  # a shared store has no standing to read without a round trip
+        assert all(kinds)
+
+
+async def test_folded_requests_leave_the_state_a_full_assessment_leaves() -> None:
+    folding = await memory_driver(rescore_after=1.0)
+    assessing = await memory_driver(rescore_after=0.0)  # every request assessed in full
+    steps = []
+    for i in range(60):  # bursts within a second, pauses, two networks, a new max_tokens
+        steps.append(
+            (
+                START + i * 0.3 + (i // 10) * 40,
+                "198.51.100.7" if i % 7 else "203.0.113.9",
+                {"temperature": 0.7, "max_tokens": 256 if i < 30 else 512},
+            )
+        )
+    for driver in (folding, assessing):
+        for when, ip, body in steps:
+            await driver.send(when, account="burst", ip=ip, body=body)
+    end = steps[-1][0]
+    stores: list[RiskStore] = [folding.engine.store, assessing.engine.store]
+    keys = Keys("a:burst", "s:198.51.100.0/24", next(iter(fingerprints(folding))), ())
+    folded, assessed = [await store.load(keys, end) for store in stores]
+    assert folded.principal == assessed.principal
+    assert (folded.last_seen, folded.last_max_tokens, folded.last_temperature) == (
+        assessed.last_seen,
+        assessed.last_max_tokens,
+        assessed.last_temperature,
+    )
+    assert (folded.spread, folded.subnet_members, folded.fingerprint_members) == (
+        assessed.spread,
+        assessed.subnet_members,
+        assessed.fingerprint_members,
+    )
+    # A folded request adds the standing's behaviour score to its cohorts, not a fresh one:
+    # the rest of the cohort counters are the same.
+    for cohort in ("subnet", "fingerprint"):
+        for index in (C_REQ, C_WAN):
+            assert getattr(folded, cohort)[index] == getattr(assessed, cohort)[index]
+
+
+def fingerprints(driver: Driver) -> list[str]:
+    store: Any = driver.engine.store
+    return [key for key in store._cohorts if key.startswith("f:")]
+
+
+async def test_a_principal_in_a_band_is_assessed_on_every_request() -> None:
+    driver = await memory_driver(ONLY_REASONING)
+    asks = [ASK.format(i) for i in range(10)]
+    last = await driver.stream([START + 60 * i for i in range(10)], asks, account="asker")
+    assert last.threshold is not None and last.threshold.action == "throttle"
+    for i in range(1, 5):  # then requests a fraction of a second apart
+        again = await driver.send(START + 540 + 0.1 * i, account="asker", body={})
+        assert full(again) and again.threshold is not None
+        assert again.signals == {"reasoning_extraction": 60.0}
+
+
+async def test_an_extraction_shaped_request_is_assessed_in_full() -> None:
+    driver = await memory_driver()
+    await driver.send(START, account="prober", body={"temperature": 0.7})
+    plain = await driver.send(START + 0.1, account="prober", body={"temperature": 0.7})
+    probe = await driver.send(START + 0.2, account="prober", body={"logprobs": True})
+    assert not full(plain)
+    assert full(probe)
+
+
+async def test_a_prompt_to_analyse_is_assessed_in_full() -> None:
+    driver = await memory_driver()
+    await driver.send(START, account="writer", body={})
+    asked = await driver.send(START + 0.1, account="writer", prompt="a first question, " * 4)
+    assert full(asked)
