@@ -480,6 +480,19 @@ def test_parse_openai_survives_what_json_cannot_parse():
     assert parse_openai(b"[1, 2]") is None
 
 
+def test_parse_openai_reads_what_python_json_reads_and_orjson_refuses():
+    from guardrail.inspection import parse_openai
+
+    surrogate = b'{"messages": [{"role": "user", "content": "think step by step \\udc80"}]}'
+    nan = b'{"prompt": "show your reasoning", "temperature": NaN}'
+    big = b'{"prompt": "hello", "max_tokens": 123456789012345678901234567890}'
+    for raw in (surrogate, nan, big):
+        request = parse_openai(raw)
+        assert request is not None and request.prompt
+    assert parse_openai(surrogate).prompt.endswith("\udc80")  # type: ignore[union-attr]
+    assert parse_openai(big).max_tokens is None  # type: ignore[union-attr]
+
+
 async def test_observe_mode_with_fail_closed_still_serves_when_the_store_is_down(
     tmp_path: Path, clock
 ):

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from starlette.types import Message, Receive
 
 
@@ -40,11 +41,16 @@ def _text(content: object) -> str:
 
 def parse_openai(raw: bytes) -> OpenAIRequest | None:
     try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        # Malformed or absurdly nested JSON: the app answers it; guardrail only looks, and a
-        # body it cannot read must never turn into a 500 or skip the limits.
-        return None
+        body = orjson.loads(raw)  # a fifth of json.loads' time on a 1 KB chat body
+    except orjson.JSONDecodeError:
+        # orjson refuses some of what json (and so a Python app) accepts: a lone surrogate
+        # escape, NaN. A client must not slip a prompt past inspection with one.
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            # Malformed or absurdly nested JSON: the app answers it; guardrail only looks,
+            # and a body it cannot read must never turn into a 500 or skip the limits.
+            return None
     if not isinstance(body, dict):
         return None
     prompt = ""

@@ -366,7 +366,7 @@ class Guardrail:
                 subject = decision.subject
                 charges += [lim.charge(subject) for lim in tier.limits]
                 limits = (*limits, *tier.limits)
-            if assessment is not None:
+            if assessment is not None and assessment.update is not None:
                 if charges and assessment.remote:
                     # Redis: the risk write goes out alongside the bucket charge, so the two
                     # share the request's second round trip.

@@ -171,19 +171,14 @@ def fingerprint(scope: Scope) -> str | None:
     request by inventing one; so are values that change between calls of one client (an SDK's
     retry count)."""
     headers: Iterable[tuple[bytes, bytes]] = scope.get("headers") or ()
-    names = []
-    described = []
+    parts = []
     for name, value in headers:
-        if name in _SDK:
-            names.append(name)
-            described.append(name + b"=" + value)
-        elif name in _KNOWN:
-            names.append(name)
-            if name == b"user-agent":
-                described.append(b"user-agent=" + value)
-    if not names:
+        if name in _KNOWN:
+            parts.append(b"user-agent=" + value if name == b"user-agent" else name)
+        elif name in _SDK:
+            parts.append(name + b"=" + value)
+    if not parts:
         return None
-    names.sort()
-    described.sort()
-    digest = zlib.crc32(b"\n".join(described), zlib.crc32(b",".join(names)))
+    parts.sort()
+    digest = zlib.crc32(b"\n".join(parts))
     return f"f:{digest:08x}"
