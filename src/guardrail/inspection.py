@@ -67,12 +67,12 @@ def parse_openai(raw: bytes) -> OpenAIRequest | None:
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
     model = body.get("model")
     return OpenAIRequest(
-        model=model if isinstance(model, str) else None,
-        stream=body.get("stream") is True,
+        model if isinstance(model, str) else None,
+        body.get("stream") is True,
         # bool is an int to isinstance, and `true` is no token count
-        max_tokens=max_tokens if type(max_tokens) is int and 0 <= max_tokens < 2**31 else None,
-        prompt=prompt,
-        body=body,
+        max_tokens if type(max_tokens) is int and 0 <= max_tokens < 2**31 else None,
+        prompt,
+        body,
     )
 
 

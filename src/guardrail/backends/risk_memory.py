@@ -279,11 +279,10 @@ class MemoryRiskStore:
 
     async def save(self, keys: Keys, update: Update) -> None:
         now = update.now
-        landmark, epoch = self._clock(now)
+        landmark, epoch, weight = self._clock(now)
         p = self._principal(keys.principal, now, landmark, epoch)
         increments = update.principal
         if any(increments):
-            weight = exp2((now - landmark) * self._rate)
             counters = p.counters
             for i in compress(_PRINCIPAL_INDEXES, increments):
                 counters[i] += increments[i] * weight
@@ -314,11 +313,19 @@ class MemoryRiskStore:
                 p.epoch, p.spread, p.spread_prev, epoch, update.spread_bit
             )
         if update.subnet or update.subnet_bit is not None:
-            self._save_cohort(keys.subnet, landmark, now, epoch, update.subnet, update.subnet_bit)
+            self._save_cohort(
+                keys.subnet, landmark, now, epoch, weight, update.subnet, update.subnet_bit
+            )
         fingerprint = keys.fingerprint
         if fingerprint is not None and (update.fingerprint or update.fingerprint_bit is not None):
             self._save_cohort(
-                fingerprint, landmark, now, epoch, update.fingerprint, update.fingerprint_bit
+                fingerprint,
+                landmark,
+                now,
+                epoch,
+                weight,
+                update.fingerprint,
+                update.fingerprint_bit,
             )
         template = update.template
         if template is not None and keys.templates:
@@ -366,9 +373,8 @@ class MemoryRiskStore:
         ``RiskEngine``), in place and without an Update: half the cost, on most requests.
         ``gap``: since the principal's last request, if within a session; ``cohort``: the
         COHORT increments for its subnet and fingerprint."""
-        landmark, epoch = self._clock(now)
+        landmark, epoch, weight = self._clock(now)
         p = self._principal(keys.principal, now, landmark, epoch)
-        weight = exp2((now - landmark) * self._rate)
         counters = p.counters
         counters[REQ] += weight
         if gap is not None:
@@ -378,19 +384,22 @@ class MemoryRiskStore:
         counters[HOUR0 + hour] += weight
         if p.last_seen is None or now > p.last_seen:
             p.last_seen = now
-        if max_tokens >= 0:
+        # Clients repeat their parameters and networks: most requests change neither.
+        if max_tokens >= 0 and max_tokens != p.max_tokens:
             p.max_tokens = _intern(self._ints, max_tokens)
-        if temperature >= 0:
+        if temperature >= 0 and temperature != p.temperature:
             p.temperature = _intern(self._floats, temperature)
-        p.epoch, p.spread, p.spread_prev = _marked(
-            p.epoch, p.spread, p.spread_prev, epoch, spread_bit
-        )
-        self._save_cohort(keys.subnet, landmark, now, epoch, cohort, member_bit)
+        if epoch != p.epoch or not p.spread >> spread_bit & 1:
+            p.epoch, p.spread, p.spread_prev = _marked(
+                p.epoch, p.spread, p.spread_prev, epoch, spread_bit
+            )
+        self._save_cohort(keys.subnet, landmark, now, epoch, weight, cohort, member_bit)
         if keys.fingerprint is not None:
-            self._save_cohort(keys.fingerprint, landmark, now, epoch, cohort, member_bit)
+            self._save_cohort(keys.fingerprint, landmark, now, epoch, weight, cohort, member_bit)
 
-    def _clock(self, now: float) -> tuple[float, int]:
-        """The landmark and the window epoch a write at ``now`` uses (both shared objects)."""
+    def _clock(self, now: float) -> tuple[float, int, float]:
+        """The landmark and the window epoch a write at ``now`` uses (both shared objects), and
+        the weight of an increment at ``now`` against that landmark."""
         epoch = int(now // self.window)
         if epoch == self._epoch:
             epoch = self._epoch
@@ -398,7 +407,8 @@ class MemoryRiskStore:
             self._epoch = epoch
         if now - self._landmark > self._span:
             self._landmark = now
-        return self._landmark, epoch
+        landmark = self._landmark
+        return landmark, epoch, exp2((now - landmark) * self._rate)
 
     def _principal(self, key: str, now: float, landmark: float, epoch: int) -> _Principal:
         """The principal's state to write at ``now``: created, or reset if expired, as the
@@ -425,6 +435,7 @@ class MemoryRiskStore:
         landmark: float,
         now: float,
         epoch: int,
+        weight: float,
         increments: list[float],
         member: int | None,
     ) -> None:
@@ -443,13 +454,12 @@ class MemoryRiskStore:
         if increments:
             if c.landmark is not landmark:
                 c.landmark = _renormalise(c.counters, c.landmark, landmark, self._rate)
-            weight = exp2((now - landmark) * self._rate)
             counters = c.counters
             requests, behaviour, wander = increments  # COHORT
             counters[C_REQ] += requests * weight
             counters[C_BEH] += behaviour * weight
             counters[C_WAN] += wander * weight
-        if member is not None:
+        if member is not None and (epoch != c.epoch or not c.members >> member & 1):
             c.epoch, c.members, c.members_prev = _marked(
                 c.epoch, c.members, c.members_prev, epoch, member
             )
