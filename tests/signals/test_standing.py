@@ -8,10 +8,11 @@ from typing import Any
 from guardrail.backends import risk_engine, storage_from_uri
 from guardrail.limits import compile_route
 from guardrail.policy import Policy
+from guardrail.signals import features, sketch
 from guardrail.signals.engine import Assessment
 from guardrail.signals.state import C_REQ, C_WAN, Keys, RiskStore
 
-from .streams import BASE_POLICY, START, Driver
+from .streams import BASE_POLICY, START, TOPICS, Driver
 from .test_engine import ASK, ONLY_REASONING
 
 Make = Any
@@ -57,16 +58,31 @@ async def test_folded_requests_leave_the_state_a_full_assessment_leaves() -> Non
                 START + i * 0.3 + (i // 10) * 40,
                 "198.51.100.7" if i % 7 else "203.0.113.9",
                 {"temperature": 0.7, "max_tokens": 256 if i < 30 else 512},
+                TOPICS[i % len(TOPICS)] if i % 3 == 0 else None,  # diverse prompts between
             )
         )
+    kinds = []
     for driver in (folding, assessing):
-        for when, ip, body in steps:
-            await driver.send(when, account="burst", ip=ip, body=body)
+        for when, ip, body, prompt in steps:
+            sent = await driver.send(when, account="burst", ip=ip, body=body, prompt=prompt)
+            kinds.append((driver is folding, full(sent), prompt is not None))
+    assert (True, False, True) in kinds and (True, False, False) in kinds  # both kinds folded
+    assert all(was_full for folds, was_full, _ in kinds if not folds)
     end = steps[-1][0]
     stores: list[RiskStore] = [folding.engine.store, assessing.engine.store]
-    keys = Keys("a:burst", "s:198.51.100.0/24", next(iter(fingerprints(folding))), ())
+    client = [(b"user-agent", b"test-client/1.0"), (b"content-type", b"application/json")]
+    sketched = sketch.sketch(TOPICS[0])
+    assert sketched is not None
+    keys = Keys(
+        "a:burst",
+        "s:198.51.100.0/24",
+        features.fingerprint({"headers": client}),
+        sketched.buckets(),  # the index buckets of the first prompt
+    )
     folded, assessed = [await store.load(keys, end) for store in stores]
     assert folded.principal == assessed.principal
+    assert folded.ring == assessed.ring and folded.neighbours == assessed.neighbours
+    assert len(folded.ring) == 8
     assert (folded.last_seen, folded.last_max_tokens, folded.last_temperature) == (
         assessed.last_seen,
         assessed.last_max_tokens,
@@ -82,11 +98,6 @@ async def test_folded_requests_leave_the_state_a_full_assessment_leaves() -> Non
     for cohort in ("subnet", "fingerprint"):
         for index in (C_REQ, C_WAN):
             assert getattr(folded, cohort)[index] == getattr(assessed, cohort)[index]
-
-
-def fingerprints(driver: Driver) -> list[str]:
-    store: Any = driver.engine.store
-    return [key for key in store._cohorts if key.startswith("f:")]
 
 
 async def test_a_principal_in_a_band_is_assessed_on_every_request() -> None:
@@ -109,8 +120,14 @@ async def test_an_extraction_shaped_request_is_assessed_in_full() -> None:
     assert full(probe)
 
 
-async def test_a_prompt_to_analyse_is_assessed_in_full() -> None:
+async def test_an_analysed_prompt_is_folded_unless_it_shows_something() -> None:
     driver = await memory_driver()
-    await driver.send(START, account="writer", body={})
-    asked = await driver.send(START + 0.1, account="writer", prompt="a first question, " * 4)
-    assert full(asked)
+    await driver.send(START, account="writer", prompt=TOPICS[0])
+    plain = await driver.send(START + 0.1, account="writer", prompt=TOPICS[1])
+    asks = await driver.send(START + 0.2, account="writer", prompt=TOPICS[2] + ", step by step")
+    again = await driver.send(START + 0.3, account="writer", prompt=TOPICS[1] + " now")
+    assert not full(plain)  # compared with its ring and the index, found nothing: folded
+    assert full(asks)  # asks for reasoning: evidence, assessed in full
+    assert full(again)  # a near-duplicate of one of its own
+    snap = await driver.engine.store.load(again.keys, START + 1)
+    assert len(snap.ring) == 4  # every analysed prompt's sketch kept, folded or not

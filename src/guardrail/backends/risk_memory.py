@@ -256,12 +256,7 @@ class MemoryRiskStore:
             fingerprint_counters, fingerprint_members = _load_cohort(
                 cohorts.get(fingerprint), now, epoch, self
             )
-        neighbours: list[bytes] = []
-        buckets = self._buckets
-        for template in keys.templates:
-            bucket = buckets.get(template)
-            if bucket is not None and now - bucket.touched <= ttl:
-                neighbours += _split(bucket.entries, bucket.layout)
+        neighbours = self._neighbours(keys.templates, now)
         return Snapshot(
             principal,
             last_seen,
@@ -299,15 +294,8 @@ class MemoryRiskStore:
             counters[_SCORE] = update.score
             counters[_MANNER] = update.manner
             counters[_SCORED] = now - landmark
-        entry = update.ring
-        if entry is not None:
-            layout = p.layout
-            if layout is not None and len(entry) == layout.width:
-                keep = layout.width * (RING_SIZE - 1)
-                ring = p.ring
-                p.ring = entry + ring if len(ring) <= keep else entry + ring[:keep]
-            else:
-                p.ring, p.layout = _push(p.ring, layout, entry, RING_SIZE)
+        if update.ring is not None:
+            _push_ring(p, update.ring)
         if update.spread_bit is not None:
             p.epoch, p.spread, p.spread_prev = _marked(
                 p.epoch, p.spread, p.spread_prev, epoch, update.spread_bit
@@ -327,35 +315,8 @@ class MemoryRiskStore:
                 update.fingerprint,
                 update.fingerprint_bit,
             )
-        template = update.template
-        if template is not None and keys.templates:
-            buckets = self._buckets
-            ttl = self.ttl
-            for name in keys.templates:
-                bucket = buckets.get(name)
-                if bucket is None:
-                    bucket = buckets[name] = _Bucket(now)
-                    if len(buckets) > self.max_subjects:
-                        buckets.popitem(last=False)
-                else:
-                    buckets.move_to_end(name)
-                    if now - bucket.touched > ttl:
-                        bucket.entries, bucket.layout = b"", None
-                        bucket.touched = now
-                    elif now > bucket.touched:
-                        bucket.touched = now
-                layout = bucket.layout
-                if layout is not None and len(template) == layout.width:
-                    keep = layout.width * (BUCKET_SIZE - 1)
-                    entries = bucket.entries
-                    if len(entries) <= keep:
-                        bucket.entries = template + entries
-                    else:
-                        bucket.entries = template + entries[:keep]
-                else:
-                    bucket.entries, bucket.layout = _push(
-                        bucket.entries, layout, template, BUCKET_SIZE
-                    )
+        if update.template is not None:
+            self._push_template(keys.templates, update.template, now)
 
     def fold(
         self,
@@ -368,11 +329,15 @@ class MemoryRiskStore:
         spread_bit: int,
         member_bit: int,
         cohort: list[float],
+        prompt: bool = False,
+        ring: bytes | None = None,
+        template: bytes | None = None,
     ) -> None:
         """``save`` of what a request decided from its principal's standing adds (see
         ``RiskEngine``), in place and without an Update: half the cost, on most requests.
         ``gap``: since the principal's last request, if within a session; ``cohort``: the
-        COHORT increments for its subnet and fingerprint."""
+        COHORT increments for its subnet and fingerprint; ``prompt``: a prompt was analysed
+        (and found nothing), ``ring`` and ``template`` its sketch, if it has one."""
         landmark, epoch, weight = self._clock(now)
         p = self._principal(keys.principal, now, landmark, epoch)
         counters = p.counters
@@ -382,6 +347,8 @@ class MemoryRiskStore:
             counters[GS] += gap * weight
             counters[GQ] += gap * gap * weight
         counters[HOUR0 + hour] += weight
+        if prompt:
+            counters[PRM] += weight
         if p.last_seen is None or now > p.last_seen:
             p.last_seen = now
         # Clients repeat their parameters and networks: most requests change neither.
@@ -393,9 +360,54 @@ class MemoryRiskStore:
             p.epoch, p.spread, p.spread_prev = _marked(
                 p.epoch, p.spread, p.spread_prev, epoch, spread_bit
             )
+        if ring is not None:
+            _push_ring(p, ring)
         self._save_cohort(keys.subnet, landmark, now, epoch, weight, cohort, member_bit)
         if keys.fingerprint is not None:
             self._save_cohort(keys.fingerprint, landmark, now, epoch, weight, cohort, member_bit)
+        if template is not None:
+            self._push_template(keys.templates, template, now)
+
+    def comparables(self, keys: Keys, now: float) -> tuple[list[bytes], list[bytes]]:
+        """The principal's ring and the entries of ``keys.templates``: what an analysed
+        prompt is compared with (``load``'s, without the rest)."""
+        p = self._principals.get(keys.principal)
+        ring = [] if p is None or now - p.touched > self.ttl else list(_split(p.ring, p.layout))
+        return ring, self._neighbours(keys.templates, now)
+
+    def _neighbours(self, templates: tuple[str, ...], now: float) -> list[bytes]:
+        neighbours: list[bytes] = []
+        buckets = self._buckets
+        for template in templates:
+            bucket = buckets.get(template)
+            if bucket is not None and now - bucket.touched <= self.ttl:
+                neighbours += _split(bucket.entries, bucket.layout)
+        return neighbours
+
+    def _push_template(self, templates: tuple[str, ...], entry: bytes, now: float) -> None:
+        """Put ``entry`` first in each of the ``templates`` buckets, at most BUCKET_SIZE kept."""
+        buckets = self._buckets
+        ttl = self.ttl
+        for name in templates:
+            bucket = buckets.get(name)
+            if bucket is None:
+                bucket = buckets[name] = _Bucket(now)
+                if len(buckets) > self.max_subjects:
+                    buckets.popitem(last=False)
+            else:
+                buckets.move_to_end(name)
+                if now - bucket.touched > ttl:
+                    bucket.entries, bucket.layout = b"", None
+                    bucket.touched = now
+                elif now > bucket.touched:
+                    bucket.touched = now
+            layout = bucket.layout
+            if layout is not None and len(entry) == layout.width:
+                keep = layout.width * (BUCKET_SIZE - 1)
+                entries = bucket.entries
+                bucket.entries = entry + entries if len(entries) <= keep else entry + entries[:keep]
+            else:
+                bucket.entries, bucket.layout = _push(bucket.entries, layout, entry, BUCKET_SIZE)
 
     def _clock(self, now: float) -> tuple[float, int, float]:
         """The landmark and the window epoch a write at ``now`` uses (both shared objects), and
@@ -463,6 +475,17 @@ class MemoryRiskStore:
             c.epoch, c.members, c.members_prev = _marked(
                 c.epoch, c.members, c.members_prev, epoch, member
             )
+
+
+def _push_ring(p: _Principal, entry: bytes) -> None:
+    """Put ``entry`` first in the principal's ring, at most RING_SIZE kept."""
+    layout = p.layout
+    if layout is not None and len(entry) == layout.width:
+        keep = layout.width * (RING_SIZE - 1)
+        ring = p.ring
+        p.ring = entry + ring if len(ring) <= keep else entry + ring[:keep]
+    else:
+        p.ring, p.layout = _push(p.ring, layout, entry, RING_SIZE)
 
 
 def _marked(

@@ -4,12 +4,19 @@ One ``load`` and one ``save`` per request (two Redis round trips, each pipelined
 can run alongside the limit check). The score is the sum of each enabled signal's value times
 its points (``catalog``) times its policy weight, capped at 100; the decision carries every
 non-zero contribution, largest first, which is what the audit log shows.
+
+In process (the memory store) most requests of a busy principal take a shorter way: its
+*standing* (its last full assessment, at most RESCORE_AFTER old, in no band) decides them,
+and the request is folded into the state as a full assessment would fold it, unless it brings
+evidence (extraction-shaped parameters, a prompt that asks for reasoning or repeats a
+template), which is always assessed in full.
 """
 
 from __future__ import annotations
 
 import random
 from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address
 from operator import mul
@@ -202,13 +209,34 @@ class RiskEngine:
                 and self._sample() * ANALYSE_EVERY >= 1.0
             ):
                 prompt = ""
-            if not prompt and standing.level == 0 and now - standing.scored < self.rescore_after:
-                keys = _new(Keys, (principal, subnet, fingerprint, ()))
-                if self._fold(local, keys, standing, request, now):
-                    return Assessment(keys, standing.score, None, self._points, None, None)
+            if standing.level == 0 and now - standing.scored < self.rescore_after:
+                if not prompt:
+                    keys = _new(Keys, (principal, subnet, fingerprint, ()))
+                    if self._fold(local, keys, standing, request, now):
+                        return Assessment(keys, standing.score, None, self._points, None, None)
+                else:
+                    cut = sketch.excerpt(prompt)
+                    sk = sketch.sketch(prompt, cut)
+                    keys = Keys(principal, subnet, fingerprint, sk.buckets() if sk else ())
+                    if self._fold(local, keys, standing, request, now, sk, cut):
+                        return Assessment(keys, standing.score, None, self._points, None, None)
+                    return await self._assess(route, keys, request, now, sk, prompt, cut)
         cut = sketch.excerpt(prompt) if prompt else ""
         sk = sketch.sketch(prompt, cut) if prompt else None
         keys = Keys(principal, subnet, fingerprint, sk.buckets() if sk is not None else ())
+        return await self._assess(route, keys, request, now, sk, prompt, cut)
+
+    async def _assess(
+        self,
+        route: CompiledRoute,
+        keys: Keys,
+        request: OpenAIRequest | None,
+        now: float,
+        sk: sketch.Sketch | None,
+        prompt: str,
+        cut: str,
+    ) -> Assessment:
+        """Load, score, and leave the update for ``commit``."""
         degraded = False
         try:
             snap = await self.store.load(keys, now)
@@ -257,16 +285,27 @@ class RiskEngine:
         standing: Standing,
         request: OpenAIRequest | None,
         now: float,
+        sk: sketch.Sketch | None = None,
+        cut: str | None = None,
     ) -> bool:
         """Fold a request decided from its principal's standing into the state, as a full
         assessment would, with the standing's behaviour score for its cohorts. False (and
-        nothing written): the request's parameters are extraction-shaped, which is evidence
-        worth a full assessment."""
+        nothing written): the request brings evidence worth a full assessment, parameters
+        shaped for extraction or an analysed prompt (``cut``, its excerpt, and ``sk``, its
+        sketch) that asks for reasoning or repeats a template."""
         gap, hour, max_tokens, temperature, shaped = _per_request(
             standing.last_seen, standing.last_max_tokens, standing.last_temperature, request, now
         )
         if shaped:
             return False
+        tag = sketch.bit(keys.principal, 1 << 32)
+        ring = template = None
+        if cut is not None:
+            comparable = local.comparables(keys, now)
+            if any(self._read(sk, cut, *comparable, tag, now)):
+                return False
+            if sk is not None:
+                ring, template = sk.pack(), sk.pack_template(tag, now)
         spread_bit = sketch.bit(keys.subnet, SPREAD_BITS)
         spread = behaviour.network_spread(standing.spread | (1 << spread_bit))
         local.fold(
@@ -277,10 +316,32 @@ class RiskEngine:
             max_tokens,
             temperature,
             spread_bit,
-            sketch.bit(keys.principal, COHORT_BITS),
+            tag % COHORT_BITS,  # = sketch.bit(principal, COHORT_BITS)
             [1.0, standing.manner, spread],
+            cut is not None,
+            ring,
+            template,
         )
         return True
+
+    def _read(
+        self,
+        sk: sketch.Sketch | None,
+        cut: str,
+        ring: Sequence[bytes],
+        neighbours: Sequence[bytes],
+        tag: int,
+        now: float,
+    ) -> tuple[bool, bool, bool]:
+        """What an analysed prompt shows: does it ask for reasoning, is it a near-duplicate of
+        one of its principal's recent prompts (``ring``), of another principal's
+        (``neighbours``)?"""
+        reasoning = self.asks_for_reasoning(cut)
+        if sk is None:
+            return reasoning, False, False
+        own = sketch.any_near(sk, ring)
+        other = sketch.any_near_elsewhere(sk, tag, neighbours, now, self.window)
+        return reasoning, own, other
 
     def _score(
         self,
@@ -318,23 +379,19 @@ class RiskEngine:
         if prompt:  # analysed (so there is a request)
             inc[PRM] = 1.0
             c[PRM] += 1.0
-            reasoning = self.asks_for_reasoning(cut)
+            reasoning, own, other = self._read(sk, cut, snap.ring, snap.neighbours, tag, now)
             if reasoning:
                 inc[RSN] = 1.0
                 c[RSN] += 1.0
-            if sk is not None:
-                near = False
-                if sketch.any_near(sk, snap.ring):
-                    inc[TPL] = 1.0
-                    c[TPL] += 1.0
-                    near = True
-                if sketch.any_near_elsewhere(sk, tag, snap.neighbours, now, self.window):
-                    inc[XAC] = 1.0
-                    c[XAC] += 1.0
-                    near = True
-                if reasoning and near:
-                    inc[TRS] = 1.0
-                    c[TRS] += 1.0
+            if own:
+                inc[TPL] = 1.0
+                c[TPL] += 1.0
+            if other:
+                inc[XAC] = 1.0
+                c[XAC] += 1.0
+            if reasoning and (own or other):
+                inc[TRS] = 1.0
+                c[TRS] += 1.0
 
         spread_bit = sketch.bit(keys.subnet, SPREAD_BITS)
         spread = behaviour.network_spread(snap.spread | (1 << spread_bit))

@@ -174,10 +174,19 @@ class LocalRiskStore(RiskStore, Protocol):
         spread_bit: int,
         member_bit: int,
         cohort: list[float],
+        prompt: bool = False,
+        ring: bytes | None = None,
+        template: bytes | None = None,
     ) -> None:
         """What ``save`` would apply for such a request: one request, its gap (within a
-        session) and hour; its parameters; ``spread_bit`` in the principal's subnet bitmap;
-        ``cohort`` (COHORT increments) and ``member_bit`` in its subnet and fingerprint."""
+        session) and hour, one prompt if ``prompt``; its parameters; ``spread_bit`` in the
+        principal's subnet bitmap; ``cohort`` (COHORT increments) and ``member_bit`` in its
+        subnet and fingerprint; ``ring`` pushed on its ring, ``template`` on every bucket of
+        ``keys.templates``."""
+        ...
+
+    def comparables(self, keys: Keys, now: float) -> tuple[list[bytes], list[bytes]]:
+        """``load(keys, now)``'s ring and neighbours."""
         ...
 
 
