@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from guardrail.backends.redis import RedisStorage
-from guardrail.backends.risk_memory import MemoryRiskStore
+from guardrail.backends.risk_memory import LRU_SLACK, MemoryRiskStore
 from guardrail.backends.risk_redis import RedisRiskStore
 from guardrail.errors import StorageError
 from guardrail.signals.state import (
@@ -412,16 +412,33 @@ async def test_memory_lru_keeps_at_most_max_subjects() -> None:
     keys = [Keys(f"i:10.0.0.{n}", f"s:10.0.{n}.0/24", None, (f"t:{n}",)) for n in range(5)]
     for k in keys[:3]:
         await store.save(k, update(principal=counters(req=1), subnet=[1, 0, 0], template=b"x"))
-    await store.save(keys[0], update(principal=counters(req=1)))  # 0 is now the most recent
+    later = NOW + LRU_SLACK  # the order is kept to within LRU_SLACK
+    await store.save(keys[0], update(later, principal=counters(req=1)))  # 0: the most recent
     for k in keys[3:]:
-        await store.save(k, update(principal=counters(req=1), subnet=[1, 0, 0], template=b"x"))
+        await store.save(
+            k, update(later, principal=counters(req=1), subnet=[1, 0, 0], template=b"x")
+        )
     assert len(store) == 9
-    reqs = [(await store.load(k, NOW)).principal[REQ] for k in keys]
-    assert reqs == [2.0, 0.0, 0.0, 1.0, 1.0]
+    decay = 2.0 ** (-LRU_SLACK / HALF_LIFE)
+    reqs = [(await store.load(k, later)).principal[REQ] for k in keys]
+    assert reqs == near([1.0 + decay, 0.0, 0.0, 1.0, 1.0])
     # cohorts and template buckets have an LRU each; subnet 0 was not written again
-    subnets = [(await store.load(k, NOW)).subnet[C_REQ] for k in keys]
-    assert subnets == [0.0, 0.0, 1.0, 1.0, 1.0]
-    assert [(await store.load(k, NOW)).neighbours for k in keys] == [[]] * 2 + [[b"x"]] * 3
+    subnets = [(await store.load(k, later)).subnet[C_REQ] for k in keys]
+    assert subnets == near([0.0, 0.0, decay, 1.0, 1.0])
+    assert [(await store.load(k, later)).neighbours for k in keys] == [[]] * 2 + [[b"x"]] * 3
+
+
+async def test_memory_lru_order_is_kept_to_within_a_slack() -> None:
+    """A state written again within LRU_SLACK keeps its place: a busy principal is not moved
+    on every request. Past the slack it moves."""
+    store = MemoryRiskStore(half_life=HALF_LIFE, window=WINDOW, ttl=TTL, max_subjects=2)
+    first, second, third = (Keys(f"i:10.0.1.{n}", "s:10.0.1.0/24", None, ()) for n in range(3))
+    await store.save(first, update(NOW, principal=counters(req=1)))
+    await store.save(second, update(NOW, principal=counters(req=1)))
+    await store.save(first, update(NOW + LRU_SLACK / 2, principal=counters(req=1)))  # stays
+    await store.save(third, update(NOW + LRU_SLACK / 2, principal=counters(req=1)))
+    assert (await store.load(first, NOW + 1)).last_seen is None  # evicted: oldest in order
+    assert (await store.load(second, NOW + 1)).last_seen == NOW
 
 
 async def test_memory_rejects_bad_parameters() -> None:

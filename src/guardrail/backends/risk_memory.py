@@ -43,6 +43,11 @@ from guardrail.signals.state import (
 #: weights stay under 2^32, far inside float32's 2^128, and the landmark float is one object
 #: for all states instead of 24 bytes each. (state.py's bound is 64 half-lives.)
 RENORMALISE_AFTER = 32.0
+#: The LRU order is kept to within this many seconds: a state written again within them is not
+#: moved to the recent end again (nor its ``touched`` time renewed), which spares every request
+#: of a busy principal three linked-list moves and their cache misses. Expiry (``ttl``, hours)
+#: and eviction may come up to this much early.
+LRU_SLACK = 1.0
 #: Distinct request parameters kept as shared objects: a float or a large int costs 24-28
 #: bytes per principal, and clients send a handful of values (temperature 0.7, 1024 tokens…).
 _MAX_INTERNED = 1024
@@ -394,13 +399,13 @@ class MemoryRiskStore:
                 bucket = buckets[name] = _Bucket(now)
                 if len(buckets) > self.max_subjects:
                     buckets.popitem(last=False)
-            else:
+            elif now - bucket.touched > ttl:
                 buckets.move_to_end(name)
-                if now - bucket.touched > ttl:
-                    bucket.entries, bucket.layout = b"", None
-                    bucket.touched = now
-                elif now > bucket.touched:
-                    bucket.touched = now
+                bucket.entries, bucket.layout = b"", None
+                bucket.touched = now
+            elif now - bucket.touched >= LRU_SLACK:
+                buckets.move_to_end(name)
+                bucket.touched = now
             layout = bucket.layout
             if layout is not None and len(entry) == layout.width:
                 keep = layout.width * (BUCKET_SIZE - 1)
@@ -432,10 +437,11 @@ class MemoryRiskStore:
             if len(principals) > self.max_subjects:
                 principals.popitem(last=False)
             return p
-        principals.move_to_end(key)
         if now - p.touched > self.ttl:
+            principals.move_to_end(key)
             p.reset(landmark, now, epoch)
-        elif now > p.touched:
+        elif now - p.touched >= LRU_SLACK:
+            principals.move_to_end(key)
             p.touched = now
         if p.landmark is not landmark:
             p.landmark = _renormalise(p.counters, p.landmark, landmark, self._rate)
@@ -457,12 +463,12 @@ class MemoryRiskStore:
             c = cohorts[key] = _Cohort(landmark, now, epoch)
             if len(cohorts) > self.max_subjects:
                 cohorts.popitem(last=False)
-        else:
+        elif now - c.touched > self.ttl:
             cohorts.move_to_end(key)
-            if now - c.touched > self.ttl:
-                c.reset(landmark, now, epoch)
-            elif now > c.touched:
-                c.touched = now
+            c.reset(landmark, now, epoch)
+        elif now - c.touched >= LRU_SLACK:
+            cohorts.move_to_end(key)
+            c.touched = now
         if increments:
             if c.landmark is not landmark:
                 c.landmark = _renormalise(c.counters, c.landmark, landmark, self._rate)
