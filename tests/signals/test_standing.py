@@ -131,3 +131,13 @@ async def test_an_analysed_prompt_is_folded_unless_it_shows_something() -> None:
     assert full(again)  # a near-duplicate of one of its own
     snap = await driver.engine.store.load(again.keys, START + 1)
     assert len(snap.ring) == 4  # every analysed prompt's sketch kept, folded or not
+
+
+async def test_a_request_from_a_new_network_is_assessed_in_full() -> None:
+    driver = await memory_driver()
+    await driver.send(START, account="hopper", body={})
+    home = await driver.send(START + 0.1, account="hopper", body={})
+    away = await driver.send(START + 0.2, account="hopper", ip="203.0.113.5", body={})
+    back = await driver.send(START + 0.3, account="hopper", ip="203.0.113.9", body={})
+    assert not full(home) and full(away)  # network_spread may have moved
+    assert not full(back)  # the same /24 again: no longer new

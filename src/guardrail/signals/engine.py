@@ -8,8 +8,8 @@ non-zero contribution, largest first, which is what the audit log shows.
 In process (the memory store) most requests of a busy principal take a shorter way: its
 *standing* (its last full assessment, at most RESCORE_AFTER old, in no band) decides them,
 and the request is folded into the state as a full assessment would fold it, unless it brings
-evidence (extraction-shaped parameters, a prompt that asks for reasoning or repeats a
-template), which is always assessed in full.
+evidence (extraction-shaped parameters, a new network, a prompt that asks for reasoning or
+repeats a template), which is always assessed in full.
 """
 
 from __future__ import annotations
@@ -291,12 +291,14 @@ class RiskEngine:
         """Fold a request decided from its principal's standing into the state, as a full
         assessment would, with the standing's behaviour score for its cohorts. False (and
         nothing written): the request brings evidence worth a full assessment, parameters
-        shaped for extraction or an analysed prompt (``cut``, its excerpt, and ``sk``, its
-        sketch) that asks for reasoning or repeats a template."""
+        shaped for extraction, a network the principal was not seen on lately, or an analysed
+        prompt (``cut``, its excerpt, and ``sk``, its sketch) that asks for reasoning or
+        repeats a template."""
         gap, hour, max_tokens, temperature, shaped = _per_request(
             standing.last_seen, standing.last_max_tokens, standing.last_temperature, request, now
         )
-        if shaped:
+        spread_bit = sketch.bit(keys.subnet, SPREAD_BITS)
+        if shaped or not standing.spread >> spread_bit & 1:  # or a network new to it
             return False
         tag = sketch.bit(keys.principal, 1 << 32)
         ring = template = None
@@ -306,8 +308,7 @@ class RiskEngine:
                 return False
             if sk is not None:
                 ring, template = sk.pack(), sk.pack_template(tag, now)
-        spread_bit = sketch.bit(keys.subnet, SPREAD_BITS)
-        spread = behaviour.network_spread(standing.spread | (1 << spread_bit))
+        spread = behaviour.network_spread(standing.spread)
         local.fold(
             keys,
             now,
