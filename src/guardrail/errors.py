@@ -46,3 +46,7 @@ class StorageError(GuardrailError):
 
 class AuditError(GuardrailError):
     """The audit trail could not be written, read or verified."""
+
+
+class ClearanceError(GuardrailError):
+    """A clearance was refused: forged, expired, bound to another client, or used up."""
