@@ -1,0 +1,54 @@
+"""Where issued challenges and clearance uses live: in the configured backend, so that any
+worker or host can verify a challenge another one issued, and a clearance's ``max_requests``
+holds across all of them.
+
+A challenge is single-use: ``take`` hands its record to the first caller and to no other
+(Redis GETDEL). A clearance's uses are a counter that expires with the clearance.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Protocol
+
+
+class ChallengeStore(Protocol):
+    async def put(self, challenge_id: str, record: bytes, expires_at: float, now: float) -> None:
+        """Keep ``record`` for ``challenge_id`` until ``expires_at``."""
+        ...
+
+    async def take(self, challenge_id: str, now: float) -> bytes | None:
+        """The record, removed: the first caller gets it, later ones (and after expiry) None."""
+        ...
+
+    async def use(self, clearance_id: str, expires_at: float, now: float) -> int:
+        """Count one use of a clearance; returns its uses so far, this one included."""
+        ...
+
+
+class MemoryChallengeStore:
+    """In process, at most ``max_entries`` of each kind, the oldest dropped first."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        self._challenges: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._uses: OrderedDict[str, tuple[int, float]] = OrderedDict()
+
+    async def put(self, challenge_id: str, record: bytes, expires_at: float, now: float) -> None:
+        self._challenges[challenge_id] = (record, expires_at)
+        if len(self._challenges) > self.max_entries:
+            self._challenges.popitem(last=False)
+
+    async def take(self, challenge_id: str, now: float) -> bytes | None:
+        entry = self._challenges.pop(challenge_id, None)
+        if entry is None or now >= entry[1]:
+            return None
+        return entry[0]
+
+    async def use(self, clearance_id: str, expires_at: float, now: float) -> int:
+        count, _ = self._uses.get(clearance_id, (0, expires_at))
+        self._uses[clearance_id] = (count + 1, expires_at)
+        self._uses.move_to_end(clearance_id)
+        while len(self._uses) > self.max_entries:
+            self._uses.popitem(last=False)
+        return count + 1

@@ -1,0 +1,67 @@
+"""Issued challenges and clearance uses in Redis (see ``challenges``): any worker or host
+verifies what another issued. One command a call, on a ``RedisStorage``'s client."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from guardrail.backends.redis import REDIS_FAILURES, RedisStorage
+from guardrail.errors import StorageError
+
+
+class RedisChallengeStore:
+    """On a ``RedisStorage``'s client, under its prefix, within its connection gate."""
+
+    def __init__(self, storage: RedisStorage) -> None:
+        self.storage = storage
+
+    def _key(self, kind: str, name: str) -> str:
+        return f"{self.storage.prefix}{kind}:{name}"
+
+    async def put(self, challenge_id: str, record: bytes, expires_at: float, now: float) -> None:
+        ttl_ms = max(1, math.ceil((expires_at - now) * 1000))
+        await self._call("SET", self._key("ch", challenge_id), record, "PX", ttl_ms)
+
+    async def take(self, challenge_id: str, now: float) -> bytes | None:
+        record = await self._call("GETDEL", self._key("ch", challenge_id))
+        return record if isinstance(record, bytes) else None
+
+    async def use(self, clearance_id: str, expires_at: float, now: float) -> int:
+        key = self._key("cl", clearance_id)
+        pipe = self.storage.client.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.pexpireat(key, math.ceil(expires_at * 1000))
+        async with self._gate():
+            try:
+                count, _ = await pipe.execute()
+            except REDIS_FAILURES as exc:
+                raise self.storage.failure(exc) from exc
+        return int(count)
+
+    async def _call(self, *command: str | bytes | int) -> object:
+        async with self._gate():
+            try:
+                return await self.storage.client.execute_command(*command)
+            except REDIS_FAILURES as exc:
+                raise self.storage.failure(exc) from exc
+
+    def _gate(self) -> _Gate:
+        return _Gate(self.storage.gate, self.storage.timeout, self.storage.uri)
+
+
+class _Gate:
+    """The storage's connection gate, waited for at most ``timeout``."""
+
+    def __init__(self, gate: asyncio.Semaphore, timeout: float, uri: str) -> None:
+        self.gate, self.timeout, self.uri = gate, timeout, uri
+
+    async def __aenter__(self) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.gate.acquire()
+        except TimeoutError as exc:
+            raise StorageError(f"storage {self.uri!r}: every connection busy") from exc
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.gate.release()

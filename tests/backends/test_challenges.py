@@ -1,0 +1,76 @@
+"""Issued challenges and clearance uses: one conformance suite, in memory and in Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from guardrail.backends.challenges import ChallengeStore, MemoryChallengeStore
+from guardrail.backends.challenges_redis import RedisChallengeStore
+from guardrail.backends.redis import RedisStorage
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store_uri(request: pytest.FixtureRequest) -> str:
+    if request.param == "memory":
+        return "memory://"
+    return str(request.getfixturevalue("redis_url"))
+
+
+@pytest.fixture
+async def store(store_uri: str) -> AsyncIterator[ChallengeStore]:
+    if store_uri == "memory://":
+        yield MemoryChallengeStore()
+        return
+    storage = RedisStorage(store_uri)
+    await storage.start()
+    yield RedisChallengeStore(storage)
+    await storage.close()
+
+
+async def test_a_challenge_is_taken_once(store: ChallengeStore) -> None:
+    await store.put("c1", b"record", NOW + 300, NOW)
+    assert await store.take("c1", NOW + 1) == b"record"
+    assert await store.take("c1", NOW + 2) is None  # reused: refused
+    assert await store.take("never-issued", NOW) is None
+
+
+async def test_concurrent_takes_get_it_once(store: ChallengeStore) -> None:
+    await store.put("c2", b"record", NOW + 300, NOW)
+    taken = await asyncio.gather(*(store.take("c2", NOW + 1) for _ in range(20)))
+    assert taken.count(b"record") == 1 and taken.count(None) == 19
+
+
+async def test_a_challenge_expires(store: ChallengeStore) -> None:
+    await store.put("c3", b"record", NOW + 300, NOW)
+    if isinstance(store, RedisChallengeStore):
+        # Redis expires keys by its own clock: the key carries the challenge's lifetime
+        ttl_ms = await store.storage.client.pttl(store._key("ch", "c3"))
+        assert 299_000 < ttl_ms <= 300_000
+    else:
+        assert await store.take("c3", NOW + 300) is None
+
+
+async def test_clearance_uses_are_counted(store: ChallengeStore) -> None:
+    counts = [await store.use("k1", NOW + 600, NOW + i) for i in range(5)]
+    assert counts == [1, 2, 3, 4, 5]
+    assert await store.use("k2", NOW + 600, NOW) == 1
+
+
+async def test_a_challenge_issued_by_one_instance_is_verified_by_another(redis_url: str) -> None:
+    first, second = RedisStorage(redis_url), RedisStorage(redis_url)
+    for storage in (first, second):
+        await storage.start()
+    try:
+        await RedisChallengeStore(first).put("shared", b"record", NOW + 300, NOW)
+        assert await RedisChallengeStore(second).take("shared", NOW) == b"record"
+        assert await RedisChallengeStore(first).take("shared", NOW) is None
+        assert await RedisChallengeStore(first).use("k", NOW + 600, NOW) == 1
+        assert await RedisChallengeStore(second).use("k", NOW + 600, NOW) == 2
+    finally:
+        await first.close()
+        await second.close()
