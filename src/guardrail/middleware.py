@@ -9,6 +9,7 @@ header list of ``http.response.start``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -16,24 +17,28 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from guardrail.actions import challenge
+from guardrail.actions import challenge, verify
 from guardrail.actions.block import send_blocked
+from guardrail.actions.clearance import ClearanceSigner
 from guardrail.actions.limit import ratelimit_headers, send_limited, send_unavailable
+from guardrail.actions.problem import send_problem
 from guardrail.actions.tier import CompiledTier, compile_tier, tier_policy
 from guardrail.audit import AuditLog, format_ts, sink_from_uri
 from guardrail.backends import risk_engine, storage_from_uri
 from guardrail.backends.base import Outcome, Storage
+from guardrail.backends.challenges import ChallengeStore, MemoryChallengeStore
 from guardrail.backends.memory import MemoryStorage
 from guardrail.decision import ALLOW, BLOCK, CHALLENGE, LIMIT, THROTTLE, Decision, RequestIds
-from guardrail.errors import SecretError, StorageError
+from guardrail.errors import ClearanceError, SecretError, StorageError
 from guardrail.identity import IdentityResolver
 from guardrail.inspection import parse_openai, read_body
 from guardrail.limits import CompiledLimit, CompiledRoute, RouteTable
 from guardrail.policy import Policy
 from guardrail.secrets import resolve_secret
-from guardrail.signals.engine import Assessment, RiskEngine
+from guardrail.signals.engine import Assessment, RiskEngine, principal_of
 
 logger = logging.getLogger("guardrail")
 
@@ -72,6 +77,9 @@ class Guardrail:
         if self.policy.thresholds:
             self.risk = risk_engine(self.policy, self.storage, self.fallback is not None)
         self.tiers = {name: compile_tier(name, tier) for name, tier in self.policy.tiers.items()}
+        self.challenges = _challenge_store(self.storage)
+        self.clearances = ClearanceSigner([self.secret], self.policy.challenges.clearance)
+        self._verify_path = self.policy.challenges.prefix + "/verify"
         self._tier_policies: dict[tuple[str, str], bytes] = {}
         conf = self.policy.audit
         self.audit = AuditLog(
@@ -176,6 +184,9 @@ class Guardrail:
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == self._verify_path and self.risk is not None:
+            await self._verify(scope, receive, send)
+            return
         route = self.routes.match(scope["path"], scope["method"])
         request_id = self.request_ids()
         id_header = (b"guardrail-request-id", request_id.encode())
@@ -199,6 +210,8 @@ class Guardrail:
             if decision.action != ALLOW or decision.storage_error:  # one test on the usual path
                 if decision.action == THROTTLE and decision.tier is not None:
                     tier = self.tiers[decision.tier]
+                elif decision.action == CHALLENGE and await self._cleared(scope, decision, now):
+                    decision.action = ALLOW  # passed a challenge lately: served
                 elif decision.action in (CHALLENGE, BLOCK) and self.enforce:
                     if assessment is not None:
                         await self._commit(assessment, now)
@@ -265,9 +278,129 @@ class Guardrail:
             await send_blocked(send, request_id=decision.request_id, headers=headers)
         else:
             issued = challenge.issue(self.policy.challenges, self.secret, now)
+            try:
+                await verify.keep(self.challenges, issued, principal_of(decision.subject), now)
+            except StorageError as exc:  # the client can retry for another
+                self._warn_storage(exc, now)
             await challenge.send_challenge(
                 send, scope, challenge=issued, request_id=decision.request_id, headers=headers
             )
+
+    async def _cleared(self, scope: Scope, decision: Decision, now: float) -> bool:
+        """Does the request carry a clearance, good for its client, not used up?"""
+        token = _clearance(scope)
+        if token is None:
+            return False
+        try:
+            claims = self.clearances.verify(token, decision.subject, scope, now)
+            uses = await self.challenges.use(claims.id, claims.expires_at, now)
+        except ClearanceError:
+            return False
+        except StorageError as exc:
+            self._warn_storage(exc, now)
+            return False
+        return uses <= self.policy.challenges.clearance.max_requests
+
+    async def _verify(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST {prefix}/verify``: an answered challenge becomes a clearance."""
+        now = self.clock()
+        request_id = self.request_ids()
+        headers = [(b"guardrail-request-id", request_id.encode()), (b"cache-control", b"no-store")]
+        decision = Decision(request_id, "challenge", self.identity.resolve(scope), self.enforce)
+        raw, _ = await read_body(receive, verify.MAX_BODY)
+        try:
+            if scope["method"] != "POST":
+                raise verify.AnswerError("POST the answer to a challenge here")
+            if raw is None:
+                raise verify.AnswerError(f"the answer is larger than {verify.MAX_BODY} bytes")
+            content_type = next(
+                (v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), ""
+            )
+            answer = verify.parse_answer(raw, content_type.lower())
+        except verify.AnswerError as exc:
+            await send_problem(
+                send,
+                400,
+                problem="invalid-answer",
+                title="Bad Request",
+                detail=str(exc),
+                error_type="invalid_request_error",
+                request_id=request_id,
+                headers=headers,
+            )
+            return
+        subject = decision.subject
+        try:
+            token, claims = await verify.check(
+                self.challenges,
+                self.clearances,
+                answer,
+                principal=principal_of(subject),
+                subject=subject,
+                scope=scope,
+                now=now,
+            )
+        except verify.ChallengeFailed as exc:
+            decision.action = "challenge_failed"
+            self._record(scope, decision, now, 403)
+            if self.risk is not None:
+                try:
+                    await self.risk.challenge_failed(subject, now)
+                except StorageError as storage_exc:
+                    self._warn_storage(storage_exc, now)
+            await send_problem(
+                send,
+                403,
+                problem="challenge-failed",
+                title="Forbidden",
+                detail=f"{exc}: retry the original request for a new challenge",
+                error_type="challenge_failed",
+                request_id=request_id,
+                headers=headers,
+            )
+            return
+        except StorageError as exc:
+            self._warn_storage(exc, now)
+            await send_unavailable(send, request_id=request_id, headers=headers)
+            return
+        decision.action = "challenge_passed"
+        limit = self.policy.challenges.clearance.max_requests
+        if answer.browser:
+            self._record(scope, decision, now, 303)
+            secure = scope.get("scheme") == "https"
+            name = ("__Host-" if secure else "") + verify.COOKIE
+            cookie = f"{name}={token}; Path=/; Max-Age={int(claims.expires_at - now)}; HttpOnly"
+            cookie += "; SameSite=Lax" + ("; Secure" if secure else "")
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 303,
+                    "headers": [
+                        (b"location", answer.redirect.encode()),
+                        (b"set-cookie", cookie.encode()),
+                        (b"content-length", b"0"),
+                        *headers,
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        self._record(scope, decision, now, 200)
+        expires_at = format_ts(claims.expires_at)
+        body = {"clearance": token, "expires_at": expires_at, "max_requests": limit}
+        payload = json.dumps(body).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    *headers,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A handshake counts as one request of its route; a refusal closes it before accept,
@@ -451,3 +584,28 @@ def _secret(policy: Policy, storage_uri: str) -> bytes:
             "so their hashes change on restart and `guardrail hash-key` cannot reproduce them"
         )
     return os.urandom(32)
+
+
+def _challenge_store(storage: Storage) -> ChallengeStore:
+    """Issued challenges live where the buckets do: any worker can verify another's."""
+    if isinstance(storage, MemoryStorage):
+        return MemoryChallengeStore()
+    from guardrail.backends.challenges_redis import RedisChallengeStore
+    from guardrail.backends.redis import RedisStorage
+
+    assert isinstance(storage, RedisStorage)
+    return RedisChallengeStore(storage)
+
+
+def _clearance(scope: Scope) -> str | None:
+    """The clearance a request carries: the Guardrail-Clearance header, else the cookie."""
+    cookies = None
+    for name, value in scope.get("headers") or ():
+        if name == verify.HEADER:
+            return str(value.decode("latin-1"))
+        if name == b"cookie":
+            cookies = value.decode("latin-1")
+    if cookies is None:
+        return None
+    parsed = cookie_parser(cookies)
+    return parsed.get("__Host-" + verify.COOKIE) or parsed.get(verify.COOKIE)

@@ -1,0 +1,138 @@
+"""The verify endpoint (``POST {prefix}/verify``): an answered challenge becomes a clearance.
+
+A browser posts the challenge page's form and gets the clearance as a cookie and a 303 to
+``redirect``; an API client posts JSON and gets ``{clearance, expires_at, max_requests}``.
+``redirect`` is a relative path or nothing: never a URL that could leave the site.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.types import Scope
+
+from guardrail.actions import pow
+from guardrail.actions.challenge import Challenge
+from guardrail.actions.clearance import Claims, ClearanceSigner
+from guardrail.backends.challenges import ChallengeStore
+from guardrail.errors import GuardrailError
+from guardrail.identity import Subject
+
+#: An answer is a few short fields; anything longer is not one.
+MAX_BODY = 8192
+COOKIE = "guardrail_clearance"
+HEADER = b"guardrail-clearance"
+
+
+class AnswerError(GuardrailError):
+    """A verify request that is not a well-formed answer (400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    challenge_id: str
+    nonce: str | None
+    captcha: str | None  # h-captcha-response
+    redirect: str
+    browser: bool  # posted as a form: answer with a cookie and a redirect
+
+
+def parse_answer(raw: bytes, content_type: str) -> Answer:
+    fields: dict[str, Any]
+    if content_type.startswith("application/json"):
+        try:
+            fields = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise AnswerError("the body is not JSON") from exc
+        if not isinstance(fields, dict):
+            raise AnswerError("the body is not a JSON object")
+        browser = False
+    elif content_type.startswith("application/x-www-form-urlencoded"):
+        try:
+            fields = dict(parse_qsl(raw.decode("utf-8"), max_num_fields=8, strict_parsing=False))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise AnswerError("the form is not UTF-8 fields") from exc
+        browser = True
+    else:
+        raise AnswerError("send application/json or a form (application/x-www-form-urlencoded)")
+    challenge_id = fields.get("challenge_id")
+    if not isinstance(challenge_id, str) or not 0 < len(challenge_id) <= 64:
+        raise AnswerError("challenge_id: expected the id of the challenge answered")
+    nonce, captcha = fields.get("nonce"), fields.get("h-captcha-response")
+    if nonce is not None and not isinstance(nonce, str):
+        nonce = str(nonce) if isinstance(nonce, int) and not isinstance(nonce, bool) else None
+    if captcha is not None and not isinstance(captcha, str):
+        raise AnswerError("h-captcha-response: expected a string")
+    if nonce is None and captcha is None:
+        raise AnswerError("expected a nonce (proof of work) or an h-captcha-response")
+    return Answer(challenge_id, nonce, captcha, safe_redirect(fields.get("redirect")), browser)
+
+
+def safe_redirect(value: object) -> str:
+    """A relative path on this site: ``/``-rooted, not ``//`` (scheme-relative), no scheme, no
+    backslash (browsers read ``/\\host`` as ``//host``), no control characters."""
+    if value is None or value == "":
+        return "/"
+    if (
+        not isinstance(value, str)
+        or not value.startswith("/")
+        or value.startswith("//")
+        or "\\" in value
+        or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value)
+        or len(value) > 2048
+    ):
+        raise AnswerError(f"redirect: expected a relative path such as /chat, got {value!r:.80}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What the store keeps of an issued challenge."""
+
+    principal: str
+    seed: str
+    difficulty: int
+
+    def dumps(self) -> bytes:
+        return json.dumps([self.principal, self.seed, self.difficulty]).encode()
+
+    @classmethod
+    def loads(cls, raw: bytes) -> Record:
+        principal, seed, difficulty = json.loads(raw)
+        return cls(str(principal), str(seed), int(difficulty))
+
+
+async def keep(store: ChallengeStore, challenge: Challenge, principal: str, now: float) -> None:
+    record = Record(principal, challenge.seed, challenge.difficulty)
+    await store.put(challenge.id, record.dumps(), challenge.expires_at, now)
+
+
+async def check(
+    store: ChallengeStore,
+    signer: ClearanceSigner,
+    answer: Answer,
+    *,
+    principal: str,
+    subject: Subject,
+    scope: Scope,
+    now: float,
+) -> tuple[str, Claims]:
+    """The clearance an answer earns; AnswerError (the client's to fix) or ChallengeFailed."""
+    raw = await store.take(answer.challenge_id, now)
+    if raw is None:
+        raise ChallengeFailed("unknown, expired or already answered challenge")
+    record = Record.loads(raw)
+    if record.principal != principal:
+        raise ChallengeFailed("this challenge was issued to another client")
+    if answer.nonce is None:
+        raise ChallengeFailed("this challenge takes a proof of work (nonce)")
+    if not pow.verify(record.seed, answer.nonce, record.difficulty):
+        raise ChallengeFailed("wrong nonce")
+    return signer.issue(subject, scope, now)
+
+
+class ChallengeFailed(GuardrailError):
+    """An answer that does not pass (403): recorded as challenge_failed."""
