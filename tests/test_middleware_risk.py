@@ -151,7 +151,8 @@ async def test_challenge_is_a_403_with_the_challenge_never_a_429(
     assert page.status_code == 403
     assert page.headers["content-type"].startswith("text/html")
     assert "default-src 'none'" in page.headers["content-security-policy"]
-    assert "/.guardrail/challenge/" in page.text
+    assert 'action="/.guardrail/verify"' in page.text  # the page is the challenge itself
+    assert '<script src="/.guardrail/pow.js">' in page.text
     await app.shutdown()
     records = [r for r in audit_records(tmp_path) if r["action"] == "challenge"]
     assert [r["status"] for r in records] == [403, 403]

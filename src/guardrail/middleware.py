@@ -13,9 +13,11 @@ import json
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -79,7 +81,7 @@ class Guardrail:
         self.tiers = {name: compile_tier(name, tier) for name, tier in self.policy.tiers.items()}
         self.challenges = _challenge_store(self.storage)
         self.clearances = ClearanceSigner([self.secret], self.policy.challenges.clearance)
-        self._verify_path = self.policy.challenges.prefix + "/verify"
+        self._prefix = self.policy.challenges.prefix + "/"
         self._tier_policies: dict[tuple[str, str], bytes] = {}
         conf = self.policy.audit
         self.audit = AuditLog(
@@ -184,8 +186,8 @@ class Guardrail:
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["path"] == self._verify_path and self.risk is not None:
-            await self._verify(scope, receive, send)
+        if scope["path"].startswith(self._prefix) and self.risk is not None:
+            await self._own(scope, receive, send)
             return
         route = self.routes.match(scope["path"], scope["method"])
         request_id = self.request_ids()
@@ -283,7 +285,12 @@ class Guardrail:
             except StorageError as exc:  # the client can retry for another
                 self._warn_storage(exc, now)
             await challenge.send_challenge(
-                send, scope, challenge=issued, request_id=decision.request_id, headers=headers
+                send,
+                scope,
+                challenge=issued,
+                prefix=self.policy.challenges.prefix,
+                request_id=decision.request_id,
+                headers=headers,
             )
 
     async def _cleared(self, scope: Scope, decision: Decision, now: float) -> bool:
@@ -300,6 +307,51 @@ class Guardrail:
             self._warn_storage(exc, now)
             return False
         return uses <= self.policy.challenges.clearance.max_requests
+
+    async def _own(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """guardrail's own endpoints under ``challenges.prefix``: the verify endpoint, the
+        challenge page and its script."""
+        name = scope["path"][len(self._prefix) :]
+        if name == "verify":
+            await self._verify(scope, receive, send)
+            return
+        request_id = self.request_ids()
+        headers = [(b"guardrail-request-id", request_id.encode())]
+        if scope["method"] in ("GET", "HEAD") and name == "pow.js":
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"text/javascript; charset=utf-8"),
+                        (b"content-length", str(len(challenge.POW_JS)).encode()),
+                        (b"cache-control", b"public, max-age=3600"),
+                        *headers,
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": challenge.POW_JS})
+            return
+        if scope["method"] in ("GET", "HEAD") and name.startswith("challenge/"):
+            challenge_id = name.removeprefix("challenge/")
+            if _CHALLENGE_ID.fullmatch(challenge_id):
+                issued = challenge.of(self.policy.challenges, self.secret, challenge_id, 0.0)
+                query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+                back = (query.get("redirect") or ["/"])[0]
+                body = challenge.page(issued, self.policy.challenges.prefix, back, request_id)
+                headers.append((b"cache-control", b"no-store"))
+                await challenge.send_page(send, body, 200, headers)
+                return
+        await send_problem(
+            send,
+            404,
+            problem="not-found",
+            title="Not Found",
+            detail=f"no such guardrail endpoint: {scope['path']}",
+            error_type="invalid_request_error",
+            request_id=request_id,
+            headers=headers,
+        )
 
     async def _verify(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``POST {prefix}/verify``: an answered challenge becomes a clearance."""
@@ -584,6 +636,10 @@ def _secret(policy: Policy, storage_uri: str) -> bytes:
             "so their hashes change on restart and `guardrail hash-key` cannot reproduce them"
         )
     return os.urandom(32)
+
+
+#: What ``challenge.issue`` makes: token_urlsafe, 24 characters.
+_CHALLENGE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _challenge_store(storage: Storage) -> ChallengeStore:

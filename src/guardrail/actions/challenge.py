@@ -12,6 +12,7 @@ import hmac
 import html
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from starlette.types import Scope, Send
@@ -23,10 +24,13 @@ from guardrail.policy import Challenges
 #: How long a challenge can be answered.
 CHALLENGE_TTL = 300.0
 
+#: The page runs guardrail's own script (and its worker) from this origin, nothing else.
 _CSP = (
-    b"default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'self'; "
-    b"frame-ancestors 'none'"
+    b"default-src 'none'; script-src 'self'; worker-src 'self'; style-src 'unsafe-inline'; "
+    b"base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
+#: The proof-of-work script, served at ``{prefix}/pow.js``.
+POW_JS = (Path(__file__).parent / "static" / "pow.js").read_bytes()
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,14 +53,19 @@ class Challenge:
 
 
 def issue(config: Challenges, secret: bytes, now: float) -> Challenge:
-    """A fresh challenge. The proof-of-work seed is bound to the id by the policy secret."""
-    challenge_id = secrets.token_urlsafe(18)
+    """A fresh challenge."""
+    return of(config, secret, secrets.token_urlsafe(18), now + CHALLENGE_TTL)
+
+
+def of(config: Challenges, secret: bytes, challenge_id: str, expires_at: float) -> Challenge:
+    """The challenge ``challenge_id`` names. Its proof-of-work seed is bound to the id by the
+    policy secret, so the challenge page can be served from the id alone."""
     seed = hmac.new(secret, b"pow:" + challenge_id.encode(), hashlib.sha256).hexdigest()[:32]
     return Challenge(
         id=challenge_id,
         kinds=config.order,
         url=f"{config.prefix}/challenge/{challenge_id}",
-        expires_at=now + CHALLENGE_TTL,
+        expires_at=expires_at,
         difficulty=config.pow.difficulty,
         seed=seed,
     )
@@ -72,11 +81,20 @@ def wants_html(scope: Scope) -> bool:
 
 
 async def send_challenge(
-    send: Send, scope: Scope, *, challenge: Challenge, request_id: str, headers: Headers
+    send: Send,
+    scope: Scope,
+    *,
+    challenge: Challenge,
+    prefix: str,
+    request_id: str,
+    headers: Headers,
 ) -> None:
     common = [(b"guardrail-action", b"challenge"), (b"cache-control", b"no-store"), *headers]
     if wants_html(scope):
-        await _send_page(send, challenge, request_id, common)
+        here = scope.get("path", "/")
+        if scope.get("query_string"):
+            here += "?" + scope["query_string"].decode("latin-1")
+        await send_page(send, page(challenge, prefix, here, request_id), 403, common)
         return
     await send_problem(
         send,
@@ -95,31 +113,66 @@ async def send_challenge(
     )
 
 
-async def _send_page(send: Send, challenge: Challenge, request_id: str, headers: Headers) -> None:
-    url = html.escape(challenge.url)
-    page = f"""<!doctype html>
+def relative(value: str) -> str | None:
+    """``value`` if it is a path on this site: ``/``-rooted, not ``//`` (scheme-relative), no
+    backslash (browsers read ``/\\host`` as ``//host``), no control characters; else None."""
+    if (
+        not value.startswith("/")
+        or value.startswith("//")
+        or "\\" in value
+        or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value)
+        or len(value) > 2048
+    ):
+        return None
+    return value
+
+
+def page(challenge: Challenge, prefix: str, redirect: str, request_id: str) -> bytes:
+    """The challenge page: a form that guardrail's script fills with the proof of work and
+    submits; with JavaScript off, it says what to do. ``redirect``: where to go back to (a
+    path that is not ``relative`` goes to ``/``)."""
+    e = html.escape
+    redirect = relative(redirect) or "/"
+    return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Checking your connection</title>
 <style>body{{font:1.1rem/1.5 system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem;
-color:#111;background:#fff}}a{{color:#0645ad}}</style></head>
+color:#111;background:#fff}}a{{color:#0645ad}}button{{font:inherit;padding:.4rem 1rem}}</style>
+</head>
 <body><main><h1>Checking your connection</h1>
-<p>This service saw unusual traffic from your network and needs to check that you are a
-person before it serves more requests.</p>
-<p><a href="{url}">Continue to the check</a>. It expires at
-{html.escape(format_ts(challenge.expires_at))}.</p>
-<p>Request id: <code>{html.escape(request_id)}</code></p></main></body></html>
+<p>This service saw unusual traffic from your network and needs a moment of your browser's
+work before it serves more requests. You will be taken back to the page you asked for.</p>
+<form id="guardrail-pow" method="post" action="{e(prefix)}/verify"
+ data-seed="{e(challenge.seed)}" data-difficulty="{challenge.difficulty}"
+ data-worker="{e(prefix)}/pow.js">
+<input type="hidden" name="challenge_id" value="{e(challenge.id)}">
+<input type="hidden" name="redirect" value="{e(redirect)}">
+<label for="guardrail-nonce">Proof of work</label>
+<input id="guardrail-nonce" name="nonce" inputmode="numeric" autocomplete="off" required>
+<button type="submit">Continue</button>
+</form>
+<p id="guardrail-status" role="status" aria-live="polite"></p>
+<noscript><p>This check needs JavaScript to compute a proof of work. Turn JavaScript on for
+this site and reload, or solve it with another program (SHA-256 of
+<code>{e(challenge.seed)}:&lt;nonce&gt;</code> starting with {challenge.difficulty} zero bits)
+and enter the nonce above.</p></noscript>
+<p>Request id: <code>{e(request_id)}</code></p></main>
+<script src="{e(prefix)}/pow.js"></script></body></html>
 """.encode()
+
+
+async def send_page(send: Send, body: bytes, status: int, headers: Headers) -> None:
     await send(
         {
             "type": "http.response.start",
-            "status": 403,
+            "status": status,
             "headers": [
                 (b"content-type", b"text/html; charset=utf-8"),
-                (b"content-length", str(len(page)).encode()),
+                (b"content-length", str(len(body)).encode()),
                 (b"content-security-policy", _CSP),
                 *headers,
             ],
         }
     )
-    await send({"type": "http.response.body", "body": page})
+    await send({"type": "http.response.body", "body": body})

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 from starlette.types import Scope
 
 from guardrail.actions import pow
-from guardrail.actions.challenge import Challenge
+from guardrail.actions.challenge import Challenge, relative
 from guardrail.actions.clearance import Claims, ClearanceSigner
 from guardrail.backends.challenges import ChallengeStore
 from guardrail.errors import GuardrailError
@@ -72,18 +72,10 @@ def parse_answer(raw: bytes, content_type: str) -> Answer:
 
 
 def safe_redirect(value: object) -> str:
-    """A relative path on this site: ``/``-rooted, not ``//`` (scheme-relative), no scheme, no
-    backslash (browsers read ``/\\host`` as ``//host``), no control characters."""
+    """``redirect`` as posted: nothing (``/``) or a path on this site (``challenge.relative``)."""
     if value is None or value == "":
         return "/"
-    if (
-        not isinstance(value, str)
-        or not value.startswith("/")
-        or value.startswith("//")
-        or "\\" in value
-        or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value)
-        or len(value) > 2048
-    ):
+    if not isinstance(value, str) or relative(value) is None:
         raise AnswerError(f"redirect: expected a relative path such as /chat, got {value!r:.80}")
     return value
 
