@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: simulate demo test lint bench redis-server clean
+.PHONY: simulate demo test lint bench redis-server chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,12 +24,25 @@ redis-server:
 	    exit 1; \
 	  fi; }
 
+# The browser tests drive Debian's Chromium with Playwright (executable_path; Playwright's own
+# browser download is neither needed nor possible on a closed network).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "chromium missing: installing it with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "chromium is required by the browser tests and is not installed." >&2; \
+	    echo "Install it (Debian/Ubuntu: sudo apt-get install chromium) and run make test again." >&2; \
+	    exit 1; \
+	  fi; }
+
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict src
 
-test: $(VENV)/.installed redis-server lint
-	GUARDRAIL_REQUIRE_REDIS=1 $(BIN)/pytest
+test: $(VENV)/.installed redis-server chromium lint
+	GUARDRAIL_REQUIRE_REDIS=1 GUARDRAIL_REQUIRE_BROWSER=1 $(BIN)/pytest
 
 demo: $(VENV)/.installed
 	$(BIN)/python examples/demo.py
