@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from guardrail.actions import challenge, verify
 from guardrail.actions.block import send_blocked
 from guardrail.actions.clearance import ClearanceSigner
+from guardrail.actions.hcaptcha import Siteverify
 from guardrail.actions.limit import ratelimit_headers, send_limited, send_unavailable
 from guardrail.actions.problem import send_problem
 from guardrail.actions.tier import CompiledTier, compile_tier, tier_policy
@@ -81,6 +82,12 @@ class Guardrail:
         self.tiers = {name: compile_tier(name, tier) for name, tier in self.policy.tiers.items()}
         self.challenges = _challenge_store(self.storage)
         self.clearances = ClearanceSigner([self.secret], self.policy.challenges.clearance)
+        hcaptcha = self.policy.challenges.hcaptcha
+        self.siteverify = (
+            Siteverify(hcaptcha)
+            if hcaptcha is not None and "hcaptcha" in self.policy.challenges.order
+            else None
+        )
         self._prefix = self.policy.challenges.prefix + "/"
         self._tier_policies: dict[tuple[str, str], bytes] = {}
         conf = self.policy.audit
@@ -121,6 +128,8 @@ class Guardrail:
     async def shutdown(self) -> None:
         """Flush the audit trail and close connections (lifespan shutdown, or call it yourself)."""
         await self.audit.close()
+        if self.siteverify is not None:
+            await self.siteverify.close()
         if self.risk is not None:
             await self.risk.store.close()
         await self.storage.close()
@@ -391,6 +400,8 @@ class Guardrail:
                 subject=subject,
                 scope=scope,
                 now=now,
+                siteverify=self.siteverify,
+                host=_host(scope),
             )
         except verify.ChallengeFailed as exc:
             decision.action = "challenge_failed"
@@ -665,3 +676,13 @@ def _clearance(scope: Scope) -> str | None:
         return None
     parsed = cookie_parser(cookies)
     return parsed.get("__Host-" + verify.COOKIE) or parsed.get(verify.COOKIE)
+
+
+def _host(scope: Scope) -> str:
+    """The host the client asked for (the Host header, without its port)."""
+    for name, value in scope.get("headers") or ():
+        if name == b"host":
+            host: str = value.decode("latin-1")
+            return host if host.endswith("]") else host.rsplit(":", 1)[0]
+    server = scope.get("server")
+    return str(server[0]) if server else ""

@@ -17,6 +17,7 @@ from starlette.types import Scope
 from guardrail.actions import pow
 from guardrail.actions.challenge import Challenge, relative
 from guardrail.actions.clearance import Claims, ClearanceSigner
+from guardrail.actions.hcaptcha import Siteverify, SiteverifyUnavailable
 from guardrail.backends.challenges import ChallengeStore
 from guardrail.errors import GuardrailError
 from guardrail.identity import Subject
@@ -111,18 +112,38 @@ async def check(
     subject: Subject,
     scope: Scope,
     now: float,
+    siteverify: Siteverify | None = None,
+    host: str = "",
 ) -> tuple[str, Claims]:
-    """The clearance an answer earns; AnswerError (the client's to fix) or ChallengeFailed."""
+    """The clearance an answer earns; ChallengeFailed says why not (a 403)."""
+    if answer.captcha is not None:
+        # Asked of hCaptcha before the id is spent: when siteverify is down and on_error is
+        # pow, the same challenge can still be answered with a proof of work.
+        if siteverify is None:
+            raise ChallengeFailed("this challenge takes a proof of work (nonce)")
+        try:
+            verdict = await siteverify.check(answer.captcha, remoteip=subject.ip, host=host)
+        except SiteverifyUnavailable as exc:
+            on_error = siteverify.config.on_error
+            if on_error == "pow":
+                raise ChallengeFailed(f"{exc}: answer with the proof of work instead") from exc
+            if on_error == "closed":
+                raise ChallengeFailed(f"{exc}: try again later") from exc
+            verdict = None  # open: let it pass
+        if verdict is not None and not verdict.success:
+            await store.take(answer.challenge_id, now)  # spent on a wrong answer
+            raise ChallengeFailed(f"hCaptcha refused the answer: {verdict.reason}")
     raw = await store.take(answer.challenge_id, now)
     if raw is None:
         raise ChallengeFailed("unknown, expired or already answered challenge")
     record = Record.loads(raw)
     if record.principal != principal:
         raise ChallengeFailed("this challenge was issued to another client")
-    if answer.nonce is None:
-        raise ChallengeFailed("this challenge takes a proof of work (nonce)")
-    if not pow.verify(record.seed, answer.nonce, record.difficulty):
-        raise ChallengeFailed("wrong nonce")
+    if answer.captcha is None:
+        if answer.nonce is None:
+            raise ChallengeFailed("expected a nonce or an h-captcha-response")
+        if not pow.verify(record.seed, answer.nonce, record.difficulty):
+            raise ChallengeFailed("wrong nonce")
     return signer.issue(subject, scope, now)
 
 
