@@ -1,0 +1,147 @@
+"""hCaptcha through the verify endpoint, against a local server speaking siteverify's form
+protocol on loopback (the widget cannot load offline: the test posts a token the way it would)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from test_middleware_risk import HEADERS, chat, policy, warm_up
+
+from .test_browser import serving
+from conftest import FakeClock
+from helpers import build, client
+from redis_servers import free_port
+
+SECRET = "0x4AAAAtest-secret-never-logged"
+SITEKEY = "20000000-ffff-ffff-ffff-000000000002"
+VERIFY = "/.guardrail/verify"
+
+
+class Siteverify:
+    """What hCaptcha's siteverify answers, by token; it keeps every form it was sent."""
+
+    def __init__(self) -> None:
+        self.forms: list[dict[str, str]] = []
+
+    async def endpoint(self, request: Request) -> JSONResponse:
+        assert request.headers["content-type"] == "application/x-www-form-urlencoded"
+        form = dict(parse_qsl((await request.body()).decode()))
+        self.forms.append(form)
+        token = form.get("response")
+        if token == "slow":
+            await asyncio.sleep(1)  # beyond the policy's timeout (300 ms): the client gives up
+        if token == "pass":
+            return JSONResponse({"success": True, "hostname": "testserver", "challenge_ts": "x"})
+        if token == "elsewhere":
+            return JSONResponse({"success": True, "hostname": "evil.example"})
+        if token == "garbage":
+            return JSONResponse(["not", "the", "protocol"], status_code=500)
+        return JSONResponse({"success": False, "error-codes": ["invalid-input-response"]})
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route("/siteverify", self.endpoint, methods=["POST"])])
+
+
+@pytest.fixture
+async def siteverify() -> AsyncIterator[tuple[Siteverify, str]]:
+    server = Siteverify()
+    async with serving(server.app()) as base:
+        yield server, f"{base}/siteverify"
+
+
+def hcaptcha_policy(verify_url: str, on_error: str = "pow") -> str:
+    return policy(
+        4.0,
+        extra=f"""challenges:
+  order: [hcaptcha, pow]
+  hcaptcha:
+    sitekey: {SITEKEY}
+    secret: env:HCAPTCHA_TEST_SECRET
+    verify_url: {verify_url}
+    timeout: 300ms
+    on_error: {on_error}
+  pow: {{difficulty: 8}}
+""",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HCAPTCHA_TEST_SECRET", SECRET)
+
+
+async def answer(
+    tmp_path: Path, clock: FakeClock, text: str, token: str, **extra: Any
+) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """Challenge an account, answer with ``token``; (status, body, challenge 403 body)."""
+    app = build(tmp_path, clock, text)
+    async with client(app) as http:
+        await warm_up(http, clock)
+        challenged = await http.post("/v1/chat/completions", json=chat(9), headers=HEADERS)
+        body = challenged.json()
+        form = {"challenge_id": body["challenge"]["id"], "h-captcha-response": token, **extra}
+        verified = await http.post(VERIFY, json=form, headers=HEADERS)
+    await app.shutdown()
+    return verified.status_code, verified.json(), body
+
+
+async def test_a_passing_token_earns_a_clearance(
+    tmp_path: Path, clock: FakeClock, siteverify: tuple[Siteverify, str], caplog: Any
+) -> None:
+    server, url = siteverify
+    caplog.set_level(logging.DEBUG)
+    status, body, challenge = await answer(tmp_path, clock, hcaptcha_policy(url), "pass")
+    assert status == 200 and "clearance" in body
+    assert challenge["challenge"]["kinds"] == ["hcaptcha", "pow"]
+    assert server.forms == [
+        {"secret": SECRET, "response": "pass", "remoteip": "203.0.113.7", "sitekey": SITEKEY}
+    ]
+    assert SECRET not in caplog.text
+    assert SECRET not in (tmp_path / "audit.jsonl").read_text()
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [("wrong", "invalid-input-response"), ("elsewhere", "'evil.example' is not 'testserver'")],
+)
+async def test_a_refused_token_is_a_failed_challenge(
+    tmp_path: Path, clock: FakeClock, siteverify: tuple[Siteverify, str], token: str, reason: str
+) -> None:
+    _, url = siteverify
+    status, body, _ = await answer(tmp_path, clock, hcaptcha_policy(url), token)
+    assert status == 403 and body["error"]["code"] == "challenge_failed"
+    assert reason in body["detail"]
+
+
+async def test_siteverify_down_falls_back_as_on_error_says(
+    tmp_path: Path, clock: FakeClock, siteverify: tuple[Siteverify, str]
+) -> None:
+    _, url = siteverify
+    unreachable = f"http://127.0.0.1:{free_port()}/siteverify"
+    # pow: refused, and told to answer the same challenge with a proof of work
+    status, body, _ = await answer(tmp_path, clock, hcaptcha_policy(url, "pow"), "slow")
+    assert status == 403 and "timed out" in body["detail"] and "proof of work" in body["detail"]
+    status, body, _ = await answer(tmp_path / "b", clock, hcaptcha_policy(unreachable), "x")
+    assert status == 403 and "proof of work" in body["detail"]
+    # open: passes; closed: refused
+    status, body, _ = await answer(tmp_path / "c", clock, hcaptcha_policy(unreachable, "open"), "x")
+    assert status == 200 and "clearance" in body
+    status, body, _ = await answer(tmp_path / "d", clock, hcaptcha_policy(url, "closed"), "garbage")
+    assert status == 403 and "not its protocol" in body["detail"]
+
+
+@pytest.fixture(autouse=True)
+def _dirs(tmp_path: Path) -> None:
+    for name in "bcd":
+        (tmp_path / name).mkdir()
