@@ -303,13 +303,26 @@ class Guardrail:
             )
 
     async def _cleared(self, scope: Scope, decision: Decision, now: float) -> bool:
-        """Does the request carry a clearance, good for its client, not used up?"""
+        """Has the request a clearance, good for its client and not used up: one it carries,
+        or its API key's or account's, granted server-side when it passed a challenge (so an
+        API client's plain retry passes after a person solved the challenge in a browser)?"""
         token = _clearance(scope)
-        if token is None:
-            return False
+        subject = decision.subject
+        # An API key's or account's uses are counted once, whichever way it shows its pass
+        keyed = subject.api_key is not None or subject.account is not None
+        name = "p:" + principal_of(subject)
         try:
-            claims = self.clearances.verify(token, decision.subject, scope, now)
-            uses = await self.challenges.use(claims.id, claims.expires_at, now)
+            if token is not None:
+                claims = self.clearances.verify(token, subject, scope, now)
+                counted = name if keyed else claims.id
+                uses = await self.challenges.use(counted, claims.expires_at, now)
+            elif keyed:
+                expires_at = await self.challenges.granted(name, now)
+                if expires_at is None:
+                    return False
+                uses = await self.challenges.use(name, expires_at, now)
+            else:
+                return False
         except ClearanceError:
             return False
         except StorageError as exc:
@@ -427,6 +440,11 @@ class Guardrail:
             await send_unavailable(send, request_id=request_id, headers=headers)
             return
         decision.action = "challenge_passed"
+        if subject.api_key is not None or subject.account is not None:
+            try:
+                await self.challenges.grant("p:" + principal_of(subject), claims.expires_at, now)
+            except StorageError as exc:  # the clearance itself still works
+                self._warn_storage(exc, now)
         limit = self.policy.challenges.clearance.max_requests
         if answer.browser:
             self._record(scope, decision, now, 303)

@@ -25,6 +25,15 @@ class ChallengeStore(Protocol):
         """Count one use of a clearance; returns its uses so far, this one included."""
         ...
 
+    async def grant(self, name: str, expires_at: float, now: float) -> None:
+        """A server-side clearance for ``name`` (an API key or account that passed a challenge)
+        until ``expires_at``; its uses (``use(name, ...)``) start again from 0."""
+        ...
+
+    async def granted(self, name: str, now: float) -> float | None:
+        """The expiry of ``name``'s server-side clearance, if it has one."""
+        ...
+
 
 class MemoryChallengeStore:
     """In process, at most ``max_entries`` of each kind, the oldest dropped first."""
@@ -33,6 +42,7 @@ class MemoryChallengeStore:
         self.max_entries = max_entries
         self._challenges: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._uses: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._grants: OrderedDict[str, float] = OrderedDict()
 
     async def put(self, challenge_id: str, record: bytes, expires_at: float, now: float) -> None:
         self._challenges[challenge_id] = (record, expires_at)
@@ -52,3 +62,14 @@ class MemoryChallengeStore:
         while len(self._uses) > self.max_entries:
             self._uses.popitem(last=False)
         return count + 1
+
+    async def grant(self, name: str, expires_at: float, now: float) -> None:
+        self._uses.pop(name, None)
+        self._grants[name] = expires_at
+        self._grants.move_to_end(name)
+        while len(self._grants) > self.max_entries:
+            self._grants.popitem(last=False)
+
+    async def granted(self, name: str, now: float) -> float | None:
+        expires_at = self._grants.get(name)
+        return expires_at if expires_at is not None and now < expires_at else None

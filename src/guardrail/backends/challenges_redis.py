@@ -39,6 +39,23 @@ class RedisChallengeStore:
                 raise self.storage.failure(exc) from exc
         return int(count)
 
+    async def grant(self, name: str, expires_at: float, now: float) -> None:
+        pipe = self.storage.client.pipeline(transaction=False)
+        pipe.delete(self._key("cl", name))
+        pipe.set(self._key("gr", name), repr(expires_at), pxat=math.ceil(expires_at * 1000))
+        async with self._gate():
+            try:
+                await pipe.execute()
+            except REDIS_FAILURES as exc:
+                raise self.storage.failure(exc) from exc
+
+    async def granted(self, name: str, now: float) -> float | None:
+        raw = await self._call("GET", self._key("gr", name))
+        if not isinstance(raw, bytes):
+            return None
+        expires_at = float(raw)
+        return expires_at if now < expires_at else None
+
     async def _call(self, *command: str | bytes | int) -> object:
         async with self._gate():
             try:
