@@ -88,6 +88,7 @@ class Guardrail:
             if hcaptcha is not None and "hcaptcha" in self.policy.challenges.order
             else None
         )
+        self._sitekey = hcaptcha.sitekey if self.siteverify is not None and hcaptcha else None
         self._prefix = self.policy.challenges.prefix + "/"
         self._tier_policies: dict[tuple[str, str], bytes] = {}
         conf = self.policy.audit
@@ -300,6 +301,7 @@ class Guardrail:
                 prefix=self.policy.challenges.prefix,
                 request_id=decision.request_id,
                 headers=headers,
+                sitekey=self._sitekey,
             )
 
     async def _cleared(self, scope: Scope, decision: Decision, now: float) -> bool:
@@ -360,9 +362,11 @@ class Guardrail:
                 issued = challenge.of(self.policy.challenges, self.secret, challenge_id, 0.0)
                 query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
                 back = (query.get("redirect") or ["/"])[0]
-                body = challenge.page(issued, self.policy.challenges.prefix, back, request_id)
+                prefix = self.policy.challenges.prefix
+                body = challenge.page(issued, prefix, back, request_id, self._sitekey)
                 headers.append((b"cache-control", b"no-store"))
-                await challenge.send_page(send, body, 200, headers)
+                hcaptcha = self._sitekey is not None
+                await challenge.send_page(send, body, 200, headers, hcaptcha=hcaptcha)
                 return
         await send_problem(
             send,

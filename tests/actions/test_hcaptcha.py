@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from guardrail.client import solve_pow
 from test_middleware_risk import HEADERS, chat, policy, warm_up
 
 from .test_browser import serving
@@ -145,3 +146,28 @@ async def test_siteverify_down_falls_back_as_on_error_says(
 def _dirs(tmp_path: Path) -> None:
     for name in "bcd":
         (tmp_path / name).mkdir()
+
+
+async def test_the_page_offers_the_widget_and_the_form_passes_on_the_proof_of_work(
+    tmp_path: Path, clock: FakeClock, siteverify: tuple[Siteverify, str]
+) -> None:
+    server, url = siteverify
+    app = build(tmp_path, clock, hcaptcha_policy(url))
+    async with client(app) as http:
+        await warm_up(http, clock)
+        await http.post("/v1/chat/completions", json=chat(9), headers=HEADERS)
+        page = await http.get("/account", headers={**HEADERS, "accept": "text/html"})
+        assert page.status_code == 403
+        assert f'class="h-captcha" data-sitekey="{SITEKEY}"' in page.text
+        assert "https://js.hcaptcha.com/1/api.js" in page.text
+        csp = page.headers["content-security-policy"]
+        assert "frame-src https://hcaptcha.com https://*.hcaptcha.com" in csp
+        challenge_id = page.text.split('name="challenge_id" value="')[1].split('"')[0]
+        seed = page.text.split('data-seed="')[1].split('"')[0]
+        nonce = solve_pow({"pow": {"algorithm": "sha256", "difficulty": 8, "seed": seed}})
+        # the form as the browser posts it: the widget's field is there, empty
+        form = {"challenge_id": challenge_id, "nonce": nonce, "h-captcha-response": ""}
+        verified = await http.post(VERIFY, data=form, headers=HEADERS)
+        assert verified.status_code == 303
+    assert server.forms == []  # nothing asked of siteverify
+    await app.shutdown()

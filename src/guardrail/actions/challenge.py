@@ -24,11 +24,18 @@ from guardrail.policy import Challenges
 #: How long a challenge can be answered.
 CHALLENGE_TTL = 300.0
 
-#: The page runs guardrail's own script (and its worker) from this origin, nothing else.
+#: The page runs guardrail's own script (and its worker) from this origin, nothing else...
 _CSP = (
     b"default-src 'none'; script-src 'self'; worker-src 'self'; style-src 'unsafe-inline'; "
     b"base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
+#: ...but hCaptcha's widget when it is offered (the sources hCaptcha's documentation lists).
+_HCAPTCHA = "https://hcaptcha.com https://*.hcaptcha.com"
+_CSP_HCAPTCHA = (
+    f"default-src 'none'; script-src 'self' {_HCAPTCHA}; worker-src 'self'; "
+    f"frame-src {_HCAPTCHA}; connect-src {_HCAPTCHA}; style-src 'unsafe-inline' {_HCAPTCHA}; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+).encode()
 #: The proof-of-work script, served at ``{prefix}/pow.js``.
 POW_JS = (Path(__file__).parent / "static" / "pow.js").read_bytes()
 
@@ -88,13 +95,15 @@ async def send_challenge(
     prefix: str,
     request_id: str,
     headers: Headers,
+    sitekey: str | None = None,
 ) -> None:
     common = [(b"guardrail-action", b"challenge"), (b"cache-control", b"no-store"), *headers]
     if wants_html(scope):
         here = scope.get("path", "/")
         if scope.get("query_string"):
             here += "?" + scope["query_string"].decode("latin-1")
-        await send_page(send, page(challenge, prefix, here, request_id), 403, common)
+        body = page(challenge, prefix, here, request_id, sitekey)
+        await send_page(send, body, 403, common, hcaptcha=sitekey is not None)
         return
     await send_problem(
         send,
@@ -127,12 +136,20 @@ def relative(value: str) -> str | None:
     return value
 
 
-def page(challenge: Challenge, prefix: str, redirect: str, request_id: str) -> bytes:
+def page(
+    challenge: Challenge, prefix: str, redirect: str, request_id: str, sitekey: str | None = None
+) -> bytes:
     """The challenge page: a form that guardrail's script fills with the proof of work and
     submits; with JavaScript off, it says what to do. ``redirect``: where to go back to (a
     path that is not ``relative`` goes to ``/``)."""
     e = html.escape
     redirect = relative(redirect) or "/"
+    widget = script = ""
+    if sitekey is not None and "hcaptcha" in challenge.kinds:
+        # The widget fills h-captcha-response in this form; a person submits it
+        widget = f'<div class="h-captcha" data-sitekey="{e(sitekey)}"></div>\n'
+        script = '<script src="https://js.hcaptcha.com/1/api.js" async defer></script>\n'
+    pow_script = f'<script src="{e(prefix)}/pow.js"></script>' if "pow" in challenge.kinds else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -148,7 +165,7 @@ work before it serves more requests. You will be taken back to the page you aske
  data-worker="{e(prefix)}/pow.js">
 <input type="hidden" name="challenge_id" value="{e(challenge.id)}">
 <input type="hidden" name="redirect" value="{e(redirect)}">
-<label for="guardrail-nonce">Proof of work</label>
+{widget}<label for="guardrail-nonce">Proof of work</label>
 <input id="guardrail-nonce" name="nonce" inputmode="numeric" autocomplete="off" required>
 <button type="submit">Continue</button>
 </form>
@@ -158,11 +175,13 @@ this site and reload, or solve it with another program (SHA-256 of
 <code>{e(challenge.seed)}:&lt;nonce&gt;</code> starting with {challenge.difficulty} zero bits)
 and enter the nonce above.</p></noscript>
 <p>Request id: <code>{e(request_id)}</code></p></main>
-<script src="{e(prefix)}/pow.js"></script></body></html>
+{script}{pow_script}</body></html>
 """.encode()
 
 
-async def send_page(send: Send, body: bytes, status: int, headers: Headers) -> None:
+async def send_page(
+    send: Send, body: bytes, status: int, headers: Headers, *, hcaptcha: bool = False
+) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -170,7 +189,7 @@ async def send_page(send: Send, body: bytes, status: int, headers: Headers) -> N
             "headers": [
                 (b"content-type", b"text/html; charset=utf-8"),
                 (b"content-length", str(len(body)).encode()),
-                (b"content-security-policy", _CSP),
+                (b"content-security-policy", _CSP_HCAPTCHA if hcaptcha else _CSP),
                 *headers,
             ],
         }

@@ -62,7 +62,8 @@ def parse_answer(raw: bytes, content_type: str) -> Answer:
     challenge_id = fields.get("challenge_id")
     if not isinstance(challenge_id, str) or not 0 < len(challenge_id) <= 64:
         raise AnswerError("challenge_id: expected the id of the challenge answered")
-    nonce, captcha = fields.get("nonce"), fields.get("h-captcha-response")
+    # the widget's field is in the form (empty) whenever it is on the page
+    nonce, captcha = fields.get("nonce") or None, fields.get("h-captcha-response") or None
     if nonce is not None and not isinstance(nonce, str):
         nonce = str(nonce) if isinstance(nonce, int) and not isinstance(nonce, bool) else None
     if captcha is not None and not isinstance(captcha, str):
