@@ -27,6 +27,10 @@ from redis_servers import free_port
 SECRET = "0x4AAAAtest-secret-never-logged"
 SITEKEY = "20000000-ffff-ffff-ffff-000000000002"
 VERIFY = "/.guardrail/verify"
+#: hCaptcha's published test keys and the dummy token its widget returns for them
+TEST_SITEKEY = "10000000-ffff-ffff-ffff-000000000001"
+TEST_SECRET = "0x0000000000000000000000000000000000000000"
+DUMMY_TOKEN = "10000000-aaaa-bbbb-cccc-000000000001"
 
 
 class Siteverify:
@@ -44,6 +48,8 @@ class Siteverify:
             await asyncio.sleep(1)  # beyond the policy's timeout (300 ms): the client gives up
         if token == "pass":
             return JSONResponse({"success": True, "hostname": "testserver", "challenge_ts": "x"})
+        if token == DUMMY_TOKEN and form.get("sitekey") == TEST_SITEKEY:
+            return JSONResponse({"success": True, "hostname": "dummy-key-pass"})
         if token == "elsewhere":
             return JSONResponse({"success": True, "hostname": "evil.example"})
         if token == "garbage":
@@ -61,13 +67,13 @@ async def siteverify() -> AsyncIterator[tuple[Siteverify, str]]:
         yield server, f"{base}/siteverify"
 
 
-def hcaptcha_policy(verify_url: str, on_error: str = "pow") -> str:
+def hcaptcha_policy(verify_url: str, on_error: str = "pow", sitekey: str = SITEKEY) -> str:
     return policy(
         4.0,
         extra=f"""challenges:
   order: [hcaptcha, pow]
   hcaptcha:
-    sitekey: {SITEKEY}
+    sitekey: {sitekey}
     secret: env:HCAPTCHA_TEST_SECRET
     verify_url: {verify_url}
     timeout: 300ms
@@ -171,3 +177,17 @@ async def test_the_page_offers_the_widget_and_the_form_passes_on_the_proof_of_wo
         assert verified.status_code == 303
     assert server.forms == []  # nothing asked of siteverify
     await app.shutdown()
+
+
+async def test_hcaptchas_published_test_keys_pass_with_the_dummy_token(
+    tmp_path: Path,
+    clock: FakeClock,
+    siteverify: tuple[Siteverify, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server, url = siteverify
+    monkeypatch.setenv("HCAPTCHA_TEST_SECRET", TEST_SECRET)
+    text = hcaptcha_policy(url, sitekey=TEST_SITEKEY)
+    status, body, _ = await answer(tmp_path, clock, text, DUMMY_TOKEN)
+    assert status == 200 and "clearance" in body  # no real host reported: not checked
+    assert server.forms[0]["secret"] == TEST_SECRET
