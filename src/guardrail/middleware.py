@@ -81,7 +81,9 @@ class Guardrail:
             self.risk = risk_engine(self.policy, self.storage, self.fallback is not None)
         self.tiers = {name: compile_tier(name, tier) for name, tier in self.policy.tiers.items()}
         self.challenges = _challenge_store(self.storage)
-        self.clearances = ClearanceSigner([self.secret], self.policy.challenges.clearance)
+        clearance = self.policy.challenges.clearance
+        keys = [resolve_secret(ref) for ref in clearance.secrets] or [self.secret]
+        self.clearances = ClearanceSigner(keys, clearance)
         hcaptcha = self.policy.challenges.hcaptcha
         self.siteverify = (
             Siteverify(hcaptcha)

@@ -220,6 +220,9 @@ class Clearance(_Model):
         "subnet",
         "user_agent",
     )
+    # Signing secrets, newest first: the first signs, every one verifies (rotation). Empty:
+    # the policy's `secret`.
+    secrets: tuple[ReferencedSecret, ...] = ()
 
 
 class Challenges(_Model):

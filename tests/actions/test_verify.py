@@ -11,6 +11,7 @@ import pytest
 
 from guardrail.actions import pow
 from guardrail.client import solve_pow
+from guardrail.errors import ClearanceError
 from test_middleware_risk import HEADERS, chat, policy, warm_up
 
 from conftest import FakeClock
@@ -154,3 +155,28 @@ async def test_a_challenge_issued_by_one_instance_is_verified_by_another(
         assert retry.status_code == 200
     await first.shutdown()
     await second.shutdown()
+
+
+async def test_clearance_secrets_rotate(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clearance signed before a rotation (the old secret alone) still passes after it (the
+    new secret first, the old one still listed); one signed with a dropped secret does not."""
+    monkeypatch.setenv("CLEARANCE_NEW", "new-secret")
+    monkeypatch.setenv("CLEARANCE_OLD", "old-secret")
+
+    def app(secrets: str) -> Any:
+        signing = f"max_requests: 3, secrets: {secrets}}}"
+        return build(
+            tmp_path, clock, policy(4.0, extra=CHALLENGES.replace("max_requests: 3}", signing))
+        )
+
+    before = app("[env:CLEARANCE_OLD]")
+    during = app("[env:CLEARANCE_NEW, env:CLEARANCE_OLD]")
+    after = app("[env:CLEARANCE_NEW]")
+    peer = {"type": "http", "headers": [], "client": ("203.0.113.7", 1)}
+    subject = before.identity.resolve(peer)
+    token, claims = before.clearances.issue(subject, {"headers": []}, clock())
+    assert during.clearances.verify(token, subject, {"headers": []}, clock()) == claims
+    with pytest.raises(ClearanceError):
+        after.clearances.verify(token, subject, {"headers": []}, clock())
