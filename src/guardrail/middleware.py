@@ -446,6 +446,11 @@ class Guardrail:
             await send_unavailable(send, request_id=request_id, headers=headers)
             return
         decision.action = "challenge_passed"
+        if self.risk is not None:
+            try:
+                await self.risk.challenge_passed(subject, now)
+            except StorageError as exc:
+                self._warn_storage(exc, now)
         if subject.api_key is not None or subject.account is not None:
             try:
                 await self.challenges.grant("p:" + principal_of(subject), claims.expires_at, now)

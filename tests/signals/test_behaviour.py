@@ -5,6 +5,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
+
+from guardrail.identity import Subject
+
 from .streams import START, diverse, human, steady, templated
 
 Make = Any
@@ -163,6 +167,36 @@ async def test_refusals_and_failed_challenges(make_driver: Make) -> None:
         await driver.engine.challenge_failed(subject, when)
     failing = await driver.send(times[3], account="failing", ip="198.51.100.9")
     assert failing.signals["failed_challenges"] >= 29.5  # three failures, minutes ago
+
+
+async def test_a_passed_challenge_takes_points_off(make_driver: Make) -> None:
+    from .test_engine import ASK, ONLY_REASONING
+
+    # reasoning_extraction alone, at 60 points, and the relief of a pass
+    relief = "passed_challenges: {weight: 1}"
+    text = ONLY_REASONING.replace("passed_challenges: {weight: 0}", relief)
+    driver = await make_driver(text)
+    times = steady(10, every=60.0)
+    asks = [ASK.format(i) for i in range(10)]
+    before = await driver.stream(times, asks, account="solver", ip="198.51.100.20")
+    assert before.score == 60.0
+    await driver.engine.challenge_passed(
+        Subject(None, "solver", "198.51.100.20", "198.51.100.0/24"), times[-1] + 1
+    )
+    after = await driver.send(times[-1] + 60, account="solver", ip="198.51.100.20", body={})
+    assert after.signals["passed_challenges"] == pytest.approx(-30.0, abs=0.2)
+    assert after.score == pytest.approx(30.0, abs=0.2)
+    assert list(after.signals) == ["reasoning_extraction", "passed_challenges"]  # largest first
+
+
+async def test_five_failed_challenges_are_the_top_band(make_driver: Make) -> None:
+    driver = await make_driver()
+    subject = Subject(None, "guesser", "198.51.100.30", "198.51.100.0/24")
+    for i in range(5):
+        await driver.engine.challenge_failed(subject, START + i)
+    last = await driver.send(START + 10, account="guesser", ip="198.51.100.30", body={})
+    assert last.score == 100.0
+    assert last.threshold is not None and last.threshold.action == "block"
 
 
 async def test_request_volume_against_the_route_limit(make_driver: Make) -> None:

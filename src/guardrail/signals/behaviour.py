@@ -18,6 +18,7 @@ from guardrail.signals.state import (
     GQ,
     GS,
     HOUR0,
+    PAS,
     PRM,
     REF,
     REQ,
@@ -126,6 +127,11 @@ def request_shape(c: list[float]) -> float:
 
 def refusals(c: list[float]) -> float:
     return share(c, REF, REQ, 0.1, 0.5, 10)
+
+
+def passed_challenges(c: list[float]) -> float:
+    """One pass, decayed: its points (negative) take effect in full, then fade."""
+    return min(c[PAS], 1.0)
 
 
 def failed_challenges(c: list[float]) -> float:

@@ -102,6 +102,12 @@ SIGNALS: tuple[SignalInfo, ...] = (
         "identity",
         "challenges failed recently (each counts; three or more is full strength)",
     ),
+    SignalInfo(
+        "passed_challenges",
+        -30,
+        "identity",
+        "a challenge passed recently takes points off (its weight sets how many)",
+    ),
 )
 
 BY_NAME: dict[str, SignalInfo] = {signal.name: signal for signal in SIGNALS}

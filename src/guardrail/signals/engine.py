@@ -37,6 +37,7 @@ from guardrail.signals.state import (
     GQ,
     GS,
     HOUR0,
+    PAS,
     PRINCIPAL,
     PRM,
     REF,
@@ -68,6 +69,10 @@ SESSION_BREAK = 1800.0
 ANALYSE_ALL_UNTIL = 32.0
 ANALYSE_EVERY = 16
 ANALYSE_ALL_FROM = 20.0
+#: Challenges failed (decayed) from which a principal's score is 100, the top band: each
+#: failure alone adds ``failed_challenges``, three are its full 30 points, five are a farm
+#: guessing (4.5: five within a fraction of a half-life, a little decayed).
+FAILURES_TO_BLOCK = 4.5
 #: A principal's standing (its last full assessment) decides its requests for this long, unless
 #: it is in a band, or a request brings evidence (a prompt to analyse, an extraction-shaped
 #: parameter set). Its signals move with decayed counters over hours: a second is nothing to
@@ -88,6 +93,7 @@ ORDER = (
     "request_volume",
     "refusals",
     "failed_challenges",
+    "passed_challenges",
     "subnet_cohort",
     "fingerprint_cohort",
 )
@@ -119,11 +125,11 @@ class Assessment:
             (
                 (round(value * weight, 1), name)
                 for name, value, weight in zip(ORDER, self.values, self.points, strict=True)
-                if value > 0 and weight > 0
+                if value > 0 and weight != 0
             ),
             reverse=True,
         )
-        return {name: points for points, name in contributions if points > 0}
+        return {name: points for points, name in contributions if points != 0}
 
 
 def principal_of(subject: Subject) -> str:
@@ -260,6 +266,13 @@ class RiskEngine:
         increments = [0.0] * len(PRINCIPAL)
         increments[REF] = 1.0
         await self._save(assessment, Update(now, increments, seen=False))
+
+    async def challenge_passed(self, subject: Subject, now: float) -> None:
+        """A pass takes points off its principal's score (``passed_challenges``)."""
+        increments = [0.0] * len(PRINCIPAL)
+        increments[PAS] = 1.0
+        keys = Keys(principal_of(subject), "s:" + subject.subnet, None, ())
+        await self.store.save(keys, Update(now, increments, seen=False))
 
     async def challenge_failed(self, subject: Subject, now: float) -> None:
         increments = [0.0] * len(PRINCIPAL)
@@ -427,10 +440,13 @@ class RiskEngine:
             behaviour.request_volume(c, self.half_life, self._limit_rate(route)),
             behaviour.refusals(c),
             behaviour.failed_challenges(c),
+            behaviour.passed_challenges(c),
             subnet_cohort,
             fingerprint_cohort,
         )
-        score = round(min(100.0, sum(map(mul, values, points))), 1)
+        score = round(min(100.0, max(0.0, sum(map(mul, values, points)))), 1)
+        if c[FCH] >= FAILURES_TO_BLOCK:
+            score = 100.0  # failing again and again: the top band, whatever else is seen
         level, band = self._band(score, snap.band, now)
         update = Update(
             now,

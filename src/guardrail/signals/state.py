@@ -40,10 +40,11 @@ PRINCIPAL = (
     "gs",  # their sum (seconds)
     "gq",  # their sum of squares
     "trs",  # prompts that both ask for reasoning and are near-duplicates (own or others')
+    "pas",  # challenges passed
     *(f"h{hour}" for hour in range(24)),
 )
-(REQ, PRM, TPL, RSN, XAC, SHP, REF, FCH, GN, GS, GQ, TRS) = range(12)
-HOUR0 = 12  # index of h0
+(REQ, PRM, TPL, RSN, XAC, SHP, REF, FCH, GN, GS, GQ, TRS, PAS) = range(13)
+HOUR0 = 13  # index of h0
 
 #: Decayed counters of a subnet or a fingerprint cohort.
 COHORT = (
