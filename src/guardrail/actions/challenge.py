@@ -1,8 +1,8 @@
 """The challenge action: 403 with what it takes to pass, never 429 (SDKs retry 429 alone).
 
 An API client gets problem+json with the ``challenge`` object (SPEC §3); a browser (a GET that
-accepts text/html) gets a page saying what to do. The page and endpoints that solve a
-challenge live under ``challenges.prefix`` (see the challenge module of 0.3).
+accepts text/html) gets the challenge page itself: a form that guardrail's proof-of-work script
+fills and submits to the verify endpoint (``verify``), hCaptcha's widget when it is offered.
 """
 
 from __future__ import annotations
