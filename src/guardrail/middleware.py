@@ -9,25 +9,21 @@ header list of ``http.response.start``.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs
 
-from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from guardrail.actions import challenge, verify
 from guardrail.actions.block import send_blocked
 from guardrail.actions.clearance import ClearanceSigner
+from guardrail.actions.endpoints import ChallengeDesk
 from guardrail.actions.hcaptcha import Siteverify
 from guardrail.actions.limit import ratelimit_headers, send_limited, send_unavailable
-from guardrail.actions.problem import send_problem
 from guardrail.actions.tier import CompiledTier, compile_tier, tier_policy
 from guardrail.audit import AuditLog, format_ts, sink_from_uri
 from guardrail.backends import risk_engine, storage_from_uri
@@ -35,7 +31,7 @@ from guardrail.backends.base import Outcome, Storage
 from guardrail.backends.challenges import ChallengeStore, MemoryChallengeStore
 from guardrail.backends.memory import MemoryStorage
 from guardrail.decision import ALLOW, BLOCK, CHALLENGE, LIMIT, THROTTLE, Decision, RequestIds
-from guardrail.errors import ClearanceError, SecretError, StorageError
+from guardrail.errors import SecretError, StorageError
 from guardrail.identity import IdentityResolver
 from guardrail.inspection import parse_openai, read_body
 from guardrail.limits import CompiledLimit, CompiledRoute, RouteTable
@@ -92,6 +88,7 @@ class Guardrail:
         )
         self._sitekey = hcaptcha.sitekey if self.siteverify is not None and hcaptcha else None
         self._prefix = self.policy.challenges.prefix + "/"
+        self.desk = ChallengeDesk(self)
         self._tier_policies: dict[tuple[str, str], bytes] = {}
         conf = self.policy.audit
         self.audit = AuditLog(
@@ -199,7 +196,7 @@ class Guardrail:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["path"].startswith(self._prefix) and self.risk is not None:
-            await self._own(scope, receive, send)
+            await self.desk(scope, receive, send)
             return
         route = self.routes.match(scope["path"], scope["method"])
         request_id = self.request_ids()
@@ -224,7 +221,7 @@ class Guardrail:
             if decision.action != ALLOW or decision.storage_error:  # one test on the usual path
                 if decision.action == THROTTLE and decision.tier is not None:
                     tier = self.tiers[decision.tier]
-                elif decision.action == CHALLENGE and await self._cleared(scope, decision, now):
+                elif decision.action == CHALLENGE and await self.desk.cleared(scope, decision, now):
                     decision.action = ALLOW  # passed a challenge lately: served
                 elif decision.action in (CHALLENGE, BLOCK) and self.enforce:
                     if assessment is not None:
@@ -305,194 +302,6 @@ class Guardrail:
                 headers=headers,
                 sitekey=self._sitekey,
             )
-
-    async def _cleared(self, scope: Scope, decision: Decision, now: float) -> bool:
-        """Has the request a clearance, good for its client and not used up: one it carries,
-        or its API key's or account's, granted server-side when it passed a challenge (so an
-        API client's plain retry passes after a person solved the challenge in a browser)?"""
-        token = _clearance(scope)
-        subject = decision.subject
-        # An API key's or account's uses are counted once, whichever way it shows its pass
-        keyed = subject.api_key is not None or subject.account is not None
-        name = "p:" + principal_of(subject)
-        try:
-            if token is not None:
-                claims = self.clearances.verify(token, subject, scope, now)
-                counted = name if keyed else claims.id
-                uses = await self.challenges.use(counted, claims.expires_at, now)
-            elif keyed:
-                expires_at = await self.challenges.granted(name, now)
-                if expires_at is None:
-                    return False
-                uses = await self.challenges.use(name, expires_at, now)
-            else:
-                return False
-        except ClearanceError:
-            return False
-        except StorageError as exc:
-            self._warn_storage(exc, now)
-            return False
-        return uses <= self.policy.challenges.clearance.max_requests
-
-    async def _own(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """guardrail's own endpoints under ``challenges.prefix``: the verify endpoint, the
-        challenge page and its script."""
-        name = scope["path"][len(self._prefix) :]
-        if name == "verify":
-            await self._verify(scope, receive, send)
-            return
-        request_id = self.request_ids()
-        headers = [(b"guardrail-request-id", request_id.encode())]
-        if scope["method"] in ("GET", "HEAD") and name == "pow.js":
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [
-                        (b"content-type", b"text/javascript; charset=utf-8"),
-                        (b"content-length", str(len(challenge.POW_JS)).encode()),
-                        (b"cache-control", b"public, max-age=3600"),
-                        *headers,
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": challenge.POW_JS})
-            return
-        if scope["method"] in ("GET", "HEAD") and name.startswith("challenge/"):
-            challenge_id = name.removeprefix("challenge/")
-            if _CHALLENGE_ID.fullmatch(challenge_id):
-                issued = challenge.of(self.policy.challenges, self.secret, challenge_id, 0.0)
-                query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-                back = (query.get("redirect") or ["/"])[0]
-                prefix = self.policy.challenges.prefix
-                body = challenge.page(issued, prefix, back, request_id, self._sitekey)
-                headers.append((b"cache-control", b"no-store"))
-                hcaptcha = self._sitekey is not None
-                await challenge.send_page(send, body, 200, headers, hcaptcha=hcaptcha)
-                return
-        await send_problem(
-            send,
-            404,
-            problem="not-found",
-            title="Not Found",
-            detail=f"no such guardrail endpoint: {scope['path']}",
-            error_type="invalid_request_error",
-            request_id=request_id,
-            headers=headers,
-        )
-
-    async def _verify(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """``POST {prefix}/verify``: an answered challenge becomes a clearance."""
-        now = self.clock()
-        request_id = self.request_ids()
-        headers = [(b"guardrail-request-id", request_id.encode()), (b"cache-control", b"no-store")]
-        decision = Decision(request_id, "challenge", self.identity.resolve(scope), self.enforce)
-        raw, _ = await read_body(receive, verify.MAX_BODY)
-        try:
-            if scope["method"] != "POST":
-                raise verify.AnswerError("POST the answer to a challenge here")
-            if raw is None:
-                raise verify.AnswerError(f"the answer is larger than {verify.MAX_BODY} bytes")
-            content_type = next(
-                (v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), ""
-            )
-            answer = verify.parse_answer(raw, content_type.lower())
-        except verify.AnswerError as exc:
-            await send_problem(
-                send,
-                400,
-                problem="invalid-answer",
-                title="Bad Request",
-                detail=str(exc),
-                error_type="invalid_request_error",
-                request_id=request_id,
-                headers=headers,
-            )
-            return
-        subject = decision.subject
-        try:
-            token, claims = await verify.check(
-                self.challenges,
-                self.clearances,
-                answer,
-                principal=principal_of(subject),
-                subject=subject,
-                scope=scope,
-                now=now,
-                siteverify=self.siteverify,
-                host=_host(scope),
-            )
-        except verify.ChallengeFailed as exc:
-            decision.action = "challenge_failed"
-            self._record(scope, decision, now, 403)
-            if self.risk is not None:
-                try:
-                    await self.risk.challenge_failed(subject, now)
-                except StorageError as storage_exc:
-                    self._warn_storage(storage_exc, now)
-            await send_problem(
-                send,
-                403,
-                problem="challenge-failed",
-                title="Forbidden",
-                detail=f"{exc}: retry the original request for a new challenge",
-                error_type="challenge_failed",
-                request_id=request_id,
-                headers=headers,
-            )
-            return
-        except StorageError as exc:
-            self._warn_storage(exc, now)
-            await send_unavailable(send, request_id=request_id, headers=headers)
-            return
-        decision.action = "challenge_passed"
-        if self.risk is not None:
-            try:
-                await self.risk.challenge_passed(subject, now)
-            except StorageError as exc:
-                self._warn_storage(exc, now)
-        if subject.api_key is not None or subject.account is not None:
-            try:
-                await self.challenges.grant("p:" + principal_of(subject), claims.expires_at, now)
-            except StorageError as exc:  # the clearance itself still works
-                self._warn_storage(exc, now)
-        limit = self.policy.challenges.clearance.max_requests
-        if answer.browser:
-            self._record(scope, decision, now, 303)
-            secure = scope.get("scheme") == "https"
-            name = ("__Host-" if secure else "") + verify.COOKIE
-            cookie = f"{name}={token}; Path=/; Max-Age={int(claims.expires_at - now)}; HttpOnly"
-            cookie += "; SameSite=Lax" + ("; Secure" if secure else "")
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 303,
-                    "headers": [
-                        (b"location", answer.redirect.encode()),
-                        (b"set-cookie", cookie.encode()),
-                        (b"content-length", b"0"),
-                        *headers,
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": b""})
-            return
-        self._record(scope, decision, now, 200)
-        expires_at = format_ts(claims.expires_at)
-        body = {"clearance": token, "expires_at": expires_at, "max_requests": limit}
-        payload = json.dumps(body).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                    *headers,
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A handshake counts as one request of its route; a refusal closes it before accept,
@@ -678,10 +487,6 @@ def _secret(policy: Policy, storage_uri: str) -> bytes:
     return os.urandom(32)
 
 
-#: What ``challenge.issue`` makes: token_urlsafe, 24 characters.
-_CHALLENGE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
 def _challenge_store(storage: Storage) -> ChallengeStore:
     """Issued challenges live where the buckets do: any worker can verify another's."""
     if isinstance(storage, MemoryStorage):
@@ -691,27 +496,3 @@ def _challenge_store(storage: Storage) -> ChallengeStore:
 
     assert isinstance(storage, RedisStorage)
     return RedisChallengeStore(storage)
-
-
-def _clearance(scope: Scope) -> str | None:
-    """The clearance a request carries: the Guardrail-Clearance header, else the cookie."""
-    cookies = None
-    for name, value in scope.get("headers") or ():
-        if name == verify.HEADER:
-            return str(value.decode("latin-1"))
-        if name == b"cookie":
-            cookies = value.decode("latin-1")
-    if cookies is None:
-        return None
-    parsed = cookie_parser(cookies)
-    return parsed.get("__Host-" + verify.COOKIE) or parsed.get(verify.COOKIE)
-
-
-def _host(scope: Scope) -> str:
-    """The host the client asked for (the Host header, without its port)."""
-    for name, value in scope.get("headers") or ():
-        if name == b"host":
-            host: str = value.decode("latin-1")
-            return host if host.endswith("]") else host.rsplit(":", 1)[0]
-    server = scope.get("server")
-    return str(server[0]) if server else ""

@@ -1,0 +1,249 @@
+"""guardrail's own endpoints under ``challenges.prefix`` (the verify endpoint, the challenge
+page and its script), and the clearances a challenged request may show instead of a challenge.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
+
+from starlette.requests import cookie_parser
+from starlette.types import Receive, Scope, Send
+
+from guardrail.actions import challenge, verify
+from guardrail.actions.limit import send_unavailable
+from guardrail.actions.problem import send_problem
+from guardrail.audit import format_ts
+from guardrail.decision import Decision
+from guardrail.errors import ClearanceError, StorageError
+from guardrail.inspection import read_body
+from guardrail.signals.engine import principal_of
+
+if TYPE_CHECKING:
+    from guardrail.middleware import Guardrail
+
+#: What ``challenge.issue`` makes: token_urlsafe, 24 characters.
+_CHALLENGE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class ChallengeDesk:
+    """Answers what is addressed to guardrail itself, with the middleware's stores, signer,
+    audit trail and risk engine."""
+
+    def __init__(self, guardrail: Guardrail) -> None:
+        self.g = guardrail
+        self.prefix = guardrail.policy.challenges.prefix + "/"
+
+    async def cleared(self, scope: Scope, decision: Decision, now: float) -> bool:
+        """Has the request a clearance, good for its client and not used up: one it carries,
+        or its API key's or account's, granted server-side when it passed a challenge (so an
+        API client's plain retry passes after a person solved the challenge in a browser)?"""
+        token = _clearance(scope)
+        subject = decision.subject
+        # An API key's or account's uses are counted once, whichever way it shows its pass
+        keyed = subject.api_key is not None or subject.account is not None
+        name = "p:" + principal_of(subject)
+        try:
+            if token is not None:
+                claims = self.g.clearances.verify(token, subject, scope, now)
+                counted = name if keyed else claims.id
+                uses = await self.g.challenges.use(counted, claims.expires_at, now)
+            elif keyed:
+                expires_at = await self.g.challenges.granted(name, now)
+                if expires_at is None:
+                    return False
+                uses = await self.g.challenges.use(name, expires_at, now)
+            else:
+                return False
+        except ClearanceError:
+            return False
+        except StorageError as exc:
+            self.g._warn_storage(exc, now)
+            return False
+        return uses <= self.g.policy.challenges.clearance.max_requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """guardrail's own endpoints under ``challenges.prefix``: the verify endpoint, the
+        challenge page and its script."""
+        name = scope["path"][len(self.prefix) :]
+        if name == "verify":
+            await self.verify(scope, receive, send)
+            return
+        request_id = self.g.request_ids()
+        headers = [(b"guardrail-request-id", request_id.encode())]
+        if scope["method"] in ("GET", "HEAD") and name == "pow.js":
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"text/javascript; charset=utf-8"),
+                        (b"content-length", str(len(challenge.POW_JS)).encode()),
+                        (b"cache-control", b"public, max-age=3600"),
+                        *headers,
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": challenge.POW_JS})
+            return
+        if scope["method"] in ("GET", "HEAD") and name.startswith("challenge/"):
+            challenge_id = name.removeprefix("challenge/")
+            if _CHALLENGE_ID.fullmatch(challenge_id):
+                issued = challenge.of(self.g.policy.challenges, self.g.secret, challenge_id, 0.0)
+                query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+                back = (query.get("redirect") or ["/"])[0]
+                prefix = self.g.policy.challenges.prefix
+                body = challenge.page(issued, prefix, back, request_id, self.g._sitekey)
+                headers.append((b"cache-control", b"no-store"))
+                hcaptcha = self.g._sitekey is not None
+                await challenge.send_page(send, body, 200, headers, hcaptcha=hcaptcha)
+                return
+        await send_problem(
+            send,
+            404,
+            problem="not-found",
+            title="Not Found",
+            detail=f"no such guardrail endpoint: {scope['path']}",
+            error_type="invalid_request_error",
+            request_id=request_id,
+            headers=headers,
+        )
+
+    async def verify(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST {prefix}/verify``: an answered challenge becomes a clearance."""
+        now = self.g.clock()
+        request_id = self.g.request_ids()
+        headers = [(b"guardrail-request-id", request_id.encode()), (b"cache-control", b"no-store")]
+        decision = Decision(request_id, "challenge", self.g.identity.resolve(scope), self.g.enforce)
+        raw, _ = await read_body(receive, verify.MAX_BODY)
+        try:
+            if scope["method"] != "POST":
+                raise verify.AnswerError("POST the answer to a challenge here")
+            if raw is None:
+                raise verify.AnswerError(f"the answer is larger than {verify.MAX_BODY} bytes")
+            content_type = next(
+                (v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), ""
+            )
+            answer = verify.parse_answer(raw, content_type.lower())
+        except verify.AnswerError as exc:
+            await send_problem(
+                send,
+                400,
+                problem="invalid-answer",
+                title="Bad Request",
+                detail=str(exc),
+                error_type="invalid_request_error",
+                request_id=request_id,
+                headers=headers,
+            )
+            return
+        subject = decision.subject
+        try:
+            token, claims = await verify.check(
+                self.g.challenges,
+                self.g.clearances,
+                answer,
+                principal=principal_of(subject),
+                subject=subject,
+                scope=scope,
+                now=now,
+                siteverify=self.g.siteverify,
+                host=_host(scope),
+            )
+        except verify.ChallengeFailed as exc:
+            decision.action = "challenge_failed"
+            self.g._record(scope, decision, now, 403)
+            if self.g.risk is not None:
+                try:
+                    await self.g.risk.challenge_failed(subject, now)
+                except StorageError as storage_exc:
+                    self.g._warn_storage(storage_exc, now)
+            await send_problem(
+                send,
+                403,
+                problem="challenge-failed",
+                title="Forbidden",
+                detail=f"{exc}: retry the original request for a new challenge",
+                error_type="challenge_failed",
+                request_id=request_id,
+                headers=headers,
+            )
+            return
+        except StorageError as exc:
+            self.g._warn_storage(exc, now)
+            await send_unavailable(send, request_id=request_id, headers=headers)
+            return
+        decision.action = "challenge_passed"
+        if self.g.risk is not None:
+            try:
+                await self.g.risk.challenge_passed(subject, now)
+            except StorageError as exc:
+                self.g._warn_storage(exc, now)
+        if subject.api_key is not None or subject.account is not None:
+            try:
+                await self.g.challenges.grant("p:" + principal_of(subject), claims.expires_at, now)
+            except StorageError as exc:  # the clearance itself still works
+                self.g._warn_storage(exc, now)
+        limit = self.g.policy.challenges.clearance.max_requests
+        if answer.browser:
+            self.g._record(scope, decision, now, 303)
+            secure = scope.get("scheme") == "https"
+            name = ("__Host-" if secure else "") + verify.COOKIE
+            cookie = f"{name}={token}; Path=/; Max-Age={int(claims.expires_at - now)}; HttpOnly"
+            cookie += "; SameSite=Lax" + ("; Secure" if secure else "")
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 303,
+                    "headers": [
+                        (b"location", answer.redirect.encode()),
+                        (b"set-cookie", cookie.encode()),
+                        (b"content-length", b"0"),
+                        *headers,
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        self.g._record(scope, decision, now, 200)
+        expires_at = format_ts(claims.expires_at)
+        body = {"clearance": token, "expires_at": expires_at, "max_requests": limit}
+        payload = json.dumps(body).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    *headers,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _clearance(scope: Scope) -> str | None:
+    """The clearance a request carries: the Guardrail-Clearance header, else the cookie."""
+    cookies = None
+    for name, value in scope.get("headers") or ():
+        if name == verify.HEADER:
+            return str(value.decode("latin-1"))
+        if name == b"cookie":
+            cookies = value.decode("latin-1")
+    if cookies is None:
+        return None
+    parsed = cookie_parser(cookies)
+    return parsed.get("__Host-" + verify.COOKIE) or parsed.get(verify.COOKIE)
+
+
+def _host(scope: Scope) -> str:
+    """The host the client asked for (the Host header, without its port)."""
+    for name, value in scope.get("headers") or ():
+        if name == b"host":
+            host: str = value.decode("latin-1")
+            return host if host.endswith("]") else host.rsplit(":", 1)[0]
+    server = scope.get("server")
+    return str(server[0]) if server else ""
