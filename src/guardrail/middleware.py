@@ -20,11 +20,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from guardrail.actions import challenge, verify
 from guardrail.actions.block import send_blocked
+from guardrail.actions.captcha import Provider, Siteverify
 from guardrail.actions.clearance import ClearanceSigner
 from guardrail.actions.endpoints import ChallengeDesk
-from guardrail.actions.hcaptcha import Siteverify
+from guardrail.actions.hcaptcha import HCAPTCHA
 from guardrail.actions.limit import ratelimit_headers, send_limited, send_unavailable
 from guardrail.actions.tier import CompiledTier, compile_tier, tier_policy
+from guardrail.actions.turnstile import TURNSTILE
 from guardrail.audit import AuditLog, format_ts, sink_from_uri
 from guardrail.backends import risk_engine, storage_from_uri
 from guardrail.backends.base import Outcome, Storage
@@ -80,13 +82,17 @@ class Guardrail:
         clearance = self.policy.challenges.clearance
         keys = [resolve_secret(ref) for ref in clearance.secrets] or [self.secret]
         self.clearances = ClearanceSigner(keys, clearance)
-        hcaptcha = self.policy.challenges.hcaptcha
-        self.siteverify = (
-            Siteverify(hcaptcha)
-            if hcaptcha is not None and "hcaptcha" in self.policy.challenges.order
-            else None
-        )
-        self._sitekey = hcaptcha.sitekey if self.siteverify is not None and hcaptcha else None
+        # The CAPTCHA offered: the first one the order names
+        self.siteverify: Siteverify | None = None
+        self.widget: tuple[Provider, str] | None = None
+        offered = self.policy.challenges
+        for name in offered.order:
+            provider = {"hcaptcha": HCAPTCHA, "turnstile": TURNSTILE}.get(name)
+            captcha = getattr(offered, name, None) if provider is not None else None
+            if provider is not None and captcha is not None:
+                self.siteverify = Siteverify(captcha, provider)
+                self.widget = (provider, captcha.sitekey)
+                break
         self._prefix = self.policy.challenges.prefix + "/"
         self.desk = ChallengeDesk(self)
         self._tier_policies: dict[tuple[str, str], bytes] = {}
@@ -300,7 +306,7 @@ class Guardrail:
                 prefix=self.policy.challenges.prefix,
                 request_id=decision.request_id,
                 headers=headers,
-                sitekey=self._sitekey,
+                widget=self.widget,
             )
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:

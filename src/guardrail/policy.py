@@ -200,12 +200,20 @@ class Tier(_Model):
     header: bool = Field(default=False, strict=True)
 
 
-class HCaptcha(_Model):
+class Captcha(_Model):
     sitekey: str = Field(min_length=1)
     secret: ReferencedSecret
-    verify_url: HttpUrl = "https://api.hcaptcha.com/siteverify"
+    verify_url: HttpUrl
     timeout: PositiveDuration = 3.0
     on_error: Literal["pow", "open", "closed"] = "pow"
+
+
+class HCaptcha(Captcha):
+    verify_url: HttpUrl = "https://api.hcaptcha.com/siteverify"
+
+
+class Turnstile(Captcha):
+    verify_url: HttpUrl = "https://challenges.cloudflare.com/turnstile/v0/siteverify"
 
 
 class Pow(_Model):
@@ -227,18 +235,22 @@ class Clearance(_Model):
 
 class Challenges(_Model):
     prefix: PathPrefix = "/.guardrail"
-    order: tuple[Literal["hcaptcha", "pow"], ...] = Field(default=("pow",), min_length=1)
+    order: tuple[Literal["hcaptcha", "turnstile", "pow"], ...] = Field(
+        default=("pow",), min_length=1
+    )
     hcaptcha: HCaptcha | None = None
+    turnstile: Turnstile | None = None
     pow: Pow = Field(default_factory=Pow)
     clearance: Clearance = Field(default_factory=Clearance)
 
     @model_validator(mode="after")
-    def _hcaptcha_configured(self) -> Challenges:
-        if "hcaptcha" in self.order and self.hcaptcha is None:
-            raise refuse(
-                "an hcaptcha block (sitekey, secret) next to an order that lists hcaptcha",
-                at=("order",),
-            )
+    def _captchas_configured(self) -> Challenges:
+        for name in ("hcaptcha", "turnstile"):
+            if name in self.order and getattr(self, name) is None:
+                raise refuse(
+                    f"a {name} block (sitekey, secret) next to an order that lists {name}",
+                    at=("order",),
+                )
         return self
 
 

@@ -2,7 +2,7 @@
 
 An API client gets problem+json with the ``challenge`` object (SPEC §3); a browser (a GET that
 accepts text/html) gets the challenge page itself: a form that guardrail's proof-of-work script
-fills and submits to the verify endpoint (``verify``), hCaptcha's widget when it is offered.
+fills and submits to the verify endpoint (``verify``), a CAPTCHA's widget when one is offered.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 from starlette.types import Scope, Send
 
+from guardrail.actions.captcha import Provider
 from guardrail.actions.problem import Headers, send_problem
 from guardrail.audit import format_ts
 from guardrail.policy import Challenges
@@ -29,13 +30,21 @@ _CSP = (
     b"default-src 'none'; script-src 'self'; worker-src 'self'; style-src 'unsafe-inline'; "
     b"base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-#: ...but hCaptcha's widget when it is offered (the sources hCaptcha's documentation lists).
-_HCAPTCHA = "https://hcaptcha.com https://*.hcaptcha.com"
-_CSP_HCAPTCHA = (
-    f"default-src 'none'; script-src 'self' {_HCAPTCHA}; worker-src 'self'; "
-    f"frame-src {_HCAPTCHA}; connect-src {_HCAPTCHA}; style-src 'unsafe-inline' {_HCAPTCHA}; "
-    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-).encode()
+
+
+def csp(widget: Provider | None) -> bytes:
+    """The page's policy: guardrail's own script and worker, and a CAPTCHA's widget when one is
+    offered (the sources its provider documents), nothing else."""
+    if widget is None:
+        return _CSP
+    src = widget.sources
+    return (
+        f"default-src 'none'; script-src 'self' {src}; worker-src 'self'; frame-src {src}; "
+        f"connect-src {src}; style-src 'unsafe-inline' {src}; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    ).encode()
+
+
 #: The proof-of-work script, served at ``{prefix}/pow.js``.
 POW_JS = (Path(__file__).parent / "static" / "pow.js").read_bytes()
 
@@ -95,15 +104,16 @@ async def send_challenge(
     prefix: str,
     request_id: str,
     headers: Headers,
-    sitekey: str | None = None,
+    widget: tuple[Provider, str] | None = None,
 ) -> None:
+    """``widget``: a CAPTCHA offered on the page, and its sitekey."""
     common = [(b"guardrail-action", b"challenge"), (b"cache-control", b"no-store"), *headers]
     if wants_html(scope):
         here = scope.get("path", "/")
         if scope.get("query_string"):
             here += "?" + scope["query_string"].decode("latin-1")
-        body = page(challenge, prefix, here, request_id, sitekey)
-        await send_page(send, body, 403, common, hcaptcha=sitekey is not None)
+        body = page(challenge, prefix, here, request_id, widget)
+        await send_page(send, body, 403, common, widget=widget[0] if widget else None)
         return
     await send_problem(
         send,
@@ -137,18 +147,23 @@ def relative(value: str) -> str | None:
 
 
 def page(
-    challenge: Challenge, prefix: str, redirect: str, request_id: str, sitekey: str | None = None
+    challenge: Challenge,
+    prefix: str,
+    redirect: str,
+    request_id: str,
+    widget: tuple[Provider, str] | None = None,
 ) -> bytes:
     """The challenge page: a form that guardrail's script fills with the proof of work and
     submits; with JavaScript off, it says what to do. ``redirect``: where to go back to (a
     path that is not ``relative`` goes to ``/``)."""
     e = html.escape
     redirect = relative(redirect) or "/"
-    widget = script = ""
-    if sitekey is not None and "hcaptcha" in challenge.kinds:
-        # The widget fills h-captcha-response in this form; a person submits it
-        widget = f'<div class="h-captcha" data-sitekey="{e(sitekey)}"></div>\n'
-        script = '<script src="https://js.hcaptcha.com/1/api.js" async defer></script>\n'
+    element = script = ""
+    if widget is not None and widget[0].name in challenge.kinds:
+        # The widget fills its token's field in this form; a person submits it
+        provider, sitekey = widget
+        element = f'<div class="{e(provider.widget)}" data-sitekey="{e(sitekey)}"></div>\n'
+        script = f'<script src="{e(provider.script)}" async defer></script>\n'
     pow_script = f'<script src="{e(prefix)}/pow.js"></script>' if "pow" in challenge.kinds else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -165,7 +180,7 @@ work before it serves more requests. You will be taken back to the page you aske
  data-worker="{e(prefix)}/pow.js">
 <input type="hidden" name="challenge_id" value="{e(challenge.id)}">
 <input type="hidden" name="redirect" value="{e(redirect)}">
-{widget}<label for="guardrail-nonce">Proof of work</label>
+{element}<label for="guardrail-nonce">Proof of work</label>
 <input id="guardrail-nonce" name="nonce" inputmode="numeric" autocomplete="off" required>
 <button type="submit">Continue</button>
 </form>
@@ -180,7 +195,7 @@ and enter the nonce above.</p></noscript>
 
 
 async def send_page(
-    send: Send, body: bytes, status: int, headers: Headers, *, hcaptcha: bool = False
+    send: Send, body: bytes, status: int, headers: Headers, *, widget: Provider | None = None
 ) -> None:
     await send(
         {
@@ -189,7 +204,7 @@ async def send_page(
             "headers": [
                 (b"content-type", b"text/html; charset=utf-8"),
                 (b"content-length", str(len(body)).encode()),
-                (b"content-security-policy", _CSP_HCAPTCHA if hcaptcha else _CSP),
+                (b"content-security-policy", csp(widget)),
                 *headers,
             ],
         }

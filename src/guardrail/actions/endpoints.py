@@ -95,10 +95,11 @@ class ChallengeDesk:
                 query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
                 back = (query.get("redirect") or ["/"])[0]
                 prefix = self.g.policy.challenges.prefix
-                body = challenge.page(issued, prefix, back, request_id, self.g._sitekey)
+                widget = self.g.widget
+                body = challenge.page(issued, prefix, back, request_id, widget)
                 headers.append((b"cache-control", b"no-store"))
-                hcaptcha = self.g._sitekey is not None
-                await challenge.send_page(send, body, 200, headers, hcaptcha=hcaptcha)
+                provider = widget[0] if widget else None
+                await challenge.send_page(send, body, 200, headers, widget=provider)
                 return
         await send_problem(
             send,

@@ -1,87 +1,17 @@
-"""hCaptcha's siteverify protocol, spoken over httpx (not the PyPI package named ``hcaptcha``:
-it logs the secret, returns a truthy value on failure, has no timeout and a fixed endpoint).
-
-A form POST of ``secret``, ``response``, ``remoteip`` and ``sitekey`` to ``verify_url``; the
-answer is JSON with ``success``, ``hostname``, ``challenge_ts`` and ``error-codes``. A pass
-also needs the hostname the token was solved on to be the host the client asked for. The
-secret goes in the request body and nowhere else: not in a message, a log line or a repr.
-"""
+"""hCaptcha: its widget and test keys. Its siteverify is spoken by ``captcha.Siteverify``, not
+by the PyPI package named ``hcaptcha``, which logs the secret, returns a truthy value on
+failure, has no timeout and a fixed endpoint."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from guardrail.actions.captcha import Provider
 
-import httpx
-
-from guardrail.errors import GuardrailError
-from guardrail.policy import HCaptcha
-from guardrail.secrets import resolve_secret
-
-#: hCaptcha's published test sitekey: its siteverify passes the published dummy token without
-#: reporting the host it was solved on, so that one check is skipped for it.
-TEST_SITEKEY = "10000000-ffff-ffff-ffff-000000000001"
-#: What the widget's token may be at most: it is a few kilobytes; more is not a token.
-MAX_TOKEN = 8192
-
-
-class SiteverifyUnavailable(GuardrailError):
-    """siteverify did not answer in time, or not in its protocol: ``on_error`` applies."""
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    success: bool
-    hostname: str | None
-    error_codes: tuple[str, ...] = field(default=())
-
-    @property
-    def reason(self) -> str:
-        return ", ".join(self.error_codes) or "not passed"
-
-
-class Siteverify:
-    def __init__(self, config: HCaptcha, client: httpx.AsyncClient | None = None) -> None:
-        self.config = config
-        self._secret = resolve_secret(config.secret).decode("utf-8")
-        self._client = client or httpx.AsyncClient(timeout=config.timeout)
-
-    def __repr__(self) -> str:  # never the secret
-        return f"Siteverify(verify_url={self.config.verify_url!r}, sitekey={self.config.sitekey!r})"
-
-    async def close(self) -> None:
-        await self._client.aclose()
-
-    async def check(self, token: str, *, remoteip: str, host: str) -> Verdict:
-        """The verdict on ``token``, solved for a client at ``remoteip`` asking for ``host``."""
-        if not token or len(token) > MAX_TOKEN:
-            return Verdict(False, None, ("invalid-input-response",))
-        form = {
-            "secret": self._secret,
-            "response": token,
-            "remoteip": remoteip,
-            "sitekey": self.config.sitekey,
-        }
-        try:
-            response = await self._client.post(
-                self.config.verify_url, data=form, timeout=self.config.timeout
-            )
-            answer = response.json()
-        except httpx.TimeoutException as exc:
-            timeout = self.config.timeout
-            raise SiteverifyUnavailable(f"siteverify timed out after {timeout}s") from exc
-        except (httpx.HTTPError, ValueError) as exc:
-            raise SiteverifyUnavailable(f"siteverify failed: {type(exc).__name__}") from exc
-        if not isinstance(answer, dict) or not isinstance(answer.get("success"), bool):
-            status = response.status_code
-            raise SiteverifyUnavailable(f"siteverify answered HTTP {status}, not its protocol")
-        codes = answer.get("error-codes") or []
-        error_codes = tuple(str(code) for code in codes) if isinstance(codes, list) else ()
-        hostname = answer.get("hostname")
-        hostname = hostname if isinstance(hostname, str) else None
-        if answer["success"] is not True:
-            return Verdict(False, hostname, error_codes)
-        if self.config.sitekey == TEST_SITEKEY:
-            return Verdict(True, hostname)
-        if hostname is None or hostname.lower() != host.lower():
-            return Verdict(False, hostname, (f"hostname {hostname!r} is not {host!r}",))
-        return Verdict(True, hostname)
+HCAPTCHA = Provider(
+    name="hcaptcha",
+    title="hCaptcha",
+    field="h-captcha-response",
+    script="https://js.hcaptcha.com/1/api.js",
+    widget="h-captcha",
+    sources="https://hcaptcha.com https://*.hcaptcha.com",
+    test_sitekeys=frozenset({"10000000-ffff-ffff-ffff-000000000001"}),
+)

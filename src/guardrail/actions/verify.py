@@ -15,9 +15,11 @@ from urllib.parse import parse_qsl
 from starlette.types import Scope
 
 from guardrail.actions import pow
+from guardrail.actions.captcha import Siteverify, SiteverifyUnavailable
 from guardrail.actions.challenge import Challenge, relative
 from guardrail.actions.clearance import Claims, ClearanceSigner
-from guardrail.actions.hcaptcha import Siteverify, SiteverifyUnavailable
+from guardrail.actions.hcaptcha import HCAPTCHA
+from guardrail.actions.turnstile import TURNSTILE
 from guardrail.backends.challenges import ChallengeStore
 from guardrail.errors import GuardrailError
 from guardrail.identity import Subject
@@ -36,7 +38,7 @@ class AnswerError(GuardrailError):
 class Answer:
     challenge_id: str
     nonce: str | None
-    captcha: str | None  # h-captcha-response
+    captcha: str | None  # h-captcha-response or cf-turnstile-response
     redirect: str
     browser: bool  # posted as a form: answer with a cookie and a redirect
 
@@ -62,14 +64,17 @@ def parse_answer(raw: bytes, content_type: str) -> Answer:
     challenge_id = fields.get("challenge_id")
     if not isinstance(challenge_id, str) or not 0 < len(challenge_id) <= 64:
         raise AnswerError("challenge_id: expected the id of the challenge answered")
-    # the widget's field is in the form (empty) whenever it is on the page
-    nonce, captcha = fields.get("nonce") or None, fields.get("h-captcha-response") or None
+    # a widget's field is in the form (empty) whenever the widget is on the page
+    nonce = fields.get("nonce") or None
+    captcha = fields.get(HCAPTCHA.field) or fields.get(TURNSTILE.field) or None
     if nonce is not None and not isinstance(nonce, str):
         nonce = str(nonce) if isinstance(nonce, int) and not isinstance(nonce, bool) else None
     if captcha is not None and not isinstance(captcha, str):
-        raise AnswerError("h-captcha-response: expected a string")
+        raise AnswerError("the CAPTCHA's response: expected a string")
     if nonce is None and captcha is None:
-        raise AnswerError("expected a nonce (proof of work) or an h-captcha-response")
+        raise AnswerError(
+            f"expected a nonce (proof of work), an {HCAPTCHA.field} or a {TURNSTILE.field}"
+        )
     return Answer(challenge_id, nonce, captcha, safe_redirect(fields.get("redirect")), browser)
 
 
@@ -118,8 +123,8 @@ async def check(
 ) -> tuple[str, Claims]:
     """The clearance an answer earns; ChallengeFailed says why not (a 403)."""
     if answer.captcha is not None:
-        # Asked of hCaptcha before the id is spent: when siteverify is down and on_error is
-        # pow, the same challenge can still be answered with a proof of work.
+        # Asked of the CAPTCHA before the id is spent: when siteverify is down and on_error
+        # is pow, the same challenge can still be answered with a proof of work.
         if siteverify is None:
             raise ChallengeFailed("this challenge takes a proof of work (nonce)")
         try:
@@ -133,7 +138,8 @@ async def check(
             verdict = None  # open: let it pass
         if verdict is not None and not verdict.success:
             await store.take(answer.challenge_id, now)  # spent on a wrong answer
-            raise ChallengeFailed(f"hCaptcha refused the answer: {verdict.reason}")
+            title = siteverify.provider.title
+            raise ChallengeFailed(f"{title} refused the answer: {verdict.reason}")
     raw = await store.take(answer.challenge_id, now)
     if raw is None:
         raise ChallengeFailed("unknown, expired or already answered challenge")
