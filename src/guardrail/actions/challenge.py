@@ -17,6 +17,7 @@ from typing import Any
 
 from starlette.types import Scope, Send
 
+from guardrail.actions import pow
 from guardrail.actions.captcha import Provider
 from guardrail.actions.problem import Headers, send_problem
 from guardrail.audit import format_ts
@@ -64,7 +65,7 @@ class Challenge:
             "kinds": list(self.kinds),
             "url": self.url,
             "expires_at": format_ts(self.expires_at),
-            "pow": {"algorithm": "sha256", "difficulty": self.difficulty, "seed": self.seed},
+            "pow": {"algorithm": pow.ALGORITHM, "difficulty": self.difficulty, "seed": self.seed},
         }
 
 

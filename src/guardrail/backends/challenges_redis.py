@@ -3,11 +3,10 @@ verifies what another issued. One command a call, on a ``RedisStorage``'s client
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import math
 
-from guardrail.backends.redis import REDIS_FAILURES, RedisStorage
-from guardrail.errors import StorageError
+from guardrail.backends.redis import REDIS_FAILURES, RedisStorage, gated
 
 
 class RedisChallengeStore:
@@ -63,22 +62,6 @@ class RedisChallengeStore:
             except REDIS_FAILURES as exc:
                 raise self.storage.failure(exc) from exc
 
-    def _gate(self) -> _Gate:
-        return _Gate(self.storage.gate, self.storage.timeout, self.storage.uri)
-
-
-class _Gate:
-    """The storage's connection gate, waited for at most ``timeout``."""
-
-    def __init__(self, gate: asyncio.Semaphore, timeout: float, uri: str) -> None:
-        self.gate, self.timeout, self.uri = gate, timeout, uri
-
-    async def __aenter__(self) -> None:
-        try:
-            async with asyncio.timeout(self.timeout):
-                await self.gate.acquire()
-        except TimeoutError as exc:
-            raise StorageError(f"storage {self.uri!r}: every connection busy") from exc
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.gate.release()
+    def _gate(self) -> contextlib.AbstractAsyncContextManager[None]:
+        storage = self.storage
+        return gated(storage.gate, storage.timeout, f"storage {storage.uri!r}")

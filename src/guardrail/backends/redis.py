@@ -20,7 +20,8 @@ not atomic (see ``cluster.py``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -68,6 +69,25 @@ def connect(target: RedisTarget) -> tuple[lua.Client, list[aioredis.Redis]]:
         list(target.hosts), sentinel_kwargs=dict(options), **options
     )
     return sentinel.master_for(target.service), list(sentinel.sentinels)
+
+
+@asynccontextmanager
+async def gated(gate: asyncio.Semaphore, wait: float, what: str) -> AsyncIterator[None]:
+    """Hold one of the connections ``gate`` counts, waiting at most ``wait`` seconds: a hung
+    server must turn into StorageError (and on_storage_error), not into a queue that grows
+    with every request. (``RedisStorage.charge`` does the same inline, on the hot path.)"""
+    if gate.locked():
+        try:
+            async with asyncio.timeout(wait):
+                await gate.acquire()
+        except TimeoutError as exc:
+            raise StorageError(f"{what}: every connection busy") from exc
+    else:
+        await gate.acquire()
+    try:
+        yield
+    finally:
+        gate.release()
 
 
 class RedisStorage:

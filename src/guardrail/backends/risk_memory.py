@@ -203,15 +203,7 @@ class MemoryRiskStore:
         counters = p.counters
         landmark = p.landmark
         epoch = int(now // self.window)
-        e0 = p.epoch
-        if epoch == e0:
-            spread = p.spread | p.spread_prev
-        elif epoch == e0 + 1:
-            spread = p.spread
-        elif epoch == e0 - 1:
-            spread = p.spread_prev
-        else:
-            spread = 0
+        spread = _seen(p.epoch, p.spread, p.spread_prev, epoch)
         band = p.band
         return _new(  # Standing(...), minus NamedTuple's Python-level __new__
             Standing,
@@ -242,15 +234,7 @@ class MemoryRiskStore:
             principal = [v * factor for v in p.counters.tolist()[:_DECAYED]]
             last_seen, max_tokens, temperature = p.last_seen, p.max_tokens, p.temperature
             ring = list(_split(p.ring, p.layout)) if keys.templates else []
-            e0 = p.epoch
-            if epoch == e0:
-                spread = p.spread | p.spread_prev
-            elif epoch == e0 + 1:
-                spread = p.spread
-            elif epoch == e0 - 1:  # a reader behind the writers' clock: the window it knows
-                spread = p.spread_prev
-            else:
-                spread = 0
+            spread = _seen(p.epoch, p.spread, p.spread_prev, epoch)
             band = p.band
         cohorts = self._cohorts
         subnet, subnet_members = _load_cohort(cohorts.get(keys.subnet), now, epoch, self)
@@ -494,6 +478,18 @@ def _push_ring(p: _Principal, entry: bytes) -> None:
         p.ring, p.layout = _push(p.ring, layout, entry, RING_SIZE)
 
 
+def _seen(state_epoch: int, current: int, previous: int, epoch: int) -> int:
+    """A distinct-count bitmap pair read in window ``epoch``: this window and the one before
+    (``_marked`` writes them)."""
+    if epoch == state_epoch:
+        return current | previous
+    if epoch == state_epoch + 1:
+        return current
+    if epoch == state_epoch - 1:  # a reader behind the writers' clock: the window it knows
+        return previous
+    return 0
+
+
 def _marked(
     state_epoch: int, current: int, previous: int, epoch: int, bit: int
 ) -> tuple[int, int, int]:
@@ -517,15 +513,7 @@ def _load_cohort(
     if c is None or now - c.touched > store.ttl:
         return _COHORT_ZEROS.tolist(), 0
     factor = exp2((c.landmark - now) * store._rate)
-    e0 = c.epoch
-    if epoch == e0:
-        members = c.members | c.members_prev
-    elif epoch == e0 + 1:
-        members = c.members
-    elif epoch == e0 - 1:
-        members = c.members_prev
-    else:
-        members = 0
+    members = _seen(c.epoch, c.members, c.members_prev, epoch)
     return [v * factor for v in c.counters.tolist()], members
 
 

@@ -28,6 +28,7 @@ Bitmaps are read with GET: byte ``i // 8``, most significant bit first, holds SE
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -35,7 +36,7 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from guardrail.backends import lua
-from guardrail.backends.redis import REDIS_FAILURES
+from guardrail.backends.redis import REDIS_FAILURES, gated
 from guardrail.errors import StorageError
 from guardrail.signals.state import (
     BUCKET_SIZE,
@@ -287,21 +288,15 @@ class RedisRiskStore:
         for command in commands:
             pipe.execute_command(*command)
         gate = self._gate
-        if gate is not None:
-            # Bounded, as RedisStorage.charge waits: a hung server must turn into StorageError
-            # (and on_storage_error), not into a queue that grows with every request.
+        async with (
+            gated(gate, self._queue_timeout, f"risk store {self.uri!r}")
+            if gate is not None
+            else contextlib.nullcontext()
+        ):
             try:
-                async with asyncio.timeout(self._queue_timeout):
-                    await gate.acquire()
-            except TimeoutError as exc:
-                raise StorageError(f"risk store {self.uri!r}: every connection busy") from exc
-        try:
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
-        except REDIS_FAILURES as exc:
-            raise self.failure(exc) from exc
-        finally:
-            if gate is not None:
-                gate.release()
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
+            except REDIS_FAILURES as exc:
+                raise self.failure(exc) from exc
         return replies
 
     def failure(self, exc: BaseException) -> StorageError:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import operator
 import string
-import struct
 import zlib
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
@@ -48,8 +47,8 @@ _PUNCTUATION = string.punctuation.encode()
 _ASCII_SPACES = bytes.maketrans(b"\x1c\x1d\x1e\x1f", b"    ")
 #: Characters from which a text with too few words is shingled instead (spaceless scripts).
 SHINGLED_FROM = 24
-_ENTRY = struct.Struct(f"<I{K}I")  # exact-text CRC, then the sketch (padded with PAD)
-_TEMPLATE = struct.Struct(f"<III{K}I")  # principal tag, time (s), exact CRC, sketch
+_ENTRY = Struct(f"<I{K}I")  # exact-text CRC, then the sketch (padded with PAD)
+_TEMPLATE = Struct(f"<III{K}I")  # principal tag, time (s), exact CRC, sketch
 PAD = 0xFFFFFFFF
 
 
