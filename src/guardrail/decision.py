@@ -35,6 +35,8 @@ class Decision:
     request: OpenAIRequest | None = None  # the inspected body, on routes with `inspect: openai`
     outcome: Outcome | None = None  # the storage's verdict over the route's buckets
     limits: tuple[CompiledLimit, ...] = ()  # the buckets that verdict is about
+    tokens: int = 0  # the LLM tokens reserved against the token limits among them
+    used: int | None = None  # the tokens the response was settled to (None: unknown)
     assessment: Assessment | None = None  # the risk engine's, when it scored the request
 
     @property
@@ -46,7 +48,7 @@ class Decision:
     @property
     def limit(self) -> LimitHit | None:
         """The bucket that decided; computed on demand, since most requests never ask."""
-        return None if self.outcome is None else limit_hit(self.limits, self.outcome)
+        return None if self.outcome is None else limit_hit(self.limits, self.outcome, self.tokens)
 
 
 class RequestIds:

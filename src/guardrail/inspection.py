@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from starlette.types import Message, Receive
+from starlette.types import Message, Receive, Scope
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,3 +109,19 @@ async def read_body(receive: Receive, max_bytes: int) -> tuple[bytes | None, Rep
             complete = size <= max_bytes
             break
     return (b"".join(chunks) if complete else None), Replay(messages, receive)
+
+
+def replace_body(scope: Scope, replay: Replay, body: bytes) -> tuple[Scope, Replay]:
+    """A scope and a receive that give the app ``body`` instead of the one read (a tier's
+    rewrite). ``Content-Length`` follows; a chunked request stays chunked."""
+    headers = []
+    sized = False
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            sized = True
+        else:
+            headers.append((name, value))
+    if sized:
+        headers.append((b"content-length", str(len(body)).encode()))
+    message = {"type": "http.request", "body": body, "more_body": False}
+    return {**scope, "headers": headers}, Replay([message], replay._receive)

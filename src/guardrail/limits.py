@@ -27,7 +27,7 @@ class CompiledLimit:
     interval: float  # seconds per unit of cost
     burst: int
     cost: int
-    tokens: bool  # cost: tokens (LLM tokens; settled in a later release)
+    tokens: bool  # cost: tokens: charged the request's token reservation (see budgets.py)
     window: int  # RateLimit-Policy w=: seconds an empty bucket takes to refill (q= is burst)
 
     def subject_key(self, subject: Subject) -> str:
@@ -64,9 +64,15 @@ class CompiledRoute:
     inspect_max_bytes: int
     headers: bool
     limits: tuple[CompiledLimit, ...]
-    # Token limits are not charged at admission in 0.1 (see CHANGELOG); request limits are.
-    charged: tuple[CompiledLimit, ...]
-    ratelimit_policy: bytes  # the RateLimit-Policy header value of the charged limits
+    charged: tuple[CompiledLimit, ...]  # request limits: each request costs its `cost`
+    metered: tuple[CompiledLimit, ...]  # token limits: each request costs its tokens
+    default_max_tokens: int  # the output reserved for a request that names no max_tokens
+    ratelimit_policy: bytes  # the RateLimit-Policy header value: charged, then metered
+
+    @property
+    def budgeted(self) -> tuple[CompiledLimit, ...]:
+        """Every limit in the order their charges go out (and their states come back)."""
+        return (*self.charged, *self.metered)
 
     def charges(self, subject: Subject) -> list[BucketCharge]:
         # Runs on every request: the common identities are inlined rather than asked of each
@@ -87,6 +93,16 @@ class CompiledRoute:
 
 
 _new = tuple.__new__
+
+
+def token_charges(
+    limits: Sequence[CompiledLimit], subject: Subject, tokens: int
+) -> list[BucketCharge]:
+    """The charges of ``tokens`` against token limits."""
+    return [
+        _new(BucketCharge, (lim.subject_key(subject), lim.name, lim.interval, lim.burst, tokens))
+        for lim in limits
+    ]
 
 
 def compile_limit(name: str, limit: Limit, label: str) -> CompiledLimit:
@@ -124,6 +140,7 @@ def compile_route(route: Route) -> CompiledRoute:
         for i, (lim, label) in enumerate(zip(route.limits, _labels(route.limits), strict=True))
     )
     charged = tuple(lim for lim in compiled if not lim.tokens)
+    metered = tuple(lim for lim in compiled if lim.tokens)
     return CompiledRoute(
         name=route.name,
         path=route.match.path,
@@ -134,7 +151,9 @@ def compile_route(route: Route) -> CompiledRoute:
         headers=route.headers,
         limits=compiled,
         charged=charged,
-        ratelimit_policy=ratelimit_policy(charged),
+        metered=metered,
+        default_max_tokens=route.default_max_tokens,
+        ratelimit_policy=ratelimit_policy((*charged, *metered)),
     )
 
 
@@ -172,23 +191,37 @@ class LimitHit:
     rate: str
     remaining: int
     retry_after: int  # whole seconds, rounded up; 0 when admitted
+    burst: int
+    tokens: int | None = None  # a token limit: the tokens the request asked to reserve
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        hit = {
             "per": self.per,
             "rate": self.rate,
             "remaining": self.remaining,
             "retry_after": self.retry_after,
         }
+        if self.tokens is not None:
+            hit["tokens"] = self.tokens
+        return hit
 
 
-def limit_hit(limits: Sequence[CompiledLimit], outcome: Outcome) -> LimitHit | None:
+def limit_hit(
+    limits: Sequence[CompiledLimit], outcome: Outcome, tokens: int = 0
+) -> LimitHit | None:
     if not outcome.states:
         return None
     speaker = tightest(limits, outcome)
     lim, state = limits[speaker], outcome.states[speaker]
     retry_after = 0 if outcome.allowed else max(1, whole_seconds(state.retry_after))
-    return LimitHit(lim.per, lim.rate, state.remaining, retry_after)
+    return LimitHit(
+        lim.per,
+        lim.rate,
+        state.remaining,
+        retry_after,
+        lim.burst,
+        tokens if lim.tokens else None,
+    )
 
 
 __all__ = [
@@ -200,5 +233,6 @@ __all__ = [
     "compile_route",
     "limit_hit",
     "tightest",
+    "token_charges",
     "whole_seconds",
 ]

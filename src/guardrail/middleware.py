@@ -25,19 +25,28 @@ from guardrail.actions.clearance import ClearanceSigner
 from guardrail.actions.endpoints import ChallengeDesk
 from guardrail.actions.hcaptcha import HCAPTCHA
 from guardrail.actions.limit import ratelimit_headers, send_limited, send_unavailable
-from guardrail.actions.tier import CompiledTier, compile_tier, tier_policy
+from guardrail.actions.tier import CompiledTier, compile_tier, rewrite, send_uninspectable
 from guardrail.actions.turnstile import TURNSTILE
 from guardrail.audit import AuditLog, format_ts, sink_from_uri
 from guardrail.backends import risk_engine, storage_from_uri
-from guardrail.backends.base import Outcome, Storage
+from guardrail.backends.base import BucketCharge, Outcome, Storage
 from guardrail.backends.challenges import ChallengeStore, MemoryChallengeStore
 from guardrail.backends.memory import MemoryStorage
+from guardrail.budgets import Budget, reservation
 from guardrail.decision import ALLOW, BLOCK, CHALLENGE, LIMIT, THROTTLE, Decision, RequestIds
 from guardrail.errors import SecretError, StorageError
 from guardrail.identity import IdentityResolver
-from guardrail.inspection import parse_openai, read_body
-from guardrail.limits import CompiledLimit, CompiledRoute, RouteTable
+from guardrail.inspection import parse_openai, read_body, replace_body
+from guardrail.limits import (
+    CompiledLimit,
+    CompiledRoute,
+    RouteTable,
+    ratelimit_policy,
+    token_charges,
+)
+from guardrail.metering import OPENAI
 from guardrail.policy import Policy
+from guardrail.relay import Relay, StreamCut
 from guardrail.secrets import resolve_secret
 from guardrail.signals.engine import Assessment, RiskEngine, principal_of
 
@@ -95,7 +104,8 @@ class Guardrail:
                 break
         self._prefix = self.policy.challenges.prefix + "/"
         self.desk = ChallengeDesk(self)
-        self._tier_policies: dict[tuple[str, str], bytes] = {}
+        self._tier_policies: dict[tuple[str, str, int], bytes] = {}
+        self._settling: set[asyncio.Future[None]] = set()
         conf = self.policy.audit
         self.audit = AuditLog(
             sink_from_uri(
@@ -216,8 +226,10 @@ class Guardrail:
         now = self.clock()
         decision = Decision(request_id, route.name, self.identity.resolve(scope), self.enforce)
         scope.setdefault("state", {})["guardrail"] = decision
+        raw = replay = None
         if route.inspect == "openai":
-            raw, receive = await read_body(receive, route.inspect_max_bytes)
+            raw, replay = await read_body(receive, route.inspect_max_bytes)
+            receive = replay
             if raw is not None:
                 decision.request = parse_openai(raw)
         assessment = tier = None
@@ -239,7 +251,23 @@ class Guardrail:
                     await send_unavailable(send, request_id=request_id, headers=headers)
                     self._record(scope, decision, now, 503)
                     return
-        await self._decide(route, decision, now, tier, assessment)
+        tokens = prompt = 0
+        if replay is not None:  # an inspected route: tiers rewrite bodies, budgets meter tokens
+            request = decision.request
+            if tier is not None and tier.rewrites and self.enforce:
+                if raw is None:  # too large to read, so too large to cap
+                    self._record(scope, decision, now, 413)
+                    await send_uninspectable(
+                        send, limit=route.inspect_max_bytes, request_id=request_id, headers=headers
+                    )
+                    return
+                body = None if request is None else rewrite(request.body, tier, OPENAI)
+                if body is not None:
+                    scope, receive = replace_body(scope, replay, body)
+            if route.metered or (tier is not None and tier.metered):
+                ask = None if request is None else OPENAI.ask(request.body)
+                tokens, prompt = reservation(ask, route.default_max_tokens)
+        budget = await self._decide(route, decision, now, tier, assessment, tokens, prompt)
 
         outcome = decision.outcome
         if decision.action == LIMIT and self.enforce:
@@ -249,7 +277,7 @@ class Guardrail:
                 return
             hit = decision.limit
             assert hit is not None  # a refusal always comes from a bucket
-            policy = self._ratelimit_policy(route, tier)
+            policy = self._ratelimit_policy(route, tier, decision.limits)
             headers += ratelimit_headers(policy, decision.limits, outcome)
             self._record(scope, decision, now, 429)  # before sending: a client gone mid-send
             await send_limited(send, hit=hit, request_id=request_id, headers=headers)
@@ -257,29 +285,84 @@ class Guardrail:
                 await self._refused(assessment, now)
             return
         if route.headers and self.enforce and outcome is not None and outcome.states:
-            if tier is None or tier.header is not None:
-                policy = self._ratelimit_policy(route, tier)
-                headers += ratelimit_headers(policy, decision.limits, outcome)
-            else:  # a silent tier: the route's own limits only (SPEC §3, throttle)
-                charged = route.charged
-                states = Outcome(outcome.allowed, outcome.states[: len(charged)])
-                headers += ratelimit_headers(route.ratelimit_policy, charged, states)
+            limits = decision.limits
+            if tier is not None and tier.header is None:
+                # a silent tier: the route's own limits only (SPEC §3, throttle)
+                limits = limits[: len(route.charged) + (len(route.metered) if tokens else 0)]
+                outcome = Outcome(outcome.allowed, outcome.states[: len(limits)])
+            policy = self._ratelimit_policy(route, tier, limits)
+            headers += ratelimit_headers(policy, limits, outcome)
+        pace = 0.0
         if tier is not None and self.enforce:
+            pace = tier.pace
             if tier.header is not None:
                 headers.append(tier.header)
             if tier.delay > 0:
                 await self.sleep(tier.delay)
+        await self._serve(scope, receive, send, headers, decision, now, assessment, budget, pace)
 
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: list[tuple[bytes, bytes]],
+        decision: Decision,
+        now: float,
+        assessment: Assessment | None,
+        budget: Budget | None,
+        pace: float,
+    ) -> None:
+        """Call the app; a budget or a paced tier puts the relay on its way back."""
+        relay = None
         status = [0]
+        app_send: Send
+        if budget is not None or pace:
+            relay = Relay(
+                send,
+                headers,
+                meter=OPENAI,
+                budget=budget,
+                pace=pace,
+                clock=self.clock,
+                sleep=self.sleep,
+                cut=self.enforce,
+            )
+            app_receive, app_send = relay.receive(receive), relay
+        else:
+            app_receive, app_send = receive, _with_headers(send, headers, status)
         try:
-            await self.app(scope, receive, _with_headers(send, headers, status))
+            await self.app(scope, app_receive, app_send)
+        except StreamCut:
+            if relay is None or not relay.cut:
+                raise
+            decision.action = LIMIT  # the budget ran out mid-stream
         finally:
+            if relay is not None:
+                status[0] = relay.status
+                if budget is not None:
+                    await self._settle(budget, relay, decision)
             if decision.action != "allow" or (
                 self.sample_allowed and random.random() < self.sample_allowed
             ):
                 self._record(scope, decision, now, status[0] or 500)
         if status[0] >= 400:
             await self._refused(assessment, now)
+
+    async def _settle(self, budget: Budget, relay: Relay, decision: Decision) -> None:
+        used = relay.used()
+        decision.used = used
+        if used is None:
+            return  # nothing says what was used: the reservation is the charge
+        # Shielded: a request cancelled with its client still gives back what it did not use.
+        settling = asyncio.ensure_future(budget.settle(used, self.clock()))
+        self._settling.add(settling)
+        settling.add_done_callback(self._settling.discard)
+        await asyncio.shield(settling)
+
+    def _budget_error(self, exc: StorageError) -> bool:
+        self._warn_storage(exc, self.clock())
+        return self.fallback is not None
 
     async def _refuse(
         self,
@@ -375,13 +458,15 @@ class Guardrail:
         except StorageError as exc:
             self._warn_storage(exc, now)
 
-    def _ratelimit_policy(self, route: CompiledRoute, tier: CompiledTier | None) -> bytes:
-        if tier is None:
-            return route.ratelimit_policy
-        key = (route.name, tier.name)
+    def _ratelimit_policy(
+        self, route: CompiledRoute, tier: CompiledTier | None, limits: tuple[CompiledLimit, ...]
+    ) -> bytes:
+        if len(limits) == len(route.charged) + len(route.metered):
+            return route.ratelimit_policy  # the route's own (a silent tier's are left off)
+        key = (route.name, tier.name if tier is not None else "", len(limits))
         policy = self._tier_policies.get(key)
         if policy is None:
-            policy = self._tier_policies[key] = tier_policy(route.charged, tier)
+            policy = self._tier_policies[key] = ratelimit_policy(limits)
         return policy
 
     async def _decide(
@@ -391,46 +476,66 @@ class Guardrail:
         now: float,
         tier: CompiledTier | None = None,
         assessment: Assessment | None = None,
-    ) -> None:
-        """Charge every bucket of the route (and of the subject's tier) at once; a refusal
-        makes the action ``limit``. The risk engine's write goes out alongside.
+        tokens: int = 0,
+        prompt: int = 0,
+    ) -> Budget | None:
+        """Charge every bucket of the route (and of the subject's tier) at once, ``tokens``
+        reserved against the token limits; a refusal makes the action ``limit``. The risk
+        engine's write goes out alongside. Returns the request's hold on its token budgets.
 
         A storage failure follows on_storage_error: the local fallback decides (fail_open), or
         nothing can, and the request is refused with ``storage_error`` set (fail_closed).
         """
-        charges = route.charges(decision.subject)
+        subject = decision.subject
+        charges = route.charges(subject)
         limits: tuple[CompiledLimit, ...] = route.charged
+        held: list[BucketCharge] = []  # the token charges, in the order they go out
+        if tokens and route.metered:
+            held = token_charges(route.metered, subject, tokens)
+            charges += held
+            limits = (*limits, *route.metered)
+        # the route's limits first, then the tier's: headers slice the route's off the front
+        if tier is not None:
+            if tier.charged:
+                charges += [lim.charge(subject) for lim in tier.charged]
+                limits = (*limits, *tier.charged)
+            if tokens and tier.metered:
+                more = token_charges(tier.metered, subject, tokens)
+                charges += more
+                held = [*held, *more]
+                limits = (*limits, *tier.metered)
         commit = None
-        if tier is not None or assessment is not None:  # the risk engine is on
-            if tier is not None and tier.limits:
-                subject = decision.subject
-                charges += [lim.charge(subject) for lim in tier.limits]
-                limits = (*limits, *tier.limits)
-            if assessment is not None and assessment.update is not None:
-                if charges and assessment.remote:
-                    # Redis: the risk write goes out alongside the bucket charge, so the two
-                    # share the request's second round trip.
-                    commit = asyncio.ensure_future(self._commit(assessment, now))
-                else:
-                    await self._commit(assessment, now)
+        if assessment is not None and assessment.update is not None:
+            if charges and assessment.remote:
+                # Redis: the risk write goes out alongside the bucket charge, so the two
+                # share the request's second round trip.
+                commit = asyncio.ensure_future(self._commit(assessment, now))
+            else:
+                await self._commit(assessment, now)
         if not charges:
-            return
+            return None
+        storage = self.storage
         try:
             try:
-                outcome = await self.storage.charge(charges, now)
+                outcome = await storage.charge(charges, now)
             except StorageError as exc:
                 self._warn_storage(exc, now)
                 if self.fallback is None:
                     decision.action, decision.storage_error = LIMIT, True
-                    return
+                    return None
                 decision.degraded = True
-                outcome = await self.fallback.charge(charges, now)
+                storage = self.fallback
+                outcome = await storage.charge(charges, now)
         finally:
             if commit is not None:
                 await commit
-        decision.outcome, decision.limits = outcome, limits
+        decision.outcome, decision.limits, decision.tokens = outcome, limits, tokens
         if not outcome.allowed:
             decision.action = LIMIT
+            return None
+        if not held:
+            return None
+        return Budget(storage, held, tokens, prompt, self._budget_error)
 
     def _warn_storage(self, exc: StorageError, now: float) -> None:
         if now - self._storage_warned_at >= 10.0:
@@ -457,6 +562,8 @@ class Guardrail:
             "limit": hit.as_dict() if (hit := decision.limit) else None,
             "status": status,
         }
+        if decision.tokens:
+            record["tokens"] = {"reserved": decision.tokens, "used": decision.used}
         if decision.degraded:
             record["degraded"] = True  # decided by the local fallback while the store was down
         if decision.storage_error:

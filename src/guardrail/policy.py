@@ -146,6 +146,9 @@ class Route(_Model):
     inspect: Literal["openai"] | None = None
     inspect_max_bytes: Size = 262_144
     headers: bool = Field(default=False, strict=True)
+    # What a request that names no max_tokens is assumed to ask for: reserved against the
+    # route's token budgets until its response says what it used.
+    default_max_tokens: Count = 4096
     limits: tuple[Limit, ...] = ()
 
     @model_validator(mode="after")
@@ -154,6 +157,17 @@ class Route(_Model):
             raise refuse(
                 "no limits on an exempt route (exempt: true lifts them all)", at=("limits",)
             )
+        return self
+
+    @model_validator(mode="after")
+    def _tokens_are_inspected(self) -> Route:
+        for index, limit in enumerate(self.limits):
+            if limit.cost == "tokens" and self.inspect is None:
+                raise refuse(
+                    "inspect: openai on the route: a cost: tokens limit counts the LLM tokens "
+                    "that guardrail reads from the request and its response",
+                    at=("limits", index, "cost"),
+                )
         return self
 
 
@@ -196,6 +210,9 @@ class Tier(_Model):
     limits: tuple[Limit, ...] = ()
     delay: Duration | None = None
     max_tokens: Count | None = None
+    # What to take out of inspected bodies: logprobs (and top_logprobs), n (more than one
+    # choice, and best_of): the richest material for distilling a model.
+    strip: frozenset[Literal["logprobs", "n"]] = frozenset()
     stream_rate: RateValue | None = None
     header: bool = Field(default=False, strict=True)
 

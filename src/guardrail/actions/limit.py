@@ -36,16 +36,43 @@ def ratelimit_headers(policy: bytes, limits: Sequence[CompiledLimit], outcome: O
     for lim, state in zip(limits, outcome.states, strict=True):
         wait = state.retry_after if state.retry_after > 0 else state.reset_after
         current.append(f'"{lim.label}";r={state.remaining};t={whole_seconds(wait)}')
-    speaker = tightest(limits, outcome)
-    lim, state = limits[speaker], outcome.states[speaker]
-    reset = state.retry_after if state.retry_after > 0 else state.reset_after
-    return [
-        (b"ratelimit-policy", policy),
-        (b"ratelimit", ", ".join(current).encode()),
-        (b"x-ratelimit-limit-requests", str(lim.burst).encode()),
-        (b"x-ratelimit-remaining-requests", str(state.remaining).encode()),
-        (b"x-ratelimit-reset-requests", openai_duration(reset).encode()),
-    ]
+    headers = [(b"ratelimit-policy", policy), (b"ratelimit", ", ".join(current).encode())]
+    # OpenAI's dialect speaks of the tightest request limit and the tightest token limit apart
+    for tokens, names in ((False, _REQUESTS), (True, _TOKENS)):
+        indexes = [i for i, lim in enumerate(limits) if lim.tokens is tokens]
+        if not indexes:
+            continue
+        speaker = indexes[tightest([limits[i] for i in indexes], _subset(outcome, indexes))]
+        lim, state = limits[speaker], outcome.states[speaker]
+        reset = state.retry_after if state.retry_after > 0 else state.reset_after
+        headers += [
+            (names[0], str(lim.burst).encode()),
+            (names[1], str(state.remaining).encode()),
+            (names[2], openai_duration(reset).encode()),
+        ]
+    return headers
+
+
+_REQUESTS = (
+    b"x-ratelimit-limit-requests",
+    b"x-ratelimit-remaining-requests",
+    b"x-ratelimit-reset-requests",
+)
+_TOKENS = (
+    b"x-ratelimit-limit-tokens",
+    b"x-ratelimit-remaining-tokens",
+    b"x-ratelimit-reset-tokens",
+)
+
+
+def _subset(outcome: Outcome, indexes: Sequence[int]) -> Outcome:
+    states = outcome.states
+    if len(indexes) == len(states):
+        return outcome
+    # A refused outcome's speaker is the bucket that refused; among a subset that admitted on
+    # its own, the emptiest speaks.
+    chosen = tuple(states[i] for i in indexes)
+    return Outcome(outcome.allowed or all(s.retry_after <= 0 for s in chosen), chosen)
 
 
 async def send_limited(
@@ -57,10 +84,23 @@ async def send_limited(
 ) -> None:
     retry_after = hit.retry_after
     subject = "globally" if hit.per == "global" else f"per {hit.per.replace('_', ' ')}"
-    detail = (
-        f"Rate limit of {hit.rate} {subject} reached. "
-        f"Retry after {retry_after} second{'s' if retry_after != 1 else ''}."
-    )
+    if hit.tokens is None:
+        detail = f"Rate limit of {hit.rate} {subject} reached."
+    elif hit.tokens > hit.burst:
+        detail = (
+            f"Token budget of {hit.rate} {subject}: this request needs {hit.tokens} tokens "
+            f"(prompt and max_tokens) and the budget holds at most {hit.burst}, so it can "
+            "never pass. Lower max_tokens or shorten the prompt."
+        )
+        retry_after = 0
+    else:
+        detail = (
+            f"Token budget of {hit.rate} {subject} reached: this request needs {hit.tokens} "
+            f"tokens (prompt and max_tokens), {hit.remaining} remain."
+        )
+    if retry_after:
+        detail += f" Retry after {retry_after} second{'s' if retry_after != 1 else ''}."
+    retry_after = hit.retry_after
     await send_problem(
         send,
         429,

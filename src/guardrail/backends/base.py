@@ -59,6 +59,14 @@ class Storage(Protocol):
         """
         ...
 
+    async def settle(self, charges: Sequence[BucketCharge], now: float) -> None:
+        """Move each bucket by its charge's signed ``cost``, unconditionally (``settled``).
+
+        Token budgets use it after the response: a negative cost gives back what a
+        reservation did not use, a positive one takes what the response used beyond it.
+        """
+        ...
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -74,6 +82,14 @@ def refused_state(tat_after: float, new_after: float, interval: float, tau: floa
     """
     remaining = max(floor((tau - tat_after + EPSILON) / interval), 0)
     return BucketState(remaining, tat_after, max(0.0, new_after - tau))
+
+
+def settled(tat: float | None, charge: BucketCharge, now: float) -> float | None:
+    """A bucket's TAT after ``settle`` (None: nothing to keep). Giving back never leaves a
+    bucket fuller than full; taking may push it past its burst, into debt."""
+    base = now if tat is None or tat < now else tat
+    new = base + charge.cost * charge.interval
+    return new if new > now else None
 
 
 def gcra(

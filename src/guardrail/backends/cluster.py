@@ -4,7 +4,7 @@ A script call can only touch keys of one slot. Each subject's buckets share a sl
 subject is the key's hash tag), so a request spans slots only when it charges several
 subjects, e.g. ``api_key`` and ``subnet`` limits. Then one gcra.lua call per slot runs
 concurrently; if any refuses (or fails), the calls that admitted are undone with
-gcra_refund.lua. This is the one path that is not atomic: between the charge and the
+gcra_settle.lua. This is the one path that is not atomic: between the charge and the
 refund, another request may see those buckets fuller than they end up.
 """
 
@@ -59,19 +59,30 @@ async def charge(
 async def refund(
     client: lua.Client, prefix: str, charges: Sequence[BucketCharge], now: float
 ) -> None:
+    given_back = [c._replace(cost=-c.cost) for c in charges if c.cost]
+    try:
+        await settle(client, prefix, given_back, now)
+    except Exception as exc:
+        # The request is refused either way; the buckets stay overcharged until they drain.
+        log.warning("cluster refund failed (%s: %s)", type(exc).__name__, exc)
+
+
+async def settle(
+    client: lua.Client, prefix: str, charges: Sequence[BucketCharge], now: float
+) -> None:
+    """gcra_settle.lua once per slot, concurrently; every slot is tried, the first failure
+    is raised after."""
     slots: dict[int, list[BucketCharge]] = {}
     for c in charges:
-        if c.cost:
-            slot = key_slot(lua.bucket_key(prefix, c.subject, c.name).encode())
-            slots.setdefault(slot, []).append(c)
+        slot = key_slot(lua.bucket_key(prefix, c.subject, c.name).encode())
+        slots.setdefault(slot, []).append(c)
     results = await asyncio.gather(
-        *(lua.refund(client, prefix, group, now) for group in slots.values()),
+        *(lua.settle(client, prefix, group, now) for group in slots.values()),
         return_exceptions=True,
     )
     for result in results:
         if isinstance(result, BaseException):
-            # The request is refused either way; the buckets stay overcharged until they drain.
-            log.warning("cluster refund failed (%s: %s)", type(result).__name__, result)
+            raise result
 
 
 def as_refused(c: BucketCharge, state: BucketState) -> BucketState:

@@ -31,7 +31,7 @@ class LuaScript:
 
 
 GCRA = LuaScript.load("gcra.lua")
-GCRA_REFUND = LuaScript.load("gcra_refund.lua")
+GCRA_SETTLE = LuaScript.load("gcra_settle.lua")
 
 
 async def evalsha(
@@ -67,10 +67,11 @@ async def charge(
     return bool(reply[0]), states
 
 
-async def refund(client: Client, prefix: str, charges: Sequence[BucketCharge], now: float) -> None:
-    """Run gcra_refund.lua: give back what a successful gcra.lua call took."""
+async def settle(client: Client, prefix: str, charges: Sequence[BucketCharge], now: float) -> None:
+    """Run gcra_settle.lua: move each bucket by its charge's signed ``cost``, unconditionally
+    (``charges`` must share a slot on a cluster)."""
     keys = [bucket_key(prefix, c.subject, c.name) for c in charges]
     args: list[Any] = [now]
     for c in charges:
         args += (c.interval, c.cost)
-    await evalsha(client, GCRA_REFUND, keys, args)
+    await evalsha(client, GCRA_SETTLE, keys, args)

@@ -6,7 +6,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from math import floor
 
-from guardrail.backends.base import EPSILON, BucketCharge, BucketState, Outcome, gcra
+from guardrail.backends.base import EPSILON, BucketCharge, BucketState, Outcome, gcra, settled
 
 
 class MemoryStorage:
@@ -67,6 +67,21 @@ class MemoryStorage:
                 buckets[name] = new
                 subjects.move_to_end(subject)
         return _new(Outcome, (True, tuple(states)))
+
+    async def settle(self, charges: Sequence[BucketCharge], now: float) -> None:
+        subjects = self._subjects
+        for charge in charges:
+            buckets = subjects.get(charge.subject)
+            new = settled(None if buckets is None else buckets.get(charge.name), charge, now)
+            if new is not None:
+                if buckets is None:
+                    subjects[charge.subject] = {charge.name: new}
+                    if len(subjects) > self.max_subjects:
+                        subjects.popitem(last=False)
+                else:
+                    buckets[charge.name] = new
+            elif buckets is not None:
+                buckets.pop(charge.name, None)
 
     def _tat(self, charge: BucketCharge) -> float | None:
         buckets = self._subjects.get(charge.subject)

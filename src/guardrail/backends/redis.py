@@ -111,7 +111,7 @@ class RedisStorage:
         """Check the server answers and preload the scripts."""
         try:
             await self.client.ping()
-            for script in (lua.GCRA, lua.GCRA_REFUND):
+            for script in (lua.GCRA, lua.GCRA_SETTLE):
                 await self.client.script_load(script.body)  # every primary, for a cluster
         except REDIS_FAILURES as exc:
             raise self.failure(exc) from exc
@@ -141,6 +141,18 @@ class RedisStorage:
         finally:
             self.gate.release()
         return Outcome(allowed, tuple(states))
+
+    async def settle(self, charges: Sequence[BucketCharge], now: float) -> None:
+        if not charges:
+            return
+        async with gated(self.gate, self.timeout * QUEUE_TIMEOUTS, f"storage {self.uri!r}"):
+            try:
+                if self._cluster:
+                    await cluster.settle(self.client, self.prefix, charges, now)
+                else:
+                    await lua.settle(self.client, self.prefix, charges, now)
+            except REDIS_FAILURES as exc:
+                raise self.failure(exc) from exc
 
     def failure(self, exc: BaseException) -> StorageError:
         return StorageError(f"storage {self.uri!r}: {type(exc).__name__}: {exc}")

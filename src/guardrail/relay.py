@@ -1,0 +1,235 @@
+"""The response on its way back, for requests with a token budget or a paced tier.
+
+The relay is the ``send`` the app calls. It adds guardrail's headers to
+``http.response.start`` (so streaming clients see the token headers before any body byte) and
+passes the body on as it comes, reading what it needs without holding it:
+
+- a JSON body is copied (up to ``JSON_COPY_MAX``) while it is forwarded, for its ``usage``;
+- an event stream is forwarded a whole event at a time (sse.py): each event's output is
+  counted, and its ``usage`` read, before it goes out. A paced stream waits between events on
+  the injected ``sleep``; a stream that outgrows its reservation reserves more, and when the
+  budget has none the stream ends with an error event and ``[DONE]`` instead of the event
+  that did not fit. The app is then told what a server tells it when the client is gone:
+  ``send`` raises (``StreamCut``, an ``OSError``) and ``receive`` says ``http.disconnect``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import orjson
+from starlette.types import Message, Receive, Send
+
+from guardrail.budgets import EXTEND_TOKENS, Budget
+from guardrail.metering import Meter
+from guardrail.sse import EventSplitter, data_of, error_event
+
+#: The most of a JSON response copied for its usage; a larger body keeps its reservation.
+JSON_COPY_MAX = 4 * 1024 * 1024
+
+PASS, JSON, SSE = 0, 1, 2
+
+BUDGET_SPENT = (
+    "The token budget ran out during this response; the rest of it was not sent. "
+    "Retry after the budget refills (see the x-ratelimit-reset-tokens header)."
+)
+
+
+class StreamCut(OSError):
+    """Raised from ``send`` once guardrail has ended the stream: as the ASGI spec has servers
+    raise an OSError when the client has gone."""
+
+
+class Relay:
+    __slots__ = (
+        "_send",
+        "budget",
+        "clock",
+        "copy",
+        "cut",
+        "cuts",
+        "ended",
+        "extra",
+        "meter",
+        "mode",
+        "next_at",
+        "pace",
+        "seen",
+        "sleep",
+        "splitter",
+        "status",
+        "usage",
+    )
+
+    def __init__(
+        self,
+        send: Send,
+        extra: list[tuple[bytes, bytes]],
+        *,
+        meter: Meter,
+        budget: Budget | None,
+        pace: float,
+        clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]],
+        cut: bool = True,
+    ) -> None:
+        self._send = send
+        self.extra = extra
+        self.meter = meter
+        self.budget = budget  # None: nothing to meter (a paced request without token limits)
+        self.pace = pace  # seconds between events; 0: unpaced
+        self.cuts = cut  # False in mode observe: count, never end a stream
+        self.clock = clock
+        self.sleep = sleep
+        self.status = 0
+        self.mode = PASS
+        self.copy: bytearray | None = None
+        self.splitter = EventSplitter()
+        self.next_at = float("-inf")
+        self.seen = 0  # output tokens counted in the stream
+        self.usage: int | None = None  # total tokens the response reported
+        self.ended = False  # the app sent its last body message
+        self.cut = False  # guardrail ended the stream
+
+    def receive(self, receive: Receive) -> Receive:
+        """The app's ``receive``: after a cut, the client is gone as far as the app knows."""
+
+        async def relayed() -> Message:
+            if self.cut:
+                return {"type": "http.disconnect"}
+            return await receive()
+
+        return relayed
+
+    def used(self) -> int | None:
+        """What the request used in tokens, for settling (None: unknown, the charge stands)."""
+        if self.usage is not None:
+            return self.usage
+        if not 200 <= self.status < 300:
+            return 0  # the app failed or refused: nothing was generated
+        if self.mode == SSE and self.budget is not None:
+            return self.budget.prompt + self.seen
+        return None
+
+    async def __call__(self, message: Message) -> None:
+        if self.cut:
+            raise StreamCut("the stream was ended by guardrail: its token budget ran out")
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.status = status = message["status"]
+            headers = message.get("headers", ())
+            if 200 <= status < 300:
+                for name, value in headers:
+                    if name.lower() == b"content-type":
+                        if value.startswith(b"text/event-stream"):
+                            self.mode = SSE
+                        elif self.budget is not None and b"json" in value:
+                            self.mode, self.copy = JSON, bytearray()
+                        break
+            await self._send({**message, "headers": [*headers, *self.extra]})
+            return
+        if kind != "http.response.body" or self.mode == PASS:
+            await self._send(message)
+            return
+        body = message.get("body", b"")
+        more = message.get("more_body", False)
+        if self.mode == JSON:
+            self._copy(body, more)
+            await self._send(message)
+            return
+        events = self.splitter.feed(body)
+        if not more:
+            self.ended = True
+            if self.splitter.tail:  # the app ended inside an event: it goes out as it came
+                events.append(self.splitter.tail)
+                self.splitter.tail = b""
+        await self._events(events, message, more)
+
+    def _copy(self, body: bytes, more: bool) -> None:
+        copy = self.copy
+        if copy is None:
+            return
+        if len(copy) + len(body) > JSON_COPY_MAX:
+            self.copy = None
+            return
+        copy += body
+        if not more:
+            self.ended = True
+            try:
+                payload = orjson.loads(copy)
+            except orjson.JSONDecodeError:
+                return
+            if isinstance(payload, dict):
+                self.usage = self.meter.usage(payload)
+
+    async def _events(self, events: list[bytes], message: Message, more: bool) -> None:
+        budget = self.budget
+        if budget is not None:
+            for index, event in enumerate(events):
+                if not await self._metered(event, budget):
+                    await self._end(events[:index])
+                    return
+        if not self.pace:
+            if len(events) == 1 and events[0] is message.get("body"):
+                await self._send(message)  # the common case: forwarded as received
+            elif events or not more:
+                await self._send(
+                    {"type": "http.response.body", "body": b"".join(events), "more_body": more}
+                )
+            return
+        last = len(events) - 1
+        for index, event in enumerate(events):
+            await self._wait()
+            await self._send(
+                {"type": "http.response.body", "body": event, "more_body": more or index < last}
+            )
+        if not events and not more:
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _metered(self, event: bytes, budget: Budget) -> bool:
+        """Count the event's output; False when it does not fit in the budget."""
+        data = data_of(event)
+        if not data or data[:1] != b"{":
+            return True
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return True
+        if not isinstance(payload, dict):
+            return True
+        if payload.get("usage") is not None or "response" in payload:
+            usage = self.meter.usage(payload)
+            if usage is not None:
+                self.usage = usage
+        tokens = self.meter.streamed(payload)
+        if not tokens:
+            return True
+        seen = self.seen + tokens
+        need = budget.prompt + seen - budget.charged
+        if need > 0 and self.cuts and not await self._extend(budget, need):
+            return False
+        self.seen = seen
+        return True
+
+    async def _extend(self, budget: Budget, need: int) -> bool:
+        now = self.clock()
+        if await budget.extend(max(need, EXTEND_TOKENS), now):
+            return True
+        return need < EXTEND_TOKENS and await budget.extend(need, now)
+
+    async def _end(self, fitting: list[bytes]) -> None:
+        for event in fitting:
+            if self.pace:
+                await self._wait()
+            await self._send({"type": "http.response.body", "body": event, "more_body": True})
+        self.cut = True
+        body = error_event(BUDGET_SPENT, "rate_limit_exceeded")
+        await self._send({"type": "http.response.body", "body": body, "more_body": False})
+        raise StreamCut("the stream was ended by guardrail: its token budget ran out")
+
+    async def _wait(self) -> None:
+        now = self.clock()
+        if self.next_at > now:
+            await self.sleep(self.next_at - now)
+            now = self.clock()
+        self.next_at = max(now, self.next_at) + self.pace
