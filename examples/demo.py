@@ -19,7 +19,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from examples.openai_server import create_app
+from examples.openai_server import FakeModel, create_app
 from guardrail.cli import main as guardrail_cli
 from guardrail.identity import hash_key
 
@@ -41,7 +41,7 @@ class Clock:
 
 async def run(audit_path: Path) -> dict[str, Counter[int]]:
     clock = Clock()
-    app = create_app(clock=clock, audit=f"file://{audit_path}")
+    app = create_app(model=FakeModel(), clock=clock, audit=f"file://{audit_path}")  # no latency
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
     results: dict[str, Counter[int]] = {name: Counter() for name in CLIENTS}
     schedule = sorted(

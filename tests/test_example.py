@@ -27,7 +27,7 @@ def example_secret(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_example_server_answers_json_with_usage(tmp_path: Path, clock, example_secret):
-    app = create_app(clock=clock, audit=f"file://{tmp_path / 'audit.jsonl'}")
+    app = create_app(clock=clock, sleep=clock.sleep, audit=f"file://{tmp_path / 'audit.jsonl'}")
     async with client(app, peer="127.0.0.1") as http:
         response = await http.post(
             "/v1/chat/completions",
@@ -47,7 +47,7 @@ async def test_example_server_answers_json_with_usage(tmp_path: Path, clock, exa
 
 
 async def test_example_server_streams_sse_through_guardrail(tmp_path: Path, clock, example_secret):
-    app = create_app(clock=clock, audit=f"file://{tmp_path / 'audit.jsonl'}")
+    app = create_app(clock=clock, sleep=clock.sleep, audit=f"file://{tmp_path / 'audit.jsonl'}")
     async with client(app, peer="127.0.0.1") as http:
         response = await http.post(
             "/v1/chat/completions",

@@ -72,6 +72,8 @@ BAD: dict[str, list[tuple[str, int | None]]] = {
         ("audit.rotate.max_bytes", 11),
     ],
     "not_finite.yaml": [("thresholds[0].score", 3), ("risk.signals.abuse.weight", 4)],
+    "tokens_not_inspected.yaml": [("routes[0].limits[1].cost", 8)],
+    "tier_strips_the_unknown.yaml": [("tiers.slow.strip[1]", 7)],
 }
 
 
@@ -99,7 +101,7 @@ def test_good_policy_loads(path: Path) -> None:
 
 def test_good_set_is_complete() -> None:
     expected = {"minimal", "spec_example", "observe_literal_secret", "redis_cluster"}
-    expected |= {"ipv6_proxies", "account_callable", "merge_keys"}
+    expected |= {"ipv6_proxies", "account_callable", "merge_keys", "token_budgets"}
     assert expected <= {path.stem for path in GOOD}
 
 

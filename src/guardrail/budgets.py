@@ -6,8 +6,9 @@ At admission a request reserves its prompt's estimate plus the output it may ask
 reservation is what keeps concurrent requests from spending one budget twice. After the
 response, the reservation is settled to what was used: the ``usage`` the server reports, else
 the prompt's estimate plus the output counted in the stream. What was not used is given back,
-whether the response ended, the client left or the app failed. A stream that outgrows its
-reservation reserves more as it goes (``extend``), and is ended when the budget has no more.
+whether the response ended, the client left or the app failed. A stream that names no
+max_tokens and outgrows its reservation reserves more as it goes (``extend``), and is ended
+when the budget has no more.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from guardrail.backends.base import BucketCharge, Storage
 from guardrail.errors import StorageError
@@ -27,13 +29,20 @@ logger = logging.getLogger("guardrail")
 EXTEND_TOKENS = 256
 
 
-def reservation(ask: Ask | None, default_max_tokens: int) -> tuple[int, int]:
-    """(tokens to reserve, of which the prompt's estimate). A body guardrail could not read
-    reserves the default output alone: its response's usage settles it."""
+class Reservation(NamedTuple):
+    tokens: int  # reserved against every token bucket
+    prompt: int  # of which the prompt's estimate
+    open_ended: bool  # the request named no output cap: its stream is watched against the budget
+
+
+def reservation(ask: Ask | None, default_max_tokens: int) -> Reservation:
+    """What a request reserves. A body guardrail could not read reserves the default output
+    alone: its response's usage settles it."""
     if ask is None:
-        return default_max_tokens, 0
-    output = ask.output if ask.output is not None else default_max_tokens
-    return ask.prompt + output * ask.choices, ask.prompt
+        return Reservation(default_max_tokens, 0, True)
+    if ask.output is None:
+        return Reservation(ask.prompt + default_max_tokens * ask.choices, ask.prompt, True)
+    return Reservation(ask.prompt + ask.output * ask.choices, ask.prompt, False)
 
 
 @dataclass(slots=True)
@@ -44,17 +53,28 @@ class Budget:
     charges: list[BucketCharge]  # one per token bucket; ``cost`` is not read
     charged: int  # tokens held: the reservation, and what the stream has added since
     prompt: int  # the prompt's estimate, part of ``charged``
+    # No output cap named: a stream past its reservation reserves more, or is ended. A request
+    # that names max_tokens is trusted to stop there (a server honours it); an estimate of its
+    # output that runs past the reservation is only settled, never cut.
+    open_ended: bool
     on_error: Callable[[StorageError], bool]  # warns; True: carry on (fail_open)
     settled: bool = False
 
-    async def extend(self, tokens: int, now: float) -> bool:
-        """Reserve ``tokens`` more, if every bucket has them."""
+    async def extend(self, need: int, now: float) -> bool:
+        """Reserve at least ``need`` tokens more: ``EXTEND_TOKENS`` at a time while the budget
+        has them, then whatever it has left; False when it has less than ``need``."""
+        step = max(need, EXTEND_TOKENS)
         try:
-            outcome = await self.storage.charge(self._moves(tokens), now)
+            outcome = await self.storage.charge(self._moves(step), now)
+            if not outcome.allowed:
+                step = min(state.remaining for state in outcome.states)
+                if step < need:
+                    return False
+                outcome = await self.storage.charge(self._moves(step), now)
         except StorageError as exc:
             return self.on_error(exc)
         if outcome.allowed:
-            self.charged += tokens
+            self.charged += step
         return outcome.allowed
 
     async def settle(self, used: int, now: float) -> None:

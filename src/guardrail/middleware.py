@@ -32,7 +32,7 @@ from guardrail.backends import risk_engine, storage_from_uri
 from guardrail.backends.base import BucketCharge, Outcome, Storage
 from guardrail.backends.challenges import ChallengeStore, MemoryChallengeStore
 from guardrail.backends.memory import MemoryStorage
-from guardrail.budgets import Budget, reservation
+from guardrail.budgets import Budget, Reservation, reservation
 from guardrail.decision import ALLOW, BLOCK, CHALLENGE, LIMIT, THROTTLE, Decision, RequestIds
 from guardrail.errors import SecretError, StorageError
 from guardrail.identity import IdentityResolver
@@ -251,7 +251,7 @@ class Guardrail:
                     await send_unavailable(send, request_id=request_id, headers=headers)
                     self._record(scope, decision, now, 503)
                     return
-        tokens = prompt = 0
+        held = None
         if replay is not None:  # an inspected route: tiers rewrite bodies, budgets meter tokens
             request = decision.request
             if tier is not None and tier.rewrites and self.enforce:
@@ -266,8 +266,8 @@ class Guardrail:
                     scope, receive = replace_body(scope, replay, body)
             if route.metered or (tier is not None and tier.metered):
                 ask = None if request is None else OPENAI.ask(request.body)
-                tokens, prompt = reservation(ask, route.default_max_tokens)
-        budget = await self._decide(route, decision, now, tier, assessment, tokens, prompt)
+                held = reservation(ask, route.default_max_tokens)
+        budget = await self._decide(route, decision, now, tier, assessment, held)
 
         outcome = decision.outcome
         if decision.action == LIMIT and self.enforce:
@@ -288,7 +288,7 @@ class Guardrail:
             limits = decision.limits
             if tier is not None and tier.header is None:
                 # a silent tier: the route's own limits only (SPEC §3, throttle)
-                limits = limits[: len(route.charged) + (len(route.metered) if tokens else 0)]
+                limits = limits[: len(route.charged) + (len(route.metered) if held else 0)]
                 outcome = Outcome(outcome.allowed, outcome.states[: len(limits)])
             policy = self._ratelimit_policy(route, tier, limits)
             headers += ratelimit_headers(policy, limits, outcome)
@@ -476,17 +476,17 @@ class Guardrail:
         now: float,
         tier: CompiledTier | None = None,
         assessment: Assessment | None = None,
-        tokens: int = 0,
-        prompt: int = 0,
+        reserved: Reservation | None = None,
     ) -> Budget | None:
         """Charge every bucket of the route (and of the subject's tier) at once, ``tokens``
-        reserved against the token limits; a refusal makes the action ``limit``. The risk
+        ``reserved`` against the token limits; a refusal makes the action ``limit``. The risk
         engine's write goes out alongside. Returns the request's hold on its token budgets.
 
         A storage failure follows on_storage_error: the local fallback decides (fail_open), or
         nothing can, and the request is refused with ``storage_error`` set (fail_closed).
         """
         subject = decision.subject
+        tokens = 0 if reserved is None else reserved.tokens
         charges = route.charges(subject)
         limits: tuple[CompiledLimit, ...] = route.charged
         held: list[BucketCharge] = []  # the token charges, in the order they go out
@@ -533,9 +533,11 @@ class Guardrail:
         if not outcome.allowed:
             decision.action = LIMIT
             return None
-        if not held:
+        if not held or reserved is None:
             return None
-        return Budget(storage, held, tokens, prompt, self._budget_error)
+        return Budget(
+            storage, held, tokens, reserved.prompt, reserved.open_ended, self._budget_error
+        )
 
     def _warn_storage(self, exc: StorageError, now: float) -> None:
         if now - self._storage_warned_at >= 10.0:

@@ -66,9 +66,21 @@ class Document:
             elif detail["type"] == "missing":
                 value = None
             elif ctx.get("at"):
-                value = value.get(ctx["at"][-1]) if isinstance(value, Mapping) else value
+                value = _walk_to(value, ctx["at"])
             issues.append(self.issue(path, value, describe(detail, root)))
         return issues
+
+
+def _walk_to(value: object, at: KeyPath) -> object:
+    """The value at ``at`` below ``value`` (a model validator's input), None if absent."""
+    for key in at:
+        if isinstance(value, Mapping):
+            value = value.get(key)
+        elif isinstance(value, (list, tuple)) and isinstance(key, int) and key < len(value):
+            value = value[key]
+        else:
+            return None
+    return value
 
 
 #: How deep a policy may nest. A real one is under ten levels; PyYAML composes (and pydantic

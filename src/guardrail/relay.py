@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from starlette.types import Message, Receive, Send
 
-from guardrail.budgets import EXTEND_TOKENS, Budget
+from guardrail.budgets import Budget
 from guardrail.metering import Meter
 from guardrail.sse import EventSplitter, data_of, error_event
 
@@ -52,8 +52,9 @@ class Relay:
         "extra",
         "meter",
         "mode",
-        "next_at",
         "pace",
+        "paced",
+        "paced_from",
         "seen",
         "sleep",
         "splitter",
@@ -85,7 +86,8 @@ class Relay:
         self.mode = PASS
         self.copy: bytearray | None = None
         self.splitter = EventSplitter()
-        self.next_at = float("-inf")
+        self.paced_from = float("-inf")  # when the pacing schedule started
+        self.paced = 0  # events sent since
         self.seen = 0  # output tokens counted in the stream
         self.usage: int | None = None  # total tokens the response reported
         self.ended = False  # the app sent its last body message
@@ -206,16 +208,15 @@ class Relay:
             return True
         seen = self.seen + tokens
         need = budget.prompt + seen - budget.charged
-        if need > 0 and self.cuts and not await self._extend(budget, need):
+        if (
+            need > 0
+            and self.cuts
+            and budget.open_ended
+            and not await budget.extend(need, self.clock())
+        ):
             return False
         self.seen = seen
         return True
-
-    async def _extend(self, budget: Budget, need: int) -> bool:
-        now = self.clock()
-        if await budget.extend(max(need, EXTEND_TOKENS), now):
-            return True
-        return need < EXTEND_TOKENS and await budget.extend(need, now)
 
     async def _end(self, fitting: list[bytes]) -> None:
         for event in fitting:
@@ -228,8 +229,13 @@ class Relay:
         raise StreamCut("the stream was ended by guardrail: its token budget ran out")
 
     async def _wait(self) -> None:
+        # Event k is due at first + k * pace: an absolute schedule, so that rounding in the
+        # epoch-second clock does not pile up over a long stream. An app slower than the pace
+        # restarts the schedule rather than bursting to catch up.
         now = self.clock()
-        if self.next_at > now:
-            await self.sleep(self.next_at - now)
-            now = self.clock()
-        self.next_at = max(now, self.next_at) + self.pace
+        due = self.paced_from + self.paced * self.pace
+        if due > now:
+            await self.sleep(due - now)
+        else:
+            self.paced_from, self.paced = now, 0
+        self.paced += 1

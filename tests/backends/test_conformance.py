@@ -192,6 +192,50 @@ async def test_concurrent_requests_never_overspend(storage: Storage) -> None:
     assert await remaining(storage, charges[1], NOW) == 430
 
 
+async def test_settle_gives_back_what_a_reservation_did_not_use(storage: Storage) -> None:
+    budget = bucket("tokens", interval=0.01, burst=1000)
+    assert (await storage.charge([with_cost(budget, 600)], NOW)).allowed  # reserved
+    await storage.settle([with_cost(budget, 150 - 600)], NOW)  # used 150
+    assert await remaining(storage, budget, NOW) == 850
+
+
+async def test_settle_never_fills_a_bucket_past_full(storage: Storage) -> None:
+    budget = bucket("tokens", interval=1.0, burst=10)
+    assert (await storage.charge([with_cost(budget, 4)], NOW)).allowed
+    await storage.settle([with_cost(budget, -9)], NOW)  # more than was taken
+    assert await remaining(storage, budget, NOW) == 10
+    await storage.settle([with_cost(budget, -3)], NOW)  # an empty (absent) bucket
+    assert await remaining(storage, budget, NOW) == 10
+
+
+async def test_settle_takes_past_the_burst_into_debt(storage: Storage, clock) -> None:
+    budget = bucket("tokens", interval=1.0, burst=10)
+    assert (await storage.charge([with_cost(budget, 8)], NOW)).allowed
+    await storage.settle([with_cost(budget, 7)], NOW)  # used 15 of a reserved 8
+    assert (await storage.charge([with_cost(budget, 0)], NOW)).states[0].remaining == 0
+    refused = await storage.charge([with_cost(budget, 1)], NOW)
+    assert not refused.allowed and refused.retry_after == seconds(6.0)  # 5 in debt, then 1
+    assert (await storage.charge([with_cost(budget, 1)], NOW + 6.0)).allowed
+
+
+async def test_settle_keeps_what_others_took_meanwhile(storage: Storage) -> None:
+    budget = bucket("tokens", interval=1.0, burst=100)
+    assert (await storage.charge([with_cost(budget, 50)], NOW)).allowed  # request A reserves
+    assert (await storage.charge([with_cost(budget, 30)], NOW)).allowed  # request B reserves
+    await storage.settle([with_cost(budget, -40)], NOW)  # A used 10
+    assert await remaining(storage, budget, NOW) == 60  # B's 30 and A's 10 stay taken
+
+
+async def test_settle_moves_buckets_of_several_subjects(storage: Storage) -> None:
+    # on a cluster these hash to different slots: one call per slot
+    charges = [
+        bucket("t", subject=f"api_key:k{i}", interval=1.0, burst=100, cost=40) for i in range(4)
+    ]
+    assert (await storage.charge(charges, NOW)).allowed
+    await storage.settle([with_cost(c, -25) for c in charges], NOW)
+    assert [await remaining(storage, c, NOW) for c in charges] == [85] * 4
+
+
 # -- the GCRA bound, for random traffic ------------------------------------------------------
 
 steps = st.lists(
