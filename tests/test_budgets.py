@@ -448,3 +448,44 @@ async def test_a_request_larger_than_the_budget_is_told_it_can_never_pass(
     assert await tokens_left(app, clock) == 1000  # nothing was taken
     await client.close()
     await app.shutdown()
+
+
+# -- a storage that fails --------------------------------------------------------------------
+
+
+async def test_with_redis_down_fail_open_reserves_and_settles_in_the_local_fallback(
+    tmp_path: Path, clock: FakeClock, silent_server: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = serve(tmp_path, clock, storage=f"redis://127.0.0.1:{silent_server}/0?timeout=0.05")
+    client = sdk(app)
+    raw = await client.chat.completions.with_raw_response.create(**chat(max_tokens=50))
+    assert raw.headers["x-ratelimit-remaining-tokens"] == str(1000 - PROMPT - 50)
+    assert app.fallback is not None
+    read = BucketCharge(
+        "api_key:" + hash_key(SECRET.encode(), KEY), "inference:0", 86.4, 1000, 0
+    )
+    assert (await app.fallback.charge([read], clock())).states[0].remaining == 1000 - 55
+    await client.close()
+    await app.shutdown()
+    [record] = audit_records(tmp_path)
+    assert record["degraded"] is True and record["tokens"]["used"] == 55
+    assert "storage error, applying on_storage_error=fail_open" in caplog.text
+
+
+async def test_a_settlement_that_fails_keeps_the_reservation_and_says_so(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = serve(tmp_path, clock)
+
+    async def down(charges: Any, now: float) -> None:
+        from guardrail.errors import StorageError
+
+        raise StorageError("storage 'redis://db:6379/0': ConnectionError: gone")
+
+    app.storage.settle = down  # type: ignore[method-assign]
+    client = sdk(app)
+    await client.chat.completions.create(**chat(max_tokens=50))
+    assert await tokens_left(app, clock) == 1000 - PROMPT - 50  # the reservation stands
+    assert "ConnectionError: gone" in caplog.text
+    await client.close()
+    await app.shutdown()

@@ -14,9 +14,8 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from guardrail.actions import challenge, verify
 from guardrail.actions.block import send_blocked
@@ -27,16 +26,17 @@ from guardrail.actions.hcaptcha import HCAPTCHA
 from guardrail.actions.limit import ratelimit_headers, send_limited, send_unavailable
 from guardrail.actions.tier import CompiledTier, compile_tier, rewrite, send_uninspectable
 from guardrail.actions.turnstile import TURNSTILE
-from guardrail.audit import AuditLog, format_ts, sink_from_uri
-from guardrail.backends import risk_engine, storage_from_uri
+from guardrail.audit import AuditLog, sink_from_uri
+from guardrail.audit.record import decision_record
+from guardrail.backends import challenge_store, risk_engine, storage_from_uri
 from guardrail.backends.base import BucketCharge, Outcome, Storage
-from guardrail.backends.challenges import ChallengeStore, MemoryChallengeStore
 from guardrail.backends.memory import MemoryStorage
 from guardrail.budgets import Budget, Reservation, reservation
 from guardrail.decision import ALLOW, BLOCK, CHALLENGE, LIMIT, THROTTLE, Decision, RequestIds
-from guardrail.errors import SecretError, StorageError
+from guardrail.errors import StorageError
 from guardrail.identity import IdentityResolver
 from guardrail.inspection import parse_openai, read_body, replace_body
+from guardrail.lifespan import lifespan
 from guardrail.limits import (
     CompiledLimit,
     CompiledRoute,
@@ -46,8 +46,8 @@ from guardrail.limits import (
 )
 from guardrail.metering import OPENAI
 from guardrail.policy import Policy
-from guardrail.relay import Relay, StreamCut
-from guardrail.secrets import resolve_secret
+from guardrail.relay import Relay, StreamCut, with_headers
+from guardrail.secrets import policy_secret, resolve_secret
 from guardrail.signals.engine import Assessment, RiskEngine, principal_of
 
 logger = logging.getLogger("guardrail")
@@ -73,7 +73,7 @@ class Guardrail:
         self.sleep: Sleep = sleep or asyncio.sleep
         self.enforce = self.policy.mode == "enforce"
         storage_uri = storage or self.policy.storage
-        self.secret = _secret(self.policy, storage_uri)
+        self.secret = policy_secret(self.policy, storage_uri)
         self.identity = IdentityResolver(self.policy.identity, self.secret)
         self.routes = RouteTable(self.policy.routes)
         self.storage: Storage = storage_from_uri(storage_uri, max_subjects=self.policy.max_subjects)
@@ -87,7 +87,7 @@ class Guardrail:
         if self.policy.thresholds:
             self.risk = risk_engine(self.policy, self.storage, self.fallback is not None)
         self.tiers = {name: compile_tier(name, tier) for name, tier in self.policy.tiers.items()}
-        self.challenges = _challenge_store(self.storage)
+        self.challenges = challenge_store(self.storage)
         clearance = self.policy.challenges.clearance
         keys = [resolve_secret(ref) for ref in clearance.secrets] or [self.secret]
         self.clearances = ClearanceSigner(keys, clearance)
@@ -163,52 +163,9 @@ class Guardrail:
         elif kind == "websocket":
             await self._websocket(scope, receive, send)
         elif kind == "lifespan":
-            await self._lifespan(scope, receive, send)
+            await lifespan(self, self.app, scope, receive, send)
         else:
             await self.app(scope, receive, send)
-
-    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        took_startup = False
-
-        async def lifespan_receive() -> Message:
-            nonlocal took_startup
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                took_startup = True
-                await self.startup()
-            return message
-
-        async def lifespan_send(message: Message) -> None:
-            if message["type"] in (
-                "lifespan.shutdown.complete",
-                "lifespan.shutdown.failed",
-                "lifespan.startup.failed",  # the app will not serve: release what we started
-            ):
-                await self.shutdown()
-            await send(message)
-
-        try:
-            await self.app(scope, lifespan_receive, lifespan_send)
-        except Exception:
-            if took_startup:
-                raise
-            await self._own_lifespan(receive, send)
-            return
-        if not took_startup:
-            await self._own_lifespan(receive, send)
-
-    async def _own_lifespan(self, receive: Receive, send: Send) -> None:
-        # The app does not speak lifespan, but guardrail still has to start and, above all,
-        # flush the audit trail at shutdown: answer the server on the app's behalf.
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await self.startup()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.shutdown()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["path"].startswith(self._prefix) and self.risk is not None:
@@ -218,7 +175,7 @@ class Guardrail:
         request_id = self.request_ids()
         id_header = (b"guardrail-request-id", request_id.encode())
         if route is None or route.exempt:
-            await self.app(scope, receive, _with_headers(send, [id_header], None))
+            await self.app(scope, receive, with_headers(send, [id_header], None))
             return
         if not self._started:
             await self.startup()
@@ -330,7 +287,7 @@ class Guardrail:
             )
             app_receive, app_send = relay.receive(receive), relay
         else:
-            app_receive, app_send = receive, _with_headers(send, headers, status)
+            app_receive, app_send = receive, with_headers(send, headers, status)
         try:
             await self.app(scope, app_receive, app_send)
         except StreamCut:
@@ -548,66 +505,4 @@ class Guardrail:
             )
 
     def _record(self, scope: Scope, decision: Decision, now: float, status: int) -> None:
-        record: dict[str, Any] = {
-            "ts": format_ts(now),
-            "request_id": decision.request_id,
-            "policy": self.policy.digest,
-            "mode": self.policy.mode,
-            "route": decision.route,
-            "method": scope.get("method", "GET"),
-            "path": scope["path"],
-            "subject": decision.subject.as_dict(),
-            "action": decision.action,
-            "tier": decision.tier,
-            "score": decision.score,
-            "signals": decision.signals,
-            "limit": hit.as_dict() if (hit := decision.limit) else None,
-            "status": status,
-        }
-        if decision.tokens:
-            record["tokens"] = {"reserved": decision.tokens, "used": decision.used}
-        if decision.degraded:
-            record["degraded"] = True  # decided by the local fallback while the store was down
-        if decision.storage_error:
-            record["storage_error"] = True  # fail_closed: refused because nothing could decide
-        self.audit.emit(record)
-
-
-def _with_headers(send: Send, extra: list[tuple[bytes, bytes]], status: list[int] | None) -> Send:
-    """Add headers to ``http.response.start`` and pass every other message straight through."""
-
-    async def wrapped(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            if status is not None:
-                status[0] = message["status"]
-            message = {**message, "headers": [*message.get("headers", ()), *extra]}
-        await send(message)
-
-    return wrapped
-
-
-def _secret(policy: Policy, storage_uri: str) -> bytes:
-    if policy.secret is not None:
-        return resolve_secret(policy.secret)
-    if policy.identity.api_key is not None and not storage_uri.startswith("memory"):
-        raise SecretError(
-            "a shared storage is configured but the policy has no `secret`: every worker would "
-            "hash API keys differently and no two would share a bucket; set secret: env:NAME"
-        )
-    if policy.identity.api_key is not None:
-        logger.warning(
-            "guardrail: no `secret` in the policy; API keys are hashed with a per-process secret, "
-            "so their hashes change on restart and `guardrail hash-key` cannot reproduce them"
-        )
-    return os.urandom(32)
-
-
-def _challenge_store(storage: Storage) -> ChallengeStore:
-    """Issued challenges live where the buckets do: any worker can verify another's."""
-    if isinstance(storage, MemoryStorage):
-        return MemoryChallengeStore()
-    from guardrail.backends.challenges_redis import RedisChallengeStore
-    from guardrail.backends.redis import RedisStorage
-
-    assert isinstance(storage, RedisStorage)
-    return RedisChallengeStore(storage)
+        self.audit.emit(decision_record(self.policy, scope, decision, now, status))

@@ -239,3 +239,17 @@ class Relay:
         else:
             self.paced_from, self.paced = now, 0
         self.paced += 1
+
+
+def with_headers(send: Send, extra: list[tuple[bytes, bytes]], status: list[int] | None) -> Send:
+    """The plain relay: add headers to ``http.response.start`` (noting its status) and pass
+    every other message straight through."""
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            if status is not None:
+                status[0] = message["status"]
+            message = {**message, "headers": [*message.get("headers", ()), *extra]}
+        await send(message)
+
+    return wrapped

@@ -6,11 +6,17 @@ operator knows what to fix, and never the secret itself: they end up in logs.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from guardrail.errors import SecretError
+
+if TYPE_CHECKING:
+    from guardrail.policy import Policy
+
+logger = logging.getLogger("guardrail")
 
 SecretKind = Literal["env", "file", "literal"]
 
@@ -50,3 +56,20 @@ def resolve_secret(ref: str) -> bytes:
         # An empty key would make every keyed hash guessable.
         raise SecretError("secret: the literal secret is empty")
     return ref.encode("utf-8")
+
+
+def policy_secret(policy: Policy, storage_uri: str) -> bytes:
+    """The secret that keys API-key hashing (and, by default, clearances)."""
+    if policy.secret is not None:
+        return resolve_secret(policy.secret)
+    if policy.identity.api_key is not None and not storage_uri.startswith("memory"):
+        raise SecretError(
+            "a shared storage is configured but the policy has no `secret`: every worker would "
+            "hash API keys differently and no two would share a bucket; set secret: env:NAME"
+        )
+    if policy.identity.api_key is not None:
+        logger.warning(
+            "guardrail: no `secret` in the policy; API keys are hashed with a per-process secret, "
+            "so their hashes change on restart and `guardrail hash-key` cannot reproduce them"
+        )
+    return os.urandom(32)

@@ -8,7 +8,13 @@ import re
 import time
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from starlette.types import Scope
+
+    from guardrail.decision import Decision
+    from guardrail.policy import Policy
 
 GENESIS = "sha256:" + "0" * 64
 """The ``prev`` of the first record of a fresh trail."""
@@ -54,3 +60,32 @@ def link(line: str | bytes) -> str:
     """The ``prev`` value of the record that follows ``line`` (given without its newline)."""
     data = line.encode("utf-8") if isinstance(line, str) else line
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def decision_record(
+    policy: Policy, scope: Scope, decision: Decision, now: float, status: int
+) -> dict[str, Any]:
+    """The record of one decision (SPEC section 4), with what only some decisions carry."""
+    record: dict[str, Any] = {
+        "ts": format_ts(now),
+        "request_id": decision.request_id,
+        "policy": policy.digest,
+        "mode": policy.mode,
+        "route": decision.route,
+        "method": scope.get("method", "GET"),
+        "path": scope["path"],
+        "subject": decision.subject.as_dict(),
+        "action": decision.action,
+        "tier": decision.tier,
+        "score": decision.score,
+        "signals": decision.signals,
+        "limit": hit.as_dict() if (hit := decision.limit) else None,
+        "status": status,
+    }
+    if decision.tokens:  # a token budget: what was reserved, and what it was settled to
+        record["tokens"] = {"reserved": decision.tokens, "used": decision.used}
+    if decision.degraded:
+        record["degraded"] = True  # decided by the local fallback while the store was down
+    if decision.storage_error:
+        record["storage_error"] = True  # fail_closed: refused because nothing could decide
+    return record

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from guardrail.backends.base import BucketCharge, BucketState, Outcome, Storage
+from guardrail.backends.challenges import ChallengeStore, MemoryChallengeStore
 from guardrail.backends.memory import MemoryStorage
 from guardrail.backends.uri import SCHEMES, mask_uri
 from guardrail.errors import StorageError
@@ -81,3 +82,14 @@ def risk_engine(policy: Policy, storage: Storage, fallback: bool) -> RiskEngine:
         queue_timeout=storage.timeout * QUEUE_TIMEOUTS,
     )
     return RiskEngine(policy, store, memory() if fallback else None, remote=True)
+
+
+def challenge_store(storage: Storage) -> ChallengeStore:
+    """Issued challenges live where the buckets do: any worker can verify another's."""
+    if isinstance(storage, MemoryStorage):
+        return MemoryChallengeStore()
+    from guardrail.backends.challenges_redis import RedisChallengeStore
+    from guardrail.backends.redis import RedisStorage
+
+    assert isinstance(storage, RedisStorage)
+    return RedisChallengeStore(storage)
