@@ -301,13 +301,25 @@ async def _yield(seconds: float) -> None:
 
 
 class Overlapping(FakeModel):
-    """Streams that take turns token by token; counts how many the server ran at once."""
+    """Streams that take turns token by token, and that start only once every request of the
+    batch has been admitted or refused (the SDK's own awaits must not let one stream finish,
+    and settle, before another is decided). Counts how many ran at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, batch: int = 0) -> None:
         super().__init__(latency=0.001, sleep=_yield)
+        self.batch = batch
+        self.decided = 0
+        self.gate = asyncio.Event()
         self.active = self.most = 0
 
+    def decide(self) -> None:
+        self.decided += 1
+        if self.decided >= self.batch:
+            self.gate.set()
+
     async def stream(self, tokens: list[str]) -> AsyncIterator[str]:
+        self.decide()  # admitted
+        await self.gate.wait()
         self.active += 1
         self.most = max(self.most, self.active)
         try:
@@ -317,7 +329,7 @@ class Overlapping(FakeModel):
             self.active -= 1
 
 
-async def _concurrent(apps: list[Guardrail]) -> list[int]:
+async def _concurrent(apps: list[Guardrail], model: Overlapping) -> list[int]:
     """20 streamed requests at once (spread over ``apps``), each with max_tokens 300 and an
     answer of 120 to 160 tokens: the usage of each one served."""
 
@@ -330,20 +342,21 @@ async def _concurrent(apps: list[Guardrail]) -> list[int]:
             return [c.usage.total_tokens async for c in stream if c.usage].pop()
         except openai.RateLimitError as refused:
             assert refused.response.headers["x-ratelimit-limit-tokens"] == "1000"
+            model.decide()
             return None
         finally:
             await client.close()
 
-    results = await asyncio.gather(*(one(i) for i in range(20)))
+    results = await asyncio.gather(*(one(i) for i in range(model.batch)))
     return [r for r in results if r is not None]
 
 
 async def test_twenty_concurrent_streams_never_overspend_a_budget(
     tmp_path: Path, clock: FakeClock
 ) -> None:
-    model = Overlapping()
+    model = Overlapping(batch=20)
     app = serve(tmp_path, clock, model=model)
-    served = await _concurrent([app])
+    served = await _concurrent([app], model)
     # Each reserves 9 + 300 while the others are in flight: three fit in 1000. Charged only
     # what they used (about 150 each), six would have been served one after the other, and
     # all twenty at once.
@@ -358,9 +371,9 @@ async def test_twenty_concurrent_streams_never_overspend_a_budget(
 async def test_twenty_concurrent_streams_through_two_workers_on_redis_never_overspend(
     tmp_path: Path, clock: FakeClock, redis_url: str
 ) -> None:
-    model = Overlapping()
+    model = Overlapping(batch=20)
     workers = [serve(tmp_path, clock, model=model, storage=redis_url) for _ in range(2)]
-    served = await _concurrent(workers)
+    served = await _concurrent(workers, model)
     assert len(served) == 3 and model.most == 3
     assert sum(served) <= 1000
     assert await tokens_left(workers[0], clock) == 1000 - sum(served)
@@ -373,7 +386,7 @@ async def test_served_one_after_another_the_same_budget_serves_what_it_holds(
     tmp_path: Path, clock: FakeClock
 ) -> None:
     # the control for the two tests above: settled between requests, the budget goes further
-    app = serve(tmp_path, clock, model=Overlapping())
+    app = serve(tmp_path, clock, model=Overlapping(batch=1))
     client = sdk(app)
     served = 0
     for _ in range(20):

@@ -59,8 +59,14 @@ def text_tokens(text: str) -> int:
 def delta_tokens(text: str) -> int:
     """A streamed piece of output. Servers stream a token a piece (OpenAI, vLLM, TGI), and a
     token is rarely over 16 bytes: a longer piece carries several, four bytes a token."""
+    if len(text) <= 4:  # at most 16 bytes whatever the characters: the usual piece
+        return 1
     size = len(text.encode("utf-8", "surrogatepass"))
     return 1 if size <= 16 else (size + 3) // 4
+
+
+#: The text fields of a chat delta that carry generated output.
+_DELTA_TEXT = frozenset({"content", "reasoning_content", "reasoning", "refusal"})
 
 
 def _content_tokens(content: object) -> int:
@@ -174,37 +180,41 @@ class OpenAIMeter:
         return sum(known) if known else None
 
     def streamed(self, payload: dict[str, Any]) -> int:
+        # Runs on every streamed event: exact types and one pass over each delta's keys.
         choices = payload.get("choices")
         total = 0
-        if isinstance(choices, list):
+        if type(choices) is list:
             for choice in choices:
-                if not isinstance(choice, dict):
+                if type(choice) is not dict:
                     continue
                 delta = choice.get("delta")
-                if isinstance(delta, dict):  # chat
-                    for key in ("content", "reasoning_content", "reasoning", "refusal"):
-                        text = delta.get(key)
-                        if isinstance(text, str) and text:
-                            total += delta_tokens(text)
-                    calls = delta.get("tool_calls")
-                    if isinstance(calls, list):
-                        for call in calls:
-                            function = call.get("function") if isinstance(call, dict) else None
-                            arguments = (
-                                function.get("arguments") if isinstance(function, dict) else None
-                            )
-                            if isinstance(arguments, str) and arguments:
-                                total += delta_tokens(arguments)
+                if type(delta) is dict:  # chat
+                    for key, value in delta.items():
+                        if key in _DELTA_TEXT:
+                            if type(value) is str and value:
+                                total += delta_tokens(value)
+                        elif key == "tool_calls" and type(value) is list:
+                            total += _arguments_tokens(value)
                 else:  # completions
                     text = choice.get("text")
-                    if isinstance(text, str) and text:
+                    if type(text) is str and text:
                         total += delta_tokens(text)
             return total
         delta = payload.get("delta")  # responses: response.output_text.delta and kin
         kind = payload.get("type")
-        if isinstance(delta, str) and delta and isinstance(kind, str) and kind.endswith(".delta"):
+        if type(delta) is str and delta and type(kind) is str and kind.endswith(".delta"):
             return delta_tokens(delta)
         return 0
+
+
+def _arguments_tokens(calls: list[Any]) -> int:
+    total = 0
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        arguments = function.get("arguments") if isinstance(function, dict) else None
+        if isinstance(arguments, str) and arguments:
+            total += delta_tokens(arguments)
+    return total
 
 
 OPENAI: Meter = OpenAIMeter()

@@ -116,24 +116,49 @@ class Relay:
     async def __call__(self, message: Message) -> None:
         if self.cut:
             raise StreamCut("the stream was ended by guardrail: its token budget ran out")
-        kind = message["type"]
-        if kind == "http.response.start":
-            self.status = status = message["status"]
-            headers = message.get("headers", ())
-            if 200 <= status < 300:
-                for name, value in headers:
-                    if name.lower() == b"content-type":
-                        if value.startswith(b"text/event-stream"):
-                            self.mode = SSE
-                        elif self.budget is not None and b"json" in value:
-                            self.mode, self.copy = JSON, bytearray()
-                        break
-            await self._send({**message, "headers": [*headers, *self.extra]})
+        if message["type"] == "http.response.body" and self.mode == SSE:
+            body = message.get("body", b"")
+            budget = self.budget
+            if (
+                budget is not None
+                and not self.pace
+                and not self.splitter.tail
+                and body[:7] == b"data: {"
+                and body.find(b"\n") == len(body) - 2
+                and body[-1:] == b"\n"
+            ):
+                # The usual chunk, one single-line event: metered and passed on as it came.
+                tokens = self._tokens(body[6:-2])
+                if tokens and not await self._fits(tokens, budget):
+                    await self._end([])
+                if not message.get("more_body", False):
+                    self.ended = True
+                await self._send(message)
+                return
+            await self._body(body, message)
             return
-        if kind != "http.response.body" or self.mode == PASS:
+        if message["type"] == "http.response.start":
+            await self._start(message)
+            return
+        if message["type"] != "http.response.body" or self.mode == PASS:
             await self._send(message)
             return
-        body = message.get("body", b"")
+        await self._body(message.get("body", b""), message)
+
+    async def _start(self, message: Message) -> None:
+        self.status = status = message["status"]
+        headers = message.get("headers", ())
+        if 200 <= status < 300:
+            for name, value in headers:
+                if name.lower() == b"content-type":
+                    if value.startswith(b"text/event-stream"):
+                        self.mode = SSE
+                    elif self.budget is not None and b"json" in value:
+                        self.mode, self.copy = JSON, bytearray()
+                    break
+        await self._send({**message, "headers": [*headers, *self.extra]})
+
+    async def _body(self, body: bytes, message: Message) -> None:
         more = message.get("more_body", False)
         if self.mode == JSON:
             self._copy(body, more)
@@ -193,26 +218,31 @@ class Relay:
         data = data_of(event)
         if not data or data[:1] != b"{":
             return True
+        tokens = self._tokens(data)
+        return not tokens or await self._fits(tokens, budget)
+
+    def _tokens(self, data: bytes) -> int:
+        """The output tokens an event's JSON data carries; its usage is noted on the way."""
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return True
-        if not isinstance(payload, dict):
-            return True
+            return 0
+        if type(payload) is not dict:
+            return 0
         if payload.get("usage") is not None or "response" in payload:
             usage = self.meter.usage(payload)
             if usage is not None:
                 self.usage = usage
-        tokens = self.meter.streamed(payload)
-        if not tokens:
-            return True
+        return self.meter.streamed(payload)
+
+    async def _fits(self, tokens: int, budget: Budget) -> bool:
+        """Count ``tokens`` more of output; False when they do not fit in the budget."""
         seen = self.seen + tokens
-        need = budget.prompt + seen - budget.charged
         if (
-            need > 0
+            budget.prompt + seen > budget.charged
             and self.cuts
             and budget.open_ended
-            and not await budget.extend(need, self.clock())
+            and not await budget.extend(budget.prompt + seen - budget.charged, self.clock())
         ):
             return False
         self.seen = seen
