@@ -474,9 +474,7 @@ async def test_with_redis_down_fail_open_reserves_and_settles_in_the_local_fallb
     raw = await client.chat.completions.with_raw_response.create(**chat(max_tokens=50))
     assert raw.headers["x-ratelimit-remaining-tokens"] == str(1000 - PROMPT - 50)
     assert app.fallback is not None
-    read = BucketCharge(
-        "api_key:" + hash_key(SECRET.encode(), KEY), "inference:0", 86.4, 1000, 0
-    )
+    read = BucketCharge("api_key:" + hash_key(SECRET.encode(), KEY), "inference:0", 86.4, 1000, 0)
     assert (await app.fallback.charge([read], clock())).states[0].remaining == 1000 - 55
     await client.close()
     await app.shutdown()

@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 from starlette.types import Message, Receive, Scope
 
+from guardrail.metering import OPENAI, Meter
+
 
 @dataclass(frozen=True, slots=True)
 class OpenAIRequest:
@@ -27,19 +29,9 @@ class OpenAIRequest:
     body: dict[str, Any]
 
 
-def _text(content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts: [{"type": "text", "text": "…"}, …]
-        return "\n".join(
-            part["text"]
-            for part in content
-            if isinstance(part, dict) and isinstance(part.get("text"), str)
-        )
-    return ""
-
-
-def parse_openai(raw: bytes) -> OpenAIRequest | None:
+def parse_request(raw: bytes, meter: Meter = OPENAI) -> OpenAIRequest | None:
+    """The inspected body as the risk engine and tiers read it; None when it is not a JSON
+    object (the app answers it: guardrail only looks, and must never turn it into a 500)."""
     try:
         body = orjson.loads(raw)  # a fifth of json.loads' time on a 1 KB chat body
     except orjson.JSONDecodeError:
@@ -48,32 +40,27 @@ def parse_openai(raw: bytes) -> OpenAIRequest | None:
         try:
             body = json.loads(raw)
         except (ValueError, RecursionError):
-            # Malformed or absurdly nested JSON: the app answers it; guardrail only looks,
-            # and a body it cannot read must never turn into a 500 or skip the limits.
             return None
     if not isinstance(body, dict):
         return None
-    prompt = ""
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        for message in reversed(messages):
-            if isinstance(message, dict) and message.get("role") == "user":
-                prompt = _text(message.get("content"))
-                break
-    elif "prompt" in body:
-        prompt = _text(body["prompt"])
-    elif "input" in body:
-        prompt = _text(body["input"])
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
     model = body.get("model")
+    if meter is OPENAI:  # on the hot path: the one field, not the whole ask
+        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+        # bool is an int to isinstance, and `true` is no token count
+        if type(max_tokens) is not int or not 0 <= max_tokens < 2**31:
+            max_tokens = None
+    else:
+        max_tokens = meter.ask(body).output
     return OpenAIRequest(
         model if isinstance(model, str) else None,
         body.get("stream") is True,
-        # bool is an int to isinstance, and `true` is no token count
-        max_tokens if type(max_tokens) is int and 0 <= max_tokens < 2**31 else None,
-        prompt,
+        max_tokens,
+        meter.prompt(body),
         body,
     )
+
+
+parse_openai = parse_request
 
 
 class Replay:

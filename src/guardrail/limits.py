@@ -15,7 +15,9 @@ from typing import Any
 
 from guardrail.backends.base import BucketCharge, BucketState, Outcome
 from guardrail.identity import Subject
+from guardrail.metering import Meter
 from guardrail.policy import Limit, Route
+from guardrail.policy_types import import_meter
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,7 @@ class CompiledRoute:
     methods: frozenset[str] | None
     exempt: bool
     inspect: str | None
+    meter: Meter | None  # what reads the inspected body and its response (inspect)
     inspect_max_bytes: int
     headers: bool
     limits: tuple[CompiledLimit, ...]
@@ -147,6 +150,7 @@ def compile_route(route: Route) -> CompiledRoute:
         methods=route.match.methods,
         exempt=route.exempt,
         inspect=route.inspect,
+        meter=None if route.inspect is None else import_meter(route.inspect),
         inspect_max_bytes=route.inspect_max_bytes,
         headers=route.headers,
         limits=compiled,

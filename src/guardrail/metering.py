@@ -26,8 +26,14 @@ class Ask(NamedTuple):
 
 
 class Meter(Protocol):
-    """One protocol's view of tokens. Payloads are parsed JSON objects; a meter never raises
-    on a well-formed object of another shape (it answers 0 or None)."""
+    """One protocol's view of a JSON request and its response. Name an object with these
+    methods in a route's ``inspect`` ("module:attribute") to meter another protocol. Payloads
+    are parsed JSON objects; a meter never raises on an object of another shape (it answers
+    0, None or "")."""
+
+    def prompt(self, body: dict[str, Any]) -> str:
+        """The newest user text, which the risk signals read."""
+        ...
 
     def ask(self, body: dict[str, Any]) -> Ask:
         """The request's prompt estimate, output cap and choices."""
@@ -92,8 +98,39 @@ def _whole(value: object) -> int | None:
     return value if type(value) is int and 0 <= value < 2**31 else None
 
 
+def _text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: [{"type": "text", "text": "…"}, …]
+        return "\n".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
 class OpenAIMeter:
     """Chat completions, completions and responses, told apart by their body's keys."""
+
+    def prompt(self, body: dict[str, Any]) -> str:
+        messages = body.get("messages")
+        if isinstance(messages, list):
+            for message in reversed(messages):
+                if isinstance(message, dict) and message.get("role") == "user":
+                    return _text(message.get("content"))
+            return ""
+        if "prompt" in body:
+            return _text(body["prompt"])
+        if "input" in body:
+            items = body["input"]
+            if isinstance(items, list):  # responses: the newest user item
+                for item in reversed(items):
+                    if isinstance(item, dict) and item.get("role", "user") == "user":
+                        return _text(item.get("content"))
+                return ""
+            return _text(items)
+        return ""
 
     def ask(self, body: dict[str, Any]) -> Ask:
         messages = body.get("messages")
@@ -218,3 +255,6 @@ def _arguments_tokens(calls: list[Any]) -> int:
 
 
 OPENAI: Meter = OpenAIMeter()
+
+
+METER_METHODS = ("prompt", "ask", "cap", "strip", "usage", "streamed")

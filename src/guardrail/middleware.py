@@ -35,7 +35,7 @@ from guardrail.budgets import Budget, Reservation, reservation
 from guardrail.decision import ALLOW, BLOCK, CHALLENGE, LIMIT, THROTTLE, Decision, RequestIds
 from guardrail.errors import StorageError
 from guardrail.identity import IdentityResolver
-from guardrail.inspection import parse_openai, read_body, replace_body
+from guardrail.inspection import parse_request, read_body, replace_body
 from guardrail.lifespan import lifespan
 from guardrail.limits import (
     CompiledLimit,
@@ -44,7 +44,7 @@ from guardrail.limits import (
     ratelimit_policy,
     token_charges,
 )
-from guardrail.metering import OPENAI
+from guardrail.metering import OPENAI, Meter
 from guardrail.policy import Policy
 from guardrail.relay import Relay, StreamCut, with_headers
 from guardrail.secrets import policy_secret, resolve_secret
@@ -184,11 +184,12 @@ class Guardrail:
         decision = Decision(request_id, route.name, self.identity.resolve(scope), self.enforce)
         scope.setdefault("state", {})["guardrail"] = decision
         raw = replay = None
-        if route.inspect == "openai":
+        meter = route.meter
+        if meter is not None:
             raw, replay = await read_body(receive, route.inspect_max_bytes)
             receive = replay
             if raw is not None:
-                decision.request = parse_openai(raw)
+                decision.request = parse_request(raw, meter)
         assessment = tier = None
         headers = [id_header]
         if self.risk is not None:
@@ -209,7 +210,7 @@ class Guardrail:
                     self._record(scope, decision, now, 503)
                     return
         held = None
-        if replay is not None:  # an inspected route: tiers rewrite bodies, budgets meter tokens
+        if meter is not None and replay is not None:  # tiers rewrite bodies, budgets meter
             request = decision.request
             if tier is not None and tier.rewrites and self.enforce:
                 if raw is None:  # too large to read, so too large to cap
@@ -218,11 +219,11 @@ class Guardrail:
                         send, limit=route.inspect_max_bytes, request_id=request_id, headers=headers
                     )
                     return
-                body = None if request is None else rewrite(request.body, tier, OPENAI)
+                body = None if request is None else rewrite(request.body, tier, meter)
                 if body is not None:
                     scope, receive = replace_body(scope, replay, body)
             if route.metered or (tier is not None and tier.metered):
-                ask = None if request is None else OPENAI.ask(request.body)
+                ask = None if request is None else meter.ask(request.body)
                 held = reservation(ask, route.default_max_tokens)
         budget = await self._decide(route, decision, now, tier, assessment, held)
 
@@ -256,7 +257,8 @@ class Guardrail:
                 headers.append(tier.header)
             if tier.delay > 0:
                 await self.sleep(tier.delay)
-        await self._serve(scope, receive, send, headers, decision, now, assessment, budget, pace)
+        metering = (budget, pace, meter or OPENAI)
+        await self._serve(scope, receive, send, headers, decision, now, assessment, metering)
 
     async def _serve(
         self,
@@ -267,10 +269,10 @@ class Guardrail:
         decision: Decision,
         now: float,
         assessment: Assessment | None,
-        budget: Budget | None,
-        pace: float,
+        metering: tuple[Budget | None, float, Meter],
     ) -> None:
         """Call the app; a budget or a paced tier puts the relay on its way back."""
+        budget, pace, meter = metering
         relay = None
         status = [0]
         app_send: Send
@@ -278,7 +280,7 @@ class Guardrail:
             relay = Relay(
                 send,
                 headers,
-                meter=OPENAI,
+                meter=meter,
                 budget=budget,
                 pace=pace,
                 clock=self.clock,

@@ -35,6 +35,7 @@ from guardrail.policy_types import (
     Header,
     HttpUrl,
     KeyHash,
+    MeterRef,
     Method,
     Network,
     PathPrefix,
@@ -143,7 +144,8 @@ class Route(_Model):
     name: str = Field(min_length=1)
     match: Match
     exempt: bool = Field(default=False, strict=True)
-    inspect: Literal["openai"] | None = None
+    # openai: the OpenAI-compatible shapes; or "module:attribute", a Meter for another protocol
+    inspect: MeterRef | None = None
     inspect_max_bytes: Size = 262_144
     headers: bool = Field(default=False, strict=True)
     # What a request that names no max_tokens is assumed to ask for: reserved against the

@@ -220,6 +220,40 @@ def _callable_ref(value: str) -> str:
     return value
 
 
+def _meter_ref(value: str) -> str:
+    if value == "openai":
+        return value
+    if not _CALLABLE_REF.fullmatch(value):
+        raise refuse(
+            "openai, or a 'module:attribute' naming a meter (guardrail.metering.Meter) such "
+            "as myapp.llm:METER"
+        )
+    import_meter(value)  # imported at load so a typo fails `guardrail check`, not a request
+    return value
+
+
+def import_meter(ref: str) -> Any:
+    """The object ``ref`` names, checked to have a meter's methods."""
+    from guardrail.metering import METER_METHODS, OPENAI
+
+    if ref == "openai":
+        return OPENAI
+    module_name, _, attribute = ref.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for name in attribute.split("."):
+            target = getattr(target, name)
+    except Exception as exc:  # the user's module may fail in any way while importing
+        raise refuse(f"an importable 'module:attribute' ({type(exc).__name__}: {exc})") from None
+    missing = [m for m in METER_METHODS if not callable(getattr(target, m, None))]
+    if missing:
+        raise refuse(
+            f"a meter: an object with the methods {', '.join(METER_METHODS)} ({ref} has no "
+            f"{', '.join(missing)})"
+        )
+    return target
+
+
 def _secret_ref(value: str) -> str:
     kind = reference_kind(value)
     name = value.partition(":")[2]
@@ -311,6 +345,7 @@ Header = Annotated[str, AfterValidator(_header)]
 Method = Annotated[str, AfterValidator(_method)]
 KeyHash = Annotated[str, AfterValidator(_key_hash)]
 CallableRef = Annotated[str, AfterValidator(_callable_ref)]
+MeterRef = Annotated[str, AfterValidator(_meter_ref)]
 SecretRef = Annotated[str, AfterValidator(_secret_ref)]
 ReferencedSecret = Annotated[str, AfterValidator(_referenced_secret)]
 PathPrefix = Annotated[str, AfterValidator(_prefix)]
