@@ -257,10 +257,19 @@ class Guardrail:
                 headers.append(tier.header)
             if tier.delay > 0:
                 await self.sleep(tier.delay)
-        metering = (budget, pace, meter or OPENAI)
-        await self._serve(scope, receive, send, headers, decision, now, assessment, metering)
+        if budget is not None or pace:
+            metering = (budget, pace, meter or OPENAI)
+            await self._relayed(scope, receive, send, headers, decision, now, assessment, metering)
+            return
+        status = [0]
+        try:
+            await self.app(scope, receive, with_headers(send, headers, status))
+        finally:
+            self._served(scope, decision, now, status[0])
+        if status[0] >= 400:
+            await self._refused(assessment, now)
 
-    async def _serve(
+    async def _relayed(
         self,
         scope: Scope,
         receive: Receive,
@@ -271,42 +280,37 @@ class Guardrail:
         assessment: Assessment | None,
         metering: tuple[Budget | None, float, Meter],
     ) -> None:
-        """Call the app; a budget or a paced tier puts the relay on its way back."""
+        """Call the app with the relay on the way back: a budget to settle, a tier's pace."""
         budget, pace, meter = metering
-        relay = None
-        status = [0]
-        app_send: Send
-        if budget is not None or pace:
-            relay = Relay(
-                send,
-                headers,
-                meter=meter,
-                budget=budget,
-                pace=pace,
-                clock=self.clock,
-                sleep=self.sleep,
-                cut=self.enforce,
-            )
-            app_receive, app_send = relay.receive(receive), relay
-        else:
-            app_receive, app_send = receive, with_headers(send, headers, status)
+        relay = Relay(
+            send,
+            headers,
+            meter=meter,
+            budget=budget,
+            pace=pace,
+            clock=self.clock,
+            sleep=self.sleep,
+            cut=self.enforce,
+        )
         try:
-            await self.app(scope, app_receive, app_send)
+            await self.app(scope, relay.receive(receive), relay)
         except StreamCut:
-            if relay is None or not relay.cut:
+            if not relay.cut:
                 raise
             decision.action = LIMIT  # the budget ran out mid-stream
         finally:
-            if relay is not None:
-                status[0] = relay.status
-                if budget is not None:
-                    await self._settle(budget, relay, decision)
-            if decision.action != "allow" or (
-                self.sample_allowed and random.random() < self.sample_allowed
-            ):
-                self._record(scope, decision, now, status[0] or 500)
-        if status[0] >= 400:
+            if budget is not None:
+                await self._settle(budget, relay, decision)
+            self._served(scope, decision, now, relay.status)
+        if relay.status >= 400:
             await self._refused(assessment, now)
+
+    def _served(self, scope: Scope, decision: Decision, now: float, status: int) -> None:
+        """Record what the app served: every decision but a plain allow, and a sample of those."""
+        if decision.action != ALLOW or (
+            self.sample_allowed and random.random() < self.sample_allowed
+        ):
+            self._record(scope, decision, now, status or 500)
 
     async def _settle(self, budget: Budget, relay: Relay, decision: Decision) -> None:
         used = relay.used()
@@ -448,7 +452,7 @@ class Guardrail:
         tokens = 0 if reserved is None else reserved.tokens
         charges = route.charges(subject)
         limits: tuple[CompiledLimit, ...] = route.charged
-        held: list[BucketCharge] = []  # the token charges, in the order they go out
+        held: list[BucketCharge] | None = None  # the token charges, in the order they go out
         if tokens and route.metered:
             held = token_charges(route.metered, subject, tokens)
             charges += held
@@ -461,7 +465,7 @@ class Guardrail:
             if tokens and tier.metered:
                 more = token_charges(tier.metered, subject, tokens)
                 charges += more
-                held = [*held, *more]
+                held = [*(held or ()), *more]
                 limits = (*limits, *tier.metered)
         commit = None
         if assessment is not None and assessment.update is not None:
