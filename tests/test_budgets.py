@@ -449,6 +449,26 @@ async def test_the_cut_stream_is_whole_events_then_done(tmp_path: Path, clock: F
     assert all("choices" in payload for payload in payloads[:-1])  # whole chunks before it
 
 
+async def test_in_mode_observe_a_spent_budget_ends_no_stream(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    text = policy(burst=100, default_max_tokens=50).replace(
+        "version: 1", "version: 1\nmode: observe"
+    )
+    text = text.replace("env:GUARDRAIL_TEST_SECRET", "observe-literal-secret")
+    app = serve(tmp_path, clock, text)
+    client = sdk(app)
+    stream = await client.chat.completions.create(**chat(stream=True))
+    pieces = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+    assert len([p for p in pieces if p]) >= 120  # the whole answer: nothing was cut
+    await client.close()
+    await app.shutdown()
+    [record] = audit_records(tmp_path)
+    # the budget was charged what the stream used, past its burst: it is in debt
+    assert record["action"] == "allow"
+    assert record["tokens"]["used"] == PROMPT + len([p for p in pieces if p]) > 100
+
+
 async def test_a_request_larger_than_the_budget_is_told_it_can_never_pass(
     tmp_path: Path, clock: FakeClock
 ) -> None:
