@@ -345,7 +345,19 @@ Header = Annotated[str, AfterValidator(_header)]
 Method = Annotated[str, AfterValidator(_method)]
 KeyHash = Annotated[str, AfterValidator(_key_hash)]
 CallableRef = Annotated[str, AfterValidator(_callable_ref)]
-MeterRef = Annotated[str, AfterValidator(_meter_ref)]
+MeterRef = Annotated[
+    str,
+    AfterValidator(_meter_ref),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"const": "openai"},
+                {"type": "string", "pattern": r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"},
+            ],
+            "description": "openai, or 'module:attribute' naming a guardrail.metering.Meter",
+        }
+    ),
+]
 SecretRef = Annotated[str, AfterValidator(_secret_ref)]
 ReferencedSecret = Annotated[str, AfterValidator(_referenced_secret)]
 PathPrefix = Annotated[str, AfterValidator(_prefix)]
