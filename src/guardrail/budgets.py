@@ -35,14 +35,16 @@ class Reservation(NamedTuple):
     open_ended: bool  # the request named no output cap: its stream is watched against the budget
 
 
-def reservation(ask: Ask | None, default_max_tokens: int) -> Reservation:
-    """What a request reserves. A body guardrail could not read reserves the default output
-    alone: its response's usage settles it."""
+def reservation(ask: Ask | None, default_max_tokens: int, size: int = 0) -> Reservation:
+    """What a request reserves. A body guardrail could not read (``ask`` None) counts as a
+    prompt of its ``size`` in bytes, four bytes a token, and the default output."""
+    # At least one token: a request that asks for nothing is still metered, and settled.
     if ask is None:
-        return Reservation(default_max_tokens, 0, True)
+        prompt = (size + 3) // 4
+        return Reservation(max(1, prompt + default_max_tokens), prompt, True)
     if ask.output is None:
         return Reservation(ask.prompt + default_max_tokens * ask.choices, ask.prompt, True)
-    return Reservation(ask.prompt + ask.output * ask.choices, ask.prompt, False)
+    return Reservation(max(1, ask.prompt + ask.output * ask.choices), ask.prompt, False)
 
 
 @dataclass(slots=True)
@@ -72,7 +74,10 @@ class Budget:
                     return False
                 outcome = await self.storage.charge(self._moves(step), now)
         except StorageError as exc:
-            return self.on_error(exc)
+            carry_on = self.on_error(exc)
+            if carry_on:  # fail_open: no more calls to a failing storage for this stream
+                self.open_ended = False
+            return carry_on
         if outcome.allowed:
             self.charged += step
         return outcome.allowed

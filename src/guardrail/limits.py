@@ -71,6 +71,7 @@ class CompiledRoute:
     metered: tuple[CompiledLimit, ...]  # token limits: each request costs its tokens
     default_max_tokens: int  # the output reserved for a request that names no max_tokens
     ratelimit_policy: bytes  # the RateLimit-Policy header value: charged, then metered
+    requests_policy: bytes  # the same without the token limits (a request that reserved none)
 
     @property
     def budgeted(self) -> tuple[CompiledLimit, ...]:
@@ -158,6 +159,7 @@ def compile_route(route: Route) -> CompiledRoute:
         metered=metered,
         default_max_tokens=route.default_max_tokens,
         ratelimit_policy=ratelimit_policy((*charged, *metered)),
+        requests_policy=ratelimit_policy(charged),
     )
 
 

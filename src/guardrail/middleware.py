@@ -14,6 +14,7 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -24,7 +25,7 @@ from guardrail.actions.clearance import ClearanceSigner
 from guardrail.actions.endpoints import ChallengeDesk
 from guardrail.actions.hcaptcha import HCAPTCHA
 from guardrail.actions.limit import ratelimit_headers, send_limited, send_unavailable
-from guardrail.actions.tier import CompiledTier, compile_tier, rewrite, send_uninspectable
+from guardrail.actions.tier import CompiledTier, compile_tier, rewrite, send_unrewritable
 from guardrail.actions.turnstile import TURNSTILE
 from guardrail.audit import AuditLog, sink_from_uri
 from guardrail.audit.record import decision_record
@@ -46,7 +47,7 @@ from guardrail.limits import (
 )
 from guardrail.metering import OPENAI, Meter
 from guardrail.policy import Policy
-from guardrail.relay import Relay, StreamCut, with_headers
+from guardrail.relay import Relay, with_headers
 from guardrail.secrets import policy_secret, resolve_secret
 from guardrail.signals.engine import Assessment, RiskEngine, principal_of
 
@@ -104,7 +105,7 @@ class Guardrail:
                 break
         self._prefix = self.policy.challenges.prefix + "/"
         self.desk = ChallengeDesk(self)
-        self._tier_policies: dict[tuple[str, str, int], bytes] = {}
+        self._tier_policies: dict[tuple[str, str, bool], bytes] = {}
         self._settling: set[asyncio.Future[None]] = set()
         conf = self.policy.audit
         self.audit = AuditLog(
@@ -143,6 +144,8 @@ class Guardrail:
 
     async def shutdown(self) -> None:
         """Flush the audit trail and close connections (lifespan shutdown, or call it yourself)."""
+        if self._settling:  # token settlements still on their way to the storage
+            await asyncio.gather(*self._settling, return_exceptions=True)
         await self.audit.close()
         if self.siteverify is not None:
             await self.siteverify.close()
@@ -213,18 +216,28 @@ class Guardrail:
         if meter is not None and replay is not None:  # tiers rewrite bodies, budgets meter
             request = decision.request
             if tier is not None and tier.rewrites and self.enforce:
-                if raw is None:  # too large to read, so too large to cap
-                    self._record(scope, decision, now, 413)
-                    await send_uninspectable(
-                        send, limit=route.inspect_max_bytes, request_id=request_id, headers=headers
+                try:
+                    rewritten = rewrite(raw, tier, meter)
+                except ValueError as unreadable:
+                    refusal = 413 if raw is None else 415
+                    self._record(scope, decision, now, refusal)
+                    await send_unrewritable(
+                        send,
+                        reason=str(unreadable),
+                        status=refusal,
+                        request_id=request_id,
+                        headers=headers,
                     )
                     return
-                body = None if request is None else rewrite(request.body, tier, meter)
-                if body is not None:
-                    scope, receive = replace_body(scope, replay, body)
+                if rewritten is not None:
+                    scope, receive = replace_body(scope, replay, rewritten[0])
+                    request = replace(request, body=rewritten[1]) if request else request
             if route.metered or (tier is not None and tier.metered):
-                ask = None if request is None else meter.ask(request.body)
-                held = reservation(ask, route.default_max_tokens)
+                if request is not None:  # the body the app gets: capped, if the tier caps
+                    held = reservation(meter.ask(request.body), route.default_max_tokens)
+                else:  # unread or unreadable: its size stands in for its prompt
+                    size = len(raw) if raw is not None else _declared_size(scope, route)
+                    held = reservation(None, route.default_max_tokens, size)
         budget = await self._decide(route, decision, now, tier, assessment, held)
 
         outcome = decision.outcome
@@ -235,7 +248,7 @@ class Guardrail:
                 return
             hit = decision.limit
             assert hit is not None  # a refusal always comes from a bucket
-            policy = self._ratelimit_policy(route, tier, decision.limits)
+            policy = self._ratelimit_policy(route, tier, decision.limits, decision.tokens > 0)
             headers += ratelimit_headers(policy, decision.limits, outcome)
             self._record(scope, decision, now, 429)  # before sending: a client gone mid-send
             await send_limited(send, hit=hit, request_id=request_id, headers=headers)
@@ -246,21 +259,24 @@ class Guardrail:
             limits = decision.limits
             if tier is not None and tier.header is None:
                 # a silent tier: the route's own limits only (SPEC §3, throttle)
-                limits = limits[: len(route.charged) + (len(route.metered) if held else 0)]
+                own = len(route.charged) + (len(route.metered) if decision.tokens else 0)
+                limits = limits[:own]
                 outcome = Outcome(outcome.allowed, outcome.states[: len(limits)])
-            policy = self._ratelimit_policy(route, tier, limits)
+                policy = self._ratelimit_policy(route, None, limits, decision.tokens > 0)
+            else:
+                policy = self._ratelimit_policy(route, tier, limits, decision.tokens > 0)
             headers += ratelimit_headers(policy, limits, outcome)
-        pace = 0.0
+        pace = delay = 0.0
         if tier is not None and self.enforce:
-            pace = tier.pace
+            pace, delay = tier.pace, tier.delay
             if tier.header is not None:
                 headers.append(tier.header)
-            if tier.delay > 0:
-                await self.sleep(tier.delay)
         if budget is not None or pace:
-            metering = (budget, pace, meter or OPENAI)
+            metering = (budget, pace, delay, meter or OPENAI)
             await self._relayed(scope, receive, send, headers, decision, now, assessment, metering)
             return
+        if delay > 0:
+            await self.sleep(delay)
         status = [0]
         try:
             await self.app(scope, receive, with_headers(send, headers, status))
@@ -278,10 +294,11 @@ class Guardrail:
         decision: Decision,
         now: float,
         assessment: Assessment | None,
-        metering: tuple[Budget | None, float, Meter],
+        metering: tuple[Budget | None, float, float, Meter],
     ) -> None:
-        """Call the app with the relay on the way back: a budget to settle, a tier's pace."""
-        budget, pace, meter = metering
+        """Call the app with the relay on the way back: a budget to settle, a tier's pace.
+        From here on, whatever happens (the tier's delay included), the budget is settled."""
+        budget, pace, delay, meter = metering
         relay = Relay(
             send,
             headers,
@@ -293,8 +310,12 @@ class Guardrail:
             cut=self.enforce,
         )
         try:
+            if delay > 0:
+                await self.sleep(delay)
             await self.app(scope, relay.receive(receive), relay)
-        except StreamCut:
+        except Exception:
+            # StreamCut, or what the app made of it: Starlette (ASGI spec 2.4) turns an OSError
+            # from send into ClientDisconnect. After a cut the response is complete.
             if not relay.cut:
                 raise
             decision.action = LIMIT  # the budget ran out mid-stream
@@ -422,11 +443,17 @@ class Guardrail:
             self._warn_storage(exc, now)
 
     def _ratelimit_policy(
-        self, route: CompiledRoute, tier: CompiledTier | None, limits: tuple[CompiledLimit, ...]
+        self,
+        route: CompiledRoute,
+        tier: CompiledTier | None,
+        limits: tuple[CompiledLimit, ...],
+        metered: bool,
     ) -> bytes:
-        if len(limits) == len(route.charged) + len(route.metered):
-            return route.ratelimit_policy  # the route's own (a silent tier's are left off)
-        key = (route.name, tier.name if tier is not None else "", len(limits))
+        """RateLimit-Policy over ``limits``: the route's (token limits only when the request
+        reserved tokens), then the tier's, which (route, tier, metered) always build alike."""
+        if tier is None:
+            return route.ratelimit_policy if metered else route.requests_policy
+        key = (route.name, tier.name, metered)
         policy = self._tier_policies.get(key)
         if policy is None:
             policy = self._tier_policies[key] = ratelimit_policy(limits)
@@ -512,3 +539,14 @@ class Guardrail:
 
     def _record(self, scope: Scope, decision: Decision, now: float, status: int) -> None:
         self.audit.emit(decision_record(self.policy, scope, decision, now, status))
+
+
+def _declared_size(scope: Scope, route: CompiledRoute) -> int:
+    """A body guardrail did not read: its Content-Length, else more than it reads."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return max(0, int(value))
+            except ValueError:
+                break
+    return route.inspect_max_bytes + 1

@@ -64,31 +64,45 @@ def tier_policy(route_limits: Sequence[CompiledLimit], tier: CompiledTier) -> by
     return ratelimit_policy([*route_limits, *tier.charged, *tier.metered])
 
 
-def rewrite(body: dict[str, Any], tier: CompiledTier, meter: Meter) -> bytes | None:
-    """The body the app gets under ``tier`` (``body`` is changed in place), or None when the
-    request already complies and goes on byte for byte."""
-    changed = False
-    if tier.max_tokens is not None:
-        changed = meter.cap(body, tier.max_tokens)
-    if tier.strip and meter.strip(body, tier.strip):
-        changed = True
-    if not changed:
-        return None
-    # json, not orjson: orjson would write NaN (which json, and so the app, accepts) as null.
-    # ASCII output also carries a lone surrogate escape through as it came.
-    return json.dumps(body, separators=(",", ":")).encode()
+def rewrite(
+    raw: bytes | None, tier: CompiledTier, meter: Meter
+) -> tuple[bytes, dict[str, Any]] | None:
+    """The body the app gets under ``tier`` (as bytes, and parsed), or None when the request
+    already complies and goes on byte for byte. ``ValueError`` (its message says why) when
+    guardrail cannot read the body: too large to have been read, or not a JSON object
+    (compressed, say). Such a body must not pass uncapped."""
+    if raw is None:
+        raise ValueError("larger than the most guardrail reads on this route")
+    try:
+        # json, not orjson: it keeps integers past 2**64 exact and reads NaN and lone
+        # surrogates as the app's json would; it writes them back the same way (ASCII output
+        # carries a lone surrogate escape through as it came).
+        body = json.loads(raw)
+        if not isinstance(body, dict):
+            raise ValueError("not a JSON object")
+        changed = tier.max_tokens is not None and meter.cap(body, tier.max_tokens)
+        if tier.strip and meter.strip(body, tier.strip):
+            changed = True
+        if not changed:
+            return None
+        return json.dumps(body, separators=(",", ":")).encode(), body
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ValueError("not a JSON object guardrail can read") from exc
 
 
-async def send_uninspectable(send: Send, *, limit: int, request_id: str, headers: Headers) -> None:
-    """413: the tier has to rewrite a body larger than the route lets guardrail read."""
+async def send_unrewritable(
+    send: Send, *, reason: str, status: int, request_id: str, headers: Headers
+) -> None:
+    """413 or 415: the tier has to rewrite a body guardrail cannot read."""
     await send_problem(
         send,
-        413,
-        problem="request-too-large",
-        title="Content Too Large",
+        status,
+        problem="request-too-large" if status == 413 else "unreadable-request",
+        title="Content Too Large" if status == 413 else "Unsupported Media Type",
         detail=(
-            f"This request body is over {limit} bytes, the most guardrail reads on this route, "
-            "and requests from this client are served with limited output. Send a smaller body."
+            f"This request body is {reason}, and requests from this client are served with "
+            "limited output, which guardrail writes into the body. Send a plain JSON body"
+            + (" that is smaller." if status == 413 else ".")
         ),
         error_type="invalid_request_error",
         request_id=request_id,
