@@ -520,3 +520,112 @@ async def test_a_settlement_that_fails_keeps_the_reservation_and_says_so(
     assert "ConnectionError: gone" in caplog.text
     await client.close()
     await app.shutdown()
+
+
+# -- found in review -------------------------------------------------------------------------
+
+
+async def test_a_request_cancelled_during_its_tier_delay_gives_its_reservation_back(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    text = policy(
+        extra="thresholds: [{score: 0, action: throttle, tier: slow}]\ntiers: {slow: {delay: 2s}}"
+    )
+    started = asyncio.Event()
+
+    async def held(seconds: float) -> None:  # the tier's delay, never over
+        started.set()
+        await asyncio.Event().wait()
+
+    app = Guardrail(
+        build_app(FakeModel()),
+        policy=Policy.from_string(text),
+        clock=clock,
+        sleep=held,
+        audit=f"file://{tmp_path / 'audit.jsonl'}",
+    )
+    client = sdk(app)
+    request = asyncio.ensure_future(client.chat.completions.create(**chat(max_tokens=50)))
+    await asyncio.wait_for(started.wait(), 10)
+    assert await tokens_left(app, clock) == 1000 - PROMPT - 50  # reserved, then waiting
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert await tokens_left(app, clock) == 1000  # nothing was generated: all given back
+    await client.close()
+    await app.shutdown()
+
+
+async def test_a_body_too_large_to_read_reserves_its_size_as_prompt(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    text = policy(burst=5000).replace("headers: true", "headers: true\n    inspect_max_bytes: 1KB")
+    app = serve(tmp_path, clock, text)
+    big = chat(max_tokens=10)
+    big["messages"][0]["content"] = "x" * 3000
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+    ) as http:
+        response = await http.post(
+            "/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"}, json=big
+        )
+    await app.shutdown()
+    assert response.status_code == 200
+    size = len(response.request.content)
+    prompt = (size + 3) // 4  # not read, so not parsed: four bytes a token, and the default
+    assert response.headers["x-ratelimit-remaining-tokens"] == str(5000 - prompt - 200)
+
+
+async def test_a_silent_tier_keeps_its_limits_out_of_the_headers(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    extra = (
+        "thresholds: [{score: 0, action: throttle, tier: slow}]\n"
+        "tiers: {slow: {limits: [{per: ip, rate: 7/minute}]}}"
+    )
+    text = policy(extra=extra).replace(
+        "      - {per: api_key, rate: 1000/day",
+        "      - {per: ip, rate: 999/minute}\n      - {per: api_key, rate: 1000/day",
+    )
+    app = serve(tmp_path, clock, text)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+    ) as http:
+        for body in (chat(max_tokens=5), {"model": "m", "messages": [], "max_tokens": 0}):
+            response = await http.post(
+                "/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"}, json=body
+            )
+            assert response.status_code == 200
+            assert "tier" not in response.headers["ratelimit"]
+            assert "tier" not in response.headers["ratelimit-policy"]
+            assert response.headers["x-ratelimit-limit-requests"] == "999"
+            assert '"api_key-tokens"' in response.headers["ratelimit-policy"]
+    await app.shutdown()
+
+
+async def test_under_fail_open_a_storage_failing_mid_stream_is_asked_once(
+    tmp_path: Path, clock: FakeClock, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from guardrail.errors import StorageError
+
+    # no max_tokens: 9 + 20 reserved, then the stream needs more, and Redis is gone
+    app = serve(tmp_path, clock, policy(default_max_tokens=20), storage=redis_url)
+    calls = 0
+    admit = app.storage.charge
+
+    async def failing(charges: Any, now: float) -> Any:
+        nonlocal calls
+        if charges[0].cost == 9 + 20:
+            return await admit(charges, now)  # the admission
+        calls += 1
+        raise StorageError("storage 'redis://…': ConnectionError: gone")
+
+    app.storage.charge = failing  # type: ignore[method-assign]
+    client = sdk(app)
+    stream = await client.chat.completions.create(**chat(stream=True))
+    pieces = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+    assert len([p for p in pieces if p]) >= 120  # served to the end (fail_open)
+    assert calls == 1
+    assert "ConnectionError: gone" in caplog.text
+    await client.close()
+    await app.shutdown()

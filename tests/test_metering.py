@@ -55,6 +55,9 @@ def test_a_streamed_piece_is_a_token_unless_it_is_long() -> None:
         ),
         ({"prompt": "abcd", "max_tokens": 16, "n": 2, "best_of": 5}, Ask(1, 16, 5)),
         ({"prompt": [1, 2, 3]}, Ask(3, None, 1)),  # token ids
+        # a batch: one completion per prompt
+        ({"prompt": ["abcd", "abcdefgh"], "max_tokens": 10, "n": 2}, Ask(3, 10, 4)),
+        ({"prompt": [[1, 2], [3, 4, 5]], "max_tokens": 10}, Ask(5, 10, 2)),
         ({"input": "abcd", "instructions": "abcdefgh", "max_output_tokens": 9}, Ask(3, 9, 1)),
         ({"input": [{"role": "user", "content": "abcd"}]}, Ask(5, None, 1)),
         # what a client cannot pass for a count

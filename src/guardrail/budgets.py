@@ -56,15 +56,18 @@ class Budget:
     charged: int  # tokens held: the reservation, and what the stream has added since
     prompt: int  # the prompt's estimate, part of ``charged``
     # No output cap named: a stream past its reservation reserves more, or is ended. A request
-    # that names max_tokens is trusted to stop there (a server honours it); an estimate of its
-    # output that runs past the reservation is only settled, never cut.
+    # that names max_tokens is trusted to stop near it (a server honours it): an estimate that
+    # runs past its reservation is settled, and watched only past twice the reservation.
     open_ended: bool
     on_error: Callable[[StorageError], bool]  # warns; True: carry on (fail_open)
     settled: bool = False
+    unmetered: bool = False  # the storage failed under fail_open: the stream goes on unwatched
 
     async def extend(self, need: int, now: float) -> bool:
         """Reserve at least ``need`` tokens more: ``EXTEND_TOKENS`` at a time while the budget
         has them, then whatever it has left; False when it has less than ``need``."""
+        if self.unmetered:
+            return True
         step = max(need, EXTEND_TOKENS)
         try:
             outcome = await self.storage.charge(self._moves(step), now)
@@ -74,10 +77,9 @@ class Budget:
                     return False
                 outcome = await self.storage.charge(self._moves(step), now)
         except StorageError as exc:
-            carry_on = self.on_error(exc)
-            if carry_on:  # fail_open: no more calls to a failing storage for this stream
-                self.open_ended = False
-            return carry_on
+            # fail_open: no more calls to a failing storage for this stream
+            self.unmetered = self.on_error(exc)
+            return self.unmetered
         if outcome.allowed:
             self.charged += step
         return outcome.allowed

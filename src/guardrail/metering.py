@@ -158,6 +158,13 @@ class OpenAIMeter:
             return Ask(prompt, _whole(body.get("max_output_tokens")), 1)
         prompt_field = body.get("prompt")
         choices = max(_whole(body.get("n")) or 1, _whole(body.get("best_of")) or 1)
+        # A list of strings, or of token-id lists, is a batch: a completion for each prompt.
+        if isinstance(prompt_field, list) and prompt_field and not isinstance(prompt_field[0], int):
+            prompts = len(prompt_field)
+            prompt = sum(
+                len(p) if isinstance(p, list) else _content_tokens(p) for p in prompt_field
+            )
+            return Ask(prompt, _whole(body.get("max_tokens")), choices * prompts)
         return Ask(_content_tokens(prompt_field), _whole(body.get("max_tokens")), choices)
 
     def cap(self, body: dict[str, Any], max_tokens: int) -> bool:

@@ -26,6 +26,12 @@ from guardrail.sse import EventSplitter, data_of, error_event
 
 #: The most of a JSON response copied for its usage; a larger body keeps its reservation.
 JSON_COPY_MAX = 4 * 1024 * 1024
+#: The longest SSE event held back while it is unfinished. A stream that goes longer without
+#: a blank line is no event stream guardrail can read: it is passed on as it comes, unmetered.
+EVENT_MAX = 256 * 1024
+#: A request that names its output cap runs past its reservation only by estimation error:
+#: past twice its reservation (and this slack) it is watched as if it had named none.
+OVERRUN_SLACK = 64
 
 PASS, JSON, SSE = 0, 1, 2
 
@@ -109,7 +115,7 @@ class Relay:
             return self.usage
         if not 200 <= self.status < 300:
             return 0  # the app failed or refused: nothing was generated
-        if self.mode == SSE and self.budget is not None:
+        if self.mode == SSE and self.budget is not None:  # PASS after EVENT_MAX: unknown
             return self.budget.prompt + self.seen
         return None
 
@@ -149,13 +155,18 @@ class Relay:
         self.status = status = message["status"]
         headers = message.get("headers", ())
         if 200 <= status < 300:
+            kind = encoding = b""
             for name, value in headers:
-                if name.lower() == b"content-type":
-                    if value.startswith(b"text/event-stream"):
-                        self.mode = SSE
-                    elif self.budget is not None and b"json" in value:
-                        self.mode, self.copy = JSON, bytearray()
-                    break
+                name = name.lower()
+                if name == b"content-type":
+                    kind = value
+                elif name == b"content-encoding":
+                    encoding = value.strip().lower()
+            if encoding in (b"", b"identity"):  # a compressed body cannot be read in passing
+                if kind.startswith(b"text/event-stream"):
+                    self.mode = SSE
+                elif self.budget is not None and b"json" in kind:
+                    self.mode, self.copy = JSON, bytearray()
         await self._send({**message, "headers": [*headers, *self.extra]})
 
     async def _body(self, body: bytes, message: Message) -> None:
@@ -165,6 +176,10 @@ class Relay:
             await self._send(message)
             return
         events = self.splitter.feed(body)
+        if len(self.splitter.tail) > EVENT_MAX:  # no events here: pass it on, unmetered
+            self.mode = PASS
+            events.append(self.splitter.tail)
+            self.splitter.tail = b""
         if not more:
             self.ended = True
             if self.splitter.tail:  # the app ended inside an event: it goes out as it came
@@ -238,11 +253,12 @@ class Relay:
     async def _fits(self, tokens: int, budget: Budget) -> bool:
         """Count ``tokens`` more of output; False when they do not fit in the budget."""
         seen = self.seen + tokens
+        over = budget.prompt + seen - budget.charged
         if (
-            budget.prompt + seen > budget.charged
+            over > 0
             and self.cuts
-            and budget.open_ended
-            and not await budget.extend(budget.prompt + seen - budget.charged, self.clock())
+            and (budget.open_ended or over > budget.charged + OVERRUN_SLACK)
+            and not await budget.extend(over, self.clock())
         ):
             return False
         self.seen = seen

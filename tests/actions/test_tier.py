@@ -272,3 +272,54 @@ async def test_pacing_keeps_events_whole_when_the_app_splits_them(
     await guard.shutdown()
     bodies = [body for _, body in sent if body]
     assert bodies == whole  # one whole event per message, bytes as the app wrote them
+
+
+async def test_a_rewrite_keeps_what_json_keeps(tmp_path: Path, clock: FakeClock) -> None:
+    received: list[bytes] = []
+
+    async def echo(request: Request) -> Response:
+        received.append(await request.body())
+        return JSONResponse({})
+
+    app = Starlette(routes=[Route("/v1/chat/completions", echo, methods=["POST"])])
+    guard = guarded(tmp_path, clock, "    max_tokens: 64", app)
+    raw = (
+        b'{"model": "m", "seed": 18446744073709551616, "temperature": NaN, "max_tokens": 900,'
+        b' "user": "\\ud800", "messages": [{"role": "user", "content": "caf\\u00e9"}]}'
+    )
+    async with client(guard) as http:
+        await http.post(
+            "/v1/chat/completions", content=raw, headers={"content-type": "application/json"}
+        )
+    await guard.shutdown()
+    [body] = received
+    assert b'"seed":18446744073709551616' in body  # not 1.8446744073709552e+19
+    assert b'"temperature":NaN' in body and b'"user":"\\ud800"' in body
+    assert json.loads(body)["messages"][0]["content"] == "café"
+    assert json.loads(body)["max_tokens"] == 64
+
+
+@pytest.mark.parametrize(
+    ("raw", "headers"),
+    [
+        (b'{"messages": ' + b"[" * 1020 + b"]" * 1020 + b"}", {}),  # deeper than json reads
+        (b"\x1f\x8b\x08\x00compressed", {"content-encoding": "gzip"}),
+        (b"[1, 2, 3]", {}),
+    ],
+    ids=["nested", "gzip", "not-an-object"],
+)
+async def test_a_body_the_tier_cannot_rewrite_is_refused_not_passed_uncapped(
+    tmp_path: Path, clock: FakeClock, raw: bytes, headers: dict[str, str]
+) -> None:
+    app, seen = receiver()
+    guard = guarded(tmp_path, clock, "    max_tokens: 64", app)
+    async with client(guard) as http:
+        response = await http.post(
+            "/v1/chat/completions",
+            content=raw,
+            headers={"content-type": "application/json", **headers},
+        )
+    await guard.shutdown()
+    assert response.status_code == 415
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert seen == []
