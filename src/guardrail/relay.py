@@ -135,8 +135,12 @@ class Relay:
             ):
                 # The usual chunk, one single-line event: metered and passed on as it came.
                 tokens = self._tokens(body[6:-2])
-                if tokens and not await self._fits(tokens, budget):
-                    await self._end([])
+                if tokens:
+                    seen = self.seen + tokens
+                    if budget.prompt + seen <= budget.charged:  # within the reservation
+                        self.seen = seen
+                    elif not await self._fits(tokens, budget):
+                        await self._end([])
                 if not message.get("more_body", False):
                     self.ended = True
                 await self._send(message)
