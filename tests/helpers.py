@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -132,3 +132,44 @@ async def lifespan(app: Any) -> AsyncIterator[None]:
     await incoming.put({"type": "lifespan.shutdown"})
     assert (await outgoing.get())["type"] == "lifespan.shutdown.complete"
     await task
+
+
+async def post_asgi(
+    app: Any,
+    body: dict[str, Any],
+    *,
+    path: str = "/v1/chat/completions",
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    spec: str = "2.3",
+) -> list[dict[str, Any]]:
+    """POST ``body`` as JSON straight through the ASGI interface, as a server would (one
+    request message, then ``http.disconnect``): every message the app sent."""
+    raw = json.dumps(body).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": spec},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(raw)).encode()),
+            *headers,
+        ],
+        "client": ("203.0.113.7", 4000),
+        "server": ("testserver", 80),
+    }
+    incoming = [{"type": "http.request", "body": raw, "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent

@@ -629,3 +629,29 @@ async def test_under_fail_open_a_storage_failing_mid_stream_is_asked_once(
     assert "ConnectionError: gone" in caplog.text
     await client.close()
     await app.shutdown()
+
+
+async def test_a_request_cancelled_while_its_risk_write_is_out_gives_its_reservation_back(
+    tmp_path: Path, clock: FakeClock, redis_url: str
+) -> None:
+    # Redis: the risk write goes out alongside the bucket charge; the request is cancelled
+    # (its client left) after the charge, while the write is still out
+    text = policy(extra="thresholds: [{score: 99, action: block}]")
+    app = serve(tmp_path, clock, text, storage=redis_url)
+    writing = asyncio.Event()
+
+    async def slow_commit(assessment: Any, now: float) -> None:
+        writing.set()
+        await asyncio.Event().wait()
+
+    app._commit = slow_commit  # type: ignore[method-assign]
+    client = sdk(app)
+    request = asyncio.ensure_future(client.chat.completions.create(**chat(max_tokens=50)))
+    await asyncio.wait_for(writing.wait(), 10)
+    await until(lambda: _equal(tokens_left(app, clock), 1000 - PROMPT - 50), "charged")
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    await until(lambda: _equal(tokens_left(app, clock), 1000), "given back")
+    await client.close()
+    await app.shutdown()

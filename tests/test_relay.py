@@ -18,7 +18,7 @@ from guardrail import Guardrail, Policy
 from test_budgets import policy
 
 from conftest import FakeClock
-from helpers import audit_records
+from helpers import audit_records, post_asgi
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "why is the sky blue"}]}
 
@@ -54,35 +54,9 @@ async def drive(
     guard: Guardrail, body: dict[str, Any], spec: str = "2.3"
 ) -> tuple[list[dict[str, Any]], list[bytes]]:
     """One request through the ASGI interface: the messages guardrail sent, and the bodies."""
-    raw = json.dumps(body).encode()
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": spec},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"authorization", b"Bearer sk-budget-1"),
-        ],
-        "client": ("203.0.113.7", 4000),
-        "server": ("testserver", 80),
-    }
-    incoming = [{"type": "http.request", "body": raw, "more_body": False}]
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await guard(scope, receive, send)
-    bodies = [m.get("body", b"") for m in sent if m["type"] == "http.response.body"]
-    return sent, bodies
+    key = [(b"authorization", b"Bearer sk-budget-1")]
+    sent = await post_asgi(guard, body, headers=key, spec=spec)
+    return sent, [m.get("body", b"") for m in sent if m["type"] == "http.response.body"]
 
 
 async def test_a_cut_under_asgi_spec_2_4_stays_inside_guardrail(

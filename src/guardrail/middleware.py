@@ -339,10 +339,20 @@ class Guardrail:
         if used is None:
             return  # nothing says what was used: the reservation is the charge
         # Shielded: a request cancelled with its client still gives back what it did not use.
-        settling = asyncio.ensure_future(budget.settle(used, self.clock()))
+        await asyncio.shield(self._in_background(budget.settle(used, self.clock())))
+
+    def _in_background(self, settlement: Awaitable[None]) -> asyncio.Future[None]:
+        """A settlement that runs to its end even if the request is cancelled; shutdown waits
+        for it."""
+        settling = asyncio.ensure_future(settlement)
         self._settling.add(settling)
-        settling.add_done_callback(self._settling.discard)
-        await asyncio.shield(settling)
+        settling.add_done_callback(self._settle_done)
+        return settling
+
+    def _settle_done(self, settling: asyncio.Future[None]) -> None:
+        self._settling.discard(settling)
+        if not settling.cancelled() and isinstance(exc := settling.exception(), StorageError):
+            self._warn_storage(exc, self.clock())
 
     def _budget_error(self, exc: StorageError) -> bool:
         self._warn_storage(exc, self.clock())
@@ -505,6 +515,7 @@ class Guardrail:
         if not charges:
             return None
         storage = self.storage
+        outcome = None
         try:
             try:
                 outcome = await storage.charge(charges, now)
@@ -518,7 +529,13 @@ class Guardrail:
                 outcome = await storage.charge(charges, now)
         finally:
             if commit is not None:
-                await commit
+                try:
+                    await commit
+                except BaseException:  # cancelled after the charge: no one will settle it
+                    if held and outcome is not None and outcome.allowed:
+                        given_back = [c._replace(cost=-tokens) for c in held]
+                        self._in_background(storage.settle(given_back, now))
+                    raise
         decision.outcome, decision.limits, decision.tokens = outcome, limits, tokens
         if not outcome.allowed:
             decision.action = LIMIT

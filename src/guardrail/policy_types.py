@@ -197,14 +197,21 @@ def _method(value: str) -> str:
     return value.upper()
 
 
-def import_callable(ref: str) -> Callable[[Scope], str | None]:
+def _import(ref: str, what: str) -> Any:
+    """The object a 'module:attribute' reference names; refused (quoting why) if it cannot be
+    imported."""
     module_name, _, attribute = ref.partition(":")
     try:
         target: Any = importlib.import_module(module_name)
         for name in attribute.split("."):
             target = getattr(target, name)
     except Exception as exc:  # the user's module may fail in any way while importing
-        raise refuse(f"an importable 'module:function' ({type(exc).__name__}: {exc})") from None
+        raise refuse(f"an importable '{what}' ({type(exc).__name__}: {exc})") from None
+    return target
+
+
+def import_callable(ref: str) -> Callable[[Scope], str | None]:
+    target = _import(ref, "module:function")
     if not callable(target):
         raise refuse(f"a callable 'module:function' ({ref} is a {type(target).__name__})")
     return target  # type: ignore[no-any-return]
@@ -238,13 +245,7 @@ def import_meter(ref: str) -> Any:
 
     if ref == "openai":
         return OPENAI
-    module_name, _, attribute = ref.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for name in attribute.split("."):
-            target = getattr(target, name)
-    except Exception as exc:  # the user's module may fail in any way while importing
-        raise refuse(f"an importable 'module:attribute' ({type(exc).__name__}: {exc})") from None
+    target = _import(ref, "module:attribute")
     missing = [m for m in METER_METHODS if not callable(getattr(target, m, None))]
     if missing:
         raise refuse(

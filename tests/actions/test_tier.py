@@ -18,7 +18,7 @@ from starlette.routing import Route
 from guardrail import Guardrail, Policy
 
 from conftest import FakeClock
-from helpers import audit_records, client
+from helpers import audit_records, client, post_asgi
 
 TIER = """
 version: 1
@@ -184,35 +184,17 @@ async def drive(
 ) -> list[tuple[float, bytes]]:
     """One request straight through the ASGI interface: each body message with the injected
     time at which guardrail sent it on."""
-    raw = json.dumps(body).encode()
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(raw)).encode()),
-        ],
-        "client": ("203.0.113.7", 4000),
-        "server": ("testserver", 80),
-    }
-    messages = [{"type": "http.request", "body": raw, "more_body": False}]
-
-    async def receive() -> dict[str, Any]:
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
-
     sent: list[tuple[float, bytes]] = []
 
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.body":
-            sent.append((clock(), message.get("body", b"")))
+    async def timed(scope: Any, receive: Any, send: Any) -> None:
+        async def stamp(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                sent.append((clock(), message.get("body", b"")))
+            await send(message)
 
-    await guard(scope, receive, send)
+        await guard(scope, receive, stamp)
+
+    await post_asgi(timed, body)
     return sent
 
 
