@@ -49,6 +49,7 @@ demo: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/streaming.py
 	$(BIN)/python benchmarks/risk_memory.py
 
 simulate: $(VENV)/.installed
