@@ -13,8 +13,9 @@ when the budget has no more.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -99,3 +100,27 @@ class Budget:
 
     def _moves(self, tokens: int) -> list[BucketCharge]:
         return [c._replace(cost=tokens) for c in self.charges]
+
+
+class Settlements:
+    """Settlements that run to their end even when their request is cancelled (its client
+    left): shielded, tracked, and waited for at shutdown."""
+
+    def __init__(self, warn: Callable[[StorageError], None]) -> None:
+        self._pending: set[asyncio.Future[None]] = set()
+        self._warn = warn
+
+    def start(self, settlement: Awaitable[None]) -> asyncio.Future[None]:
+        settling = asyncio.ensure_future(settlement)
+        self._pending.add(settling)
+        settling.add_done_callback(self._done)
+        return settling
+
+    async def wait(self) -> None:
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+    def _done(self, settling: asyncio.Future[None]) -> None:
+        self._pending.discard(settling)
+        if not settling.cancelled() and isinstance(exc := settling.exception(), StorageError):
+            self._warn(exc)

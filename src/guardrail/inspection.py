@@ -112,3 +112,15 @@ def replace_body(scope: Scope, replay: Replay, body: bytes) -> tuple[Scope, Repl
         headers.append((b"content-length", str(len(body)).encode()))
     message = {"type": "http.request", "body": body, "more_body": False}
     return {**scope, "headers": headers}, Replay([message], replay._receive)
+
+
+def declared_size(scope: Scope, unread: int) -> int:
+    """The size of a body guardrail did not read: its Content-Length, else ``unread`` (more
+    than it reads)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return max(0, int(value))
+            except ValueError:
+                break
+    return unread

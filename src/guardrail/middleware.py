@@ -18,13 +18,16 @@ from dataclasses import replace
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from guardrail.actions import challenge, verify
-from guardrail.actions.block import send_blocked
 from guardrail.actions.captcha import Provider, Siteverify
 from guardrail.actions.clearance import ClearanceSigner
 from guardrail.actions.endpoints import ChallengeDesk
 from guardrail.actions.hcaptcha import HCAPTCHA
-from guardrail.actions.limit import ratelimit_headers, send_limited, send_unavailable
+from guardrail.actions.limit import (
+    RateLimitPolicies,
+    ratelimit_headers,
+    send_limited,
+    send_unavailable,
+)
 from guardrail.actions.tier import CompiledTier, compile_tier, rewrite, send_unrewritable
 from guardrail.actions.turnstile import TURNSTILE
 from guardrail.audit import AuditLog, sink_from_uri
@@ -32,24 +35,23 @@ from guardrail.audit.record import decision_record
 from guardrail.backends import challenge_store, risk_engine, storage_from_uri
 from guardrail.backends.base import BucketCharge, Outcome, Storage
 from guardrail.backends.memory import MemoryStorage
-from guardrail.budgets import Budget, Reservation, reservation
+from guardrail.budgets import Budget, Reservation, Settlements, reservation
 from guardrail.decision import ALLOW, BLOCK, CHALLENGE, LIMIT, THROTTLE, Decision, RequestIds
 from guardrail.errors import StorageError
 from guardrail.identity import IdentityResolver
-from guardrail.inspection import parse_request, read_body, replace_body
+from guardrail.inspection import declared_size, parse_request, read_body, replace_body
 from guardrail.lifespan import lifespan
 from guardrail.limits import (
     CompiledLimit,
     CompiledRoute,
     RouteTable,
-    ratelimit_policy,
     token_charges,
 )
 from guardrail.metering import OPENAI, Meter
 from guardrail.policy import Policy
 from guardrail.relay import Relay, with_headers
 from guardrail.secrets import policy_secret, resolve_secret
-from guardrail.signals.engine import Assessment, RiskEngine, principal_of
+from guardrail.signals.engine import Assessment, RiskEngine
 
 logger = logging.getLogger("guardrail")
 
@@ -105,8 +107,8 @@ class Guardrail:
                 break
         self._prefix = self.policy.challenges.prefix + "/"
         self.desk = ChallengeDesk(self)
-        self._tier_policies: dict[tuple[str, str, bool], bytes] = {}
-        self._settling: set[asyncio.Future[None]] = set()
+        self.policies = RateLimitPolicies()
+        self.settlements = Settlements(lambda exc: self._warn_storage(exc, self.clock()))
         conf = self.policy.audit
         self.audit = AuditLog(
             sink_from_uri(
@@ -144,8 +146,7 @@ class Guardrail:
 
     async def shutdown(self) -> None:
         """Flush the audit trail and close connections (lifespan shutdown, or call it yourself)."""
-        if self._settling:  # token settlements still on their way to the storage
-            await asyncio.gather(*self._settling, return_exceptions=True)
+        await self.settlements.wait()  # token settlements still on their way to the storage
         await self.audit.close()
         if self.siteverify is not None:
             await self.siteverify.close()
@@ -206,7 +207,8 @@ class Guardrail:
                     if assessment is not None:
                         await self._commit(assessment, now)
                     # Not fed back as refusals: the engine's own answers must not feed it.
-                    await self._refuse(scope, send, decision, now, headers)
+                    self._record(scope, decision, now, 403)  # before sending: the client may go
+                    await self.desk.refuse(scope, send, decision, now, headers)
                     return
                 if decision.storage_error and self.enforce:  # fail_closed: no risk store
                     await send_unavailable(send, request_id=request_id, headers=headers)
@@ -236,7 +238,8 @@ class Guardrail:
                 if request is not None:  # the body the app gets: capped, if the tier caps
                     held = reservation(meter.ask(request.body), route.default_max_tokens)
                 else:  # unread or unreadable: its size stands in for its prompt
-                    size = len(raw) if raw is not None else _declared_size(scope, route)
+                    unread = declared_size(scope, route.inspect_max_bytes + 1)
+                    size = len(raw) if raw is not None else unread
                     held = reservation(None, route.default_max_tokens, size)
         budget = await self._decide(route, decision, now, tier, assessment, held)
 
@@ -248,7 +251,7 @@ class Guardrail:
                 return
             hit = decision.limit
             assert hit is not None  # a refusal always comes from a bucket
-            policy = self._ratelimit_policy(route, tier, decision.limits, decision.tokens > 0)
+            policy = self.policies(route, tier, decision.limits, decision.tokens > 0)
             headers += ratelimit_headers(policy, decision.limits, outcome)
             self._record(scope, decision, now, 429)  # before sending: a client gone mid-send
             await send_limited(send, hit=hit, request_id=request_id, headers=headers)
@@ -262,9 +265,9 @@ class Guardrail:
                 own = len(route.charged) + (len(route.metered) if decision.tokens else 0)
                 limits = limits[:own]
                 outcome = Outcome(outcome.allowed, outcome.states[: len(limits)])
-                policy = self._ratelimit_policy(route, None, limits, decision.tokens > 0)
+                policy = self.policies(route, None, limits, decision.tokens > 0)
             else:
-                policy = self._ratelimit_policy(route, tier, limits, decision.tokens > 0)
+                policy = self.policies(route, tier, limits, decision.tokens > 0)
             headers += ratelimit_headers(policy, limits, outcome)
         pace = delay = 0.0
         if tier is not None and self.enforce:
@@ -339,52 +342,11 @@ class Guardrail:
         if used is None:
             return  # nothing says what was used: the reservation is the charge
         # Shielded: a request cancelled with its client still gives back what it did not use.
-        await asyncio.shield(self._in_background(budget.settle(used, self.clock())))
-
-    def _in_background(self, settlement: Awaitable[None]) -> asyncio.Future[None]:
-        """A settlement that runs to its end even if the request is cancelled; shutdown waits
-        for it."""
-        settling = asyncio.ensure_future(settlement)
-        self._settling.add(settling)
-        settling.add_done_callback(self._settle_done)
-        return settling
-
-    def _settle_done(self, settling: asyncio.Future[None]) -> None:
-        self._settling.discard(settling)
-        if not settling.cancelled() and isinstance(exc := settling.exception(), StorageError):
-            self._warn_storage(exc, self.clock())
+        await asyncio.shield(self.settlements.start(budget.settle(used, self.clock())))
 
     def _budget_error(self, exc: StorageError) -> bool:
         self._warn_storage(exc, self.clock())
         return self.fallback is not None
-
-    async def _refuse(
-        self,
-        scope: Scope,
-        send: Send,
-        decision: Decision,
-        now: float,
-        headers: list[tuple[bytes, bytes]],
-    ) -> None:
-        """Answer a challenge or a block (403) in place of the app."""
-        self._record(scope, decision, now, 403)  # before sending: a client gone mid-send
-        if decision.action == BLOCK:
-            await send_blocked(send, request_id=decision.request_id, headers=headers)
-        else:
-            issued = challenge.issue(self.policy.challenges, self.secret, now)
-            try:
-                await verify.keep(self.challenges, issued, principal_of(decision.subject), now)
-            except StorageError as exc:  # the client can retry for another
-                self._warn_storage(exc, now)
-            await challenge.send_challenge(
-                send,
-                scope,
-                challenge=issued,
-                prefix=self.policy.challenges.prefix,
-                request_id=decision.request_id,
-                headers=headers,
-                widget=self.widget,
-            )
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A handshake counts as one request of its route; a refusal closes it before accept,
@@ -452,23 +414,6 @@ class Guardrail:
         except StorageError as exc:
             self._warn_storage(exc, now)
 
-    def _ratelimit_policy(
-        self,
-        route: CompiledRoute,
-        tier: CompiledTier | None,
-        limits: tuple[CompiledLimit, ...],
-        metered: bool,
-    ) -> bytes:
-        """RateLimit-Policy over ``limits``: the route's (token limits only when the request
-        reserved tokens), then the tier's, which (route, tier, metered) always build alike."""
-        if tier is None:
-            return route.ratelimit_policy if metered else route.requests_policy
-        key = (route.name, tier.name, metered)
-        policy = self._tier_policies.get(key)
-        if policy is None:
-            policy = self._tier_policies[key] = ratelimit_policy(limits)
-        return policy
-
     async def _decide(
         self,
         route: CompiledRoute,
@@ -534,7 +479,7 @@ class Guardrail:
                 except BaseException:  # cancelled after the charge: no one will settle it
                     if held and outcome is not None and outcome.allowed:
                         given_back = [c._replace(cost=-tokens) for c in held]
-                        self._in_background(storage.settle(given_back, now))
+                        self.settlements.start(storage.settle(given_back, now))
                     raise
         decision.outcome, decision.limits, decision.tokens = outcome, limits, tokens
         if not outcome.allowed:
@@ -556,14 +501,3 @@ class Guardrail:
 
     def _record(self, scope: Scope, decision: Decision, now: float, status: int) -> None:
         self.audit.emit(decision_record(self.policy, scope, decision, now, status))
-
-
-def _declared_size(scope: Scope, route: CompiledRoute) -> int:
-    """A body guardrail did not read: its Content-Length, else more than it reads."""
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                return max(0, int(value))
-            except ValueError:
-                break
-    return route.inspect_max_bytes + 1

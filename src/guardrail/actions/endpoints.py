@@ -1,5 +1,6 @@
 """guardrail's own endpoints under ``challenges.prefix`` (the verify endpoint, the challenge
-page and its script), and the clearances a challenged request may show instead of a challenge.
+page and its script), the clearances a challenged request may show instead of a challenge, and
+the 403 (challenge or block) it gets without one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from starlette.requests import cookie_parser
 from starlette.types import Receive, Scope, Send
 
 from guardrail.actions import challenge, verify
+from guardrail.actions.block import send_blocked
 from guardrail.actions.limit import send_unavailable
 from guardrail.actions.problem import send_problem
 from guardrail.audit import format_ts
@@ -63,6 +65,34 @@ class ChallengeDesk:
             self.g._warn_storage(exc, now)
             return False
         return uses <= self.g.policy.challenges.clearance.max_requests
+
+    async def refuse(
+        self,
+        scope: Scope,
+        send: Send,
+        decision: Decision,
+        now: float,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        """Answer a challenge or a block (403) in place of the app."""
+        if decision.action == "block":
+            await send_blocked(send, request_id=decision.request_id, headers=headers)
+            return
+        g = self.g
+        issued = challenge.issue(g.policy.challenges, g.secret, now)
+        try:
+            await verify.keep(g.challenges, issued, principal_of(decision.subject), now)
+        except StorageError as exc:  # the client can retry for another
+            g._warn_storage(exc, now)
+        await challenge.send_challenge(
+            send,
+            scope,
+            challenge=issued,
+            prefix=g.policy.challenges.prefix,
+            request_id=decision.request_id,
+            headers=headers,
+            widget=g.widget,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """guardrail's own endpoints under ``challenges.prefix``: the verify endpoint, the

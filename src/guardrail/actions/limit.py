@@ -13,8 +13,16 @@ from collections.abc import Sequence
 from starlette.types import Send
 
 from guardrail.actions.problem import Headers, send_problem
+from guardrail.actions.tier import CompiledTier
 from guardrail.backends.base import Outcome
-from guardrail.limits import CompiledLimit, LimitHit, tightest, whole_seconds
+from guardrail.limits import (
+    CompiledLimit,
+    CompiledRoute,
+    LimitHit,
+    ratelimit_policy,
+    tightest,
+    whole_seconds,
+)
 
 
 def openai_duration(seconds: float) -> str:
@@ -73,6 +81,29 @@ def _subset(outcome: Outcome, indexes: Sequence[int]) -> Outcome:
     # its own, the emptiest speaks.
     chosen = tuple(states[i] for i in indexes)
     return Outcome(outcome.allowed or all(s.retry_after <= 0 for s in chosen), chosen)
+
+
+class RateLimitPolicies:
+    """RateLimit-Policy values, built once per shape: a route's own (with its token limits
+    when the request reserved tokens), or a route's and a tier's together."""
+
+    def __init__(self) -> None:
+        self._built: dict[tuple[str, str, bool], bytes] = {}
+
+    def __call__(
+        self,
+        route: CompiledRoute,
+        tier: CompiledTier | None,
+        limits: Sequence[CompiledLimit],
+        metered: bool,
+    ) -> bytes:
+        if tier is None:
+            return route.ratelimit_policy if metered else route.requests_policy
+        key = (route.name, tier.name, metered)  # (route, tier, metered) always build alike
+        policy = self._built.get(key)
+        if policy is None:
+            policy = self._built[key] = ratelimit_policy(limits)
+        return policy
 
 
 async def send_limited(

@@ -8,14 +8,13 @@ inspected body, and its ``stream_rate`` paces the events of a streamed response 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.types import Send
 
 from guardrail.actions.problem import Headers, send_problem
-from guardrail.limits import CompiledLimit, compile_limit, ratelimit_policy
+from guardrail.limits import CompiledLimit, compile_limit
 from guardrail.metering import Meter
 from guardrail.policy import Tier
 
@@ -57,11 +56,6 @@ def compile_tier(name: str, tier: Tier) -> CompiledTier:
         pace=0.0 if rate is None else rate.seconds / rate.amount,
         header=(b"guardrail-tier", name.encode()) if tier.header else None,
     )
-
-
-def tier_policy(route_limits: Sequence[CompiledLimit], tier: CompiledTier) -> bytes:
-    """RateLimit-Policy over the route's and the tier's limits together."""
-    return ratelimit_policy([*route_limits, *tier.charged, *tier.metered])
 
 
 def rewrite(
