@@ -503,21 +503,41 @@ async def test_with_redis_down_fail_open_reserves_and_settles_in_the_local_fallb
     assert "storage error, applying on_storage_error=fail_open" in caplog.text
 
 
+class WritesPaused:
+    """A model whose first token pauses the real Redis for writes (``CLIENT PAUSE … WRITE``):
+    what was admitted stays admitted, and every later script call times out."""
+
+    def __init__(self, url: str) -> None:
+        import redis.asyncio as aioredis
+
+        self.admin = aioredis.from_url(url)
+        self.paused = False
+
+    def model(self) -> FakeModel:
+        return FakeModel(latency=0.001, sleep=self.sleep)
+
+    async def sleep(self, seconds: float) -> None:
+        if not self.paused:
+            self.paused = True
+            await self.admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+
+    async def resume(self) -> None:
+        await self.admin.execute_command("CLIENT", "UNPAUSE")
+        await self.admin.aclose()
+
+
 async def test_a_settlement_that_fails_keeps_the_reservation_and_says_so(
-    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, clock: FakeClock, redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    app = serve(tmp_path, clock)
-
-    async def down(charges: Any, now: float) -> None:
-        from guardrail.errors import StorageError
-
-        raise StorageError("storage 'redis://db:6379/0': ConnectionError: gone")
-
-    app.storage.settle = down  # type: ignore[method-assign]
+    redis = WritesPaused(redis_url)
+    app = serve(tmp_path, clock, model=redis.model(), storage=f"{redis_url}?timeout=0.2")
     client = sdk(app)
-    await client.chat.completions.create(**chat(max_tokens=50))
+    try:
+        await client.chat.completions.create(**chat(max_tokens=50))  # settled while paused
+    finally:
+        await redis.resume()
     assert await tokens_left(app, clock) == 1000 - PROMPT - 50  # the reservation stands
-    assert "ConnectionError: gone" in caplog.text
+    assert "storage error, applying on_storage_error=fail_open" in caplog.text
     await client.close()
     await app.shutdown()
 
@@ -606,27 +626,29 @@ async def test_a_silent_tier_keeps_its_limits_out_of_the_headers(
 async def test_under_fail_open_a_storage_failing_mid_stream_is_asked_once(
     tmp_path: Path, clock: FakeClock, redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from guardrail.errors import StorageError
-
-    # no max_tokens: 9 + 20 reserved, then the stream needs more, and Redis is gone
-    app = serve(tmp_path, clock, policy(default_max_tokens=20), storage=redis_url)
+    # no max_tokens: 9 + 20 reserved, then the stream needs more, and Redis has stopped
+    # taking writes: the one extension asked for times out, and the stream goes on unwatched
+    redis = WritesPaused(redis_url)
+    text = policy(default_max_tokens=20)
+    app = serve(tmp_path, clock, text, model=redis.model(), storage=f"{redis_url}?timeout=0.2")
     calls = 0
-    admit = app.storage.charge
+    charge = app.storage.charge
 
-    async def failing(charges: Any, now: float) -> Any:
+    async def counted(charges: Any, now: float) -> Any:  # the real charge, counted
         nonlocal calls
-        if charges[0].cost == 9 + 20:
-            return await admit(charges, now)  # the admission
         calls += 1
-        raise StorageError("storage 'redis://…': ConnectionError: gone")
+        return await charge(charges, now)
 
-    app.storage.charge = failing  # type: ignore[method-assign]
+    app.storage.charge = counted  # type: ignore[method-assign]
     client = sdk(app)
-    stream = await client.chat.completions.create(**chat(stream=True))
-    pieces = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+    try:
+        stream = await client.chat.completions.create(**chat(stream=True))
+        pieces = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+    finally:
+        await redis.resume()
     assert len([p for p in pieces if p]) >= 120  # served to the end (fail_open)
-    assert calls == 1
-    assert "ConnectionError: gone" in caplog.text
+    assert calls == 2  # the admission, then one extension: never asked again
+    assert "storage error, applying on_storage_error=fail_open" in caplog.text
     await client.close()
     await app.shutdown()
 

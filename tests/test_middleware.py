@@ -470,27 +470,27 @@ async def test_deeply_nested_json_is_limited_like_any_request_never_a_500(tmp_pa
     assert statuses[0].content == body  # replayed to the app unchanged
 
 
-def test_parse_openai_survives_what_json_cannot_parse():
-    from guardrail.inspection import parse_openai
+def test_parse_request_survives_what_json_cannot_parse():
+    from guardrail.inspection import parse_request
 
     with pytest.raises(RecursionError):
         json.loads(b"[" * 100_000)
-    assert parse_openai(b"[" * 100_000) is None
-    assert parse_openai(b"\xff\xfe") is None
-    assert parse_openai(b"[1, 2]") is None
+    assert parse_request(b"[" * 100_000) is None
+    assert parse_request(b"\xff\xfe") is None
+    assert parse_request(b"[1, 2]") is None
 
 
-def test_parse_openai_reads_what_python_json_reads_and_orjson_refuses():
-    from guardrail.inspection import parse_openai
+def test_parse_request_reads_what_python_json_reads_and_orjson_refuses():
+    from guardrail.inspection import parse_request
 
     surrogate = b'{"messages": [{"role": "user", "content": "think step by step \\udc80"}]}'
     nan = b'{"prompt": "show your reasoning", "temperature": NaN}'
     big = b'{"prompt": "hello", "max_tokens": 123456789012345678901234567890}'
     for raw in (surrogate, nan, big):
-        request = parse_openai(raw)
+        request = parse_request(raw)
         assert request is not None and request.prompt
-    assert parse_openai(surrogate).prompt.endswith("\udc80")  # type: ignore[union-attr]
-    assert parse_openai(big).max_tokens is None  # type: ignore[union-attr]
+    assert parse_request(surrogate).prompt.endswith("\udc80")  # type: ignore[union-attr]
+    assert parse_request(big).max_tokens is None  # type: ignore[union-attr]
 
 
 async def test_observe_mode_with_fail_closed_still_serves_when_the_store_is_down(

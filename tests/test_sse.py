@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from guardrail.sse import EventSplitter, data_of, error_event, payload_of
+from guardrail.sse import EventSplitter, data_of, error_event, payload
 
 EVENTS = [
     b'data: {"a": 1}\n\n',
@@ -45,10 +45,10 @@ def test_data_of() -> None:
     assert data_of(b"data:x\r\n\r\n") == b"x"
     assert data_of(b"event: x\ndata: line1\ndata: line2\n\n") == b"line1\nline2"
     assert data_of(b": a comment\n\n") is None
-    assert payload_of(b"data: [DONE]\n\n") is None
-    assert payload_of(b"data: [1, 2]\n\n") is None
-    assert payload_of(b"data: {not json\n\n") is None
-    assert payload_of(b'data: {"a": 1}\n\n') == {"a": 1}
+    assert payload(data_of(b"data: [DONE]\n\n")) is None
+    assert payload(data_of(b"data: [1, 2]\n\n")) is None
+    assert payload(data_of(b"data: {not json\n\n")) is None
+    assert payload(data_of(b'data: {"a": 1}\n\n')) == {"a": 1}
 
 
 def test_error_event_is_an_openai_error_then_done() -> None:

@@ -60,9 +60,6 @@ def parse_request(raw: bytes, meter: Meter = OPENAI) -> OpenAIRequest | None:
     )
 
 
-parse_openai = parse_request
-
-
 class Replay:
     """A ``receive`` that hands back the messages already read, then defers to the server."""
 

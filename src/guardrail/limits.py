@@ -73,11 +73,6 @@ class CompiledRoute:
     ratelimit_policy: bytes  # the RateLimit-Policy header value: charged, then metered
     requests_policy: bytes  # the same without the token limits (a request that reserved none)
 
-    @property
-    def budgeted(self) -> tuple[CompiledLimit, ...]:
-        """Every limit in the order their charges go out (and their states come back)."""
-        return (*self.charged, *self.metered)
-
     def charges(self, subject: Subject) -> list[BucketCharge]:
         # Runs on every request: the common identities are inlined rather than asked of each
         # limit, and tuple.__new__ skips NamedTuple's Python-level __new__.

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import orjson
 from starlette.types import Message, Receive, Send
 
 from guardrail.budgets import Budget
 from guardrail.metering import Meter
-from guardrail.sse import EventSplitter, data_of, error_event
+from guardrail.sse import EventSplitter, data_of, error_event, payload
 
 #: The most of a JSON response copied for its usage; a larger body keeps its reservation.
 JSON_COPY_MAX = 4 * 1024 * 1024
@@ -201,12 +200,9 @@ class Relay:
         copy += body
         if not more:
             self.ended = True
-            try:
-                payload = orjson.loads(copy)
-            except orjson.JSONDecodeError:
-                return
-            if isinstance(payload, dict):
-                self.usage = self.meter.usage(payload)
+            whole = payload(copy)
+            if whole is not None:
+                self.usage = self.meter.usage(whole)
 
     async def _events(self, events: list[bytes], message: Message, more: bool) -> None:
         budget = self.budget
@@ -234,25 +230,19 @@ class Relay:
 
     async def _metered(self, event: bytes, budget: Budget) -> bool:
         """Count the event's output; False when it does not fit in the budget."""
-        data = data_of(event)
-        if not data or data[:1] != b"{":
-            return True
-        tokens = self._tokens(data)
+        tokens = self._tokens(data_of(event) or b"")
         return not tokens or await self._fits(tokens, budget)
 
     def _tokens(self, data: bytes) -> int:
         """The output tokens an event's JSON data carries; its usage is noted on the way."""
-        try:
-            payload = orjson.loads(data)
-        except orjson.JSONDecodeError:
+        event = payload(data)
+        if event is None:
             return 0
-        if type(payload) is not dict:
-            return 0
-        if payload.get("usage") is not None or "response" in payload:
-            usage = self.meter.usage(payload)
+        if event.get("usage") is not None or "response" in event:
+            usage = self.meter.usage(event)
             if usage is not None:
                 self.usage = usage
-        return self.meter.streamed(payload)
+        return self.meter.streamed(event)
 
     async def _fits(self, tokens: int, budget: Budget) -> bool:
         """Count ``tokens`` more of output; False when they do not fit in the budget."""

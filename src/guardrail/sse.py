@@ -61,9 +61,9 @@ def data_of(event: bytes) -> bytes | None:
     return b"\n".join(lines) if lines else None
 
 
-def payload_of(event: bytes) -> dict[str, Any] | None:
-    """The event's data as a JSON object, or None (no data, ``[DONE]``, not an object)."""
-    data = data_of(event)
+def payload(data: bytes | bytearray | None) -> dict[str, Any] | None:
+    """An event's data (``data_of``) as a JSON object, or None (no data, ``[DONE]``, not an
+    object)."""
     if not data or data == DONE:
         return None
     try:

@@ -9,7 +9,7 @@ from ipaddress import ip_network
 from typing import Any
 
 from guardrail.identity import Subject
-from guardrail.inspection import parse_openai
+from guardrail.inspection import parse_request
 from guardrail.limits import CompiledRoute
 from guardrail.signals.engine import Assessment, RiskEngine
 
@@ -67,7 +67,7 @@ class Driver:
             if prompt is not None:
                 payload["messages"] = [{"role": "user", "content": prompt}]
             payload.update(body or {})
-            request = parse_openai(json.dumps(payload).encode())
+            request = parse_request(json.dumps(payload).encode())
         assessment = await self.engine.assess(self.route, subject, scope, request, now)
         if commit:
             await self.engine.commit(assessment)

@@ -284,7 +284,7 @@ class MemoryRiskStore:
             counters[_MANNER] = update.manner
             counters[_SCORED] = now - landmark
         if update.ring is not None:
-            _push_ring(p, update.ring)
+            p.ring, p.layout = _push(p.ring, p.layout, update.ring, RING_SIZE)
         if update.spread_bit is not None:
             p.epoch, p.spread, p.spread_prev = _marked(
                 p.epoch, p.spread, p.spread_prev, epoch, update.spread_bit
@@ -350,7 +350,7 @@ class MemoryRiskStore:
                 p.epoch, p.spread, p.spread_prev, epoch, spread_bit
             )
         if ring is not None:
-            _push_ring(p, ring)
+            p.ring, p.layout = _push(p.ring, p.layout, ring, RING_SIZE)
         self._save_cohort(keys.subnet, landmark, now, epoch, weight, cohort, member_bit)
         if keys.fingerprint is not None:
             self._save_cohort(keys.fingerprint, landmark, now, epoch, weight, cohort, member_bit)
@@ -390,13 +390,7 @@ class MemoryRiskStore:
             elif now - bucket.touched >= LRU_SLACK:
                 buckets.move_to_end(name)
                 bucket.touched = now
-            layout = bucket.layout
-            if layout is not None and len(entry) == layout.width:
-                keep = layout.width * (BUCKET_SIZE - 1)
-                entries = bucket.entries
-                bucket.entries = entry + entries if len(entries) <= keep else entry + entries[:keep]
-            else:
-                bucket.entries, bucket.layout = _push(bucket.entries, layout, entry, BUCKET_SIZE)
+            bucket.entries, bucket.layout = _push(bucket.entries, bucket.layout, entry, BUCKET_SIZE)
 
     def _clock(self, now: float) -> tuple[float, int, float]:
         """The landmark and the window epoch a write at ``now`` uses (both shared objects), and
@@ -465,17 +459,6 @@ class MemoryRiskStore:
             c.epoch, c.members, c.members_prev = _marked(
                 c.epoch, c.members, c.members_prev, epoch, member
             )
-
-
-def _push_ring(p: _Principal, entry: bytes) -> None:
-    """Put ``entry`` first in the principal's ring, at most RING_SIZE kept."""
-    layout = p.layout
-    if layout is not None and len(entry) == layout.width:
-        keep = layout.width * (RING_SIZE - 1)
-        ring = p.ring
-        p.ring = entry + ring if len(ring) <= keep else entry + ring[:keep]
-    else:
-        p.ring, p.layout = _push(p.ring, layout, entry, RING_SIZE)
 
 
 def _seen(state_epoch: int, current: int, previous: int, epoch: int) -> int:
@@ -555,8 +538,10 @@ def _split(blob: bytes, layout: _Layout | None) -> Sequence[bytes]:
 def _push(
     blob: bytes, layout: _Layout | None, entry: bytes, cap: int
 ) -> tuple[bytes, _Layout | None]:
-    """``entry`` put first, at most ``cap`` kept: the paths ``save`` does not inline (the
-    first entry, entries of unequal length)."""
+    """``entry`` put first, at most ``cap`` kept (a principal's ring, a template bucket)."""
+    if layout is not None and len(entry) == layout.width:  # the usual case: one width
+        keep = layout.width * (cap - 1)
+        return (entry + blob if len(blob) <= keep else entry + blob[:keep]), layout
     entries = (entry, *_split(blob, layout)[: cap - 1])
     width = len(entry)
     if all(len(e) == width for e in entries):

@@ -189,7 +189,3 @@ class LocalRiskStore(RiskStore, Protocol):
     def comparables(self, keys: Keys, now: float) -> tuple[list[bytes], list[bytes]]:
         """``load(keys, now)``'s ring and neighbours."""
         ...
-
-
-def window_epoch(now: float, window: float) -> int:
-    return int(now // window)
