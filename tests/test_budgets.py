@@ -363,9 +363,9 @@ async def test_twenty_concurrent_streams_never_overspend_a_budget(
     assert len(served) == 3 and model.most == 3
     assert sum(served) <= 1000
     assert await tokens_left(app, clock) == 1000 - sum(served)
+    await app.shutdown()  # the audit trail is written in the background: flushed here
     records = audit_records(tmp_path)
     assert sorted(r["action"] for r in records) == ["allow"] * 3 + ["limit"] * 17
-    await app.shutdown()
 
 
 async def test_twenty_concurrent_streams_through_two_workers_on_redis_never_overspend(

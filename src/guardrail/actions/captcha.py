@@ -42,7 +42,6 @@ class SiteverifyUnavailable(GuardrailError):
 @dataclass(frozen=True, slots=True)
 class Verdict:
     success: bool
-    hostname: str | None
     error_codes: tuple[str, ...] = field(default=())
 
     @property
@@ -69,7 +68,7 @@ class Siteverify:
     async def check(self, token: str, *, remoteip: str, host: str) -> Verdict:
         """The verdict on ``token``, solved for a client at ``remoteip`` asking for ``host``."""
         if not token or len(token) > MAX_TOKEN:
-            return Verdict(False, None, ("invalid-input-response",))
+            return Verdict(False, ("invalid-input-response",))
         form = {
             "secret": self._secret,
             "response": token,
@@ -94,9 +93,9 @@ class Siteverify:
         hostname = answer.get("hostname")
         hostname = hostname if isinstance(hostname, str) else None
         if answer["success"] is not True:
-            return Verdict(False, hostname, error_codes)
+            return Verdict(False, error_codes)
         if self.config.sitekey in self.provider.test_sitekeys:
-            return Verdict(True, hostname)
+            return Verdict(True)
         if hostname is None or hostname.lower() != host.lower():
-            return Verdict(False, hostname, (f"hostname {hostname!r} is not {host!r}",))
-        return Verdict(True, hostname)
+            return Verdict(False, (f"hostname {hostname!r} is not {host!r}",))
+        return Verdict(True)

@@ -36,7 +36,6 @@ class ChallengeDesk:
 
     def __init__(self, guardrail: Guardrail) -> None:
         self.g = guardrail
-        self.prefix = guardrail.policy.challenges.prefix + "/"
 
     async def cleared(self, scope: Scope, decision: Decision, now: float) -> bool:
         """Has the request a clearance, good for its client and not used up: one it carries,
@@ -97,7 +96,7 @@ class ChallengeDesk:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """guardrail's own endpoints under ``challenges.prefix``: the verify endpoint, the
         challenge page and its script."""
-        name = scope["path"][len(self.prefix) :]
+        name = scope["path"][len(self.g._prefix) :]
         if name == "verify":
             await self.verify(scope, receive, send)
             return

@@ -41,7 +41,7 @@ class MemoryChallengeStore:
     def __init__(self, max_entries: int = 100_000) -> None:
         self.max_entries = max_entries
         self._challenges: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
-        self._uses: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._uses: OrderedDict[str, int] = OrderedDict()  # bounded, not expired: a grant resets
         self._grants: OrderedDict[str, float] = OrderedDict()
 
     async def put(self, challenge_id: str, record: bytes, expires_at: float, now: float) -> None:
@@ -56,12 +56,11 @@ class MemoryChallengeStore:
         return entry[0]
 
     async def use(self, clearance_id: str, expires_at: float, now: float) -> int:
-        count, _ = self._uses.get(clearance_id, (0, expires_at))
-        self._uses[clearance_id] = (count + 1, expires_at)
+        count = self._uses[clearance_id] = self._uses.get(clearance_id, 0) + 1
         self._uses.move_to_end(clearance_id)
         while len(self._uses) > self.max_entries:
             self._uses.popitem(last=False)
-        return count + 1
+        return count
 
     async def grant(self, name: str, expires_at: float, now: float) -> None:
         self._uses.pop(name, None)

@@ -149,7 +149,6 @@ class RiskEngine:
         fallback: RiskStore | None = None,
         *,
         remote: bool = False,
-        rescore_after: float = RESCORE_AFTER,
     ) -> None:
         risk = policy.risk
         self.store = store
@@ -175,7 +174,7 @@ class RiskEngine:
         self._allow_nets = tuple(allow.cidrs)
         self._limit_rates: dict[str, float | None] = {}
         self._sample = random.Random(0x5EED).random
-        self.rescore_after = rescore_after
+        self.rescore_after = RESCORE_AFTER  # 0 in tests and benchmarks: every request rescored
 
     # -- the hot path ----------------------------------------------------------------------
 
