@@ -20,7 +20,6 @@ from guardrail.limits import (
     CompiledRoute,
     LimitHit,
     ratelimit_policy,
-    tightest,
     whole_seconds,
 )
 
@@ -40,18 +39,30 @@ def openai_duration(seconds: float) -> str:
 
 
 def ratelimit_headers(policy: bytes, limits: Sequence[CompiledLimit], outcome: Outcome) -> Headers:
+    """The RateLimit entries of every bucket, and OpenAI's headers for the tightest request
+    limit and the tightest token limit apart: the refusing bucket, else the emptiest. One pass:
+    it runs on every response of a route with ``headers: true``."""
     current = []
-    for lim, state in zip(limits, outcome.states, strict=True):
-        wait = state.retry_after if state.retry_after > 0 else state.reset_after
+    # per dialect (requests, tokens): [index of the emptiest, its fill, index of the longest
+    # wait, that wait]; the first of equals speaks, as ``tightest`` has it
+    best: list[list[float]] = [[-1, 2.0, -1, 0.0], [-1, 2.0, -1, 0.0]]
+    states = outcome.states
+    for i, (lim, state) in enumerate(zip(limits, states, strict=True)):
+        retry = state.retry_after
+        wait = retry if retry > 0 else state.reset_after
         current.append(f'"{lim.label}";r={state.remaining};t={whole_seconds(wait)}')
+        group = best[lim.tokens]
+        fill = state.remaining / lim.burst
+        if group[0] < 0 or fill < group[1]:
+            group[0], group[1] = i, fill
+        if retry > group[3]:
+            group[2], group[3] = i, retry
     headers = [(b"ratelimit-policy", policy), (b"ratelimit", ", ".join(current).encode())]
-    # OpenAI's dialect speaks of the tightest request limit and the tightest token limit apart
-    for tokens, names in ((False, _REQUESTS), (True, _TOKENS)):
-        indexes = [i for i, lim in enumerate(limits) if lim.tokens is tokens]
-        if not indexes:
-            continue
-        speaker = indexes[tightest([limits[i] for i in indexes], _subset(outcome, indexes))]
-        lim, state = limits[speaker], outcome.states[speaker]
+    for names, (emptiest, _, longest, _) in zip((_REQUESTS, _TOKENS), best, strict=True):
+        if emptiest < 0:
+            continue  # no limit of this kind
+        speaker = int(longest if not outcome.allowed and longest >= 0 else emptiest)
+        lim, state = limits[speaker], states[speaker]
         reset = state.retry_after if state.retry_after > 0 else state.reset_after
         headers += [
             (names[0], str(lim.burst).encode()),
@@ -71,16 +82,6 @@ _TOKENS = (
     b"x-ratelimit-remaining-tokens",
     b"x-ratelimit-reset-tokens",
 )
-
-
-def _subset(outcome: Outcome, indexes: Sequence[int]) -> Outcome:
-    states = outcome.states
-    if len(indexes) == len(states):
-        return outcome
-    # A refused outcome's speaker is the bucket that refused; among a subset that admitted on
-    # its own, the emptiest speaks.
-    chosen = tuple(states[i] for i in indexes)
-    return Outcome(outcome.allowed or all(s.retry_after <= 0 for s in chosen), chosen)
 
 
 class RateLimitPolicies:
