@@ -99,6 +99,9 @@ ORDER = (
 )
 _NO_INCREMENTS = [0.0] * len(PRINCIPAL)
 _new = tuple.__new__  # a NamedTuple without its Python-level __new__, on the hot path
+#: What an analysed prompt shows: it asks for reasoning, it repeats one of its principal's
+#: recent prompts, it repeats another principal's.
+Read = tuple[bool, bool, bool]
 
 
 @dataclass(slots=True)
@@ -217,15 +220,16 @@ class RiskEngine:
             if standing.level == 0 and now - standing.scored < self.rescore_after:
                 if not prompt:
                     keys = _new(Keys, (principal, subnet, fingerprint, ()))
-                    if self._fold(local, keys, standing, request, now):
+                    if self._fold(local, keys, standing, request, now)[0]:
                         return Assessment(keys, standing.score, None, self._points, None, None)
                 else:
                     cut = sketch.excerpt(prompt)
                     sk = sketch.sketch(prompt, cut)
                     keys = Keys(principal, subnet, fingerprint, sk.buckets() if sk else ())
-                    if self._fold(local, keys, standing, request, now, sk, cut):
+                    folded, read = self._fold(local, keys, standing, request, now, sk, cut)
+                    if folded:
                         return Assessment(keys, standing.score, None, self._points, None, None)
-                    return await self._assess(route, keys, request, now, sk, prompt, cut)
+                    return await self._assess(route, keys, request, now, sk, prompt, cut, read)
         cut = sketch.excerpt(prompt) if prompt else ""
         sk = sketch.sketch(prompt, cut) if prompt else None
         keys = Keys(principal, subnet, fingerprint, sk.buckets() if sk is not None else ())
@@ -240,8 +244,10 @@ class RiskEngine:
         sk: sketch.Sketch | None,
         prompt: str,
         cut: str,
+        read: Read | None = None,
     ) -> Assessment:
-        """Load, score, and leave the update for ``commit``."""
+        """Load, score, and leave the update for ``commit``. ``read``: what the prompt
+        showed, when ``_fold`` has already read it."""
         degraded = False
         try:
             snap = await self.store.load(keys, now)
@@ -250,7 +256,7 @@ class RiskEngine:
                 raise
             degraded = True
             snap = await self.fallback.load(keys, now)
-        assessment = self._score(route, keys, snap, sk, request, prompt, cut, now)
+        assessment = self._score(route, keys, snap, sk, request, prompt, cut, now, read)
         assessment.degraded = degraded
         assessment.remote = self.remote and not degraded
         return assessment
@@ -299,25 +305,26 @@ class RiskEngine:
         now: float,
         sk: sketch.Sketch | None = None,
         cut: str | None = None,
-    ) -> bool:
+    ) -> tuple[bool, Read | None]:
         """Fold a request decided from its principal's standing into the state, as a full
-        assessment would, with the standing's behaviour score for its cohorts. False (and
+        assessment would, with the standing's behaviour score for its cohorts. Not folded (and
         nothing written): the request brings evidence worth a full assessment, parameters
         shaped for extraction, a network the principal was not seen on lately, or an analysed
         prompt (``cut``, its excerpt, and ``sk``, its sketch) that asks for reasoning or
-        repeats a template."""
+        repeats a template. Also returns what the prompt showed, if it was read, so that the
+        full assessment does not read it again."""
         gap, hour, max_tokens, temperature, shaped = _per_request(
             standing.last_seen, standing.last_max_tokens, standing.last_temperature, request, now
         )
         spread_bit = sketch.bit(keys.subnet, SPREAD_BITS)
         if shaped or not standing.spread >> spread_bit & 1:  # or a network new to it
-            return False
+            return False, None
         tag = sketch.bit(keys.principal, 1 << 32)
         ring = template = None
         if cut is not None:
-            comparable = local.comparables(keys, now)
-            if any(self._read(sk, cut, *comparable, tag, now)):
-                return False
+            read = self._read(sk, cut, *local.comparables(keys, now), tag, now)
+            if any(read):
+                return False, read
             if sk is not None:
                 ring, template = sk.pack(), sk.pack_template(tag, now)
         spread = behaviour.network_spread(standing.spread)
@@ -335,7 +342,7 @@ class RiskEngine:
             ring,
             template,
         )
-        return True
+        return True, None
 
     def _read(
         self,
@@ -345,7 +352,7 @@ class RiskEngine:
         neighbours: Sequence[bytes],
         tag: int,
         now: float,
-    ) -> tuple[bool, bool, bool]:
+    ) -> Read:
         """What an analysed prompt shows: does it ask for reasoning, is it a near-duplicate of
         one of its principal's recent prompts (``ring``), of another principal's
         (``neighbours``)?"""
@@ -366,9 +373,10 @@ class RiskEngine:
         prompt: str,
         cut: str,
         now: float,
+        read: Read | None = None,
     ) -> Assessment:
         """``prompt``: the prompt if it is analysed ("" if not), ``cut`` its lowercased
-        excerpt (``sketch.excerpt``)."""
+        excerpt (``sketch.excerpt``), ``read`` what it showed if that is known already."""
         # The snapshot's counters are its own: the request is folded into them in place, and
         # ``inc`` keeps what it added for the store.
         c = snap.principal
@@ -392,7 +400,9 @@ class RiskEngine:
         if prompt:  # analysed (so there is a request)
             inc[PRM] = 1.0
             c[PRM] += 1.0
-            reasoning, own, other = self._read(sk, cut, snap.ring, snap.neighbours, tag, now)
+            if read is None:
+                read = self._read(sk, cut, snap.ring, snap.neighbours, tag, now)
+            reasoning, own, other = read
             if reasoning:
                 inc[RSN] = 1.0
                 c[RSN] += 1.0
