@@ -270,12 +270,7 @@ class MemoryRiskStore:
             counters = p.counters
             for i in compress(_PRINCIPAL_INDEXES, increments):
                 counters[i] += increments[i] * weight
-        if update.seen and (p.last_seen is None or now > p.last_seen):
-            p.last_seen = now
-        if update.max_tokens >= 0:
-            p.max_tokens = _intern(self._ints, update.max_tokens)
-        if update.temperature >= 0:
-            p.temperature = _intern(self._floats, update.temperature)
+        self._note(p, now, update.seen, update.max_tokens, update.temperature)
         if update.band is not None:
             p.band = update.band
         if update.score >= 0:
@@ -338,13 +333,7 @@ class MemoryRiskStore:
         counters[HOUR0 + hour] += weight
         if prompt:
             counters[PRM] += weight
-        if p.last_seen is None or now > p.last_seen:
-            p.last_seen = now
-        # Clients repeat their parameters and networks: most requests change neither.
-        if max_tokens >= 0 and max_tokens != p.max_tokens:
-            p.max_tokens = _intern(self._ints, max_tokens)
-        if temperature >= 0 and temperature != p.temperature:
-            p.temperature = _intern(self._floats, temperature)
+        self._note(p, now, True, max_tokens, temperature)
         if epoch != p.epoch or not p.spread >> spread_bit & 1:
             p.epoch, p.spread, p.spread_prev = _marked(
                 p.epoch, p.spread, p.spread_prev, epoch, spread_bit
@@ -356,6 +345,18 @@ class MemoryRiskStore:
             self._save_cohort(keys.fingerprint, landmark, now, epoch, weight, cohort, member_bit)
         if template is not None:
             self._push_template(keys.templates, template, now)
+
+    def _note(
+        self, p: _Principal, now: float, seen: bool, max_tokens: int, temperature: float
+    ) -> None:
+        """What a request notes on its principal besides counters (``save`` and ``fold``)."""
+        if seen and (p.last_seen is None or now > p.last_seen):
+            p.last_seen = now
+        # Clients repeat their parameters: most requests change neither.
+        if max_tokens >= 0 and max_tokens != p.max_tokens:
+            p.max_tokens = _intern(self._ints, max_tokens)
+        if temperature >= 0 and temperature != p.temperature:
+            p.temperature = _intern(self._floats, temperature)
 
     def comparables(self, keys: Keys, now: float) -> tuple[list[bytes], list[bytes]]:
         """The principal's ring and the entries of ``keys.templates``: what an analysed
@@ -422,7 +423,7 @@ class MemoryRiskStore:
             principals.move_to_end(key)
             p.touched = now
         if p.landmark is not landmark:
-            p.landmark = _renormalise(p.counters, p.landmark, landmark, self._rate)
+            p.landmark = _renormalise_principal(p.counters, p.landmark, landmark, self._rate)
         return p
 
     def _save_cohort(
@@ -501,14 +502,20 @@ def _load_cohort(
 
 
 def _renormalise(counters: array[float], old: float, new: float, rate: float) -> float:
-    """Rescale the counters from landmark ``old`` to ``new`` (same values); returns ``new``."""
+    """Rescale a cohort's counters from landmark ``old`` to ``new`` (same values); returns
+    ``new``."""
+    factor = exp2((old - new) * rate)
+    counters[:] = array("f", [v * factor for v in counters.tolist()])
+    return new
+
+
+def _renormalise_principal(counters: array[float], old: float, new: float, rate: float) -> float:
+    """``_renormalise`` for a principal's counters, which its standing follows: the score and
+    the manner are no counters, and when it was scored is a time relative to the landmark."""
     factor = exp2((old - new) * rate)
     values = counters.tolist()
-    if len(values) == len(_PRINCIPAL_ZEROS):  # a principal's: its standing is no counter
-        values[:_DECAYED] = [v * factor for v in values[:_DECAYED]]
-        values[_SCORED] += old - new  # a time, relative to the landmark
-    else:
-        values = [v * factor for v in values]
+    values[:_DECAYED] = [v * factor for v in values[:_DECAYED]]
+    values[_SCORED] += old - new
     counters[:] = array("f", values)
     return new
 
