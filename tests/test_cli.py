@@ -120,3 +120,26 @@ async def test_audit_summary_tail_and_verify_on_a_real_trail(tmp_path: Path, clo
     trail.write_text(tampered)
     assert main(["audit", "verify", str(trail)]) == 1
     assert "audit.jsonl:2" in capsys.readouterr().err  # the link after the tampered line breaks
+
+
+def test_check_warns_of_a_setting_that_leaves_a_way_around_and_still_accepts_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    policy = tmp_path / "open.yaml"
+    policy.write_text(
+        POLICY
+        + """challenges:
+  order: [hcaptcha, pow]
+  hcaptcha:
+    sitekey: 10000000-ffff-ffff-ffff-000000000001
+    secret: env:GUARDRAIL_TEST_SECRET
+    on_error: open
+"""
+    )
+    assert main(["check", str(policy)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    [warning] = [line for line in out if line.startswith("warning:")]
+    line = policy.read_text().splitlines().index("    on_error: open") + 1
+    assert warning.startswith(f"warning: {policy}:{line}: challenges.hcaptcha.on_error: 'open': ")
+    assert "pow or closed" in warning
+    assert out[-1] == f"{policy}: ok"

@@ -10,6 +10,7 @@ import textwrap
 from collections.abc import Sequence
 
 from guardrail import audit
+from guardrail.cautions import cautions
 from guardrail.errors import GuardrailError, PolicyError
 from guardrail.identity import hash_key
 from guardrail.policy import Policy, check_files, parse_duration
@@ -26,6 +27,8 @@ def _check(args: argparse.Namespace) -> int:
         print(f"{len(issues)} {noun} in {len({i.file for i in issues})} file(s)", file=sys.stderr)
         return 1
     for path in args.policies:
+        for caution in cautions(Policy.from_yaml(path)):
+            print(f"warning: {caution}")
         print(f"{path}: ok")
     return 0
 

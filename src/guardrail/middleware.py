@@ -36,6 +36,7 @@ from guardrail.backends import challenge_store, risk_engine, storage_from_uri
 from guardrail.backends.base import BucketCharge, Outcome, Storage
 from guardrail.backends.memory import MemoryStorage
 from guardrail.budgets import Budget, Reservation, Settlements, reservation
+from guardrail.cautions import cautions
 from guardrail.decision import ALLOW, BLOCK, CHALLENGE, LIMIT, THROTTLE, Decision, RequestIds
 from guardrail.errors import StorageError
 from guardrail.identity import IdentityResolver
@@ -75,6 +76,8 @@ class Guardrail:
         self.clock: Clock = clock or time.time
         self.sleep: Sleep = sleep or asyncio.sleep
         self.enforce = self.policy.mode == "enforce"
+        for caution in cautions(self.policy):  # what `guardrail check` warns of, said once
+            logger.warning("guardrail: %s", caution)
         storage_uri = storage or self.policy.storage
         self.secret = policy_secret(self.policy, storage_uri)
         self.identity = IdentityResolver(self.policy.identity, self.secret)

@@ -309,6 +309,7 @@ class Policy(_Model):
 
     _source: str = PrivateAttr(default="<python>")
     _digest: str | None = PrivateAttr(default=None)
+    _lines: Mapping[_KeyPath, int] = PrivateAttr(default_factory=dict)
 
     @field_validator("version", mode="before")
     @classmethod
@@ -342,6 +343,10 @@ class Policy(_Model):
     def source(self) -> str:
         """The file the policy was read from, or "<string>"."""
         return self._source
+
+    def line_of(self, path: _KeyPath) -> int | None:
+        """The line of ``path`` in the policy's file (or of its closest enclosing key)."""
+        return policy_yaml.line_in(self._lines, path)
 
     @property
     def digest(self) -> str:
@@ -388,7 +393,7 @@ class Policy(_Model):
         if issues or policy is None:
             issues = [_reword(issue) for issue in issues]
             raise PolicyError(sorted(issues, key=lambda issue: issue.line or 0))
-        policy._source, policy._digest = source, _digest(text)
+        policy._source, policy._digest, policy._lines = source, _digest(text), document.lines
         return policy
 
     @classmethod

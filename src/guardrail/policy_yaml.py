@@ -34,6 +34,15 @@ def render_path(path: KeyPath) -> str:
     return out
 
 
+def line_in(lines: Mapping[KeyPath, int], path: KeyPath) -> int | None:
+    """The line of ``path``; a missing key has no line of its own: the closest enclosing key's."""
+    for end in range(len(path), 0, -1):
+        line = lines.get(path[:end])
+        if line is not None:
+            return line
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Document:
     """A loaded YAML document: its data, the line of each key path, and problems found so far."""
@@ -44,12 +53,7 @@ class Document:
     issues: tuple[PolicyIssue, ...]
 
     def line_of(self, path: KeyPath) -> int | None:
-        # A missing key has no line of its own: point at the closest enclosing key that exists.
-        for end in range(len(path), 0, -1):
-            line = self.lines.get(path[:end])
-            if line is not None:
-                return line
-        return None
+        return line_in(self.lines, path)
 
     def issue(self, path: KeyPath, value: object, expected: str) -> PolicyIssue:
         return PolicyIssue(self.source, self.line_of(path), render_path(path), value, expected)

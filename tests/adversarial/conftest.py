@@ -28,7 +28,7 @@ async def served(app: Any, **config: Any) -> AsyncIterator[str]:
     serving = asyncio.create_task(server.serve())
     try:
         async with asyncio.timeout(10):
-            while not server.started:  # noqa: ASYNC110 (uvicorn exposes no startup event)
+            while not server.started:
                 if serving.done():
                     await serving  # raises what stopped it
                     raise AssertionError("uvicorn stopped before it started")

@@ -1,0 +1,45 @@
+"""Settings that load but leave a way around guardrail: ``guardrail check`` prints them as
+warnings (the policy is still accepted) and the middleware logs them once at startup.
+
+Each caution is a function of the policy that yields ``(key path, value, what it leaves open
+and the fix)``; ``cautions`` locates each in the policy's file. A new caution is one more
+function in ``CAUTIONS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from guardrail.errors import PolicyIssue
+from guardrail.policy_yaml import KeyPath, render_path
+
+if TYPE_CHECKING:
+    from guardrail.policy import Policy
+
+Caution = tuple[KeyPath, object, str]
+
+
+def _captcha_fails_open(policy: Policy) -> Iterator[Caution]:
+    for name in ("hcaptcha", "turnstile"):
+        captcha = getattr(policy.challenges, name, None)
+        if captcha is not None and captcha.on_error == "open":
+            yield (
+                ("challenges", name, "on_error"),
+                "open",
+                "pow or closed: with open, a siteverify that is down or slow (or made slow) "
+                "passes every challenge answered with any token",
+            )
+
+
+CAUTIONS: tuple[Callable[[Policy], Iterator[Caution]], ...] = (_captcha_fails_open,)
+
+
+def cautions(policy: Policy) -> list[PolicyIssue]:
+    """Every caution of ``policy``, located in its file where the key is written there."""
+    found = []
+    for caution in CAUTIONS:
+        for path, value, advice in caution(policy):
+            line = policy.line_of(path)
+            found.append(PolicyIssue(policy.source, line, render_path(path), value, advice))
+    return found
