@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from guardrail.actions.hcaptcha import HCAPTCHA
+from guardrail.actions.turnstile import TURNSTILE
 from guardrail.errors import PolicyIssue
 from guardrail.policy_yaml import KeyPath, render_path
 
@@ -18,6 +20,8 @@ if TYPE_CHECKING:
     from guardrail.policy import Policy
 
 Caution = tuple[KeyPath, object, str]
+
+_TEST_SITEKEYS = HCAPTCHA.test_sitekeys | TURNSTILE.test_sitekeys
 
 
 def _captcha_fails_open(policy: Policy) -> Iterator[Caution]:
@@ -32,7 +36,50 @@ def _captcha_fails_open(policy: Policy) -> Iterator[Caution]:
             )
 
 
-CAUTIONS: tuple[Callable[[Policy], Iterator[Caution]], ...] = (_captcha_fails_open,)
+def _captcha_hostname_from_client(policy: Policy) -> Iterator[Caution]:
+    for name in ("hcaptcha", "turnstile"):
+        captcha = getattr(policy.challenges, name, None)
+        if captcha is None or captcha.hostnames or captcha.sitekey in _TEST_SITEKEYS:
+            continue
+        yield (
+            ("challenges", name, "hostnames"),
+            [],
+            "the hosts the challenge page is served on, e.g. [api.example.com]: without them "
+            "a token's hostname is compared with the request's Host header, which a client "
+            "other than a browser chooses, and only the sitekey's domain list at the provider "
+            "stops a token solved on another site",
+        )
+
+
+def _captcha_test_sitekey(policy: Policy) -> Iterator[Caution]:
+    for name in ("hcaptcha", "turnstile"):
+        captcha = getattr(policy.challenges, name, None)
+        if captcha is not None and captcha.sitekey in _TEST_SITEKEYS:
+            yield (
+                ("challenges", name, "sitekey"),
+                captcha.sitekey,
+                "your own sitekey: this is a published test key, whose siteverify passes the "
+                "published dummy token, so every challenge can be answered without a person",
+            )
+
+
+def _verify_unlimited(policy: Policy) -> Iterator[Caution]:
+    if not policy.challenges.verify_limits:
+        yield (
+            ("challenges", "verify_limits"),
+            [],
+            "at least one limit (the default: 10/minute per ip, 60/minute per subnet): "
+            "without one, each answer posted costs a store read, and one naming a CAPTCHA "
+            "a siteverify call, as often as anyone likes",
+        )
+
+
+CAUTIONS: tuple[Callable[[Policy], Iterator[Caution]], ...] = (
+    _captcha_fails_open,
+    _captcha_hostname_from_client,
+    _captcha_test_sitekey,
+    _verify_unlimited,
+)
 
 
 def cautions(policy: Policy) -> list[PolicyIssue]:

@@ -33,6 +33,7 @@ from guardrail.policy_types import (
     Count,
     Duration,
     Header,
+    Hostname,
     HttpUrl,
     KeyHash,
     MeterRef,
@@ -225,6 +226,10 @@ class Captcha(_Model):
     verify_url: HttpUrl
     timeout: PositiveDuration = 3.0
     on_error: Literal["pow", "open", "closed"] = "pow"
+    # The hosts the challenge page is served on: a token siteverify says was solved anywhere
+    # else is refused. Empty: the request's own Host header, which a non-browser client chooses
+    # (a caution says so).
+    hostnames: tuple[Hostname, ...] = ()
 
 
 class HCaptcha(Captcha):
@@ -252,6 +257,12 @@ class Clearance(_Model):
     secrets: tuple[ReferencedSecret, ...] = ()
 
 
+VERIFY_LIMITS = (
+    Limit.model_validate({"per": "ip", "rate": "10/minute", "burst": 10}),
+    Limit.model_validate({"per": "subnet", "rate": "60/minute", "burst": 60}),
+)
+
+
 class Challenges(_Model):
     prefix: PathPrefix = "/.guardrail"
     order: tuple[Literal["hcaptcha", "turnstile", "pow"], ...] = Field(
@@ -261,6 +272,18 @@ class Challenges(_Model):
     turnstile: Turnstile | None = None
     pow: Pow = Field(default_factory=Pow)
     clearance: Clearance = Field(default_factory=Clearance)
+    # The verify endpoint's own buckets: answers are rare, a flood of them is not a person.
+    verify_limits: tuple[Limit, ...] = Field(default_factory=lambda: VERIFY_LIMITS)
+
+    @model_validator(mode="after")
+    def _verify_limits_count_requests(self) -> Challenges:
+        for index, limit in enumerate(self.verify_limits):
+            if limit.cost == "tokens":
+                raise refuse(
+                    "a cost in requests: an answer to a challenge spends no tokens",
+                    at=("verify_limits", index, "cost"),
+                )
+        return self
 
     @model_validator(mode="after")
     def _captchas_configured(self) -> Challenges:

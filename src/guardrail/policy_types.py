@@ -185,6 +185,20 @@ def _prefix(value: str) -> str:
     return value
 
 
+#: A DNS name as siteverify reports it, or ``*.`` and one: each label 1-63 letters, digits, hyphens.
+_HOSTNAME = re.compile(r"(\*\.)?(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*")
+
+
+def _hostname(value: str) -> str:
+    value = value.lower()
+    if len(value) > 253 or not _HOSTNAME.fullmatch(value):
+        raise refuse(
+            "a host name as the browser shows it (api.example.com, or *.example.com for its "
+            "subdomains): no scheme, port or path"
+        )
+    return value
+
+
 def _header(value: str) -> str:
     if not _TOKEN.fullmatch(value):
         raise refuse("an HTTP header name such as authorization or x-account-id")
@@ -343,6 +357,7 @@ Count = Annotated[
     WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_COUNT}),
 ]
 Header = Annotated[str, AfterValidator(_header)]
+Hostname = Annotated[str, AfterValidator(_hostname)]
 Method = Annotated[str, AfterValidator(_method)]
 KeyHash = Annotated[str, AfterValidator(_key_hash)]
 CallableRef = Annotated[str, AfterValidator(_callable_ref)]

@@ -16,6 +16,7 @@ from test_middleware_risk import HEADERS, chat, policy, warm_up
 
 from conftest import FakeClock
 from helpers import audit_records, build, client
+from redis_servers import free_port
 
 CHALLENGES = """challenges:
   pow: {difficulty: 8}
@@ -101,12 +102,13 @@ async def test_a_wrong_nonce_and_a_reused_challenge_are_refused_and_recorded(
         wrong = next(str(n) for n in range(10**6) if not pow.verify(seed, str(n), 8))
         first = await http.post(VERIFY, json={**right, "nonce": wrong}, headers=HEADERS)
         assert first.status_code == 403 and "wrong nonce" in first.json()["detail"]
-        # the id was spent on the wrong answer: the right one no longer passes
+        # the id was spent on the wrong answer: the right one no longer finds it
         second = await http.post(VERIFY, json=right, headers=HEADERS)
-        assert second.status_code == 403 and "already answered" in second.json()["detail"]
+        assert second.status_code == 404 and "already answered" in second.json()["detail"]
+        assert second.json()["error"]["code"] == "challenge_not_found"
     await app.shutdown()
     failed = [r for r in audit_records(tmp_path) if r["action"] == "challenge_failed"]
-    assert len(failed) == 2 and all(r["status"] == 403 for r in failed)
+    assert len(failed) == 1 and failed[0]["status"] == 403  # the spent id fails no one
 
 
 async def test_refused_clearances_forged_expired_moved_used_up(
@@ -180,3 +182,104 @@ async def test_clearance_secrets_rotate(
     assert during.clearances.verify(token, subject, {"headers": []}, clock()) == claims
     with pytest.raises(ClearanceError):
         after.clearances.verify(token, subject, {"headers": []}, clock())
+
+
+async def test_another_principal_cannot_answer_or_spend_a_challenge(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """An id issued to one principal is, to every other, no challenge at all: not answered,
+    not spent, no failure recorded; its own principal still answers it."""
+    app = build(tmp_path, clock, policy(4.0, extra=CHALLENGES))
+    async with client(app) as http:
+        body = await challenged(http, clock)
+        other = {**HEADERS, "x-account-id": "acct-other"}
+        taken = await http.post(VERIFY, json=answer(body), headers=other)
+        assert taken.status_code == 404, taken.text
+        assert taken.json()["error"]["code"] == "challenge_not_found"
+        mine = await http.post(VERIFY, json=answer(body), headers=HEADERS)
+        assert mine.status_code == 200, mine.text
+    await app.shutdown()
+    actions = [r["action"] for r in audit_records(tmp_path)]
+    assert "challenge_failed" not in actions and actions.count("challenge_passed") == 1
+
+
+async def test_answers_to_no_challenge_count_against_no_one(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    app = build(tmp_path, clock, policy(4.0, extra=CHALLENGES))
+    made_up = {"challenge_id": "never-issued-0123456789", "nonce": "1"}
+    async with client(app) as http:
+        statuses = [
+            (await http.post(VERIFY, data=made_up, headers=HEADERS)).status_code for _ in range(6)
+        ]
+        served = await http.post("/v1/chat/completions", json=chat(1), headers=HEADERS)
+    await app.shutdown()
+    assert statuses == [404] * 6
+    assert served.status_code == 200  # six "failures" on 0.1 were the block band
+    assert not [r for r in audit_records(tmp_path) if r["action"] == "challenge_failed"]
+
+
+@pytest.mark.parametrize(
+    "challenge_id", ["", "../../etc", "x" * 65, "a b", 12345, None, "caf\u00e9"]
+)
+async def test_a_malformed_challenge_id_is_a_bad_request(
+    tmp_path: Path, clock: FakeClock, challenge_id: object
+) -> None:
+    app = build(tmp_path, clock, policy(4.0, extra=CHALLENGES))
+    async with client(app) as http:
+        response = await http.post(
+            VERIFY, json={"challenge_id": challenge_id, "nonce": "1"}, headers=HEADERS
+        )
+    await app.shutdown()
+    assert response.status_code == 400 and "challenge_id" in response.json()["detail"]
+
+
+async def test_the_verify_endpoint_has_its_own_limits(tmp_path: Path, clock: FakeClock) -> None:
+    limited = CHALLENGES + "  verify_limits: [{per: ip, rate: 2/minute}]\n"
+    app = build(tmp_path, clock, policy(4.0, extra=limited))
+    made_up = {"challenge_id": "never-issued", "nonce": "1"}
+    async with client(app) as http, client(app, peer="192.0.2.9") as neighbour:
+        first = [(await http.post(VERIFY, json=made_up)).status_code for _ in range(3)]
+        elsewhere = await neighbour.post(VERIFY, json=made_up)
+        refused = await http.post(VERIFY, content=b"not even an answer")
+        clock.advance(30)  # one answer's worth at 2/minute
+        again = await http.post(VERIFY, json=made_up)
+    await app.shutdown()
+    assert first == [404, 404, 429] and elsewhere.status_code == 404
+    assert refused.status_code == 429  # charged before the body is read
+    assert refused.headers["retry-after"] == "30"
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert again.status_code == 404
+    [record, *_] = [r for r in audit_records(tmp_path) if r["action"] == "limit"]
+    assert record["status"] == 429 and record["limit"]["per"] == "ip"
+    assert record["route"] == "challenge"
+
+
+async def test_verify_limits_can_be_turned_off(tmp_path: Path, clock: FakeClock) -> None:
+    app = build(tmp_path, clock, policy(4.0, extra=CHALLENGES + "  verify_limits: []\n"))
+    made_up = {"challenge_id": "never-issued", "nonce": "1"}
+    async with client(app) as http:
+        statuses = {(await http.post(VERIFY, json=made_up)).status_code for _ in range(30)}
+    await app.shutdown()
+    assert statuses == {404}
+
+
+@pytest.mark.parametrize(
+    ("on_error", "statuses"), [("fail_closed", [503, 503]), ("fail_open", [503, 429])]
+)
+async def test_verify_limits_follow_on_storage_error(
+    tmp_path: Path, clock: FakeClock, on_error: str, statuses: list[int]
+) -> None:
+    """Redis down: fail_closed refuses (503); fail_open limits with the local fallback, and
+    the answer itself still needs the challenge store (503 until it is back)."""
+    limited = CHALLENGES + "  verify_limits: [{per: ip, rate: 1/minute}]\n"
+    text = policy(4.0, extra=limited).replace(
+        "version: 1", f"version: 1\non_storage_error: {on_error}"
+    )
+    dead = f"redis://127.0.0.1:{free_port()}/0?timeout=0.2"
+    app = build(tmp_path, clock, text, storage=dead)
+    made_up = {"challenge_id": "never-issued", "nonce": "1"}
+    async with client(app) as http:
+        answered = [(await http.post(VERIFY, json=made_up)).status_code for _ in range(2)]
+    await app.shutdown()
+    assert answered == statuses

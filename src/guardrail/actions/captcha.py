@@ -2,7 +2,8 @@
 
 A form POST of ``secret``, ``response``, ``remoteip`` and ``sitekey`` to ``verify_url``; the
 answer is JSON with ``success``, ``hostname``, ``challenge_ts`` and ``error-codes``. A pass
-also needs the hostname the token was solved on to be the host the client asked for. The
+also needs the hostname the token was solved on to be one of the policy's ``hostnames``
+(without them: the host the client asked for, which only a browser cannot choose). The
 secret goes in the request body and nowhere else: not in a message, a log line or a repr.
 A provider is its widget and its defaults (``Provider``): one short module each.
 """
@@ -96,6 +97,17 @@ class Siteverify:
             return Verdict(False, error_codes)
         if self.config.sitekey in self.provider.test_sitekeys:
             return Verdict(True)
-        if hostname is None or hostname.lower() != host.lower():
-            return Verdict(False, (f"hostname {hostname!r} is not {host!r}",))
+        if hostname is None or not self._solved_here(hostname.lower(), host.lower()):
+            expected = ", ".join(self.config.hostnames) or host
+            return Verdict(False, (f"hostname {hostname!r} is not {expected!r}",))
         return Verdict(True)
+
+    def _solved_here(self, hostname: str, host: str) -> bool:
+        configured = self.config.hostnames
+        if not configured:
+            return hostname == host
+        # *.example.com: any subdomain of example.com, not example.com itself
+        return any(
+            hostname == name or (name[:2] == "*." and hostname.endswith(name[1:]))
+            for name in configured
+        )

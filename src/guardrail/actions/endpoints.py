@@ -1,12 +1,15 @@
 """guardrail's own endpoints under ``challenges.prefix`` (the verify endpoint, the challenge
 page and its script), the clearances a challenged request may show instead of a challenge, and
 the 403 (challenge or block) it gets without one.
+
+The verify endpoint has buckets of its own (``challenges.verify_limits``, per ip and per subnet
+by default), charged before its body is read: every answer costs a store read, and one to a
+CAPTCHA a siteverify call.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
@@ -15,19 +18,17 @@ from starlette.types import Receive, Scope, Send
 
 from guardrail.actions import challenge, verify
 from guardrail.actions.block import send_blocked
-from guardrail.actions.limit import send_unavailable
+from guardrail.actions.limit import send_limited, send_unavailable
 from guardrail.actions.problem import send_problem
 from guardrail.audit import format_ts
-from guardrail.decision import Decision
+from guardrail.decision import LIMIT, Decision
 from guardrail.errors import ClearanceError, StorageError
 from guardrail.inspection import read_body
+from guardrail.limits import compile_limit
 from guardrail.signals.engine import principal_of
 
 if TYPE_CHECKING:
     from guardrail.middleware import Guardrail
-
-#: What ``challenge.issue`` makes: token_urlsafe, 24 characters.
-_CHALLENGE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class ChallengeDesk:
@@ -36,6 +37,12 @@ class ChallengeDesk:
 
     def __init__(self, guardrail: Guardrail) -> None:
         self.g = guardrail
+        # Bucket names: a route's are "<route>:<n>" and a tier's "tier:<name>#<n>"; these
+        # have no colon, so they are neither.
+        self.verify_limits = tuple(
+            compile_limit(f"verify#{index}", limit, f"verify-{limit.per}")
+            for index, limit in enumerate(guardrail.policy.challenges.verify_limits)
+        )
 
     async def cleared(self, scope: Scope, decision: Decision, now: float) -> bool:
         """Has the request a clearance, good for its client and not used up: one it carries,
@@ -119,7 +126,7 @@ class ChallengeDesk:
             return
         if scope["method"] in ("GET", "HEAD") and name.startswith("challenge/"):
             challenge_id = name.removeprefix("challenge/")
-            if _CHALLENGE_ID.fullmatch(challenge_id):
+            if verify.CHALLENGE_ID.fullmatch(challenge_id):
                 issued = challenge.of(self.g.policy.challenges, self.g.secret, challenge_id, 0.0)
                 query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
                 back = (query.get("redirect") or ["/"])[0]
@@ -147,6 +154,8 @@ class ChallengeDesk:
         request_id = self.g.request_ids()
         headers = [(b"guardrail-request-id", request_id.encode()), (b"cache-control", b"no-store")]
         decision = Decision(request_id, "challenge", self.g.identity.resolve(scope), self.g.enforce)
+        if self.verify_limits and not await self._admitted(scope, send, decision, now, headers):
+            return
         raw, _ = await read_body(receive, verify.MAX_BODY)
         try:
             if scope["method"] != "POST":
@@ -182,6 +191,18 @@ class ChallengeDesk:
                 siteverify=self.g.siteverify,
                 host=_host(scope),
             )
+        except verify.ChallengeUnknown as exc:
+            await send_problem(
+                send,
+                404,
+                problem="challenge-not-found",
+                title="Not Found",
+                detail=f"{exc}: retry the original request for a new challenge",
+                error_type="challenge_not_found",
+                request_id=request_id,
+                headers=headers,
+            )
+            return
         except verify.ChallengeFailed as exc:
             decision.action = "challenge_failed"
             self.g._record(scope, decision, now, 403)
@@ -253,6 +274,37 @@ class ChallengeDesk:
             }
         )
         await send({"type": "http.response.body", "body": payload})
+
+    async def _admitted(
+        self,
+        scope: Scope,
+        send: Send,
+        decision: Decision,
+        now: float,
+        headers: list[tuple[bytes, bytes]],
+    ) -> bool:
+        """Charge the verify endpoint's buckets; False once a refusal (429, or 503 with no
+        store to decide) is sent."""
+        g = self.g
+        limits = self.verify_limits
+        charges = [limit.charge(decision.subject) for limit in limits]
+        try:
+            outcome = await g.storage.charge(charges, now)
+        except StorageError as exc:
+            g._warn_storage(exc, now)
+            if g.fallback is None:
+                await send_unavailable(send, request_id=decision.request_id, headers=headers)
+                return False
+            decision.degraded = True
+            outcome = await g.fallback.charge(charges, now)
+        if outcome.allowed:
+            return True
+        decision.action, decision.outcome, decision.limits = LIMIT, outcome, limits
+        hit = decision.limit
+        assert hit is not None  # a refusal always comes from a bucket
+        g._record(scope, decision, now, 429)
+        await send_limited(send, hit=hit, request_id=decision.request_id, headers=headers)
+        return False
 
 
 def _clearance(scope: Scope) -> str | None:

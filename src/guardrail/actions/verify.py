@@ -3,11 +3,17 @@
 A browser posts the challenge page's form and gets the clearance as a cookie and a 303 to
 ``redirect``; an API client posts JSON and gets ``{clearance, expires_at, max_requests}``.
 ``redirect`` is a relative path or nothing: never a URL that could leave the site.
+
+Only a challenge that exists and was issued to the sender's principal can fail (and count
+against it): an answer naming any other id is ``ChallengeUnknown``, which spends nothing,
+counts against no one and asks nothing of siteverify. Otherwise anyone could post made-up
+ids as someone else (a cross-site form as a keyless IP, say) and fail challenges in their name.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -27,6 +33,8 @@ from guardrail.identity import Subject
 #: An answer is a few short fields; anything longer is not one.
 MAX_BODY = 8192
 COOKIE = "guardrail_clearance"
+#: What ``challenge.issue`` makes (token_urlsafe, 24 characters), with room to spare.
+CHALLENGE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 HEADER = b"guardrail-clearance"
 
 
@@ -62,7 +70,7 @@ def parse_answer(raw: bytes, content_type: str) -> Answer:
     else:
         raise AnswerError("send application/json or a form (application/x-www-form-urlencoded)")
     challenge_id = fields.get("challenge_id")
-    if not isinstance(challenge_id, str) or not 0 < len(challenge_id) <= 64:
+    if not isinstance(challenge_id, str) or not CHALLENGE_ID.fullmatch(challenge_id):
         raise AnswerError("challenge_id: expected the id of the challenge answered")
     # a widget's field is in the form (empty) whenever the widget is on the page
     nonce = fields.get("nonce") or None
@@ -121,7 +129,14 @@ async def check(
     siteverify: Siteverify | None = None,
     host: str = "",
 ) -> tuple[str, Claims]:
-    """The clearance an answer earns; ChallengeFailed says why not (a 403)."""
+    """The clearance an answer earns; ChallengeUnknown (404) or ChallengeFailed (403) says why
+    not. The id and its principal come first: an answer to no challenge of the sender's spends
+    nothing and costs no siteverify call."""
+    raw = await store.peek(answer.challenge_id, now)
+    record = _record(raw)
+    if record is None or record.principal != principal:
+        # one answer for both: an id is no oracle of who else was challenged
+        raise ChallengeUnknown(UNKNOWN)
     if answer.captcha is not None:
         # Asked of the CAPTCHA before the id is spent: when siteverify is down and on_error
         # is pow, the same challenge can still be answered with a proof of work.
@@ -140,18 +155,30 @@ async def check(
             await store.take(answer.challenge_id, now)  # spent on a wrong answer
             title = siteverify.provider.title
             raise ChallengeFailed(f"{title} refused the answer: {verdict.reason}")
-    raw = await store.take(answer.challenge_id, now)
-    if raw is None:
-        raise ChallengeFailed("unknown, expired or already answered challenge")
-    record = Record.loads(raw)
-    if record.principal != principal:
-        raise ChallengeFailed("this challenge was issued to another client")
+    if await store.take(answer.challenge_id, now) is None:  # answered meanwhile, or expired
+        raise ChallengeUnknown(UNKNOWN)
     if answer.captcha is None:
         if answer.nonce is None:
             raise ChallengeFailed("expected a nonce or an h-captcha-response")
         if not pow.verify(record.seed, answer.nonce, record.difficulty):
             raise ChallengeFailed("wrong nonce")
     return signer.issue(subject, scope, now)
+
+
+UNKNOWN = "unknown, expired or already answered challenge"
+
+
+def _record(raw: bytes | None) -> Record | None:
+    if raw is None:
+        return None
+    try:
+        return Record.loads(raw)
+    except (ValueError, TypeError):  # not a record this version wrote: no challenge
+        return None
+
+
+class ChallengeUnknown(GuardrailError):
+    """An answer naming no live challenge of the sender's (404): nothing spent or counted."""
 
 
 class ChallengeFailed(GuardrailError):

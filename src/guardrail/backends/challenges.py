@@ -3,7 +3,9 @@ worker or host can verify a challenge another one issued, and a clearance's ``ma
 holds across all of them.
 
 A challenge is single-use: ``take`` hands its record to the first caller and to no other
-(Redis GETDEL). A clearance's uses are a counter that expires with the clearance.
+(Redis GETDEL). ``peek`` reads it without spending it, so that an answer is checked against
+the principal the challenge was issued to before anything is spent or counted. A
+clearance's uses are a counter that expires with the clearance.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from typing import Protocol
 class ChallengeStore(Protocol):
     async def put(self, challenge_id: str, record: bytes, expires_at: float, now: float) -> None:
         """Keep ``record`` for ``challenge_id`` until ``expires_at``."""
+        ...
+
+    async def peek(self, challenge_id: str, now: float) -> bytes | None:
+        """The record, left in place; None when absent or expired."""
         ...
 
     async def take(self, challenge_id: str, now: float) -> bytes | None:
@@ -48,6 +54,12 @@ class MemoryChallengeStore:
         self._challenges[challenge_id] = (record, expires_at)
         if len(self._challenges) > self.max_entries:
             self._challenges.popitem(last=False)
+
+    async def peek(self, challenge_id: str, now: float) -> bytes | None:
+        entry = self._challenges.get(challenge_id)
+        if entry is None or now >= entry[1]:
+            return None
+        return entry[0]
 
     async def take(self, challenge_id: str, now: float) -> bytes | None:
         entry = self._challenges.pop(challenge_id, None)

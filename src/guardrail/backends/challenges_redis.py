@@ -22,6 +22,10 @@ class RedisChallengeStore:
         ttl_ms = max(1, math.ceil((expires_at - now) * 1000))
         await self._call("SET", self._key("ch", challenge_id), record, "PX", ttl_ms)
 
+    async def peek(self, challenge_id: str, now: float) -> bytes | None:
+        record = await self._call("GET", self._key("ch", challenge_id))
+        return record if isinstance(record, bytes) else None
+
     async def take(self, challenge_id: str, now: float) -> bytes | None:
         record = await self._call("GETDEL", self._key("ch", challenge_id))
         return record if isinstance(record, bytes) else None
