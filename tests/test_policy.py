@@ -48,6 +48,8 @@ BAD: dict[str, list[tuple[str, int | None]]] = {
     "duplicate_route_name.yaml": [("routes[1].name", 6)],
     "hcaptcha_without_block.yaml": [("challenges.order", 4)],
     "hcaptcha_literal_secret.yaml": [("challenges.hcaptcha.secret", 8)],
+    "captcha_hostname_with_scheme.yaml": [("challenges.hcaptcha.hostnames[1]", 8)],
+    "verify_limits_in_tokens.yaml": [("challenges.verify_limits[1].cost", 6)],
     "bad_callable.yaml": [("identity.account.callable", 4)],
     "bad_size.yaml": [("routes[0].inspect_max_bytes", 7)],
     "bad_api_key_hash.yaml": [("allow.api_keys[0]", 4)],

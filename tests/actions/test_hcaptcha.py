@@ -16,12 +16,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from guardrail import Guardrail, Policy
 from guardrail.client import solve_pow
 from test_middleware_risk import HEADERS, chat, policy, warm_up
 
 from .test_browser import serving
 from conftest import FakeClock
-from helpers import build, client
+from helpers import build, client, echo_app
 from redis_servers import free_port
 
 SECRET = "0x4AAAAtest-secret-never-logged"
@@ -67,7 +68,10 @@ async def siteverify() -> AsyncIterator[tuple[Siteverify, str]]:
         yield server, f"{base}/siteverify"
 
 
-def hcaptcha_policy(verify_url: str, on_error: str = "pow", sitekey: str = SITEKEY) -> str:
+def hcaptcha_policy(
+    verify_url: str, on_error: str = "pow", sitekey: str = SITEKEY, hostnames: str = ""
+) -> str:
+    hostnames = f"    hostnames: {hostnames}\n" if hostnames else ""
     return policy(
         4.0,
         extra=f"""challenges:
@@ -78,7 +82,7 @@ def hcaptcha_policy(verify_url: str, on_error: str = "pow", sitekey: str = SITEK
     verify_url: {verify_url}
     timeout: 300ms
     on_error: {on_error}
-  pow: {{difficulty: 8}}
+{hostnames}  pow: {{difficulty: 8}}
 """,
     )
 
@@ -191,3 +195,54 @@ async def test_hcaptchas_published_test_keys_pass_with_the_dummy_token(
     status, body, _ = await answer(tmp_path, clock, text, DUMMY_TOKEN)
     assert status == 200 and "clearance" in body  # no real host reported: not checked
     assert server.forms[0]["secret"] == TEST_SECRET
+
+
+@pytest.mark.parametrize(
+    ("hostnames", "token", "status", "reason"),
+    [
+        ("[api.example.com]", "pass", 403, "'testserver' is not 'api.example.com'"),
+        ("[api.example.com, TestServer]", "pass", 200, ""),
+        ("['*.example']", "elsewhere", 200, ""),  # evil.example: a subdomain of example
+        ("['*.evil.example']", "elsewhere", 403, "'evil.example' is not '*.evil.example'"),
+    ],
+)
+async def test_the_tokens_hostname_is_one_of_the_configured_hostnames(
+    tmp_path: Path,
+    clock: FakeClock,
+    siteverify: tuple[Siteverify, str],
+    hostnames: str,
+    token: str,
+    status: int,
+    reason: str,
+) -> None:
+    """With hostnames set, the Host the client sends (testserver here) plays no part."""
+    _, url = siteverify
+    text = hcaptcha_policy(url, hostnames=hostnames)
+    got, body, _ = await answer(tmp_path, clock, text, token)
+    assert got == status, body
+    assert reason in body.get("detail", "")
+
+
+async def test_an_answer_to_no_challenge_asks_nothing_of_siteverify(
+    tmp_path: Path, clock: FakeClock, siteverify: tuple[Siteverify, str]
+) -> None:
+    server, url = siteverify
+    app = build(tmp_path, clock, hcaptcha_policy(url))
+    async with client(app) as http:
+        forms = [
+            {"challenge_id": "never-issued", "h-captcha-response": "pass"},
+            {"challenge_id": "never-issued", "h-captcha-response": "wrong"},
+        ]
+        statuses = [(await http.post(VERIFY, data=form)).status_code for form in forms]
+    await app.shutdown()
+    assert statuses == [404, 404] and server.forms == []
+
+
+async def test_on_error_open_is_logged_at_startup(caplog: Any) -> None:
+    """What `guardrail check` warns of is said again when the middleware starts."""
+    caplog.set_level(logging.WARNING, logger="guardrail")
+    text = hcaptcha_policy("https://siteverify.invalid/siteverify", on_error="open")
+    app = Guardrail(echo_app(), policy=Policy.from_string(text))
+    await app.shutdown()
+    [warning] = [r.getMessage() for r in caplog.records if "on_error" in r.getMessage()]
+    assert "challenges.hcaptcha.on_error: 'open'" in warning and "pow or closed" in warning

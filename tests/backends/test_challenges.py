@@ -1,4 +1,5 @@
-"""Issued challenges and clearance uses: one conformance suite, in memory and in Redis."""
+"""Issued challenges and clearance uses: one conformance suite, in memory, in Redis and in
+Redis Cluster."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from guardrail.backends.redis import RedisStorage
 NOW = 1_800_000_000.0
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def store_uri(request: pytest.FixtureRequest) -> str:
     if request.param == "memory":
         return "memory://"
-    return str(request.getfixturevalue("redis_url"))
+    return str(request.getfixturevalue(f"{request.param}_url"))
 
 
 @pytest.fixture
@@ -39,6 +40,27 @@ async def test_a_challenge_is_taken_once(store: ChallengeStore) -> None:
     assert await store.take("never-issued", NOW) is None
 
 
+async def test_a_peek_reads_without_spending(store: ChallengeStore) -> None:
+    await store.put("p1", b"record", NOW + 300, NOW)
+    assert await store.peek("p1", NOW + 1) == b"record"
+    assert await store.peek("p1", NOW + 2) == b"record"  # still there
+    assert await store.take("p1", NOW + 3) == b"record"
+    assert await store.peek("p1", NOW + 4) is None  # taken
+    assert await store.peek("never-issued", NOW) is None
+
+
+async def test_peeks_racing_a_take_never_see_a_second_record(store: ChallengeStore) -> None:
+    """Whatever the interleaving, the record is taken once; a peek sees it or nothing."""
+    await store.put("p2", b"record", NOW + 300, NOW)
+    calls = [
+        store.take("p2", NOW + 1) if i % 4 == 0 else store.peek("p2", NOW + 1) for i in range(20)
+    ]
+    seen = await asyncio.gather(*calls)
+    taken = seen[::4]
+    assert taken.count(b"record") == 1 and set(seen) <= {b"record", None}
+    assert await store.peek("p2", NOW + 2) is None
+
+
 async def test_concurrent_takes_get_it_once(store: ChallengeStore) -> None:
     await store.put("c2", b"record", NOW + 300, NOW)
     taken = await asyncio.gather(*(store.take("c2", NOW + 1) for _ in range(20)))
@@ -52,6 +74,7 @@ async def test_a_challenge_expires(store: ChallengeStore) -> None:
         ttl_ms = await store.storage.client.pttl(store._key("ch", "c3"))
         assert 299_000 < ttl_ms <= 300_000
     else:
+        assert await store.peek("c3", NOW + 300) is None
         assert await store.take("c3", NOW + 300) is None
 
 
@@ -67,6 +90,7 @@ async def test_a_challenge_issued_by_one_instance_is_verified_by_another(redis_u
         await storage.start()
     try:
         await RedisChallengeStore(first).put("shared", b"record", NOW + 300, NOW)
+        assert await RedisChallengeStore(second).peek("shared", NOW) == b"record"
         assert await RedisChallengeStore(second).take("shared", NOW) == b"record"
         assert await RedisChallengeStore(first).take("shared", NOW) is None
         assert await RedisChallengeStore(first).use("k", NOW + 600, NOW) == 1

@@ -1,0 +1,61 @@
+"""Settings that load but leave a way around guardrail: which ones ``cautions`` names, where."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from guardrail.cautions import cautions
+from guardrail.policy import Policy
+
+HEAD = """\
+version: 1
+secret: env:GUARDRAIL_TEST_SECRET
+challenges:
+  order: [{name}, pow]
+"""
+
+
+def captcha(name: str, sitekey: str, more: str = "") -> str:
+    block = f"  {name}:\n    sitekey: {sitekey}\n    secret: env:GUARDRAIL_TEST_SECRET\n"
+    return HEAD.format(name=name) + block + textwrap.indent(more, "    ")
+
+
+def cautioned(text: str) -> dict[str, tuple[int | None, object, str]]:
+    return {c.path: (c.line, c.value, c.expected) for c in cautions(Policy.from_string(text))}
+
+
+@pytest.mark.parametrize("name", ["hcaptcha", "turnstile"])
+def test_a_captcha_without_hostnames_relies_on_the_host_header(name: str) -> None:
+    found = cautioned(captcha(name, "20000000-ffff-ffff-ffff-000000000002"))
+    line, value, advice = found[f"challenges.{name}.hostnames"]
+    assert line == 5 and value == []  # the captcha's block: where the key would go
+    assert "Host header" in advice and "domain list at the provider" in advice
+
+
+@pytest.mark.parametrize("name", ["hcaptcha", "turnstile"])
+def test_configured_hostnames_leave_nothing_to_say(name: str) -> None:
+    text = captcha(name, "20000000-ffff-ffff-ffff-000000000002", "hostnames: [api.example.com]\n")
+    assert cautioned(text) == {}
+
+
+@pytest.mark.parametrize(
+    ("name", "sitekey"),
+    [
+        ("hcaptcha", "10000000-ffff-ffff-ffff-000000000001"),
+        ("turnstile", "1x00000000000000000000AA"),
+    ],
+)
+def test_a_published_test_sitekey_passes_a_dummy_token(name: str, sitekey: str) -> None:
+    found = cautioned(captcha(name, sitekey))
+    line, value, advice = found[f"challenges.{name}.sitekey"]
+    assert line == 6 and value == sitekey and "dummy token" in advice
+    assert f"challenges.{name}.hostnames" not in found  # a test key reports no real host
+
+
+def test_no_verify_limits_is_unlimited_and_the_default_is_quiet() -> None:
+    assert cautioned("version: 1\nsecret: env:GUARDRAIL_TEST_SECRET\n") == {}
+    text = "version: 1\nsecret: env:GUARDRAIL_TEST_SECRET\nchallenges:\n  verify_limits: []\n"
+    line, value, advice = cautioned(text)["challenges.verify_limits"]
+    assert line == 4 and value == [] and "siteverify call" in advice
