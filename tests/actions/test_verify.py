@@ -283,3 +283,20 @@ async def test_verify_limits_follow_on_storage_error(
         answered = [(await http.post(VERIFY, json=made_up)).status_code for _ in range(2)]
     await app.shutdown()
     assert answered == statuses
+
+
+async def test_a_challenged_client_is_shown_its_live_challenge_until_it_answers(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    app = build(tmp_path, clock, policy(4.0, extra=CHALLENGES))
+    async with client(app) as http:
+        body = await challenged(http, clock)
+        again = await http.post("/v1/chat/completions", json=chat(10), headers=HEADERS)
+        assert again.json()["challenge"] == body["challenge"]  # id, seed and expiry
+        page = await http.get("/account", headers={**HEADERS, "accept": "text/html"})
+        assert body["challenge"]["id"] in page.text
+        assert (await http.post(VERIFY, json=answer(body), headers=HEADERS)).status_code == 200
+        clock.advance(601)  # the clearance (ttl 10m) is gone: a new challenge
+        after = await http.post("/v1/chat/completions", json=chat(11), headers=HEADERS)
+        assert after.json()["challenge"]["id"] != body["challenge"]["id"]
+    await app.shutdown()

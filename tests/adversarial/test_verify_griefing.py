@@ -119,3 +119,34 @@ async def test_a_flood_of_verify_posts_is_limited(
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
     assert refused.headers["guardrail-action"] == "limit"
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+async def test_a_challenged_client_holds_one_challenge_not_one_per_request(
+    tmp_path: Path, clock: FakeClock, redis_url: str
+) -> None:
+    """The same class from the other side: every challenged request stored a new challenge
+    (unlimited: a challenge is answered before any limit is charged), so one client in the
+    challenge band grew Redis without bound, and in memory pushed out everyone else's
+    pending challenges. A principal now has one live challenge, shown to each request."""
+    import redis.asyncio as aioredis
+
+    from test_middleware_risk import HEADERS, chat, policy, warm_up
+
+    app = build(tmp_path, clock, policy(4.0), storage=redis_url)
+    sent = 60
+    async with served(app) as base, httpx.AsyncClient(base_url=base) as http:
+        await warm_up(http, clock)
+        redis = aioredis.from_url(redis_url)
+        before = await redis.info("memory")
+        ids = set()
+        for n in range(sent):
+            response = await http.post("/v1/chat/completions", json=chat(9 + n), headers=HEADERS)
+            assert response.status_code == 403, response.text
+            ids.add(response.json()["challenge"]["id"])
+        challenges = [key async for key in redis.scan_iter(match="*ch:*")]
+        after = await redis.info("memory")
+        await redis.aclose()
+    grown = after["used_memory"] - before["used_memory"]
+    # the figure: challenges stored for one client's challenged requests; on 0.1, one each
+    figure = f"{sent} challenged requests: {len(challenges)} stored, {len(ids)} ids, +{grown} B"
+    assert len(challenges) == 1 and len(ids) == 1, figure

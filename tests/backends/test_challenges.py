@@ -33,6 +33,22 @@ async def store(store_uri: str) -> AsyncIterator[ChallengeStore]:
     await storage.close()
 
 
+async def test_an_owner_has_one_live_challenge(store: ChallengeStore) -> None:
+    assert await store.put("i:192.0.2.1", b"first", NOW + 300, NOW) == b"first"
+    assert await store.put("i:192.0.2.1", b"second", NOW + 300, NOW + 1) == b"first"
+    assert await store.put("i:192.0.2.2", b"other", NOW + 300, NOW + 1) == b"other"
+    assert await store.take("i:192.0.2.1", NOW + 2) == b"first"
+    assert await store.put("i:192.0.2.1", b"third", NOW + 300, NOW + 3) == b"third"
+    assert await store.peek("i:192.0.2.2", NOW + 3) == b"other"
+
+
+async def test_concurrent_puts_agree_on_one_challenge(store: ChallengeStore) -> None:
+    offered = [f"record-{n}".encode() for n in range(20)]
+    live = await asyncio.gather(*(store.put("k:x", r, NOW + 300, NOW) for r in offered))
+    assert len(set(live)) == 1 and live[0] in offered
+    assert await store.take("k:x", NOW + 1) == live[0]
+
+
 async def test_a_challenge_is_taken_once(store: ChallengeStore) -> None:
     await store.put("c1", b"record", NOW + 300, NOW)
     assert await store.take("c1", NOW + 1) == b"record"
@@ -75,7 +91,8 @@ async def test_a_challenge_expires(store: ChallengeStore) -> None:
         assert 299_000 < ttl_ms <= 300_000
     else:
         assert await store.peek("c3", NOW + 300) is None
-        assert await store.take("c3", NOW + 300) is None
+        assert await store.put("c3", b"next", NOW + 600, NOW + 300) == b"next"  # replaced
+        assert await store.take("c3", NOW + 300) == b"next"
 
 
 async def test_clearance_uses_are_counted(store: ChallengeStore) -> None:

@@ -87,7 +87,7 @@ class ChallengeDesk:
         g = self.g
         issued = challenge.issue(g.policy.challenges, g.secret, now)
         try:
-            await verify.keep(g.challenges, issued, principal_of(decision.subject), now)
+            issued = await verify.keep(g.challenges, issued, principal_of(decision.subject), now)
         except StorageError as exc:  # the client can retry for another
             g._warn_storage(exc, now)
         await challenge.send_challenge(

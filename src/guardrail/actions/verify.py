@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -97,24 +97,37 @@ def safe_redirect(value: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """What the store keeps of an issued challenge."""
+    """What the store keeps of an issued challenge, under the principal it was issued to."""
 
-    principal: str
+    challenge_id: str
     seed: str
     difficulty: int
+    expires_at: float
 
     def dumps(self) -> bytes:
-        return json.dumps([self.principal, self.seed, self.difficulty]).encode()
+        fields = [self.challenge_id, self.seed, self.difficulty, self.expires_at]
+        return json.dumps(fields).encode()
 
     @classmethod
     def loads(cls, raw: bytes) -> Record:
-        principal, seed, difficulty = json.loads(raw)
-        return cls(str(principal), str(seed), int(difficulty))
+        challenge_id, seed, difficulty, expires_at = json.loads(raw)
+        return cls(str(challenge_id), str(seed), int(difficulty), float(expires_at))
 
 
-async def keep(store: ChallengeStore, challenge: Challenge, principal: str, now: float) -> None:
-    record = Record(principal, challenge.seed, challenge.difficulty)
-    await store.put(challenge.id, record.dumps(), challenge.expires_at, now)
+async def keep(store: ChallengeStore, issued: Challenge, principal: str, now: float) -> Challenge:
+    """The challenge to show ``principal``: its live one if it has one, else ``issued``, kept."""
+    record = Record(issued.id, issued.seed, issued.difficulty, issued.expires_at)
+    live = _record(await store.put(principal, record.dumps(), issued.expires_at, now))
+    if live is None or live.challenge_id == issued.id:
+        return issued
+    return replace(
+        issued,
+        id=live.challenge_id,
+        url=issued.url.removesuffix(issued.id) + live.challenge_id,
+        expires_at=live.expires_at,
+        difficulty=live.difficulty,
+        seed=live.seed,
+    )
 
 
 async def check(
@@ -132,10 +145,10 @@ async def check(
     """The clearance an answer earns; ChallengeUnknown (404) or ChallengeFailed (403) says why
     not. The id and its principal come first: an answer to no challenge of the sender's spends
     nothing and costs no siteverify call."""
-    raw = await store.peek(answer.challenge_id, now)
-    record = _record(raw)
-    if record is None or record.principal != principal:
-        # one answer for both: an id is no oracle of who else was challenged
+    # Only the sender's own challenge is looked at: another principal's id is not found, and
+    # no one can spend or fail a challenge in someone else's name.
+    record = _record(await store.peek(principal, now))
+    if record is None or record.challenge_id != answer.challenge_id:
         raise ChallengeUnknown(UNKNOWN)
     if answer.captcha is not None:
         # Asked of the CAPTCHA before the id is spent: when siteverify is down and on_error
@@ -152,10 +165,13 @@ async def check(
                 raise ChallengeFailed(f"{exc}: try again later") from exc
             verdict = None  # open: let it pass
         if verdict is not None and not verdict.success:
-            await store.take(answer.challenge_id, now)  # spent on a wrong answer
+            await store.take(principal, now)  # spent on a wrong answer
             title = siteverify.provider.title
             raise ChallengeFailed(f"{title} refused the answer: {verdict.reason}")
-    if await store.take(answer.challenge_id, now) is None:  # answered meanwhile, or expired
+    taken = _record(await store.take(principal, now))
+    if taken != record:
+        # answered meanwhile, or expired (a newer one taken here is lost: the next request
+        # of its principal is shown another)
         raise ChallengeUnknown(UNKNOWN)
     if answer.captcha is None:
         if answer.nonce is None:

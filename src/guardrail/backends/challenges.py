@@ -2,10 +2,12 @@
 worker or host can verify a challenge another one issued, and a clearance's ``max_requests``
 holds across all of them.
 
-A challenge is single-use: ``take`` hands its record to the first caller and to no other
-(Redis GETDEL). ``peek`` reads it without spending it, so that an answer is checked against
-the principal the challenge was issued to before anything is spent or counted. A
-clearance's uses are a counter that expires with the clearance.
+A challenge is kept under the principal it was issued to (its ``owner``), one live challenge
+per owner: a challenged client asking again is shown the same one, so its requests cannot
+fill the store or push out other clients' challenges. ``peek`` reads it without spending it,
+so an answer is checked against the sender's own challenge before anything is spent or
+counted; ``take`` hands it to the first caller and to no other (Redis GETDEL). A clearance's
+uses are a counter that expires with the clearance.
 """
 
 from __future__ import annotations
@@ -15,16 +17,19 @@ from typing import Protocol
 
 
 class ChallengeStore(Protocol):
-    async def put(self, challenge_id: str, record: bytes, expires_at: float, now: float) -> None:
-        """Keep ``record`` for ``challenge_id`` until ``expires_at``."""
+    async def put(self, owner: str, record: bytes, expires_at: float, now: float) -> bytes | None:
+        """Keep ``record`` as ``owner``'s challenge until ``expires_at``, unless it has a live
+        one; returns the live record (``record`` when kept; None in the rare race where the
+        live one went between the two)."""
         ...
 
-    async def peek(self, challenge_id: str, now: float) -> bytes | None:
-        """The record, left in place; None when absent or expired."""
+    async def peek(self, owner: str, now: float) -> bytes | None:
+        """``owner``'s challenge, left in place; None when absent or expired."""
         ...
 
-    async def take(self, challenge_id: str, now: float) -> bytes | None:
-        """The record, removed: the first caller gets it, later ones (and after expiry) None."""
+    async def take(self, owner: str, now: float) -> bytes | None:
+        """``owner``'s challenge, removed: the first caller gets it, later ones (and after
+        expiry) None."""
         ...
 
     async def use(self, clearance_id: str, expires_at: float, now: float) -> int:
@@ -50,19 +55,24 @@ class MemoryChallengeStore:
         self._uses: OrderedDict[str, int] = OrderedDict()  # bounded, not expired: a grant resets
         self._grants: OrderedDict[str, float] = OrderedDict()
 
-    async def put(self, challenge_id: str, record: bytes, expires_at: float, now: float) -> None:
-        self._challenges[challenge_id] = (record, expires_at)
+    async def put(self, owner: str, record: bytes, expires_at: float, now: float) -> bytes | None:
+        live = await self.peek(owner, now)
+        if live is not None:
+            return live
+        self._challenges[owner] = (record, expires_at)
+        self._challenges.move_to_end(owner)
         if len(self._challenges) > self.max_entries:
             self._challenges.popitem(last=False)
+        return record
 
-    async def peek(self, challenge_id: str, now: float) -> bytes | None:
-        entry = self._challenges.get(challenge_id)
+    async def peek(self, owner: str, now: float) -> bytes | None:
+        entry = self._challenges.get(owner)
         if entry is None or now >= entry[1]:
             return None
         return entry[0]
 
-    async def take(self, challenge_id: str, now: float) -> bytes | None:
-        entry = self._challenges.pop(challenge_id, None)
+    async def take(self, owner: str, now: float) -> bytes | None:
+        entry = self._challenges.pop(owner, None)
         if entry is None or now >= entry[1]:
             return None
         return entry[0]

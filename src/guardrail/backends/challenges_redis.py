@@ -18,16 +18,26 @@ class RedisChallengeStore:
     def _key(self, kind: str, name: str) -> str:
         return f"{self.storage.prefix}{kind}:{name}"
 
-    async def put(self, challenge_id: str, record: bytes, expires_at: float, now: float) -> None:
+    async def put(self, owner: str, record: bytes, expires_at: float, now: float) -> bytes | None:
+        # SET NX, then GET the live one: one round trip, one key (so one slot in a cluster)
+        key = self._key("ch", owner)
         ttl_ms = max(1, math.ceil((expires_at - now) * 1000))
-        await self._call("SET", self._key("ch", challenge_id), record, "PX", ttl_ms)
+        pipe = self.storage.client.pipeline(transaction=False)
+        pipe.set(key, record, px=ttl_ms, nx=True)
+        pipe.get(key)
+        async with self._gate():
+            try:
+                _, live = await pipe.execute()
+            except REDIS_FAILURES as exc:
+                raise self.storage.failure(exc) from exc
+        return live if isinstance(live, bytes) else None
 
-    async def peek(self, challenge_id: str, now: float) -> bytes | None:
-        record = await self._call("GET", self._key("ch", challenge_id))
+    async def peek(self, owner: str, now: float) -> bytes | None:
+        record = await self._call("GET", self._key("ch", owner))
         return record if isinstance(record, bytes) else None
 
-    async def take(self, challenge_id: str, now: float) -> bytes | None:
-        record = await self._call("GETDEL", self._key("ch", challenge_id))
+    async def take(self, owner: str, now: float) -> bytes | None:
+        record = await self._call("GETDEL", self._key("ch", owner))
         return record if isinstance(record, bytes) else None
 
     async def use(self, clearance_id: str, expires_at: float, now: float) -> int:
