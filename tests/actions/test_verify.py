@@ -3,6 +3,7 @@ clearance or an answer is refused."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -300,3 +301,49 @@ async def test_a_challenged_client_is_shown_its_live_challenge_until_it_answers(
         after = await http.post("/v1/chat/completions", json=chat(11), headers=HEADERS)
         assert after.json()["challenge"]["id"] != body["challenge"]["id"]
     await app.shutdown()
+
+
+async def test_instances_sharing_redis_share_the_verify_limits(
+    tmp_path: Path, clock: FakeClock, redis_url: str
+) -> None:
+    text = policy(4.0, extra=CHALLENGES + "  verify_limits: [{per: ip, rate: 3/minute}]\n")
+    (tmp_path / "second").mkdir()
+    first = build(tmp_path, clock, text, storage=redis_url)
+    second = build(tmp_path / "second", clock, text, storage=redis_url)
+    made_up = {"challenge_id": "never-issued", "nonce": "1"}
+    async with client(first) as one, client(second) as two:
+        statuses = [(await http.post(VERIFY, json=made_up)).status_code for http in (one, two) * 2]
+    await first.shutdown()
+    await second.shutdown()
+    assert statuses == [404, 404, 404, 429]
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "application/x-www-form-urlencoded", "text/plain", ""]
+)
+async def test_whatever_is_posted_the_answer_is_a_4xx(
+    tmp_path: Path, clock: FakeClock, content_type: str
+) -> None:
+    app = build(tmp_path, clock, policy(4.0, extra=CHALLENGES + "  verify_limits: []\n"))
+    rng = random.Random(11)
+    bodies = [
+        b"",
+        b"\xff\xfe\x00",
+        b"[" * 5000,
+        b'{"challenge_id": ["x"], "nonce": 1}',
+        b'{"challenge_id": "abc", "nonce": {"a": 1}, "h-captcha-response": 5}',
+        b'{"challenge_id": "abc", "nonce": true, "redirect": 7}',
+        b"challenge_id=abc&nonce=1&redirect=%2F%2Fevil&" + b"&".join([b"a=1"] * 20),
+        b"challenge_id=%ff%fe&nonce=1",
+        b"x" * 9000,
+        *(rng.randbytes(rng.randrange(1, 300)) for _ in range(40)),
+    ]
+    async with client(app) as http:
+        statuses = [
+            (
+                await http.post(VERIFY, content=body, headers={"content-type": content_type})
+            ).status_code
+            for body in bodies
+        ]
+    await app.shutdown()
+    assert all(400 <= status < 500 for status in statuses), statuses
