@@ -283,6 +283,8 @@ class AuditConfig(_Model):
     rotate: Rotate = Field(default_factory=Rotate)
     sample_allowed: float = Field(default=0.0, ge=0, le=1, strict=True, allow_inf_nan=False)
     hash_chain: bool = Field(default=True, strict=True)
+    # Repeated refusals of one subject within this interval: one record with a count; 0: off.
+    aggregate: Duration = 10.0
 
 
 _WIDE_CHECKED = "guardrail_policy_wide_checked"
