@@ -22,6 +22,7 @@ from starlette.routing import Route
 from guardrail import Guardrail
 from guardrail.audit import summary, trail_files, verify
 from guardrail.policy import Policy
+
 from .conftest import served
 
 POLICY = """

@@ -109,7 +109,9 @@ def format_record(record: dict[str, Any]) -> str:
     ]
     repeated = repeats(record)
     if repeated > 1:
-        parts.insert(0, f"x{repeated} from {record.get('first', '?')} to {record.get('last', '?')}:")
+        parts.insert(
+            0, f"x{repeated} from {record.get('first', '?')} to {record.get('last', '?')}:"
+        )
     if record.get("tier"):
         parts.append(f"tier={record['tier']}")
     limit = record.get("limit")
@@ -152,7 +154,13 @@ def printable(text: str) -> str:
     return "".join(char if char.isprintable() else _escape(char) for char in text)
 
 
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
 def _escape(char: str) -> str:
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
     code = ord(char)
     if code < 0x100:
         return f"\\x{code:02x}"
@@ -488,7 +496,8 @@ def verify(path: str | os.PathLike[str]) -> tuple[bool, str]:
     note = f"; {dropped} record(s) reported lost by the writer" if dropped else ""
     standing = f" (standing for {decisions} decisions)" if decisions != checked else ""
     return True, (
-        f"OK: {checked} records{standing} in {len(files)} file(s), hash chain intact, {anchor}{note}"
+        f"OK: {checked} records{standing} in {len(files)} file(s), hash chain intact, "
+        f"{anchor}{note}"
     )
 
 
