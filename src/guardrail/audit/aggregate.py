@@ -42,7 +42,7 @@ def refusal_key(decision: Decision, status: int) -> Key | None:
     subject = decision.subject
     if action == LIMIT:
         outcome = decision.outcome
-        if outcome is not None and not outcome.allowed:
+        if outcome is not None and not outcome.allowed and outcome.states:
             # The bucket that said no: a per-ip limit keys on the ip whatever API key is sent.
             refusing = decision.limits[tightest(decision.limits, outcome)]
             who = clip(refusing.subject_key(subject), MAX_SUBJECT)

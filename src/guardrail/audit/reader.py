@@ -109,9 +109,8 @@ def format_record(record: dict[str, Any]) -> str:
     ]
     repeated = repeats(record)
     if repeated > 1:
-        parts.insert(
-            0, f"x{repeated} from {record.get('first', '?')} to {record.get('last', '?')}:"
-        )
+        # after the fixed columns, which stay aligned with the records around it
+        parts.insert(1, f"x{repeated} from {record.get('first', '?')} to {record.get('last', '?')}")
     if record.get("tier"):
         parts.append(f"tier={record['tier']}")
     limit = record.get("limit")
