@@ -8,6 +8,7 @@ refusing bucket's key, e.g. ``ip:203.0.113.7``, or else the client's subnet: rot
 does not make a new key). The first refusal of a key is recorded in full and opens an interval;
 the rest of the interval's refusals are only counted, and when it closes one record stands for
 them: the last of them with ``"repeated": N`` and the ``first``/``last`` times of the N.
+In mode observe the same decisions are counted: served, but still made in bulk.
 
 Nothing is dropped: an interval that is due closes on the next refusal, on a timer, or at
 shutdown (:meth:`Refusals.close`), and when ``max_keys`` intervals are open the oldest closes
