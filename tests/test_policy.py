@@ -23,6 +23,7 @@ GOOD = sorted((POLICIES / "good").glob("*.yaml"))
 BAD: dict[str, list[tuple[str, int | None]]] = {
     "bad_rate.yaml": [("routes[0].limits[0].rate", 7)],
     "bad_duration.yaml": [("risk.half_life", 4)],
+    "bad_audit_aggregate.yaml": [("audit.aggregate", 5)],
     "unknown_key.yaml": [("routes[0].limts", 6)],
     "wrong_mode.yaml": [("mode", 3)],
     "duplicate_key.yaml": [("storage", 5)],

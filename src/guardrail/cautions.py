@@ -74,11 +74,23 @@ def _verify_unlimited(policy: Policy) -> Iterator[Caution]:
         )
 
 
+def _refusals_one_record_each(policy: Policy) -> Iterator[Caution]:
+    if policy.audit.aggregate == 0:
+        yield (
+            ("audit", "aggregate"),
+            0,
+            "an interval such as 10s (the default): with 0 every refusal is a record of its "
+            "own, and one client refused as fast as it can send pushes earlier records out of "
+            "the trail's retention (rotate.keep files, a stream's maxlen)",
+        )
+
+
 CAUTIONS: tuple[Callable[[Policy], Iterator[Caution]], ...] = (
     _captcha_fails_open,
     _captcha_hostname_from_client,
     _captcha_test_sitekey,
     _verify_unlimited,
+    _refusals_one_record_each,
 )
 
 

@@ -31,6 +31,7 @@ from guardrail.actions.limit import (
 from guardrail.actions.tier import CompiledTier, compile_tier, rewrite, send_unrewritable
 from guardrail.actions.turnstile import TURNSTILE
 from guardrail.audit import AuditLog, sink_from_uri
+from guardrail.audit.aggregate import Refusals, refusal_key
 from guardrail.audit.record import decision_record
 from guardrail.backends import challenge_store, risk_engine, storage_from_uri
 from guardrail.backends.base import BucketCharge, Outcome, Storage
@@ -119,6 +120,7 @@ class Guardrail:
             ),
             hash_chain=conf.hash_chain,
         )
+        self.refusals = Refusals(self.audit.emit, conf.aggregate, self.clock)
         self.sample_allowed = conf.sample_allowed
         self.request_ids = RequestIds()
         self._ready: asyncio.Future[None] | None = None
@@ -150,6 +152,7 @@ class Guardrail:
     async def shutdown(self) -> None:
         """Flush the audit trail and close connections (lifespan shutdown, or call it yourself)."""
         await self.settlements.wait()  # token settlements still on their way to the storage
+        self.refusals.close()  # the counts of refusals not yet written
         await self.audit.close()
         if self.siteverify is not None:
             await self.siteverify.close()
@@ -503,4 +506,5 @@ class Guardrail:
             )
 
     def _record(self, scope: Scope, decision: Decision, now: float, status: int) -> None:
-        self.audit.emit(decision_record(self.policy, scope, decision, now, status))
+        record = decision_record(self.policy, scope, decision, now, status)
+        self.refusals.emit(record, refusal_key(decision, status), now)

@@ -296,6 +296,9 @@ class Challenges(_Model):
         return self
 
 
+MAX_AGGREGATE = 3600.0
+
+
 class Rotate(_Model):
     max_bytes: Size = 100_000_000
     keep: Count = 10
@@ -306,6 +309,15 @@ class AuditConfig(_Model):
     rotate: Rotate = Field(default_factory=Rotate)
     sample_allowed: float = Field(default=0.0, ge=0, le=1, strict=True, allow_inf_nan=False)
     hash_chain: bool = Field(default=True, strict=True)
+    # Repeated refusals of one subject within this interval: one record with a count; 0: off.
+    aggregate: Duration = 10.0
+
+    @field_validator("aggregate")
+    @classmethod
+    def _aggregate_reports_soon(cls, seconds: float) -> float:
+        if seconds > MAX_AGGREGATE:  # the count is written when its interval closes
+            raise refuse("a duration of at most 1h (10s is the default), or 0 to turn it off")
+        return seconds
 
 
 _WIDE_CHECKED = "guardrail_policy_wide_checked"

@@ -495,3 +495,91 @@ def test_tail_follow_when_its_file_was_rotated_away_entirely(tmp_path: Path) -> 
     stamps = [line[:24] for line in out.getvalue().splitlines()]
     # 2 and 3 were rotated out and deleted before the poll could see them
     assert stamps == [format_ts(T0 + i) for i in (0, 1, 4, 5, 6, 7)]
+
+
+# --- aggregated refusals and what a terminal is shown ------------------------------------------
+
+
+def aggregated_records() -> list[dict[str, object]]:
+    return [
+        make_record(0, at=T0),
+        make_record(
+            1,
+            at=T0 + 9,
+            repeated=41,
+            first=format_ts(T0 + 0.5),
+            last=format_ts(T0 + 9),
+        ),
+        make_record(2, at=T0 + 20, action="block", status=403),
+    ]
+
+
+def test_summary_counts_what_aggregated_records_stand_for(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_trail(path, aggregated_records())
+    data = summary(path, None, T0 + 60)
+    assert data["records"] == 3 and data["decisions"] == 43
+    assert data["by_action"] == {"limit": 42, "block": 1}
+    assert data["by_route"]["inference"]["total"] == 43
+    assert data["top_subjects"]["ip"] == [{"value": "203.0.113.7", "count": 43}]
+    assert "records: 3 (43 decisions)" in render_summary(data)
+    ok, report = verify(path)
+    assert ok and "3 records (standing for 43 decisions)" in report
+
+
+def test_tail_shows_the_count_of_an_aggregated_record(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_trail(path, aggregated_records())
+    out = io.StringIO()
+    tail(path, out=out)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    single, counted = format_record(aggregated_records()[0]), lines[1]
+    assert counted.index("POST /v1/") == single.index("POST /v1/")  # the columns stay aligned
+    assert f"  x41 from {format_ts(T0 + 0.5)} to {format_ts(T0 + 9)}  api_key=" in counted
+    assert " x4" not in lines[0] and " x4" not in lines[2]
+
+
+TERMINAL_CONTROLS = "\r\n\x1b[2J\x1b]0;owned\x07\x9b31m\u202e\u2066\u2028\u2029\x00\x7f\ufeff"
+
+
+def test_tail_escapes_every_character_that_could_drive_a_terminal(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    evil = {
+        "api_key": "k:" + "a" * 32,
+        "account": "acct" + TERMINAL_CONTROLS,
+        "ip": "203.0.113.7",
+        "subnet": "203.0.113.0/24",
+    }
+    record = make_record(
+        0,
+        method="GET\r\n",
+        path="/v1/" + TERMINAL_CONTROLS + "ok",
+        subject=evil,
+        route="r\x1b",
+        tier="t\x9b",
+        limit={"per": "ip\x1b", "rate": "1/s\n", "retry_after": 1},
+        signals={"sig\x1b[31m": 1.0},
+        repeated=2,
+        first="\x1b",
+        last="\r",
+    )
+    write_trail(path, [record])
+    out = io.StringIO()
+    tail(path, out=out)
+    shown = out.getvalue()
+    assert shown.count("\n") == 1  # one record, one line
+    for line in shown.splitlines():
+        assert line.isprintable(), repr(line)
+    assert "/v1/\\r\\n\\x1b[2J\\x1b]0;owned\\x07\\x9b31m\\u202e\\u2066\\u2028\\u2029" in shown
+    assert "\\x00\\x7f\\ufeffok" in shown
+    assert "account=acct\\r\\n\\x1b[2J" in shown
+
+
+def test_render_summary_escapes_subject_values(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    subject = {"account": "acct\x1b[2J\u202e", "ip": "203.0.113.7", "subnet": "203.0.113.0/24"}
+    write_trail(path, [make_record(0, subject=subject, route="r\n")])
+    text = render_summary(summary(path, None, T0 + 60))
+    assert all(line.isprintable() for line in text.splitlines())
+    assert "acct\\x1b[2J\\u202e" in text

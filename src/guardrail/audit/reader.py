@@ -93,7 +93,8 @@ _REQUEST_WIDTH = 34
 
 
 def format_record(record: dict[str, Any]) -> str:
-    """One fixed-column line for a human: when, what, to whom, why."""
+    """One fixed-column line for a human: when, what, to whom, why. Every character that could
+    drive a terminal (controls, bidi overrides, line separators) is shown escaped."""
     ts = str(record.get("ts", "?")).ljust(24)
     action = str(record.get("action", "?")).ljust(_ACTION_WIDTH)
     status = record.get("status")
@@ -106,6 +107,10 @@ def format_record(record: dict[str, Any]) -> str:
         f"{ts}  {action} {status_text:>3}  score={score_text:<5}  {route} {request}",
         _subject_text(record),
     ]
+    repeated = repeats(record)
+    if repeated > 1:
+        # after the fixed columns, which stay aligned with the records around it
+        parts.insert(1, f"x{repeated} from {record.get('first', '?')} to {record.get('last', '?')}")
     if record.get("tier"):
         parts.append(f"tier={record['tier']}")
     limit = record.get("limit")
@@ -123,15 +128,44 @@ def format_record(record: dict[str, Any]) -> str:
         parts.append("top: " + " ".join(f"{name}={value:.1f}" for name, value in top))
     if record.get("mode") == "observe":
         parts.append("(observe: not enforced)")
-    text = "  ".join(parts)
+    text = printable("  ".join(parts))
     dropped = record.get("dropped")
     if dropped:
-        text = f"{'':24}  !! {dropped} record(s) lost before this one\n{text}"
-    if not text.isascii():
-        # A lone surrogate (escaped in the trail, e.g. a path that was not UTF-8) cannot be
-        # printed: show it as \udce9 rather than fail the whole tail.
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        text = f"{'':24}  !! {printable(str(dropped))} record(s) lost before this one\n{text}"
     return text
+
+
+def repeats(record: dict[str, Any]) -> int:
+    """How many decisions ``record`` stands for: its ``repeated`` count, else 1."""
+    count = record.get("repeated")
+    if isinstance(count, int) and not isinstance(count, bool) and count > 1:
+        return count
+    return 1
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable (C0 and C1 controls such as CR, LF,
+    ESC and CSI, bidi overrides and other format characters, line and paragraph separators,
+    lone surrogates) written as a Python escape: what a client put in a path or header reaches
+    an operator's terminal as text, never as a command to it."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _escape(char) for char in text)
+
+
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(char: str) -> str:
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
 
 
 def _subject_text(record: dict[str, Any]) -> str:
@@ -312,7 +346,7 @@ def summary(
     signal_sum: dict[str, float] = {}
     signal_count: Counter[str] = Counter()
     files = [str(file) for file in trail_files(path)]
-    total = dropped = undated = 0
+    total = decisions = dropped = undated = 0
     first: float | None = None
     last: float | None = None
     for _, record in iter_records(path, malformed):
@@ -324,18 +358,20 @@ def summary(
             undated += when is None
             continue
         total += 1
+        count = repeats(record)
+        decisions += count
         if when is not None:
             first = when if first is None else min(first, when)
             last = when if last is None else max(last, when)
         action = str(record.get("action", "?"))
-        by_action[action] += 1
-        by_route.setdefault(str(record.get("route") or "-"), Counter())[action] += 1
+        by_action[action] += count
+        by_route.setdefault(str(record.get("route") or "-"), Counter())[action] += count
         if isinstance(record.get("dropped"), int):
             dropped += record["dropped"]
         subject = record.get("subject")
         if action != "allow" and isinstance(subject, dict):
             for member, value in subject.items():
-                subjects.setdefault(str(member), Counter())[str(value)] += 1
+                subjects.setdefault(str(member), Counter())[str(value)] += count
         signals = record.get("signals")
         if isinstance(signals, dict):
             for name, value in signals.items():
@@ -347,6 +383,7 @@ def summary(
         "since": None if cutoff is None else format_ts(cutoff),
         "now": format_ts(current),
         "records": total,
+        "decisions": decisions,  # records with "repeated": N stand for N decisions
         "first": None if first is None else format_ts(first),
         "last": None if last is None else format_ts(last),
         "malformed": [str(location) for location in malformed],
@@ -373,7 +410,8 @@ def render_summary(data: dict[str, Any]) -> str:
     window = f"since {data['since']}" if data["since"] else "whole trail"
     lines = [
         f"audit summary ({window}; {len(data['files'])} file(s))",
-        f"records: {data['records']}   from {data['first'] or '-'} to {data['last'] or '-'}",
+        f"records: {data['records']} ({data['decisions']} decisions)   "
+        f"from {data['first'] or '-'} to {data['last'] or '-'}",
     ]
     if data["dropped"]:
         lines.append(f"!! {data['dropped']} record(s) reported lost by the writer")
@@ -399,7 +437,7 @@ def render_summary(data: dict[str, Any]) -> str:
         f"  {row['name']:<28}{row['sum']:>12.1f}{row['count']:>10} records"
         for row in data["top_signals"]
     ] or ["  (none)"]
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # subject values are the client's
 
 
 # --- verify ------------------------------------------------------------------------------------
@@ -422,7 +460,7 @@ def verify(path: str | os.PathLike[str]) -> tuple[bool, str]:
     previous: Location | None = None
     recent: dict[str, Location] = {}  # link -> line, for the last _RECENT lines (insertion order)
     anchor = ""
-    checked = dropped = 0
+    checked = dropped = decisions = 0
     files = trail_files(path)
     lines = iter_lines(path)
     for location, raw in lines:
@@ -444,6 +482,7 @@ def verify(path: str | os.PathLike[str]) -> tuple[bool, str]:
                 location, previous, prev, expected, lines, recent.get(prev)
             )
         checked += 1
+        decisions += repeats(record)
         if isinstance(record.get("dropped"), int):
             dropped += record["dropped"]
         expected = link(raw)
@@ -454,8 +493,10 @@ def verify(path: str | os.PathLike[str]) -> tuple[bool, str]:
     if checked == 0:
         return True, f"OK: trail is empty ({len(files)} file(s))"
     note = f"; {dropped} record(s) reported lost by the writer" if dropped else ""
+    standing = f" (standing for {decisions} decisions)" if decisions != checked else ""
     return True, (
-        f"OK: {checked} records in {len(files)} file(s), hash chain intact, {anchor}{note}"
+        f"OK: {checked} records{standing} in {len(files)} file(s), hash chain intact, "
+        f"{anchor}{note}"
     )
 
 

@@ -62,19 +62,48 @@ def link(line: str | bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+# How much of each client-supplied string a record keeps, in characters (SPEC §4). A character
+# costs at most 6 bytes in the line (a control character or lone surrogate is a \uXXXX escape),
+# so with the cut marker one record stays a few kilobytes whatever the client sends.
+MAX_PATH = 512
+MAX_METHOD = 16
+MAX_SUBJECT = 128
+"""Per member of ``subject``: account, api_key, ip, subnet."""
+MAX_TEXT = 256
+"""Any other client-derived string a record carries."""
+
+
+def clip(text: str, limit: int = MAX_TEXT) -> str:
+    """``text`` when at most ``limit`` characters; else its first ``limit`` followed by
+    ``…[N chars, sha256:H]``: the original length and 16 hex digits of its SHA-256, so two cut
+    values can still be told apart (or matched against a known one)."""
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{text[:limit]}…[{len(text)} chars, sha256:{digest}]"
+
+
+def _subject(members: dict[str, str]) -> dict[str, str]:
+    for name, value in members.items():
+        if len(value) > MAX_SUBJECT:
+            members[name] = clip(value, MAX_SUBJECT)
+    return members
+
+
 def decision_record(
     policy: Policy, scope: Scope, decision: Decision, now: float, status: int
 ) -> dict[str, Any]:
-    """The record of one decision (SPEC section 4), with what only some decisions carry."""
+    """The record of one decision (SPEC section 4), with what only some decisions carry.
+    Every string the client chose is cut to a bound (:func:`clip`)."""
     record: dict[str, Any] = {
         "ts": format_ts(now),
         "request_id": decision.request_id,
         "policy": policy.digest,
         "mode": policy.mode,
         "route": decision.route,
-        "method": scope.get("method", "GET"),
-        "path": scope["path"],
-        "subject": decision.subject.as_dict(),
+        "method": clip(scope.get("method", "GET"), MAX_METHOD),
+        "path": clip(scope["path"], MAX_PATH),
+        "subject": _subject(decision.subject.as_dict()),
         "action": decision.action,
         "tier": decision.tier,
         "score": decision.score,
