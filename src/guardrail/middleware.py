@@ -40,7 +40,13 @@ from guardrail.cautions import cautions
 from guardrail.decision import ALLOW, BLOCK, CHALLENGE, LIMIT, THROTTLE, Decision, RequestIds
 from guardrail.errors import StorageError
 from guardrail.identity import IdentityResolver
-from guardrail.inspection import declared_size, parse_request, read_body, replace_body
+from guardrail.inspection import (
+    declared_size,
+    parse_head,
+    parse_request,
+    read_body,
+    replace_body,
+)
 from guardrail.lifespan import lifespan
 from guardrail.limits import (
     CompiledLimit,
@@ -48,7 +54,7 @@ from guardrail.limits import (
     RouteTable,
     token_charges,
 )
-from guardrail.metering import OPENAI, Meter
+from guardrail.metering import OPENAI, Meter, meter_for_path
 from guardrail.policy import Policy
 from guardrail.relay import Relay, with_headers
 from guardrail.secrets import policy_secret, resolve_secret
@@ -193,10 +199,14 @@ class Guardrail:
         raw = replay = None
         meter = route.meter
         if meter is not None:
+            if route.by_path:  # inspect: openai: the path names the shape, never the body
+                meter = meter_for_path(scope["path"])
             raw, replay = await read_body(receive, route.inspect_max_bytes)
             receive = replay
             if raw is not None:
                 decision.request = parse_request(raw, meter)
+            elif replay.head:  # too large to parse: its head's prompt is still scored
+                decision.request = parse_head(replay.head, meter)
         assessment = tier = None
         headers = [id_header]
         if self.risk is not None:
@@ -238,7 +248,7 @@ class Guardrail:
                     scope, receive = replace_body(scope, replay, rewritten[0])
                     request = replace(request, body=rewritten[1]) if request else request
             if route.metered or (tier is not None and tier.metered):
-                if request is not None:  # the body the app gets: capped, if the tier caps
+                if request is not None and not request.partial:  # the body the app gets
                     held = reservation(meter.ask(request.body), route.default_max_tokens)
                 else:  # unread or unreadable: its size stands in for its prompt
                     unread = declared_size(scope, route.inspect_max_bytes + 1)
