@@ -215,9 +215,9 @@ def _length(value: object) -> int | None:
     """A length field as a lenient server reads it (pydantic's lax mode takes 64.0 and "64"),
     so that no spelling of a number reserves less than the server will generate. Past 2**31,
     None: no count (the default is reserved and the output watched)."""
-    if type(value) is float and value.is_integer():
-        value = int(value)
-    elif type(value) is str and value.strip().isdecimal() and len(value) < 16:
+    if (type(value) is float and value.is_integer()) or (
+        type(value) is str and value.strip().isdecimal() and len(value) < 16
+    ):
         value = int(value)
     return value if type(value) is int and 0 <= value < 2**31 else None
 

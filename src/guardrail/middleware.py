@@ -117,7 +117,9 @@ class Guardrail:
         self._prefix = self.policy.challenges.prefix + "/"
         self.desk = ChallengeDesk(self)
         self.policies = RateLimitPolicies()
-        self.settlements = Settlements(lambda exc: self._warn_storage(exc, self.clock()))
+        self.settlements = Settlements(
+            lambda exc: self._warn_storage(exc, self.clock()), self.sleep, self.clock
+        )
         conf = self.policy.audit
         self.audit = AuditLog(
             sink_from_uri(
@@ -492,7 +494,7 @@ class Guardrail:
                 except BaseException:  # cancelled after the charge: no one will settle it
                     if held and outcome is not None and outcome.allowed:
                         given_back = [c._replace(cost=-tokens) for c in held]
-                        self.settlements.start(storage.settle(given_back, now))
+                        self.settlements.settle(storage, given_back, now)
                     raise
         decision.outcome, decision.limits, decision.tokens = outcome, limits, tokens
         if not outcome.allowed:
@@ -501,7 +503,13 @@ class Guardrail:
         if not held or reserved is None:
             return None
         return Budget(
-            storage, held, tokens, reserved.prompt, reserved.open_ended, self._budget_error
+            storage,
+            held,
+            tokens,
+            reserved.prompt,
+            reserved.open_ended,
+            self._budget_error,
+            self.settlements.retry,
         )
 
     def _warn_storage(self, exc: StorageError, now: float) -> None:
