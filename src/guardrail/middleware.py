@@ -56,7 +56,7 @@ from guardrail.limits import (
 )
 from guardrail.metering import OPENAI, Meter, meter_for_path
 from guardrail.policy import Policy
-from guardrail.relay import Relay, with_headers
+from guardrail.relay import Relay, identity_scope, with_headers
 from guardrail.secrets import policy_secret, resolve_secret
 from guardrail.signals.engine import Assessment, RiskEngine
 
@@ -317,6 +317,7 @@ class Guardrail:
         """Call the app with the relay on the way back: a budget to settle, a tier's pace.
         From here on, whatever happens (the tier's delay included), the budget is settled."""
         budget, pace, delay, meter = metering
+        scope = identity_scope(scope)  # what the relay counts and paces must be readable
         relay = Relay(
             send,
             headers,
@@ -334,9 +335,10 @@ class Guardrail:
         except Exception:
             # StreamCut, or what the app made of it: Starlette (ASGI spec 2.4) turns an OSError
             # from send into ClientDisconnect. After a cut the response is complete.
-            if not relay.cut:
+            if not (relay.cut or relay.gone):
                 raise
-            decision.action = LIMIT  # the budget ran out mid-stream
+            if relay.cut:
+                decision.action = LIMIT  # the budget ran out mid-stream
         finally:
             if budget is not None:
                 await self._settle(budget, relay, decision)
