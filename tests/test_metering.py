@@ -104,6 +104,8 @@ def test_the_path_names_the_shape() -> None:
         # ...and what a lenient server reads as one: reserved as it will be honoured
         (CHAT, {"messages": [], "max_tokens": "64"}, Ask(0, 64, 1)),
         (CHAT, {"messages": [], "max_tokens": 64.0}, Ask(0, 64, 1)),
+        # 0 is no cap: vLLM reads `max_completion_tokens or max_tokens`, then its default
+        (CHAT, {"messages": [], "max_completion_tokens": 0}, Ask(0, None, 1)),
         # another shape's keys: ignored for the prompt; its length fields only ever add
         (
             RESPONSES,
@@ -155,6 +157,11 @@ def test_the_prompt_is_read_from_the_shape_alone() -> None:
             {"messages": [], "max_tokens": 64, "max_completion_tokens": 30},
         ),
         (CHAT, {"messages": [], "max_tokens": "lots"}, {"messages": [], "max_tokens": 64}),
+        (
+            CHAT,
+            {"messages": [], "max_completion_tokens": 0},
+            {"messages": [], "max_completion_tokens": 64},
+        ),
         (COMPLETIONS, {"prompt": "x"}, {"prompt": "x", "max_tokens": 64}),
         (
             RESPONSES,

@@ -251,13 +251,14 @@ class OpenAIMeter:
 
     def output(self, body: dict[str, Any]) -> int | None:
         """The output the server may generate: the largest length field present, or None (the
-        route's default, watched) when the shape's own field is absent."""
-        own = None
+        route's default, watched) when the shape's own field is absent. 0 is absent: vLLM
+        reads ``max_completion_tokens or max_tokens``, and falls back to its default."""
+        own = 0
         for key in self._own:
             value = body.get(key)
             if value is not None:
-                own = _length(value) if own is None else max(own, _length(value) or 0)
-        if own is None:
+                own = max(own, _length(value) or 0)
+        if not own:
             return None
         for key in LENGTH_FIELDS:
             if key not in self._own and key in body:
@@ -292,7 +293,7 @@ class OpenAIMeter:
                 continue
             present = present or key in self._own
             value = _whole(body[key])
-            if value is None or value > max_tokens:  # a malformed value gets the cap too
+            if not value or value > max_tokens:  # a malformed value (or 0) gets the cap too
                 body[key] = max_tokens
                 changed = True
         if not present:  # the shape's own field: the one its server is sure to honour
