@@ -41,9 +41,16 @@ _FILLER = _WORD.findall(
 )
 
 
+#: The fake model's tokenizer, cut as BPE pre-tokenizers cut text: a run of letters, up to
+#: three digits, one CJK/Kana/Hangul character, one punctuation mark.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af"
+_TOKEN = re.compile(rf"[{_CJK}]|[^\W\d_{_CJK}]+|\d{{1,3}}|[^\w\s]|_")
+
+
 def count_tokens(text: str) -> int:
-    """The fake model's tokenizer: a word or a punctuation mark is a token."""
-    return len(_WORD.findall(text))
+    """The fake model's tokenizer: a word, up to three digits, a CJK character or a
+    punctuation mark is a token."""
+    return len(_TOKEN.findall(text))
 
 
 @dataclass

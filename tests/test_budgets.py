@@ -528,7 +528,7 @@ class WritesPaused:
         await self.admin.aclose()
 
 
-async def test_a_settlement_that_fails_keeps_the_reservation_and_says_so(
+async def test_a_settlement_that_fails_says_so_and_is_tried_again(
     tmp_path: Path, clock: FakeClock, redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     redis = WritesPaused(redis_url)
@@ -538,7 +538,8 @@ async def test_a_settlement_that_fails_keeps_the_reservation_and_says_so(
         await client.chat.completions.create(**chat(max_tokens=50))  # settled while paused
     finally:
         await redis.resume()
-    assert await tokens_left(app, clock) == 1000 - PROMPT - 50  # the reservation stands
+    # tried again (on the injected clock's sleep) once Redis takes writes
+    await until(lambda: _equal(tokens_left(app, clock), 1000 - PROMPT_USAGE - 50), "settled")
     assert "storage error, applying on_storage_error=fail_open" in caplog.text
     await client.close()
     await app.shutdown()
@@ -679,3 +680,54 @@ async def test_a_request_cancelled_while_its_risk_write_is_out_gives_its_reserva
     await until(lambda: _equal(tokens_left(app, clock), 1000), "given back")
     await client.close()
     await app.shutdown()
+
+
+# -- settlements tried again -----------------------------------------------------------------
+
+
+async def test_a_settlement_the_storage_keeps_failing_is_given_up_and_said(
+    clock: FakeClock, silent_server: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    from guardrail import budgets
+    from guardrail.backends import storage_from_uri
+
+    storage = storage_from_uri(f"redis://127.0.0.1:{silent_server}/0?timeout=0.02")
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    warned: list[Exception] = []
+    settlements = budgets.Settlements(warned.append, sleep, clock)
+    move = BucketCharge("api_key:k", "inference:0", 1.0, 100, -40)
+    settlements.settle(storage, [move], clock())
+    await asyncio.gather(*settlements._pending)  # the first attempt hands it to its retry
+    [retrying] = settlements._retries
+    await retrying  # five attempts, each a storage timeout
+    assert len(warned) == 1  # the first failure is said; the retries back off, then give up
+    assert waits == [0.5, 1.0, 2.0, 4.0, 8.0]
+    assert settlements.given_up == 1
+    assert "1 token settlement(s) given up (5 more attempts failed" in caplog.text
+    assert "40 tokens stay charged" in caplog.text
+    await storage.close()
+
+
+async def test_settlements_waiting_to_be_tried_again_are_bounded(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from guardrail import budgets
+    from guardrail.backends.memory import MemoryStorage
+
+    monkeypatch.setattr(budgets, "RETRY_MAX", 2)
+    never = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:  # the storage never comes back in this test
+        await never.wait()
+
+    settlements = budgets.Settlements(lambda exc: None, sleep, clock)
+    move = BucketCharge("api_key:k", "inference:0", 1.0, 100, -40)
+    for _ in range(3):
+        settlements.retry(MemoryStorage(), [move])
+    assert len(settlements._retries) == 2 and settlements.given_up == 1
+    await settlements.wait()  # shutdown: the waiting ones are given up, not waited for
+    assert settlements.given_up == 3 and not settlements._retries

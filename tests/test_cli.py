@@ -60,6 +60,9 @@ def test_schema_is_json_schema(capsys: pytest.CaptureFixture[str]):
     schema = json.loads(capsys.readouterr().out)
     assert schema["type"] == "object"
     assert {"version", "routes", "identity", "audit"} <= set(schema["properties"])
+    inspect = json.dumps(schema["$defs"]["Route"]["properties"]["inspect"])
+    for shape in ("openai", "openai.chat", "openai.completions", "openai.responses"):
+        assert f'"{shape}"' in inspect
 
 
 def test_hash_key_matches_what_the_audit_log_shows(

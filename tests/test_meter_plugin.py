@@ -95,7 +95,7 @@ tiers:
     [
         ("examples.tgi_meter:NOPE", "an importable 'module:attribute' (AttributeError"),
         ("json:loads", "a meter: an object with the methods prompt, ask, cap, strip, usage"),
-        ("grpc", "openai, or a 'module:attribute' naming a meter"),
+        ("grpc", "openai (the shape from the request's path), openai.chat"),
     ],
 )
 def test_a_meter_that_is_not_one_is_refused_at_load(ref: str, expected: str) -> None:

@@ -7,15 +7,32 @@ from typing import Any
 
 import pytest
 
-from guardrail.metering import OPENAI, Ask, delta_tokens, text_tokens
+from examples.openai_server import count_tokens
+from guardrail.metering import (
+    CHAT,
+    COMPLETIONS,
+    OPENAI,
+    RESPONSES,
+    Ask,
+    OpenAIMeter,
+    delta_tokens,
+    meter_for_path,
+    text_tokens,
+)
 
 
-def test_estimates_are_four_bytes_a_token_rounded_up() -> None:
+def test_estimates_are_four_bytes_a_token_or_the_pieces_when_more() -> None:
     assert text_tokens("") == 0
     assert text_tokens("abcd") == 1
     assert text_tokens("abcde") == 2
-    assert text_tokens("日本語") == 3  # 9 bytes: CJK counts heavier, as it tokenizes
+    assert text_tokens("why is the sky blue") == 5  # prose: four bytes a token
     assert text_tokens("\ud800") == 1  # a lone surrogate (json accepts one) does not raise
+    # what tokenizes denser than four bytes a token is counted by its pieces
+    assert text_tokens("日本語の文字") == 6  # 18 bytes: a character a token
+    assert text_tokens("123456789012") == 4  # digits in threes
+    assert text_tokens("a b c d e f g h") == 7  # a word a space
+    assert text_tokens("x=f(a[1]);") == 12  # a mark twice: each may split a word
+    assert text_tokens("        return") == 4  # indentation: not a token a space
 
 
 def test_a_streamed_piece_is_a_token_unless_it_is_long() -> None:
@@ -24,10 +41,25 @@ def test_a_streamed_piece_is_a_token_unless_it_is_long() -> None:
     assert delta_tokens("x" * 40) == 10  # a server that batches: four bytes a token
 
 
+def test_a_dense_prompt_is_not_under_reserved() -> None:
+    dense = ("{[(;)]}<=>?!&|" + "日本語" + "123") * 25
+    # the example server's tokenizer: a word or a mark a token, as BPE pre-tokenizers cut
+    assert text_tokens(dense) >= count_tokens(dense) > len(dense.encode()) // 4
+
+
+def test_the_path_names_the_shape() -> None:
+    assert meter_for_path("/v1/chat/completions") is CHAT
+    assert meter_for_path("/v1/completions") is COMPLETIONS
+    assert meter_for_path("/openai/v1/responses") is RESPONSES
+    assert meter_for_path("/v1/responses/resp_1") is OPENAI  # no shape: conservative
+    assert meter_for_path("/v1/chat/completions/") is OPENAI
+
+
 @pytest.mark.parametrize(
-    ("body", "ask"),
+    ("meter", "body", "ask"),
     [
         (
+            CHAT,
             {
                 "messages": [
                     {"role": "system", "content": "be brief"},
@@ -37,12 +69,15 @@ def test_a_streamed_piece_is_a_token_unless_it_is_long() -> None:
             Ask(2 + 4 + 1 + 4, None, 1),
         ),
         (
+            CHAT,
             {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 50, "n": 3},
             Ask(5, 50, 3),
         ),
-        # max_completion_tokens is the newer name and wins
-        ({"messages": [], "max_tokens": 50, "max_completion_tokens": 70}, Ask(0, 70, 1)),
+        # both names a chat server may honour: the larger is reserved
+        (CHAT, {"messages": [], "max_tokens": 50, "max_completion_tokens": 70}, Ask(0, 70, 1)),
+        (CHAT, {"messages": [], "max_tokens": 90, "max_completion_tokens": 70}, Ask(0, 90, 1)),
         (
+            CHAT,
             {
                 "messages": [
                     {
@@ -53,42 +88,118 @@ def test_a_streamed_piece_is_a_token_unless_it_is_long() -> None:
             },
             Ask(2 + 4, None, 1),
         ),
-        ({"prompt": "abcd", "max_tokens": 16, "n": 2, "best_of": 5}, Ask(1, 16, 5)),
-        ({"prompt": [1, 2, 3]}, Ask(3, None, 1)),  # token ids
+        (COMPLETIONS, {"prompt": "abcd", "max_tokens": 16, "n": 2, "best_of": 5}, Ask(1, 16, 5)),
+        (COMPLETIONS, {"prompt": [1, 2, 3]}, Ask(3, None, 1)),  # token ids
         # a batch: one completion per prompt
-        ({"prompt": ["abcd", "abcdefgh"], "max_tokens": 10, "n": 2}, Ask(3, 10, 4)),
-        ({"prompt": [[1, 2], [3, 4, 5]], "max_tokens": 10}, Ask(5, 10, 2)),
-        ({"input": "abcd", "instructions": "abcdefgh", "max_output_tokens": 9}, Ask(3, 9, 1)),
-        ({"input": [{"role": "user", "content": "abcd"}]}, Ask(5, None, 1)),
+        (COMPLETIONS, {"prompt": ["abcd", "abcdefgh"], "max_tokens": 10, "n": 2}, Ask(3, 10, 4)),
+        (COMPLETIONS, {"prompt": [[1, 2], [3, 4, 5]], "max_tokens": 10}, Ask(5, 10, 2)),
+        (
+            RESPONSES,
+            {"input": "abcd", "instructions": "abcdefgh", "max_output_tokens": 9},
+            Ask(3, 9, 1),
+        ),
+        (RESPONSES, {"input": [{"role": "user", "content": "abcd"}]}, Ask(5, None, 1)),
         # what a client cannot pass for a count
-        ({"messages": [], "max_tokens": True, "n": -1}, Ask(0, None, 1)),
-        ({"messages": [], "max_tokens": "64"}, Ask(0, None, 1)),
+        (CHAT, {"messages": [], "max_tokens": True, "n": -1}, Ask(0, None, 1)),
+        # ...and what a lenient server reads as one: reserved as it will be honoured
+        (CHAT, {"messages": [], "max_tokens": "64"}, Ask(0, 64, 1)),
+        (CHAT, {"messages": [], "max_tokens": 64.0}, Ask(0, 64, 1)),
+        # 0 is no cap: vLLM reads `max_completion_tokens or max_tokens`, then its default
+        (CHAT, {"messages": [], "max_completion_tokens": 0}, Ask(0, None, 1)),
+        # another shape's keys: ignored for the prompt; its length fields only ever add
+        (
+            RESPONSES,
+            {
+                "input": "abcd",
+                "messages": [{"role": "user", "content": "x" * 400}],
+                "max_tokens": 1,
+            },
+            Ask(1, None, 1),  # max_output_tokens absent: the route's default, watched
+        ),
+        (RESPONSES, {"input": "", "max_output_tokens": 5, "max_tokens": 900}, Ask(0, 900, 1)),
+        (COMPLETIONS, {"prompt": "", "max_tokens": 5, "min_tokens": 300}, Ask(0, 300, 1)),
+        (CHAT, {"messages": [], "prompt": "x" * 400, "max_output_tokens": 1}, Ask(0, None, 1)),
+        # no shape: every shape's prompt, and the largest length field
+        (
+            OPENAI,
+            {"messages": [{"role": "user", "content": "abcd"}], "prompt": "abcd", "input": "ab"},
+            Ask(5 + 1 + 1, None, 1),
+        ),
+        (OPENAI, {"input": "", "max_tokens": 5, "max_output_tokens": 99}, Ask(0, 99, 1)),
     ],
 )
-def test_ask(body: dict[str, Any], ask: Ask) -> None:
-    assert OPENAI.ask(body) == ask
+def test_ask(meter: OpenAIMeter, body: dict[str, Any], ask: Ask) -> None:
+    assert meter.ask(body) == ask
+
+
+def test_the_prompt_is_read_from_the_shape_alone() -> None:
+    body = {
+        "messages": [{"role": "user", "content": "from messages"}],
+        "prompt": "from prompt",
+        "input": [{"role": "user", "content": "from input"}],
+    }
+    assert CHAT.prompt(body) == "from messages"
+    assert COMPLETIONS.prompt(body) == "from prompt"
+    assert RESPONSES.prompt(body) == "from input"
+    assert OPENAI.prompt(body) == "from messages\nfrom prompt\nfrom input"
+    assert RESPONSES.prompt({"input": "x", "messages": []}) == "x"
 
 
 @pytest.mark.parametrize(
-    ("body", "after"),
+    ("meter", "body", "after"),
     [
-        ({"messages": [], "max_tokens": 500}, {"messages": [], "max_tokens": 64}),
-        ({"messages": [], "max_tokens": 10}, None),  # under the cap: untouched
-        ({"messages": []}, {"messages": [], "max_tokens": 64}),
+        (CHAT, {"messages": [], "max_tokens": 500}, {"messages": [], "max_tokens": 64}),
+        (CHAT, {"messages": [], "max_tokens": 10}, None),  # under the cap: untouched
+        (CHAT, {"messages": []}, {"messages": [], "max_tokens": 64}),
         (
+            CHAT,
             {"messages": [], "max_tokens": 500, "max_completion_tokens": 30},
             {"messages": [], "max_tokens": 64, "max_completion_tokens": 30},
         ),
-        ({"messages": [], "max_tokens": "lots"}, {"messages": [], "max_tokens": 64}),
-        ({"prompt": "x"}, {"prompt": "x", "max_tokens": 64}),
-        ({"input": "x", "max_output_tokens": 100}, {"input": "x", "max_output_tokens": 64}),
+        (CHAT, {"messages": [], "max_tokens": "lots"}, {"messages": [], "max_tokens": 64}),
+        (
+            CHAT,
+            {"messages": [], "max_completion_tokens": 0},
+            {"messages": [], "max_completion_tokens": 64},
+        ),
+        (COMPLETIONS, {"prompt": "x"}, {"prompt": "x", "max_tokens": 64}),
+        (
+            RESPONSES,
+            {"input": "x", "max_output_tokens": 100},
+            {"input": "x", "max_output_tokens": 64},
+        ),
+        # every length field present is capped, and the shape's own is added
+        (
+            RESPONSES,
+            {"input": "x", "messages": [], "max_tokens": 1000},
+            {"input": "x", "messages": [], "max_tokens": 64, "max_output_tokens": 64},
+        ),
+        (
+            COMPLETIONS,
+            {"prompt": "x", "max_tokens": 9, "max_new_tokens": 900, "min_tokens": 300},
+            {"prompt": "x", "max_tokens": 9, "max_new_tokens": 64, "min_tokens": 64},
+        ),
+        (CHAT, {"messages": [], "max_tokens": 9, "min_tokens": 5}, None),  # a floor under it
+        # no shape: each of the three names added
+        (
+            OPENAI,
+            {"input": "x"},
+            {
+                "input": "x",
+                "max_tokens": 64,
+                "max_completion_tokens": 64,
+                "max_output_tokens": 64,
+            },
+        ),
     ],
 )
-def test_cap(body: dict[str, Any], after: dict[str, Any] | None) -> None:
+def test_cap(meter: OpenAIMeter, body: dict[str, Any], after: dict[str, Any] | None) -> None:
     original = dict(body)
-    changed = OPENAI.cap(body, 64)
+    changed = meter.cap(body, 64)
     assert changed is (after is not None)
     assert body == (after or original)
+    if after is not None:  # what the meter reserves of the capped body: the cap
+        assert meter.ask(body).output == 64
 
 
 def test_strip() -> None:

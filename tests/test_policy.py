@@ -77,6 +77,7 @@ BAD: dict[str, list[tuple[str, int | None]]] = {
     "not_finite.yaml": [("thresholds[0].score", 3), ("risk.signals.abuse.weight", 4)],
     "tokens_not_inspected.yaml": [("routes[0].limits[1].cost", 8)],
     "tier_strips_the_unknown.yaml": [("tiers.slow.strip[1]", 7)],
+    "unknown_openai_shape.yaml": [("routes[0].inspect", 6)],
 }
 
 
@@ -105,6 +106,7 @@ def test_good_policy_loads(path: Path) -> None:
 def test_good_set_is_complete() -> None:
     expected = {"minimal", "spec_example", "observe_literal_secret", "redis_cluster"}
     expected |= {"ipv6_proxies", "account_callable", "merge_keys", "token_budgets"}
+    expected |= {"openai_shapes"}
     assert expected <= {path.stem for path in GOOD}
 
 
@@ -698,3 +700,28 @@ def test_check_files_turns_a_crash_into_an_issue(monkeypatch: pytest.MonkeyPatch
     issues = check_files([good, bad])
     assert issues[0].file == good and "RuntimeError: boom" in issues[0].expected
     assert [issue.file for issue in issues[1:]] == [bad]
+
+
+def test_a_route_names_its_openai_shape_or_takes_it_from_the_path() -> None:
+    from guardrail.limits import RouteTable
+    from guardrail.metering import CHAT, COMPLETIONS, OPENAI, RESPONSES
+
+    policy = Policy.from_yaml(POLICIES / "good" / "openai_shapes.yaml")
+    chat, text, responses, by_path = RouteTable(policy.routes).routes
+    assert (chat.meter, text.meter, responses.meter) == (CHAT, COMPLETIONS, RESPONSES)
+    assert not (chat.by_path or text.by_path or responses.by_path)
+    assert by_path.meter is OPENAI and by_path.by_path
+
+
+def test_an_unknown_openai_shape_is_refused_with_the_choices() -> None:
+    issue = only_issue(
+        """
+        version: 1
+        routes:
+          - name: inference
+            match: {path: /v1/embeddings}
+            inspect: openai.embeddings
+        """
+    )
+    assert issue.path == "routes[0].inspect" and issue.value == "openai.embeddings"
+    assert "openai.chat, openai.completions, openai.responses" in issue.expected

@@ -90,17 +90,40 @@ async def test_a_server_that_ignores_max_tokens_is_cut_past_twice_the_reservatio
     assert record["tokens"] == {"reserved": 19, "used": 102}
 
 
-async def test_a_compressed_stream_passes_untouched_and_keeps_its_reservation(
+async def test_the_app_is_asked_for_an_uncompressed_response(
     tmp_path: Path, clock: FakeClock
 ) -> None:
+    asked: list[str | None] = []
+
+    async def stream(request: Request) -> StreamingResponse:
+        asked.append(request.headers.get("accept-encoding"))
+        return StreamingResponse(iter([chunk(" hi")]), media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/v1/chat/completions", stream, methods=["POST"])])
+    guard = guarded(tmp_path, clock, app, burst=1000)
+    key = [(b"authorization", b"Bearer sk-budget-1"), (b"accept-encoding", b"gzip, br")]
+    sent = await post_asgi(guard, {**CHAT, "max_tokens": 30}, headers=key)
+    await guard.shutdown()
+    assert asked == ["identity"]
+    assert sent[0]["status"] == 200
+
+
+async def test_a_compressed_stream_is_not_served_uncounted(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # the app compressed its stream though asked for identity: guardrail cannot count it
     pieces = [b"\x1f\x8b\x08\x00" + bytes(range(40)) for _ in range(5)]
     app = streaming(pieces, headers={"content-encoding": "gzip"})
     guard = guarded(tmp_path, clock, app, burst=1000)
-    _, bodies = await drive(guard, {**CHAT, "max_tokens": 30})
+    sent, bodies = await drive(guard, {**CHAT, "max_tokens": 30})
     await guard.shutdown()
-    assert [b for b in bodies if b] == pieces  # as they came, one message each
+    assert sent[0]["status"] == 502
+    problem = json.loads(b"".join(bodies))
+    assert problem["type"] == "uncountable-response" and problem["error"]["type"] == "server_error"
+    assert not any(piece in b"".join(bodies) for piece in pieces)  # none of it went out
     [record] = audit_records(tmp_path)
-    assert record["tokens"] == {"reserved": 39, "used": None}
+    assert record["status"] == 502 and record["action"] == "allow"
+    assert record["tokens"] == {"reserved": 39, "used": None}  # the reservation stands
 
 
 async def test_a_stream_without_events_is_passed_on_not_held(

@@ -8,13 +8,15 @@ response, the reservation is settled to what was used: the ``usage`` the server 
 the prompt's estimate plus the output counted in the stream. What was not used is given back,
 whether the response ended, the client left or the app failed. A stream that names no
 max_tokens and outgrows its reservation reserves more as it goes (``extend``), and is ended
-when the budget has no more.
+when the budget has no more. A settlement the storage fails (a timeout, a failover) is tried
+again later (``Settlements.retry``), so that one blip does not keep whole reservations charged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -28,6 +30,13 @@ logger = logging.getLogger("guardrail")
 #: Tokens a stream reserves at a time once past its reservation: one storage call per this
 #: many tokens, not one per event.
 EXTEND_TOKENS = 256
+#: A failed settlement is tried again this many times, RETRY_BACKOFF seconds after the
+#: failure, then twice as long each time (0.5 + 1 + 2 + 4 + 8: a failover's worth).
+RETRY_ATTEMPTS = 5
+RETRY_BACKOFF = 0.5
+#: Settlements waiting to be tried again at most; past it one is given up at once (its
+#: reservation stays charged: the budget errs against the client, never for it).
+RETRY_MAX = 10_000
 
 
 class Reservation(NamedTuple):
@@ -61,6 +70,7 @@ class Budget:
     # runs past its reservation is settled, and watched only past twice the reservation.
     open_ended: bool
     on_error: Callable[[StorageError], bool]  # warns; True: carry on (fail_open)
+    retry: Callable[[Storage, list[BucketCharge]], None] | None = None  # a failed settlement
     settled: bool = False
     unmetered: bool = False  # the storage failed under fail_open: the stream goes on unwatched
 
@@ -91,10 +101,13 @@ class Budget:
             return
         self.settled = True
         if used != self.charged:
+            moves = self._moves(used - self.charged)
             try:
-                await self.storage.settle(self._moves(used - self.charged), now)
+                await self.storage.settle(moves, now)
             except StorageError as exc:
-                self.on_error(exc)  # the reservation stands as the charge
+                self.on_error(exc)
+                if self.retry is not None:  # tried again later; until then the charge stands
+                    self.retry(self.storage, moves)
                 return
             self.charged = used
 
@@ -104,11 +117,23 @@ class Budget:
 
 class Settlements:
     """Settlements that run to their end even when their request is cancelled (its client
-    left): shielded, tracked, and waited for at shutdown."""
+    left): shielded, tracked, and waited for at shutdown. One the storage fails is tried
+    again (``retry``): a bounded number of times, backing off, at most ``RETRY_MAX`` waiting
+    at once; one given up is counted (``given_up``) and logged."""
 
-    def __init__(self, warn: Callable[[StorageError], None]) -> None:
+    def __init__(
+        self,
+        warn: Callable[[StorageError], None],
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._pending: set[asyncio.Future[None]] = set()
+        self._retries: set[asyncio.Future[None]] = set()
         self._warn = warn
+        self._sleep = sleep
+        self._clock = clock
+        self.given_up = 0  # settlements given up: their reservations stayed charged
+        self._logged_at = float("-inf")
 
     def start(self, settlement: Awaitable[None]) -> asyncio.Future[None]:
         settling = asyncio.ensure_future(settlement)
@@ -116,9 +141,63 @@ class Settlements:
         settling.add_done_callback(self._done)
         return settling
 
+    def settle(self, storage: Storage, moves: list[BucketCharge], now: float) -> None:
+        """Move the buckets by ``moves`` in the background, tried again if it fails."""
+        self.start(self._first(storage, moves, now))
+
+    def retry(self, storage: Storage, moves: list[BucketCharge]) -> None:
+        """Try a failed settlement again, later."""
+        if len(self._retries) >= RETRY_MAX:
+            self._give_up(1, -moves[0].cost, "too many settlements wait for the storage")
+            return
+        retrying = asyncio.ensure_future(self._again(storage, moves))
+        self._retries.add(retrying)
+        retrying.add_done_callback(self._retries.discard)
+
     async def wait(self) -> None:
+        """At shutdown: the settlements under way end; those waiting to be tried again are
+        given up (their reservations stay charged), not waited for."""
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+        waiting = list(self._retries)
+        for retrying in waiting:
+            retrying.cancel()
+        if waiting:
+            await asyncio.gather(*waiting, return_exceptions=True)
+            self._give_up(len(waiting), 0, "guardrail shut down first")
+
+    async def _first(self, storage: Storage, moves: list[BucketCharge], now: float) -> None:
+        try:
+            await storage.settle(moves, now)
+        except StorageError as exc:
+            self._warn(exc)
+            self.retry(storage, moves)
+
+    async def _again(self, storage: Storage, moves: list[BucketCharge]) -> None:
+        delay = RETRY_BACKOFF
+        error: StorageError | None = None
+        for _ in range(RETRY_ATTEMPTS):
+            await self._sleep(delay)
+            try:
+                await storage.settle(moves, self._clock())
+            except StorageError as exc:
+                error, delay = exc, delay * 2
+            else:
+                return
+        self._give_up(1, -moves[0].cost, f"{RETRY_ATTEMPTS} more attempts failed: {error}")
+
+    def _give_up(self, count: int, tokens: int, why: str) -> None:
+        self.given_up += count
+        now = self._clock()
+        if now - self._logged_at >= 10.0:  # a storage outage is said once in a while
+            self._logged_at = now
+            logger.warning(
+                "guardrail: %d token settlement(s) given up (%s)%s; %d given up so far",
+                count,
+                why,
+                f", {tokens} tokens stay charged" if tokens > 0 else "",
+                self.given_up,
+            )
 
     def _done(self, settling: asyncio.Future[None]) -> None:
         self._pending.discard(settling)

@@ -2,12 +2,15 @@
 
 The body is read only up to the route's ``inspect_max_bytes``; the messages already read are
 replayed exactly as received (same chunks, same ``more_body`` flags) before the rest streams on
-from the server, so the app sees the request byte for byte.
+from the server, so the app sees the request byte for byte. A body larger than that is not
+parsed, but the prompt text in its head is still read (``parse_head``) for the risk signals:
+a junk field must not hide it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +18,7 @@ from typing import Any
 import orjson
 from starlette.types import Message, Receive, Scope
 
-from guardrail.metering import OPENAI, Meter
+from guardrail.metering import OPENAI, Meter, OpenAIMeter
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +30,9 @@ class OpenAIRequest:
     max_tokens: int | None
     prompt: str  # the newest user turn (chat) or the prompt (completions)
     body: dict[str, Any]
+    # Read from the head of a body too large to parse: the prompt only (``body`` is empty).
+    # Scored, never metered: its reservation is sized from its length.
+    partial: bool = False
 
 
 def parse_request(raw: bytes, meter: Meter = OPENAI) -> OpenAIRequest | None:
@@ -44,13 +50,9 @@ def parse_request(raw: bytes, meter: Meter = OPENAI) -> OpenAIRequest | None:
     if not isinstance(body, dict):
         return None
     model = body.get("model")
-    if meter is OPENAI:  # on the hot path: the one field, not the whole ask
-        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
-        # bool is an int to isinstance, and `true` is no token count
-        if type(max_tokens) is not int or not 0 <= max_tokens < 2**31:
-            max_tokens = None
-    else:
-        max_tokens = meter.ask(body).output
+    # on the hot path: the OpenAI meter reads the output alone, not the whole ask
+    openai = isinstance(meter, OpenAIMeter)
+    max_tokens = meter.output(body) if openai else meter.ask(body).output  # type: ignore[attr-defined]
     return OpenAIRequest(
         model if isinstance(model, str) else None,
         body.get("stream") is True,
@@ -60,14 +62,62 @@ def parse_request(raw: bytes, meter: Meter = OPENAI) -> OpenAIRequest | None:
     )
 
 
+#: The prompt fields' string values in a JSON text cut anywhere (the last may be unfinished):
+#: an unrolled string pattern, linear in the head's size.
+_STRING = rb'\s*:\s*"([^"\\]*(?:\\.[^"\\]*)*)'
+_HEAD_FIELDS = {
+    "chat": re.compile(rb'"(?:content|text)"' + _STRING),
+    "completions": re.compile(rb'"prompt"' + _STRING),
+    "responses": re.compile(rb'"(?:input|instructions|content|text)"' + _STRING),
+    None: re.compile(rb'"(?:content|text|prompt|input|instructions)"' + _STRING),
+}
+_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,256})"')
+#: The most prompt text taken from a head: the signals read a prompt's start and end anyway.
+HEAD_PROMPT_MAX = 64 * 1024
+
+
+def parse_head(head: bytes, meter: Meter = OPENAI) -> OpenAIRequest | None:
+    """The prompt text in the head of a body too large to parse: the string values of the
+    shape's prompt fields, in order, the last one perhaps cut short. None when there are none."""
+    shape = meter.shape if isinstance(meter, OpenAIMeter) else None
+    texts = []
+    size = 0
+    for match in _HEAD_FIELDS[shape].finditer(head):
+        text = _unescape(match.group(1))
+        if text:
+            texts.append(text)
+            size += len(text)
+            if size > HEAD_PROMPT_MAX:
+                break
+    if not texts:
+        return None
+    model = _MODEL.search(head)
+    prompt = "\n".join(texts)[:HEAD_PROMPT_MAX]
+    name = model.group(1).decode("utf-8", "replace") if model else None
+    return OpenAIRequest(name, False, None, prompt, {}, partial=True)
+
+
+def _unescape(raw: bytes) -> str:
+    """A JSON string's content, read as json would; cut short, its unfinished escape dropped."""
+    text = raw.decode("utf-8", "ignore")  # ignore: the cut may split a character
+    for end in range(len(text), max(len(text) - 6, 0) - 1, -1):
+        try:
+            value = json.loads('"' + text[:end] + '"')
+        except ValueError:
+            continue
+        return value if isinstance(value, str) else ""
+    return ""
+
+
 class Replay:
     """A ``receive`` that hands back the messages already read, then defers to the server."""
 
-    __slots__ = ("_messages", "_receive")
+    __slots__ = ("_messages", "_receive", "head")
 
-    def __init__(self, messages: Sequence[Message], receive: Receive) -> None:
+    def __init__(self, messages: Sequence[Message], receive: Receive, head: bytes = b"") -> None:
         self._messages = list(messages)
         self._receive = receive
+        self.head = head  # what was read of a body too large to read whole
 
     async def __call__(self) -> Message:
         if self._messages:
@@ -76,7 +126,8 @@ class Replay:
 
 
 async def read_body(receive: Receive, max_bytes: int) -> tuple[bytes | None, Replay]:
-    """The whole body if it fits in ``max_bytes`` (else None), and a receive that replays it."""
+    """The whole body if it fits in ``max_bytes`` (else None, and the receive's ``head`` is
+    what was read of it), and a receive that replays it."""
     messages: list[Message] = []
     chunks: list[bytes] = []
     size = 0
@@ -92,7 +143,9 @@ async def read_body(receive: Receive, max_bytes: int) -> tuple[bytes | None, Rep
         if not message.get("more_body", False):
             complete = size <= max_bytes
             break
-    return (b"".join(chunks) if complete else None), Replay(messages, receive)
+    if complete:
+        return b"".join(chunks), Replay(messages, receive)
+    return None, Replay(messages, receive, b"".join(chunks)[:max_bytes])
 
 
 def replace_body(scope: Scope, replay: Replay, body: bytes) -> tuple[Scope, Replay]:

@@ -64,6 +64,7 @@ class CompiledRoute:
     exempt: bool
     inspect: str | None
     meter: Meter | None  # what reads the inspected body and its response (inspect)
+    by_path: bool  # inspect: openai: the request's path names the shape (meter_for_path)
     inspect_max_bytes: int
     headers: bool
     limits: tuple[CompiledLimit, ...]
@@ -147,6 +148,7 @@ def compile_route(route: Route) -> CompiledRoute:
         exempt=route.exempt,
         inspect=route.inspect,
         meter=None if route.inspect is None else import_meter(route.inspect),
+        by_path=route.inspect == "openai",
         inspect_max_bytes=route.inspect_max_bytes,
         headers=route.headers,
         limits=compiled,

@@ -41,7 +41,13 @@ from guardrail.cautions import cautions
 from guardrail.decision import ALLOW, BLOCK, CHALLENGE, LIMIT, THROTTLE, Decision, RequestIds
 from guardrail.errors import StorageError
 from guardrail.identity import IdentityResolver
-from guardrail.inspection import declared_size, parse_request, read_body, replace_body
+from guardrail.inspection import (
+    declared_size,
+    parse_head,
+    parse_request,
+    read_body,
+    replace_body,
+)
 from guardrail.lifespan import lifespan
 from guardrail.limits import (
     CompiledLimit,
@@ -49,9 +55,9 @@ from guardrail.limits import (
     RouteTable,
     token_charges,
 )
-from guardrail.metering import OPENAI, Meter
+from guardrail.metering import OPENAI, Meter, meter_for_path
 from guardrail.policy import Policy
-from guardrail.relay import Relay, with_headers
+from guardrail.relay import Relay, identity_scope, with_headers
 from guardrail.secrets import policy_secret, resolve_secret
 from guardrail.signals.engine import Assessment, RiskEngine
 
@@ -112,7 +118,9 @@ class Guardrail:
         self._prefix = self.policy.challenges.prefix + "/"
         self.desk = ChallengeDesk(self)
         self.policies = RateLimitPolicies()
-        self.settlements = Settlements(lambda exc: self._warn_storage(exc, self.clock()))
+        self.settlements = Settlements(
+            lambda exc: self._warn_storage(exc, self.clock()), self.sleep, self.clock
+        )
         conf = self.policy.audit
         self.audit = AuditLog(
             sink_from_uri(
@@ -196,10 +204,14 @@ class Guardrail:
         raw = replay = None
         meter = route.meter
         if meter is not None:
+            if route.by_path:  # inspect: openai: the path names the shape, never the body
+                meter = meter_for_path(scope["path"])
             raw, replay = await read_body(receive, route.inspect_max_bytes)
             receive = replay
             if raw is not None:
                 decision.request = parse_request(raw, meter)
+            elif replay.head:  # too large to parse: its head's prompt is still scored
+                decision.request = parse_head(replay.head, meter)
         assessment = tier = None
         headers = [id_header]
         if self.risk is not None:
@@ -241,7 +253,7 @@ class Guardrail:
                     scope, receive = replace_body(scope, replay, rewritten[0])
                     request = replace(request, body=rewritten[1]) if request else request
             if route.metered or (tier is not None and tier.metered):
-                if request is not None:  # the body the app gets: capped, if the tier caps
+                if request is not None and not request.partial:  # the body the app gets
                     held = reservation(meter.ask(request.body), route.default_max_tokens)
                 else:  # unread or unreadable: its size stands in for its prompt
                     unread = declared_size(scope, route.inspect_max_bytes + 1)
@@ -308,6 +320,7 @@ class Guardrail:
         """Call the app with the relay on the way back: a budget to settle, a tier's pace.
         From here on, whatever happens (the tier's delay included), the budget is settled."""
         budget, pace, delay, meter = metering
+        scope = identity_scope(scope)  # what the relay counts and paces must be readable
         relay = Relay(
             send,
             headers,
@@ -325,9 +338,10 @@ class Guardrail:
         except Exception:
             # StreamCut, or what the app made of it: Starlette (ASGI spec 2.4) turns an OSError
             # from send into ClientDisconnect. After a cut the response is complete.
-            if not relay.cut:
+            if not (relay.cut or relay.gone):
                 raise
-            decision.action = LIMIT  # the budget ran out mid-stream
+            if relay.cut:
+                decision.action = LIMIT  # the budget ran out mid-stream
         finally:
             if budget is not None:
                 await self._settle(budget, relay, decision)
@@ -485,7 +499,7 @@ class Guardrail:
                 except BaseException:  # cancelled after the charge: no one will settle it
                     if held and outcome is not None and outcome.allowed:
                         given_back = [c._replace(cost=-tokens) for c in held]
-                        self.settlements.start(storage.settle(given_back, now))
+                        self.settlements.settle(storage, given_back, now)
                     raise
         decision.outcome, decision.limits, decision.tokens = outcome, limits, tokens
         if not outcome.allowed:
@@ -494,7 +508,13 @@ class Guardrail:
         if not held or reserved is None:
             return None
         return Budget(
-            storage, held, tokens, reserved.prompt, reserved.open_ended, self._budget_error
+            storage,
+            held,
+            tokens,
+            reserved.prompt,
+            reserved.open_ended,
+            self._budget_error,
+            self.settlements.retry,
         )
 
     def _warn_storage(self, exc: StorageError, now: float) -> None:

@@ -145,7 +145,9 @@ class Route(_Model):
     name: str = Field(min_length=1)
     match: Match
     exempt: bool = Field(default=False, strict=True)
-    # openai: the OpenAI-compatible shapes; or "module:attribute", a Meter for another protocol
+    # openai: the OpenAI-compatible shape the request's path names (openai.chat,
+    # openai.completions, openai.responses: one shape whatever the path); or
+    # "module:attribute", a Meter for another protocol
     inspect: MeterRef | None = None
     inspect_max_bytes: Size = 262_144
     headers: bool = Field(default=False, strict=True)

@@ -241,13 +241,18 @@ def _callable_ref(value: str) -> str:
     return value
 
 
+#: The OpenAI shapes a route may name; plain ``openai`` takes the shape from the path.
+OPENAI_METERS = ("openai", "openai.chat", "openai.completions", "openai.responses")
+
+
 def _meter_ref(value: str) -> str:
-    if value == "openai":
+    if value in OPENAI_METERS:
         return value
     if not _CALLABLE_REF.fullmatch(value):
         raise refuse(
-            "openai, or a 'module:attribute' naming a meter (guardrail.metering.Meter) such "
-            "as myapp.llm:METER"
+            "openai (the shape from the request's path), openai.chat, openai.completions, "
+            "openai.responses, or a 'module:attribute' naming a meter (guardrail.metering."
+            "Meter) such as myapp.llm:METER"
         )
     import_meter(value)  # imported at load so a typo fails `guardrail check`, not a request
     return value
@@ -255,10 +260,12 @@ def _meter_ref(value: str) -> str:
 
 def import_meter(ref: str) -> Any:
     """The object ``ref`` names, checked to have a meter's methods."""
-    from guardrail.metering import METER_METHODS, OPENAI
+    from guardrail.metering import METER_METHODS, METERS, OPENAI
 
     if ref == "openai":
         return OPENAI
+    if ref in METERS:
+        return METERS[ref]
     target = _import(ref, "module:attribute")
     missing = [m for m in METER_METHODS if not callable(getattr(target, m, None))]
     if missing:
@@ -367,10 +374,12 @@ MeterRef = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"const": "openai"},
+                {"enum": list(OPENAI_METERS)},
                 {"type": "string", "pattern": r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"},
             ],
-            "description": "openai, or 'module:attribute' naming a guardrail.metering.Meter",
+            "description": "openai (the shape from the request's path: chat/completions, "
+            "completions, responses), openai.chat, openai.completions, openai.responses, or "
+            "'module:attribute' naming a guardrail.metering.Meter",
         }
     ),
 ]

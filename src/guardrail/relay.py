@@ -11,14 +11,19 @@ passes the body on as it comes, reading what it needs without holding it:
   budget has none the stream ends with an error event and ``[DONE]`` instead of the event
   that did not fit. The app is then told what a server tells it when the client is gone:
   ``send`` raises (``StreamCut``, an ``OSError``) and ``receive`` says ``http.disconnect``.
+
+The app is asked for an uncompressed response (``identity_scope``): a compressed body cannot
+be counted or paced in passing. An app that compresses anyway is answered for with a 502
+(enforce): a response guardrail cannot count is not served on a metered route.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from starlette.types import Message, Receive, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from guardrail.actions.problem import send_problem
 from guardrail.budgets import Budget
 from guardrail.metering import Meter
 from guardrail.sse import EventSplitter, data_of, error_event, payload
@@ -40,6 +45,20 @@ BUDGET_SPENT = (
 )
 
 
+ENCODED = (
+    "The model server compressed a response that guardrail must read to count its tokens; "
+    "it was not served. The server should honour Accept-Encoding: identity."
+)
+
+
+def identity_scope(scope: Scope) -> Scope:
+    """The scope the app gets on a metered or paced route: it asks for an uncompressed
+    response, whatever the client accepts (the client gets it uncompressed)."""
+    headers = [(n, v) for n, v in scope["headers"] if n != b"accept-encoding"]
+    headers.append((b"accept-encoding", b"identity"))
+    return {**scope, "headers": headers}
+
+
 class StreamCut(OSError):
     """Raised from ``send`` once guardrail has ended the stream: as the ASGI spec has servers
     raise an OSError when the client has gone."""
@@ -55,6 +74,7 @@ class Relay:
         "cuts",
         "ended",
         "extra",
+        "gone",
         "meter",
         "mode",
         "pace",
@@ -97,12 +117,13 @@ class Relay:
         self.usage: int | None = None  # total tokens the response reported
         self.ended = False  # the app sent its last body message
         self.cut = False  # guardrail ended the stream
+        self.gone = False  # guardrail answered for an app that compressed its response
 
     def receive(self, receive: Receive) -> Receive:
         """The app's ``receive``: after a cut, the client is gone as far as the app knows."""
 
         async def relayed() -> Message:
-            if self.cut:
+            if self.cut or self.gone:
                 return {"type": "http.disconnect"}
             return await receive()
 
@@ -112,6 +133,8 @@ class Relay:
         """What the request used in tokens, for settling (None: unknown, the charge stands)."""
         if self.usage is not None:
             return self.usage
+        if self.gone:  # the app generated what nothing could count: the reservation stands
+            return None
         if not 200 <= self.status < 300:
             return 0  # the app failed or refused: nothing was generated
         if self.mode == SSE and self.budget is not None:  # PASS after EVENT_MAX: unknown
@@ -121,6 +144,8 @@ class Relay:
     async def __call__(self, message: Message) -> None:
         if self.cut:
             raise StreamCut("the stream was ended by guardrail: its token budget ran out")
+        if self.gone:
+            raise StreamCut("guardrail answered: the response was compressed, so uncountable")
         if message["type"] == "http.response.body" and self.mode == SSE:
             body = message.get("body", b"")
             budget = self.budget
@@ -165,12 +190,29 @@ class Relay:
                     kind = value
                 elif name == b"content-encoding":
                     encoding = value.strip().lower()
-            if encoding in (b"", b"identity"):  # a compressed body cannot be read in passing
+            if encoding in (b"", b"identity"):
                 if kind.startswith(b"text/event-stream"):
                     self.mode = SSE
                 elif self.budget is not None and b"json" in kind:
                     self.mode, self.copy = JSON, bytearray()
+            elif self.cuts:  # asked for identity, compressed anyway: nothing could count it
+                await self._refuse_encoded()
+                return
         await self._send({**message, "headers": [*headers, *self.extra]})
+
+    async def _refuse_encoded(self) -> None:
+        self.gone, self.status = True, 502
+        ids = [value.decode() for name, value in self.extra if name == b"guardrail-request-id"]
+        await send_problem(
+            self._send,
+            502,
+            problem="uncountable-response",
+            title="Bad Gateway",
+            detail=ENCODED,
+            error_type="server_error",
+            request_id=ids[0] if ids else "",
+            headers=self.extra,
+        )
 
     async def _body(self, body: bytes, message: Message) -> None:
         more = message.get("more_body", False)
