@@ -26,11 +26,11 @@ from guardrail.errors import GuardrailError
 from guardrail.forwarded import forwarded_nodes, host_of, xff_nodes
 
 __all__ = [
+    "MAX_ACCOUNT",
     "AccountConfig",
     "ApiKeyConfig",
     "ClientIpConfig",
     "IdentityConfig",
-    "MAX_ACCOUNT",
     "IdentityResolver",
     "Subject",
     "SubnetConfig",
@@ -299,7 +299,7 @@ class IdentityResolver:
                 if bits & _PROBE:
                     probe = value if probe is None else probe + b"," + value
             if probe is not None and peer is not None and client:
-                self._probe(probe, peer_host, client[1])
+                self._probe(probe, client)
 
         api_key: str | None = None
         if raw_key is not None:
@@ -357,10 +357,11 @@ class IdentityResolver:
             )
         return None
 
-    def _probe(self, xff: bytes, peer_host: str, peer_port: object) -> None:
+    def _probe(self, xff: bytes, client: Sequence[object]) -> None:
         """Warn once when the peer is a hop of the request's own X-Forwarded-For: the server
         took the client address from the header before guardrail saw the request. Quiet when
         guardrail would have concluded the same (the server trusts the proxies it trusts)."""
+        peer_host, peer_port = client[0], client[1]
         nodes = xff_nodes([xff])
         for i in range(len(nodes) - 1, -1, -1):
             node = nodes[i]
