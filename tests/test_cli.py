@@ -146,3 +146,33 @@ def test_check_warns_of_a_setting_that_leaves_a_way_around_and_still_accepts_it(
     assert warning.startswith(f"warning: {policy}:{line}: challenges.hcaptcha.on_error: 'open': ")
     assert "pow or closed" in warning
     assert out[-1] == f"{policy}: ok"
+
+
+@pytest.mark.parametrize(
+    ("proxies", "warned"), [("[]", True), ("[10.0.0.1]", False)], ids=["no-proxy", "proxy"]
+)
+def test_check_warns_of_an_account_header_no_proxy_can_send(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], proxies: str, warned: bool
+):
+    policy = tmp_path / "account.yaml"
+    policy.write_text(
+        f"""version: 1
+secret: env:GUARDRAIL_TEST_SECRET
+identity:
+  account: {{header: x-account-id}}
+  client_ip: {{trusted_proxies: {proxies}}}
+"""
+    )
+    assert main(["check", str(policy)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    warnings = [line for line in out if line.startswith("warning:")]
+    assert out[-1] == f"{policy}: ok"
+    if not warned:
+        assert warnings == []
+        return
+    [warning] = warnings
+    line = policy.read_text().splitlines().index("  account: {header: x-account-id}") + 1
+    assert warning.startswith(
+        f"warning: {policy}:{line}: identity.account.header: 'x-account-id': "
+    )
+    assert "trusted_proxies" in warning

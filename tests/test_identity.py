@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from starlette.types import Scope
 
 from guardrail.errors import GuardrailError
-from guardrail.identity import IdentityResolver, Subject, hash_key
+from guardrail.identity import MAX_ACCOUNT, IdentityResolver, Subject, hash_key
 from guardrail.policy import Policy
 
 SECRET = b"test-secret"
@@ -35,6 +35,7 @@ class Account:
 class ClientIp:
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     header: str = "x-forwarded-for"
+    ipv6_prefix: int = 64
 
 
 @dataclass(frozen=True)
@@ -334,6 +335,111 @@ def test_bad_prefix_refused(subnet: Subnet) -> None:
         resolver(subnet=subnet)
 
 
+# -- the per-ip identity of an IPv6 client: its network, which it can rotate inside ----------
+
+
+@pytest.mark.parametrize(
+    ("prefix", "peer", "ip_key"),
+    [
+        pytest.param(64, "2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64", id="v6-64"),
+        pytest.param(56, "2001:db8:1:2ff::1", "2001:db8:1:200::/56", id="v6-56"),
+        pytest.param(0, "2001:db8::1", "::/0", id="v6-0"),
+        pytest.param(128, "2001:db8::1", None, id="v6-128-is-the-address"),
+        pytest.param(64, "203.0.113.77", None, id="v4-is-the-address"),
+        pytest.param(64, "::ffff:203.0.113.77", None, id="mapped-is-v4"),
+    ],
+)
+def test_ip_key(prefix: int, peer: str, ip_key: str | None) -> None:
+    r = IdentityResolver(Identity(client_ip=ClientIp(ipv6_prefix=prefix)), SECRET)
+    subject = r.resolve(scope(peer))
+    assert subject.ip_key == ip_key
+    assert subject.ip == str(ip_address(peer.removeprefix("::ffff:")))  # the address itself
+
+
+def test_ip_key_of_a_forwarded_client() -> None:
+    r = resolver("127.0.0.1")
+    subject = r.resolve(scope("127.0.0.1", [("x-forwarded-for", "2001:db8:1:2::9")]))
+    assert (subject.ip, subject.ip_key) == ("2001:db8:1:2::9", "2001:db8:1:2::/64")
+
+
+@pytest.mark.parametrize("prefix", [-1, 129])
+def test_bad_ip_key_prefix_refused(prefix: int) -> None:
+    with pytest.raises(GuardrailError, match=r"client_ip\.ipv6_prefix"):
+        IdentityResolver(Identity(client_ip=ClientIp(ipv6_prefix=prefix)), SECRET)
+
+
+# -- a server that applied X-Forwarded-For before guardrail (uvicorn's proxy_headers) --------
+
+
+def rewritten(host: str, port: int, xff: str) -> Scope:
+    """The scope uvicorn's ProxyHeadersMiddleware hands on: ``client`` taken from the header."""
+    request = scope(host, [("x-forwarded-for", xff)])
+    request["client"] = (host, port)
+    return request
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "X-Forwarded-For" in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "xff"),
+    [
+        pytest.param("198.51.100.1", 0, "198.51.100.1", id="one-hop"),
+        pytest.param("198.51.100.1", 0, "6.6.6.6, 198.51.100.1", id="rightmost"),
+        pytest.param("198.51.100.1", 8080, "198.51.100.1:8080", id="with-port"),
+        pytest.param("2001:db8::1", 0, "2001:db8::1", id="v6"),
+    ],
+)
+def test_a_rewritten_client_is_reported_once(
+    caplog: pytest.LogCaptureFixture, host: str, port: int, xff: str
+) -> None:
+    r = resolver()
+    with caplog.at_level(logging.WARNING, logger="guardrail"):
+        subjects = [r.resolve(rewritten(host, port, xff)) for _ in range(3)]
+    assert [s.ip for s in subjects] == [host] * 3  # guardrail cannot know better
+    (message,) = warnings_of(caplog)
+    assert "proxy_headers" in message and "--forwarded-allow-ips" in message
+
+
+@pytest.mark.parametrize(
+    ("trusted", "host", "port", "xff"),
+    [
+        pytest.param((), "198.51.100.1", 40000, "198.51.100.1", id="a-real-source-port"),
+        pytest.param((), "198.51.100.1", 0, "198.51.100.2", id="not-a-hop"),
+        pytest.param((), "198.51.100.1", 8080, "198.51.100.1:8081", id="other-port"),
+        # the server trusts what guardrail trusts: it concluded what guardrail would have
+        pytest.param(LOCAL, "198.51.100.1", 0, "6.6.6.6, 198.51.100.1", id="same-proxies"),
+        pytest.param(LOCAL, "198.51.100.1", 0, "198.51.100.1, 10.0.0.5", id="trusted-hops"),
+    ],
+)
+def test_a_client_the_server_did_not_misplace_is_not_reported(
+    caplog: pytest.LogCaptureFixture, trusted: tuple[str, ...], host: str, port: int, xff: str
+) -> None:
+    r = resolver(*trusted)
+    with caplog.at_level(logging.WARNING, logger="guardrail"):
+        r.resolve(rewritten(host, port, xff))
+    assert warnings_of(caplog) == []
+
+
+def test_a_rewrite_past_an_untrusted_hop_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    # The server trusts 6.6.6.6 and guardrail does not: the client chose its address.
+    r = resolver(*LOCAL)
+    with caplog.at_level(logging.WARNING, logger="guardrail"):
+        r.resolve(rewritten("198.51.100.1", 0, "198.51.100.1, 6.6.6.6"))
+    assert len(warnings_of(caplog)) == 1
+
+
+def test_a_rewrite_is_reported_when_guardrail_reads_forwarded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The proxies write Forwarded and pass X-Forwarded-For through: the server read the client's.
+    r = resolver(*LOCAL, header="forwarded")
+    with caplog.at_level(logging.WARNING, logger="guardrail"):
+        r.resolve(rewritten("198.51.100.1", 0, "198.51.100.1"))
+    assert len(warnings_of(caplog)) == 1
+
+
 # -- api key --------------------------------------------------------------------------------
 
 
@@ -395,14 +501,51 @@ def test_api_key_never_raw() -> None:
     ],
 )
 def test_account_header(headers: list[tuple[str, str]], expected: str | None) -> None:
-    r = resolver(account=Account(header="X-Account-Id"))
-    assert r.resolve(scope(headers=headers)).account == expected
+    r = resolver("127.0.0.1", account=Account(header="X-Account-Id"))
+    assert r.resolve(scope("127.0.0.1", headers)).account == expected
+
+
+@pytest.mark.parametrize("trusted", [(), ("10.0.0.0/8",)], ids=["no-proxy", "other-proxy"])
+def test_account_header_from_an_untrusted_peer_is_not_read(trusted: tuple[str, ...]) -> None:
+    # It names the principal: from anyone, a limited key would come back under a new account
+    # and an allow-listed account would be anyone's to claim.
+    r = resolver(*trusted, account=Account(header="x-account-id"))
+    subject = r.resolve(scope("203.0.113.7", [("x-account-id", "partner")]))
+    assert subject.account is None
 
 
 def test_account_header_may_be_the_api_key_header() -> None:
-    r = resolver(api_key=ApiKey("x-tenant"), account=Account(header="x-tenant"))
-    subject = r.resolve(scope(headers=[("x-tenant", "t1")]))
+    r = resolver("127.0.0.1", api_key=ApiKey("x-tenant"), account=Account(header="x-tenant"))
+    subject = r.resolve(scope("127.0.0.1", [("x-tenant", "t1")]))
     assert (subject.api_key, subject.account) == (hash_key(SECRET, "t1"), "t1")
+    direct = r.resolve(scope("203.0.113.7", [("x-tenant", "t1")]))
+    assert (direct.api_key, direct.account) == (hash_key(SECRET, "t1"), None)
+
+
+@pytest.mark.parametrize(
+    ("length", "hashed"),
+    [(1, False), (MAX_ACCOUNT, False), (MAX_ACCOUNT + 1, True), (65_000, True)],
+)
+def test_long_account_header_is_its_keyed_hash(length: int, hashed: bool) -> None:
+    r = resolver("127.0.0.1", account=Account(header="x-account-id"))
+    raw = "a" * length
+    account = r.resolve(scope("127.0.0.1", [("x-account-id", f" {raw} ")])).account
+    assert account == (hash_key(SECRET, raw) if hashed else raw)
+
+
+@pytest.mark.parametrize("length", [MAX_ACCOUNT, MAX_ACCOUNT + 1, 100_000])
+def test_long_account_from_a_callable_is_its_keyed_hash(length: int) -> None:
+    raw = "é" * length
+    r = resolver(account=Account(resolve=lambda s: raw))
+    account = r.resolve(scope()).account
+    assert account == (raw if length <= MAX_ACCOUNT else hash_key(SECRET, raw))
+
+
+def test_long_accounts_do_not_collide() -> None:
+    r = resolver(account=Account(resolve=lambda s: s["path"]))
+    long = ["/" + "a" * MAX_ACCOUNT, "/" + "a" * MAX_ACCOUNT + "b"]
+    accounts = {r.resolve({**scope(), "path": p}).account for p in long}
+    assert len(accounts) == 2
 
 
 def test_account_callable_gets_the_scope() -> None:
@@ -487,7 +630,9 @@ def test_headers_that_are_not_utf8_do_not_raise(value: bytes, proxy_header: str)
     subject = r.resolve(scope("127.0.0.1", headers))
     assert subject.ip == "10.0.0.5"
     assert subject.api_key == "k:" + hmac.new(SECRET, value, hashlib.sha256).hexdigest()[:32]
-    assert subject.account == value.decode("latin-1")
+    assert subject.account == (
+        value.decode("latin-1") if len(value) <= MAX_ACCOUNT else subject.api_key
+    )
 
 
 def test_utf8_key_hashes_like_hash_key() -> None:
@@ -599,7 +744,11 @@ identity:
         ],
     )
     assert r.resolve(request) == Subject(
-        hash_key(SECRET, "sk-1"), "acct-9", "2001:db8:aa:bb::1", "2001:db8::/32"
+        hash_key(SECRET, "sk-1"),
+        "acct-9",
+        "2001:db8:aa:bb::1",
+        "2001:db8::/32",
+        "2001:db8:aa:bb::/64",
     )
     anonymous = IdentityResolver(Policy.from_string("version: 1").identity, SECRET)
     assert anonymous.resolve(scope("203.0.113.7", [("x-forwarded-for", "6.6.6.6")])) == Subject(

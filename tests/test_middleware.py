@@ -147,8 +147,10 @@ async def test_exempt_route_is_never_limited_nor_audited(tmp_path: Path, clock):
 
 async def test_decision_is_exposed_in_scope_state(tmp_path: Path, clock):
     app = build(tmp_path, clock)
-    async with client(app) as http:
-        response = await http.get("/page", headers={"x-account-id": "acct-42", **bearer("sk-z")})
+    # through the trusted proxy: the account header is read from no one else
+    async with client(app, peer="10.0.0.1") as http:
+        headers = {"x-account-id": "acct-42", "x-forwarded-for": "203.0.113.7", **bearer("sk-z")}
+        response = await http.get("/page", headers=headers)
     data = response.json()
     assert data["action"] == "allow"
     assert data["tier"] is None
@@ -173,6 +175,19 @@ async def test_forwarded_for_from_an_untrusted_peer_is_ignored(tmp_path: Path, c
     # Every request is the peer's: the third is limited although each claimed another address.
     assert [r.status_code for r in spoofed] == [200, 200, 429]
     assert spoofed[0].json()["subject"]["ip"] == "203.0.113.7"
+    await app.shutdown()
+
+
+async def test_ipv6_clients_of_one_64_share_their_per_ip_limit(tmp_path: Path, clock):
+    app = build(tmp_path, clock)
+    peers = ["2001:db8:1:2::1", "2001:db8:1:2:aaaa::2", "2001:db8:1:2:ffff::3", "2001:db8:1:3::1"]
+    responses = []
+    for peer in peers:
+        async with client(app, peer=peer) as http:
+            responses.append(await http.get("/page"))
+    # burst 2 a /64: the third address of 2001:db8:1:2::/64 is limited, the next /64 is not
+    assert [r.status_code for r in responses] == [200, 200, 429, 200]
+    assert responses[1].json()["subject"]["ip"] == "2001:db8:1:2:aaaa::2"  # audit: the address
     await app.shutdown()
 
 

@@ -195,7 +195,8 @@ async def test_allow_listed_accounts_are_never_escalated_but_still_limited(
     tmp_path: Path, clock: FakeClock
 ) -> None:
     app = build(tmp_path, clock, policy(5.0, extra="allow: {accounts: [acct-1]}\n"))
-    async with client(app) as http:
+    # through the trusted proxy: an account header from anyone else is not read
+    async with client(app, peer="10.0.0.1") as http:
         await warm_up(http, clock, n=8)
         response = await http.post("/v1/chat/completions", json=chat(9), headers=HEADERS)
         assert response.status_code == 200 and response.headers["x-seen-action"] == "allow"

@@ -53,6 +53,7 @@ BAD: dict[str, list[tuple[str, int | None]]] = {
     "verify_limits_in_tokens.yaml": [("challenges.verify_limits[1].cost", 6)],
     "bad_callable.yaml": [("identity.account.callable", 4)],
     "bad_size.yaml": [("routes[0].inspect_max_bytes", 7)],
+    "ipv6_prefix_out_of_range.yaml": [("identity.client_ip.ipv6_prefix", 5)],
     "bad_api_key_hash.yaml": [("allow.api_keys[0]", 4)],
     "not_a_mapping.yaml": [("", None)],
     "empty.yaml": [("", None)],
@@ -175,6 +176,7 @@ def test_defaults_of_a_minimal_policy() -> None:
     assert policy.identity.account is None
     assert policy.identity.client_ip.trusted_proxies == ()
     assert (policy.identity.subnet.ipv4_prefix, policy.identity.subnet.ipv6_prefix) == (24, 48)
+    assert policy.identity.client_ip.ipv6_prefix == 64  # an IPv6 client's per-ip identity
     assert policy.routes == () and policy.thresholds == () and policy.tiers == {}
     assert policy.risk.half_life == 21_600.0 and policy.risk.signals == {}
     assert policy.allow.accounts == policy.allow.api_keys == policy.allow.cidrs == ()

@@ -85,12 +85,31 @@ def _refusals_one_record_each(policy: Policy) -> Iterator[Caution]:
         )
 
 
+def _account_header_unread(policy: Policy) -> Iterator[Caution]:
+    identity = policy.identity
+    account = identity.account
+    if (
+        account is not None
+        and account.header is not None
+        and not identity.client_ip.trusted_proxies
+    ):
+        yield (
+            ("identity", "account", "header"),
+            account.header,
+            "an account header is believed only from identity.client_ip.trusted_proxies (a "
+            "client could name any account), and none is listed: every account is unknown. "
+            "List the proxy that sets the header (and drops the client's own), or use "
+            "account: {callable: ...}",
+        )
+
+
 CAUTIONS: tuple[Callable[[Policy], Iterator[Caution]], ...] = (
     _captcha_fails_open,
     _captcha_hostname_from_client,
     _captcha_test_sitekey,
     _verify_unlimited,
     _refusals_one_record_each,
+    _account_header_unread,
 )
 
 

@@ -2,6 +2,11 @@
 
 ``IdentityResolver.resolve`` runs on every request, so everything that can be is computed once in
 ``__init__`` and address parsing is memoised per distinct hop string.
+
+What a client writes becomes storage keys and records, so each identity is bounded: API keys are
+hashed, an account id longer than ``MAX_ACCOUNT`` characters is replaced by its keyed hash, and a
+forwarding hop longer than any address is not read. Headers that name the client (forwarding
+headers, the account header) are believed only from a trusted proxy.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from guardrail.errors import GuardrailError
 from guardrail.forwarded import forwarded_nodes, host_of, xff_nodes
 
 __all__ = [
+    "MAX_ACCOUNT",
     "AccountConfig",
     "ApiKeyConfig",
     "ClientIpConfig",
@@ -36,6 +42,10 @@ logger = logging.getLogger("guardrail.identity")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 UNKNOWN = "unknown"
+
+#: An account id longer than this many characters is keyed and logged as its keyed hash (as API
+#: keys are), so that a client cannot make storage keys and records of any size it likes.
+MAX_ACCOUNT = 128
 
 # policy.py owns the real models; these Protocols name only what is read here, so that this module
 # never imports policy at runtime. Properties keep them satisfiable by frozen models.
@@ -60,6 +70,9 @@ class ClientIpConfig(Protocol):
 
     @property
     def header(self) -> str: ...  # "x-forwarded-for" or "forwarded"
+
+    @property
+    def ipv6_prefix(self) -> int: ...  # per-ip identity of an IPv6 client: its /64 by default
 
 
 class SubnetConfig(Protocol):
@@ -111,12 +124,18 @@ class _KeyHasher:
 
 @dataclass(slots=True)
 class Subject:
-    """The identities of one request. ``api_key`` is always the keyed hash, never the key."""
+    """The identities of one request. ``api_key`` is always the keyed hash, never the key.
+
+    ``ip`` is the client's address (audit, siteverify, ``allow.cidrs``). ``ip_key`` is what
+    ``per: ip`` limits and a keyless risk principal key on when that is not the address itself:
+    an IPv6 client's network (``identity.client_ip.ipv6_prefix``), which it can rotate inside.
+    """
 
     api_key: str | None
     account: str | None
     ip: str
     subnet: str
+    ip_key: str | None = None  # None: the address (IPv4, or ipv6_prefix 128)
 
     def as_dict(self) -> dict[str, str]:
         """The audit record's ``subject`` object (SPEC §4), without the members that are None."""
@@ -135,10 +154,12 @@ class _Addr:
     ip: str
     subnet: str
     trusted: bool
+    key: str | None = None  # Subject.ip_key
 
 
-# Bits of what a header name is wanted for; one name may serve several purposes.
-_KEY, _ACCOUNT, _FORWARDED, _XFF = 1, 2, 4, 8
+# Bits of what a header name is wanted for; one name may serve several purposes. _PROBE: the
+# X-Forwarded-For of a direct request, read only to see whether the server already applied it.
+_KEY, _ACCOUNT, _FORWARDED, _XFF, _PROBE = 1, 2, 4, 8, 16
 
 # Longer than any address with brackets, port and a sane zone id: refuse without parsing or caching.
 _MAX_NODE = 100
@@ -161,17 +182,27 @@ class IdentityResolver:
         if config.api_key is not None:
             want(config.api_key.header, _KEY)
 
+        # The account header names the principal (its limits, its risk, `allow.accounts`), so
+        # like a forwarding header it is read only from a trusted proxy that sets it.
         self._account_of: Callable[[Scope], str | None] | None = None
         self._warned = False
         account = config.account
+        account_header: str | None = None
         if account is not None:
             # getattr: a header-based account model may not carry `resolve` at all.
             resolve: Callable[[Scope], str | None] | None = getattr(account, "resolve", None)
             if resolve is not None:
                 self._account_of = resolve
             elif account.header:
-                want(account.header, _ACCOUNT)
+                account_header = account.header
+        # A server that applies X-Forwarded-For itself (uvicorn's proxy_headers) hands over a
+        # client address the client wrote; direct requests are probed until that is seen.
+        self._wanted_plain = dict(wanted)
+        want("x-forwarded-for", _PROBE)
         self._wanted_direct = dict(wanted)
+        wanted = dict(self._wanted_plain)
+        if account_header is not None:
+            want(account_header, _ACCOUNT)
 
         # Exactly one forwarding header is read: the one the proxies write. Reading both lets a
         # client send the other one through a proxy that only appends to its own, and choose
@@ -186,6 +217,7 @@ class IdentityResolver:
                 f"client_ip.header {header!r}: expected x-forwarded-for or forwarded"
             )
         self._wanted_proxied = wanted
+        self._reads_xff = header == "x-forwarded-for"
 
         v4_prefix, v6_prefix = config.subnet.ipv4_prefix, config.subnet.ipv6_prefix
         if not 0 <= v4_prefix <= 32:
@@ -195,6 +227,13 @@ class IdentityResolver:
         self._v4_prefix, self._v6_prefix = v4_prefix, v6_prefix
         self._v4_mask = (0xFFFFFFFF << (32 - v4_prefix)) & 0xFFFFFFFF
         self._v6_mask = ((1 << 128) - 1) ^ ((1 << (128 - v6_prefix)) - 1)
+        ip_prefix = config.client_ip.ipv6_prefix
+        if not 0 <= ip_prefix <= 128:
+            raise GuardrailError(
+                f"identity.client_ip.ipv6_prefix must be 0..128, got {ip_prefix!r}"
+            )
+        self._ip_prefix = ip_prefix
+        self._ip_mask = ((1 << 128) - 1) ^ ((1 << (128 - ip_prefix)) - 1)
 
         # Single addresses go in a set (one lookup); real networks are scanned as (base, mask) ints.
         # Mapped networks (::ffff:a.b.c.d/n) are rewritten as IPv4, since addresses are normalised.
@@ -227,6 +266,7 @@ class IdentityResolver:
         self._parse = functools.lru_cache(maxsize=_CACHE_SIZE)(self._parse_node)
         # IPv6 text formatting is slow and many clients share a subnet.
         self._v6_subnet = functools.lru_cache(maxsize=_CACHE_SIZE)(self._format_v6_subnet)
+        self._v6_key = functools.lru_cache(maxsize=_CACHE_SIZE)(self._format_v6_key)
 
     def resolve(self, scope: Scope) -> Subject:
         """The subject of one request. Never raises on what a client can send."""
@@ -241,6 +281,7 @@ class IdentityResolver:
         raw_account: bytes | None = None
         forwarded: list[bytes] = []
         xff: list[bytes] = []
+        probe: bytes | None = None
         wanted = self._wanted_proxied if proxied else self._wanted_direct
         if wanted:
             for name, value in scope.get("headers", ()):
@@ -255,6 +296,10 @@ class IdentityResolver:
                     forwarded.append(value)
                 if bits & _XFF:
                     xff.append(value)
+                if bits & _PROBE:
+                    probe = value if probe is None else probe + b"," + value
+            if probe is not None and peer is not None and client:
+                self._probe(probe, client)
 
         api_key: str | None = None
         if raw_key is not None:
@@ -266,8 +311,12 @@ class IdentityResolver:
         if self._account_of is not None:
             account = self._call_account_of(self._account_of, scope)
         elif raw_account is not None:
-            # latin-1 never fails and matches what Starlette's request.headers shows the app.
-            account = raw_account.decode("latin-1").strip() or None
+            raw_account = raw_account.strip()
+            if len(raw_account) > MAX_ACCOUNT:
+                account = self._hash(raw_account)
+            else:
+                # latin-1 never fails and matches what Starlette's request.headers shows the app.
+                account = raw_account.decode("latin-1") or None
 
         if peer is None:
             ip = subnet = peer_host if isinstance(peer_host, str) and peer_host else UNKNOWN
@@ -276,7 +325,7 @@ class IdentityResolver:
             nodes = forwarded_nodes(forwarded) if forwarded else xff_nodes(xff) if xff else None
             if nodes:
                 peer = self._walk(nodes, peer)
-        return Subject(api_key, account, peer.ip, peer.subnet)
+        return Subject(api_key, account, peer.ip, peer.subnet, peer.key)
 
     def subnet_of(self, ip: str) -> str:
         """The subnet string for an address; anything that is not an address is its own subnet."""
@@ -297,6 +346,8 @@ class IdentityResolver:
                 )
             return None
         if result is None or isinstance(result, str):
+            if result is not None and len(result) > MAX_ACCOUNT:
+                return self._hash(result.encode("utf-8", "surrogatepass"))
             return result or None
         if not self._warned:
             self._warned = True
@@ -305,6 +356,37 @@ class IdentityResolver:
                 type(result).__name__,
             )
         return None
+
+    def _probe(self, xff: bytes, client: Sequence[object]) -> None:
+        """Warn once when the peer is a hop of the request's own X-Forwarded-For: the server
+        took the client address from the header before guardrail saw the request. Quiet when
+        guardrail would have concluded the same (the server trusts the proxies it trusts)."""
+        peer_host, peer_port = client[0], client[1]
+        nodes = xff_nodes([xff])
+        for i in range(len(nodes) - 1, -1, -1):
+            node = nodes[i]
+            if node is None or len(node) > _MAX_NODE or host_of(node) != peer_host:
+                continue
+            if peer_port != 0 and not node.endswith(f":{peer_port}"):
+                continue  # a real TCP source port: the server did not take it from the header
+            right = [self._lookup(hop) if hop is not None else None for hop in nodes[i + 1 :]]
+            if (
+                self._reads_xff
+                and (self._v4_hosts or self._v6_hosts or self._v4_nets or self._v6_nets)
+                and all(hop is not None and hop.trusted for hop in right)
+            ):
+                return
+            self._wanted_direct = self._wanted_plain  # said once; stop probing
+            logger.warning(
+                "guardrail: the server set the client address from the request's own "
+                "X-Forwarded-For (%s) before guardrail saw it: per-ip limits and keyless risk "
+                "follow whatever a client writes there. uvicorn does this by default for peers "
+                "in --forwarded-allow-ips (127.0.0.1): run it with --no-proxy-headers "
+                "(proxy_headers=False) and let identity.client_ip.trusted_proxies decide, or "
+                "give --forwarded-allow-ips exactly the proxies in trusted_proxies.",
+                peer_host,
+            )
+            return
 
     def _walk(self, nodes: list[str | None], peer: _Addr) -> _Addr:
         # Each proxy appends the address it saw, so the trustworthy end is the right one.
@@ -340,7 +422,8 @@ class IdentityResolver:
             return self._v4(str(mapped), int(mapped))
         n = int(addr)
         trusted = n in self._v6_hosts or any((n & m) == b for b, m in self._v6_nets)
-        return _Addr(str(addr), self._v6_subnet(n & self._v6_mask), trusted)
+        key = None if self._ip_prefix == 128 else self._v6_key(n & self._ip_mask)
+        return _Addr(str(addr), self._v6_subnet(n & self._v6_mask), trusted, key)
 
     def _v4(self, ip: str, n: int) -> _Addr:
         trusted = n in self._v4_hosts or any((n & m) == b for b, m in self._v4_nets)
@@ -350,6 +433,9 @@ class IdentityResolver:
 
     def _format_v6_subnet(self, base: int) -> str:
         return f"{ipaddress.IPv6Address(base)}/{self._v6_prefix}"
+
+    def _format_v6_key(self, base: int) -> str:
+        return f"{ipaddress.IPv6Address(base)}/{self._ip_prefix}"
 
 
 def _v4_int(host: str) -> int | None:

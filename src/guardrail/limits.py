@@ -43,9 +43,9 @@ class CompiledLimit:
         if per == "api_key":
             if subject.api_key is not None:
                 return "api_key:" + subject.api_key
-            return "ip:" + subject.ip
+            return "ip:" + (subject.ip_key or subject.ip)
         if per == "ip":
-            return "ip:" + subject.ip
+            return "ip:" + (subject.ip_key or subject.ip)
         if per == "subnet":
             return "subnet:" + subject.subnet
         return "global"
@@ -81,7 +81,7 @@ class CompiledRoute:
         for lim in self.charged:
             per = lim.per
             if per == "ip":
-                key = "ip:" + subject.ip
+                key = "ip:" + (subject.ip_key or subject.ip)
             elif per == "subnet":
                 key = "subnet:" + subject.subnet
             elif per == "api_key" and subject.api_key is not None:

@@ -101,6 +101,9 @@ class ClientIp(_Model):
     # The one forwarding header the trusted proxies write; the other is never read (a proxy
     # that appends to one passes the other through from the client, who could choose its IP).
     header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
+    # An IPv6 client is given a whole /64 (SLAAC, privacy addresses) and can rotate inside it:
+    # per-ip limits and a keyless principal key on this many leading bits. IPv4: the address.
+    ipv6_prefix: int = Field(default=64, ge=0, le=128, strict=True)
 
 
 class SubnetConfig(_Model):

@@ -10,7 +10,7 @@ import pytest
 from guardrail.identity import Subject
 from guardrail.policy import Policy
 from guardrail.signals.catalog import SIGNALS
-from guardrail.signals.engine import RiskEngine
+from guardrail.signals.engine import RiskEngine, principal_of
 from guardrail.signals.state import Band
 
 from .streams import BASE_POLICY, START, human, steady, templated
@@ -28,6 +28,20 @@ risk:
     )
 )
 ASK = "Please answer this and show your full reasoning, question number {}"
+
+
+@pytest.mark.parametrize(
+    ("subject", "principal"),
+    [
+        (Subject("k:" + "a" * 32, "acct", "192.0.2.1", "192.0.2.0/24"), "a:acct"),
+        (Subject("k:" + "a" * 32, None, "192.0.2.1", "192.0.2.0/24"), "k:" + "a" * 32),
+        (Subject(None, None, "192.0.2.1", "192.0.2.0/24"), "i:192.0.2.1"),
+        # a keyless IPv6 client is its network: it can rotate addresses inside it at will
+        (Subject(None, None, "2001:db8::9", "2001:db8::/48", "2001:db8::/64"), "i:2001:db8::/64"),
+    ],
+)
+def test_principal(subject: Subject, principal: str) -> None:
+    assert principal_of(subject) == principal
 
 
 def test_no_signal_alone_reaches_the_lowest_example_threshold() -> None:

@@ -228,6 +228,22 @@ def test_simulate_command_prints_the_table(
         assert text in out
 
 
+def test_simulate_says_when_the_policy_does_not_trust_its_proxy(
+    tmp_path: Path, repo_cwd: None, example_secret: None, capsys: pytest.CaptureFixture[str]
+):
+    # Accounts and addresses are believed only from a trusted proxy; the run says what it
+    # cannot show rather than the rule being relaxed for it.
+    example = Path("examples/policy.yaml").read_text()
+    assert "trusted_proxies: [127.0.0.1/32" in example
+    assert main(["simulate", "--scale", "0.02", "--days", "0.01"]) == 0
+    assert "trusted_proxies" not in capsys.readouterr().err
+    untrusted = tmp_path / "untrusted.yaml"
+    untrusted.write_text(example.replace("trusted_proxies: [127.0.0.1/32, ", "trusted_proxies: ["))
+    assert main(["simulate", "--policy", str(untrusted), "--scale", "0.02", "--days", "0.01"]) == 0
+    err = capsys.readouterr().err
+    assert "127.0.0.1, which identity.client_ip.trusted_proxies does not list" in err
+
+
 def test_simulate_without_a_policy_exits_2_naming_the_option(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ):

@@ -141,7 +141,7 @@ def principal_of(subject: Subject) -> str:
         return "a:" + subject.account
     if subject.api_key is not None:
         return subject.api_key  # already "k:<keyed hash>"
-    return "i:" + subject.ip
+    return "i:" + (subject.ip_key or subject.ip)  # an IPv6 client's network, not its /128
 
 
 class RiskEngine:

@@ -183,9 +183,11 @@ def _run(args: argparse.Namespace) -> int:
     from guardrail.policy import Policy
     from guardrail.simulate.populations import EPOCH, window
     from guardrail.simulate.report import render, report
-    from guardrail.simulate.runner import Config, simulate
+    from guardrail.simulate.runner import Config, proxy_untrusted, simulate
 
     policy = Policy.from_yaml(policy_path)
+    if (note := proxy_untrusted(policy)) is not None:
+        print(f"guardrail simulate: note: {note}", file=sys.stderr)
     app = load_app(args.app)
     config = Config(seed=args.seed, days=args.days, scale=args.scale)
     end = window(args.seed, args.days).end

@@ -11,6 +11,7 @@ is read back from ``scope["state"]["guardrail"]``. The clock is set to each requ
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -30,6 +31,21 @@ MITIGATIONS = ("throttle", "challenge", "block")
 
 Progress = Callable[[float, int], None]
 Pause = Callable[[], Awaitable[None]]
+
+
+def proxy_untrusted(policy: Policy) -> str | None:
+    """What the run cannot show when the policy does not trust the simulated proxy: clients'
+    addresses and account headers are believed only from a trusted proxy (issue 11), so every
+    simulated client would be the proxy, without an account. None when it is trusted."""
+    proxy = ipaddress.ip_address(PROXY[0])
+    if any(proxy in net for net in policy.identity.client_ip.trusted_proxies):
+        return None
+    return (
+        f"the simulated traffic arrives through a proxy at {PROXY[0]}, which "
+        "identity.client_ip.trusted_proxies does not list: every client is that one address "
+        f"and no account header is read. Add {PROXY[0]}/32 to simulate a deployment behind "
+        "a reverse proxy."
+    )
 
 
 class SimClock:
