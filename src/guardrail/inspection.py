@@ -1,12 +1,14 @@
 """Read an OpenAI-style JSON request body for inspection, then replay it to the app unchanged.
 
-The body is read only up to the route's ``inspect_max_bytes``; the messages already read are
-replayed exactly as received (same chunks, same ``more_body`` flags) before the rest streams on
-from the server, so the app sees the request byte for byte.
+The body is read only up to the route's ``inspect_max_bytes``, and within its
+``inspect_timeout``; the messages already read are replayed exactly as received (same chunks,
+same ``more_body`` flags) before the rest streams on from the server, so the app sees the
+request byte for byte.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from typing import Any
 import orjson
 from starlette.types import Message, Receive, Scope
 
+from guardrail.deadlines import Deadlines
 from guardrail.metering import OPENAI, Meter
 
 
@@ -75,23 +78,47 @@ class Replay:
         return await self._receive()
 
 
-async def read_body(receive: Receive, max_bytes: int) -> tuple[bytes | None, Replay]:
-    """The whole body if it fits in ``max_bytes`` (else None), and a receive that replays it."""
+class BodyTimeout(Exception):
+    """The client did not send the body (up to what is read of it) before the deadline.
+    ``replay`` hands the app what did arrive, then defers to the server."""
+
+    def __init__(self, replay: Replay) -> None:
+        super().__init__("request body not received in time")
+        self.replay = replay
+
+
+async def read_body(
+    receive: Receive,
+    max_bytes: int,
+    deadlines: Deadlines | None = None,
+    within: float = 0.0,
+) -> tuple[bytes | None, Replay]:
+    """The whole body if it fits in ``max_bytes`` (else None), and a receive that replays it.
+    With ``deadlines``, raises ``BodyTimeout`` if reading takes more than ``within`` seconds."""
     messages: list[Message] = []
     chunks: list[bytes] = []
     size = 0
     complete = False
-    while size <= max_bytes:
-        message = await receive()
-        messages.append(message)
-        if message["type"] != "http.request":
-            break  # http.disconnect: the app will see it too
-        chunk = message.get("body", b"")
-        chunks.append(chunk)
-        size += len(chunk)
-        if not message.get("more_body", False):
-            complete = size <= max_bytes
-            break
+    watched = deadlines.start(within) if deadlines is not None else None
+    try:
+        while size <= max_bytes:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break  # http.disconnect: the app will see it too
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            if not message.get("more_body", False):
+                complete = size <= max_bytes
+                break
+    except asyncio.CancelledError:
+        if watched is not None and deadlines is not None and deadlines.expired(watched):
+            raise BodyTimeout(Replay(messages, receive)) from None
+        raise
+    finally:
+        if watched is not None and deadlines is not None:
+            deadlines.stop(watched)
     return (b"".join(chunks) if complete else None), Replay(messages, receive)
 
 
@@ -121,3 +148,13 @@ def declared_size(scope: Scope, unread: int) -> int:
             except ValueError:
                 break
     return unread
+
+
+def declares_body(scope: Scope) -> bool:
+    """Does the request say a body follows (a Content-Length other than 0, or chunked)?"""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return value.strip() != b"0"
+        if name == b"transfer-encoding":
+            return True
+    return False

@@ -65,6 +65,7 @@ class CompiledRoute:
     inspect: str | None
     meter: Meter | None  # what reads the inspected body and its response (inspect)
     inspect_max_bytes: int
+    inspect_timeout: float  # seconds the body may take to arrive
     headers: bool
     limits: tuple[CompiledLimit, ...]
     charged: tuple[CompiledLimit, ...]  # request limits: each request costs its `cost`
@@ -148,6 +149,7 @@ def compile_route(route: Route) -> CompiledRoute:
         inspect=route.inspect,
         meter=None if route.inspect is None else import_meter(route.inspect),
         inspect_max_bytes=route.inspect_max_bytes,
+        inspect_timeout=route.inspect_timeout,
         headers=route.headers,
         limits=compiled,
         charged=charged,

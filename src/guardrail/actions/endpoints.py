@@ -17,10 +17,11 @@ from guardrail.actions import challenge, verify
 from guardrail.actions.block import send_blocked
 from guardrail.actions.limit import send_unavailable
 from guardrail.actions.problem import send_problem
+from guardrail.actions.timeout import send_timeout
 from guardrail.audit import format_ts
 from guardrail.decision import Decision
 from guardrail.errors import ClearanceError, StorageError
-from guardrail.inspection import read_body
+from guardrail.inspection import BodyTimeout, read_body
 from guardrail.signals.engine import principal_of
 
 if TYPE_CHECKING:
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 
 #: What ``challenge.issue`` makes: token_urlsafe, 24 characters.
 _CHALLENGE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: Seconds an answer (a small form) may take to arrive: a stalled one must not hold on.
+ANSWER_WITHIN = 10.0
 
 
 class ChallengeDesk:
@@ -147,7 +150,11 @@ class ChallengeDesk:
         request_id = self.g.request_ids()
         headers = [(b"guardrail-request-id", request_id.encode()), (b"cache-control", b"no-store")]
         decision = Decision(request_id, "challenge", self.g.identity.resolve(scope), self.g.enforce)
-        raw, _ = await read_body(receive, verify.MAX_BODY)
+        try:
+            raw, _ = await read_body(receive, verify.MAX_BODY, self.g.deadlines, ANSWER_WITHIN)
+        except BodyTimeout:
+            await send_timeout(send, waited=ANSWER_WITHIN, request_id=request_id, headers=headers)
+            return
         try:
             if scope["method"] != "POST":
                 raise verify.AnswerError("POST the answer to a challenge here")
