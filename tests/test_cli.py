@@ -143,3 +143,24 @@ def test_check_warns_of_a_setting_that_leaves_a_way_around_and_still_accepts_it(
     assert warning.startswith(f"warning: {policy}:{line}: challenges.hcaptcha.on_error: 'open': ")
     assert "pow or closed" in warning
     assert out[-1] == f"{policy}: ok"
+
+
+def test_check_warns_of_a_body_deadline_too_long_to_bound_stalled_clients(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    policy = tmp_path / "slow.yaml"
+    policy.write_text(
+        """version: 1
+secret: env:GUARDRAIL_TEST_SECRET
+routes:
+  - name: inference
+    match: {path: /v1/}
+    inspect: openai
+    inspect_timeout: 5m
+"""
+    )
+    assert main(["check", str(policy)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    [warning] = [line for line in out if line.startswith("warning:")]
+    assert warning.startswith(f"warning: {policy}:7: routes[0].inspect_timeout: 300.0: ")
+    assert "at most 60s" in warning

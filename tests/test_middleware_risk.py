@@ -349,3 +349,94 @@ async def test_the_tiers_own_429s_do_not_push_a_throttled_client_into_a_challeng
             clock.advance(1)
     assert actions == {"served", "limit"}
     await app.shutdown()
+
+
+def asgi_post() -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "headers": [
+            *((name.encode(), value.encode()) for name, value in HEADERS.items()),
+            (b"content-type", b"application/json"),
+            (b"content-length", b"100000"),
+        ],
+        "client": ("203.0.113.7", 1),
+        "query_string": b"",
+    }
+
+
+async def test_a_principal_in_a_refusing_band_is_answered_before_its_body(
+    tmp_path: Path, clock: FakeClock, storage: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from guardrail.backends.redis import RedisStorage
+    from guardrail.backends.risk_redis import RedisRiskStore
+
+    trips: list[str] = []
+    execute, charge = RedisRiskStore._execute, RedisStorage.charge
+
+    async def traced_execute(self: RedisRiskStore, commands: Any) -> Any:
+        trips.append("risk")
+        return await execute(self, commands)
+
+    async def traced_charge(self: RedisStorage, charges: Any, now: float) -> Any:
+        trips.append("charge")
+        return await charge(self, charges, now)
+
+    monkeypatch.setattr(RedisRiskStore, "_execute", traced_execute)
+    monkeypatch.setattr(RedisStorage, "charge", traced_charge)
+    app = build(tmp_path, clock, policy(5.0), storage=storage)
+    async with client(app) as http:
+        await warm_up(http, clock)
+        blocked = await http.post("/v1/chat/completions", json=chat(9), headers=HEADERS)
+    assert blocked.status_code == 403  # assessed with its body: the block band
+    reads: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        reads.append("read")
+        return {"type": "http.request", "body": json.dumps(chat(10)).encode()}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    trips.clear()
+    clock.advance(1.0)
+    await app(asgi_post(), receive, send)
+    assert sent[0]["status"] == 403 and not reads
+    assert not trips  # no storage round trip either
+    assert (b"guardrail-action", b"block") in sent[0]["headers"]
+    clock.advance(10.0)  # RECHECK: the next request is assessed in full again, body and all
+    await app(asgi_post(), receive, send)
+    assert sent[2]["status"] == 403 and reads == ["read"]
+    await app.shutdown()
+    records = [r for r in audit_records(tmp_path) if r["action"] == "block"]
+    assert len(records) == 3
+    # the early answer's record names the signals of the assessment that put it there
+    assert records[1]["signals"] == records[0]["signals"] != {}
+    assert records[1]["score"] == records[0]["score"]
+
+
+async def test_the_challenge_band_is_answered_before_the_body_unless_cleared(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    app = build(tmp_path, clock, policy(4.0))
+    async with client(app) as http:
+        await warm_up(http, clock)
+        challenged = await http.post("/v1/chat/completions", json=chat(9), headers=HEADERS)
+    assert challenged.status_code == 403  # the challenge band
+
+    async def unread() -> dict[str, Any]:
+        raise AssertionError("the body was read")
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(asgi_post(), unread, send)
+    assert sent[0]["status"] == 403
+    assert (b"guardrail-action", b"challenge") in sent[0]["headers"]
+    assert json.loads(sent[1]["body"])["error"]["code"] == "challenge_required"
+    await app.shutdown()

@@ -695,3 +695,22 @@ def test_check_files_turns_a_crash_into_an_issue(monkeypatch: pytest.MonkeyPatch
     issues = check_files([good, bad])
     assert issues[0].file == good and "RuntimeError: boom" in issues[0].expected
     assert [issue.file for issue in issues[1:]] == [bad]
+
+
+def test_inspect_timeout_is_a_positive_duration_ten_seconds_by_default():
+    route = """
+version: 1
+secret: env:GUARDRAIL_TEST_SECRET
+routes:
+  - name: inference
+    match: {path: /v1/}
+    inspect: openai
+"""
+    assert Policy.from_string(route).routes[0].inspect_timeout == 10.0
+    assert (
+        Policy.from_string(route + "    inspect_timeout: 1.5s\n").routes[0].inspect_timeout == 1.5
+    )
+    with pytest.raises(PolicyError) as refused:
+        Policy.from_string(route + "    inspect_timeout: 0s\n")
+    [issue] = refused.value.issues
+    assert (issue.line, issue.path) == (8, "routes[0].inspect_timeout")

@@ -11,6 +11,7 @@ before the body is read), and a body that stalls gets a 408 at the route's deadl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import gc
 import json
@@ -36,7 +37,7 @@ ANSWER_WITHIN = 5.0  # seconds, well under the default inspect_timeout (10 s)
 ASK = "Please answer this question and show your full reasoning, number {}"
 
 
-def policy(limit: str = "{per: api_key, rate: 2/minute, burst: 2}") -> str:
+def policy(limit: str = "{per: api_key, rate: 2/minute, burst: 2}", route: str = "") -> str:
     # Only reasoning_extraction counts, weighted so that four prompts asking for reasoning
     # put a key in the block band.
     weights = "".join(
@@ -52,7 +53,7 @@ routes:
   - name: inference
     match: {{path: "{PATH}$", methods: [POST]}}
     inspect: openai
-    limits:
+{route}    limits:
       - {limit}
 risk:
   signals:
@@ -126,10 +127,8 @@ def held_bytes() -> int:
     """The server's resident memory, with what was freed given back to the system first (glibc
     keeps freed heap otherwise, and the figure is what the server holds, not what it held)."""
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
     return rss_bytes()
 
 
@@ -193,3 +192,42 @@ async def test_a_blocked_key_gets_its_403_without_its_body_being_read(tmp_path: 
     )
     assert blocked == CONNECTIONS, counts
     assert grown < 20e6
+
+
+async def test_a_body_that_stalls_gets_a_408_at_the_deadline_and_its_connection_closed(
+    tmp_path: Path,
+):
+    app = guarded(tmp_path, "memory://", policy(route="    inspect_timeout: 0.5s\n"))
+    loop = asyncio.get_running_loop()
+    async with served(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        sock = socket.socket()
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        head = (
+            f"POST {PATH} HTTP/1.1\r\nhost: t\r\nauthorization: Bearer sk-slow\r\n"
+            f"content-type: application/json\r\ncontent-length: {DECLARED}\r\n\r\n"
+        )
+        started = time.monotonic()
+        await loop.sock_sendall(sock, head.encode() + STALLED_BODY[:5000])
+        answer = b""
+        try:
+            async with asyncio.timeout(ANSWER_WITHIN):
+                while chunk := await loop.sock_recv(sock, 65536):  # until the server closes
+                    answer += chunk
+        except TimeoutError:
+            pass
+        took = time.monotonic() - started
+        closed = time.monotonic() - started < ANSWER_WITHIN
+        sock.close()
+    await app.shutdown()
+    print(f"\n{answer[:12]!r} after {took:.2f} s (deadline 0.5 s), connection closed: {closed}")
+    head_text, _, body = answer.partition(b"\r\n\r\n")
+    assert head_text.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert took < 2.0  # the deadline, met within a tick (0.05 s) and the server's own pace
+    assert closed  # the server let the connection go
+    assert b"content-type: application/problem+json" in head_text.lower()
+    problem = json.loads(body)
+    assert problem["status"] == 408 and problem["error"]["code"] == "request_timeout"
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [(r["action"], r["status"]) for r in records] == [("timeout", 408)]
