@@ -154,7 +154,7 @@ def declares_body(scope: Scope) -> bool:
     """Does the request say a body follows (a Content-Length other than 0, or chunked)?"""
     for name, value in scope["headers"]:
         if name == b"content-length":
-            return value.strip() != b"0"
+            return bytes(value).strip() != b"0"
         if name == b"transfer-encoding":
             return True
     return False
