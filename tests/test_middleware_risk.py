@@ -440,3 +440,17 @@ async def test_the_challenge_band_is_answered_before_the_body_unless_cleared(
     assert (b"guardrail-action", b"challenge") in sent[0]["headers"]
     assert json.loads(sent[1]["body"])["error"]["code"] == "challenge_required"
     await app.shutdown()
+
+
+async def test_a_banded_principal_from_an_allow_listed_network_is_still_not_escalated(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    app = build(tmp_path, clock, policy(5.0, extra="allow: {cidrs: [198.51.100.0/24]}\n"))
+    async with client(app) as http:
+        await warm_up(http, clock)
+        blocked = await http.post("/v1/chat/completions", json=chat(9), headers=HEADERS)
+    assert blocked.status_code == 403  # known to be in the block band from here on
+    async with client(app, peer="198.51.100.7") as allowed:
+        response = await allowed.post("/v1/chat/completions", json=chat(10), headers=HEADERS)
+    assert response.status_code == 200  # as before the band was known: allow: is never escalated
+    await app.shutdown()

@@ -440,7 +440,10 @@ class Guardrail:
             # Its body is not read: the server would hold what arrived of it (uvicorn: up to
             # 64 KiB) while the client, if it stalls, keeps the connection open.
             headers.append((b"connection", b"close"))
-        known = self.bands.band(principal_of(subject), now) if self.bands else None
+        known = None
+        risk = self.risk
+        if self.bands and risk is not None and not risk.exempt(subject):  # allow: never escalated
+            known = self.bands.band(principal_of(subject), now)
         if known is not None and known.threshold is not None:
             decision.action, decision.score = known.threshold.action, known.score
             decision.assessment = known  # the one that put it there: its signals for the record
