@@ -3,7 +3,9 @@ challenge (403 with the challenge; an HTML page for browsers), block, observe, a
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -454,3 +456,42 @@ async def test_a_banded_principal_from_an_allow_listed_network_is_still_not_esca
         response = await allowed.post("/v1/chat/completions", json=chat(10), headers=HEADERS)
     assert response.status_code == 200  # as before the band was known: allow: is never escalated
     await app.shutdown()
+
+
+async def test_a_stalled_body_still_tells_the_band_so_the_next_are_refused_before_theirs(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    app = build(tmp_path, clock, policy(5.0))
+    async with client(app) as http:
+        await warm_up(http, clock)
+        assert (
+            await http.post("/v1/chat/completions", json=chat(9), headers=HEADERS)
+        ).status_code == 403
+    clock.advance(10.0)  # RECHECK: the band is no longer known
+    release = asyncio.Event()
+
+    async def stalled() -> dict[str, Any]:
+        await release.wait()
+        raise AssertionError("never released")
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    request = asyncio.create_task(app(asgi_post(), stalled, send))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    app.deadlines.sweep(time.monotonic() + 10.0)
+    await request
+    assert sent[0]["status"] == 408
+
+    async def unread() -> dict[str, Any]:
+        raise AssertionError("the body was read")
+
+    await app(asgi_post(), unread, send)  # known again, from the stalled request's assessment
+    assert sent[2]["status"] == 403
+    await app.shutdown()
+    records = audit_records(tmp_path)
+    assert [(r["action"], r["status"]) for r in records[-2:]] == [("timeout", 408), ("block", 403)]
+    assert records[-2]["score"] == records[-1]["score"] > 95

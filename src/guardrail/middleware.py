@@ -436,10 +436,6 @@ class Guardrail:
         and whether a clearance was checked (and counted) on the way."""
         cleared = False
         subject = decision.subject
-        if declares_body(scope):
-            # Its body is not read: the server would hold what arrived of it (uvicorn: up to
-            # 64 KiB) while the client, if it stalls, keeps the connection open.
-            headers.append((b"connection", b"close"))
         known = None
         risk = self.risk
         if self.bands and risk is not None and not risk.exempt(subject):  # allow: never escalated
@@ -449,7 +445,7 @@ class Guardrail:
             decision.assessment = known  # the one that put it there: its signals for the record
             if decision.action == BLOCK or not await self.desk.cleared(scope, decision, now):
                 self._record(scope, decision, now, 403)  # before sending: the client may go
-                await self.desk.refuse(scope, send, decision, now, headers)
+                await self.desk.refuse(scope, send, decision, now, _unread(scope, headers))
                 return True, False
             decision.action, decision.score, decision.assessment = ALLOW, 0.0, None
             cleared = True  # assessed below, with the body
@@ -461,7 +457,9 @@ class Guardrail:
         decision.action, decision.outcome, decision.limits = LIMIT, outcome, (lim,)
         hit = decision.limit
         assert hit is not None
-        headers += ratelimit_headers(route.requests_policy, (lim,), outcome)
+        headers = _unread(scope, headers) + ratelimit_headers(
+            route.requests_policy, (lim,), outcome
+        )
         self._record(scope, decision, now, 429)
         await send_limited(send, hit=hit, request_id=decision.request_id, headers=headers)
         return True, cleared
@@ -476,9 +474,9 @@ class Guardrail:
         headers: list[tuple[bytes, bytes]],
     ) -> None:
         """The body did not arrive in time: 408, and the connection closed. The risk engine
-        still looks at the request (without a body, writing nothing), so that a principal in a
-        refusing band is refused before the body of its next requests even when it stalls
-        every one."""
+        still looks at the request (without its body; nothing is committed), so that a
+        principal in a refusing band is refused before the body of its next requests even when
+        it stalls every one."""
         if self.risk is not None:
             await self._assess(route, decision, scope, now)
         decision.action, decision.tier = TIMEOUT, None
@@ -614,3 +612,12 @@ class Guardrail:
 
     def _record(self, scope: Scope, decision: Decision, now: float, status: int) -> None:
         self.audit.emit(decision_record(self.policy, scope, decision, now, status))
+
+
+def _unread(scope: Scope, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The headers of an answer given without reading a body the request declares: the
+    connection is closed after it, or the server would hold what arrived of the body (uvicorn:
+    up to 64 KiB) for as long as a stalling client keeps the connection open."""
+    if declares_body(scope):
+        return [*headers, (b"connection", b"close")]
+    return headers
