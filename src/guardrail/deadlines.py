@@ -34,7 +34,7 @@ class Deadlines:
         assert task is not None  # an ASGI request always runs in a task
         self._due[task] = monotonic() + timeout
         if self._timer is None or self._loop is not task.get_loop():
-            self._arm(task.get_loop())
+            self._arm(task.get_loop())  # the first read, or a new event loop
         return task
 
     def stop(self, task: asyncio.Task[object]) -> None:

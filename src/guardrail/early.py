@@ -45,14 +45,14 @@ REFUSING = frozenset(("challenge", "block"))
 class Refusals:
     """Request buckets refused until a time, by the hash of (subject key, bucket name)."""
 
-    __slots__ = ("_until", "max_entries")
+    __slots__ = ("max_entries", "until")
 
     def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
         self.max_entries = max_entries
-        self._until: OrderedDict[int, float] = OrderedDict()
+        self.until: OrderedDict[int, float] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._until)
+        return len(self.until)
 
     def learn(self, route: CompiledRoute, subject: Subject, outcome: Outcome, now: float) -> None:
         """Remember the route's request buckets that refused ``outcome`` (the route's own
@@ -61,10 +61,10 @@ class Refusals:
         for lim, state in zip(route.charged, outcome.states, strict=False):
             if state.retry_after > 0:
                 key = hash((lim.subject_key(subject), lim.name))
-                self._until[key] = now + state.retry_after
-                self._until.move_to_end(key)  # the oldest dropped first: the least recently learnt
-                if len(self._until) > self.max_entries:
-                    self._until.popitem(last=False)
+                self.until[key] = now + state.retry_after
+                self.until.move_to_end(key)  # the oldest dropped first: the least recently learnt
+                if len(self.until) > self.max_entries:
+                    self.until.popitem(last=False)
 
     def refusing(
         self, route: CompiledRoute, subject: Subject, now: float
@@ -72,7 +72,7 @@ class Refusals:
         """The route's request limit known to refuse ``subject`` longest at ``now``, and its
         state as the storage would report it."""
         found: tuple[CompiledLimit, float] | None = None
-        until_of = self._until
+        until_of = self.until
         for lim in route.charged:
             key = hash((lim.subject_key(subject), lim.name))
             until = until_of.get(key)
@@ -97,41 +97,41 @@ class Bands:
     it there (its score and signals, for the audit record; nothing that holds client strings)
     and until when it is believed."""
 
-    __slots__ = ("_known", "hold", "max_entries")
+    __slots__ = ("hold", "known", "max_entries")
 
     def __init__(self, cooldown: float, max_entries: int = MAX_BANDED) -> None:
         self.hold = min(RECHECK, cooldown)
         self.max_entries = max_entries
-        self._known: OrderedDict[int, tuple[Assessment, float]] = OrderedDict()
+        self.known: OrderedDict[int, tuple[Assessment, float]] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._known)
+        return len(self.known)
 
     def learn(self, assessment: Assessment, now: float) -> None:
         """Where a full assessment placed its principal (after hysteresis)."""
         threshold = assessment.threshold
         if threshold is None or threshold.action not in REFUSING:
-            if self._known:
-                self._known.pop(hash(assessment.keys.principal), None)
+            if self.known:
+                self.known.pop(hash(assessment.keys.principal), None)
             return
         if self.hold > 0:
             key = hash(assessment.keys.principal)
             kept = Assessment(
                 _NO_KEYS, assessment.score, assessment.values, assessment.points, threshold, None
             )
-            self._known[key] = (kept, now + self.hold)
-            self._known.move_to_end(key)
-            if len(self._known) > self.max_entries:
-                self._known.popitem(last=False)
+            self.known[key] = (kept, now + self.hold)
+            self.known.move_to_end(key)
+            if len(self.known) > self.max_entries:
+                self.known.popitem(last=False)
 
     def band(self, principal: str, now: float) -> Assessment | None:
         """The assessment that put ``principal`` in a refusing band it is still known to be in."""
         key = hash(principal)
-        known = self._known.get(key)
+        known = self.known.get(key)
         if known is None:
             return None
         if known[1] <= now:
-            del self._known[key]
+            del self.known[key]
             return None
         return known[0]
 

@@ -217,7 +217,7 @@ class Guardrail:
         scope.setdefault("state", {})["guardrail"] = decision
         headers = [id_header]
         cleared = False  # a clearance was shown, and counted, before the body
-        if self.enforce and (self.refusals or self.bands):  # empty while nothing is refused
+        if self.enforce and (self.refusals.until or self.bands.known):  # empty: none refused
             answered, cleared = await self._early(route, decision, scope, send, now, headers)
             if answered:
                 return
@@ -438,7 +438,8 @@ class Guardrail:
         subject = decision.subject
         known = None
         risk = self.risk
-        if self.bands and risk is not None and not risk.exempt(subject):  # allow: never escalated
+        # allow: subjects are never escalated, whatever their principal's band
+        if self.bands.known and risk is not None and not risk.exempt(subject):
             known = self.bands.band(principal_of(subject), now)
         if known is not None and known.threshold is not None:
             decision.action, decision.score = known.threshold.action, known.score
@@ -449,7 +450,7 @@ class Guardrail:
                 return True, False
             decision.action, decision.score, decision.assessment = ALLOW, 0.0, None
             cleared = True  # assessed below, with the body
-        refusing = self.refusals.refusing(route, subject, now) if self.refusals else None
+        refusing = self.refusals.refusing(route, subject, now) if self.refusals.until else None
         if refusing is None:
             return False, cleared
         lim, state = refusing
@@ -504,7 +505,7 @@ class Guardrail:
         threshold = assessment.threshold
         if threshold is not None:
             decision.action, decision.tier = threshold.action, threshold.tier
-        if self.enforce and not assessment.degraded:
+        if (threshold is not None or self.bands.known) and self.enforce and not assessment.degraded:
             self.bands.learn(assessment, now)
         return assessment
 
