@@ -176,3 +176,24 @@ identity:
         f"warning: {policy}:{line}: identity.account.header: 'x-account-id': "
     )
     assert "trusted_proxies" in warning
+
+
+def test_check_warns_of_a_body_deadline_too_long_to_bound_stalled_clients(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    policy = tmp_path / "slow.yaml"
+    policy.write_text(
+        """version: 1
+secret: env:GUARDRAIL_TEST_SECRET
+routes:
+  - name: inference
+    match: {path: /v1/}
+    inspect: openai
+    inspect_timeout: 5m
+"""
+    )
+    assert main(["check", str(policy)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    [warning] = [line for line in out if line.startswith("warning:")]
+    assert warning.startswith(f"warning: {policy}:7: routes[0].inspect_timeout: 300.0: ")
+    assert "at most 60s" in warning

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -570,3 +572,130 @@ async def test_failed_app_startup_releases_guardrail(tmp_path: Path, clock):
     await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
     assert sent == [{"type": "lifespan.startup.failed", "message": "no model"}]
     assert app.audit.closed
+
+
+def asgi_post(path: str = "/v1/chat/completions", key: str = "sk-a") -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "headers": [
+            (b"authorization", f"Bearer {key}".encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", b"100000"),
+        ],
+        "client": ("203.0.113.7", 1),
+        "query_string": b"",
+    }
+
+
+async def unread() -> Message:
+    raise AssertionError("the body was read")
+
+
+async def test_a_subject_over_a_limit_is_refused_before_its_body_is_read(tmp_path: Path, clock):
+    app = build(tmp_path, clock)
+    async with client(app) as http:
+        for _ in range(3):
+            await http.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-a"))
+        told = await http.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-a"))
+    assert told.status_code == 429  # the storage's refusal: learnt
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    clock.advance(1.0)
+    await app(asgi_post(), unread, send)
+    assert sent[0]["status"] == 429
+    headers = dict(sent[0]["headers"])
+    # as the storage would say it a second later: one unit back in 5 s
+    assert headers[b"retry-after"] == b"5"
+    assert headers[b"x-ratelimit-remaining-requests"] == b"0"
+    assert headers[b"x-ratelimit-reset-requests"] == b"5s"
+    assert headers[b"ratelimit-policy"] == told.headers["ratelimit-policy"].encode()
+    assert headers[b"connection"] == b"close"  # its body unread: the connection is let go
+    assert json.loads(sent[1]["body"])["error"]["code"] == "rate_limit_exceeded"
+    clock.advance(5.0)  # the bucket has room again: the request is decided the usual way
+    async with client(app) as http:
+        again = await http.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-a"))
+        other = await http.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-b"))
+    assert again.status_code == other.status_code == 200
+    assert "connection" not in again.headers and "connection" not in other.headers
+    await app.shutdown()
+    records = audit_records(tmp_path)
+    assert [(r["action"], r["status"]) for r in records] == [("limit", 429)] * 2
+    assert records[1]["limit"] == {**records[0]["limit"], "retry_after": 5}
+
+
+async def test_observe_mode_learns_nothing_to_refuse_early(tmp_path: Path, clock):
+    app = build(tmp_path, clock, POLICY.replace("version: 1", "version: 1\nmode: observe"))
+    async with client(app) as http:
+        for _ in range(5):
+            response = await http.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-a"))
+            assert response.status_code == 200 and response.json() == CHAT  # read, replayed
+    assert len(app.refused) == 0
+    await app.shutdown()
+
+
+async def test_a_body_past_its_deadline_is_answered_408_and_audited(tmp_path: Path, clock):
+    called = []
+
+    async def never(scope: Scope, receive: Receive, send: Send) -> None:
+        called.append(scope)
+
+    app = build(tmp_path, clock, app=never)
+    release = asyncio.Event()
+
+    async def receive() -> Message:
+        await release.wait()
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    request = asyncio.create_task(app(asgi_post(), receive, send))
+    for _ in range(10):  # until the request waits for its body
+        await asyncio.sleep(0)
+    app.deadlines.sweep(time.monotonic() + 10.0)  # the route's inspect_timeout (default 10 s)
+    await request
+    assert not called
+    assert sent[0]["status"] == 408
+    assert (b"connection", b"close") in sent[0]["headers"]
+    problem = json.loads(sent[1]["body"])
+    assert problem["type"] == "request-timeout"
+    assert "10 seconds" in problem["detail"]
+    await app.shutdown()
+    assert [(r["action"], r["status"]) for r in audit_records(tmp_path)] == [("timeout", 408)]
+
+
+async def test_observe_mode_lets_a_late_body_reach_the_app(tmp_path: Path, clock):
+    app = build(tmp_path, clock, POLICY.replace("version: 1", "version: 1\nmode: observe"))
+    release = asyncio.Event()
+    raw = json.dumps(CHAT).encode()
+    messages = [{"type": "http.request", "body": raw[:10], "more_body": True}]
+
+    async def receive() -> Message:
+        if messages:
+            return messages.pop(0)
+        await release.wait()
+        return {"type": "http.request", "body": raw[10:], "more_body": False}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    request = asyncio.create_task(app(asgi_post(), receive, send))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    app.deadlines.sweep(time.monotonic() + 10.0)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    release.set()  # the rest arrives late: the app reads it as it would without guardrail
+    await request
+    assert sent[0]["status"] == 200
+    assert b"".join(m.get("body", b"") for m in sent[1:]) == raw
+    await app.shutdown()

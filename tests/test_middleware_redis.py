@@ -149,3 +149,24 @@ async def test_fail_closed_answers_503(tmp_path: Path, clock):
     assert response.json()["error"]["code"] == "service_unavailable"
     [record] = audit_records(tmp_path)
     assert record["status"] == 503 and record["storage_error"] is True
+
+
+async def test_a_refusal_already_known_costs_no_round_trip(tmp_path: Path, clock, redis_url: str):
+    app = build(tmp_path, clock, storage=redis_url)
+    async with client(app) as http:
+        statuses = [
+            (await http.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-a"))).status_code
+            for _ in range(4)
+        ]
+        assert statuses == [200, 200, 200, 429]  # the storage's refusal, learnt
+        before = await commandstats(redis_url)
+        for _ in range(10):
+            response = await http.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-a"))
+            assert response.status_code == 429
+        after = await commandstats(redis_url)
+        other = await http.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-b"))
+        assert other.status_code == 200  # another key: decided by the storage as ever
+    await app.shutdown()
+    probe = {"info", "hello", "client|setinfo"}
+    delta = {cmd: after.get(cmd, 0) - before.get(cmd, 0) for cmd in after if cmd not in probe}
+    assert not any(delta.values()), delta

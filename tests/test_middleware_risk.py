@@ -3,7 +3,9 @@ challenge (403 with the challenge; an HTML page for browsers), block, observe, a
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -350,3 +352,147 @@ async def test_the_tiers_own_429s_do_not_push_a_throttled_client_into_a_challeng
             clock.advance(1)
     assert actions == {"served", "limit"}
     await app.shutdown()
+
+
+def asgi_post() -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "headers": [
+            *((name.encode(), value.encode()) for name, value in HEADERS.items()),
+            (b"content-type", b"application/json"),
+            (b"content-length", b"100000"),
+        ],
+        "client": ("203.0.113.7", 1),
+        "query_string": b"",
+    }
+
+
+async def test_a_principal_in_a_refusing_band_is_answered_before_its_body(
+    tmp_path: Path, clock: FakeClock, storage: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from guardrail.backends.redis import RedisStorage
+    from guardrail.backends.risk_redis import RedisRiskStore
+
+    trips: list[str] = []
+    execute, charge = RedisRiskStore._execute, RedisStorage.charge
+
+    async def traced_execute(self: RedisRiskStore, commands: Any) -> Any:
+        trips.append("risk")
+        return await execute(self, commands)
+
+    async def traced_charge(self: RedisStorage, charges: Any, now: float) -> Any:
+        trips.append("charge")
+        return await charge(self, charges, now)
+
+    monkeypatch.setattr(RedisRiskStore, "_execute", traced_execute)
+    monkeypatch.setattr(RedisStorage, "charge", traced_charge)
+    app = build(tmp_path, clock, policy(5.0), storage=storage)
+    async with client(app) as http:
+        await warm_up(http, clock)
+        blocked = await http.post("/v1/chat/completions", json=chat(9), headers=HEADERS)
+    assert blocked.status_code == 403  # assessed with its body: the block band
+    reads: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        reads.append("read")
+        return {"type": "http.request", "body": json.dumps(chat(10)).encode()}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    trips.clear()
+    clock.advance(1.0)
+    await app(asgi_post(), receive, send)
+    assert sent[0]["status"] == 403 and not reads
+    assert not trips  # no storage round trip either
+    assert (b"guardrail-action", b"block") in sent[0]["headers"]
+    clock.advance(10.0)  # RECHECK: the next request is assessed in full again, body and all
+    await app(asgi_post(), receive, send)
+    assert sent[2]["status"] == 403 and reads == ["read"]
+    await app.shutdown()
+    records = [r for r in audit_records(tmp_path) if r["action"] == "block"]
+    assert len(records) == 3
+    # the early answer's record names the signals of the assessment that put it there
+    assert records[1]["signals"] == records[0]["signals"] != {}
+    assert records[1]["score"] == records[0]["score"]
+
+
+async def test_the_challenge_band_is_answered_before_the_body_unless_cleared(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    app = build(tmp_path, clock, policy(4.0))
+    async with client(app) as http:
+        await warm_up(http, clock)
+        challenged = await http.post("/v1/chat/completions", json=chat(9), headers=HEADERS)
+    assert challenged.status_code == 403  # the challenge band
+
+    async def unread() -> dict[str, Any]:
+        raise AssertionError("the body was read")
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(asgi_post(), unread, send)
+    assert sent[0]["status"] == 403
+    assert (b"guardrail-action", b"challenge") in sent[0]["headers"]
+    assert json.loads(sent[1]["body"])["error"]["code"] == "challenge_required"
+    await app.shutdown()
+
+
+async def test_a_banded_principal_from_an_allow_listed_network_is_still_not_escalated(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    app = build(tmp_path, clock, policy(5.0, extra="allow: {cidrs: [198.51.100.0/24]}\n"))
+    async with client(app) as http:
+        await warm_up(http, clock)
+        blocked = await http.post("/v1/chat/completions", json=chat(9), headers=HEADERS)
+    assert blocked.status_code == 403  # known to be in the block band from here on
+    async with client(app, peer="198.51.100.7") as allowed:
+        response = await allowed.post("/v1/chat/completions", json=chat(10), headers=HEADERS)
+    assert response.status_code == 200  # as before the band was known: allow: is never escalated
+    await app.shutdown()
+
+
+async def test_a_stalled_body_still_tells_the_band_so_the_next_are_refused_before_theirs(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    app = build(tmp_path, clock, policy(5.0))
+    async with client(app) as http:
+        await warm_up(http, clock)
+        assert (
+            await http.post("/v1/chat/completions", json=chat(9), headers=HEADERS)
+        ).status_code == 403
+    clock.advance(10.0)  # RECHECK: the band is no longer known
+    release = asyncio.Event()
+
+    async def stalled() -> dict[str, Any]:
+        await release.wait()
+        raise AssertionError("never released")
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    request = asyncio.create_task(app(asgi_post(), stalled, send))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    app.deadlines.sweep(time.monotonic() + 10.0)
+    await request
+    assert sent[0]["status"] == 408
+
+    async def unread() -> dict[str, Any]:
+        raise AssertionError("the body was read")
+
+    await app(asgi_post(), unread, send)  # known again, from the stalled request's assessment
+    assert sent[2]["status"] == 403
+    await app.shutdown()
+    records = audit_records(tmp_path)
+    assert [(r["action"], r["status"]) for r in records[-2:]] == [("timeout", 408), ("block", 403)]
+    assert records[-2]["score"] == records[-1]["score"] > 95

@@ -727,3 +727,22 @@ def test_an_unknown_openai_shape_is_refused_with_the_choices() -> None:
     )
     assert issue.path == "routes[0].inspect" and issue.value == "openai.embeddings"
     assert "openai.chat, openai.completions, openai.responses" in issue.expected
+
+
+def test_inspect_timeout_is_a_positive_duration_ten_seconds_by_default():
+    route = """
+version: 1
+secret: env:GUARDRAIL_TEST_SECRET
+routes:
+  - name: inference
+    match: {path: /v1/}
+    inspect: openai
+"""
+    assert Policy.from_string(route).routes[0].inspect_timeout == 10.0
+    assert (
+        Policy.from_string(route + "    inspect_timeout: 1.5s\n").routes[0].inspect_timeout == 1.5
+    )
+    with pytest.raises(PolicyError) as refused:
+        Policy.from_string(route + "    inspect_timeout: 0s\n")
+    [issue] = refused.value.issues
+    assert (issue.line, issue.path) == (8, "routes[0].inspect_timeout")

@@ -103,6 +103,21 @@ def _account_header_unread(policy: Policy) -> Iterator[Caution]:
         )
 
 
+#: Seconds beyond which a body deadline no longer bounds what stalled clients hold.
+SLOW_BODY = 60.0
+
+
+def _bodies_wait_long(policy: Policy) -> Iterator[Caution]:
+    for index, route in enumerate(policy.routes):
+        if route.inspect is not None and route.inspect_timeout > SLOW_BODY:
+            yield (
+                ("routes", index, "inspect_timeout"),
+                route.inspect_timeout,
+                f"at most {SLOW_BODY:g}s: a client may hold a connection and up to "
+                "inspect_max_bytes this long for every request it starts and never finishes",
+            )
+
+
 CAUTIONS: tuple[Callable[[Policy], Iterator[Caution]], ...] = (
     _captcha_fails_open,
     _captcha_hostname_from_client,
@@ -110,6 +125,7 @@ CAUTIONS: tuple[Callable[[Policy], Iterator[Caution]], ...] = (
     _verify_unlimited,
     _refusals_one_record_each,
     _account_header_unread,
+    _bodies_wait_long,
 )
 
 

@@ -17,6 +17,7 @@ LIMIT = "limit"
 THROTTLE = "throttle"
 CHALLENGE = "challenge"
 BLOCK = "block"
+TIMEOUT = "timeout"  # the body did not arrive within the route's inspect_timeout (408)
 
 
 @dataclass(slots=True)

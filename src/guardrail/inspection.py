@@ -1,14 +1,15 @@
 """Read an OpenAI-style JSON request body for inspection, then replay it to the app unchanged.
 
-The body is read only up to the route's ``inspect_max_bytes``; the messages already read are
-replayed exactly as received (same chunks, same ``more_body`` flags) before the rest streams on
-from the server, so the app sees the request byte for byte. A body larger than that is not
-parsed, but the prompt text in its head is still read (``parse_head``) for the risk signals:
-a junk field must not hide it.
+The body is read only up to the route's ``inspect_max_bytes``, and within its
+``inspect_timeout``; the messages already read are replayed exactly as received (same chunks,
+same ``more_body`` flags) before the rest streams on from the server, so the app sees the
+request byte for byte. A body larger than that is not parsed, but the prompt text in its head
+is still read (``parse_head``) for the risk signals: a junk field must not hide it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from typing import Any
 import orjson
 from starlette.types import Message, Receive, Scope
 
+from guardrail.deadlines import Deadlines
 from guardrail.metering import OPENAI, Meter, OpenAIMeter
 
 
@@ -125,24 +127,48 @@ class Replay:
         return await self._receive()
 
 
-async def read_body(receive: Receive, max_bytes: int) -> tuple[bytes | None, Replay]:
+class BodyTimeout(Exception):
+    """The client did not send the body (up to what is read of it) before the deadline.
+    ``replay`` hands the app what did arrive, then defers to the server."""
+
+    def __init__(self, replay: Replay) -> None:
+        super().__init__("request body not received in time")
+        self.replay = replay
+
+
+async def read_body(
+    receive: Receive,
+    max_bytes: int,
+    deadlines: Deadlines | None = None,
+    within: float = 0.0,
+) -> tuple[bytes | None, Replay]:
     """The whole body if it fits in ``max_bytes`` (else None, and the receive's ``head`` is
-    what was read of it), and a receive that replays it."""
+    what was read of it), and a receive that replays it.
+    With ``deadlines``, raises ``BodyTimeout`` if reading takes more than ``within`` seconds."""
     messages: list[Message] = []
     chunks: list[bytes] = []
     size = 0
     complete = False
-    while size <= max_bytes:
-        message = await receive()
-        messages.append(message)
-        if message["type"] != "http.request":
-            break  # http.disconnect: the app will see it too
-        chunk = message.get("body", b"")
-        chunks.append(chunk)
-        size += len(chunk)
-        if not message.get("more_body", False):
-            complete = size <= max_bytes
-            break
+    watched = deadlines.start(within) if deadlines is not None else None
+    try:
+        while size <= max_bytes:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break  # http.disconnect: the app will see it too
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            if not message.get("more_body", False):
+                complete = size <= max_bytes
+                break
+    except asyncio.CancelledError:
+        if watched is not None and deadlines is not None and deadlines.expired(watched):
+            raise BodyTimeout(Replay(messages, receive)) from None
+        raise
+    finally:
+        if watched is not None and deadlines is not None:
+            deadlines.stop(watched)
     if complete:
         return b"".join(chunks), Replay(messages, receive)
     return None, Replay(messages, receive, b"".join(chunks)[:max_bytes])
@@ -174,3 +200,13 @@ def declared_size(scope: Scope, unread: int) -> int:
             except ValueError:
                 break
     return unread
+
+
+def declares_body(scope: Scope) -> bool:
+    """Does the request say a body follows (a Content-Length other than 0, or chunked)?"""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return bytes(value).strip() != b"0"
+        if name == b"transfer-encoding":
+            return True
+    return False

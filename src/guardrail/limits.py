@@ -66,6 +66,7 @@ class CompiledRoute:
     meter: Meter | None  # what reads the inspected body and its response (inspect)
     by_path: bool  # inspect: openai: the request's path names the shape (meter_for_path)
     inspect_max_bytes: int
+    inspect_timeout: float  # seconds the body may take to arrive
     headers: bool
     limits: tuple[CompiledLimit, ...]
     charged: tuple[CompiledLimit, ...]  # request limits: each request costs its `cost`
@@ -150,6 +151,7 @@ def compile_route(route: Route) -> CompiledRoute:
         meter=None if route.inspect is None else import_meter(route.inspect),
         by_path=route.inspect == "openai",
         inspect_max_bytes=route.inspect_max_bytes,
+        inspect_timeout=route.inspect_timeout,
         headers=route.headers,
         limits=compiled,
         charged=charged,

@@ -1,7 +1,8 @@
 """Guardrail: the pure-ASGI middleware that walks a request through the pipeline.
 
-identity → route → inspection → risk signals → decision (thresholds, hysteresis) → limits
-(one storage call for all buckets, the tier's included) → action → audit.
+identity → route → what is known without the body (``early``) → inspection → risk signals →
+decision (thresholds, hysteresis) → limits (one storage call for all buckets, the tier's
+included) → action → audit.
 Response bodies are never buffered: the only thing guardrail touches on the way out is the
 header list of ``http.response.start``.
 """
@@ -29,6 +30,7 @@ from guardrail.actions.limit import (
     send_unavailable,
 )
 from guardrail.actions.tier import CompiledTier, compile_tier, rewrite, send_unrewritable
+from guardrail.actions.timeout import send_timeout
 from guardrail.actions.turnstile import TURNSTILE
 from guardrail.audit import AuditLog, sink_from_uri
 from guardrail.audit.aggregate import Refusals, refusal_key
@@ -38,11 +40,24 @@ from guardrail.backends.base import BucketCharge, Outcome, Storage
 from guardrail.backends.memory import MemoryStorage
 from guardrail.budgets import Budget, Reservation, Settlements, reservation
 from guardrail.cautions import cautions
-from guardrail.decision import ALLOW, BLOCK, CHALLENGE, LIMIT, THROTTLE, Decision, RequestIds
+from guardrail.deadlines import Deadlines
+from guardrail.decision import (
+    ALLOW,
+    BLOCK,
+    CHALLENGE,
+    LIMIT,
+    THROTTLE,
+    TIMEOUT,
+    Decision,
+    RequestIds,
+)
+from guardrail.early import Bands, Refused
 from guardrail.errors import StorageError
 from guardrail.identity import IdentityResolver
 from guardrail.inspection import (
+    BodyTimeout,
     declared_size,
+    declares_body,
     parse_head,
     parse_request,
     read_body,
@@ -59,7 +74,7 @@ from guardrail.metering import OPENAI, Meter, meter_for_path
 from guardrail.policy import Policy
 from guardrail.relay import Relay, identity_scope, with_headers
 from guardrail.secrets import policy_secret, resolve_secret
-from guardrail.signals.engine import Assessment, RiskEngine
+from guardrail.signals.engine import Assessment, RiskEngine, principal_of
 
 logger = logging.getLogger("guardrail")
 
@@ -100,6 +115,11 @@ class Guardrail:
         if self.policy.thresholds:
             self.risk = risk_engine(self.policy, self.storage, self.fallback is not None)
         self.tiers = {name: compile_tier(name, tier) for name, tier in self.policy.tiers.items()}
+        # What is refused before a body is read, and how long a body may take to arrive
+        self.refused = Refused()
+        self.bands = Bands(self.policy.hysteresis.cooldown)
+        timeouts = [r.inspect_timeout for r in self.routes.routes if r.meter is not None]
+        self.deadlines = Deadlines(tick=min(1.0, max(0.01, min(timeouts, default=1.0) / 10)))
         self.challenges = challenge_store(self.storage)
         clearance = self.policy.challenges.clearance
         keys = [resolve_secret(ref) for ref in clearance.secrets] or [self.secret]
@@ -201,25 +221,40 @@ class Guardrail:
         now = self.clock()
         decision = Decision(request_id, route.name, self.identity.resolve(scope), self.enforce)
         scope.setdefault("state", {})["guardrail"] = decision
+        headers = [id_header]
+        cleared = False  # a clearance was shown, and counted, before the body
+        if self.enforce and (self.refused.until or self.bands.known):  # empty: none refused
+            answered, cleared = await self._early(route, decision, scope, send, now, headers)
+            if answered:
+                return
         raw = replay = None
         meter = route.meter
         if meter is not None:
             if route.by_path:  # inspect: openai: the path names the shape, never the body
                 meter = meter_for_path(scope["path"])
-            raw, replay = await read_body(receive, route.inspect_max_bytes)
+            try:
+                raw, replay = await read_body(
+                    receive, route.inspect_max_bytes, self.deadlines, route.inspect_timeout
+                )
+            except BodyTimeout as late:
+                if self.enforce:
+                    await self._timed_out(route, decision, scope, send, now, headers)
+                    return
+                replay = late.replay  # observe: the app waits for the rest, as without guardrail
             receive = replay
             if raw is not None:
                 decision.request = parse_request(raw, meter)
             elif replay.head:  # too large to parse: its head's prompt is still scored
                 decision.request = parse_head(replay.head, meter)
         assessment = tier = None
-        headers = [id_header]
         if self.risk is not None:
             assessment = await self._assess(route, decision, scope, now)
             if decision.action != ALLOW or decision.storage_error:  # one test on the usual path
                 if decision.action == THROTTLE and decision.tier is not None:
                     tier = self.tiers[decision.tier]
-                elif decision.action == CHALLENGE and await self.desk.cleared(scope, decision, now):
+                elif decision.action == CHALLENGE and (
+                    cleared or await self.desk.cleared(scope, decision, now)
+                ):
                     decision.action = ALLOW  # passed a challenge lately: served
                 elif decision.action in (CHALLENGE, BLOCK) and self.enforce:
                     if assessment is not None:
@@ -267,6 +302,8 @@ class Guardrail:
                 await send_unavailable(send, request_id=request_id, headers=headers)
                 self._record(scope, decision, now, 503)
                 return
+            if not decision.degraded:  # the shared storage's word: the next are refused early
+                self.refused.learn(route, decision.subject, outcome, now)
             hit = decision.limit
             assert hit is not None  # a refusal always comes from a bucket
             policy = self.policies(route, tier, decision.limits, decision.tokens > 0)
@@ -396,6 +433,71 @@ class Guardrail:
 
     # -- pipeline steps --------------------------------------------------------------------
 
+    async def _early(
+        self,
+        route: CompiledRoute,
+        decision: Decision,
+        scope: Scope,
+        send: Send,
+        now: float,
+        headers: list[tuple[bytes, bytes]],
+    ) -> tuple[bool, bool]:
+        """Answer, before the body is read, what is already known to be refused: a principal
+        in the block band, or the challenge band without a clearance (403), a subject over one
+        of the route's request limits (429). See ``early.py``. Returns whether it answered,
+        and whether a clearance was checked (and counted) on the way."""
+        cleared = False
+        subject = decision.subject
+        known = None
+        risk = self.risk
+        # allow: subjects are never escalated, whatever their principal's band
+        if self.bands.known and risk is not None and not risk.exempt(subject):
+            known = self.bands.band(principal_of(subject), now)
+        if known is not None and known.threshold is not None:
+            decision.action, decision.score = known.threshold.action, known.score
+            decision.assessment = known  # the one that put it there: its signals for the record
+            if decision.action == BLOCK or not await self.desk.cleared(scope, decision, now):
+                self._record(scope, decision, now, 403)  # before sending: the client may go
+                await self.desk.refuse(scope, send, decision, now, _unread(scope, headers))
+                return True, False
+            decision.action, decision.score, decision.assessment = ALLOW, 0.0, None
+            cleared = True  # assessed below, with the body
+        refusing = self.refused.refusing(route, subject, now) if self.refused.until else None
+        if refusing is None:
+            return False, cleared
+        lim, state = refusing
+        outcome = Outcome(False, (state,))
+        decision.action, decision.outcome, decision.limits = LIMIT, outcome, (lim,)
+        hit = decision.limit
+        assert hit is not None
+        headers = _unread(scope, headers) + ratelimit_headers(
+            route.requests_policy, (lim,), outcome
+        )
+        self._record(scope, decision, now, 429)
+        await send_limited(send, hit=hit, request_id=decision.request_id, headers=headers)
+        return True, cleared
+
+    async def _timed_out(
+        self,
+        route: CompiledRoute,
+        decision: Decision,
+        scope: Scope,
+        send: Send,
+        now: float,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        """The body did not arrive in time: 408, and the connection closed. The risk engine
+        still looks at the request (without its body; nothing is committed), so that a
+        principal in a refusing band is refused before the body of its next requests even when
+        it stalls every one."""
+        if self.risk is not None:
+            await self._assess(route, decision, scope, now)
+        decision.action, decision.tier = TIMEOUT, None
+        self._record(scope, decision, now, 408)
+        await send_timeout(
+            send, waited=route.inspect_timeout, request_id=decision.request_id, headers=headers
+        )
+
     async def _assess(
         self, route: CompiledRoute, decision: Decision, scope: Scope, now: float
     ) -> Assessment | None:
@@ -415,6 +517,8 @@ class Guardrail:
         threshold = assessment.threshold
         if threshold is not None:
             decision.action, decision.tier = threshold.action, threshold.tier
+        if (threshold is not None or self.bands.known) and self.enforce and not assessment.degraded:
+            self.bands.learn(assessment, now)
         return assessment
 
     async def _commit(self, assessment: Assessment, now: float) -> None:
@@ -528,3 +632,12 @@ class Guardrail:
     def _record(self, scope: Scope, decision: Decision, now: float, status: int) -> None:
         record = decision_record(self.policy, scope, decision, now, status)
         self.refusals.emit(record, refusal_key(decision, status), now)
+
+
+def _unread(scope: Scope, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The headers of an answer given without reading a body the request declares: the
+    connection is closed after it, or the server would hold what arrived of the body (uvicorn:
+    up to 64 KiB) for as long as a stalling client keeps the connection open."""
+    if declares_body(scope):
+        return [*headers, (b"connection", b"close")]
+    return headers

@@ -153,6 +153,9 @@ class Route(_Model):
     # "module:attribute", a Meter for another protocol
     inspect: MeterRef | None = None
     inspect_max_bytes: Size = 262_144
+    # How long the body may take to arrive (up to inspect_max_bytes): a client that stalls
+    # mid-body gets a 408 instead of holding the connection and what it sent so far.
+    inspect_timeout: PositiveDuration = 10.0
     headers: bool = Field(default=False, strict=True)
     # What a request that names no max_tokens is assumed to ask for: reserved against the
     # route's token budgets until its response says what it used.

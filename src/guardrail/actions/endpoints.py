@@ -20,15 +20,19 @@ from guardrail.actions import challenge, verify
 from guardrail.actions.block import send_blocked
 from guardrail.actions.limit import send_limited, send_unavailable
 from guardrail.actions.problem import send_problem
+from guardrail.actions.timeout import send_timeout
 from guardrail.audit import format_ts
 from guardrail.decision import LIMIT, Decision
 from guardrail.errors import ClearanceError, StorageError
-from guardrail.inspection import read_body
+from guardrail.inspection import BodyTimeout, read_body
 from guardrail.limits import compile_limit
 from guardrail.signals.engine import principal_of
 
 if TYPE_CHECKING:
     from guardrail.middleware import Guardrail
+
+#: Seconds an answer (a small form) may take to arrive: a stalled one must not hold on.
+ANSWER_WITHIN = 10.0
 
 
 class ChallengeDesk:
@@ -156,7 +160,11 @@ class ChallengeDesk:
         decision = Decision(request_id, "challenge", self.g.identity.resolve(scope), self.g.enforce)
         if self.verify_limits and not await self._admitted(scope, send, decision, now, headers):
             return
-        raw, _ = await read_body(receive, verify.MAX_BODY)
+        try:
+            raw, _ = await read_body(receive, verify.MAX_BODY, self.g.deadlines, ANSWER_WITHIN)
+        except BodyTimeout:
+            await send_timeout(send, waited=ANSWER_WITHIN, request_id=request_id, headers=headers)
+            return
         try:
             if scope["method"] != "POST":
                 raise verify.AnswerError("POST the answer to a challenge here")
