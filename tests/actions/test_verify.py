@@ -193,7 +193,7 @@ async def test_another_principal_cannot_answer_or_spend_a_challenge(
     app = build(tmp_path, clock, policy(4.0, extra=CHALLENGES))
     async with client(app) as http:
         body = await challenged(http, clock)
-        other = {**HEADERS, "x-account-id": "acct-other"}
+        other = {**HEADERS, "authorization": "Bearer sk-other"}
         taken = await http.post(VERIFY, json=answer(body), headers=other)
         assert taken.status_code == 404, taken.text
         assert taken.json()["error"]["code"] == "challenge_not_found"
