@@ -208,7 +208,7 @@ class Guardrail:
                     decision.action = ALLOW  # passed a challenge lately: served
                 elif decision.action in (CHALLENGE, BLOCK) and self.enforce:
                     if assessment is not None:
-                        await self._commit(assessment, now)
+                        await self._commit(assessment, now, admitted=False)
                     # Not fed back as refusals: the engine's own answers must not feed it.
                     self._record(scope, decision, now, 403)  # before sending: the client may go
                     await self.desk.refuse(scope, send, decision, now, headers)
@@ -400,11 +400,11 @@ class Guardrail:
             decision.action, decision.tier = threshold.action, threshold.tier
         return assessment
 
-    async def _commit(self, assessment: Assessment, now: float) -> None:
+    async def _commit(self, assessment: Assessment, now: float, admitted: bool = True) -> None:
         # The decision is already made from what was read; a write that fails loses one
         # request's evidence, which is no reason to refuse the request.
         try:
-            await self.risk.commit(assessment)  # type: ignore[union-attr]
+            await self.risk.commit(assessment, admitted)  # type: ignore[union-attr]
         except StorageError as exc:
             self._warn_storage(exc, now)
 
@@ -428,7 +428,9 @@ class Guardrail:
     ) -> Budget | None:
         """Charge every bucket of the route (and of the subject's tier) at once, ``tokens``
         ``reserved`` against the token limits; a refusal makes the action ``limit``. The risk
-        engine's write goes out alongside. Returns the request's hold on its token budgets.
+        engine's write goes out alongside (in Redis, for a principal already there), or after
+        the charge: only an admitted request creates risk state. Returns the request's hold on
+        its token budgets.
 
         A storage failure follows on_storage_error: the local fallback decides (fail_open), or
         nothing can, and the request is refused with ``storage_error`` set (fail_closed).
@@ -453,13 +455,16 @@ class Guardrail:
                 held = [*(held or ()), *more]
                 limits = (*limits, *tier.metered)
         commit = None
-        if assessment is not None and assessment.update is not None:
-            if charges and assessment.remote:
-                # Redis: the risk write goes out alongside the bucket charge, so the two
-                # share the request's second round trip.
+        deferred = None  # written once the charge is known
+        if assessment is not None and assessment.pending:
+            if not charges:
+                await self._commit(assessment, now)
+            elif assessment.remote and assessment.known:
+                # Redis, a principal already there: the risk write goes out alongside the
+                # bucket charge, so the two share the request's second round trip.
                 commit = asyncio.ensure_future(self._commit(assessment, now))
             else:
-                await self._commit(assessment, now)
+                deferred = assessment
         if not charges:
             return None
         storage = self.storage
@@ -471,6 +476,8 @@ class Guardrail:
                 self._warn_storage(exc, now)
                 if self.fallback is None:
                     decision.action, decision.storage_error = LIMIT, True
+                    if deferred is not None:
+                        await self._commit(deferred, now, admitted=False)
                     return None
                 decision.degraded = True
                 storage = self.fallback
@@ -485,6 +492,8 @@ class Guardrail:
                         self.settlements.start(storage.settle(given_back, now))
                     raise
         decision.outcome, decision.limits, decision.tokens = outcome, limits, tokens
+        if deferred is not None:
+            await self._commit(deferred, now, outcome.allowed)
         if not outcome.allowed:
             decision.action = LIMIT
             return None

@@ -153,12 +153,15 @@ EMPTY = Snapshot(
     fingerprint=[0.0] * len(COHORT),
     fingerprint_members=0,
     neighbours=[],
+    known=False,
 )
 
 
-def assert_same(actual: Snapshot, expected: Snapshot) -> None:
-    """Equal snapshots, counters within float tolerance."""
+def assert_same(actual: Snapshot, expected: Snapshot, known: bool = True) -> None:
+    """Equal snapshots, counters within float tolerance (``known`` too, if ``known``)."""
     for name in Snapshot.__slots__:
+        if name == "known" and not known:
+            continue
         got, want = getattr(actual, name), getattr(expected, name)
         if name in ("principal", "subnet", "fingerprint"):
             assert got == near(want), name
@@ -762,14 +765,16 @@ async def compare(url: str, steps: list[tuple[Any, ...]]) -> None:
         for gap, principal, subnet, fingerprint, templates, fields in steps:
             now += gap
             keys = Keys(principal, subnet, fingerprint, tuple(templates))
-            assert_same(await remote.load(keys, now), await memory.load(keys, now))
+            # ``known``: Redis holds no hash for a principal written without counters (the
+            # engine's writes always count a request or a refusal); memory holds a state
+            assert_same(await remote.load(keys, now), await memory.load(keys, now), False)
             change = Update(now, **fields)
             await memory.save(keys, change)
             await remote.save(keys, change)
-            assert_same(await remote.load(keys, now), await memory.load(keys, now))
+            assert_same(await remote.load(keys, now), await memory.load(keys, now), False)
         for later in (now + 1, now + WINDOW, now + 3 * WINDOW):
             keys = Keys("a:one", "s:192.0.2.0/24", "f:01", ("t:1", "t:2", "t:3"))
-            assert_same(await remote.load(keys, later), await memory.load(keys, later))
+            assert_same(await remote.load(keys, later), await memory.load(keys, later), False)
     finally:
         await storage.close()
 
