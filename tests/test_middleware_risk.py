@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
+from guardrail.backends.risk_memory import MemoryRiskStore
 from guardrail.cli import main
 from guardrail.signals.catalog import SIGNALS
 
@@ -349,3 +351,50 @@ async def test_the_tiers_own_429s_do_not_push_a_throttled_client_into_a_challeng
             clock.advance(1)
     assert actions == {"served", "limit"}
     await app.shutdown()
+
+
+FLOODED = policy(3.0).replace(
+    "      - {per: api_key, rate: 600/minute, burst: 100}",
+    "      - {per: ip, rate: 6/minute, burst: 2}",
+)
+
+
+async def flood_of_new_keys(app: Any) -> tuple[int, int]:
+    """Twenty requests from one address, each with a new key: two admitted by the ip limit.
+    Returns the template buckets held after the admitted ones and at the end (memory)."""
+    statuses, buckets = [], []
+    async with client(app) as http:
+        for n in range(20):
+            response = await http.post(
+                "/v1/chat/completions", json=chat(n), headers={"authorization": f"Bearer sk-{n}"}
+            )
+            statuses.append(response.status_code)
+            if n in (1, 19) and isinstance(app.risk.store, MemoryRiskStore):
+                buckets.append(app.risk.store.sizes()["template buckets"])
+    assert statuses == [200] * 2 + [429] * 18
+    return (buckets[0], buckets[1]) if buckets else (0, 0)
+
+
+async def test_requests_the_limits_refuse_create_no_principal(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Issue 11: each refused request with a new random key bought a principal."""
+    app = build(tmp_path, clock, FLOODED)
+    admitted, after = await flood_of_new_keys(app)
+    store = app.risk.store  # type: ignore[union-attr]
+    assert isinstance(store, MemoryRiskStore)
+    assert store.sizes()["principals"] == 2  # the two admitted keys'
+    assert after == admitted > 0  # and no template bucket from a refused prompt
+    await app.shutdown()
+
+
+async def test_requests_the_limits_refuse_create_no_principal_in_redis(
+    tmp_path: Path, clock: FakeClock, redis_url: str
+) -> None:
+    app = build(tmp_path, clock, FLOODED, storage=redis_url)
+    await flood_of_new_keys(app)
+    await app.shutdown()
+    r = aioredis.from_url(redis_url)
+    principals = [key async for key in r.scan_iter(match="*{r:k:*}")]
+    await r.aclose()
+    assert len(principals) == 2  # the two admitted keys' (their hashes)
