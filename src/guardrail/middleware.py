@@ -456,7 +456,9 @@ class Guardrail:
                 limits = (*limits, *tier.metered)
         commit = None
         deferred = None  # written once the charge is known
-        if assessment is not None and assessment.pending:
+        if assessment is not None and (
+            assessment.update is not None or assessment.template is not None
+        ):
             if not charges:
                 await self._commit(assessment, now)
             elif assessment.remote and assessment.known:

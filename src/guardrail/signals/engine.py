@@ -122,11 +122,6 @@ class Assessment:
     at: float = 0.0  # when it was folded
 
     @property
-    def pending(self) -> bool:
-        """Something is left for ``commit`` to write."""
-        return self.update is not None or self.template is not None
-
-    @property
     def signals(self) -> dict[str, float]:
         """Non-zero contributions in points, largest first: computed on demand, since only
         mitigations and sampled records are written with them."""
