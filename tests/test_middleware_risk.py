@@ -15,7 +15,7 @@ from guardrail.cli import main
 from guardrail.signals.catalog import SIGNALS
 
 from conftest import FakeClock
-from helpers import audit_records, build, client
+from helpers import audit_records, bearer, build, client
 from redis_servers import free_port
 
 ASK = "Please answer this question and show your full reasoning, number {}"
@@ -393,8 +393,25 @@ async def test_requests_the_limits_refuse_create_no_principal_in_redis(
 ) -> None:
     app = build(tmp_path, clock, FLOODED, storage=redis_url)
     await flood_of_new_keys(app)
-    await app.shutdown()
     r = aioredis.from_url(redis_url)
     principals = [key async for key in r.scan_iter(match="*{r:k:*}")]
-    await r.aclose()
     assert len(principals) == 2  # the two admitted keys' (their hashes)
+
+    # A principal already there is written alongside the charge: refused, its new prompt
+    # makes no template bucket; admitted, it does (once its write lands, off the request's path)
+    before = len([key async for key in r.scan_iter(match="*{r:t:*}")])
+    async with client(app) as http:
+        fresh = {"model": "m", "messages": [{"role": "user", "content": TOPIC}]}
+        refused = await http.post("/v1/chat/completions", json=fresh, headers=bearer("sk-0"))
+        assert refused.status_code == 429
+        assert len([key async for key in r.scan_iter(match="*{r:t:*}")]) == before
+        clock.advance(60)
+        admitted = await http.post("/v1/chat/completions", json=fresh, headers=bearer("sk-0"))
+        assert admitted.status_code == 200
+        await app.settlements.wait()
+        assert len([key async for key in r.scan_iter(match="*{r:t:*}")]) == before + 2
+    await r.aclose()
+    await app.shutdown()
+
+
+TOPIC = "what are good day trips from Lisbon with two kids under ten by train"

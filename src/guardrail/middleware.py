@@ -400,7 +400,9 @@ class Guardrail:
             decision.action, decision.tier = threshold.action, threshold.tier
         return assessment
 
-    async def _commit(self, assessment: Assessment, now: float, admitted: bool = True) -> None:
+    async def _commit(
+        self, assessment: Assessment, now: float, admitted: bool | None = True
+    ) -> None:
         # The decision is already made from what was read; a write that fails loses one
         # request's evidence, which is no reason to refuse the request.
         try:
@@ -455,7 +457,7 @@ class Guardrail:
                 held = [*(held or ()), *more]
                 limits = (*limits, *tier.metered)
         commit = None
-        deferred = None  # written once the charge is known
+        deferred = alongside = None  # written once the charge is known, or with it
         if assessment is not None and (
             assessment.update is not None or assessment.template is not None
         ):
@@ -463,8 +465,10 @@ class Guardrail:
                 await self._commit(assessment, now)
             elif assessment.remote and assessment.known:
                 # Redis, a principal already there: the risk write goes out alongside the
-                # bucket charge, so the two share the request's second round trip.
-                commit = asyncio.ensure_future(self._commit(assessment, now))
+                # bucket charge, so the two share the request's second round trip (creating
+                # nothing: what its load found absent is created once it is admitted).
+                alongside = assessment
+                commit = asyncio.ensure_future(self._commit(assessment, now, None))
             else:
                 deferred = assessment
         if not charges:
@@ -496,6 +500,10 @@ class Guardrail:
         decision.outcome, decision.limits, decision.tokens = outcome, limits, tokens
         if deferred is not None:
             await self._commit(deferred, now, outcome.allowed)
+        elif alongside is not None and alongside.fresh and outcome.allowed:
+            # a new template bucket or fingerprint: created off the request's path
+            assert self.risk is not None
+            self.settlements.start(self.risk.created(alongside))
         if not outcome.allowed:
             decision.action = LIMIT
             return None
