@@ -25,7 +25,7 @@ from guardrail import Policy
 from guardrail.backends import risk_engine, storage_from_uri
 from guardrail.backends.risk_memory import MemoryRiskStore
 from guardrail.identity import Subject
-from guardrail.inspection import parse_openai
+from guardrail.inspection import parse_request
 from guardrail.limits import CompiledRoute, compile_route
 from guardrail.signals.engine import RiskEngine
 
@@ -73,7 +73,7 @@ def engine(max_subjects: int) -> tuple[RiskEngine, CompiledRoute]:
 
 async def flood(ips: int, max_subjects: int) -> None:
     risk, route = engine(max_subjects)
-    bodies = [parse_openai(body) for body in prompts(PROMPTS)]
+    bodies = [parse_request(body) for body in prompts(PROMPTS)]
     scope = {"headers": [(b"user-agent", b"flood/1.0")]}
     gc.collect()
     before = rss()
@@ -105,7 +105,7 @@ def exact_principal(count: int = 5_000) -> None:
     store = MemoryRiskStore(half_life=21600.0, window=21600.0, ttl=172800.0, max_subjects=10**6)
     risk, route = engine(10**6)
     risk.store = store
-    bodies = [parse_openai(body) for body in prompts(64)]
+    bodies = [parse_request(body) for body in prompts(64)]
     scope = {"headers": [(b"user-agent", b"flood/1.0")]}
 
     async def fill() -> None:
