@@ -529,7 +529,9 @@ async def test_memory_an_expired_banded_principal_starts_over_out_of_its_band() 
     assert (await store.load(keys, NOW + 101)).band is None
 
 
-async def test_memory_a_network_beyond_its_share_shares_one_overflow_state() -> None:
+async def test_memory_a_network_beyond_its_share_shares_one_overflow_state(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     store = MemoryRiskStore(half_life=HALF_LIFE, window=WINDOW, ttl=TTL, max_subjects=2000)
     share = network_share(2000)
     others = [Keys(f"k:other{n}", f"s:10.1.{n}.0/24", None, ()) for n in range(200)]
@@ -540,6 +542,9 @@ async def test_memory_a_network_beyond_its_share_shares_one_overflow_state() -> 
         await store.save(Keys(f"k:flood{n}", flood, None, ()), update(principal=counters(req=1)))
     assert store.held(flood) == share
     assert store.sizes()["principals"] == len(others) + share
+    # said once (a proxy's subnet would look like this)
+    warnings = [r.getMessage() for r in caplog.records if "holds its share" in r.getMessage()]
+    assert len(warnings) == 1 and "198.51.100.0/24" in warnings[0]
     assert all([(await store.load(k, NOW)).known for k in others])
     # the keys beyond the share were counted together, and a new one reads that state
     newcomer = await store.load(Keys("k:newcomer", flood, None, ()), NOW)

@@ -7,6 +7,7 @@ float32 counter, and a principal, ring included, fits in under a kilobyte.
 
 from __future__ import annotations
 
+import logging
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -38,6 +39,8 @@ from guardrail.signals.state import (
     Update,
 )
 
+logger = logging.getLogger("guardrail")
+
 #: Half-lives the store's landmark may lag ``now`` before it moves to ``now``. Every state
 #: takes the store's landmark when next written (renormalised once if it had an older one), so
 #: weights stay under 2^32, far inside float32's 2^128, and the landmark float is one object
@@ -60,6 +63,9 @@ OVERFLOW = "o:"
 #: fraction of ``max_subjects``: only another banded principal evicts one, never a flood of
 #: fresh ones.
 BANDED_SHARE = 2
+#: A subnet reaching its share is said in the log at most this often (seconds): behind a proxy
+#: that guardrail does not trust, every client is the proxy's subnet.
+WARN_EVERY = 60.0
 #: Distinct request parameters kept as shared objects: a float or a large int costs 24-28
 #: bytes per principal, and clients send a handful of values (temperature 0.7, 1024 tokens…).
 _MAX_INTERNED = 1024
@@ -211,6 +217,7 @@ class MemoryRiskStore:
         self._principals: OrderedDict[str, _Principal] = OrderedDict()  # in no band
         self._banded: OrderedDict[str, _Principal] = OrderedDict()
         self._networks: dict[str, _Network] = {}
+        self._warned = float("-inf")
         self._cohorts: OrderedDict[str, _Cohort] = OrderedDict()  # subnets and fingerprints
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
 
@@ -564,6 +571,15 @@ class MemoryRiskStore:
                 if overflow in self._principals or overflow in self._banded:
                     return self._principal(overflow, now, landmark, epoch, subnet, create)
                 key = overflow  # the subnet's last place
+                if create and now - self._warned >= WARN_EVERY:
+                    self._warned = now
+                    logger.warning(
+                        "guardrail: subnet %s holds its share of the risk state (%d "
+                        "principals): its new principals share one state. A proxy's subnet? "
+                        "Then list it in identity.client_ip.trusted_proxies",
+                        subnet.removeprefix("s:"),
+                        self.share,
+                    )
         if not create:
             return None
         if network is None and self.share:
