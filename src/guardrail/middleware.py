@@ -489,18 +489,19 @@ class Guardrail:
                 storage = self.fallback
                 outcome = await storage.charge(charges, now)
         finally:
-            if commit is not None:
+            if commit is not None or (deferred is not None and outcome is not None):
                 try:
-                    await commit
+                    if commit is not None:
+                        await commit
+                    elif deferred is not None and outcome is not None:
+                        await self._commit(deferred, now, outcome.allowed)
                 except BaseException:  # cancelled after the charge: no one will settle it
                     if held and outcome is not None and outcome.allowed:
                         given_back = [c._replace(cost=-tokens) for c in held]
                         self.settlements.start(storage.settle(given_back, now))
                     raise
         decision.outcome, decision.limits, decision.tokens = outcome, limits, tokens
-        if deferred is not None:
-            await self._commit(deferred, now, outcome.allowed)
-        elif alongside is not None and alongside.fresh and outcome.allowed:
+        if alongside is not None and alongside.fresh and outcome.allowed:
             # a new template bucket or fingerprint: created off the request's path
             assert self.risk is not None
             self.settlements.start(self.risk.created(alongside))
