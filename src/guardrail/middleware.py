@@ -400,9 +400,7 @@ class Guardrail:
             decision.action, decision.tier = threshold.action, threshold.tier
         return assessment
 
-    async def _commit(
-        self, assessment: Assessment, now: float, admitted: bool | None = True
-    ) -> None:
+    async def _commit(self, assessment: Assessment, now: float, admitted: bool = True) -> None:
         # The decision is already made from what was read; a write that fails loses one
         # request's evidence, which is no reason to refuse the request.
         try:
@@ -457,7 +455,7 @@ class Guardrail:
                 held = [*(held or ()), *more]
                 limits = (*limits, *tier.metered)
         commit = None
-        deferred = alongside = None  # written once the charge is known, or with it
+        deferred = None  # written once the charge is known
         if assessment is not None and (
             assessment.update is not None or assessment.template is not None
         ):
@@ -465,10 +463,8 @@ class Guardrail:
                 await self._commit(assessment, now)
             elif assessment.remote and assessment.known:
                 # Redis, a principal already there: the risk write goes out alongside the
-                # bucket charge, so the two share the request's second round trip (creating
-                # nothing: what its load found absent is created once it is admitted).
-                alongside = assessment
-                commit = asyncio.ensure_future(self._commit(assessment, now, None))
+                # bucket charge, so the two share the request's second round trip.
+                commit = asyncio.ensure_future(self._commit(assessment, now))
             else:
                 deferred = assessment
         if not charges:
@@ -501,10 +497,6 @@ class Guardrail:
                         self.settlements.start(storage.settle(given_back, now))
                     raise
         decision.outcome, decision.limits, decision.tokens = outcome, limits, tokens
-        if alongside is not None and alongside.fresh and outcome.allowed:
-            # a new template bucket or fingerprint: created off the request's path
-            assert self.risk is not None
-            self.settlements.start(self.risk.created(alongside))
         if not outcome.allowed:
             decision.action = LIMIT
             return None

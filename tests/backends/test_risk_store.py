@@ -163,10 +163,9 @@ EMPTY = Snapshot(
 
 
 def assert_same(actual: Snapshot, expected: Snapshot, known: bool = True) -> None:
-    """Equal snapshots, counters within float tolerance (``known`` too, if ``known``; not
-    ``fresh``, which only a store written alongside the charge fills: Redis)."""
+    """Equal snapshots, counters within float tolerance (``known`` too, if ``known``)."""
     for name in Snapshot.__slots__:
-        if name == "fresh" or (name == "known" and not known):
+        if name == "known" and not known:
             continue
         got, want = getattr(actual, name), getattr(expected, name)
         if name in ("principal", "subnet", "fingerprint"):
@@ -473,16 +472,6 @@ async def test_a_write_that_may_not_create_leaves_absent_state_absent(store: Ris
         [2.0, 2.0, 3.0]
     )
     assert snap.neighbours == [b"t", b"t"]
-
-
-async def test_redis_a_load_names_the_states_it_found_absent(remote: RedisRiskStore) -> None:
-    keys = KEYS._replace(templates=("t:01", "t:02"))
-    assert (await remote.load(keys, NOW)).fresh == (KEYS.fingerprint, "t:01", "t:02")
-    await remote.save(
-        keys._replace(templates=("t:02",)),
-        update(principal=counters(req=1), fingerprint=[1.0, 0, 0], template=b"t"),
-    )
-    assert (await remote.load(keys, NOW)).fresh == ("t:01",)
 
 
 def test_a_network_share_is_a_sixteenth_of_the_store_with_a_floor() -> None:

@@ -158,23 +158,17 @@ class RedisRiskStore:
             level, _, held = state[0].partition(b":")
             band = Band(int(level), float(held))
         subnet_flat, subnet_bits = replies[1]
-        fresh: tuple[str, ...] = ()  # what the request would create: usually nothing
         if keys.fingerprint is None:
             fingerprint_values, fingerprint_members, rest = [0.0] * len(COHORT), 0, 2
         else:
             fingerprint_flat, fingerprint_bits = replies[2]
-            if not fingerprint_flat:
-                fresh = (keys.fingerprint,)
             fingerprint_values = self._decay(
                 _pairs(fingerprint_flat), _COHORT_FIELDS, len(COHORT), now
             )
             fingerprint_members, rest = _bitmap(fingerprint_bits), 3
         neighbours: list[bytes] = []
-        for template, entries in zip(keys.templates, replies[rest:], strict=True):
-            if entries:
-                neighbours += entries
-            else:
-                fresh += (template,)
+        for entries in replies[rest:]:
+            neighbours += entries
         return Snapshot(
             self._decay(counters, _PRINCIPAL_FIELDS, len(PRINCIPAL), now),
             None if seen is None else float(seen),
@@ -189,7 +183,6 @@ class RedisRiskStore:
             fingerprint_members,
             neighbours,
             bool(counters_flat),  # what risk.lua's create flag tests: the hash
-            fresh,
         )
 
     def _decay(

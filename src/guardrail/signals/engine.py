@@ -118,7 +118,6 @@ class Assessment:
     remote: bool = False  # the state is in Redis: its write can share a round trip
     degraded: bool = False  # the shared store failed; the local fallback decided
     known: bool = True  # the principal had state: False, only an admitted request creates it
-    fresh: tuple[str, ...] = ()  # states besides it the load found absent (``Snapshot.fresh``)
     template: bytes | None = None  # a folded request's template entry, pushed once admitted
     at: float = 0.0  # when it was folded
 
@@ -272,12 +271,10 @@ class RiskEngine:
         assessment.remote = self.remote and not degraded
         return assessment
 
-    async def commit(self, assessment: Assessment, admitted: bool | None = True) -> None:
+    async def commit(self, assessment: Assessment, admitted: bool = True) -> None:
         """Write what the request added. ``admitted``: the limits let it through; a refused
         request buys no state (no new principal, fingerprint cohort or template bucket), or
-        one client with random keys could evict everyone else's. None: not known yet (a
-        write alongside the charge, for a principal already there): what is not there yet
-        waits for ``created``."""
+        one client with random keys could evict everyone else's."""
         update = assessment.update
         if update is None:  # folded already, from the standing, but for its template
             template = assessment.template
@@ -287,26 +284,6 @@ class RiskEngine:
         if not admitted:
             update = replace(update, create=False)
         await self._save(assessment, update)
-
-    async def created(self, assessment: Assessment) -> None:
-        """After ``commit(assessment, None)``, the request admitted: create the states it
-        names that its load found absent (``fresh``), as its write would have."""
-        update, keys, fresh = assessment.update, assessment.keys, assessment.fresh
-        if update is None or not fresh:
-            return
-        templates = tuple(t for t in keys.templates if t in fresh)
-        fingerprint = keys.fingerprint if keys.fingerprint in fresh else None
-        missing = Update(
-            update.now,
-            _NO_INCREMENTS[:],
-            seen=False,
-            fingerprint=update.fingerprint if fingerprint is not None else [],
-            fingerprint_bit=update.fingerprint_bit if fingerprint is not None else None,
-            template=update.template if templates else None,
-        )
-        await self._save(
-            assessment, missing, Keys(keys.principal, keys.subnet, fingerprint, templates)
-        )
 
     async def refused(self, assessment: Assessment, now: float) -> None:
         """The app answered 4xx, or a route limit 429 (not the engine's own throttle tier or
@@ -329,15 +306,14 @@ class RiskEngine:
         keys = Keys(principal_of(subject), "s:" + subject.subnet, None, ())
         await self.store.save(keys, Update(now, increments, seen=False))
 
-    async def _save(self, assessment: Assessment, update: Update, keys: Keys | None = None) -> None:
+    async def _save(self, assessment: Assessment, update: Update) -> None:
         # Writes go where the read came from. A write that fails after a good read is not
         # diverted to the fallback, which nobody reads while the store answers: it raises, and
         # the caller logs it (the evidence of one request is lost, visibly).
-        keys = assessment.keys if keys is None else keys
         if assessment.degraded and self.fallback is not None:
-            await self.fallback.save(keys, update)
+            await self.fallback.save(assessment.keys, update)
         else:
-            await self.store.save(keys, update)
+            await self.store.save(assessment.keys, update)
 
     # -- scoring ---------------------------------------------------------------------------
 
@@ -520,7 +496,7 @@ class RiskEngine:
         )
         threshold = self.thresholds[level - 1] if level else None
         assessment = Assessment(keys, score, values, points, threshold, update)
-        assessment.known, assessment.fresh = snap.known, snap.fresh
+        assessment.known = snap.known
         return assessment
 
     def _band(self, score: float, band: Band | None, now: float) -> tuple[int, Band | None]:

@@ -99,9 +99,6 @@ class Snapshot:
     fingerprint_members: int
     neighbours: list[bytes]  # entries of every template bucket, each a packed (tag, sketch)
     known: bool = True  # the principal had state (False: this request would create it)
-    # the states besides the principal (its fingerprint cohort, template buckets) the load
-    # found absent: a store written alongside the limits' charge creates them once admitted
-    fresh: tuple[str, ...] = ()
 
 
 class Standing(NamedTuple):
