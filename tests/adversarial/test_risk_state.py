@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis.asyncio as aioredis
 
 from guardrail import Guardrail, Policy
 from guardrail.backends.risk_memory import MemoryRiskStore
@@ -182,3 +183,47 @@ async def test_a_flood_of_random_keys_from_one_ip_leaves_the_blocked_key_blocked
     assert blocked_after == 403, figures
     assert kept == OTHERS, figures
     assert flooding <= SHARE, figures
+
+
+async def test_in_redis_a_flood_of_random_keys_buys_no_state(
+    tmp_path: Path, clock: FakeClock, redis_url: str
+) -> None:
+    """The same flood against the Redis store: no eviction there, but each refused request
+    wrote a principal (its refusal) kept for the store's ttl, two days by default."""
+    app = Guardrail(
+        echo_app(),
+        policy=Policy.from_string(POLICY),
+        clock=clock,
+        sleep=clock.sleep,
+        storage=redis_url,
+        audit=f"file://{tmp_path / 'audit.jsonl'}",
+    )
+    r = aioredis.from_url(redis_url)
+    counts: dict[int, int] = {}
+    async with served(app, proxy_headers=False) as url, httpx.AsyncClient(base_url=url) as http:
+        await http.post("/v1/chat/completions", content=HELLO, headers={"x-forwarded-for": VICTIM})
+        before = (await r.info("memory"))["used_memory"]
+        for n in range(2_000):  # a fifth through uvicorn, the rest straight through ASGI
+            clock.advance(STEP)
+            key = f"sk-{secrets.token_hex(12)}"
+            if n % 5 == 0:
+                response = await http.post(
+                    "/v1/chat/completions",
+                    content=HELLO,
+                    headers={"authorization": f"Bearer {key}", "x-forwarded-for": FLOODER},
+                )
+                status = response.status_code
+            else:
+                status = await asgi_post(app, FLOODER, key)
+            counts[status] = counts.get(status, 0) + 1
+        grown = (await r.info("memory"))["used_memory"] - before
+        principals = len([key async for key in r.scan_iter(match="*{r:k:*}")])
+    await r.aclose()
+    admitted = counts.get(200, 0)
+    figures = (
+        f"flood: {counts}; principals in Redis {principals} (admitted {admitted}); "
+        f"used_memory grew {grown / 1024:.0f} KiB"
+    )
+    print(figures)  # shown with -s
+    assert counts.get(429, 0) >= 0.8 * 2_000, figures
+    assert principals == admitted, figures  # the refused ones bought none
