@@ -656,16 +656,25 @@ async def test_under_fail_open_a_storage_failing_mid_stream_is_asked_once(
     await app.shutdown()
 
 
+@pytest.mark.parametrize("known", [False, True])
 async def test_a_request_cancelled_while_its_risk_write_is_out_gives_its_reservation_back(
-    tmp_path: Path, clock: FakeClock, redis_url: str
+    tmp_path: Path, clock: FakeClock, redis_url: str, known: bool
 ) -> None:
-    # Redis: the risk write goes out alongside the bucket charge; the request is cancelled
-    # (its client left) after the charge, while the write is still out
+    # Redis: the risk write goes out alongside the bucket charge for a principal already
+    # there, after it for one it creates; the request is cancelled (its client left) after the
+    # charge, while the write is still out
     text = policy(extra="thresholds: [{score: 99, action: block}]")
     app = serve(tmp_path, clock, text, storage=redis_url)
     writing = asyncio.Event()
+    spent = 0
+    if known:  # a first request makes the principal known
+        first = sdk(app)
+        await first.chat.completions.create(**chat(max_tokens=50))
+        await first.close()
+        await app.settlements.wait()
+        spent = 1000 - await tokens_left(app, clock)
 
-    async def slow_commit(assessment: Any, now: float) -> None:
+    async def slow_commit(assessment: Any, now: float, admitted: bool = True) -> None:
         writing.set()
         await asyncio.Event().wait()
 
@@ -673,11 +682,11 @@ async def test_a_request_cancelled_while_its_risk_write_is_out_gives_its_reserva
     client = sdk(app)
     request = asyncio.ensure_future(client.chat.completions.create(**chat(max_tokens=50)))
     await asyncio.wait_for(writing.wait(), 10)
-    await until(lambda: _equal(tokens_left(app, clock), 1000 - PROMPT - 50), "charged")
+    await until(lambda: _equal(tokens_left(app, clock), 1000 - spent - PROMPT - 50), "charged")
     request.cancel()
     with pytest.raises(asyncio.CancelledError):
         await request
-    await until(lambda: _equal(tokens_left(app, clock), 1000), "given back")
+    await until(lambda: _equal(tokens_left(app, clock), 1000 - spent), "given back")
     await client.close()
     await app.shutdown()
 

@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
+from guardrail.backends.risk_memory import MemoryRiskStore
 from guardrail.cli import main
 from guardrail.signals.catalog import SIGNALS
 
 from conftest import FakeClock
-from helpers import audit_records, build, client
+from helpers import audit_records, bearer, build, client
 from redis_servers import free_port
 
 ASK = "Please answer this question and show your full reasoning, number {}"
@@ -496,3 +498,57 @@ async def test_a_stalled_body_still_tells_the_band_so_the_next_are_refused_befor
     records = audit_records(tmp_path)
     assert [(r["action"], r["status"]) for r in records[-2:]] == [("timeout", 408), ("block", 403)]
     assert records[-2]["score"] == records[-1]["score"] > 95
+
+
+FLOODED = policy(3.0).replace(
+    "      - {per: api_key, rate: 600/minute, burst: 100}",
+    "      - {per: ip, rate: 6/minute, burst: 2}",
+)
+
+
+async def flood_of_new_keys(app: Any) -> tuple[int, int]:
+    """Twenty requests from one address, each with a new key: two admitted by the ip limit.
+    Returns the template buckets held after the admitted ones and at the end (memory)."""
+    statuses, buckets = [], []
+    async with client(app) as http:
+        for n in range(20):
+            response = await http.post(
+                "/v1/chat/completions", json=chat(n), headers={"authorization": f"Bearer sk-{n}"}
+            )
+            statuses.append(response.status_code)
+            if n in (1, 19) and isinstance(app.risk.store, MemoryRiskStore):
+                buckets.append(app.risk.store.sizes()["template buckets"])
+    assert statuses == [200] * 2 + [429] * 18
+    return (buckets[0], buckets[1]) if buckets else (0, 0)
+
+
+async def test_requests_the_limits_refuse_create_no_principal(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Issue 11: each refused request with a new random key bought a principal."""
+    app = build(tmp_path, clock, FLOODED)
+    admitted, after = await flood_of_new_keys(app)
+    store = app.risk.store  # type: ignore[union-attr]
+    assert isinstance(store, MemoryRiskStore)
+    assert store.sizes()["principals"] == 2  # the two admitted keys'
+    assert after == admitted > 0  # and no template bucket from a refused prompt
+    await app.shutdown()
+
+
+async def test_requests_the_limits_refuse_create_no_principal_in_redis(
+    tmp_path: Path, clock: FakeClock, redis_url: str
+) -> None:
+    app = build(tmp_path, clock, FLOODED, storage=redis_url)
+    await flood_of_new_keys(app)
+    r = aioredis.from_url(redis_url)
+    principals = [key async for key in r.scan_iter(match="*{r:k:*}")]
+    assert len(principals) == 2  # the two admitted keys' (their hashes)
+
+    # ... and the refusals of a principal already there are counted on it
+    async with client(app) as http:
+        refused = await http.post("/v1/chat/completions", json=chat(0), headers=bearer("sk-0"))
+        assert refused.status_code == 429
+    refusals = [float(await r.hget(key, "ref") or 0) for key in principals]
+    assert sorted(refusals)[0] == 0 and sorted(refusals)[1] > 0  # sk-0's, not sk-1's
+    await r.aclose()
+    await app.shutdown()

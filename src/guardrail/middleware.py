@@ -258,7 +258,7 @@ class Guardrail:
                     decision.action = ALLOW  # passed a challenge lately: served
                 elif decision.action in (CHALLENGE, BLOCK) and self.enforce:
                     if assessment is not None:
-                        await self._commit(assessment, now)
+                        await self._commit(assessment, now, admitted=False)
                     # Not fed back as refusals: the engine's own answers must not feed it.
                     self._record(scope, decision, now, 403)  # before sending: the client may go
                     await self.desk.refuse(scope, send, decision, now, headers)
@@ -521,11 +521,11 @@ class Guardrail:
             self.bands.learn(assessment, now)
         return assessment
 
-    async def _commit(self, assessment: Assessment, now: float) -> None:
+    async def _commit(self, assessment: Assessment, now: float, admitted: bool = True) -> None:
         # The decision is already made from what was read; a write that fails loses one
         # request's evidence, which is no reason to refuse the request.
         try:
-            await self.risk.commit(assessment)  # type: ignore[union-attr]
+            await self.risk.commit(assessment, admitted)  # type: ignore[union-attr]
         except StorageError as exc:
             self._warn_storage(exc, now)
 
@@ -549,7 +549,9 @@ class Guardrail:
     ) -> Budget | None:
         """Charge every bucket of the route (and of the subject's tier) at once, ``tokens``
         ``reserved`` against the token limits; a refusal makes the action ``limit``. The risk
-        engine's write goes out alongside. Returns the request's hold on its token budgets.
+        engine's write goes out alongside (in Redis, for a principal already there), or after
+        the charge: only an admitted request creates risk state. Returns the request's hold on
+        its token budgets.
 
         A storage failure follows on_storage_error: the local fallback decides (fail_open), or
         nothing can, and the request is refused with ``storage_error`` set (fail_closed).
@@ -574,13 +576,18 @@ class Guardrail:
                 held = [*(held or ()), *more]
                 limits = (*limits, *tier.metered)
         commit = None
-        if assessment is not None and assessment.update is not None:
-            if charges and assessment.remote:
-                # Redis: the risk write goes out alongside the bucket charge, so the two
-                # share the request's second round trip.
+        deferred = None  # written once the charge is known
+        if assessment is not None and (
+            assessment.update is not None or assessment.template is not None
+        ):
+            if not charges:
+                await self._commit(assessment, now)
+            elif assessment.remote and assessment.known:
+                # Redis, a principal already there: the risk write goes out alongside the
+                # bucket charge, so the two share the request's second round trip.
                 commit = asyncio.ensure_future(self._commit(assessment, now))
             else:
-                await self._commit(assessment, now)
+                deferred = assessment
         if not charges:
             return None
         storage = self.storage
@@ -592,14 +599,19 @@ class Guardrail:
                 self._warn_storage(exc, now)
                 if self.fallback is None:
                     decision.action, decision.storage_error = LIMIT, True
+                    if deferred is not None:
+                        await self._commit(deferred, now, admitted=False)
                     return None
                 decision.degraded = True
                 storage = self.fallback
                 outcome = await storage.charge(charges, now)
         finally:
-            if commit is not None:
+            if commit is not None or (deferred is not None and outcome is not None):
                 try:
-                    await commit
+                    if commit is not None:
+                        await commit
+                    elif deferred is not None and outcome is not None:
+                        await self._commit(deferred, now, outcome.allowed)
                 except BaseException:  # cancelled after the charge: no one will settle it
                     if held and outcome is not None and outcome.allowed:
                         given_back = [c._replace(cost=-tokens) for c in held]

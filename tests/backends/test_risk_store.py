@@ -16,7 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from guardrail.backends.redis import RedisStorage
-from guardrail.backends.risk_memory import LRU_SLACK, MemoryRiskStore
+from guardrail.backends.risk_memory import (
+    LRU_SLACK,
+    OVERFLOW,
+    MemoryRiskStore,
+    network_share,
+)
 from guardrail.backends.risk_redis import RedisRiskStore
 from guardrail.errors import StorageError
 from guardrail.signals.state import (
@@ -153,12 +158,15 @@ EMPTY = Snapshot(
     fingerprint=[0.0] * len(COHORT),
     fingerprint_members=0,
     neighbours=[],
+    known=False,
 )
 
 
-def assert_same(actual: Snapshot, expected: Snapshot) -> None:
-    """Equal snapshots, counters within float tolerance."""
+def assert_same(actual: Snapshot, expected: Snapshot, known: bool = True) -> None:
+    """Equal snapshots, counters within float tolerance (``known`` too, if ``known``)."""
     for name in Snapshot.__slots__:
+        if name == "known" and not known:
+            continue
         got, want = getattr(actual, name), getattr(expected, name)
         if name in ("principal", "subnet", "fingerprint"):
             assert got == near(want), name
@@ -426,6 +434,131 @@ async def test_memory_lru_keeps_at_most_max_subjects() -> None:
     subnets = [(await store.load(k, later)).subnet[C_REQ] for k in keys]
     assert subnets == near([0.0, 0.0, decay, 1.0, 1.0])
     assert [(await store.load(k, later)).neighbours for k in keys] == [[]] * 2 + [[b"x"]] * 3
+
+
+# -- refused requests, bands and networks ----------------------------------------------------
+
+
+async def test_a_write_that_may_not_create_leaves_absent_state_absent(store: RiskStore) -> None:
+    """A request the limits refused: its subnet (one per network) counts it; the principal,
+    the fingerprint cohort and template buckets it names are written only if there."""
+    everything: dict[str, Any] = {
+        "principal": counters(req=1, ref=1),
+        "ring": b"r",
+        "band": Band(1, NOW),
+        "spread_bit": 1,
+        "subnet": [1.0, 0.5, 0],
+        "subnet_bit": 2,
+        "fingerprint": [1.0, 0, 0],
+        "fingerprint_bit": 3,
+        "template": b"t",
+    }
+    await store.save(KEYS, update(**everything, create=False))
+    snap = await store.load(KEYS, NOW)
+    assert not snap.known
+    assert (snap.principal, snap.ring, snap.band) == ([0.0] * len(PRINCIPAL), [], None)
+    assert (snap.fingerprint, snap.fingerprint_members, snap.neighbours) == (
+        [0.0] * len(COHORT),
+        0,
+        [],
+    )
+    assert snap.subnet == near([1.0, 0.5, 0.0]) and snap.subnet_members == 1 << 2
+
+    await store.save(KEYS, update(**everything))  # admitted: all of it created
+    await store.save(KEYS, update(**everything, create=False))  # there now: written
+    snap = await store.load(KEYS, NOW)
+    assert snap.known and snap.band == Band(1, NOW)
+    assert (snap.principal[REQ], snap.fingerprint[C_REQ], snap.subnet[C_REQ]) == near(
+        [2.0, 2.0, 3.0]
+    )
+    assert snap.neighbours == [b"t", b"t"]
+
+
+def test_a_network_share_is_a_sixteenth_of_the_store_with_a_floor() -> None:
+    assert network_share(1_000_000) == 62_500
+    assert network_share(2000) == 125
+    assert network_share(1000) == 64  # the floor
+    assert network_share(64) == 0  # no share when it would be the whole store
+
+
+async def test_memory_a_banded_principal_outlives_a_flood_of_new_ones() -> None:
+    store = MemoryRiskStore(half_life=HALF_LIFE, window=WINDOW, ttl=TTL, max_subjects=100)
+    blocked = Keys("k:blocked", "s:192.0.2.0/24", None, ())
+    await store.save(blocked, update(principal=counters(req=1), band=Band(3, NOW)))
+    for n in range(1000):  # ten times the store, from as many networks
+        keys = Keys(f"k:{n}", f"s:10.{n // 250}.{n % 250}.0/24", None, ())
+        await store.save(keys, update(NOW + 1, principal=counters(req=1)))
+    assert store.sizes()["principals"] == 100
+    assert (await store.load(blocked, NOW + 2)).band == Band(3, NOW)
+
+    # once out of its band, it is one of the crowd again
+    await store.save(blocked, update(NOW + 3, principal=counters(req=1), band=Band(0, NOW + 3)))
+    assert store.sizes()["banded principals"] == 0
+    for n in range(100):
+        keys = Keys(f"k:again{n}", f"s:10.9.{n}.0/24", None, ())
+        await store.save(keys, update(NOW + 4, principal=counters(req=1)))
+    assert not (await store.load(blocked, NOW + 5)).known
+
+
+async def test_memory_only_banded_principals_evict_banded_ones() -> None:
+    store = MemoryRiskStore(half_life=HALF_LIFE, window=WINDOW, ttl=TTL, max_subjects=10)
+    banded = [Keys(f"k:b{n}", f"s:10.0.{n}.0/24", None, ()) for n in range(6)]
+    for n, keys in enumerate(banded):  # half the store at most: the sixth evicts the first
+        await store.save(keys, update(NOW + n, principal=counters(req=1), band=Band(1, NOW)))
+    assert store.sizes()["banded principals"] == 5
+    assert [(await store.load(k, NOW + 9)).known for k in banded] == [False] + [True] * 5
+
+
+async def test_memory_an_expired_banded_principal_starts_over_out_of_its_band() -> None:
+    store = MemoryRiskStore(half_life=HALF_LIFE, window=WINDOW, ttl=100.0, max_subjects=10)
+    keys = Keys("k:gone", "s:10.0.0.0/24", None, ())
+    await store.save(keys, update(principal=counters(req=1), band=Band(2, NOW)))
+    await store.save(keys, update(NOW + 101, principal=counters(req=1)))
+    assert store.sizes()["banded principals"] == 0
+    assert (await store.load(keys, NOW + 101)).band is None
+
+
+async def test_memory_a_network_beyond_its_share_shares_one_overflow_state(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryRiskStore(half_life=HALF_LIFE, window=WINDOW, ttl=TTL, max_subjects=2000)
+    share = network_share(2000)
+    others = [Keys(f"k:other{n}", f"s:10.1.{n}.0/24", None, ()) for n in range(200)]
+    for keys in others:
+        await store.save(keys, update(principal=counters(req=1)))
+    flood = "s:198.51.100.0/24"
+    for n in range(5000):  # more than the whole store, from one network
+        await store.save(Keys(f"k:flood{n}", flood, None, ()), update(principal=counters(req=1)))
+    assert store.held(flood) == share
+    assert store.sizes()["principals"] == len(others) + share
+    # said once (a proxy's subnet would look like this)
+    warnings = [r.getMessage() for r in caplog.records if "holds its share" in r.getMessage()]
+    assert len(warnings) == 1 and "198.51.100.0/24" in warnings[0]
+    assert all([(await store.load(k, NOW)).known for k in others])
+    # the keys beyond the share were counted together, and a new one reads that state
+    newcomer = await store.load(Keys("k:newcomer", flood, None, ()), NOW)
+    assert newcomer.known and newcomer.principal[REQ] == near(5000.0 - (share - 1))
+    assert (await store.load(Keys("k:newcomer", "s:10.1.0.0/24", None, ()), NOW)).known is False
+
+
+async def test_memory_a_network_regains_its_share_as_its_principals_are_evicted() -> None:
+    store = MemoryRiskStore(half_life=HALF_LIFE, window=WINDOW, ttl=TTL, max_subjects=128)
+    share = network_share(128)  # 64
+    for n in range(share + 10):
+        keys = Keys(f"k:a{n}", "s:10.0.0.0/24", None, ())
+        await store.save(keys, update(principal=counters(req=1)))
+    assert store.held("s:10.0.0.0/24") == share
+    for n in range(128):  # the rest of the world pushes them all out
+        keys = Keys(f"k:b{n}", f"s:10.1.{n}.0/24", None, ())
+        await store.save(keys, update(NOW + 1, principal=counters(req=1)))
+    assert store.held("s:10.0.0.0/24") == 0
+    assert store.sizes()["principals"] == 128
+    # and a new key of that network has a state of its own again
+    await store.save(
+        Keys("k:c", "s:10.0.0.0/24", None, ()), update(NOW + 2, principal=counters(req=1))
+    )
+    assert OVERFLOW + "s:10.0.0.0/24" not in store._principals
+    assert (await store.load(Keys("k:c", "s:10.0.0.0/24", None, ()), NOW + 2)).known
 
 
 async def test_memory_lru_order_is_kept_to_within_a_slack() -> None:
@@ -762,14 +895,16 @@ async def compare(url: str, steps: list[tuple[Any, ...]]) -> None:
         for gap, principal, subnet, fingerprint, templates, fields in steps:
             now += gap
             keys = Keys(principal, subnet, fingerprint, tuple(templates))
-            assert_same(await remote.load(keys, now), await memory.load(keys, now))
+            # ``known``: Redis holds no hash for a principal written without counters (the
+            # engine's writes always count a request or a refusal); memory holds a state
+            assert_same(await remote.load(keys, now), await memory.load(keys, now), False)
             change = Update(now, **fields)
             await memory.save(keys, change)
             await remote.save(keys, change)
-            assert_same(await remote.load(keys, now), await memory.load(keys, now))
+            assert_same(await remote.load(keys, now), await memory.load(keys, now), False)
         for later in (now + 1, now + WINDOW, now + 3 * WINDOW):
             keys = Keys("a:one", "s:192.0.2.0/24", "f:01", ("t:1", "t:2", "t:3"))
-            assert_same(await remote.load(keys, later), await memory.load(keys, later))
+            assert_same(await remote.load(keys, later), await memory.load(keys, later), False)
     finally:
         await storage.close()
 

@@ -11,7 +11,7 @@ from guardrail.identity import Subject
 from guardrail.policy import Policy
 from guardrail.signals.catalog import SIGNALS
 from guardrail.signals.engine import RiskEngine, principal_of
-from guardrail.signals.state import Band
+from guardrail.signals.state import C_REQ, REF, REQ, Band
 
 from .streams import BASE_POLICY, START, human, steady, templated
 
@@ -143,3 +143,27 @@ def test_after_the_cooldown_it_steps_down_to_the_highest_band_it_still_holds() -
     engine = bands()  # throttle 50, challenge 75, block 95; margin 10
     assert engine._band(70.0, Band(3, START), START + 900) == (2, Band(2, START + 900))
     assert engine._band(50.0, Band(3, START), START + 900) == (1, Band(1, START + 900))
+
+
+async def test_a_refused_request_buys_no_state(make_driver: Make) -> None:
+    """Only a request the limits admit creates its principal; a refused one counts in its
+    subnet, and on a principal already there (issue 11: random keys evicted everyone)."""
+    driver = await make_driver()
+    store = driver.engine.store
+    refused = await driver.send(START, account="random-1", prompt=ASK.format(1), commit=False)
+    assert not refused.known
+    await driver.engine.commit(refused, admitted=False)
+    await driver.engine.refused(refused, START)
+    snap = await store.load(refused.keys, START + 1)
+    assert not snap.known and snap.ring == [] and snap.principal[REF] == 0.0
+    assert snap.subnet[C_REQ] > 0  # the network's cohort saw it
+    assert (snap.fingerprint[C_REQ], snap.neighbours) == (0.0, [])  # no cohort, no bucket
+
+    admitted = await driver.send(START + 2, account="random-1", prompt=ASK.format(2))
+    assert not admitted.known  # committed as admitted: created
+    again = await driver.send(START + 4, account="random-1", commit=False)
+    assert again.known
+    await driver.engine.commit(again, admitted=False)
+    await driver.engine.refused(again, START + 4)
+    snap = await store.load(again.keys, START + 5)
+    assert snap.known and snap.principal[REQ] > 1.9 and snap.principal[REF] > 0.9

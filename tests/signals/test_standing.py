@@ -141,3 +141,17 @@ async def test_a_request_from_a_new_network_is_assessed_in_full() -> None:
     back = await driver.send(START + 0.3, account="hopper", ip="203.0.113.9", body={})
     assert not full(home) and full(away)  # network_spread may have moved
     assert not full(back)  # the same /24 again: no longer new
+
+
+async def test_a_folded_prompt_enters_the_template_index_only_once_admitted() -> None:
+    driver = await memory_driver()
+    await driver.send(START, account="writer", prompt=TOPICS[0])
+    refused = await driver.send(START + 0.1, account="writer", prompt=TOPICS[1], commit=False)
+    assert not full(refused) and refused.template is not None
+    await driver.engine.commit(refused, admitted=False)
+    snap = await driver.engine.store.load(refused.keys, START + 0.2)
+    assert snap.neighbours == [] and len(snap.ring) == 2  # its own ring: it is there
+    admitted = await driver.send(START + 0.3, account="writer", prompt=TOPICS[1], commit=False)
+    await driver.engine.commit(admitted)
+    snap = await driver.engine.store.load(admitted.keys, START + 0.4)
+    assert snap.neighbours == [admitted.template] * len(admitted.keys.templates)  # each bucket

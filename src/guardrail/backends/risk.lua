@@ -3,7 +3,8 @@
 -- KEYS[1]: the hash. KEYS[2..]: other keys of the same state (same hash tag, so one slot on a
 -- cluster), the ring and the band, whose expiry is renewed with the hash: a state expires as a
 -- whole, as it does in the memory store.
--- ARGV: now, half_life (s), ttl_ms, n, then n field/value pairs, then operations on KEYS[2..]
+-- ARGV: now, half_life (s), ttl_ms, create, n, then n field/value pairs, then operations on
+-- KEYS[2..]
 -- (one script call per state instead of a command each: on this project's CI machine every
 -- pipelined command costs redis-py ~25 µs of CPU):
 --   "L", i, value, cap   push value on list KEYS[i], keep the newest cap (a ring, a bucket)
@@ -14,22 +15,26 @@
 -- field "_L" (set by the first increment). A field with a leading "_" is stored as given,
 -- undecayed: "_t" (last seen) keeps the larger of old and new, since workers' requests land
 -- out of order; any other ("_m" last max_tokens, "_p" last temperature) is overwritten, the
--- last write wins. Returns 1.
+-- last write wins. create "0": a state whose KEYS[1] does not exist is left alone (a request
+-- the limits refused buys no state); returns 0 then, else 1.
 -- "_H" keeps the half-life the counters were weighted with (see below).
 -- Weights grow by 2 every half-life; past 64 of them (2^64) the sums are rescaled to a landmark
 -- at now, so they stay well inside a double.
 local RENORMALISE_AFTER = 64
 local key = KEYS[1]
+if ARGV[4] == '0' and redis.call('EXISTS', key) == 0 then
+  return 0
+end
 local now, half_life = tonumber(ARGV[1]), tonumber(ARGV[2])
-local last = 4 + 2 * tonumber(ARGV[4])  -- the last field/value ARGV
+local last = 5 + 2 * tonumber(ARGV[5])  -- the last field/value ARGV
 local landmark, seen, weighted
-if last > 4 then  -- no fields: KEYS[1] may be a list (a template bucket), not a hash
+if last > 5 then  -- no fields: KEYS[1] may be a list (a template bucket), not a hash
   local state = redis.call('HMGET', key, '_L', '_t', '_H')
   landmark, seen, weighted = tonumber(state[1]), tonumber(state[2]), tonumber(state[3])
 end
 
 local counters = false
-for i = 5, last, 2 do
+for i = 6, last, 2 do
   if string.sub(ARGV[i], 1, 1) ~= '_' then
     counters = true
     break
@@ -56,7 +61,7 @@ if counters then
 end
 
 local weight = counters and 2 ^ ((now - landmark) / half_life)
-for i = 5, last, 2 do
+for i = 6, last, 2 do
   local field, value = ARGV[i], ARGV[i + 1]
   if string.sub(field, 1, 1) ~= '_' then
     redis.call('HINCRBYFLOAT', key, field, string.format('%.17g', tonumber(value) * weight))

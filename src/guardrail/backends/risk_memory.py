@@ -7,6 +7,7 @@ float32 counter, and a principal, ring included, fits in under a kilobyte.
 
 from __future__ import annotations
 
+import logging
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -38,6 +39,8 @@ from guardrail.signals.state import (
     Update,
 )
 
+logger = logging.getLogger("guardrail")
+
 #: Half-lives the store's landmark may lag ``now`` before it moves to ``now``. Every state
 #: takes the store's landmark when next written (renormalised once if it had an older one), so
 #: weights stay under 2^32, far inside float32's 2^128, and the landmark float is one object
@@ -48,6 +51,21 @@ RENORMALISE_AFTER = 32.0
 #: of a busy principal three linked-list moves and their cache misses. Expiry (``ttl``, hours)
 #: and eviction may come up to this much early.
 LRU_SLACK = 1.0
+#: A network's share of the principals (a sixteenth of ``max_subjects``, NETWORK_FLOOR at
+#: least): new principals from one subnet beyond it share one overflow state for the subnet
+#: (``OVERFLOW`` + its key) instead of evicting the rest of the world's. A flood of random keys
+#: from one network so holds at most its share, and what it does still adds up in one state.
+#: No share at all when it would be the whole store (small stores: tests, simulations).
+NETWORK_SHARE = 16
+NETWORK_FLOOR = 64
+OVERFLOW = "o:"
+#: Principals in a band (throttle, challenge, block) are kept apart from the rest, up to this
+#: fraction of ``max_subjects``: only another banded principal evicts one, never a flood of
+#: fresh ones.
+BANDED_SHARE = 2
+#: A subnet reaching its share is said in the log at most this often (seconds): behind a proxy
+#: that guardrail does not trust, every client is the proxy's subnet.
+WARN_EVERY = 60.0
 #: Distinct request parameters kept as shared objects: a float or a large int costs 24-28
 #: bytes per principal, and clients send a handful of values (temperature 0.7, 1024 tokens…).
 _MAX_INTERNED = 1024
@@ -90,6 +108,24 @@ _MAX_LAYOUTS = 16
 _FRAME = Struct("<I")  # an entry's length, when entries are of unequal length
 
 
+def network_share(max_subjects: int) -> int:
+    """How many principals one subnet may hold in a store of ``max_subjects`` (0: no share),
+    its overflow state included."""
+    share = max(max_subjects // NETWORK_SHARE, NETWORK_FLOOR)
+    return share if share < max_subjects else 0
+
+
+class _Network:
+    """The principals a subnet holds (each principal counts for the subnet it was created
+    from): one per subnet, shared by its principals, gone with the last of them."""
+
+    __slots__ = ("count", "key")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.count = 0
+
+
 class _Principal:
     # ``last_seen`` and ``touched`` are usually one float object.
     __slots__ = (
@@ -100,6 +136,7 @@ class _Principal:
         "last_seen",
         "layout",
         "max_tokens",
+        "network",
         "ring",
         "spread",
         "spread_prev",
@@ -107,7 +144,8 @@ class _Principal:
         "touched",
     )
 
-    def __init__(self, landmark: float, now: float, epoch: int) -> None:
+    def __init__(self, landmark: float, now: float, epoch: int, network: _Network | None) -> None:
+        self.network = network
         self.reset(landmark, now, epoch)
 
     def reset(self, landmark: float, now: float, epoch: int) -> None:
@@ -151,7 +189,8 @@ class _Bucket:
 
 class MemoryRiskStore:
     """Risk state in dicts, at most ``max_subjects`` of each kind (principals, cohorts,
-    template buckets), the least recently written evicted first.
+    template buckets), the least recently written evicted first; principals in a band apart
+    (up to a ``BANDED_SHARE``), and each subnet's principals held to its ``network_share``.
 
     Neither method awaits, so under asyncio each runs whole: a save is never interleaved with
     another request's. State untouched for more than ``ttl`` reads as absent and starts over
@@ -173,31 +212,47 @@ class MemoryRiskStore:
         self._landmark = float("-inf")  # set by the first save
         self._floats: dict[float, float] = {}
         self._ints: dict[int, int] = {}
-        self._principals: OrderedDict[str, _Principal] = OrderedDict()
+        self.share = network_share(max_subjects)
+        self._banded_cap = max_subjects // BANDED_SHARE
+        self._principals: OrderedDict[str, _Principal] = OrderedDict()  # in no band
+        self._banded: OrderedDict[str, _Principal] = OrderedDict()
+        self._networks: dict[str, _Network] = {}
+        self._warned = float("-inf")
         self._cohorts: OrderedDict[str, _Cohort] = OrderedDict()  # subnets and fingerprints
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._principals) + len(self._cohorts) + len(self._buckets)
+        principals = len(self._principals) + len(self._banded)
+        return principals + len(self._cohorts) + len(self._buckets)
 
     def sizes(self) -> dict[str, int]:
-        """States held, by kind: each kind is bounded by ``max_subjects`` on its own."""
+        """States held, by kind: each kind is bounded by ``max_subjects`` on its own
+        (principals in a band are some of the principals)."""
         return {
-            "principals": len(self._principals),
+            "principals": len(self._principals) + len(self._banded),
+            "banded principals": len(self._banded),
             "cohorts": len(self._cohorts),
             "template buckets": len(self._buckets),
         }
+
+    def held(self, subnet: str) -> int:
+        """Principals created from ``subnet`` (a ``Keys.subnet``) still held, its overflow
+        state included."""
+        network = self._networks.get(subnet)
+        return 0 if network is None else network.count
 
     async def start(self) -> None:
         pass
 
     async def close(self) -> None:
         self._principals.clear()
+        self._banded.clear()
+        self._networks.clear()
         self._cohorts.clear()
         self._buckets.clear()
 
     def standing(self, principal: str, now: float) -> Standing | None:
-        p = self._principals.get(principal)
+        p = self._principals.get(principal) or self._banded.get(principal)
         if p is None or now - p.touched > self.ttl:
             return None
         counters = p.counters
@@ -223,13 +278,15 @@ class MemoryRiskStore:
     async def load(self, keys: Keys, now: float) -> Snapshot:
         ttl = self.ttl
         epoch = int(now // self.window)
-        p = self._principals.get(keys.principal)
-        if p is None or now - p.touched > ttl:
+        p = self._find(keys.principal, keys.subnet)
+        known = p is not None and now - p.touched <= ttl
+        if not known:
             principal = _PRINCIPAL_ZEROS.tolist()[:_DECAYED]
             last_seen, max_tokens, temperature = None, -1, -1.0
             ring: list[bytes] = []
             spread, band = 0, None
         else:
+            assert p is not None
             factor = exp2((p.landmark - now) * self._rate)
             principal = [v * factor for v in p.counters.tolist()[:_DECAYED]]
             last_seen, max_tokens, temperature = p.last_seen, p.max_tokens, p.temperature
@@ -259,31 +316,16 @@ class MemoryRiskStore:
             fingerprint_counters,
             fingerprint_members,
             neighbours,
+            known,
         )
 
     async def save(self, keys: Keys, update: Update) -> None:
         now = update.now
+        create = update.create
         landmark, epoch, weight = self._clock(now)
-        p = self._principal(keys.principal, now, landmark, epoch)
-        increments = update.principal
-        if any(increments):
-            counters = p.counters
-            for i in compress(_PRINCIPAL_INDEXES, increments):
-                counters[i] += increments[i] * weight
-        self._note(p, now, update.seen, update.max_tokens, update.temperature)
-        if update.band is not None:
-            p.band = update.band
-        if update.score >= 0:
-            counters = p.counters
-            counters[_SCORE] = update.score
-            counters[_MANNER] = update.manner
-            counters[_SCORED] = now - landmark
-        if update.ring is not None:
-            p.ring, p.layout = _push(p.ring, p.layout, update.ring, RING_SIZE)
-        if update.spread_bit is not None:
-            p.epoch, p.spread, p.spread_prev = _marked(
-                p.epoch, p.spread, p.spread_prev, epoch, update.spread_bit
-            )
+        p = self._principal(keys.principal, now, landmark, epoch, keys.subnet, create)
+        if p is not None:
+            self._apply(keys, p, update, landmark, epoch, weight)
         if update.subnet or update.subnet_bit is not None:
             self._save_cohort(
                 keys.subnet, landmark, now, epoch, weight, update.subnet, update.subnet_bit
@@ -298,9 +340,70 @@ class MemoryRiskStore:
                 weight,
                 update.fingerprint,
                 update.fingerprint_bit,
+                create,
             )
         if update.template is not None:
-            self._push_template(keys.templates, update.template, now)
+            self._push_template(keys.templates, update.template, now, create)
+
+    def _apply(
+        self,
+        keys: Keys,
+        p: _Principal,
+        update: Update,
+        landmark: float,
+        epoch: int,
+        weight: float,
+    ) -> None:
+        """``save``'s part on the principal's state ``p``."""
+        now = update.now
+        increments = update.principal
+        if any(increments):
+            counters = p.counters
+            for i in compress(_PRINCIPAL_INDEXES, increments):
+                counters[i] += increments[i] * weight
+        self._note(p, now, update.seen, update.max_tokens, update.temperature)
+        if update.band is not None:
+            self._band(keys, p, update.band)
+        if update.score >= 0:
+            counters = p.counters
+            counters[_SCORE] = update.score
+            counters[_MANNER] = update.manner
+            counters[_SCORED] = now - landmark
+        if update.ring is not None:
+            p.ring, p.layout = _push(p.ring, p.layout, update.ring, RING_SIZE)
+        if update.spread_bit is not None:
+            p.epoch, p.spread, p.spread_prev = _marked(
+                p.epoch, p.spread, p.spread_prev, epoch, update.spread_bit
+            )
+
+    def _band(self, keys: Keys, p: _Principal, band: Band) -> None:
+        """Set ``p``'s band; entering one or leaving it moves it between the segments."""
+        was = p.band is not None and p.band.level > 0
+        p.band = band
+        if was == (band.level > 0) or not self._banded_cap:
+            return
+        key = keys.principal
+        if self._principals.get(key) is not p and self._banded.get(key) is not p:
+            key = OVERFLOW + keys.subnet  # the subnet's overflow state
+        self._segment(key, p, band.level > 0)
+
+    def _segment(self, key: str, p: _Principal, banded: bool) -> None:
+        """Move ``p`` into the banded segment or out of it, as its most recent entry. A
+        banded segment over its cap loses its least recently written: only a banded principal
+        evicts one."""
+        source, target = (
+            (self._principals, self._banded) if banded else (self._banded, self._principals)
+        )
+        if source.pop(key, None) is not p:
+            return
+        target[key] = p
+        if banded and len(target) > self._banded_cap:
+            self._forget(target.popitem(last=False)[1])
+
+    def push_template(self, keys: Keys, entry: bytes, now: float) -> None:
+        """Put ``entry`` on every template bucket of ``keys`` (a request decided from its
+        standing, and then admitted: see ``RiskEngine.commit``)."""
+        self._push_template(keys.templates, entry, now, True)
 
     def fold(
         self,
@@ -321,9 +424,14 @@ class MemoryRiskStore:
         ``RiskEngine``), in place and without an Update: half the cost, on most requests.
         ``gap``: since the principal's last request, if within a session; ``cohort``: the
         COHORT increments for its subnet and fingerprint; ``prompt``: a prompt was analysed
-        (and found nothing), ``ring`` and ``template`` its sketch, if it has one."""
+        (and found nothing), ``ring`` and ``template`` its sketch, if it has one. The
+        principal has a standing, so it is there. A fold comes before the limits are charged,
+        and only an admitted request may create state: a fingerprint cohort is updated if
+        there (else created by the principal's next full assessment), and the caller passes
+        ``template`` only for an admitted request (``push_template``)."""
         landmark, epoch, weight = self._clock(now)
-        p = self._principal(keys.principal, now, landmark, epoch)
+        p = self._principal(keys.principal, now, landmark, epoch, keys.subnet, True)
+        assert p is not None
         counters = p.counters
         counters[REQ] += weight
         if gap is not None:
@@ -342,9 +450,11 @@ class MemoryRiskStore:
             p.ring, p.layout = _push(p.ring, p.layout, ring, RING_SIZE)
         self._save_cohort(keys.subnet, landmark, now, epoch, weight, cohort, member_bit)
         if keys.fingerprint is not None:
-            self._save_cohort(keys.fingerprint, landmark, now, epoch, weight, cohort, member_bit)
+            self._save_cohort(
+                keys.fingerprint, landmark, now, epoch, weight, cohort, member_bit, False
+            )
         if template is not None:
-            self._push_template(keys.templates, template, now)
+            self._push_template(keys.templates, template, now, True)
 
     def _note(
         self, p: _Principal, now: float, seen: bool, max_tokens: int, temperature: float
@@ -361,7 +471,7 @@ class MemoryRiskStore:
     def comparables(self, keys: Keys, now: float) -> tuple[list[bytes], list[bytes]]:
         """The principal's ring and the entries of ``keys.templates``: what an analysed
         prompt is compared with (``load``'s, without the rest)."""
-        p = self._principals.get(keys.principal)
+        p = self._principals.get(keys.principal) or self._banded.get(keys.principal)
         ring = [] if p is None or now - p.touched > self.ttl else list(_split(p.ring, p.layout))
         return ring, self._neighbours(keys.templates, now)
 
@@ -374,13 +484,18 @@ class MemoryRiskStore:
                 neighbours += _split(bucket.entries, bucket.layout)
         return neighbours
 
-    def _push_template(self, templates: tuple[str, ...], entry: bytes, now: float) -> None:
-        """Put ``entry`` first in each of the ``templates`` buckets, at most BUCKET_SIZE kept."""
+    def _push_template(
+        self, templates: tuple[str, ...], entry: bytes, now: float, create: bool
+    ) -> None:
+        """Put ``entry`` first in each of the ``templates`` buckets, at most BUCKET_SIZE kept
+        (only in those that exist, unless ``create``)."""
         buckets = self._buckets
         ttl = self.ttl
         for name in templates:
             bucket = buckets.get(name)
             if bucket is None:
+                if not create:
+                    continue
                 bucket = buckets[name] = _Bucket(now)
                 if len(buckets) > self.max_subjects:
                     buckets.popitem(last=False)
@@ -406,25 +521,84 @@ class MemoryRiskStore:
         landmark = self._landmark
         return landmark, epoch, exp2((now - landmark) * self._rate)
 
-    def _principal(self, key: str, now: float, landmark: float, epoch: int) -> _Principal:
-        """The principal's state to write at ``now``: created, or reset if expired, as the
-        most recently used; its counters relative to ``landmark``."""
-        principals = self._principals
-        p = principals.get(key)
+    def _find(self, key: str, subnet: str) -> _Principal | None:
+        """The state that answers for principal ``key`` of ``subnet``: its own, else its
+        subnet's overflow state if the subnet has used up its share."""
+        p = self._principals.get(key) or self._banded.get(key)
+        if p is None and self.share:
+            network = self._networks.get(subnet)
+            if network is not None and network.count >= self.share - 1:
+                overflow = OVERFLOW + subnet
+                p = self._principals.get(overflow) or self._banded.get(overflow)
+        return p
+
+    def _principal(
+        self, key: str, now: float, landmark: float, epoch: int, subnet: str, create: bool
+    ) -> _Principal | None:
+        """The principal's state to write at ``now`` (a new one only if ``create``; None if
+        none), renewed or reset if expired, as the most recently used; its counters relative
+        to ``landmark``."""
+        segment = self._principals
+        p = segment.get(key)
         if p is None:
-            p = principals[key] = _Principal(landmark, now, epoch)
-            if len(principals) > self.max_subjects:
-                principals.popitem(last=False)
-            return p
+            segment = self._banded
+            p = segment.get(key)
+            if p is None:
+                return self._new(key, now, landmark, epoch, subnet, create)
         if now - p.touched > self.ttl:
-            principals.move_to_end(key)
+            if segment is self._banded:
+                self._segment(key, p, False)
+            segment = self._principals
+            segment.move_to_end(key)
             p.reset(landmark, now, epoch)
         elif now - p.touched >= LRU_SLACK:
-            principals.move_to_end(key)
+            segment.move_to_end(key)
             p.touched = now
         if p.landmark is not landmark:
             p.landmark = _renormalise_principal(p.counters, p.landmark, landmark, self._rate)
         return p
+
+    def _new(
+        self, key: str, now: float, landmark: float, epoch: int, subnet: str, create: bool
+    ) -> _Principal | None:
+        """A principal unknown to the store: its own new state, or its subnet's overflow
+        state once the subnet holds its share (``network_share``)."""
+        network = None
+        if self.share:
+            network = self._networks.get(subnet)
+            if network is not None and network.count >= self.share - 1:
+                overflow = OVERFLOW + subnet
+                if overflow in self._principals or overflow in self._banded:
+                    return self._principal(overflow, now, landmark, epoch, subnet, create)
+                key = overflow  # the subnet's last place
+                if create and now - self._warned >= WARN_EVERY:
+                    self._warned = now
+                    logger.warning(
+                        "guardrail: subnet %s holds its share of the risk state (%d "
+                        "principals): its new principals share one state. A proxy's subnet? "
+                        "Then list it in identity.client_ip.trusted_proxies",
+                        subnet.removeprefix("s:"),
+                        self.share,
+                    )
+        if not create:
+            return None
+        if network is None and self.share:
+            network = self._networks[subnet] = _Network(subnet)
+        principals = self._principals
+        p = principals[key] = _Principal(landmark, now, epoch, network)
+        if network is not None:
+            network.count += 1
+        if len(principals) + len(self._banded) > self.max_subjects:
+            self._forget(principals.popitem(last=False)[1])
+        return p
+
+    def _forget(self, p: _Principal) -> None:
+        """An evicted principal no longer counts for its subnet."""
+        network = p.network
+        if network is not None:
+            network.count -= 1
+            if not network.count:
+                del self._networks[network.key]
 
     def _save_cohort(
         self,
@@ -435,10 +609,13 @@ class MemoryRiskStore:
         weight: float,
         increments: list[float],
         member: int | None,
+        create: bool = True,
     ) -> None:
         cohorts = self._cohorts
         c = cohorts.get(key)
         if c is None:
+            if not create:
+                return
             c = cohorts[key] = _Cohort(landmark, now, epoch)
             if len(cohorts) > self.max_subjects:
                 cohorts.popitem(last=False)

@@ -182,6 +182,7 @@ class RedisRiskStore:
             fingerprint_values,
             fingerprint_members,
             neighbours,
+            bool(counters_flat),  # what risk.lua's create flag tests: the hash
         )
 
     def _decay(
@@ -201,8 +202,11 @@ class RedisRiskStore:
         return values
 
     async def save(self, keys: Keys, update: Update) -> None:
-        """One risk.lua call per state: counters, ring, band and bitmap together."""
+        """One risk.lua call per state: counters, ring, band and bitmap together. Without
+        ``update.create``, states that are not there are left alone (the subnet's is always
+        written: one per network)."""
         now = update.now
+        create = update.create
         epoch = int(now // self.window)
         bitmap_ttl_ms = self._bitmap_ttl_ms
         commands: list[tuple[Any, ...]] = []
@@ -225,30 +229,28 @@ class RedisRiskStore:
             fields += ("_m", update.max_tokens)
         if update.temperature >= 0:
             fields += ("_p", update.temperature)
-        commands.append(self._script((principal, *related), now, fields, ops))
+        commands.append(self._script((principal, *related), now, fields, ops, create))
 
-        cohorts = [(keys.subnet, update.subnet, update.subnet_bit)]
+        cohorts = [(keys.subnet, update.subnet, update.subnet_bit, True)]
         if keys.fingerprint is not None:
-            cohorts.append((keys.fingerprint, update.fingerprint, update.fingerprint_bit))
-        for name, increments, bit in cohorts:
+            cohorts.append((keys.fingerprint, update.fingerprint, update.fingerprint_bit, create))
+        for name, increments, bit, may_create in cohorts:
             if not increments and bit is None:
                 continue
             cohort = self.key(name)
             fields = _increments(COHORT, increments)
             if bit is None:
-                commands.append(self._script((cohort,), now, fields, []))
+                commands.append(self._script((cohort,), now, fields, [], may_create))
             else:
                 bitmap = f"{cohort}:m:{epoch}"
-                commands.append(
-                    self._script((cohort, bitmap), now, fields, ["B", 2, bit, bitmap_ttl_ms])
-                )
+                ops = ["B", 2, bit, bitmap_ttl_ms]
+                commands.append(self._script((cohort, bitmap), now, fields, ops, may_create))
 
         if update.template is not None:
             for template in keys.templates:
                 bucket = self.key(template)
-                commands.append(
-                    self._script((bucket,), now, [], ["L", 1, update.template, BUCKET_SIZE])
-                )
+                ops = ["L", 1, update.template, BUCKET_SIZE]
+                commands.append(self._script((bucket,), now, [], ops, create))
         await self._run(commands)
 
     async def _run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
@@ -267,7 +269,7 @@ class RedisRiskStore:
         return replies
 
     def _script(
-        self, keys: Sequence[str], now: float, fields: list[Any], ops: list[Any]
+        self, keys: Sequence[str], now: float, fields: list[Any], ops: list[Any], create: bool
     ) -> tuple[Any, ...]:
         return (
             "EVALSHA",
@@ -277,6 +279,7 @@ class RedisRiskStore:
             now,
             self.half_life,
             self._ttl_ms,
+            1 if create else 0,
             len(fields) // 2,
             *fields,
             *ops,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from bisect import bisect_right
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import ip_address
 from operator import mul
 
@@ -117,6 +117,9 @@ class Assessment:
     update: Update | None  # what commit writes (None: nothing left to write)
     remote: bool = False  # the state is in Redis: its write can share a round trip
     degraded: bool = False  # the shared store failed; the local fallback decided
+    known: bool = True  # the principal had state: False, only an admitted request creates it
+    template: bytes | None = None  # a folded request's template entry, pushed once admitted
+    at: float = 0.0  # when it was folded
 
     @property
     def signals(self) -> dict[str, float]:
@@ -228,7 +231,14 @@ class RiskEngine:
                     keys = Keys(principal, subnet, fingerprint, sk.buckets() if sk else ())
                     folded, read = self._fold(local, keys, standing, request, now, sk, cut)
                     if folded:
-                        return Assessment(keys, standing.score, None, self._points, None, None)
+                        assessment = Assessment(
+                            keys, standing.score, None, self._points, None, None
+                        )
+                        if sk is not None:  # its template waits for the limits' answer
+                            tag = sketch.bit(principal, 1 << 32)
+                            assessment.template = sk.pack_template(tag, now)
+                            assessment.at = now
+                        return assessment
                     return await self._assess(route, keys, request, now, sk, prompt, cut, read)
         cut = sketch.excerpt(prompt) if prompt else ""
         sk = sketch.sketch(prompt, cut) if prompt else None
@@ -261,16 +271,27 @@ class RiskEngine:
         assessment.remote = self.remote and not degraded
         return assessment
 
-    async def commit(self, assessment: Assessment) -> None:
-        if assessment.update is not None:  # None: folded already, from the standing
-            await self._save(assessment, assessment.update)
+    async def commit(self, assessment: Assessment, admitted: bool = True) -> None:
+        """Write what the request added. ``admitted``: the limits let it through; a refused
+        request buys no state (no new principal, fingerprint cohort or template bucket), or
+        one client with random keys could evict everyone else's."""
+        update = assessment.update
+        if update is None:  # folded already, from the standing, but for its template
+            template = assessment.template
+            if admitted and template is not None and self._local is not None:
+                self._local.push_template(assessment.keys, template, assessment.at)
+            return
+        if not admitted:
+            update = replace(update, create=False)
+        await self._save(assessment, update)
 
     async def refused(self, assessment: Assessment, now: float) -> None:
         """The app answered 4xx, or a route limit 429 (not the engine's own throttle tier or
-        403s: those must not feed the score that caused them)."""
+        403s: those must not feed the score that caused them). Counted on a principal that
+        is there: a refusal creates none."""
         increments = [0.0] * len(PRINCIPAL)
         increments[REF] = 1.0
-        await self._save(assessment, Update(now, increments, seen=False))
+        await self._save(assessment, Update(now, increments, seen=False, create=False))
 
     async def challenge_passed(self, subject: Subject, now: float) -> None:
         """A pass takes points off its principal's score (``passed_challenges``)."""
@@ -320,13 +341,13 @@ class RiskEngine:
         if shaped or not standing.spread >> spread_bit & 1:  # or a network new to it
             return False, None
         tag = sketch.bit(keys.principal, 1 << 32)
-        ring = template = None
+        ring = None
         if cut is not None:
             read = self._read(sk, cut, *local.comparables(keys, now), tag, now)
             if any(read):
                 return False, read
             if sk is not None:
-                ring, template = sk.pack(), sk.pack_template(tag, now)
+                ring = sk.pack()  # its template: pushed once the request is admitted
         spread = behaviour.network_spread(standing.spread)
         local.fold(
             keys,
@@ -340,7 +361,6 @@ class RiskEngine:
             [1.0, standing.manner, spread],
             cut is not None,
             ring,
-            template,
         )
         return True, None
 
@@ -475,7 +495,9 @@ class RiskEngine:
             manner,
         )
         threshold = self.thresholds[level - 1] if level else None
-        return Assessment(keys, score, values, points, threshold, update)
+        assessment = Assessment(keys, score, values, points, threshold, update)
+        assessment.known = snap.known
+        return assessment
 
     def _band(self, score: float, band: Band | None, now: float) -> tuple[int, Band | None]:
         """Thresholds with hysteresis: a subject rises into a band at once, and leaves it only

@@ -13,7 +13,9 @@ Four kinds of state, each keyed by a string the engine builds:
 
 - a *principal* (the most specific identity of a request: account, else API key hash, else IP):
   ``PRINCIPAL`` counters, its last-seen time and last request parameters, a ring of its recent
-  prompt sketches, the subnets it was seen from (a bitmap per window), its hysteresis band;
+  prompt sketches, the subnets it was seen from (a bitmap per window), its hysteresis band.
+  Only a request the limits admit creates one (``Update.create``): refused requests would
+  otherwise let one client buy state without bound;
 - a *subnet* and a client *fingerprint*: ``COHORT`` counters and the principals seen in it
   (a bitmap per window);
 - a *template bucket* (one per sketch value): the recent prompt sketches of every principal
@@ -96,6 +98,7 @@ class Snapshot:
     fingerprint: list[float]  # len(COHORT); zeros when Keys.fingerprint is None
     fingerprint_members: int
     neighbours: list[bytes]  # entries of every template bucket, each a packed (tag, sketch)
+    known: bool = True  # the principal had state (False: this request would create it)
 
 
 class Standing(NamedTuple):
@@ -132,6 +135,10 @@ class Update:
     template: bytes | None = None  # pushed on every template bucket of Keys.templates
     score: float = -1.0  # a full assessment's score and behaviour score, and its time, are
     manner: float = 0.0  # kept for ``standing`` when >= 0 (stores without one may drop them)
+    # False: a request the limits refused, which buys no state: the principal, its fingerprint
+    # cohort and template buckets are written only if they exist (a subnet, one per network,
+    # always is)
+    create: bool = True
 
 
 class RiskStore(Protocol):
@@ -151,7 +158,8 @@ class RiskStore(Protocol):
         ...
 
     async def save(self, keys: Keys, update: Update) -> None:
-        """Apply ``update`` at ``update.now``, commutatively (see the module docstring)."""
+        """Apply ``update`` at ``update.now``, commutatively (see the module docstring); state
+        that is not there is created only if ``update.create``."""
         ...
 
 
@@ -182,8 +190,13 @@ class LocalRiskStore(RiskStore, Protocol):
         """What ``save`` would apply for such a request: one request, its gap (within a
         session) and hour, one prompt if ``prompt``; its parameters; ``spread_bit`` in the
         principal's subnet bitmap; ``cohort`` (COHORT increments) and ``member_bit`` in its
-        subnet and fingerprint; ``ring`` pushed on its ring, ``template`` on every bucket of
-        ``keys.templates``."""
+        subnet and fingerprint (if that cohort exists: the limits have not spoken yet);
+        ``ring`` pushed on its ring, ``template`` on every bucket of ``keys.templates``."""
+        ...
+
+    def push_template(self, keys: Keys, entry: bytes, now: float) -> None:
+        """Push ``entry`` on every bucket of ``keys.templates`` (a folded request's, once
+        admitted)."""
         ...
 
     def comparables(self, keys: Keys, now: float) -> tuple[list[bytes], list[bytes]]:
