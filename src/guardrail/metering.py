@@ -215,11 +215,14 @@ def _length(value: object) -> int | None:
     """A length field as a lenient server reads it (pydantic's lax mode takes 64.0 and "64"),
     so that no spelling of a number reserves less than the server will generate. Past 2**31,
     None: no count (the default is reserved and the output watched)."""
-    if (type(value) is float and value.is_integer()) or (
-        type(value) is str and value.strip().isdecimal() and len(value) < 16
-    ):
-        value = int(value)
-    return value if type(value) is int and 0 <= value < 2**31 else None
+    if type(value) is not int:  # the usual spelling first: on every inspected request
+        if (type(value) is float and value.is_integer()) or (
+            type(value) is str and value.strip().isdecimal() and len(value) < 16
+        ):
+            value = int(value)
+        else:
+            return None
+    return value if 0 <= value < 2**31 else None
 
 
 class OpenAIMeter:
@@ -227,13 +230,14 @@ class OpenAIMeter:
     request came on), never the body's keys. Without a shape (a path that names none) it is
     conservative: every shape's prompt is read, and every length field reserved and capped."""
 
-    __slots__ = ("_lengths", "_own", "shape")
+    __slots__ = ("_lengths", "_others", "_own", "shape")
 
     def __init__(self, shape: str | None = None) -> None:
         self.shape = shape
         self._own = _OWN_LENGTH[shape] if shape is not None else LENGTH_FIELDS[:3]
         # the cap reads every honoured field, its own first: the one added when none is there
-        self._lengths = (*self._own, *(f for f in LENGTH_FIELDS if f not in self._own))
+        self._others = tuple(f for f in LENGTH_FIELDS if f not in self._own)
+        self._lengths = (*self._own, *self._others)
 
     def prompt(self, body: dict[str, Any]) -> str:
         shape = self.shape
@@ -254,15 +258,17 @@ class OpenAIMeter:
         route's default, watched) when the shape's own field is absent. 0 is absent: vLLM
         reads ``max_completion_tokens or max_tokens``, and falls back to its default."""
         own = 0
+        get = body.get
         for key in self._own:
-            value = body.get(key)
-            if value is not None:
-                own = max(own, _length(value) or 0)
+            value = get(key)
+            if value is not None and (length := _length(value)) and length > own:
+                own = length
         if not own:
             return None
-        for key in LENGTH_FIELDS:
-            if key not in self._own and key in body:
-                own = max(own, _length(body[key]) or 0)
+        for key in self._others:
+            value = get(key)
+            if value is not None and (length := _length(value)) and length > own:
+                own = length
         return own
 
     def ask(self, body: dict[str, Any]) -> Ask:

@@ -43,3 +43,23 @@ def rss_bytes() -> int:
     """This process's resident set size (the in-process server's memory)."""
     with open(f"/proc/{os.getpid()}/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def token_budget(burst: int, default_max_tokens: int = 200, extra: str = "") -> str:
+    """A policy with one per-key token budget of ``burst`` on the example server's three
+    OpenAI routes (``examples/openai_server.py``), the path deciding each body's shape."""
+    return f"""
+version: 1
+secret: env:GUARDRAIL_TEST_SECRET
+identity:
+  api_key: {{header: authorization}}
+routes:
+  - name: inference
+    match: {{path: "/v1/(chat/completions|completions|responses)$", methods: [POST]}}
+    inspect: openai
+    default_max_tokens: {default_max_tokens}
+    limits:
+      - {{per: api_key, rate: 1000/day, burst: {burst}, cost: tokens}}
+audit: {{sink: "stdout://", sample_allowed: 0.0}}
+{extra}
+"""

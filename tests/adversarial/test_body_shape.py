@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from adversarial.conftest import served
+from adversarial.conftest import served, token_budget
 from examples.openai_server import FakeModel, build_app
 from guardrail import Guardrail, Policy
 
@@ -22,21 +22,7 @@ BURST = 1000
 
 
 def policy(extra: str = "") -> str:
-    return f"""
-version: 1
-secret: env:GUARDRAIL_TEST_SECRET
-identity:
-  api_key: {{header: authorization}}
-routes:
-  - name: inference
-    match: {{path: "/v1/(chat/completions|completions|responses)$", methods: [POST]}}
-    inspect: openai
-    default_max_tokens: 200
-    limits:
-      - {{per: api_key, rate: 1000/day, burst: {BURST}, cost: tokens}}
-audit: {{sink: "stdout://", sample_allowed: 0.0}}
-{extra}
-"""
+    return token_budget(BURST, extra=extra)
 
 
 def confused(**extra: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import httpx
 from starlette.middleware.gzip import GZipMiddleware
 
-from adversarial.conftest import served
+from adversarial.conftest import served, token_budget
 from examples.openai_server import FakeModel, build_app
 from guardrail import Guardrail, Policy
 
@@ -18,20 +18,7 @@ from conftest import FakeClock
 BURST = 1000
 ASK = "why is the sky blue"
 
-POLICY = f"""
-version: 1
-secret: env:GUARDRAIL_TEST_SECRET
-identity:
-  api_key: {{header: authorization}}
-routes:
-  - name: inference
-    match: {{path: "/v1/(chat/completions|completions|responses)$", methods: [POST]}}
-    inspect: openai
-    default_max_tokens: 20
-    limits:
-      - {{per: api_key, rate: 1000/day, burst: {BURST}, cost: tokens}}
-audit: {{sink: "stdout://", sample_allowed: 0.0}}
-"""
+POLICY = token_budget(BURST, default_max_tokens=20)
 
 
 async def test_gzip_answers_without_max_tokens_stay_within_the_budget(clock: FakeClock) -> None:

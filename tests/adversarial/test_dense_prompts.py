@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
-from adversarial.conftest import served
+from adversarial.conftest import served, token_budget
 from examples.openai_server import FakeModel, build_app
 from guardrail import Guardrail, Policy
 from guardrail.backends.base import BucketCharge
@@ -26,20 +26,7 @@ DENSE = ("{[(;)]}<=>?!&|" + "日本語" + "123") * 25
 
 
 def policy(burst: int = BURST) -> str:
-    return f"""
-version: 1
-secret: env:GUARDRAIL_TEST_SECRET
-identity:
-  api_key: {{header: authorization}}
-routes:
-  - name: inference
-    match: {{path: "/v1/(chat/completions|completions|responses)$", methods: [POST]}}
-    inspect: openai
-    default_max_tokens: 200
-    limits:
-      - {{per: api_key, rate: 1000/day, burst: {burst}, cost: tokens}}
-audit: {{sink: "stdout://", sample_allowed: 0.0}}
-"""
+    return token_budget(burst)
 
 
 async def test_concurrent_dense_prompts_stay_within_the_budget(clock: FakeClock) -> None:
