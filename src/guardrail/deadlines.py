@@ -11,7 +11,9 @@ deadline; a deadline is thus met up to one tick late.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine, Generator
 from time import monotonic
+from typing import Any
 
 _current_task = asyncio.current_task
 
@@ -75,3 +77,37 @@ class Deadlines:
         self.sweep(monotonic())
         if self._due and self._loop is not None and not self._loop.is_closed():
             self._arm(self._loop)
+
+
+class Resumed:
+    """The rest of a coroutine that suspended on its first step: awaiting this drives it to
+    its end (``yield from``, PEP 380, written out for a coroutine already started).
+
+    Why: a server hands over a body it already holds without suspending (uvicorn does for
+    any body that came with the headers), and watching every read costs ~2 µs a request, most
+    of it ``asyncio.current_task``. So ``read_body`` takes the first step of ``receive()``
+    itself and starts the deadline only for a read that has to wait."""
+
+    __slots__ = ("_coro", "_yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
+        self._coro, self._yielded = coro, yielded
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, yielded = self._coro, self._yielded
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as thrown:  # a cancellation (ours or the server's): passed in
+                try:
+                    yielded = coro.throw(thrown)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    yielded = coro.send(sent)
+                except StopIteration as done:
+                    return done.value

@@ -14,12 +14,13 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import CoroutineType
 from typing import Any
 
 import orjson
 from starlette.types import Message, Receive, Scope
 
-from guardrail.deadlines import Deadlines
+from guardrail.deadlines import Deadlines, Resumed
 from guardrail.metering import OPENAI, Meter, OpenAIMeter
 
 
@@ -149,10 +150,25 @@ async def read_body(
     chunks: list[bytes] = []
     size = 0
     complete = False
-    watched = deadlines.start(within) if deadlines is not None else None
+    watched = None  # watched from the first read that has to wait (see deadlines.Resumed)
     try:
         while size <= max_bytes:
-            message = await receive()
+            pending = receive()
+            if deadlines is None:
+                message = await pending
+            elif type(pending) is CoroutineType:
+                try:
+                    first = pending.send(None)
+                except StopIteration as done:  # the server had it: nothing to wait for
+                    message = done.value
+                else:
+                    if watched is None:
+                        watched = deadlines.start(within)
+                    message = await Resumed(pending, first)
+            else:  # another awaitable: watched from the start
+                if watched is None:
+                    watched = deadlines.start(within)
+                message = await pending
             messages.append(message)
             if message["type"] != "http.request":
                 break  # http.disconnect: the app will see it too

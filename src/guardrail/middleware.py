@@ -70,7 +70,7 @@ from guardrail.limits import (
     RouteTable,
     token_charges,
 )
-from guardrail.metering import OPENAI, Meter, meter_for_path
+from guardrail.metering import CHAT, OPENAI, Meter, meter_for_path
 from guardrail.policy import Policy
 from guardrail.relay import Relay, identity_scope, with_headers
 from guardrail.secrets import policy_secret, resolve_secret
@@ -231,7 +231,8 @@ class Guardrail:
         meter = route.meter
         if meter is not None:
             if route.by_path:  # inspect: openai: the path names the shape, never the body
-                meter = meter_for_path(scope["path"])
+                path = scope["path"]
+                meter = CHAT if path.endswith("/chat/completions") else meter_for_path(path)
             try:
                 raw, replay = await read_body(
                     receive, route.inspect_max_bytes, self.deadlines, route.inspect_timeout
