@@ -87,3 +87,56 @@ async def test_without_deadlines_a_read_is_as_before():
     receive, _ = stalling({"type": "http.request", "body": b"{}", "more_body": False})
     raw, _ = await read_body(receive, 1024)
     assert raw == b"{}"
+
+
+async def test_a_body_the_server_holds_is_read_unwatched_and_one_that_waits_is_watched():
+    deadlines = Deadlines(tick=LATER)
+    held = {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def at_hand() -> dict[str, Any]:
+        return held
+
+    assert (await read_body(at_hand, 1024, deadlines, 5.0))[0] == b"{}"
+    assert deadlines._timer is None and not deadlines._due  # nothing watched, nothing armed
+
+    first = {"type": "http.request", "body": b'{"a":', "more_body": True}
+    receive, release = stalling(first)
+    reading = asyncio.create_task(read_body(receive, 1024, deadlines, 5.0))
+    await asyncio.sleep(0)
+    assert list(deadlines._due) == [reading]  # waiting: watched
+    release.set()
+    raw, _ = await reading
+    assert raw == b'{"a":}' and not deadlines._due
+
+
+async def test_a_read_resumed_across_several_waits_gets_each_value_and_its_cancellation():
+    """deadlines.Resumed drives a started coroutine as ``await`` would: values sent in at each
+    wait, a cancellation thrown in (its cleanup runs), the result returned."""
+    steps: list[str] = []
+    gate = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        try:
+            await gate.wait()
+        finally:
+            steps.append("cleaned up")
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    deadlines = Deadlines(tick=LATER)
+    reading = asyncio.create_task(read_body(receive, 1024, deadlines, 5.0))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    gate.set()
+    assert (await reading)[0] == b"{}" and steps == ["cleaned up"]
+
+    gate.clear()
+    steps.clear()
+    reading = asyncio.create_task(read_body(receive, 1024, deadlines, 5.0))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    reading.cancel()  # the server's, not the deadline's
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    assert steps == ["cleaned up"] and not deadlines._due
