@@ -497,7 +497,8 @@ def test_api_key_never_raw() -> None:
         pytest.param([("x-account-id", "  acct-42 ")], "acct-42", id="stripped"),
         pytest.param([("x-account-id", "")], None, id="empty"),
         pytest.param([], None, id="missing"),
-        pytest.param([("x-account-id", "a"), ("x-account-id", "b")], "a", id="first-wins"),
+        # a proxy that adds its header after the client's leaves two: neither is believed
+        pytest.param([("x-account-id", "a"), ("x-account-id", "b")], None, id="two-values"),
     ],
 )
 def test_account_header(headers: list[tuple[str, str]], expected: str | None) -> None:
@@ -754,3 +755,22 @@ identity:
     assert anonymous.resolve(scope("203.0.113.7", [("x-forwarded-for", "6.6.6.6")])) == Subject(
         None, None, "203.0.113.7", "203.0.113.0/24"
     )
+
+
+def test_a_client_address_that_is_no_address_is_one_bounded_client(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server that put a client-written X-Forwarded-For in scope["client"], or a unix socket:
+    the value names one client, a long one only as its keyed hash, and it is said once."""
+    resolver = IdentityResolver(Identity(), SECRET)
+    huge = "x" * 16_000
+    with caplog.at_level("WARNING", logger="guardrail"):
+        first = resolver.resolve({"type": "http", "headers": [], "client": (huge, 0)})
+        again = resolver.resolve({"type": "http", "headers": [], "client": (huge, 0)})
+        other = resolver.resolve({"type": "http", "headers": [], "client": (huge + "y", 0)})
+        short = resolver.resolve({"type": "http", "headers": [], "client": ("testclient", 0)})
+    assert first.ip == first.subnet == again.ip and first.ip.startswith("h:")
+    assert len(first.ip) == 34 and other.ip != first.ip
+    assert short.ip == short.subnet == "testclient"
+    warned = [r for r in caplog.records if "not an IP address" in r.getMessage()]
+    assert len(warned) == 1 and huge not in warned[0].getMessage()

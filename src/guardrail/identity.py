@@ -163,6 +163,8 @@ _KEY, _ACCOUNT, _FORWARDED, _XFF, _PROBE = 1, 2, 4, 8, 16
 
 # Longer than any address with brackets, port and a sane zone id: refuse without parsing or caching.
 _MAX_NODE = 100
+#: A request that carries the account header twice: neither value is believed.
+_AMBIGUOUS = b"\0ambiguous"
 _CACHE_SIZE = 4096
 _V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
@@ -186,6 +188,7 @@ class IdentityResolver:
         # like a forwarding header it is read only from a trusted proxy that sets it.
         self._account_of: Callable[[Scope], str | None] | None = None
         self._warned = False
+        self._opaque_warned = False
         account = config.account
         account_header: str | None = None
         if account is not None:
@@ -290,8 +293,10 @@ class IdentityResolver:
                     continue
                 if bits & _KEY and raw_key is None:
                     raw_key = value
-                if bits & _ACCOUNT and raw_account is None:
-                    raw_account = value
+                if bits & _ACCOUNT:
+                    # Two values: a proxy that adds its header after the client's (Envoy and
+                    # HAProxy add-header) leaves the client's first. Neither is believed.
+                    raw_account = value if raw_account is None else _AMBIGUOUS
                 if bits & _FORWARDED:
                     forwarded.append(value)
                 if bits & _XFF:
@@ -310,7 +315,7 @@ class IdentityResolver:
         account: str | None = None
         if self._account_of is not None:
             account = self._call_account_of(self._account_of, scope)
-        elif raw_account is not None:
+        elif raw_account is not None and raw_account is not _AMBIGUOUS:
             raw_account = raw_account.strip()
             if len(raw_account) > MAX_ACCOUNT:
                 account = self._hash(raw_account)
@@ -319,13 +324,30 @@ class IdentityResolver:
                 account = raw_account.decode("latin-1") or None
 
         if peer is None:
-            ip = subnet = peer_host if isinstance(peer_host, str) and peer_host else UNKNOWN
-            return Subject(api_key, account, ip, subnet)
+            ip = self._opaque(peer_host) if isinstance(peer_host, str) and peer_host else UNKNOWN
+            return Subject(api_key, account, ip, ip)
         if proxied:
             nodes = forwarded_nodes(forwarded) if forwarded else xff_nodes(xff) if xff else None
             if nodes:
                 peer = self._walk(nodes, peer)
         return Subject(api_key, account, peer.ip, peer.subnet, peer.key)
+
+    def _opaque(self, host: str) -> str:
+        """A client "address" that is none: a unix socket's name, a test client's, or a
+        client-written X-Forwarded-For a server put in ``scope["client"]``. It names one
+        client; a long one is kept as its keyed hash, so that it cannot make keys of any size."""
+        if not self._opaque_warned:
+            self._opaque_warned = True
+            logger.warning(
+                "guardrail: the client address %r is not an IP address: per-ip and per-subnet "
+                "limits and the risk engine treat each such value as one client. If the server "
+                "put a forwarding header there, run it without its own proxy handling "
+                "(uvicorn --no-proxy-headers) and list the proxies in trusted_proxies",
+                host[:64],
+            )
+        if len(host) > _MAX_NODE:
+            return "h:" + self._hash(host.encode("utf-8", "surrogatepass"))[2:]
+        return host
 
     def subnet_of(self, ip: str) -> str:
         """The subnet string for an address; anything that is not an address is its own subnet."""

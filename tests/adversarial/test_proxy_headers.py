@@ -66,3 +66,31 @@ async def test_uvicorn_default_proxy_handling_is_reported(
     assert len(warned) == 1, "the rewritten client address went unreported"
     assert "proxy_headers" in warned[0].getMessage()
     assert fixed == 5
+
+
+async def test_an_address_that_is_no_address_makes_bounded_keys_and_is_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same server setting hands guardrail any string the client writes as its address:
+    16 KB of it made 16 KB bucket keys and risk principals per request, unreported."""
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+
+    async def ok(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Guardrail(
+        Starlette(routes=[Route("/{rest:path}", ok)]),
+        policy=Policy.from_string(POLICY),
+        audit=f"file://{tmp_path / 'audit.jsonl'}",
+    )
+    with caplog.at_level(logging.WARNING, logger="guardrail"):
+        async with served(app) as url, httpx.AsyncClient(base_url=url) as http:
+            for i in range(20):
+                headers = {"x-forwarded-for": f"{i:04d}" + "x" * 16_000}
+                assert (await http.get("/v1/x", headers=headers)).status_code == 200
+            keys = list(app.storage._subjects)  # type: ignore[attr-defined]
+    longest = max(len(key) for key in keys)
+    print(f"\n{len(keys)} buckets, the longest key {longest} characters (16,007 on base)")
+    assert len(keys) == 20 and longest < 64
+    warned = [r for r in caplog.records if "not an IP address" in r.getMessage()]
+    assert len(warned) == 1
