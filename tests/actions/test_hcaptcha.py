@@ -22,7 +22,7 @@ from test_middleware_risk import HEADERS, chat, policy, warm_up
 
 from .test_browser import serving
 from conftest import FakeClock
-from helpers import build, client, echo_app
+from helpers import audit_records, build, client, echo_app
 from redis_servers import free_port
 
 SECRET = "0x4AAAAtest-secret-never-logged"
@@ -140,16 +140,20 @@ async def test_siteverify_down_falls_back_as_on_error_says(
 ) -> None:
     _, url = siteverify
     unreachable = f"http://127.0.0.1:{free_port()}/siteverify"
-    # pow: refused, and told to answer the same challenge with a proof of work
+    # The provider's outage is no failure of the client's: 503, nothing spent or counted.
+    # pow: told to answer the same challenge with a proof of work
     status, body, _ = await answer(tmp_path, clock, hcaptcha_policy(url, "pow"), "slow")
-    assert status == 403 and "timed out" in body["detail"] and "proof of work" in body["detail"]
+    assert status == 503 and "timed out" in body["detail"] and "proof of work" in body["detail"]
     status, body, _ = await answer(tmp_path / "b", clock, hcaptcha_policy(unreachable), "x")
-    assert status == 403 and "proof of work" in body["detail"]
-    # open: passes; closed: refused
+    assert status == 503 and "proof of work" in body["detail"]
+    # open: passes; closed: refused for now
     status, body, _ = await answer(tmp_path / "c", clock, hcaptcha_policy(unreachable, "open"), "x")
     assert status == 200 and "clearance" in body
     status, body, _ = await answer(tmp_path / "d", clock, hcaptcha_policy(url, "closed"), "garbage")
-    assert status == 403 and "not its protocol" in body["detail"]
+    assert status == 503 and "not its protocol" in body["detail"]
+    assert body["error"]["code"] == "service_unavailable"
+    for trail in (tmp_path, tmp_path / "b", tmp_path / "d"):
+        assert not [r for r in audit_records(trail) if r["action"] == "challenge_failed"]
 
 
 @pytest.fixture(autouse=True)

@@ -211,6 +211,18 @@ class ChallengeDesk:
                 headers=headers,
             )
             return
+        except verify.AnswerUnavailable as exc:
+            await send_problem(
+                send,
+                503,
+                problem="challenge-unavailable",
+                title="Service Unavailable",
+                detail=str(exc),
+                error_type="service_unavailable",
+                request_id=request_id,
+                headers=[(b"retry-after", b"5"), *headers],
+            )
+            return
         except verify.ChallengeFailed as exc:
             decision.action = "challenge_failed"
             self.g._record(scope, decision, now, 403)

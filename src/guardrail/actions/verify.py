@@ -158,26 +158,28 @@ async def check(
         try:
             verdict = await siteverify.check(answer.captcha, remoteip=subject.ip, host=host)
         except SiteverifyUnavailable as exc:
+            # The provider's outage is no failure of the client's: nothing is spent or counted.
             on_error = siteverify.config.on_error
             if on_error == "pow":
-                raise ChallengeFailed(f"{exc}: answer with the proof of work instead") from exc
+                raise AnswerUnavailable(f"{exc}: answer with the proof of work instead") from exc
             if on_error == "closed":
-                raise ChallengeFailed(f"{exc}: try again later") from exc
+                raise AnswerUnavailable(f"{exc}: try again later") from exc
             verdict = None  # open: let it pass
         if verdict is not None and not verdict.success:
             await store.take(principal, now)  # spent on a wrong answer
             title = siteverify.provider.title
             raise ChallengeFailed(f"{title} refused the answer: {verdict.reason}")
+    elif answer.nonce is None:
+        raise ChallengeFailed("expected a nonce or an h-captcha-response")
+    elif not pow.verify(record.seed, answer.nonce, record.difficulty):
+        # Checked on the record read, before it is taken: a wrong nonce from a client that
+        # shares the principal (a NAT, an IPv6 /64) must not burn the challenge for the others.
+        raise ChallengeFailed("wrong nonce")
     taken = _record(await store.take(principal, now))
     if taken != record:
         # answered meanwhile, or expired (a newer one taken here is lost: the next request
         # of its principal is shown another)
         raise ChallengeUnknown(UNKNOWN)
-    if answer.captcha is None:
-        if answer.nonce is None:
-            raise ChallengeFailed("expected a nonce or an h-captcha-response")
-        if not pow.verify(record.seed, answer.nonce, record.difficulty):
-            raise ChallengeFailed("wrong nonce")
     return signer.issue(subject, scope, now)
 
 
@@ -191,6 +193,11 @@ def _record(raw: bytes | None) -> Record | None:
         return Record.loads(raw)
     except (ValueError, TypeError):  # not a record this version wrote: no challenge
         return None
+
+
+class AnswerUnavailable(GuardrailError):
+    """siteverify is down or slow and ``on_error`` is pow or closed (503): the answer can be
+    neither passed nor failed; nothing is spent or counted."""
 
 
 class ChallengeUnknown(GuardrailError):
