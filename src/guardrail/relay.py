@@ -19,6 +19,7 @@ be counted or paced in passing. An app that compresses anyway is answered for wi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 
 from starlette.types import Message, Receive, Scope, Send
@@ -30,6 +31,11 @@ from guardrail.sse import EventSplitter, data_of, error_event, payload
 
 #: The most of a JSON response copied for its usage; a larger body keeps its reservation.
 JSON_COPY_MAX = 4 * 1024 * 1024
+#: Of a JSON body larger than that, its end is kept, where servers write ``usage``.
+JSON_TAIL = 64 * 1024
+#: ``usage``'s total in a JSON text cut anywhere: an unescaped key (a model's text can only
+#: hold an escaped one, ``\"usage\"``), then its object's total_tokens.
+_TAIL_USAGE = re.compile(rb'(?<!\\)"usage"\s*:\s*\{[^{}]*?"total_tokens"\s*:\s*(\d{1,10})')
 #: The longest SSE event held back while it is unfinished. A stream that goes longer without
 #: a blank line is no event stream guardrail can read: it is passed on as it comes, unmetered.
 EVENT_MAX = 256 * 1024
@@ -75,6 +81,7 @@ class Relay:
         "ended",
         "extra",
         "gone",
+        "large",
         "meter",
         "mode",
         "pace",
@@ -110,6 +117,7 @@ class Relay:
         self.status = 0
         self.mode = PASS
         self.copy: bytearray | None = None
+        self.large = 0  # bytes of a JSON body past JSON_COPY_MAX (0: none), its end in ``copy``
         self.splitter = EventSplitter()
         self.paced_from = float("-inf")  # when the pacing schedule started
         self.paced = 0  # events sent since
@@ -139,6 +147,12 @@ class Relay:
             return 0  # the app failed or refused: nothing was generated
         if self.mode == SSE and self.budget is not None:  # PASS after EVENT_MAX: unknown
             return self.budget.prompt + self.seen
+        if self.mode == JSON and self.budget is not None and self.copy is not None:
+            # No usage: its size in tokens, four bytes each, if that is more than reserved, so
+            # that a server's own default length (or logprobs) is never served at the price of
+            # the reservation.
+            size = self.large or len(self.copy)
+            return max(self.budget.charged, self.budget.prompt + (size + 3) // 4)
         return None
 
     async def __call__(self, message: Message) -> None:
@@ -236,8 +250,17 @@ class Relay:
         copy = self.copy
         if copy is None:
             return
-        if len(copy) + len(body) > JSON_COPY_MAX:
-            self.copy = None
+        if self.large or len(copy) + len(body) > JSON_COPY_MAX:
+            # Too large to parse whole: its size is counted and its end kept for ``usage``,
+            # so that a large answer (logprobs, say) is never served at the reservation's price.
+            self.large = (self.large or len(copy)) + len(body)
+            copy += body
+            del copy[: max(0, len(copy) - JSON_TAIL)]
+            if not more:
+                self.ended = True
+                found = _TAIL_USAGE.findall(bytes(copy))
+                if found:
+                    self.usage = int(found[-1])
             return
         copy += body
         if not more:

@@ -6,8 +6,16 @@ now, and a response that arrives encoded anyway is not served as a free pass."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import httpx
+import pytest
+from starlette.applications import Starlette
 from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from adversarial.conftest import served, token_budget
 from examples.openai_server import FakeModel, build_app
@@ -19,6 +27,7 @@ BURST = 1000
 ASK = "why is the sky blue"
 
 POLICY = token_budget(BURST, default_max_tokens=20)
+POLICY_200 = token_budget(BURST, default_max_tokens=200)
 
 
 async def test_gzip_answers_without_max_tokens_stay_within_the_budget(clock: FakeClock) -> None:
@@ -47,3 +56,54 @@ async def test_gzip_answers_without_max_tokens_stay_within_the_budget(clock: Fak
     bound = BURST + largest
     # base: 34 answers admitted, 4,454 tokens served (bound: 1,131)
     assert spent <= bound, f"{admitted} answers served {spent} tokens > {bound}"
+
+
+def _large_answer(usage: bool) -> Starlette:
+    """An app that answers with 5.7 MB of JSON (8,000 tokens with logprobs, ~0.7 KB each),
+    ``usage`` last as servers write it, or none."""
+    logprob = {
+        "token": "x",
+        "logprob": -0.1,
+        "top_logprobs": [{"token": "y", "logprob": -2.5}] * 20,
+    }
+    content = {"content": [logprob] * 8000}
+    body: dict[str, Any] = {
+        "id": "c",
+        "object": "chat.completion",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "x" * 8000},
+                "logprobs": content,
+            }
+        ],
+    }
+    if usage:
+        body["usage"] = {"prompt_tokens": 10, "completion_tokens": 7990, "total_tokens": 8000}
+    raw = json.dumps(body).encode()
+
+    async def chat(request: Request) -> Response:
+        await request.body()
+        return Response(raw, media_type="application/json")
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+@pytest.mark.parametrize("usage", [True, False], ids=["usage-at-its-end", "no-usage"])
+async def test_a_json_answer_too_large_to_copy_is_still_counted(
+    clock: FakeClock, usage: bool
+) -> None:
+    # logprobs make an answer ~0.7 KB a token: past the 4 MB guardrail copies whole, its cost
+    # was the reservation (200 tokens) however much was served.
+    app = Guardrail(_large_answer(usage), policy=Policy.from_string(POLICY_200), clock=clock)
+    ask = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "logprobs": True}
+    admitted = 0
+    async with served(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as http:
+        for _ in range(6):
+            response = await http.post(
+                "/v1/chat/completions", json=ask, headers={"authorization": "Bearer sk-big"}
+            )
+            admitted += response.status_code == 200
+    served_tokens = admitted * 8000
+    print(f"\n{admitted} answers admitted, {served_tokens} tokens served (budget {BURST})")
+    assert admitted == 1  # the first goes into debt: nothing more until it is paid back
