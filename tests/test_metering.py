@@ -33,6 +33,11 @@ def test_estimates_are_four_bytes_a_token_or_the_pieces_when_more() -> None:
     assert text_tokens("a b c d e f g h") == 7  # a word a space
     assert text_tokens("x=f(a[1]);") == 12  # a mark twice: each may split a word
     assert text_tokens("        return") == 4  # indentation: not a token a space
+    assert text_tokens("Base64EncodedAPI") == 5  # capitals start pieces
+    assert text_tokens("भारत") == 8  # an Indic character: two tokens (12 bytes)
+    assert text_tokens("Ελλάδα") == 6  # Greek: a character a token
+    hexdigest = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    assert text_tokens(hexdigest * 2) == 86  # machine text: two bytes a token (128 bytes)
 
 
 def test_a_streamed_piece_is_a_token_unless_it_is_long() -> None:

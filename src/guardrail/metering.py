@@ -60,27 +60,44 @@ class Meter(Protocol):
 #: ASCII punctuation: in code and markup a mark is often a token of its own.
 _MARKS = b"".join(bytes([c]) for c in range(33, 127) if not chr(c).isalnum())
 _DIGITS = b"0123456789"
-#: The UTF-8 lead bytes of U+3000 to U+FFFF (Kana, CJK, Hangul, full-width forms) and of the
-#: 4-byte planes (CJK extensions, emoji): a character of these is at least a token.
-_DENSE_LEADS = bytes(range(0xE3, 0xF0)) + b"\xf0"
+#: Capitals: in identifiers, base64 and other machine text each often starts a token.
+_UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+#: UTF-8 lead bytes by how many tokens a character of theirs may be at least: one for the
+#: two-byte scripts (Greek, Cyrillic, Arabic, Hebrew...) and for CJK, Kana and Hangul; two for
+#: the three-byte scripts below U+3000 (Indic, Thai, Ethiopic, Georgian...: 1 to 3 tokens a
+#: character in cl100k) and for four-byte characters (emoji, CJK extensions).
+_LEADS_ONE = bytes(range(0xC2, 0xE0)) + bytes(range(0xE3, 0xF0))
+_LEADS_TWO = bytes(range(0xE0, 0xE3)) + bytes(range(0xF0, 0xF5))
 
 
 def text_tokens(text: str) -> int:
     """Input estimate: four bytes of UTF-8 a token, rounded up, or, when more, a count of the
     pieces a BPE pre-tokenizer (cl100k, o200k, Llama 3's) cuts text into, each at least a
     token: words (a space each), punctuation marks (twice: each may split a word), digits in
-    threes, CJK/Kana/Hangul characters. Dense prompts (code, digits, CJK) get no discount.
-    Counted with bytes methods, in C: 4 us a KB, where a regex would cost 70."""
+    threes, capitals, and non-ASCII characters by script (``_LEADS_*``), or two bytes a token for
+    machine text (words over 24 bytes on average: hex, base64). Dense prompts (code,
+    digits, machine text, CJK and other scripts) get no discount. Counted with bytes methods,
+    in C: a few us a KB, where a regex would cost 70."""
     raw = text.encode("utf-8", "surrogatepass")
     size = len(raw)
+    spaces = raw.count(b" ")
     pieces = (
-        raw.count(b" ")
+        spaces
         - raw.count(b"  ")  # a run of spaces (indentation) is a token or a few, not one each
         + 2 * (size - len(raw.translate(None, _MARKS)))
         + (size - len(raw.translate(None, _DIGITS))) // 3
+        + (size - len(raw.translate(None, _UPPER)))
     )
     if not raw.isascii():
-        pieces += size - len(raw.translate(None, _DENSE_LEADS))
+        pieces += (
+            size
+            - len(raw.translate(None, _LEADS_ONE))
+            + 2 * (size - len(raw.translate(None, _LEADS_TWO)))
+        )
+    elif size > 64 and (spaces + raw.count(b"\n")) * 24 < size:
+        # Words over 24 bytes on average: machine text (hex, base64, minified code), which
+        # BPE cuts every two bytes or so.
+        pieces = max(pieces, (size * 2 + 2) // 3)
     return max((size + 3) // 4, pieces)
 
 
