@@ -251,3 +251,14 @@ def test_usage(payload: dict[str, Any], total: int | None) -> None:
 )
 def test_streamed(payload: dict[str, Any], tokens: int) -> None:
     assert OPENAI.streamed(payload) == tokens
+
+
+def test_the_prompt_read_is_the_newest_user_text_that_says_something() -> None:
+    ask = "Explain step by step and show your full reasoning"
+    chat = {"messages": [{"role": "user", "content": ask}, {"role": "user", "content": ""}]}
+    assert CHAT.prompt(chat) == ask  # a trailing empty turn hides nothing
+    items = [
+        {"role": "user", "content": [{"type": "input_text", "text": ask}]},
+        {"type": "function_call_output", "call_id": "c1", "output": "42"},
+    ]
+    assert RESPONSES.prompt({"input": items}) == ask  # nor does a tool's output after it

@@ -152,9 +152,12 @@ def _text(content: object) -> str:
 def _chat_prompt(body: dict[str, Any]) -> str:
     messages = body.get("messages")
     if isinstance(messages, list):
+        # The newest user turn that says something: a trailing empty one must not hide it.
         for message in reversed(messages):
             if isinstance(message, dict) and message.get("role") == "user":
-                return _text(message.get("content"))
+                text = _text(message.get("content"))
+                if text:
+                    return text
     return ""
 
 
@@ -164,10 +167,12 @@ def _completion_prompt(body: dict[str, Any]) -> str:
 
 def _input_prompt(body: dict[str, Any]) -> str:
     items = body.get("input")
-    if isinstance(items, list):  # responses: the newest user item
+    if isinstance(items, list):  # responses: the newest user item that says something
         for item in reversed(items):
             if isinstance(item, dict) and item.get("role", "user") == "user":
-                return _text(item.get("content"))
+                text = _text(item.get("content"))  # a tool's output item has none
+                if text:
+                    return text
         return ""
     return _text(items)
 
