@@ -584,6 +584,12 @@ async def test_memory_a_principal_starting_over_counts_for_its_new_network() -> 
     moved = Keys("k:moved", "s:10.0.1.0/24", None, ())
     await store.save(moved, update(NOW + 101, principal=counters(req=1)))  # expired: reset
     assert (store.held("s:10.0.0.0/24"), store.held("s:10.0.1.0/24")) == (0, 1)
+    # and one first seen where no network was known (a unix socket) counts once it is
+    await store.save(Keys("k:socket", "s:unknown", None, ()), update(principal=counters(req=1)))
+    await store.save(
+        Keys("k:socket", "s:10.0.1.0/24", None, ()), update(NOW + 101, principal=counters(req=1))
+    )
+    assert store.held("s:10.0.1.0/24") == 2
 
 
 @pytest.mark.parametrize("subnet", ["s:unknown", "s:/run/app.sock", "s:"])

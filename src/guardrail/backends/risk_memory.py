@@ -135,7 +135,8 @@ def network_share(max_subjects: int) -> int:
 
 class _Network:
     """The principals a subnet holds (each principal counts for the subnet it was created
-    from): one per subnet, shared by its principals, gone with the last of them."""
+    or started over from, until evicted or swept as expired): one per subnet, shared by its
+    principals, gone with the last of them."""
 
     __slots__ = ("count", "key")
 
@@ -263,7 +264,7 @@ class MemoryRiskStore:
 
     def held(self, subnet: str) -> int:
         """Principals created from ``subnet`` (a ``Keys.subnet``) still held, its overflow
-        state included."""
+        state included (expired ones too, until the subnet reaches its share: ``_sweep``)."""
         network = self._networks.get(subnet)
         return 0 if network is None else network.count
 
@@ -567,12 +568,13 @@ class MemoryRiskStore:
             segment.move_to_end(key)
             p.reset(landmark, now, epoch)
             network = p.network
-            if network is not None and network.key != subnet and p.__class__ is _Principal:
-                # starting over, it counts for the network it comes from now
+            if self.share and (network is None or network.key != subnet):
+                # starting over, it counts for the network it comes from now (an overflow
+                # state's key names its network: never moved)
                 self._forget(p)
-                p.network = self._network(subnet)
-                if p.network is not None:
-                    p.network.count += 1
+                p.network = network = self._network(subnet)
+                if network is not None:
+                    network.count += 1
         elif now - p.touched >= LRU_SLACK:
             segment.move_to_end(key)
             p.touched = now
