@@ -227,3 +227,110 @@ async def test_in_redis_a_flood_of_random_keys_buys_no_state(
     print(figures)  # shown with -s
     assert counts.get(429, 0) >= 0.8 * 2_000, figures
     assert principals == admitted, figures  # the refused ones bought none
+
+
+async def test_a_flood_into_the_overflow_state_does_not_refuse_a_new_neighbour(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Issue 11 review: the overflow state that a network's new principals share once it
+    holds its share. An attacker mints the share in random keys, then drives the overflow
+    state into the block band with reasoning requests from new keys: on the base every new
+    principal of that /24 (a cloud neighbour, a CGNAT peer) was refused 403 on its first
+    request, and still days later (a subnet's count went down only on eviction). Fixed: a
+    principal redirected to the overflow state is assessed from empty state and its own
+    request, and a network's count goes down as its principals expire."""
+    app = Guardrail(
+        echo_app(),
+        policy=Policy.from_string(POLICY),
+        clock=clock,
+        sleep=clock.sleep,
+        audit=f"file://{tmp_path / 'audit.jsonl'}",
+    )
+    assert app.risk is not None
+    store = app.risk.store
+    assert isinstance(store, MemoryRiskStore)
+    subnet = "s:198.51.100.0/24"
+
+    async with served(app, proxy_headers=False) as url, httpx.AsyncClient(base_url=url) as http:
+
+        async def post(text: str, key: str, ip: str) -> int:
+            clock.advance(0.1)  # within the per-ip limit: only the risk score may refuse
+            response = await http.post(
+                "/v1/chat/completions",
+                json=chat(text),
+                headers={"authorization": f"Bearer {key}", "x-forwarded-for": ip},
+            )
+            return response.status_code
+
+        minted = [await post("hi", f"sk-{secrets.token_hex(12)}", FLOODER) for _ in range(70)]
+        held = store.held(subnet)
+        flood = [
+            await post(ASK.format(n), f"sk-{secrets.token_hex(12)}", FLOODER) for n in range(12)
+        ]
+        neighbour = await post("hi", f"sk-{secrets.token_hex(12)}", "198.51.100.200")
+        clock.advance(store.ttl + 1)  # the flood's principals expire
+        later = await post("hi", f"sk-{secrets.token_hex(12)}", "198.51.100.201")
+        held_later = store.held(subnet)
+
+    figures = (
+        f"minted keys {minted.count(200)} of 70 served, the network held {held} principals "
+        f"(share {SHARE}); reasoning flood from new keys {flood}; a new neighbour's 'hi' "
+        f"answered {neighbour}; after the ttl a new key answered {later}, the network then "
+        f"held {held_later}"
+    )
+    print(figures)  # shown with -s
+    assert minted.count(200) == 70 and held == SHARE, figures
+    assert neighbour == 200, figures
+    assert later == 200 and held_later == 1, figures  # its own state again, the rest gone
+
+
+async def test_behind_a_proxy_on_a_unix_socket_customers_are_no_network(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The same flood where every client's subnet is ``unknown`` (uvicorn on a unix socket
+    behind a proxy: no client address in the scope). On the base that subnet had a share like
+    a /24, so after it every new customer shared one state, and one attacker's reasoning
+    requests refused them all. Fixed: a subnet that is no network has no share."""
+    app = Guardrail(
+        echo_app(),
+        policy=Policy.from_string(
+            POLICY.replace("  client_ip: {trusted_proxies: [127.0.0.1]}\n", "")
+        ),
+        clock=clock,
+        sleep=clock.sleep,
+        audit=f"file://{tmp_path / 'audit.jsonl'}",
+    )
+    assert app.risk is not None
+    store = app.risk.store
+    assert isinstance(store, MemoryRiskStore)
+    socket = str(tmp_path / "app.sock")
+    transport = httpx.AsyncHTTPTransport(uds=socket)
+    async with (
+        served(app, uds=socket),
+        httpx.AsyncClient(transport=transport, base_url="http://proxy") as http,
+    ):
+
+        async def post(text: str, key: str) -> int:
+            clock.advance(0.1)
+            response = await http.post(
+                "/v1/chat/completions",
+                json=chat(text),
+                headers={"authorization": f"Bearer {key}"},
+            )
+            return response.status_code
+
+        customers = [await post("hi", f"sk-{secrets.token_hex(12)}") for _ in range(70)]
+        attacker = [await post(ASK.format(n), f"sk-{secrets.token_hex(12)}") for n in range(12)]
+        newcomer = await post("hi", f"sk-{secrets.token_hex(12)}")
+        held = store.held("s:unknown")
+        principals = store.sizes()["principals"]
+
+    figures = (
+        f"customers served {customers.count(200)} of 70; the attacker's new keys {attacker}; "
+        f"a new customer answered {newcomer}; subnet 'unknown' held {held} (a share would be "
+        f"{SHARE}); principals {principals}"
+    )
+    print(figures)  # shown with -s
+    assert customers.count(200) == 70, figures
+    assert newcomer == 200, figures
+    assert held == 0 and principals == 70 + 12 + 1, figures

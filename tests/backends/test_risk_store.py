@@ -535,10 +535,74 @@ async def test_memory_a_network_beyond_its_share_shares_one_overflow_state(
     warnings = [r.getMessage() for r in caplog.records if "holds its share" in r.getMessage()]
     assert len(warnings) == 1 and "198.51.100.0/24" in warnings[0]
     assert all([(await store.load(k, NOW)).known for k in others])
-    # the keys beyond the share were counted together, and a new one reads that state
-    newcomer = await store.load(Keys("k:newcomer", flood, None, ()), NOW)
-    assert newcomer.known and newcomer.principal[REQ] == near(5000.0 - (share - 1))
+    # the keys beyond the share were counted together, but a new one is assessed as new
+    overflow = store._principals[OVERFLOW + flood]
+    assert overflow.counters[REQ] == near(5000.0 - (share - 1))
+    assert_same(await store.load(Keys("k:newcomer", flood, None, ()), NOW), EMPTY)
     assert (await store.load(Keys("k:newcomer", "s:10.1.0.0/24", None, ()), NOW)).known is False
+
+
+async def test_memory_the_overflow_state_takes_no_band_nor_standing() -> None:
+    """A flood that would band the overflow state must not band the network's newcomers: a
+    principal sent there is assessed from empty state, its band and score are its own."""
+    store = MemoryRiskStore(half_life=HALF_LIFE, window=WINDOW, ttl=TTL, max_subjects=1000)
+    flood = "s:198.51.100.0/24"
+    for n in range(network_share(1000) - 1):
+        await store.save(Keys(f"k:minted{n}", flood, None, ()), update(principal=counters(req=1)))
+    for n in range(20):  # new keys, each assessed into the top band
+        keys = Keys(f"k:flood{n}", flood, None, ())
+        await store.save(
+            keys, update(principal=counters(req=1), band=Band(3, NOW), score=100.0, manner=1.0)
+        )
+        assert store.standing(keys.principal, NOW) is None
+    assert store.held(flood) == network_share(1000)
+    overflow = store._principals[OVERFLOW + flood]
+    assert overflow.band is None and overflow.counters[REQ] == near(20.0)
+    assert store.sizes()["banded principals"] == 0
+    neighbour = await store.load(Keys("k:neighbour", flood, None, ()), NOW + 1)
+    assert_same(neighbour, EMPTY)
+
+
+async def test_memory_a_network_regains_its_share_as_its_principals_expire() -> None:
+    store = MemoryRiskStore(half_life=HALF_LIFE, window=WINDOW, ttl=100.0, max_subjects=1000)
+    share = network_share(1000)
+    net = "s:198.51.100.0/24"
+    for n in range(share + 10):
+        await store.save(Keys(f"k:a{n}", net, None, ()), update(principal=counters(req=1)))
+    assert store.held(net) == share
+    # a store below max_subjects evicts nothing: expiry alone gives the share back
+    await store.save(Keys("k:later", net, None, ()), update(NOW + 101, principal=counters(req=1)))
+    assert store.held(net) == 1
+    assert OVERFLOW + net not in store._principals
+    assert (await store.load(Keys("k:later", net, None, ()), NOW + 101)).known
+    assert store.sizes()["principals"] == 1  # the expired ones are gone, not just uncounted
+
+
+async def test_memory_a_principal_starting_over_counts_for_its_new_network() -> None:
+    store = MemoryRiskStore(half_life=HALF_LIFE, window=WINDOW, ttl=100.0, max_subjects=1000)
+    await store.save(Keys("k:moved", "s:10.0.0.0/24", None, ()), update(principal=counters(req=1)))
+    moved = Keys("k:moved", "s:10.0.1.0/24", None, ())
+    await store.save(moved, update(NOW + 101, principal=counters(req=1)))  # expired: reset
+    assert (store.held("s:10.0.0.0/24"), store.held("s:10.0.1.0/24")) == (0, 1)
+    # and one first seen where no network was known (a unix socket) counts once it is
+    await store.save(Keys("k:socket", "s:unknown", None, ()), update(principal=counters(req=1)))
+    await store.save(
+        Keys("k:socket", "s:10.0.1.0/24", None, ()), update(NOW + 101, principal=counters(req=1))
+    )
+    assert store.held("s:10.0.1.0/24") == 2
+
+
+@pytest.mark.parametrize("subnet", ["s:unknown", "s:/run/app.sock", "s:"])
+async def test_memory_a_subnet_that_is_no_network_has_no_share(subnet: str) -> None:
+    """Behind a proxy on a unix socket every client's subnet is ``unknown``: they are no
+    neighbours, and a share would send every new customer to one state."""
+    store = MemoryRiskStore(half_life=HALF_LIFE, window=WINDOW, ttl=TTL, max_subjects=1000)
+    everyone = [Keys(f"k:customer{n}", subnet, None, ()) for n in range(300)]
+    for keys in everyone:
+        await store.save(keys, update(principal=counters(req=1)))
+    assert store.held(subnet) == 0
+    assert store.sizes()["principals"] == 300
+    assert all([(await store.load(keys, NOW)).known for keys in everyone])
 
 
 async def test_memory_a_network_regains_its_share_as_its_principals_are_evicted() -> None:

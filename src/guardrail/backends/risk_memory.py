@@ -11,6 +11,8 @@ import logging
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from functools import lru_cache
+from ipaddress import ip_network
 from itertools import compress
 from math import exp2
 from struct import Struct
@@ -55,7 +57,12 @@ LRU_SLACK = 1.0
 #: least): new principals from one subnet beyond it share one overflow state for the subnet
 #: (``OVERFLOW`` + its key) instead of evicting the rest of the world's. A flood of random keys
 #: from one network so holds at most its share, and what it does still adds up in one state.
-#: No share at all when it would be the whole store (small stores: tests, simulations).
+#: That state is written, never read: a principal sent to it is assessed as new (from empty
+#: state and its own request), or a flood that bands it would refuse every newcomer of the
+#: network, neighbours behind the same /24 or CGNAT included. A network's principals count
+#: while they live: expired ones are forgotten once it reaches its share. No share at all when
+#: it would be the whole store (small stores: tests, simulations), nor for a subnet that is no
+#: network (``unknown``: a proxy on a unix socket; there every client is that subnet).
 NETWORK_SHARE = 16
 NETWORK_FLOOR = 64
 OVERFLOW = "o:"
@@ -108,6 +115,17 @@ _MAX_LAYOUTS = 16
 _FRAME = Struct("<I")  # an entry's length, when entries are of unequal length
 
 
+@lru_cache(maxsize=256)
+def _is_network(subnet: str) -> bool:
+    """Whether a ``Keys.subnet`` names an IP network (identity makes anything that is no
+    address its own subnet); asked once per network that is new to the store."""
+    try:
+        ip_network(subnet.removeprefix("s:"), strict=False)
+    except ValueError:
+        return False
+    return True
+
+
 def network_share(max_subjects: int) -> int:
     """How many principals one subnet may hold in a store of ``max_subjects`` (0: no share),
     its overflow state included."""
@@ -117,7 +135,8 @@ def network_share(max_subjects: int) -> int:
 
 class _Network:
     """The principals a subnet holds (each principal counts for the subnet it was created
-    from): one per subnet, shared by its principals, gone with the last of them."""
+    or started over from, until evicted or swept as expired): one per subnet, shared by its
+    principals, gone with the last of them."""
 
     __slots__ = ("count", "key")
 
@@ -161,6 +180,14 @@ class _Principal:
         self.spread = 0
         self.spread_prev = 0
         self.band: Band | None = None
+
+
+class _Overflow(_Principal):
+    """A subnet's overflow state: a principal's layout (no extra memory), told apart by its
+    type. It gathers the counters of the principals sent to it, but no band or standing: no
+    one is assessed from it."""
+
+    __slots__ = ()
 
 
 class _Cohort:
@@ -237,7 +264,7 @@ class MemoryRiskStore:
 
     def held(self, subnet: str) -> int:
         """Principals created from ``subnet`` (a ``Keys.subnet``) still held, its overflow
-        state included."""
+        state included (expired ones too, until the subnet reaches its share: ``_sweep``)."""
         network = self._networks.get(subnet)
         return 0 if network is None else network.count
 
@@ -278,7 +305,9 @@ class MemoryRiskStore:
     async def load(self, keys: Keys, now: float) -> Snapshot:
         ttl = self.ttl
         epoch = int(now // self.window)
-        p = self._find(keys.principal, keys.subnet)
+        # A principal without state of its own is new, even where its subnet's new principals
+        # share the overflow state (see NETWORK_SHARE).
+        p = self._principals.get(keys.principal) or self._banded.get(keys.principal)
         known = p is not None and now - p.touched <= ttl
         if not known:
             principal = _PRINCIPAL_ZEROS.tolist()[:_DECAYED]
@@ -362,13 +391,14 @@ class MemoryRiskStore:
             for i in compress(_PRINCIPAL_INDEXES, increments):
                 counters[i] += increments[i] * weight
         self._note(p, now, update.seen, update.max_tokens, update.temperature)
-        if update.band is not None:
-            self._band(keys, p, update.band)
-        if update.score >= 0:
-            counters = p.counters
-            counters[_SCORE] = update.score
-            counters[_MANNER] = update.manner
-            counters[_SCORED] = now - landmark
+        if p.__class__ is not _Overflow:  # the overflow's newcomers: their own band, score
+            if update.band is not None:
+                self._band(keys, p, update.band)
+            if update.score >= 0:
+                counters = p.counters
+                counters[_SCORE] = update.score
+                counters[_MANNER] = update.manner
+                counters[_SCORED] = now - landmark
         if update.ring is not None:
             p.ring, p.layout = _push(p.ring, p.layout, update.ring, RING_SIZE)
         if update.spread_bit is not None:
@@ -382,10 +412,7 @@ class MemoryRiskStore:
         p.band = band
         if was == (band.level > 0) or not self._banded_cap:
             return
-        key = keys.principal
-        if self._principals.get(key) is not p and self._banded.get(key) is not p:
-            key = OVERFLOW + keys.subnet  # the subnet's overflow state
-        self._segment(key, p, band.level > 0)
+        self._segment(keys.principal, p, band.level > 0)
 
     def _segment(self, key: str, p: _Principal, banded: bool) -> None:
         """Move ``p`` into the banded segment or out of it, as its most recent entry. A
@@ -521,17 +548,6 @@ class MemoryRiskStore:
         landmark = self._landmark
         return landmark, epoch, exp2((now - landmark) * self._rate)
 
-    def _find(self, key: str, subnet: str) -> _Principal | None:
-        """The state that answers for principal ``key`` of ``subnet``: its own, else its
-        subnet's overflow state if the subnet has used up its share."""
-        p = self._principals.get(key) or self._banded.get(key)
-        if p is None and self.share:
-            network = self._networks.get(subnet)
-            if network is not None and network.count >= self.share - 1:
-                overflow = OVERFLOW + subnet
-                p = self._principals.get(overflow) or self._banded.get(overflow)
-        return p
-
     def _principal(
         self, key: str, now: float, landmark: float, epoch: int, subnet: str, create: bool
     ) -> _Principal | None:
@@ -551,6 +567,14 @@ class MemoryRiskStore:
             segment = self._principals
             segment.move_to_end(key)
             p.reset(landmark, now, epoch)
+            network = p.network
+            if self.share and (network is None or network.key != subnet):
+                # starting over, it counts for the network it comes from now (an overflow
+                # state's key names its network: never moved)
+                self._forget(p)
+                p.network = network = self._network(subnet)
+                if network is not None:
+                    network.count += 1
         elif now - p.touched >= LRU_SLACK:
             segment.move_to_end(key)
             p.touched = now
@@ -564,13 +588,17 @@ class MemoryRiskStore:
         """A principal unknown to the store: its own new state, or its subnet's overflow
         state once the subnet holds its share (``network_share``)."""
         network = None
+        kind = _Principal
         if self.share:
             network = self._networks.get(subnet)
             if network is not None and network.count >= self.share - 1:
+                self._sweep(now)  # its expired principals no longer count
+                network = self._networks.get(subnet)
+            if network is not None and network.count >= self.share - 1:
                 overflow = OVERFLOW + subnet
-                if overflow in self._principals or overflow in self._banded:
+                if overflow in self._principals:
                     return self._principal(overflow, now, landmark, epoch, subnet, create)
-                key = overflow  # the subnet's last place
+                key, kind = overflow, _Overflow  # the subnet's last place
                 if create and now - self._warned >= WARN_EVERY:
                     self._warned = now
                     logger.warning(
@@ -583,22 +611,45 @@ class MemoryRiskStore:
         if not create:
             return None
         if network is None and self.share:
-            network = self._networks[subnet] = _Network(subnet)
+            network = self._network(subnet)
         principals = self._principals
-        p = principals[key] = _Principal(landmark, now, epoch, network)
+        p = principals[key] = kind(landmark, now, epoch, network)
         if network is not None:
             network.count += 1
         if len(principals) + len(self._banded) > self.max_subjects:
             self._forget(principals.popitem(last=False)[1])
         return p
 
+    def _network(self, subnet: str) -> _Network | None:
+        """The count of a subnet's principals, new if need be; None for a subnet that is no
+        network (``unknown``...), which has no share: its clients need not be neighbours."""
+        network = self._networks.get(subnet)
+        if network is None and _is_network(subnet):
+            network = self._networks[subnet] = _Network(subnet)
+        return network
+
     def _forget(self, p: _Principal) -> None:
-        """An evicted principal no longer counts for its subnet."""
+        """An evicted (or expired) principal no longer counts for its subnet."""
         network = p.network
         if network is not None:
+            p.network = None
             network.count -= 1
             if not network.count:
                 del self._networks[network.key]
+
+    def _sweep(self, now: float) -> None:
+        """Forget the expired principals, the least recently written of each segment (both
+        are in the order they were written, to within LRU_SLACK): what a subnet holds counts
+        its live principals. Asked only when a subnet is at its share; each principal is
+        swept once."""
+        ttl = self.ttl
+        for segment in (self._principals, self._banded):
+            while segment:
+                p = next(iter(segment.values()))
+                if now - p.touched <= ttl:
+                    break
+                segment.popitem(last=False)
+                self._forget(p)
 
     def _save_cohort(
         self,
