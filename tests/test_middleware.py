@@ -743,9 +743,7 @@ async def test_a_body_that_never_arrives_costs_its_request_buckets(tmp_path: Pat
     assert any(r["limit"]["retry_after"] > 0 for r in timeouts)  # the refused one, as said
 
 
-async def test_a_body_that_never_arrives_with_the_store_down_is_still_a_408(
-    tmp_path: Path, clock
-):
+async def test_a_body_that_never_arrives_with_the_store_down_is_still_a_408(tmp_path: Path, clock):
     from redis_servers import free_port
 
     policy = POLICY.replace("version: 1", "version: 1\non_storage_error: fail_closed")

@@ -571,7 +571,10 @@ def status_app() -> Any:
         await request.body()
         score = str(request.state.guardrail.score)
         status = int(request.headers.get("x-status", "200"))
-        return Response(b"{}", status_code=status, headers={"x-score": score})
+        headers = {"x-score": score}
+        if "x-gzip" in request.headers:  # what guardrail cannot count on a metered route
+            headers["content-encoding"] = "gzip"
+        return Response(b"\x1f\x8b\x08\x00", status_code=status, headers=headers)
 
     return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
 
@@ -597,3 +600,30 @@ async def test_only_the_apps_4xx_feed_the_refusals_signal(
     await app.shutdown()
     score = float(answer.headers["x-score"])
     assert (score > 0) is fed, score
+
+
+async def test_guardrails_own_502_does_not_feed_the_refusals_signal(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A compressed answer on a metered route is replaced by guardrail's 502: the client did
+    nothing wrong."""
+    metered = REFUSALS_ONLY.replace(
+        "      - {per: api_key, rate: 600/minute, burst: 100}\n",
+        "      - {per: api_key, rate: 600/minute, burst: 100}\n"
+        "      - {per: api_key, rate: 100000/minute, cost: tokens}\n",
+        1,
+    )
+    assert "cost: tokens" in metered
+    app = build(tmp_path, clock, metered, app=status_app())
+    async with client(app) as http:
+        for i in range(20):
+            answer = await http.post(
+                "/v1/chat/completions", json=chat(i), headers={**HEADERS, "x-gzip": "1"}
+            )
+            assert answer.status_code == 502
+            assert answer.json()["type"] == "uncountable-response"
+            clock.advance(1)
+        answer = await http.post("/v1/chat/completions", json=chat(0), headers=HEADERS)
+    await app.shutdown()
+    assert answer.status_code == 200
+    assert float(answer.headers["x-score"]) == 0.0
