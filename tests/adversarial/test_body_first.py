@@ -253,14 +253,14 @@ async def stalls(port: int, n: int, within: float) -> dict[int | None, int]:
 
 
 async def test_bodies_that_never_finish_are_charged_and_then_refused_before_their_body(
-    tmp_path: Path,
+    tmp_path: Path, storage: str
 ):
     # One address stalls body after body: each 408 used to charge nothing, so it could hold
     # connections every inspect_timeout for ever and still be served afterwards (before: every
     # round of stalled bodies 408, then a whole request 200; one audit record per 408).
     route = f"    inspect_timeout: {STALL_TIMEOUT:g}s\n"
     text = policy(PER_IP, route) + "audit: {sample_allowed: 0.0}\n"
-    app = guarded(tmp_path, "memory://", text)
+    app = guarded(tmp_path, storage, text)
     async with served(app) as url:
         port = int(url.rsplit(":", 1)[1])
         within = STALL_TIMEOUT + 4.0
@@ -274,7 +274,8 @@ async def test_bodies_that_never_finish_are_charged_and_then_refused_before_thei
     records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     counted = sum(r.get("repeated", 1) for r in records)
     print(
-        f"\nstalled: {first} then {second} then {third} ({took:.2f} s for the last 50, "
+        f"\n{storage.split(':')[0]}: stalled {first} then {second} then {third} "
+        f"({took:.2f} s for the last 50, "
         f"inspect_timeout {STALL_TIMEOUT:g} s); a whole request then: {whole}; "
         f"{len(records)} audit records counting {counted} refusals (before: 73 records, "
         f"third round all 408, whole request 200)"
