@@ -141,3 +141,34 @@ def test_bands_never_outlast_the_cooldown_and_are_bounded(policy: Policy):
     for i in range(100):
         bands.learn(assessment(policy, 3, f"k:{i}"), T0)
     assert len(bands) == 10 and bands.band("k:99", T0) is not None
+
+
+def test_the_latest_expiry_says_when_nothing_remembered_refuses(policy: Policy):
+    """The middleware skips the memos once ``now`` is past ``latest``: that must never skip an
+    entry still refusing, and the next lesson drops the expired ones."""
+    route = RouteTable(policy.routes).routes[0]
+    refusals = Refused()
+    assert refusals.latest <= T0  # never refused: skipped
+    short = Outcome(False, (BucketState(0, 6, 2), BucketState(9, 2, 0)))
+    long = Outcome(False, (BucketState(0, 12, 8), BucketState(9, 2, 0)))
+    refusals.learn(route, subject("k:long"), long, T0)
+    refusals.learn(route, subject("k:short"), short, T0 + 1)  # a later, shorter refusal
+    assert refusals.latest == T0 + 8
+    for at in (T0, T0 + 2.9, T0 + 7.9):
+        assert at < refusals.latest and refusals.refusing(route, subject("k:long"), at)
+    assert refusals.refusing(route, subject("k:long"), T0 + 8) is None
+    assert refusals.latest <= T0 + 8  # past it: nothing can refuse, the check is skipped
+    assert len(refusals) == 1  # k:short's entry, expired, waits until the next lesson ...
+    refusals.learn(route, subject("k:new"), short, T0 + 20)
+    assert len(refusals) == 1 and refusals.latest == T0 + 22  # ... which drops it
+
+    bands = Bands(cooldown=900.0)
+    assert bands.latest <= T0
+    bands.learn(assessment(policy, 3, "k:a"), T0)
+    bands.learn(assessment(policy, 3, "k:b"), T0 - 1)  # a request that began earlier
+    assert bands.latest == T0 + RECHECK
+    assert bands.band("k:b", T0 + RECHECK - 1.1) is not None
+    assert bands.latest <= T0 + RECHECK
+    bands.learn(assessment(policy, 3, "k:c"), T0 + 60)
+    assert len(bands) == 1  # the expired a and b dropped
+    assert bands.band("k:c", T0 + 60) is not None

@@ -699,3 +699,58 @@ async def test_observe_mode_lets_a_late_body_reach_the_app(tmp_path: Path, clock
     assert sent[0]["status"] == 200
     assert b"".join(m.get("body", b"") for m in sent[1:]) == raw
     await app.shutdown()
+
+
+async def stalled_post(app: Guardrail) -> list[Message]:
+    """One request whose body never arrives, past its route's deadline: what was sent."""
+    release = asyncio.Event()
+
+    async def receive() -> Message:
+        await release.wait()
+        raise AssertionError("never released")
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    request = asyncio.create_task(app(asgi_post(), receive, send))
+    for _ in range(100):  # until the request waits for its body (or was answered without it)
+        await asyncio.sleep(0)
+        if request.done():
+            break
+        app.deadlines.sweep(time.monotonic() + 10.0)  # a no-op until the wait is watched
+    await request
+    return sent
+
+
+async def test_a_body_that_never_arrives_costs_its_request_buckets(tmp_path: Path, clock):
+    app = build(tmp_path, clock)  # inference: per api_key, burst 3
+    await app.startup()  # the audit file opens in a thread: not within a few loop turns
+    statuses = [(await stalled_post(app))[0]["status"] for _ in range(4)]
+    assert statuses == [408] * 4  # the fourth refused by the storage: its refusal learnt
+    sent = await stalled_post(app)  # answered before its body: no deadline swept
+    assert sent[0]["status"] == 429 and (b"connection", b"close") in sent[0]["headers"]
+    async with client(app) as http:  # nor is a whole request of that key admitted
+        assert (
+            await http.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-a"))
+        ).status_code == 429
+    await app.shutdown()
+    records = audit_records(tmp_path)
+    assert sum(r.get("repeated", 1) for r in records) == 6
+    timeouts = [r for r in records if r["action"] == "timeout"]
+    assert timeouts[0]["limit"]["remaining"] == 2  # charged, admitted
+    assert any(r["limit"]["retry_after"] > 0 for r in timeouts)  # the refused one, as said
+
+
+async def test_a_body_that_never_arrives_with_the_store_down_is_still_a_408(tmp_path: Path, clock):
+    from redis_servers import free_port
+
+    policy = POLICY.replace("version: 1", "version: 1\non_storage_error: fail_closed")
+    app = build(tmp_path, clock, policy, storage=f"redis://127.0.0.1:{free_port()}/0?timeout=0.2")
+    await app.startup()
+    sent = await stalled_post(app)
+    assert sent[0]["status"] == 408
+    assert len(app.refused) == 0  # nothing the storage said: nothing learnt
+    await app.shutdown()
+    assert [(r["action"], r["status"]) for r in audit_records(tmp_path)] == [("timeout", 408)]

@@ -558,3 +558,72 @@ async def test_requests_the_limits_refuse_create_no_principal_in_redis(
         await r.aclose()
         await other.shutdown()
         await app.shutdown()
+
+
+def status_app() -> Any:
+    """Answers the status the request asks for (``x-status``), and the score guardrail gave it."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def chat(request: Request) -> Response:
+        await request.body()
+        score = str(request.state.guardrail.score)
+        status = int(request.headers.get("x-status", "200"))
+        headers = {"x-score": score}
+        if "x-gzip" in request.headers:  # what guardrail cannot count on a metered route
+            headers["content-encoding"] = "gzip"
+        return Response(b"\x1f\x8b\x08\x00", status_code=status, headers=headers)
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+REFUSALS_ONLY = policy(0.0).replace("refusals: {weight: 0}", "refusals: {weight: 2.0}")
+
+
+@pytest.mark.parametrize(("status", "fed"), [(500, False), (503, False), (404, True)])
+async def test_only_the_apps_4xx_feed_the_refusals_signal(
+    tmp_path: Path, clock: FakeClock, status: int, fed: bool
+) -> None:
+    """A 5xx is the app's failure, not the client's doing: it must not push the client up."""
+    assert "refusals: {weight: 2.0}" in REFUSALS_ONLY
+    app = build(tmp_path, clock, REFUSALS_ONLY, app=status_app())
+    async with client(app) as http:
+        for i in range(20):
+            answer = await http.post(
+                "/v1/chat/completions", json=chat(i), headers={**HEADERS, "x-status": str(status)}
+            )
+            assert answer.status_code == status
+            clock.advance(1)
+        answer = await http.post("/v1/chat/completions", json=chat(0), headers=HEADERS)
+    await app.shutdown()
+    score = float(answer.headers["x-score"])
+    assert (score > 0) is fed, score
+
+
+async def test_guardrails_own_502_does_not_feed_the_refusals_signal(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A compressed answer on a metered route is replaced by guardrail's 502: the client did
+    nothing wrong."""
+    metered = REFUSALS_ONLY.replace(
+        "      - {per: api_key, rate: 600/minute, burst: 100}\n",
+        "      - {per: api_key, rate: 600/minute, burst: 100}\n"
+        "      - {per: api_key, rate: 100000/minute, cost: tokens}\n",
+        1,
+    )
+    assert "cost: tokens" in metered
+    app = build(tmp_path, clock, metered, app=status_app())
+    async with client(app) as http:
+        for i in range(20):
+            answer = await http.post(
+                "/v1/chat/completions", json=chat(i), headers={**HEADERS, "x-gzip": "1"}
+            )
+            assert answer.status_code == 502
+            assert answer.json()["type"] == "uncountable-response"
+            clock.advance(1)
+        answer = await http.post("/v1/chat/completions", json=chat(0), headers=HEADERS)
+    await app.shutdown()
+    assert answer.status_code == 200
+    assert float(answer.headers["x-score"]) == 0.0

@@ -16,6 +16,10 @@ both are empty; no I/O: the usual path keeps its round trips):
   and a band wiped meanwhile (state deleted by an operator, evicted) is refused that much
   longer at most.
 
+Each keeps the latest expiry it holds (``latest``): once that is past, nothing it remembers
+refuses, so the middleware skips it altogether (as cheap as an empty memo; entries are
+otherwise dropped only when their subject returns), and the next ``learn`` starts it afresh.
+
 Both are bounded (``MAX_ENTRIES``, ``MAX_BANDED``; the oldest dropped first) and keyed by the
 hash of what they remember (SipHash, keyed per process): an attacker rotating keys, or sending
 long account ids, neither grows them nor makes them hold its strings. Forgetting is always safe:
@@ -45,11 +49,12 @@ REFUSING = frozenset(("challenge", "block"))
 class Refused:
     """Request buckets refused until a time, by the hash of (subject key, bucket name)."""
 
-    __slots__ = ("max_entries", "until")
+    __slots__ = ("latest", "max_entries", "until")
 
     def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
         self.max_entries = max_entries
         self.until: OrderedDict[int, float] = OrderedDict()
+        self.latest = float("-inf")  # no entry refuses at or after this
 
     def __len__(self) -> int:
         return len(self.until)
@@ -58,10 +63,14 @@ class Refused:
         """Remember the route's request buckets that refused ``outcome`` (the route's own
         limits come first in it; token buckets are not remembered: a smaller reservation may
         pass where this one did not)."""
+        if now >= self.latest and self.until:
+            self.until.clear()  # every entry has expired: none is worth its room
         for lim, state in zip(route.charged, outcome.states, strict=False):
             if state.retry_after > 0:
                 key = hash((lim.subject_key(subject), lim.name))
-                self.until[key] = now + state.retry_after
+                until = self.until[key] = now + state.retry_after
+                if until > self.latest:
+                    self.latest = until
                 self.until.move_to_end(key)  # the oldest dropped first: the least recently learnt
                 if len(self.until) > self.max_entries:
                     self.until.popitem(last=False)
@@ -97,12 +106,13 @@ class Bands:
     it there (its score and signals, for the audit record; nothing that holds client strings)
     and until when it is believed."""
 
-    __slots__ = ("hold", "known", "max_entries")
+    __slots__ = ("hold", "known", "latest", "max_entries")
 
     def __init__(self, cooldown: float, max_entries: int = MAX_BANDED) -> None:
         self.hold = min(RECHECK, cooldown)
         self.max_entries = max_entries
         self.known: OrderedDict[int, tuple[Assessment, float]] = OrderedDict()
+        self.latest = float("-inf")  # no principal is believed in a band at or after this
 
     def __len__(self) -> int:
         return len(self.known)
@@ -115,11 +125,14 @@ class Bands:
                 self.known.pop(hash(assessment.keys.principal), None)
             return
         if self.hold > 0:
+            if now >= self.latest and self.known:
+                self.known.clear()  # every entry has expired
             key = hash(assessment.keys.principal)
             kept = Assessment(
                 _NO_KEYS, assessment.score, assessment.values, assessment.points, threshold, None
             )
             self.known[key] = (kept, now + self.hold)
+            self.latest = max(self.latest, now + self.hold)
             self.known.move_to_end(key)
             if len(self.known) > self.max_entries:
                 self.known.popitem(last=False)

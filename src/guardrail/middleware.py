@@ -223,7 +223,8 @@ class Guardrail:
         scope.setdefault("state", {})["guardrail"] = decision
         headers = [id_header]
         cleared = False  # a clearance was shown, and counted, before the body
-        if self.enforce and (self.refused.until or self.bands.known):  # empty: none refused
+        # Free while nothing remembered is still refusing: the latest expiry is past
+        if self.enforce and (now < self.refused.latest or now < self.bands.latest):
             answered, cleared = await self._early(route, decision, scope, send, now, headers)
             if answered:
                 return
@@ -341,7 +342,7 @@ class Guardrail:
             await self.app(scope, receive, with_headers(send, headers, status))
         finally:
             self._served(scope, decision, now, status[0])
-        if status[0] >= 400:
+        if 400 <= status[0] < 500:  # the client's errors; an app's 5xx is not the client's
             await self._refused(assessment, now)
 
     async def _relayed(
@@ -384,7 +385,7 @@ class Guardrail:
             if budget is not None:
                 await self._settle(budget, relay, decision)
             self._served(scope, decision, now, relay.status)
-        if relay.status >= 400:
+        if 400 <= relay.status < 500 and not relay.gone:  # not guardrail's own 502
             await self._refused(assessment, now)
 
     def _served(self, scope: Scope, decision: Decision, now: float, status: int) -> None:
@@ -452,7 +453,7 @@ class Guardrail:
         known = None
         risk = self.risk
         # allow: subjects are never escalated, whatever their principal's band
-        if self.bands.known and risk is not None and not risk.exempt(subject):
+        if now < self.bands.latest and risk is not None and not risk.exempt(subject):
             known = self.bands.band(principal_of(subject), now)
         if known is not None and known.threshold is not None:
             decision.action, decision.score = known.threshold.action, known.score
@@ -463,7 +464,8 @@ class Guardrail:
                 return True, False
             decision.action, decision.score, decision.assessment = ALLOW, 0.0, None
             cleared = True  # assessed below, with the body
-        refusing = self.refused.refusing(route, subject, now) if self.refused.until else None
+        refused = self.refused
+        refusing = refused.refusing(route, subject, now) if now < refused.latest else None
         if refusing is None:
             return False, cleared
         lim, state = refusing
@@ -490,9 +492,15 @@ class Guardrail:
         """The body did not arrive in time: 408, and the connection closed. The risk engine
         still looks at the request (without its body; nothing is committed), so that a
         principal in a refusing band is refused before the body of its next requests even when
-        it stalls every one."""
+        it stalls every one. The request still costs its route's request buckets (nothing was
+        reserved of its token budgets): a subject that stalls body after body runs out of them
+        like any other, and its next requests are refused before their body."""
         if self.risk is not None:
             await self._assess(route, decision, scope, now)
+        await self._decide(route, decision, now)
+        outcome = decision.outcome
+        if outcome is not None and not outcome.allowed and not decision.degraded:
+            self.refused.learn(route, decision.subject, outcome, now)
         decision.action, decision.tier = TIMEOUT, None
         self._record(scope, decision, now, 408)
         await send_timeout(
@@ -518,7 +526,11 @@ class Guardrail:
         threshold = assessment.threshold
         if threshold is not None:
             decision.action, decision.tier = threshold.action, threshold.tier
-        if (threshold is not None or self.bands.known) and self.enforce and not assessment.degraded:
+        if (
+            (threshold is not None or now < self.bands.latest)
+            and self.enforce
+            and not assessment.degraded
+        ):
             self.bands.learn(assessment, now)
         return assessment
 

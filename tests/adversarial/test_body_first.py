@@ -231,3 +231,60 @@ async def test_a_body_that_stalls_gets_a_408_at_the_deadline_and_its_connection_
     assert problem["status"] == 408 and problem["error"]["code"] == "request_timeout"
     records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert [(r["action"], r["status"]) for r in records] == [("timeout", 408)]
+
+
+# A refusal of this limit lasts 10 s (its interval): longer than a round of stalls takes
+PER_IP = "{per: ip, rate: 6/minute, burst: 3}"
+STALL_TIMEOUT = 1.0  # inspect_timeout of the stalling test: small, but above a loaded loop's pace
+
+
+async def stalls(port: int, n: int, within: float) -> dict[int | None, int]:
+    """``n`` stalled requests at once (headers and part of the body, then nothing): how many
+    got which answer within ``within`` seconds."""
+    held: list[socket.socket] = []
+    deadline = asyncio.get_running_loop().time() + within
+    statuses = await asyncio.gather(*(stall(port, "sk-stall", deadline, held) for _ in range(n)))
+    for sock in held:
+        sock.close()
+    counts: dict[int | None, int] = {}
+    for status in statuses:
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+async def test_bodies_that_never_finish_are_charged_and_then_refused_before_their_body(
+    tmp_path: Path, storage: str
+):
+    # One address stalls body after body: each 408 used to charge nothing, so it could hold
+    # connections every inspect_timeout for ever and still be served afterwards (before: every
+    # round of stalled bodies 408, then a whole request 200; one audit record per 408).
+    route = f"    inspect_timeout: {STALL_TIMEOUT:g}s\n"
+    text = policy(PER_IP, route) + "audit: {sample_allowed: 0.0}\n"
+    app = guarded(tmp_path, storage, text)
+    async with served(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        within = STALL_TIMEOUT + 4.0
+        first = await stalls(port, 3, within)  # the burst: timed out, each charged
+        second = await stalls(port, 20, within)  # over the limit: refused by the storage
+        started = time.monotonic()
+        third = await stalls(port, 50, within)  # known refused: 429 before the body
+        took = time.monotonic() - started
+        whole = await post(port, "sk-other", b'{"model":"m"}')  # the same address
+    await app.shutdown()
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    counted = sum(r.get("repeated", 1) for r in records)
+    print(
+        f"\n{storage.split(':')[0]}: stalled {first} then {second} then {third} "
+        f"({took:.2f} s for the last 50, "
+        f"inspect_timeout {STALL_TIMEOUT:g} s); a whole request then: {whole}; "
+        f"{len(records)} audit records counting {counted} refusals (before: 73 records, "
+        f"third round all 408, whole request 200)"
+    )
+    assert first == {408: 3} and second == {408: 20}
+    assert third == {429: 50}
+    assert took < STALL_TIMEOUT  # none waited for its body
+    assert whole == 429  # the address is over its limit whatever key it sends
+    assert counted == 3 + 20 + 50 + 1
+    assert len(records) <= 8
+    statuses = {(r["action"], r["status"]) for r in records}
+    assert statuses == {("timeout", 408), ("limit", 429)}

@@ -196,3 +196,19 @@ async def test_aggregate_zero_records_every_refusal(tmp_path: Path, clock: FakeC
     await app.shutdown()
     limited = [r for r in audit_records(tmp_path) if r["action"] == "limit"]
     assert len(limited) == 8 and all("repeated" not in r for r in limited)
+
+
+def test_timeouts_are_keyed_on_the_bucket_that_refused_them_or_the_network() -> None:
+    from guardrail.limits import RouteTable
+
+    route = RouteTable(Policy.from_string(POLICY).routes).routes[1]
+    assert route.name == "inference"
+    limits = route.charged
+    admitted = Outcome(True, tuple(BucketState(1, 1.0, 0.0) for _ in limits))
+    key = refusal_key(_decision("timeout", outcome=admitted, limits=limits), 408)
+    assert key == ("inference", "timeout", 408, "subnet:203.0.113.0/24", "")
+    assert refusal_key(_decision("timeout"), 408) == key  # not charged (fail_closed)
+    refused = Outcome(False, (BucketState(0, 5.0, 5.0), *admitted.states[1:]))
+    key = refusal_key(_decision("timeout", outcome=refused, limits=limits), 408)
+    assert key is not None and key[:3] == ("inference", "timeout", 408)
+    assert key[3] == limits[0].subject_key(_decision("timeout").subject)

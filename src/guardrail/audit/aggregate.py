@@ -2,12 +2,13 @@
 trail.
 
 A client can be refused as fast as it can send (429s, 403 blocks and challenges, failed
-challenges, fail_closed 503s); one record each would let it rotate every earlier record out of
-the retention window. Refusals are keyed on what refused them (route, action, status, and the
-refusing bucket's key, e.g. ``ip:203.0.113.7``, or else the client's subnet: rotating API keys
-does not make a new key). The first refusal of a key is recorded in full and opens an interval;
-the rest of the interval's refusals are only counted, and when it closes one record stands for
-them: the last of them with ``"repeated": N`` and the ``first``/``last`` times of the N.
+challenges, fail_closed 503s, 408s of bodies it never finishes); one record each would let it
+rotate every earlier record out of the retention window. Refusals are keyed on what refused them
+(route, action, status, and the refusing bucket's key, e.g. ``ip:203.0.113.7``, or else the
+client's subnet: rotating API keys does not make a new key). The first refusal of a key is
+recorded in full and opens an interval; the rest of the interval's refusals are only counted,
+and when it closes one record stands for them: the last of them with ``"repeated": N`` and the
+``first``/``last`` times of the N.
 In mode observe the same decisions are counted: served, but still made in bulk.
 
 Nothing is dropped: an interval that is due closes on the next refusal, on a timer, or at
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from guardrail.audit.record import MAX_SUBJECT, clip, format_ts
-from guardrail.decision import BLOCK, CHALLENGE, LIMIT, THROTTLE, Decision
+from guardrail.decision import BLOCK, CHALLENGE, LIMIT, THROTTLE, TIMEOUT, Decision
 from guardrail.limits import tightest
 
 Key = tuple[str, str, int, str, str]  # route, action, status, who refused, bucket name
@@ -31,7 +32,9 @@ Key = tuple[str, str, int, str, str]  # route, action, status, who refused, buck
 MAX_KEYS = 4096
 """Intervals open at once: the aggregator's memory is this many held records at most."""
 
-_REFUSED = frozenset((BLOCK, CHALLENGE, "challenge_failed"))
+_REFUSED = frozenset((BLOCK, CHALLENGE, "challenge_failed", TIMEOUT))
+# Answers that follow a charge of the request buckets: keyed on the bucket that refused, if any
+_CHARGED = frozenset((LIMIT, TIMEOUT))
 _UNREWRITABLE = (413, 415)  # a capping tier that cannot rewrite the body refuses it
 _MIN_WAKE = 0.05
 
@@ -41,14 +44,14 @@ def refusal_key(decision: Decision, status: int) -> Key | None:
     request served, a challenge passed, a stream its budget cut)."""
     action = decision.action
     subject = decision.subject
-    if action == LIMIT:
+    if action in _CHARGED:
         outcome = decision.outcome
         if outcome is not None and not outcome.allowed and outcome.states:
             # The bucket that said no: a per-ip limit keys on the ip whatever API key is sent.
             refusing = decision.limits[tightest(decision.limits, outcome)]
             who = clip(refusing.subject_key(subject), MAX_SUBJECT)
             return decision.route, action, status, who, refusing.name
-        if not decision.storage_error:
+        if not decision.storage_error and action == LIMIT:  # a stream its budget cut
             return None
     elif not (
         action in _REFUSED
