@@ -645,6 +645,7 @@ async def test_a_body_past_its_deadline_is_answered_408_and_audited(tmp_path: Pa
         called.append(scope)
 
     app = build(tmp_path, clock, app=never)
+    await app.startup()  # the audit file opens in a thread: not within a few loop turns
     release = asyncio.Event()
 
     async def receive() -> Message:
