@@ -23,13 +23,13 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 
-from guardrail import Guardrail, Policy
+from guardrail import Guardrail
 from guardrail.backends.risk_memory import MemoryRiskStore
 from guardrail.signals.catalog import SIGNALS
 
 from .conftest import served
 from conftest import FakeClock
-from helpers import echo_app
+from helpers import build
 
 MAX_SUBJECTS = 1000
 #: A network's share of the store's principals (risk_memory.network_share: a sixteenth of
@@ -109,13 +109,7 @@ async def asgi_post(app: Guardrail, ip: str, key: str) -> int:
 async def test_a_flood_of_random_keys_from_one_ip_leaves_the_blocked_key_blocked(
     tmp_path: Path, clock: FakeClock
 ) -> None:
-    app = Guardrail(
-        echo_app(),
-        policy=Policy.from_string(POLICY),
-        clock=clock,
-        sleep=clock.sleep,
-        audit=f"file://{tmp_path / 'audit.jsonl'}",
-    )
+    app = build(tmp_path, clock, POLICY)  # the echo app, audited to tmp_path
     assert app.risk is not None
     store = app.risk.store
     assert isinstance(store, MemoryRiskStore)
@@ -190,14 +184,7 @@ async def test_in_redis_a_flood_of_random_keys_buys_no_state(
 ) -> None:
     """The same flood against the Redis store: no eviction there, but each refused request
     wrote a principal (its refusal) kept for the store's ttl, two days by default."""
-    app = Guardrail(
-        echo_app(),
-        policy=Policy.from_string(POLICY),
-        clock=clock,
-        sleep=clock.sleep,
-        storage=redis_url,
-        audit=f"file://{tmp_path / 'audit.jsonl'}",
-    )
+    app = build(tmp_path, clock, POLICY, storage=redis_url)
     r = aioredis.from_url(redis_url)
     counts: dict[int, int] = {}
     async with served(app, proxy_headers=False) as url, httpx.AsyncClient(base_url=url) as http:
@@ -239,13 +226,7 @@ async def test_a_flood_into_the_overflow_state_does_not_refuse_a_new_neighbour(
     request, and still days later (a subnet's count went down only on eviction). Fixed: a
     principal redirected to the overflow state is assessed from empty state and its own
     request, and a network's count goes down as its principals expire."""
-    app = Guardrail(
-        echo_app(),
-        policy=Policy.from_string(POLICY),
-        clock=clock,
-        sleep=clock.sleep,
-        audit=f"file://{tmp_path / 'audit.jsonl'}",
-    )
+    app = build(tmp_path, clock, POLICY)  # the echo app, audited to tmp_path
     assert app.risk is not None
     store = app.risk.store
     assert isinstance(store, MemoryRiskStore)
@@ -291,14 +272,8 @@ async def test_behind_a_proxy_on_a_unix_socket_customers_are_no_network(
     behind a proxy: no client address in the scope). On the base that subnet had a share like
     a /24, so after it every new customer shared one state, and one attacker's reasoning
     requests refused them all. Fixed: a subnet that is no network has no share."""
-    app = Guardrail(
-        echo_app(),
-        policy=Policy.from_string(
-            POLICY.replace("  client_ip: {trusted_proxies: [127.0.0.1]}\n", "")
-        ),
-        clock=clock,
-        sleep=clock.sleep,
-        audit=f"file://{tmp_path / 'audit.jsonl'}",
+    app = build(
+        tmp_path, clock, POLICY.replace("  client_ip: {trusted_proxies: [127.0.0.1]}\n", "")
     )
     assert app.risk is not None
     store = app.risk.store
