@@ -39,6 +39,7 @@ from guardrail.backends import challenge_store, risk_engine, storage_from_uri
 from guardrail.backends.base import BucketCharge, Outcome, Storage
 from guardrail.backends.memory import MemoryStorage
 from guardrail.budgets import Budget, Reservation, Settlements, reservation
+from guardrail.building import deferring
 from guardrail.cautions import cautions
 from guardrail.deadlines import Deadlines
 from guardrail.decision import (
@@ -83,6 +84,7 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 class Guardrail:
+    @deferring  # built by Starlette on its first call: an error waits for the startup
     def __init__(
         self,
         app: ASGIApp,
