@@ -167,6 +167,30 @@ def test_litestar_per_handler_middleware_is_refused_with_the_fix(tmp_path: Path)
     assert "app = Guardrail(Litestar(route_handlers=[...]), policy=...)" in str(refused.value)
 
 
+def test_a_factory_is_seen_through(tmp_path: Path) -> None:
+    policy = policy_file(tmp_path, POLICY)
+
+    def guarded(app: ASGIApp) -> ASGIApp:
+        return Guardrail(app, policy=policy)
+
+    @post("/v1/chat/completions")
+    async def chat() -> str:
+        return "ok"
+
+    with pytest.raises(DeploymentError, match="Litestar"):
+        Litestar(route_handlers=[chat], middleware=[guarded])
+    with pytest.raises(DeploymentError, match="Starlette"):
+        Route("/v1/chat/completions", hello, middleware=[Middleware(guarded)])
+
+
+async def test_a_factory_built_lazily_defers_too(tmp_path: Path) -> None:
+    policy = policy_file(tmp_path, BROKEN)
+    app = Starlette(
+        routes=ROUTES, middleware=[Middleware(lambda app: Guardrail(app, policy=policy))]
+    )
+    assert [m["type"] for m in await lifespan_startup(app)] == ["lifespan.startup.failed"]
+
+
 def test_starlette_route_middleware_is_refused_mount_and_router_are_not(tmp_path: Path) -> None:
     policy = policy_file(tmp_path, POLICY)
     with pytest.raises(DeploymentError, match=r"app.add_middleware\(Guardrail, policy=...\)"):

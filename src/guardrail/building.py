@@ -77,12 +77,16 @@ def built_lazily() -> bool:
     """Whether the guardrail being built is built by a Starlette (or FastAPI) app on its first
     ASGI call. Raises DeploymentError where a framework builds one per route handler."""
     frame = _builder()
-    if frame is None:
-        return False
-    fix = _per_handler(frame)
-    if fix is not None:
-        raise DeploymentError(fix)
-    return frame.f_code.co_name == "build_middleware_stack"
+    for _ in range(2):  # the builder, or the framework calling a factory (lambda app: ...)
+        if frame is None:
+            return False
+        fix = _per_handler(frame)
+        if fix is not None:
+            raise DeploymentError(fix)
+        if frame.f_code.co_name == "build_middleware_stack":
+            return True
+        frame = frame.f_back
+    return False
 
 
 def deferring(

@@ -64,6 +64,7 @@ from guardrail.inspection import (
     read_body,
     replace_body,
 )
+from guardrail.instances import claim, release
 from guardrail.lifespan import lifespan
 from guardrail.limits import (
     CompiledLimit,
@@ -170,6 +171,7 @@ class Guardrail:
 
     async def _start(self) -> None:
         await self.audit.start()
+        claim(self, self.audit.sink)
         try:
             await self.storage.start()
             if self.risk is not None:
@@ -184,6 +186,7 @@ class Guardrail:
         await self.settlements.wait()  # token settlements still on their way to the storage
         self.refusals.close()  # the counts of refusals not yet written
         await self.audit.close()
+        release(self, self.audit.sink)
         if self.siteverify is not None:
             await self.siteverify.close()
         if self.risk is not None:
