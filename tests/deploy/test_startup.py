@@ -54,6 +54,16 @@ def test_broken_policy_fails_startup(tmp_path: Path, app: str, server: str) -> N
         assert "Application startup failed. Exiting." in served.log, served.log
 
 
+def test_broken_policy_stops_every_worker(tmp_path: Path) -> None:
+    policy = broken_policy(tmp_path)
+    served = exited("fastapi", "uvicorn", policy, "--workers", "2")
+    assert served.answered is None, served.log  # before the fix: 500
+    # uvicorn's supervisor stops, though it exits 0 then, like Hypercorn's
+    assert served.process.returncode is not None, served.log
+    assert served.log.count("Application startup failed. Exiting.") >= 1, served.log
+    _refused_in_full(served.log, policy)
+
+
 @pytest.mark.parametrize(
     ("server", "extra"),
     [("daphne", ()), ("uvicorn", ("--lifespan", "off"))],
