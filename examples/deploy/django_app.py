@@ -26,7 +26,7 @@ POLICY = os.environ.get("GUARDRAIL_POLICY", "policy.yaml")
 
 @csrf_exempt
 def chat(request: HttpRequest) -> JsonResponse:
-    decision = request.scope["state"]["guardrail"]  # type: ignore[attr-defined]
+    decision = request.scope["state"]["guardrail"]
     return JsonResponse({"route": decision.route, "action": decision.action})
 
 

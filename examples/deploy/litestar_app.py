@@ -11,7 +11,7 @@ POLICY = os.environ.get("GUARDRAIL_POLICY", "policy.yaml")
 
 
 @post("/v1/chat/completions", status_code=200)
-async def chat(request: Request) -> dict[str, str]:  # type: ignore[type-arg]
+async def chat(request: Request) -> dict[str, str]:
     decision = request.scope["state"]["guardrail"]
     return {"route": decision.route, "action": decision.action}
 

@@ -22,4 +22,4 @@ async def health() -> str:
     return "ok"
 
 
-app.asgi_app = Guardrail(app.asgi_app, policy=POLICY)  # type: ignore[method-assign]
+app.asgi_app = Guardrail(app.asgi_app, policy=POLICY)
