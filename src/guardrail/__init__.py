@@ -7,6 +7,7 @@ app = Guardrail(app, policy="guardrail.yaml")
 from guardrail.decision import Decision
 from guardrail.errors import (
     AuditError,
+    DeploymentError,
     GuardrailError,
     PolicyError,
     PolicyIssue,
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AuditError",
     "Decision",
+    "DeploymentError",
     "Guardrail",
     "GuardrailError",
     "Policy",

@@ -50,3 +50,7 @@ class AuditError(GuardrailError):
 
 class ClearanceError(GuardrailError):
     """A clearance was refused: forged, expired, bound to another client, or used up."""
+
+
+class DeploymentError(GuardrailError):
+    """Guardrail was placed where it cannot guard: e.g. built once per route handler."""

@@ -39,6 +39,7 @@ from guardrail.backends import challenge_store, risk_engine, storage_from_uri
 from guardrail.backends.base import BucketCharge, Outcome, Storage
 from guardrail.backends.memory import MemoryStorage
 from guardrail.budgets import Budget, Reservation, Settlements, reservation
+from guardrail.building import deferring
 from guardrail.cautions import cautions
 from guardrail.deadlines import Deadlines
 from guardrail.decision import (
@@ -63,6 +64,7 @@ from guardrail.inspection import (
     read_body,
     replace_body,
 )
+from guardrail.instances import claim, release
 from guardrail.lifespan import lifespan
 from guardrail.limits import (
     CompiledLimit,
@@ -83,6 +85,7 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 class Guardrail:
+    @deferring  # built by Starlette on its first call: an error waits for the startup
     def __init__(
         self,
         app: ASGIApp,
@@ -168,6 +171,7 @@ class Guardrail:
 
     async def _start(self) -> None:
         await self.audit.start()
+        claim(self, self.audit.sink)
         try:
             await self.storage.start()
             if self.risk is not None:
@@ -182,6 +186,7 @@ class Guardrail:
         await self.settlements.wait()  # token settlements still on their way to the storage
         self.refusals.close()  # the counts of refusals not yet written
         await self.audit.close()
+        release(self, self.audit.sink)
         if self.siteverify is not None:
             await self.siteverify.close()
         if self.risk is not None:
