@@ -32,7 +32,7 @@ from guardrail.actions.limit import (
 from guardrail.actions.tier import CompiledTier, compile_tier, rewrite, send_unrewritable
 from guardrail.actions.timeout import send_timeout
 from guardrail.actions.turnstile import TURNSTILE
-from guardrail.audit import AuditLog, sink_from_uri
+from guardrail.audit import AuditLog, at_exit, sink_from_uri
 from guardrail.audit.aggregate import Refusals, refusal_key
 from guardrail.audit.record import decision_record
 from guardrail.backends import challenge_store, risk_engine, storage_from_uri
@@ -79,6 +79,7 @@ from guardrail.signals.engine import Assessment, RiskEngine, principal_of
 logger = logging.getLogger("guardrail")
 
 Clock = Callable[[], float]
+_UNMANAGED_PATIENCE = 1.0  # seconds a request without lifespan waits for its audit records
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -149,6 +150,8 @@ class Guardrail:
             hash_chain=conf.hash_chain,
         )
         self.refusals = Refusals(self.audit.emit, conf.aggregate, self.clock)
+        self.audit.before_exit = self.refusals.close  # the held counts, if the process ends
+        self._unmanaged = False  # started by a request: no lifespan will call shutdown()
         self.sample_allowed = conf.sample_allowed
         self.request_ids = RequestIds()
         self._ready: asyncio.Future[None] | None = None
@@ -177,6 +180,15 @@ class Guardrail:
             logger.warning("guardrail: storage unavailable at startup: %s", exc)
         self._started = True
 
+    async def _first_request(self) -> None:
+        # No lifespan started us, so none will stop us: the trail is written as the process
+        # ends (guardrail.audit.at_exit), and each request waits for its own records (below).
+        if self._ready is None:
+            self._unmanaged = True
+        await self.startup()
+        if self._unmanaged:
+            at_exit.watch(self.audit)
+
     async def shutdown(self) -> None:
         """Flush the audit trail and close connections (lifespan shutdown, or call it yourself)."""
         await self.settlements.wait()  # token settlements still on their way to the storage
@@ -198,6 +210,10 @@ class Guardrail:
         kind = scope["type"]
         if kind == "http":
             await self._http(scope, receive, send)
+            if self._unmanaged:
+                # A server stopping without lifespan waits for its request tasks, not for
+                # guardrail's writer: the response is sent, its records reach the trail now.
+                await self.audit.caught_up(_UNMANAGED_PATIENCE)
         elif kind == "websocket":
             await self._websocket(scope, receive, send)
         elif kind == "lifespan":
@@ -216,7 +232,7 @@ class Guardrail:
             await self.app(scope, receive, with_headers(send, [id_header], None))
             return
         if not self._started:
-            await self.startup()
+            await self._first_request()
 
         now = self.clock()
         decision = Decision(request_id, route.name, self.identity.resolve(scope), self.enforce)
@@ -415,7 +431,7 @@ class Guardrail:
             await self.app(scope, receive, send)
             return
         if not self._started:
-            await self.startup()
+            await self._first_request()
         now = self.clock()
         decision = Decision(
             self.request_ids(), route.name, self.identity.resolve(scope), self.enforce

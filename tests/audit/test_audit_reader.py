@@ -30,7 +30,7 @@ def write_trail(
     path: Path, records: list[dict[str, object]], *, max_bytes: int = 100_000_000, keep: int = 10
 ) -> None:
     async def run() -> None:
-        log = AuditLog(FileSink(path, max_bytes=max_bytes, keep=keep))
+        log = AuditLog(FileSink(path, max_bytes=max_bytes, keep=keep), writer="w")
         for record in records:
             log.emit(record)
         await log.close()
