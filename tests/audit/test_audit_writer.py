@@ -519,7 +519,8 @@ async def test_a_lone_surrogate_is_written_escaped_and_the_chain_verifies(tmp_pa
     assert json.loads(trail_lines(path)[50])["path"] == "/v1/\udce9"  # reads back the same
     assert verify(path) == (
         True,
-        "OK: 100 records in 1 file(s), hash chain intact, starts at genesis",
+        f"OK: 100 records in 1 file(s) by writer {log.writer}, hash chain intact, starts at "
+        "genesis",
     )
 
 
