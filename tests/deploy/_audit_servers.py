@@ -29,14 +29,15 @@ routes:
       - {per: ip, rate: 1/hour, burst: %(burst)d}
 audit:
   sample_allowed: 1.0
+  rotate: {max_bytes: %(max_bytes)d, keep: 50}
 """
 
 
-def policy_file(directory: Path, burst: int = 100_000) -> Path:
+def policy_file(directory: Path, burst: int = 100_000, max_bytes: int = 100_000_000) -> Path:
     """The policy above, written to ``directory``: every request recorded; past ``burst`` a
     client is refused, and its refusals after the first are counted in one held record."""
     path = directory / "policy.yaml"
-    path.write_text(POLICY % {"burst": burst})
+    path.write_text(POLICY % {"burst": burst, "max_bytes": max_bytes})
     return path
 
 
