@@ -4,8 +4,8 @@ import asyncio
 import io
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 

@@ -25,11 +25,11 @@ from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
+from tests.adversarial.conftest import served
 
 from guardrail import Guardrail, Policy
 from guardrail.audit.record import parse_ts
 from guardrail.cli import main
-from tests.adversarial.conftest import served
 
 from ._audit_servers import POLICY, policy_file, server, stop
 from ._stall_proxy import stall_proxy
