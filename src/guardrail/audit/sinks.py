@@ -88,6 +88,10 @@ class FileSink:
         with self._lock:
             return self._last_line_sync()
 
+    def close_sync(self) -> None:
+        """:meth:`close` without the event loop."""
+        self._close_sync()
+
     def _open(self) -> FileIO:
         if self._file is not None and self._moved_away(self._file):
             # Rotated or removed by someone else (logrotate), or this is a forked child whose

@@ -102,7 +102,8 @@ class AuditLog:
         self._named = writer is not None
         self._pid = 0
         self._seq = 0  # the "seq" of the last line handed to the sink
-        self._lines: list[str] = []  # the batch being written (for exit_sync)
+        self._taken: list[_Item] = []  # the batch being serialised ...
+        self._lines: list[str] = []  # ... then written (for exit_sync)
         self._emitted = 0  # records queued so far ...
         self._settled = 0  # ... and written or counted lost: caught up when equal
         self._caught_up: asyncio.Event | None = None
@@ -236,7 +237,7 @@ class AuditLog:
                 self.before_exit()
             except Exception:
                 log.exception("audit: writing the held refusal counts at exit failed")
-        queued: list[_Item] = []
+        queued: list[_Item] = [] if self._lines else list(self._taken)
         while True:
             try:
                 item = self._queue.get_nowait()
@@ -261,6 +262,9 @@ class AuditLog:
             )
         finally:
             self._closed = True
+            close = getattr(self.sink, "close_sync", None)
+            if close is not None:
+                close()
         unreported = self._pending_loss + self._carried
         if unreported:
             log.error(
@@ -352,6 +356,7 @@ class AuditLog:
                     stop = True
                 else:
                     batch.append(item)
+            self._taken = batch
             try:
                 if batch and self._gave_up:
                     self._carried += len(batch) + sum(loss for _, loss in batch)
@@ -362,6 +367,7 @@ class AuditLog:
                 for _ in range(len(batch) + stop):
                     self._queue.task_done()
                 self._settle(len(batch))
+            self._taken = []  # kept when cancelled: exit_sync writes it
             if stop:
                 return
 
@@ -409,6 +415,7 @@ class AuditLog:
         self._carried = dropped
         self._in_hand = len(lines)
         self._lines = lines
+        self._taken = []
         written = await self._write_with_retries(lines)
         self._in_hand = 0
         self._lines = []
