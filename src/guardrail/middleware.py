@@ -79,8 +79,8 @@ from guardrail.signals.engine import Assessment, RiskEngine, principal_of
 logger = logging.getLogger("guardrail")
 
 Clock = Callable[[], float]
-_UNMANAGED_PATIENCE = 1.0  # seconds a request without lifespan waits for its audit records
 Sleep = Callable[[float], Awaitable[None]]
+_UNMANAGED_PATIENCE = 1.0  # seconds a request without lifespan waits for its audit records
 
 
 class Guardrail:
@@ -189,6 +189,14 @@ class Guardrail:
         if self._unmanaged:
             at_exit.watch(self.audit)
 
+    async def _http_unmanaged(self, scope: Scope, receive: Receive, send: Send) -> None:
+        emitted = self.audit.emitted
+        await self._http(scope, receive, send)
+        if self._unmanaged and self.audit.emitted != emitted:
+            # A server stopping without lifespan waits for its request tasks, not for
+            # guardrail's writer: the response is sent, its records reach the trail now.
+            await self.audit.caught_up(_UNMANAGED_PATIENCE)
+
     async def shutdown(self) -> None:
         """Flush the audit trail and close connections (lifespan shutdown, or call it yourself)."""
         await self.settlements.wait()  # token settlements still on their way to the storage
@@ -209,11 +217,10 @@ class Guardrail:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
-            if self._unmanaged:
-                # A server stopping without lifespan waits for its request tasks, not for
-                # guardrail's writer: the response is sent, its records reach the trail now.
-                await self.audit.caught_up(_UNMANAGED_PATIENCE)
+            if self._unmanaged or not self._started:
+                await self._http_unmanaged(scope, receive, send)
+            else:
+                await self._http(scope, receive, send)
         elif kind == "websocket":
             await self._websocket(scope, receive, send)
         elif kind == "lifespan":

@@ -104,8 +104,9 @@ class AuditLog:
         self._seq = 0  # the "seq" of the last line handed to the sink
         self._taken: list[_Item] = []  # the batch being serialised ...
         self._lines: list[str] = []  # ... then written (for exit_sync)
-        self._emitted = 0  # records queued so far ...
-        self._settled = 0  # ... and written or counted lost: caught up when equal
+        self.emitted = 0
+        """Records queued so far."""
+        self._settled = 0  # queued records written or counted lost: caught up when emitted
         self._caught_up: asyncio.Event | None = None
         self._abandon = False  # close() stopped the writer: exit_sync must not write
         self._late: list[Mapping[str, Any]] | None = None  # emitted during exit_sync
@@ -149,16 +150,16 @@ class AuditLog:
             self._lose(1, f"audit queue full; {_REPORTED}")
             return
         self._pending_loss = 0
-        self._emitted += 1
+        self.emitted += 1
 
     async def caught_up(self, patience: float) -> None:
         """Waits (at most ``patience`` seconds) until every record emitted so far is written or
         counted lost. Returns at once when nothing is pending, which is most of the time."""
-        if self._settled >= self._emitted or self._task is None or self._task.done():
+        if self._settled >= self.emitted or self._task is None or self._task.done():
             return
         if self._caught_up is None:
             self._caught_up = asyncio.Event()
-        target = self._emitted
+        target = self.emitted
         try:
             async with asyncio.timeout(patience):
                 while self._settled < target:
