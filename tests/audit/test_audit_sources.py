@@ -151,3 +151,27 @@ async def test_a_redis_stream_of_interleaved_writers_with_a_line_removed_is_brok
     assert not ok
     assert f"broken link in the chain of writer {a.writer}" in message
     assert json.loads(entries[4][1][b"record"])["writer"] == a.writer
+
+
+async def test_tail_follows_a_redis_stream(redis_url: str) -> None:
+    uri = f"{redis_url}?stream=live"
+    sink = sink_from_uri(uri)
+    await sink.write([json.dumps(make_record(0))])
+    polls = [0]
+
+    def sleep(_: float) -> None:
+        polls[0] += 1
+        asyncio.run(_add(uri, [make_record(1), make_record(2)]))
+
+    out = io.StringIO()
+    await asyncio.to_thread(tail, [uri], True, out, sleep=sleep, stop=lambda: polls[0] == 1)
+    await sink.close()
+    assert [line[:24] for line in out.getvalue().splitlines()] == [
+        format_ts(T0 + n) for n in range(3)
+    ]
+
+
+async def _add(uri: str, records: list[dict[str, object]]) -> None:
+    sink = sink_from_uri(uri)
+    await sink.write([json.dumps(record) for record in records])
+    await sink.close()
