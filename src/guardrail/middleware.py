@@ -182,20 +182,12 @@ class Guardrail:
 
     async def _first_request(self) -> None:
         # No lifespan started us, so none will stop us: the trail is written as the process
-        # ends (guardrail.audit.at_exit), and each request waits for its own records (below).
+        # ends (guardrail.audit.at_exit), and each request waits for its own records (__call__).
         if self._ready is None:
             self._unmanaged = True
         await self.startup()
         if self._unmanaged:
             at_exit.watch(self.audit)
-
-    async def _http_unmanaged(self, scope: Scope, receive: Receive, send: Send) -> None:
-        emitted = self.audit.emitted
-        await self._http(scope, receive, send)
-        if self._unmanaged and self.audit.emitted != emitted:
-            # A server stopping without lifespan waits for its request tasks, not for
-            # guardrail's writer: the response is sent, its records reach the trail now.
-            await self.audit.caught_up(_UNMANAGED_PATIENCE)
 
     async def shutdown(self) -> None:
         """Flush the audit trail and close connections (lifespan shutdown, or call it yourself)."""
@@ -217,10 +209,15 @@ class Guardrail:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            if self._unmanaged or not self._started:
-                await self._http_unmanaged(scope, receive, send)
-            else:
+            if self._started and not self._unmanaged:
                 await self._http(scope, receive, send)
+                return
+            emitted = self.audit.emitted
+            await self._http(scope, receive, send)
+            if self._unmanaged and self.audit.emitted != emitted:
+                # A server stopping without lifespan waits for its request tasks, not for
+                # guardrail's writer: the response is sent, its records reach the trail now.
+                await self.audit.caught_up(_UNMANAGED_PATIENCE)
         elif kind == "websocket":
             await self._websocket(scope, receive, send)
         elif kind == "lifespan":

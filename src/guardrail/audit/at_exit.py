@@ -7,7 +7,7 @@ Three moments are watched, once the first request has started a log without life
 - a stop signal (SIGTERM, SIGINT), if the server handles it in Python: the log hands over what
   it holds back (refusal counts) while the loop still runs, then the server's handler runs.
   uvicorn then finishes its requests (each waits for its own records to be written, see
-  ``Guardrail._http_unmanaged``) and re-raises the signal with the default handler,
+  ``Guardrail.__call__``) and re-raises the signal with the default handler,
   which ends the process without ``atexit``: this is the last moment guardrail code runs;
 - the writer task being cancelled (``asyncio.run`` ending after Ctrl-C): it writes what is
   queued synchronously (:meth:`AuditLog.exit_sync`);
