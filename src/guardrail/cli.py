@@ -52,18 +52,18 @@ def _hash_key(args: argparse.Namespace) -> int:
 
 
 def _audit_tail(args: argparse.Namespace) -> int:
-    return audit.tail(args.file, follow=args.follow, lines=args.lines)
+    return audit.tail(args.trails, follow=args.follow, lines=args.lines)
 
 
 def _audit_summary(args: argparse.Namespace) -> int:
     since = parse_duration(args.since) if args.since else None
-    data = audit.summary(args.file, since)
+    data = audit.summary(args.trails, since)
     print(json.dumps(data, indent=2) if args.json else audit.render_summary(data))
     return 0
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    ok, report = audit.verify(args.file)
+    ok, report = audit.verify(args.trails)
     print(report, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 
@@ -124,18 +124,24 @@ def parser() -> argparse.ArgumentParser:
     trail = commands.add_parser("audit", help="read the audit trail").add_subparsers(
         dest="audit_command", required=True, metavar="ACTION"
     )
-    tail = trail.add_parser("tail", help="readable lines, rotated files included")
-    tail.add_argument("file", metavar="FILE")
+    trails = (
+        "a file (its rotated FILE.N included), a glob ('audit-*.jsonl'), or a Redis stream "
+        "(redis://host:6379/0?stream=guardrail:audit)"
+    )
+    tail = trail.add_parser("tail", help="readable lines merged by time, rotated files included")
+    tail.add_argument("trails", nargs="+", metavar="TRAIL", help=trails)
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
     tail.add_argument("-n", "--lines", type=int, default=None, help="only the last N records")
     tail.set_defaults(run=_audit_tail)
     summary = trail.add_parser("summary", help="decisions by action, top subjects and signals")
-    summary.add_argument("file", metavar="FILE")
+    summary.add_argument("trails", nargs="+", metavar="TRAIL", help=trails)
     summary.add_argument("--since", metavar="DURATION", help="only the last 1h, 30m, 7d …")
     summary.add_argument("--json", action="store_true", help="machine-readable output")
     summary.set_defaults(run=_audit_summary)
-    verify = trail.add_parser("verify", help="check the hash chain; exit 1 at the first break")
-    verify.add_argument("file", metavar="FILE")
+    verify = trail.add_parser(
+        "verify", help="check each writer's hash chain; exit 1 at the first break"
+    )
+    verify.add_argument("trails", nargs="+", metavar="TRAIL", help=trails)
     verify.set_defaults(run=_audit_verify)
     return root
 

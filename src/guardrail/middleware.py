@@ -32,7 +32,7 @@ from guardrail.actions.limit import (
 from guardrail.actions.tier import CompiledTier, compile_tier, rewrite, send_unrewritable
 from guardrail.actions.timeout import send_timeout
 from guardrail.actions.turnstile import TURNSTILE
-from guardrail.audit import AuditLog, sink_from_uri
+from guardrail.audit import AuditLog, at_exit, sink_from_uri
 from guardrail.audit.aggregate import Refusals, refusal_key
 from guardrail.audit.record import decision_record
 from guardrail.backends import challenge_store, risk_engine, storage_from_uri
@@ -82,6 +82,7 @@ logger = logging.getLogger("guardrail")
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+_UNMANAGED_PATIENCE = 1.0  # seconds a request without lifespan waits for its audit records
 
 
 class Guardrail:
@@ -152,6 +153,8 @@ class Guardrail:
             hash_chain=conf.hash_chain,
         )
         self.refusals = Refusals(self.audit.emit, conf.aggregate, self.clock)
+        self.audit.before_exit = self.refusals.close  # the held counts, if the process ends
+        self._unmanaged = False  # started by a request: no lifespan will call shutdown()
         self.sample_allowed = conf.sample_allowed
         self.request_ids = RequestIds()
         self._ready: asyncio.Future[None] | None = None
@@ -181,6 +184,15 @@ class Guardrail:
             logger.warning("guardrail: storage unavailable at startup: %s", exc)
         self._started = True
 
+    async def _first_request(self) -> None:
+        # No lifespan started us, so none will stop us: the trail is written as the process
+        # ends (guardrail.audit.at_exit), and each request waits for its own records (__call__).
+        if self._ready is None:
+            self._unmanaged = True
+        await self.startup()
+        if self._unmanaged:
+            at_exit.watch(self.audit)
+
     async def shutdown(self) -> None:
         """Flush the audit trail and close connections (lifespan shutdown, or call it yourself)."""
         await self.settlements.wait()  # token settlements still on their way to the storage
@@ -202,7 +214,15 @@ class Guardrail:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
+            if self._started and not self._unmanaged:
+                await self._http(scope, receive, send)
+                return
+            emitted = self.audit.emitted
             await self._http(scope, receive, send)
+            if self._unmanaged and self.audit.emitted != emitted:
+                # A server stopping without lifespan waits for its request tasks, not for
+                # guardrail's writer: the response is sent, its records reach the trail now.
+                await self.audit.caught_up(_UNMANAGED_PATIENCE)
         elif kind == "websocket":
             await self._websocket(scope, receive, send)
         elif kind == "lifespan":
@@ -221,7 +241,7 @@ class Guardrail:
             await self.app(scope, receive, with_headers(send, [id_header], None))
             return
         if not self._started:
-            await self.startup()
+            await self._first_request()
 
         now = self.clock()
         decision = Decision(request_id, route.name, self.identity.resolve(scope), self.enforce)
@@ -420,7 +440,7 @@ class Guardrail:
             await self.app(scope, receive, send)
             return
         if not self._started:
-            await self.startup()
+            await self._first_request()
         now = self.clock()
         decision = Decision(
             self.request_ids(), route.name, self.identity.resolve(scope), self.enforce

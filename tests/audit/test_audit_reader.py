@@ -3,8 +3,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from guardrail.audit.reader import (
     trail_files,
     verify,
 )
-from guardrail.audit.record import format_ts, link
+from guardrail.audit.record import encode, format_ts, link
 from guardrail.audit.sinks import FileSink
 from guardrail.audit.writer import AuditLog
 from guardrail.errors import AuditError
@@ -30,7 +31,7 @@ def write_trail(
     path: Path, records: list[dict[str, object]], *, max_bytes: int = 100_000_000, keep: int = 10
 ) -> None:
     async def run() -> None:
-        log = AuditLog(FileSink(path, max_bytes=max_bytes, keep=keep))
+        log = AuditLog(FileSink(path, max_bytes=max_bytes, keep=keep), writer="w")
         for record in records:
             log.emit(record)
         await log.close()
@@ -193,11 +194,20 @@ def test_verify_mentions_records_the_writer_lost(trail: Path) -> None:
     assert "1 record(s) reported lost" in report
 
 
-def write_interleaved(path: Path) -> None:
+class LegacyLog(AuditLog):
+    """A writer from before records named their writer: no "writer", no "seq"."""
+
+    def _encode(self, record: Mapping[str, Any], seq: int, dropped: int, prev: str) -> str:
+        out = json.loads(super()._encode(record, seq, dropped, prev))
+        del out["writer"], out["seq"]
+        return encode(out)
+
+
+def write_interleaved(path: Path, kind: type[AuditLog] = LegacyLog) -> None:
     """Two processes' logs on one file: each chains from its own last line."""
 
     async def run() -> None:
-        a, b = AuditLog(FileSink(path)), AuditLog(FileSink(path))
+        a, b = kind(FileSink(path)), kind(FileSink(path))
         await a.start()
         await b.start()
         for i in range(3):
@@ -233,6 +243,49 @@ def test_verify_says_when_two_writers_continued_one_trail(trail: Path) -> None:
     )
     assert "several writers appended to this one file" in message
     assert "file://guardrail-audit-{pid}.jsonl" in message
+
+
+def test_two_named_writers_on_one_trail_verify_writer_by_writer(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_interleaved(path, AuditLog)
+    ok, report = verify(path)
+    assert ok, report
+    head, *rows = report.splitlines()
+    assert head == "OK: 6 records in 1 file(s) by 2 writers, each writer's hash chain intact"
+    assert len(rows) == 2 and all("3 record(s) (seq 1-3)" in row for row in rows)
+    assert "starts at genesis" in rows[0] and "starts at genesis" in rows[1]
+
+
+def test_a_named_writer_continues_an_unnamed_trail(trail: Path) -> None:
+    write_interleaved(trail, AuditLog)  # both read the legacy trail's last line
+    ok, report = verify(trail)
+    assert ok, report
+    assert f"continues the trail after {trail}:10" in report
+
+
+def test_a_line_removed_from_one_writer_of_several_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_interleaved(path, AuditLog)
+    edit_lines(path, lambda lines: lines.pop(2))  # A's second record
+    ok, message = verify(path)
+    assert not ok
+    writer = json.loads(path.read_text().splitlines()[0])["writer"]
+    assert message.startswith(f"{path}:4: broken link in the chain of writer {writer}")
+    assert f"line before ({path}:1)" in message and "removed or inserted" in message
+
+
+def test_a_writer_whose_first_record_links_to_nothing_is_broken(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_interleaved(path, AuditLog)
+    write_trail(path, [make_record(9)])  # a third writer, continuing line 6
+
+    def unanchor(lines: list[str]) -> None:
+        lines.pop(5)  # the line the third writer continues: gone
+
+    edit_lines(path, unanchor)
+    ok, message = verify(path)
+    assert not ok
+    assert message.startswith(f"{path}:6: broken: the first record of writer w links to no")
 
 
 def test_verify_still_tells_an_inserted_line_from_two_writers(trail: Path) -> None:

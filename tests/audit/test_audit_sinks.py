@@ -283,3 +283,67 @@ async def test_file_sink_follows_an_outside_rotation(tmp_path: Path) -> None:
 
 def rename(source: Path, target: Path) -> None:
     source.rename(target)
+
+
+# --- idempotent appends, and writing without the event loop ----------------------------------
+
+
+async def test_redis_append_skips_what_the_writer_already_appended(redis_url: str) -> None:
+    sink = RedisStreamSink(f"{redis_url}?stream=once")
+    try:
+        await sink.append("w1", 1, ["a", "b", "c"])
+        await sink.append("w1", 1, ["a", "b", "c"])  # re-sent after a timeout that had landed
+        await sink.append("w1", 2, ["b", "c", "d"])  # overlapping the last one
+        await sink.append("w2", 1, ["x"])  # another writer numbers its own lines
+    finally:
+        await sink.close()
+    assert await stream_lines(redis_url, "once") == ["a", "b", "c", "d", "x"]
+    client = aioredis.from_url(redis_url)
+    try:
+        assert await client.get("once:seq:w1") == b"4"
+        assert 0 < await client.ttl("once:seq:w1") <= 7 * 86400  # a restarted writer's goes away
+    finally:
+        await client.aclose()
+
+
+async def test_redis_append_trims_with_maxlen(redis_url: str) -> None:
+    sink = RedisStreamSink(f"{redis_url}?stream=short&maxlen=10")
+    try:
+        for first in range(1, 1001, 100):
+            await sink.append("w", first, [f"line {n}" for n in range(first, first + 100)])
+    finally:
+        await sink.close()
+    assert 10 <= len(await stream_lines(redis_url, "short")) < 1000
+
+
+async def test_redis_append_sync_is_as_idempotent(redis_url: str) -> None:
+    sink = RedisStreamSink(f"{redis_url}?stream=sync")
+    try:
+        await sink.append("w", 1, ["a", "b"])
+        await asyncio.to_thread(sink.append_sync, "w", 2, ["b", "c"])
+    finally:
+        await sink.close()
+    assert await stream_lines(redis_url, "sync") == ["a", "b", "c"]
+
+
+async def test_redis_append_failure_is_an_audit_error(silent_server: int) -> None:
+    sink = RedisStreamSink(f"redis://127.0.0.1:{silent_server}/0?timeout=0.1")
+    with pytest.raises(AuditError):
+        await sink.append("w", 1, ["a"])
+    with pytest.raises(AuditError):
+        sink.append_sync("w", 1, ["a"])
+    await sink.close()
+
+
+def test_file_sink_writes_and_reads_without_the_event_loop(tmp_path: Path) -> None:
+    sink = FileSink(tmp_path / "audit.jsonl")
+    assert sink.last_line_sync() is None
+    sink.write_sync(["one", "two"])
+    assert sink.last_line_sync() == "two"
+    sink.close_sync()
+    assert lines_of(tmp_path / "audit.jsonl") == ["one", "two"]
+
+
+def test_stdout_sink_writes_without_the_event_loop(capsys: pytest.CaptureFixture[str]) -> None:
+    StdoutSink().write_sync(["one"])
+    assert capsys.readouterr().out == "one\n"

@@ -91,11 +91,13 @@ async def test_records_keep_their_order_and_get_dropped_then_prev_last() -> None
     sink = MemorySink()
     log = AuditLog(sink)
     log.emit(make_record(0))
-    log.emit({**make_record(1), "prev": "forged", "dropped": 99})
+    log.emit({**make_record(1), "prev": "forged", "dropped": 99, "writer": "x", "seq": 7})
     await log.close()
     first, second = records(sink.lines)
-    assert list(first) == [*make_record(0), "prev"]
-    assert list(second) == [*make_record(1), "prev"]  # caller's prev/dropped are replaced
+    assert list(first) == [*make_record(0), "writer", "seq", "prev"]
+    # the caller's writer, seq, prev and dropped are replaced
+    assert list(second) == [*make_record(1), "writer", "seq", "prev"]
+    assert (first["writer"], first["seq"], second["seq"]) == (log.writer, 1, 2)
     assert_chain(sink.lines)
     assert sink.closed
 
@@ -195,25 +197,54 @@ async def test_backoff_is_bounded() -> None:
     assert len(sink.lines) == 1
 
 
-async def test_records_the_sink_keeps_refusing_are_counted_as_dropped(
+async def test_while_serving_a_failing_sink_is_retried_as_long_as_the_queue_has_room() -> None:
+    sink = MemorySink(failures=40)
+    sleeps = Sleeps()
+    log = AuditLog(sink, sleep=sleeps, retries=2, backoff=0.1, max_backoff=2.0)
+    for i in range(3):
+        log.emit(make_record(i))
+    await log.flush()
+    assert [r["request_id"] for r in records(sink.lines)] == [f"req-{i:06d}" for i in range(3)]
+    assert log.lost == 0
+    assert len(sleeps.calls) == 40 and max(sleeps.calls) == 2.0  # bounded backoff
+    await log.close()
+
+
+async def test_with_its_queue_full_a_failing_batch_is_given_up_and_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     sink = MemorySink(failures=3)
-    sleeps = Sleeps()
-    log = AuditLog(sink, sleep=sleeps, retries=2)
+    log = AuditLog(sink, retries=2, queue_size=1)
+    extra = iter(range(10, 20))
+
+    async def sleep(seconds: float) -> None:
+        log.emit(make_record(next(extra)))  # traffic goes on while the writer waits
+
+    log._sleep = sleep
     caplog.set_level(logging.WARNING, logger="guardrail.audit")
+    log.emit(make_record(0))
+    await log.flush()  # 0 fails; 10 fills the queue, 11 overflows; 0 is given up after 3 tries
+    assert any("giving up on 1 record(s)" in r.getMessage() for r in caplog.records)
+    log.emit(make_record(12))
+    await log.close()
+    got = records(sink.lines)
+    assert [(r["request_id"], r.get("dropped")) for r in got] == [
+        ("req-000010", 1),  # record 0, given up
+        ("req-000012", 1),  # record 11, the overflow
+    ]
+    assert log.lost == 2
+    assert got[0]["prev"] == GENESIS  # the chain links what reached the sink, nothing else
+    assert_chain(sink.lines)
+
+
+async def test_at_close_a_sink_that_keeps_refusing_is_given_up_after_the_retries() -> None:
+    sink = MemorySink(failures=3)
+    log = AuditLog(sink, sleep=Sleeps(), retries=2)
     for i in range(3):
         log.emit(make_record(i))
-    await log.flush()  # this batch fails 3 times: given up
+    await log.close()
     assert sink.lines == []
     assert log.lost == 3
-    assert any("giving up on 3 record(s)" in r.getMessage() for r in caplog.records)
-    log.emit(make_record(3))
-    await log.close()
-    (only,) = records(sink.lines)
-    assert only["request_id"] == "req-000003"
-    assert only["dropped"] == 3
-    assert only["prev"] == GENESIS  # the chain links what reached the sink, nothing else
 
 
 async def test_a_partial_write_is_not_duplicated_on_retry() -> None:
@@ -224,19 +255,6 @@ async def test_a_partial_write_is_not_duplicated_on_retry() -> None:
     await log.close()
     assert [r["request_id"] for r in records(sink.lines)] == [f"req-{i:06d}" for i in range(5)]
     assert_chain(sink.lines)
-
-
-async def test_dropped_claims_of_unwritten_records_carry_over() -> None:
-    sink = MemorySink(failures=2)
-    log = AuditLog(sink, queue_size=1, retries=1, sleep=Sleeps())
-    log.emit(make_record(0))
-    log.emit(make_record(1))  # overflow: record 0 stands ahead of one loss
-    await log.flush()  # record 0 fails twice: given up
-    log.emit(make_record(2))
-    await log.close()
-    (only,) = records(sink.lines)
-    assert only["request_id"] == "req-000002"
-    assert only["dropped"] == 2  # record 1 (overflow) and record 0 (sink)
 
 
 async def test_emit_after_close_is_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
@@ -501,7 +519,8 @@ async def test_a_lone_surrogate_is_written_escaped_and_the_chain_verifies(tmp_pa
     assert json.loads(trail_lines(path)[50])["path"] == "/v1/\udce9"  # reads back the same
     assert verify(path) == (
         True,
-        "OK: 100 records in 1 file(s), hash chain intact, starts at genesis",
+        f"OK: 100 records in 1 file(s) by writer {log.writer}, hash chain intact, starts at "
+        "genesis",
     )
 
 

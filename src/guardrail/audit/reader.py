@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TextIO
@@ -20,9 +20,11 @@ from guardrail.errors import AuditError
 class Location:
     file: str
     line: int
+    entry: str | None = None
+    """A stream entry's id (the ``file`` is then the stream's URI)."""
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}"
+        return f"{self.file}:{self.line}" if self.entry is None else f"{self.file} #{self.entry}"
 
 
 # --- files and records -------------------------------------------------------------------------
@@ -177,14 +179,24 @@ def _subject_text(record: dict[str, Any]) -> str:
 
 
 def _format_raw(location: Location, raw: bytes) -> tuple[str, bool]:
+    text, ok, _ = format_raw(location, raw)
+    return text, ok
+
+
+def format_raw(location: Location, raw: bytes) -> tuple[str, bool, float | None]:
+    """The line for a human, whether it was a record, and the record's time (if it has one)."""
     record = parse_line(raw)
     if record is None:
-        return f"!! {location}: not an audit record: {raw[:60]!r}", False
-    return format_record(record), True
+        return f"!! {location}: not an audit record: {raw[:60]!r}", False, None
+    try:
+        when: float | None = parse_ts(str(record["ts"]))
+    except (KeyError, ValueError):
+        when = None
+    return format_record(record), True, when
 
 
 def tail(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     follow: bool = False,
     out: TextIO | None = None,
     *,
@@ -195,7 +207,18 @@ def tail(
 ) -> int:
     """Prints the trail (rotated files first), or its last ``lines`` records; with ``follow``
     keeps printing new records, across rotations, until ``stop()`` is true or Ctrl-C.
-    Returns the exit code (0). ``AuditError`` when there is no trail."""
+    Returns the exit code (0). ``AuditError`` when there is no trail.
+
+    Several trails (or a glob, or a Redis stream URI): their records merged by time."""
+    if not isinstance(path, str | os.PathLike) or _several(path):
+        from guardrail.audit.merged import tail_many
+
+        specs = [os.fspath(p) for p in ([path] if isinstance(path, str | os.PathLike) else path)]
+        if len(specs) != 1 or _several(specs[0]):
+            return tail_many(
+                specs, follow, out, sleep=sleep, interval=interval, stop=stop, lines=lines
+            )
+        path = specs[0]
     stream = out if out is not None else sys.stdout
     follower = _Follower(Path(path), stream, lines)
     follower.start()
@@ -217,6 +240,12 @@ def tail(
     return 0
 
 
+def _several(spec: str | os.PathLike[str]) -> bool:
+    """A glob, or a stream: maybe several trails, read through :mod:`guardrail.audit.sources`."""
+    text = os.fspath(spec)
+    return _is_stream_name(text) or (any(c in text for c in "*?[") and not Path(text).exists())
+
+
 class _Follower:
     """Reads the live file through an open handle and notices rotation by its inode changing."""
 
@@ -229,6 +258,8 @@ class _Follower:
         self._inode: int | None = None
         self._number = 0
         self._partial = b""
+        self.collected: list[tuple[float | None, str]] | None = None
+        """When a list: what would be printed goes there, with each record's time."""
 
     def start(self) -> None:
         files = trail_files(self.path)
@@ -242,6 +273,12 @@ class _Follower:
                 print(text, file=self.out)
             self._backlog = None
         self.out.flush()
+
+    def start_at_end(self) -> None:
+        """Follows from the current end of the live file, printing nothing of what is there."""
+        self._open_live()
+        if self._handle is not None:
+            self._number = self._handle.read().count(b"\n")
 
     def poll(self) -> None:
         try:
@@ -317,10 +354,12 @@ class _Follower:
 
     def _emit_lines(self, file: str, raws: Iterable[bytes], before: int) -> None:
         for offset, raw in enumerate(raws, start=1):
-            text, ok = _format_raw(Location(file, before + offset), raw)
+            text, ok, when = format_raw(Location(file, before + offset), raw)
             if not ok:
                 self.malformed += 1
-            if self._backlog is not None:
+            if self.collected is not None:
+                self.collected.append((when, text))
+            elif self._backlog is not None:
                 self._backlog.append(text)
             else:
                 print(text, file=self.out)
@@ -330,13 +369,17 @@ class _Follower:
 
 
 def summary(
-    path: str | os.PathLike[str],
+    path: Spec | Sequence[Spec],
     since_seconds: float | None = None,
     now: float | None = None,
     *,
     top: int = 10,
 ) -> dict[str, Any]:
-    """Counts over the trail (or its last ``since_seconds`` before ``now``), JSON-ready."""
+    """Counts over the trails (or their last ``since_seconds`` before ``now``), JSON-ready."""
+    from guardrail.audit.sources import sources
+
+    specs = [path] if isinstance(path, str | os.PathLike) else list(path)
+    trails = sources(specs)
     current = time.time() if now is None else now
     cutoff = None if since_seconds is None else current - since_seconds
     malformed: list[Location] = []
@@ -345,11 +388,12 @@ def summary(
     subjects: dict[str, Counter[str]] = {}
     signal_sum: dict[str, float] = {}
     signal_count: Counter[str] = Counter()
-    files = [str(file) for file in trail_files(path)]
+    files = [file for trail in trails for file in trail.files()]
+    writers: Counter[str] = Counter()
     total = decisions = dropped = undated = 0
     first: float | None = None
     last: float | None = None
-    for _, record in iter_records(path, malformed):
+    for _, record in _records(trails, malformed):
         try:
             when: float | None = parse_ts(str(record["ts"]))
         except (KeyError, ValueError):
@@ -365,6 +409,8 @@ def summary(
             last = when if last is None else max(last, when)
         action = str(record.get("action", "?"))
         by_action[action] += count
+        writer = record.get("writer")
+        writers[writer if isinstance(writer, str) else _UNNAMED] += 1
         by_route.setdefault(str(record.get("route") or "-"), Counter())[action] += count
         if isinstance(record.get("dropped"), int):
             dropped += record["dropped"]
@@ -389,6 +435,7 @@ def summary(
         "malformed": [str(location) for location in malformed],
         "undated": undated,
         "dropped": dropped,
+        "writers": dict(sorted(writers.items())),  # records per writer (worker process)
         "by_action": dict(by_action.most_common()),
         "by_route": {
             route: {"total": sum(counts.values()), **dict(counts.most_common())}
@@ -408,8 +455,9 @@ def summary(
 def render_summary(data: dict[str, Any]) -> str:
     """The summary as aligned tables for a terminal."""
     window = f"since {data['since']}" if data["since"] else "whole trail"
+    writers = data.get("writers") or {}
     lines = [
-        f"audit summary ({window}; {len(data['files'])} file(s))",
+        f"audit summary ({window}; {len(data['files'])} file(s), {len(writers)} writer(s))",
         f"records: {data['records']} ({data['decisions']} decisions)   "
         f"from {data['first'] or '-'} to {data['last'] or '-'}",
     ]
@@ -440,6 +488,18 @@ def render_summary(data: dict[str, Any]) -> str:
     return "\n".join(printable(line) for line in lines)  # subject values are the client's
 
 
+def _records(
+    trails: Sequence[Any], malformed: list[Location]
+) -> Iterator[tuple[Location, dict[str, Any]]]:
+    for trail in trails:
+        for location, raw in trail.lines():
+            record = parse_line(raw)
+            if record is None:
+                malformed.append(location)
+                continue
+            yield location, record
+
+
 # --- verify ------------------------------------------------------------------------------------
 
 
@@ -448,56 +508,184 @@ _RECENT = 4096
 
 _SHARED_FILE = (
     "several writers appended to this one file, each chaining its own lines (workers sharing "
-    "a file:// sink): give each its own trail with {pid} in the path "
-    "(file://guardrail-audit-{pid}.jsonl) or use a Redis stream sink"
+    "a file:// sink, before records named their writer): give each its own trail with {pid} in "
+    "the path (file://guardrail-audit-{pid}.jsonl), or upgrade: records that name their writer "
+    "(a Redis stream sink shared by every worker, say) are verified writer by writer"
 )
+_UNNAMED = "(records without a writer)"
+
+Spec = str | os.PathLike[str]
 
 
-def verify(path: str | os.PathLike[str]) -> tuple[bool, str]:
-    """Walks the hash chain over every file of the trail. ``(True, report)`` when intact;
-    ``(False, message)`` naming the first broken link (file and line)."""
-    expected: str | None = None
-    previous: Location | None = None
+@dataclass(slots=True)
+class _Chain:
+    """One writer's chain as verify walks it."""
+
+    expected: str  # the prev its next line must carry
+    last: Location
+    first: Location
+    anchor: str
+    seq: int | None
+    first_seq: int | None
+    records: int = 0
+
+
+def verify(paths: Spec | Sequence[Spec]) -> tuple[bool, str]:
+    """Walks the hash chains of each trail (a file with its rotations, a glob, a Redis stream
+    URI), writer by writer: each writer's records must link one to the next, and its first
+    record start at genesis or continue a line earlier in that trail. ``(True, report)`` when
+    every chain is intact; ``(False, message)`` naming the first broken link."""
+    from guardrail.audit.sources import sources
+
+    specs = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    trails = sources(specs)
+    reports: list[str] = []
+    for trail in trails:
+        ok, report = _verify_trail(trail)
+        shown = report if len(trails) == 1 else f"{trail.name}: {report}"
+        if not ok:
+            return False, shown
+        reports.append(shown)
+    return True, "\n".join(reports)
+
+
+def _verify_trail(trail: Any) -> tuple[bool, str]:
+    chains: dict[str | None, _Chain] = {}
     recent: dict[str, Location] = {}  # link -> line, for the last _RECENT lines (insertion order)
-    anchor = ""
+    unresolved: dict[str, tuple[str | None, int]] = {}  # a writer's first prev -> (writer, line)
+    head_missing = False
     checked = dropped = decisions = 0
-    files = trail_files(path)
-    lines = iter_lines(path)
-    for location, raw in lines:
+    lines = trail.lines()
+    for number, (location, raw) in enumerate(lines, start=1):
         record = parse_line(raw)
         if record is None:
             return False, f"{location}: broken: not a JSON audit record: {raw[:80]!r}"
         prev = record.get("prev")
         if not isinstance(prev, str):
             return False, f'{location}: broken: no "prev" (was hash_chain off?)'
-        if expected is None:
-            anchor = (
-                "starts at genesis"
-                if prev == GENESIS
-                else "starts after records no longer present (rotated away?): its first link "
-                "cannot be checked"
+        named = record.get("writer")
+        writer = named if isinstance(named, str) else None
+        seq = record.get("seq") if isinstance(record.get("seq"), int) else None
+        chain = chains.get(writer)
+        if chain is None:
+            if number == 1:
+                head_missing = prev != GENESIS
+            if prev == GENESIS:
+                anchor = "starts at genesis"
+            elif prev in recent:
+                anchor = f"continues the trail after {recent[prev]}"
+            elif number == 1:
+                anchor = (
+                    "starts after records no longer present (rotated away?): its first link "
+                    "cannot be checked"
+                )
+            else:
+                anchor = ""  # resolved by a second reading, below
+                unresolved[prev] = (writer, number)
+            chain = chains[writer] = _Chain(prev, location, location, anchor, None, seq)
+        elif prev != chain.expected:
+            if writer is None:
+                return False, _broken_message(
+                    location, chain.last, prev, chain.expected, lines, recent.get(prev)
+                )
+            return False, _broken_writer(location, writer, chain, lines)
+        elif seq is not None and chain.seq is not None and seq != chain.seq + 1:
+            return False, (
+                f"{location}: broken: writer {writer} numbers this line {seq} after "
+                f"{chain.seq} ({chain.last}), yet its chain links them"
             )
-        elif prev != expected:
-            return False, _broken_message(
-                location, previous, prev, expected, lines, recent.get(prev)
-            )
+        chain.seq = seq
+        chain.records += 1
         checked += 1
         decisions += repeats(record)
         if isinstance(record.get("dropped"), int):
             dropped += record["dropped"]
-        expected = link(raw)
-        previous = location
-        recent[expected] = location
+        chain.expected = link(raw)
+        chain.last = location
+        recent[chain.expected] = location
         if len(recent) > _RECENT:
             del recent[next(iter(recent))]
+    files = trail.files()
     if checked == 0:
         return True, f"OK: trail is empty ({len(files)} file(s))"
+    if unresolved:
+        broken = _resolve_anchors(trail, chains, unresolved, head_missing)
+        if broken:
+            return False, broken
+    where = f"in {trail.name}" if _is_stream_name(trail.name) else f"in {len(files)} file(s)"
     note = f"; {dropped} record(s) reported lost by the writer" if dropped else ""
     standing = f" (standing for {decisions} decisions)" if decisions != checked else ""
-    return True, (
-        f"OK: {checked} records{standing} in {len(files)} file(s), hash chain intact, "
-        f"{anchor}{note}"
+    if len(chains) == 1:
+        ((writer, chain),) = chains.items()
+        by = "" if writer is None else f" by writer {writer}"
+        return True, (
+            f"OK: {checked} records{standing} {where}{by}, hash chain intact, {chain.anchor}{note}"
+        )
+    rows = [
+        f"  {writer or _UNNAMED}: {chain.records} record(s){_seq_range(chain)}, {chain.anchor}"
+        for writer, chain in chains.items()
+    ]
+    return True, "\n".join(
+        [
+            f"OK: {checked} records{standing} {where} by {len(chains)} writers, each writer's "
+            f"hash chain intact{note}",
+            *rows,
+        ]
     )
+
+
+def _is_stream_name(name: str) -> bool:
+    return name.split("://", 1)[0].lower() in ("redis", "rediss") and "://" in name
+
+
+def _seq_range(chain: _Chain) -> str:
+    if chain.first_seq is None or chain.seq is None:
+        return ""
+    return f" (seq {chain.first_seq}-{chain.seq})"
+
+
+def _resolve_anchors(
+    trail: Any,
+    chains: dict[str | None, _Chain],
+    unresolved: dict[str, tuple[str | None, int]],
+    head_missing: bool,
+) -> str | None:
+    """A second reading: where each writer's first record links to. Beyond the last _RECENT
+    lines, so rare (a writer that started long before its first record)."""
+    for number, (location, raw) in enumerate(trail.lines(), start=1):
+        found = unresolved.get(link(raw))
+        if found is not None and number < found[1]:
+            chains[found[0]].anchor = f"continues the trail after {location}"
+            del unresolved[link(raw)]
+            if not unresolved:
+                return None
+    for writer, _ in unresolved.values():
+        chain = chains[writer]
+        if head_missing:  # the trail's start is gone (rotated, trimmed): so may the anchor be
+            chain.anchor = (
+                "starts after records no longer present: its first link cannot be checked"
+            )
+            continue
+        return (
+            f"{chain.first}: broken: the first record of writer {writer or _UNNAMED} links to "
+            "no earlier line of this trail, which starts at genesis: a line was removed, or "
+            "this one comes from another trail"
+        )
+    return None
+
+
+def _broken_writer(
+    location: Location, writer: str, chain: _Chain, rest: Iterable[tuple[Location, bytes]]
+) -> str:
+    message = (
+        f"{location}: broken link in the chain of writer {writer}: its prev does not match "
+        f"that writer's line before ({chain.last})"
+    )
+    needle = f'"prev":"{chain.expected}"'.encode()
+    for later, raw in rest:
+        if needle in raw:
+            return message + f"; the line that belongs here is at {later}: lines out of order"
+    return message + f"; {chain.last} was altered, or a line after it removed or inserted"
 
 
 def _broken_message(

@@ -78,6 +78,20 @@ class FileSink:
     async def last_line(self) -> str | None:
         return await asyncio.to_thread(self._last_line_sync)
 
+    def write_sync(self, lines: Sequence[str]) -> None:
+        """:meth:`write` without the event loop (the process is ending)."""
+        if lines:
+            self._write_sync([f"{line}\n".encode() for line in lines])
+
+    def last_line_sync(self) -> str | None:
+        """:meth:`last_line` without the event loop, after any write in progress."""
+        with self._lock:
+            return self._last_line_sync()
+
+    def close_sync(self) -> None:
+        """:meth:`close` without the event loop."""
+        self._close_sync()
+
     def _open(self) -> FileIO:
         if self._file is not None and self._moved_away(self._file):
             # Rotated or removed by someone else (logrotate), or this is a forked child whose
@@ -207,15 +221,49 @@ class StdoutSink:
     async def last_line(self) -> str | None:
         return None
 
+    def write_sync(self, lines: Sequence[str]) -> None:
+        if lines:
+            _write_stdout("".join(f"{line}\n" for line in lines))
+
 
 def _write_stdout(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
 
 
-class RedisStreamSink:
-    """``XADD <stream> * record <line>`` per line, one pipelined round trip per batch.
+# Appends one writer's lines to the stream, skipping those whose sequence number the writer's
+# key says are already there: atomic (a script runs whole or not at all), so a batch re-sent
+# after a timeout, whose first attempt did land, adds nothing. Redis 7.0 has no XADD option for
+# this (IDMP comes in 8.x), and explicit entry ids would refuse a second writer's interleaved ids.
+_APPEND = """
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+local first = tonumber(ARGV[3])
+local added = 0
+for i = 4, #ARGV do
+  local seq = first + i - 4
+  if seq > last then
+    if ARGV[2] == '' then
+      redis.call('XADD', KEYS[1], '*', 'record', ARGV[i])
+    else
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'record', ARGV[i])
+    end
+    last = seq
+    added = added + 1
+  end
+end
+redis.call('SET', KEYS[2], last, 'EX', ARGV[1])
+return added
+"""
+SEQ_TTL = 7 * 86400
+"""Seconds a writer's last sequence number is kept after its last append (``STREAM:seq:WRITER``):
+long enough for any retry, short enough that restarted writers leave nothing behind."""
 
+
+class RedisStreamSink:
+    """``XADD <stream> * record <line>`` per line, one round trip per batch.
+
+    :meth:`append` (what the audit writer uses) is idempotent per writer: each line's sequence
+    number is checked against the writer's last one in ``<stream>:seq:<writer>`` by a script.
     Every call gives up after ``timeout`` seconds (``?timeout=``, default 1) with AuditError.
     """
 
@@ -254,7 +302,7 @@ class RedisStreamSink:
             else:
                 passthrough.append((key, value))
         self._uri = mask_uri(uri)
-        client_uri = urlunsplit(parts._replace(query=urlencode(passthrough)))
+        client_uri = self._client_uri = urlunsplit(parts._replace(query=urlencode(passthrough)))
         try:
             # Bounded calls and no retries of the client's own: a server that stops answering
             # fails the call within ``timeout``, and the audit writer's retries take over.
@@ -266,6 +314,44 @@ class RedisStreamSink:
             )
         except (ValueError, TypeError) as exc:
             raise AuditError(f"audit sink {self._uri}: {exc}") from None
+        self._script = self._client.register_script(_APPEND)
+
+    def _append_call(
+        self, writer: str, first: int, lines: Sequence[str]
+    ) -> tuple[list[str], list[str | int]]:
+        keys = [self.stream, f"{self.stream}:seq:{writer}"]
+        return keys, [SEQ_TTL, "" if self.maxlen is None else self.maxlen, first, *lines]
+
+    async def append(self, writer: str, first: int, lines: Sequence[str]) -> None:
+        """Appends ``lines``, numbered ``first``, ``first + 1``, ... by ``writer``, skipping the
+        numbers already appended: a retry never duplicates a line."""
+        from redis.exceptions import RedisError
+
+        if not lines:
+            return
+        keys, args = self._append_call(writer, first, lines)
+        try:
+            await self._script(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise AuditError(f"audit sink {self._uri}: {exc}") from exc
+
+    def append_sync(self, writer: str, first: int, lines: Sequence[str]) -> None:
+        """:meth:`append` without the event loop (the process is ending)."""
+        import redis
+        from redis.exceptions import RedisError
+
+        if not lines:
+            return
+        keys, args = self._append_call(writer, first, lines)
+        try:
+            with redis.Redis.from_url(
+                self._client_uri,
+                socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
+            ) as client:
+                client.register_script(_APPEND)(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise AuditError(f"audit sink {self._uri}: {exc}") from exc
 
     async def write(self, lines: Sequence[str]) -> None:
         from redis.exceptions import RedisError

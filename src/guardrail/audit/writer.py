@@ -8,24 +8,46 @@ links the lines that actually reached the sink.
 A sink that stops answering holds up neither startup nor shutdown: reading the end of the trail
 gives up after ``timeout`` (the chain stays unknown and is read again before the first write),
 and :meth:`AuditLog.close` gives up after ``close_timeout``, counting what it could not write.
+While serving, a failing batch is retried (bounded backoff) for as long as the queue has room:
+records are lost to an outage only when the queue overflows.
+
+Records name their writer (``"writer"``: host, process id, start time and a random suffix, see
+:func:`writer_id`) and carry its sequence number (``"seq"``, 1, 2, ... per writer): several
+writers can share a trail (a Redis stream), each with a hash chain of its own, and a sink that
+knows the sequence appends idempotently (a batch re-sent after a timeout is not duplicated).
+
+Without lifespan events nothing calls :meth:`AuditLog.close`: :mod:`guardrail.audit.at_exit` then
+writes what is still queued when the process ends (:meth:`AuditLog.exit_sync`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from guardrail.audit.record import GENESIS, encode, link
 from guardrail.audit.sinks import Sink
+from guardrail.errors import AuditError
 
 log = logging.getLogger("guardrail.audit")
 
 _YIELD_EVERY = 64
 _REPORTED = 'reported as "dropped" in the next record written'
 _Item = tuple[Mapping[str, Any], int]  # (record, records lost just before it was queued)
+_LOUD_RETRIES = 8  # past this many, a failing batch is reported once per warn_every
+
+
+def writer_id(now: float | None = None) -> str:
+    """``host:pid:20261203T120406Z:1a2b``: which machine and process wrote, since when (a pid is
+    reused across restarts and containers), and 16 random bits so two writers never share one."""
+    started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    return f"{socket.gethostname()}:{os.getpid()}:{started}:{secrets.token_hex(2)}"
 
 
 class AuditLog:
@@ -44,6 +66,7 @@ class AuditLog:
         warn_every: float = 10.0,
         timeout: float = 5.0,
         close_timeout: float = 20.0,
+        writer: str | None = None,
     ) -> None:
         self.sink = sink
         self.hash_chain = hash_chain
@@ -64,6 +87,7 @@ class AuditLog:
         self._gave_up = False  # closing, and the sink failed a batch through every retry
         self._in_hand = 0  # records of the batch being written not yet written nor counted lost
         self._last_warning = float("-inf")
+        self._last_retry_warning = float("-inf")
         self._unwarned = 0
         self._reason = ""
         self._pending_loss = 0  # lost since the last record that made it into the queue
@@ -72,11 +96,35 @@ class AuditLog:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = False
+        self.writer: str | None = writer
+        """This writer's id: :func:`writer_id`, chosen at :meth:`start` in the serving process,
+        unless given (then it must be unique to this run: a sink skips sequence numbers it has)."""
+        self._named = writer is not None
+        self._pid = 0
+        self._seq = 0  # the "seq" of the last line handed to the sink
+        self._taken: list[_Item] = []  # the batch being serialised ...
+        self._lines: list[str] = []  # ... then written (for exit_sync)
+        self.emitted = 0
+        """Records queued so far."""
+        self._settled = 0  # queued records written or counted lost: caught up when emitted
+        self._caught_up: asyncio.Event | None = None
+        self._abandon = False  # close() stopped the writer: exit_sync must not write
+        self._late: list[Mapping[str, Any]] | None = None  # emitted during exit_sync
+        self.before_exit: Callable[[], None] | None = None
+        """Called first by :meth:`exit_sync` (the middleware writes its held refusal counts)."""
 
     async def start(self) -> None:
         """Reads where the trail ends (to continue its chain) and starts the writer task."""
         if self._closed:
             return
+        if self._pid != os.getpid():
+            # A fork (gunicorn --preload) is another writer: a chain and sequence of its own.
+            self._pid = os.getpid()
+            if not self._named or self._seq:
+                self.writer = writer_id()
+            self._seq = 0
+            self._prev = None
+            log.info("audit: this process writes as writer %s", self.writer)
         if self._task is None or self._task.done():
             if self.hash_chain and self._prev is None:
                 await self._continue_chain()
@@ -90,6 +138,9 @@ class AuditLog:
     def emit(self, record: Mapping[str, Any]) -> None:
         """Queues ``record`` (which the log now owns: do not mutate it). Never blocks or raises."""
         if self._closing:
+            if self._late is not None:  # the process is ending: exit_sync writes it
+                self._late.append(record)
+                return
             self._lose(1, "emitted after the audit log was closed; not in the trail")
             return
         try:
@@ -99,6 +150,28 @@ class AuditLog:
             self._lose(1, f"audit queue full; {_REPORTED}")
             return
         self._pending_loss = 0
+        self.emitted += 1
+
+    async def caught_up(self, patience: float) -> None:
+        """Waits (at most ``patience`` seconds) until every record emitted so far is written or
+        counted lost. Returns at once when nothing is pending, which is most of the time."""
+        if self._settled >= self.emitted or self._task is None or self._task.done():
+            return
+        if self._caught_up is None:
+            self._caught_up = asyncio.Event()
+        target = self.emitted
+        try:
+            async with asyncio.timeout(patience):
+                while self._settled < target:
+                    await self._caught_up.wait()
+        except TimeoutError:
+            pass
+
+    def _settle(self, count: int) -> None:
+        self._settled += count
+        if self._caught_up is not None:
+            self._caught_up.set()
+            self._caught_up = asyncio.Event()  # the next waiters wait for the next batch
 
     async def flush(self) -> None:
         """Waits until everything emitted so far has been written (or counted as lost)."""
@@ -121,6 +194,7 @@ class AuditLog:
                 await self._queue.put(None)  # waits for room: the writer task keeps draining
                 await asyncio.shield(self._task)
         except TimeoutError:
+            self._abandon = True
             self._task.cancel()
             await asyncio.wait([self._task], timeout=self._timeout)
             abandoned = self._drain_queue()
@@ -145,6 +219,102 @@ class AuditLog:
         except TimeoutError:
             log.error("audit: the sink did not close within %gs; left as it is", self._timeout)
 
+    def exiting(self) -> None:
+        """The process was told to stop (a signal, no lifespan): hand over what is held back
+        (:attr:`before_exit`) while the writer still runs."""
+        if self.before_exit is not None and not self._closing:
+            self.before_exit()
+
+    def exit_sync(self) -> None:
+        """The process is ending and nothing closed this log (no lifespan): writes the batch in
+        hand and everything still queued, synchronously, to a sink that can (file, stdout,
+        Redis); what cannot be written is counted and logged at ERROR. Runs once."""
+        if self._closed or self._late is not None:
+            return
+        self._closing = True
+        self._late = []
+        if self.before_exit is not None:
+            try:
+                self.before_exit()
+            except Exception:
+                log.exception("audit: writing the held refusal counts at exit failed")
+        queued: list[_Item] = [] if self._lines else list(self._taken)
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if item is not None:
+                queued.append(item)
+        queued += [(record, 0) for record in self._late]
+        in_hand = self._lines
+        total = len(in_hand) + len(queued)
+        try:
+            if total:
+                self._write_sync(in_hand, queued)
+        except Exception as exc:
+            self._carried = 0
+            self.lost += total
+            log.error(
+                "audit: the process is ending and %d record(s) could not be written (%s); "
+                "they are not in the trail",
+                total,
+                exc,
+            )
+        finally:
+            self._closed = True
+            close = getattr(self.sink, "close_sync", None)
+            if close is not None:
+                close()
+        unreported = self._pending_loss + self._carried
+        if unreported:
+            log.error(
+                "audit: %d record(s) lost after the last written record; the trail cannot "
+                "show them",
+                unreported,
+            )
+
+    def _write_sync(self, in_hand: list[str], queued: list[_Item]) -> None:
+        sink = self.sink
+        last_line = getattr(sink, "last_line_sync", None)
+        append = getattr(sink, "append_sync", None)
+        write = getattr(sink, "write_sync", None)
+        if append is None and write is None:
+            raise AuditError(f"a {type(sink).__name__} cannot be written without its event loop")
+        last = last_line() if last_line is not None else None
+        done = 0
+        if append is None and last is not None:  # what the cancelled write got through
+            done = next((i + 1 for i in range(len(in_hand) - 1, -1, -1) if in_hand[i] == last), 0)
+        lines = list(in_hand[done:])
+        if in_hand:
+            prev = link(in_hand[-1])
+        else:
+            prev = self._prev or (GENESIS if last is None else link(last))
+        seq = self._seq + len(in_hand)
+        dropped = self._carried
+        for record, loss in queued:
+            dropped += loss
+            try:
+                line = self._encode(record, seq + 1, dropped, prev)
+            except Exception as exc:
+                log.error("audit: record %s cannot be serialised (%s)", _request_id(record), exc)
+                self.lost += 1
+                dropped += 1
+                continue
+            lines.append(line)
+            prev = link(line)
+            seq += 1
+            dropped = 0
+        self._carried = dropped
+        if append is not None and self.writer is not None:
+            append(self.writer, self._seq + 1, lines)  # done is 0: it skips what landed
+        elif write is not None:
+            write(lines)
+        self.written += len(lines)
+        self._seq = seq
+        self._prev = prev
+        log.info("audit: wrote %d record(s) as the process ended", len(lines))
+
     def _drain_queue(self) -> int:
         """After the writer was stopped: counts what was in hand or still queued as lost."""
         count = self._in_hand
@@ -164,6 +334,16 @@ class AuditLog:
         return count
 
     async def _run(self) -> None:
+        try:
+            await self._drain()
+        except asyncio.CancelledError:
+            # The loop is being torn down with records queued (asyncio.run ending after Ctrl-C,
+            # no lifespan to close us): write them now, or count them.
+            if not self._abandon:
+                self.exit_sync()
+            raise
+
+    async def _drain(self) -> None:
         while True:
             item = await self._queue.get()
             stop = item is None
@@ -177,6 +357,7 @@ class AuditLog:
                     stop = True
                 else:
                     batch.append(item)
+            self._taken = batch
             try:
                 if batch and self._gave_up:
                     self._carried += len(batch) + sum(loss for _, loss in batch)
@@ -186,6 +367,8 @@ class AuditLog:
             finally:
                 for _ in range(len(batch) + stop):
                     self._queue.task_done()
+                self._settle(len(batch))
+            self._taken = []  # kept when cancelled: exit_sync writes it
             if stop:
                 return
 
@@ -213,14 +396,7 @@ class AuditLog:
                 await asyncio.sleep(0)  # serialising is CPU work on the loop: let requests run
             dropped += loss
             try:  # everything that can fail on one record, so it never takes its batch down
-                out = dict(record)
-                out.pop("dropped", None)
-                out.pop("prev", None)
-                if dropped:
-                    out["dropped"] = dropped
-                if self.hash_chain:
-                    out["prev"] = prev
-                line = encode(out)
+                line = self._encode(record, self._seq + len(lines) + 1, dropped, prev)
                 following = link(line)  # hashes the UTF-8 bytes the sink will write
             except Exception as exc:
                 log.error(
@@ -239,30 +415,59 @@ class AuditLog:
             dropped = 0
         self._carried = dropped
         self._in_hand = len(lines)
+        self._lines = lines
+        self._taken = []
         written = await self._write_with_retries(lines)
         self._in_hand = 0
+        self._lines = []
         if written:
             self.written += written
+            self._seq += written
             self._prev = links[written - 1]
         if written < len(lines):
             failed = len(lines) - written
             self._carried += failed + sum(claims[written:])
             self._lose(failed, f"audit sink failed; {_REPORTED}")
 
+    def _encode(self, record: Mapping[str, Any], seq: int, dropped: int, prev: str) -> str:
+        out = dict(record)
+        for owned in ("writer", "seq", "dropped", "prev"):
+            out.pop(owned, None)
+        out["writer"] = self.writer
+        out["seq"] = seq
+        if dropped:
+            out["dropped"] = dropped
+        if self.hash_chain:
+            out["prev"] = prev
+        return encode(out)
+
+    async def _send(self, lines: list[str], done: int) -> None:
+        append = getattr(self.sink, "append", None)
+        if append is not None and self.writer is not None:
+            # Idempotent: the sink skips what an earlier, timed-out attempt already appended.
+            await append(self.writer, self._seq + done + 1, lines[done:])
+        else:
+            await self.sink.write(lines[done:])
+
     async def _write_with_retries(self, lines: list[str]) -> int:
-        """Writes ``lines``; returns how many reached the sink (all unless it kept failing)."""
+        """Writes ``lines``; returns how many reached the sink. While serving, a failing sink
+        is retried for as long as the queue has room; closing, or with the queue full, up to
+        ``retries`` times."""
         done = 0
         attempt = 0
+        idempotent = getattr(self.sink, "append", None) is not None
         while done < len(lines):
             try:
-                await self.sink.write(lines[done:])
+                await self._send(lines, done)
                 return len(lines)
             except Exception as exc:
-                done += await self._already_written(lines[done:])
+                if not idempotent:
+                    done += await self._already_written(lines[done:])
                 if done == len(lines):
                     return done
                 attempt += 1
-                if attempt > self._retries:
+                patient = not self._closing and not self._queue.full()
+                if attempt > self._retries and not patient:
                     # At shutdown a sink that failed every retry is down: what is still queued
                     # is counted as lost without trying, so that close() ends.
                     self._gave_up = self._closing
@@ -273,14 +478,20 @@ class AuditLog:
                         exc,
                     )
                     return done
-                delay = min(self._max_backoff, self._backoff * 2 ** (attempt - 1))
-                log.warning(
-                    "audit: sink write failed (%s); retry %d/%d in %.2fs",
-                    exc,
-                    attempt,
-                    self._retries,
-                    delay,
-                )
+                delay = min(self._max_backoff, self._backoff * 2 ** (min(attempt, 32) - 1))
+                now = self._monotonic()
+                if attempt <= _LOUD_RETRIES or now - self._last_retry_warning >= self._warn_every:
+                    self._last_retry_warning = now
+                    log.warning(
+                        "audit: sink write failed (%s); retry %d%s in %.2fs (%d record(s) "
+                        "waiting, %d queued)",
+                        exc,
+                        attempt,
+                        "" if patient else f"/{self._retries}",
+                        delay,
+                        len(lines) - done,
+                        self._queue.qsize(),
+                    )
                 await self._sleep(delay)
         return done
 
