@@ -71,6 +71,7 @@ from guardrail.limits import (
     token_charges,
 )
 from guardrail.metering import CHAT, OPENAI, Meter, meter_for_path
+from guardrail.paths import route_path
 from guardrail.policy import Policy
 from guardrail.relay import Relay, identity_scope, with_headers
 from guardrail.secrets import policy_secret, resolve_secret
@@ -206,10 +207,13 @@ class Guardrail:
             await self.app(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["path"].startswith(self._prefix) and self.risk is not None:
-            await self.desk(scope, receive, send)
+        path = scope["path"]
+        if scope.get("root_path"):  # under a mount or a --root-path: what the app routes on
+            path = route_path(scope)
+        if path.startswith(self._prefix) and self.risk is not None:
+            await self.desk(scope, receive, send, path)
             return
-        route = self.routes.match(scope["path"], scope["method"])
+        route = self.routes.match(path, scope["method"])
         request_id = self.request_ids()
         id_header = (b"guardrail-request-id", request_id.encode())
         if route is None or route.exempt:
@@ -232,7 +236,6 @@ class Guardrail:
         meter = route.meter
         if meter is not None:
             if route.by_path:  # inspect: openai: the path names the shape, never the body
-                path = scope["path"]
                 meter = CHAT if path.endswith("/chat/completions") else meter_for_path(path)
             try:
                 raw, replay = await read_body(
@@ -410,7 +413,7 @@ class Guardrail:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A handshake counts as one request of its route; a refusal closes it before accept,
         # which servers answer with HTTP 403.
-        route = self.routes.match(scope["path"], "GET")
+        route = self.routes.match(route_path(scope), "GET")
         if route is None or route.exempt:
             await self.app(scope, receive, send)
             return
