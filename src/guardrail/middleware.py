@@ -32,9 +32,11 @@ from guardrail.actions.limit import (
 from guardrail.actions.tier import CompiledTier, compile_tier, rewrite, send_unrewritable
 from guardrail.actions.timeout import send_timeout
 from guardrail.actions.turnstile import TURNSTILE
+from guardrail.actions.unmatched import send_unmatched
 from guardrail.audit import AuditLog, sink_from_uri
 from guardrail.audit.aggregate import Refusals, refusal_key
 from guardrail.audit.record import decision_record
+from guardrail.audit.unmatched import Unmatched
 from guardrail.backends import challenge_store, risk_engine, storage_from_uri
 from guardrail.backends.base import BucketCharge, Outcome, Storage
 from guardrail.backends.memory import MemoryStorage
@@ -80,6 +82,7 @@ from guardrail.signals.engine import Assessment, RiskEngine, principal_of
 logger = logging.getLogger("guardrail")
 
 Clock = Callable[[], float]
+UNMATCHED_EVERY = 10.0  # seconds between counts of unmatched requests when audit.aggregate is 0
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -104,7 +107,7 @@ class Guardrail:
         storage_uri = storage or self.policy.storage
         self.secret = policy_secret(self.policy, storage_uri)
         self.identity = IdentityResolver(self.policy.identity, self.secret)
-        self.routes = RouteTable(self.policy.routes)
+        self.routes = RouteTable(self.policy.routes, self.policy.unmatched)
         self.storage: Storage = storage_from_uri(storage_uri, max_subjects=self.policy.max_subjects)
         self.fallback: Storage | None = (
             MemoryStorage(self.policy.max_subjects)
@@ -150,6 +153,9 @@ class Guardrail:
             hash_chain=conf.hash_chain,
         )
         self.refusals = Refusals(self.audit.emit, conf.aggregate, self.clock)
+        head = {"policy": self.policy.digest, "mode": self.policy.mode}
+        every = conf.aggregate or UNMATCHED_EVERY
+        self.unmatched = Unmatched(self.audit.emit, head, self.policy.unmatched, every, self.clock)
         self.sample_allowed = conf.sample_allowed
         self.request_ids = RequestIds()
         self._ready: asyncio.Future[None] | None = None
@@ -182,6 +188,7 @@ class Guardrail:
         """Flush the audit trail and close connections (lifespan shutdown, or call it yourself)."""
         await self.settlements.wait()  # token settlements still on their way to the storage
         self.refusals.close()  # the counts of refusals not yet written
+        self.unmatched.close()
         await self.audit.close()
         if self.siteverify is not None:
             await self.siteverify.close()
@@ -216,6 +223,16 @@ class Guardrail:
         route = self.routes.match(path, scope["method"])
         request_id = self.request_ids()
         id_header = (b"guardrail-request-id", request_id.encode())
+        if route is None:  # the policy names no such path: counted, then as `unmatched:` says
+            if not self._started:  # the count is written to the trail
+                await self.startup()
+            self.unmatched.count(scope["method"], path, self.clock())
+            route = self.routes.default
+            if route is None and self.routes.refuse and scope["method"] != "OPTIONS":
+                await send_unmatched(
+                    send, request_id=request_id, headers=_unread(scope, [id_header])
+                )
+                return
         if route is None or route.exempt:
             await self.app(scope, receive, with_headers(send, [id_header], None))
             return
@@ -413,7 +430,17 @@ class Guardrail:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A handshake counts as one request of its route; a refusal closes it before accept,
         # which servers answer with HTTP 403.
-        route = self.routes.match(route_path(scope), "GET")
+        path = route_path(scope)
+        route = self.routes.match(path, "GET")
+        if route is None:
+            if not self._started:
+                await self.startup()
+            self.unmatched.count("WEBSOCKET", path, self.clock())
+            route = self.routes.default
+            if route is None and self.routes.refuse:
+                if (await receive())["type"] == "websocket.connect":
+                    await send({"type": "websocket.close", "code": 1008, "reason": "not found"})
+                return
         if route is None or route.exempt:
             await self.app(scope, receive, send)
             return
