@@ -118,6 +118,27 @@ def _bodies_wait_long(policy: Policy) -> Iterator[Caution]:
             )
 
 
+#: A path no route of an API names: a route that matches it takes every request (a catch-all).
+_PROBE = "/guardrail-unmatched-probe/x"
+
+
+def _unmatched_unlimited(policy: Policy) -> Iterator[Caution]:
+    # Said only of a policy that reads LLM bodies: an API whose other paths go unlimited.
+    if policy.unmatched != "pass" or not any(r.inspect is not None for r in policy.routes):
+        return
+    if any(r.match.methods is None and r.match.path.match(_PROBE) for r in policy.routes):
+        return  # a catch-all route decides what the others leave
+    yield (
+        ("unmatched",),
+        "pass",
+        "the name of a route (its limits apply to every request no route matches) or refuse "
+        "(404): with pass such a request is served unlimited and unread, and LLM servers answer "
+        "one endpoint at several paths (LiteLLM: /chat/completions, /engines/{model}/chat/"
+        "completions, /openai/deployments/{model}/chat/completions besides /v1/...); "
+        "`guardrail routes POLICY --app module:app` lists what no route covers",
+    )
+
+
 CAUTIONS: tuple[Callable[[Policy], Iterator[Caution]], ...] = (
     _captcha_fails_open,
     _captcha_hostname_from_client,
@@ -126,6 +147,7 @@ CAUTIONS: tuple[Callable[[Policy], Iterator[Caution]], ...] = (
     _refusals_one_record_each,
     _account_header_unread,
     _bodies_wait_long,
+    _unmatched_unlimited,
 )
 
 

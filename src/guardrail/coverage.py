@@ -12,6 +12,7 @@ it; routes outside every ``Guardrail`` of an app that has one are unguarded what
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 import sys
 from collections.abc import Iterator
@@ -153,6 +154,11 @@ def _framework(app: Any) -> str:
         return module
     if _readable(app):
         return f"{module} (read as Starlette)"
+    if inspect.isfunction(app) and not inspect.iscoroutinefunction(app):
+        raise CoverageError(
+            f"{app.__qualname__} is a function: an app factory? Name the app it returns "
+            "(app = create_app() in a module)"
+        )
     raise CoverageError(
         f"cannot read the routes of a {type(app).__module__}.{type(app).__qualname__}: "
         "guardrail routes reads Starlette, FastAPI, Litestar, Quart and Flask apps (for "

@@ -108,6 +108,7 @@ class Guardrail:
         self.secret = policy_secret(self.policy, storage_uri)
         self.identity = IdentityResolver(self.policy.identity, self.secret)
         self.routes = RouteTable(self.policy.routes, self.policy.unmatched)
+        self._refuse_unmatched = self.routes.refuse and self.enforce
         self.storage: Storage = storage_from_uri(storage_uri, max_subjects=self.policy.max_subjects)
         self.fallback: Storage | None = (
             MemoryStorage(self.policy.max_subjects)
@@ -228,7 +229,9 @@ class Guardrail:
                 await self.startup()
             self.unmatched.count(scope["method"], path, self.clock())
             route = self.routes.default
-            if route is None and self.routes.refuse and scope["method"] != "OPTIONS":
+            # refuse: a CORS preflight still passes (it carries no body and is never served
+            # by a model); observe mode refuses nothing, the count says what it would have
+            if route is None and self._refuse_unmatched and scope["method"] != "OPTIONS":
                 await send_unmatched(
                     send, request_id=request_id, headers=_unread(scope, [id_header])
                 )
@@ -437,7 +440,7 @@ class Guardrail:
                 await self.startup()
             self.unmatched.count("WEBSOCKET", path, self.clock())
             route = self.routes.default
-            if route is None and self.routes.refuse:
+            if route is None and self._refuse_unmatched:
                 if (await receive())["type"] == "websocket.connect":
                     await send({"type": "websocket.close", "code": 1008, "reason": "not found"})
                 return

@@ -71,7 +71,9 @@ async def test_a_default_route_limits_all_four_paths(tmp_path: Path) -> None:
     assert sum(r.get("repeated", 1) for r in refused) == 3
 
 
-async def test_without_unmatched_the_gap_is_counted_in_the_trail(tmp_path: Path) -> None:
+async def test_without_unmatched_the_gap_is_counted_in_the_trail(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     trail = tmp_path / "audit.jsonl"
     guarded = Guardrail(litellm, policy=Policy.from_string(POLICY), audit=f"file://{trail}")
     async with served(guarded) as url:
@@ -88,14 +90,8 @@ async def test_without_unmatched_the_gap_is_counted_in_the_trail(tmp_path: Path)
     assert paths == {f"POST {path}": 2 for path in PATHS[1:]}
     assert {r["unmatched"] for r in unmatched} == {"pass"}
 
-    summary = subprocess.run(
-        [sys.executable, "-m", "guardrail", "audit", "summary", "--json", str(trail)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"},
-        check=True,
-    )
-    data = json.loads(summary.stdout)
+    assert main(["audit", "summary", "--json", str(trail)]) == 0
+    data = json.loads(capsys.readouterr().out)
     assert data["by_action"]["unmatched"] == 6
     assert {row["request"]: row["count"] for row in data["unmatched"]} == paths
 
