@@ -91,3 +91,10 @@ def test_a_default_route_refuse_or_catch_all_leaves_nothing_to_say(more: str) ->
 def test_a_policy_that_reads_no_bodies_is_not_cautioned() -> None:
     text = "version: 1\nroutes:\n  - name: api\n    match: {path: ^/v1/}\n"
     assert "unmatched" not in cautioned(text)
+
+
+def test_a_default_route_with_token_budgets_is_cautioned() -> None:
+    text = LLM_ROUTE + "    limits: [{per: ip, rate: 1000/hour, cost: tokens}]\nunmatched: chat\n"
+    line, value, advice = cautioned(text)["unmatched"]
+    assert value == "chat" and line == 7
+    assert "default_max_tokens" in advice

@@ -9,9 +9,9 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from guardrail import Guardrail
-from helpers import CHAT, audit_records, build, client
 
 from conftest import FakeClock
+from helpers import CHAT, audit_records, build, client
 
 POLICY = """
 version: 1

@@ -139,6 +139,20 @@ def _unmatched_unlimited(policy: Policy) -> Iterator[Caution]:
     )
 
 
+def _unmatched_spend_tokens(policy: Policy) -> Iterator[Caution]:
+    for route in policy.routes:
+        if route.name == policy.unmatched and any(lim.cost == "tokens" for lim in route.limits):
+            yield (
+                ("unmatched",),
+                route.name,
+                "a route without cost: tokens limits (a request-limited default), and a path "
+                "regex on the token-budgeted route that names every path of the endpoint (e.g. "
+                "chat/completions$): every unmatched request (GET /v1/models, a health check) "
+                f"reserves {route.name}'s default_max_tokens of its token budgets, and keeps "
+                "them when its response reports no usage",
+            )
+
+
 CAUTIONS: tuple[Callable[[Policy], Iterator[Caution]], ...] = (
     _captcha_fails_open,
     _captcha_hostname_from_client,
@@ -148,6 +162,7 @@ CAUTIONS: tuple[Callable[[Policy], Iterator[Caution]], ...] = (
     _account_header_unread,
     _bodies_wait_long,
     _unmatched_unlimited,
+    _unmatched_spend_tokens,
 )
 
 
