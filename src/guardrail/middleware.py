@@ -82,8 +82,9 @@ from guardrail.signals.engine import Assessment, RiskEngine, principal_of
 logger = logging.getLogger("guardrail")
 
 Clock = Callable[[], float]
-UNMATCHED_EVERY = 10.0  # seconds between counts of unmatched requests when audit.aggregate is 0
 Sleep = Callable[[float], Awaitable[None]]
+
+UNMATCHED_EVERY = 10.0  # seconds between counts of unmatched requests when audit.aggregate is 0
 
 
 class Guardrail:
