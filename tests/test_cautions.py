@@ -59,3 +59,42 @@ def test_no_verify_limits_is_unlimited_and_the_default_is_quiet() -> None:
     text = "version: 1\nsecret: env:GUARDRAIL_TEST_SECRET\nchallenges:\n  verify_limits: []\n"
     line, value, advice = cautioned(text)["challenges.verify_limits"]
     assert line == 4 and value == [] and "siteverify call" in advice
+
+
+LLM_ROUTE = """\
+version: 1
+routes:
+  - name: chat
+    match: {path: "^/v1/chat/completions$", methods: [POST]}
+    inspect: openai
+"""
+
+
+def test_an_llm_policy_that_passes_unmatched_paths_is_cautioned() -> None:
+    line, value, advice = cautioned(LLM_ROUTE)["unmatched"]
+    assert value == "pass" and line is None  # the key is not written: where it would go
+    assert "/engines/{model}/chat/completions" in advice and "guardrail routes" in advice
+
+
+@pytest.mark.parametrize(
+    "more",
+    [
+        "unmatched: chat\n",
+        "unmatched: refuse\n",
+        "  - name: rest\n    match: {path: /}\n",  # a catch-all decides the rest
+    ],
+)
+def test_a_default_route_refuse_or_catch_all_leaves_nothing_to_say(more: str) -> None:
+    assert "unmatched" not in cautioned(LLM_ROUTE + more)
+
+
+def test_a_policy_that_reads_no_bodies_is_not_cautioned() -> None:
+    text = "version: 1\nroutes:\n  - name: api\n    match: {path: ^/v1/}\n"
+    assert "unmatched" not in cautioned(text)
+
+
+def test_a_default_route_with_token_budgets_is_cautioned() -> None:
+    text = LLM_ROUTE + "    limits: [{per: ip, rate: 1000/hour, cost: tokens}]\nunmatched: chat\n"
+    line, value, advice = cautioned(text)["unmatched"]
+    assert value == "chat" and line == 7
+    assert "default_max_tokens" in advice

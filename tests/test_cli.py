@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -190,6 +191,7 @@ routes:
     match: {path: /v1/}
     inspect: openai
     inspect_timeout: 5m
+unmatched: inference
 """
     )
     assert main(["check", str(policy)]) == 0
@@ -197,3 +199,25 @@ routes:
     [warning] = [line for line in out if line.startswith("warning:")]
     assert warning.startswith(f"warning: {policy}:7: routes[0].inspect_timeout: 300.0: ")
     assert "at most 60s" in warning
+
+
+async def bare_asgi(scope: Any, receive: Any, send: Any) -> None:
+    """An ASGI app with no framework: nothing says what its routes are."""
+
+
+def test_routes_names_an_app_it_cannot_import_or_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\n")
+    assert main(["routes", str(policy), "--app", "no_such_module_x:app"]) == 1
+    assert "cannot import it (ModuleNotFoundError" in capsys.readouterr().err
+    assert main(["routes", str(policy), "--app", "test_cli:bare_asgi"]) == 1
+    assert "cannot read the routes of a" in capsys.readouterr().err
+
+
+def test_routes_says_when_it_is_given_a_factory(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\n")
+    assert main(["routes", str(policy), "--app", "helpers:echo_app"]) == 1
+    assert "a function: an app factory?" in capsys.readouterr().err

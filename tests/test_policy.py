@@ -79,6 +79,8 @@ BAD: dict[str, list[tuple[str, int | None]]] = {
     "tokens_not_inspected.yaml": [("routes[0].limits[1].cost", 8)],
     "tier_strips_the_unknown.yaml": [("tiers.slow.strip[1]", 7)],
     "unknown_openai_shape.yaml": [("routes[0].inspect", 6)],
+    "unmatched_unknown_route.yaml": [("unmatched", 8)],
+    "unmatched_exempt_route.yaml": [("unmatched", 7)],
 }
 
 
@@ -107,7 +109,7 @@ def test_good_policy_loads(path: Path) -> None:
 def test_good_set_is_complete() -> None:
     expected = {"minimal", "spec_example", "observe_literal_secret", "redis_cluster"}
     expected |= {"ipv6_proxies", "account_callable", "merge_keys", "token_budgets"}
-    expected |= {"openai_shapes"}
+    expected |= {"openai_shapes", "unmatched_default_route", "unmatched_refuse"}
     assert expected <= {path.stem for path in GOOD}
 
 

@@ -118,6 +118,41 @@ def _bodies_wait_long(policy: Policy) -> Iterator[Caution]:
             )
 
 
+#: A path no route of an API names: a route that matches it takes every request (a catch-all).
+_PROBE = "/guardrail-unmatched-probe/x"
+
+
+def _unmatched_unlimited(policy: Policy) -> Iterator[Caution]:
+    # Said only of a policy that reads LLM bodies: an API whose other paths go unlimited.
+    if policy.unmatched != "pass" or not any(r.inspect is not None for r in policy.routes):
+        return
+    if any(r.match.methods is None and r.match.path.match(_PROBE) for r in policy.routes):
+        return  # a catch-all route decides what the others leave
+    yield (
+        ("unmatched",),
+        "pass",
+        "the name of a route (its limits apply to every request no route matches) or refuse "
+        "(404): with pass such a request is served unlimited and unread, and LLM servers answer "
+        "one endpoint at several paths (LiteLLM: /chat/completions, /engines/{model}/chat/"
+        "completions, /openai/deployments/{model}/chat/completions besides /v1/...); "
+        "`guardrail routes POLICY --app module:app` lists what no route covers",
+    )
+
+
+def _unmatched_spend_tokens(policy: Policy) -> Iterator[Caution]:
+    for route in policy.routes:
+        if route.name == policy.unmatched and any(lim.cost == "tokens" for lim in route.limits):
+            yield (
+                ("unmatched",),
+                route.name,
+                "a route without cost: tokens limits (a request-limited default), and a path "
+                "regex on the token-budgeted route that names every path of the endpoint (e.g. "
+                "chat/completions$): every unmatched request (GET /v1/models, a health check) "
+                f"reserves {route.name}'s default_max_tokens of its token budgets, and keeps "
+                "them when its response reports no usage",
+            )
+
+
 CAUTIONS: tuple[Callable[[Policy], Iterator[Caution]], ...] = (
     _captcha_fails_open,
     _captcha_hostname_from_client,
@@ -126,6 +161,8 @@ CAUTIONS: tuple[Callable[[Policy], Iterator[Caution]], ...] = (
     _refusals_one_record_each,
     _account_header_unread,
     _bodies_wait_long,
+    _unmatched_unlimited,
+    _unmatched_spend_tokens,
 )
 
 

@@ -1,5 +1,6 @@
-"""The ``guardrail`` command: check policies, print the schema, hash keys, read the audit trail,
-list the risk signals, simulate campaigns against a policy."""
+"""The ``guardrail`` command: check policies, print the schema, list which of an app's routes a
+policy guards, hash keys, read the audit trail, list the risk signals, simulate campaigns
+against a policy."""
 
 from __future__ import annotations
 
@@ -68,6 +69,18 @@ def _audit_verify(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _routes(args: argparse.Namespace) -> int:
+    from guardrail import coverage
+
+    policy = Policy.from_yaml(args.policy)
+    result = coverage.coverage(policy, coverage.load_app(args.app))
+    if args.json:
+        print(json.dumps(coverage.as_dict(result, policy, args.app), indent=2))
+    else:
+        print(coverage.render(result, policy, args.app))
+    return 1 if args.strict and result.unguarded_posts else 0
+
+
 def _signals(args: argparse.Namespace) -> int:
     from guardrail.signals.catalog import SIGNALS
 
@@ -107,6 +120,21 @@ def parser() -> argparse.ArgumentParser:
     hashing.add_argument("--policy", required=True, metavar="POLICY")
     hashing.add_argument("key", metavar="KEY")
     hashing.set_defaults(run=_hash_key)
+
+    routes = commands.add_parser(
+        "routes",
+        help="list an app's routes and the policy route that guards each (or UNGUARDED)",
+        description="Imports the app (Starlette, FastAPI, Litestar, Quart, Flask) and lists "
+        "each of its routes and methods with the policy route that decides it; then the "
+        "policy routes that match no route of the app.",
+    )
+    routes.add_argument("policy", metavar="POLICY")
+    routes.add_argument("--app", required=True, metavar="MODULE:APP", help="e.g. myapp.main:app")
+    routes.add_argument(
+        "--strict", action="store_true", help="exit 1 when a route taking POST is unguarded"
+    )
+    routes.add_argument("--json", action="store_true", help="machine-readable output")
+    routes.set_defaults(run=_routes)
 
     signals = commands.add_parser("signals", help="list the built-in risk signals")
     signals.set_defaults(run=_signals)

@@ -16,7 +16,7 @@ from typing import Any
 from guardrail.backends.base import BucketCharge, BucketState, Outcome
 from guardrail.identity import Subject
 from guardrail.metering import Meter
-from guardrail.policy import Limit, Route
+from guardrail.policy import PASS, REFUSE, Limit, Route
 from guardrail.policy_types import import_meter
 
 
@@ -163,10 +163,18 @@ def compile_route(route: Route) -> CompiledRoute:
 
 
 class RouteTable:
-    """First match wins: the path regex is anchored at the start, methods optional."""
+    """First match wins: the path regex is anchored at the start, methods optional.
 
-    def __init__(self, routes: Sequence[Route]) -> None:
+    ``unmatched`` (the policy's key) says what a request no route matches gets: ``default``,
+    the route whose limits it takes, or ``refuse`` (a 404), or neither (pass: served as is).
+    """
+
+    def __init__(self, routes: Sequence[Route], unmatched: str = PASS) -> None:
         self.routes = tuple(compile_route(r) for r in routes)
+        self.refuse = unmatched == REFUSE
+        self.default = next((r for r in self.routes if r.name == unmatched), None)
+        if unmatched not in (PASS, REFUSE) and self.default is None:
+            raise ValueError(f"unmatched: {unmatched!r} names no route")  # the policy refuses it
 
     def match(self, path: str, method: str) -> CompiledRoute | None:
         for route in self.routes:

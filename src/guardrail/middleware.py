@@ -32,9 +32,11 @@ from guardrail.actions.limit import (
 from guardrail.actions.tier import CompiledTier, compile_tier, rewrite, send_unrewritable
 from guardrail.actions.timeout import send_timeout
 from guardrail.actions.turnstile import TURNSTILE
+from guardrail.actions.unmatched import send_unmatched
 from guardrail.audit import AuditLog, at_exit, sink_from_uri
 from guardrail.audit.aggregate import Refusals, refusal_key
 from guardrail.audit.record import decision_record
+from guardrail.audit.unmatched import Unmatched
 from guardrail.backends import challenge_store, risk_engine, storage_from_uri
 from guardrail.backends.base import BucketCharge, Outcome, Storage
 from guardrail.backends.memory import MemoryStorage
@@ -73,6 +75,7 @@ from guardrail.limits import (
     token_charges,
 )
 from guardrail.metering import CHAT, OPENAI, Meter, meter_for_path
+from guardrail.paths import route_path
 from guardrail.policy import Policy
 from guardrail.relay import Relay, identity_scope, with_headers
 from guardrail.secrets import policy_secret, resolve_secret
@@ -83,6 +86,8 @@ logger = logging.getLogger("guardrail")
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 _UNMANAGED_PATIENCE = 1.0  # seconds a request without lifespan waits for its audit records
+
+UNMATCHED_EVERY = 10.0  # seconds between counts of unmatched requests when audit.aggregate is 0
 
 
 class Guardrail:
@@ -107,7 +112,8 @@ class Guardrail:
         storage_uri = storage or self.policy.storage
         self.secret = policy_secret(self.policy, storage_uri)
         self.identity = IdentityResolver(self.policy.identity, self.secret)
-        self.routes = RouteTable(self.policy.routes)
+        self.routes = RouteTable(self.policy.routes, self.policy.unmatched)
+        self._refuse_unmatched = self.routes.refuse and self.enforce
         self.storage: Storage = storage_from_uri(storage_uri, max_subjects=self.policy.max_subjects)
         self.fallback: Storage | None = (
             MemoryStorage(self.policy.max_subjects)
@@ -153,7 +159,10 @@ class Guardrail:
             hash_chain=conf.hash_chain,
         )
         self.refusals = Refusals(self.audit.emit, conf.aggregate, self.clock)
-        self.audit.before_exit = self.refusals.close  # the held counts, if the process ends
+        head = {"policy": self.policy.digest, "mode": self.policy.mode}
+        every = conf.aggregate or UNMATCHED_EVERY
+        self.unmatched = Unmatched(self.audit.emit, head, self.policy.unmatched, every, self.clock)
+        self.audit.before_exit = self._close_counts  # the held counts, if the process ends
         self._unmanaged = False  # started by a request: no lifespan will call shutdown()
         self.sample_allowed = conf.sample_allowed
         self.request_ids = RequestIds()
@@ -193,10 +202,15 @@ class Guardrail:
         if self._unmanaged:
             at_exit.watch(self.audit)
 
+    def _close_counts(self) -> None:
+        """Write the counts held back: refusals and unmatched requests not yet recorded."""
+        self.refusals.close()
+        self.unmatched.close()
+
     async def shutdown(self) -> None:
         """Flush the audit trail and close connections (lifespan shutdown, or call it yourself)."""
         await self.settlements.wait()  # token settlements still on their way to the storage
-        self.refusals.close()  # the counts of refusals not yet written
+        self._close_counts()
         await self.audit.close()
         release(self, self.audit.sink)
         if self.siteverify is not None:
@@ -231,12 +245,27 @@ class Guardrail:
             await self.app(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["path"].startswith(self._prefix) and self.risk is not None:
-            await self.desk(scope, receive, send)
+        path = scope["path"]
+        if scope.get("root_path"):  # under a mount or a --root-path: what the app routes on
+            path = route_path(scope)
+        if path.startswith(self._prefix) and self.risk is not None:
+            await self.desk(scope, receive, send, path)
             return
-        route = self.routes.match(scope["path"], scope["method"])
+        route = self.routes.match(path, scope["method"])
         request_id = self.request_ids()
         id_header = (b"guardrail-request-id", request_id.encode())
+        if route is None:  # the policy names no such path: counted, then as `unmatched:` says
+            if not self._started:  # the count is written to the trail
+                await self._first_request()
+            self.unmatched.count(scope["method"], path, self.clock())
+            route = self.routes.default
+            # refuse: a CORS preflight still passes (it carries no body and is never served
+            # by a model); observe mode refuses nothing, the count says what it would have
+            if route is None and self._refuse_unmatched and scope["method"] != "OPTIONS":
+                await send_unmatched(
+                    send, request_id=request_id, headers=_unread(scope, [id_header])
+                )
+                return
         if route is None or route.exempt:
             await self.app(scope, receive, with_headers(send, [id_header], None))
             return
@@ -257,7 +286,6 @@ class Guardrail:
         meter = route.meter
         if meter is not None:
             if route.by_path:  # inspect: openai: the path names the shape, never the body
-                path = scope["path"]
                 meter = CHAT if path.endswith("/chat/completions") else meter_for_path(path)
             try:
                 raw, replay = await read_body(
@@ -435,7 +463,17 @@ class Guardrail:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A handshake counts as one request of its route; a refusal closes it before accept,
         # which servers answer with HTTP 403.
-        route = self.routes.match(scope["path"], "GET")
+        path = route_path(scope)
+        route = self.routes.match(path, "GET")
+        if route is None:
+            if not self._started:
+                await self._first_request()
+            self.unmatched.count("WEBSOCKET", path, self.clock())
+            route = self.routes.default
+            if route is None and self._refuse_unmatched:
+                if (await receive())["type"] == "websocket.connect":
+                    await send({"type": "websocket.close", "code": 1008, "reason": "not found"})
+                return
         if route is None or route.exempt:
             await self.app(scope, receive, send)
             return

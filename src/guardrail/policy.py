@@ -60,6 +60,9 @@ __all__ = ["Policy", "Rate", "check_files", "parse_duration"]
 
 _KeyPath = policy_yaml.KeyPath
 
+#: ``unmatched:`` values other than a route's name.
+PASS, REFUSE = "pass", "refuse"
+
 
 # -- the models -------------------------------------------------------------------------------
 
@@ -342,6 +345,9 @@ class Policy(_Model):
     secret: SecretRef | None = None
     identity: Identity = Field(default_factory=Identity)
     routes: tuple[Route, ...] = ()
+    # A request no route matches: pass (served unguarded, counted in the trail), refuse (404),
+    # or the name of a route whose limits it takes (a default route).
+    unmatched: str = Field(default=PASS, min_length=1)
     risk: Risk = Field(default_factory=Risk)
     allow: Allow = Field(default_factory=Allow)
     thresholds: tuple[Threshold, ...] = ()
@@ -375,7 +381,8 @@ class Policy(_Model):
                 "secret": self.secret,
                 "tiers": self.tiers,
                 "thresholds": [{"tier": t.tier} for t in self.thresholds],
-                "routes": [{"name": r.name} for r in self.routes],
+                "routes": [{"name": r.name, "exempt": r.exempt} for r in self.routes],
+                "unmatched": self.unmatched,
                 "risk": {"signals": dict(self.risk.signals)},
             }
             for path, _, expected in _policy_wide_problems(data):
@@ -510,7 +517,27 @@ def _policy_wide_problems(data: Mapping[str, Any]) -> list[tuple[_KeyPath, objec
             )
         elif isinstance(name, str):
             seen[name] = index
+    problems += _unmatched_problems(data.get("unmatched", PASS), routes)
     return problems
+
+
+def _unmatched_problems(value: object, routes: object) -> list[tuple[_KeyPath, object, str]]:
+    if not isinstance(value, str) or value in (PASS, REFUSE):
+        return []  # not a string: the field's own error
+    named = (
+        [r for r in routes if isinstance(r, Mapping)] if isinstance(routes, list | tuple) else []
+    )
+    names = [str(r.get("name")) for r in named]
+    expected = (
+        "pass (served unguarded, the default), refuse (404), or the name of a route whose "
+        "limits apply to requests no route matches"
+    )
+    if value not in names:
+        listed = f"one of: {', '.join(names)}" if names else "no route is defined"
+        return [(("unmatched",), value, f"{expected} ({listed})")]
+    if any(r.get("name") == value and r.get("exempt") is True for r in named):
+        return [(("unmatched",), value, f"{expected}: {value} is exempt, which is pass")]
+    return []
 
 
 def _signal_problems(risk: object) -> list[tuple[_KeyPath, object, str]]:

@@ -21,6 +21,7 @@ from guardrail.actions import pow
 from guardrail.actions.captcha import Provider
 from guardrail.actions.problem import Headers, send_problem
 from guardrail.audit import format_ts
+from guardrail.paths import public_path
 from guardrail.policy import Challenges
 
 #: How long a challenge can be answered.
@@ -69,19 +70,22 @@ class Challenge:
         }
 
 
-def issue(config: Challenges, secret: bytes, now: float) -> Challenge:
-    """A fresh challenge."""
-    return of(config, secret, secrets.token_urlsafe(18), now + CHALLENGE_TTL)
+def issue(config: Challenges, secret: bytes, now: float, root: str = "") -> Challenge:
+    """A fresh challenge; ``root``: the prefix the app is served under (``root_path``)."""
+    return of(config, secret, secrets.token_urlsafe(18), now + CHALLENGE_TTL, root)
 
 
-def of(config: Challenges, secret: bytes, challenge_id: str, expires_at: float) -> Challenge:
+def of(
+    config: Challenges, secret: bytes, challenge_id: str, expires_at: float, root: str = ""
+) -> Challenge:
     """The challenge ``challenge_id`` names. Its proof-of-work seed is bound to the id by the
-    policy secret, so the challenge page can be served from the id alone."""
+    policy secret, so the challenge page can be served from the id alone. Its URL starts with
+    ``root``, the app's prefix, for a client behind a mount or a proxy's path prefix."""
     seed = hmac.new(secret, b"pow:" + challenge_id.encode(), hashlib.sha256).hexdigest()[:32]
     return Challenge(
         id=challenge_id,
         kinds=config.order,
-        url=f"{config.prefix}/challenge/{challenge_id}",
+        url=f"{root}{config.prefix}/challenge/{challenge_id}",
         expires_at=expires_at,
         difficulty=config.pow.difficulty,
         seed=seed,
@@ -107,10 +111,11 @@ async def send_challenge(
     headers: Headers,
     widget: tuple[Provider, str] | None = None,
 ) -> None:
-    """``widget``: a CAPTCHA offered on the page, and its sitekey."""
+    """``prefix``: the challenge prefix as the client reaches it (``root_path`` first);
+    ``widget``: a CAPTCHA offered on the page, and its sitekey."""
     common = [(b"guardrail-action", b"challenge"), (b"cache-control", b"no-store"), *headers]
     if wants_html(scope):
-        here = scope.get("path", "/")
+        here = public_path(scope)  # where the client goes back to, as it sent it
         if scope.get("query_string"):
             here += "?" + scope["query_string"].decode("latin-1")
         body = page(challenge, prefix, here, request_id, widget)

@@ -26,6 +26,7 @@ from guardrail.decision import LIMIT, Decision
 from guardrail.errors import ClearanceError, StorageError
 from guardrail.inspection import BodyTimeout, read_body
 from guardrail.limits import compile_limit
+from guardrail.paths import root_of
 from guardrail.signals.engine import principal_of
 
 if TYPE_CHECKING:
@@ -89,7 +90,8 @@ class ChallengeDesk:
             await send_blocked(send, request_id=decision.request_id, headers=headers)
             return
         g = self.g
-        issued = challenge.issue(g.policy.challenges, g.secret, now)
+        root = root_of(scope)
+        issued = challenge.issue(g.policy.challenges, g.secret, now, root)
         try:
             issued = await verify.keep(g.challenges, issued, principal_of(decision.subject), now)
         except StorageError as exc:  # the client can retry for another
@@ -98,16 +100,16 @@ class ChallengeDesk:
             send,
             scope,
             challenge=issued,
-            prefix=g.policy.challenges.prefix,
+            prefix=root + g.policy.challenges.prefix,
             request_id=decision.request_id,
             headers=headers,
             widget=g.widget,
         )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         """guardrail's own endpoints under ``challenges.prefix``: the verify endpoint, the
-        challenge page and its script."""
-        name = scope["path"][len(self.g._prefix) :]
+        challenge page and its script. ``path``: the one the app routes on (``paths``)."""
+        name = path[len(self.g._prefix) :]
         if name == "verify":
             await self.verify(scope, receive, send)
             return
@@ -131,10 +133,12 @@ class ChallengeDesk:
         if scope["method"] in ("GET", "HEAD") and name.startswith("challenge/"):
             challenge_id = name.removeprefix("challenge/")
             if verify.CHALLENGE_ID.fullmatch(challenge_id):
-                issued = challenge.of(self.g.policy.challenges, self.g.secret, challenge_id, 0.0)
+                root = root_of(scope)
+                config = self.g.policy.challenges
+                issued = challenge.of(config, self.g.secret, challenge_id, 0.0, root)
                 query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-                back = (query.get("redirect") or ["/"])[0]
-                prefix = self.g.policy.challenges.prefix
+                back = (query.get("redirect") or [root + "/"])[0]
+                prefix = root + config.prefix
                 widget = self.g.widget
                 body = challenge.page(issued, prefix, back, request_id, widget)
                 headers.append((b"cache-control", b"no-store"))
@@ -269,7 +273,7 @@ class ChallengeDesk:
                     "type": "http.response.start",
                     "status": 303,
                     "headers": [
-                        (b"location", answer.redirect.encode()),
+                        (b"location", (answer.redirect or root_of(scope) + "/").encode()),
                         (b"set-cookie", cookie.encode()),
                         (b"content-length", b"0"),
                         *headers,

@@ -87,9 +87,10 @@ def parse_answer(raw: bytes, content_type: str) -> Answer:
 
 
 def safe_redirect(value: object) -> str:
-    """``redirect`` as posted: nothing (``/``) or a path on this site (``challenge.relative``)."""
+    """``redirect`` as posted: nothing ("": the app's root) or a path on this site
+    (``challenge.relative``)."""
     if value is None or value == "":
-        return "/"
+        return ""
     if not isinstance(value, str) or relative(value) is None:
         raise AnswerError(f"redirect: expected a relative path such as /chat, got {value!r:.80}")
     return value

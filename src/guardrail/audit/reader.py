@@ -390,6 +390,7 @@ def summary(
     signal_count: Counter[str] = Counter()
     files = [file for trail in trails for file in trail.files()]
     writers: Counter[str] = Counter()
+    unmatched: Counter[str] = Counter()  # "METHOD /path" no policy route matched
     total = decisions = dropped = undated = 0
     first: float | None = None
     last: float | None = None
@@ -414,6 +415,9 @@ def summary(
         by_route.setdefault(str(record.get("route") or "-"), Counter())[action] += count
         if isinstance(record.get("dropped"), int):
             dropped += record["dropped"]
+        if action == "unmatched" and isinstance(record.get("paths"), dict):
+            for request, n in record["paths"].items():
+                unmatched[str(request)] += n if isinstance(n, int) else 0
         subject = record.get("subject")
         if action != "allow" and isinstance(subject, dict):
             for member, value in subject.items():
@@ -449,6 +453,7 @@ def summary(
             {"name": name, "sum": round(value, 3), "count": signal_count[name]}
             for name, value in sorted(signal_sum.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
         ],
+        "unmatched": [{"request": r, "count": n} for r, n in unmatched.most_common(top)],
     }
 
 
@@ -485,6 +490,9 @@ def render_summary(data: dict[str, Any]) -> str:
         f"  {row['name']:<28}{row['sum']:>12.1f}{row['count']:>10} records"
         for row in data["top_signals"]
     ] or ["  (none)"]
+    if data.get("unmatched"):
+        lines += ["", "unmatched requests (no policy route names the path)"]
+        lines += [f"  {row['request']:<58}{row['count']:>8}" for row in data["unmatched"]]
     return "\n".join(printable(line) for line in lines)  # subject values are the client's
 
 

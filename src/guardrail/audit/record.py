@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from guardrail.paths import public_path
+
 if TYPE_CHECKING:
     from starlette.types import Scope
 
@@ -102,7 +104,7 @@ def decision_record(
         "mode": policy.mode,
         "route": decision.route,
         "method": clip(scope.get("method", "GET"), MAX_METHOD),
-        "path": clip(scope["path"], MAX_PATH),
+        "path": clip(public_path(scope), MAX_PATH),  # as the client sent it, prefix and all
         "subject": _subject(decision.subject.as_dict()),
         "action": decision.action,
         "tier": decision.tier,

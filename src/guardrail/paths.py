@@ -1,0 +1,38 @@
+"""The paths of a request under a prefix: the one the app routes on, and the one the client sent.
+
+A server started with ``--root-path /llm`` (uvicorn since 0.26), Starlette's ``Mount`` and
+FastAPI's ``app.mount`` hand the app ``path`` with the prefix in it and the prefix in
+``root_path``; Hypercorn, Daphne and older uvicorn set ``root_path`` and leave ``path`` as the
+proxy forwarded it, without the prefix. Routes and the challenge prefix match what the app
+routes on, which is Starlette's ``get_route_path`` (kept to the letter, so that guardrail and the
+app it guards never disagree); URLs handed to a client and audit records carry the prefix.
+"""
+
+from __future__ import annotations
+
+from starlette.types import Scope
+
+
+def route_path(scope: Scope) -> str:
+    """The path the app routes on: ``path`` without ``root_path`` when ``path`` starts with it
+    at a segment boundary, else ``path`` unchanged (a server that never put it there)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if not root or not path.startswith(root):
+        return path
+    if len(path) == len(root):
+        return ""
+    if path[len(root)] == "/":
+        return path[len(root) :]
+    return path
+
+
+def public_path(scope: Scope) -> str:
+    """The path as the client sent it: ``root_path`` and the path the app routes on."""
+    root: str = scope.get("root_path", "")
+    return root + route_path(scope) if root else route_path(scope)
+
+
+def root_of(scope: Scope) -> str:
+    """The prefix a URL handed to the client starts with ("" when served at the root)."""
+    return scope.get("root_path", "")  # type: ignore[no-any-return]

@@ -1,0 +1,32 @@
+"""paths: guardrail routes on what Starlette routes on, and hands the client the prefixed path."""
+
+from __future__ import annotations
+
+import pytest
+from starlette._utils import get_route_path
+
+from guardrail.paths import public_path, root_of, route_path
+
+CASES = [
+    # (path, root_path, route path, public path)
+    ("/v1/chat", "", "/v1/chat", "/v1/chat"),
+    ("/llm/v1/chat", "/llm", "/v1/chat", "/llm/v1/chat"),  # uvicorn >= 0.26, a Mount
+    ("/v1/chat", "/llm", "/v1/chat", "/llm/v1/chat"),  # Hypercorn, Daphne: path as forwarded
+    ("/llm", "/llm", "", "/llm"),  # the mount point itself
+    ("/llmx/v1", "/llm", "/llmx/v1", "/llm/llmx/v1"),  # not at a segment boundary
+    ("/a/b/v1", "/a/b", "/v1", "/a/b/v1"),  # nested mounts
+]
+
+
+@pytest.mark.parametrize(("path", "root", "routed", "public"), CASES)
+def test_route_and_public_paths(path: str, root: str, routed: str, public: str) -> None:
+    scope = {"type": "http", "path": path, "root_path": root}
+    assert route_path(scope) == routed == get_route_path(scope)  # Starlette's rule, exactly
+    assert public_path(scope) == public
+    assert root_of(scope) == root
+
+
+def test_no_root_path_key() -> None:
+    scope = {"type": "http", "path": "/v1"}
+    assert route_path(scope) == public_path(scope) == "/v1"
+    assert root_of(scope) == ""
