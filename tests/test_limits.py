@@ -8,7 +8,8 @@ import math
 import pytest
 
 from guardrail import Policy
-from guardrail.backends.base import BucketState, Outcome
+from guardrail.backends.base import BucketCharge, BucketState, Outcome
+from guardrail.backends.memory import MemoryStorage
 from guardrail.errors import PolicyError
 from guardrail.limits import CompiledLimit, as_reported, compile_limit, exceeds, limit_hit
 from guardrail.policy import Limit
@@ -118,3 +119,16 @@ def test_a_request_limit_no_request_could_pass_is_refused_with_the_policy(
     with pytest.raises(PolicyError) as raised:
         Policy.from_string(text)
     assert expected in str(raised.value)
+
+
+async def test_exceeds_is_the_storages_own_test_on_a_full_bucket() -> None:
+    """At a rate so fast that one unit is within GCRA's slack, one over the burst still passes
+    a full bucket: not a request that can never pass."""
+    fast = limit("fast", rate=f"{2**53}/day", burst=10, cost="tokens")
+    larger = 10 + int(2e-6 / fast.interval)
+    for tokens in (11, larger):
+        full = MemoryStorage()  # an empty store: every bucket full
+        charge = BucketCharge("api_key:k", fast.name, fast.interval, fast.burst, tokens)
+        admitted = (await full.charge([charge], 1_800_000_000.0)).allowed
+        assert exceeds(fast, tokens) is not admitted
+    assert not exceeds(fast, 11) and exceeds(fast, larger)

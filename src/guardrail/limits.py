@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from guardrail.backends.base import BucketCharge, BucketState, Outcome
+from guardrail.backends.base import EPSILON, BucketCharge, BucketState, Outcome
 from guardrail.identity import Subject
 from guardrail.metering import Meter
 from guardrail.policy import Limit, Route
@@ -190,8 +190,10 @@ def whole_seconds(seconds: float) -> int:
 
 def exceeds(lim: CompiledLimit, tokens: int) -> bool:
     """Whether a request costing its limit's ``cost`` (or ``tokens``, on a token limit) is larger
-    than the bucket even full: no wait will ever admit it."""
-    return (tokens if lim.tokens else lim.cost) > lim.burst
+    than the bucket even full: no wait will ever admit it. GCRA's own test on a full bucket
+    (``gcra``: cost * interval beyond burst * interval, with its slack)."""
+    interval = lim.interval
+    return (tokens if lim.tokens else lim.cost) * interval > lim.burst * interval + EPSILON
 
 
 def as_reported(limits: Sequence[CompiledLimit], outcome: Outcome, tokens: int) -> Outcome:

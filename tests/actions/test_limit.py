@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from guardrail.actions.limit import send_limited
 from guardrail.limits import LimitHit
@@ -82,12 +83,20 @@ async def post(http: httpx.AsyncClient, max_tokens: int) -> httpx.Response:
     return await http.post("/v1/chat/completions", json=ask(max_tokens), headers=bearer("sk-1"))
 
 
+@pytest.fixture(params=["memory", "redis"])
+def storage(request: pytest.FixtureRequest) -> str | None:
+    if request.param == "memory":
+        return None
+    return str(request.getfixturevalue("redis_url"))
+
+
 async def test_it_outranks_a_request_bucket_that_is_empty_too(
-    tmp_path: Path, clock: FakeClock
+    tmp_path: Path, clock: FakeClock, storage: str | None
 ) -> None:
     """Waiting out the request bucket would only meet the budget's refusal again; the next,
-    smaller request meets the request bucket alone: an ordinary 429, refused before its body."""
-    app = build(tmp_path, clock, POLICY)
+    smaller request meets the request bucket alone: an ordinary 429, refused before its body.
+    Alike from either storage (gcra.lua is gcra's transcription)."""
+    app = build(tmp_path, clock, POLICY, storage=storage)
     async with client(app) as http:
         assert (await post(http, 10)).status_code == 200
         larger = await post(http, 5000)
