@@ -25,7 +25,7 @@ from guardrail import Guardrail, Policy
 from guardrail.backends.base import BucketCharge
 from guardrail.identity import hash_key
 from guardrail.metering import delta_tokens
-from guardrail.relay import BUDGET_SPENT
+from guardrail.relay import BUDGET_OUTGROWN, BUDGET_SPENT
 
 from conftest import FakeClock
 from helpers import SECRET, audit_records
@@ -416,7 +416,8 @@ async def test_a_stream_that_outgrows_its_budget_ends_with_an_error_the_sdk_rais
     with pytest.raises(openai.APIError) as raised:
         async for chunk in stream:
             pieces.append(chunk.choices[0].delta.content or "")
-    assert raised.value.message == BUDGET_SPENT
+    # the answer alone is more than the budget ever holds: not "retry after it refills"
+    assert raised.value.message == BUDGET_OUTGROWN.format(capacity=100)
     counted = sum(delta_tokens(piece) for piece in pieces if piece)
     assert PROMPT + counted <= 100  # what was delivered fits the budget
     assert await tokens_left(app, clock) == 100 - PROMPT - counted
@@ -425,6 +426,24 @@ async def test_a_stream_that_outgrows_its_budget_ends_with_an_error_the_sdk_rais
     [record] = audit_records(tmp_path)
     assert record["action"] == "limit" and record["status"] == 200
     assert record["tokens"] == {"reserved": PROMPT + 50, "used": PROMPT + counted}
+
+
+async def test_a_stream_cut_by_a_budget_others_spent_says_to_retry(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # The answer (at most 160 tokens and the prompt) fits the full budget of 200; an earlier
+    # request of the key spent 105 of it, so this one is cut, and waiting is the cure.
+    app = serve(tmp_path, clock, policy(burst=200, default_max_tokens=50))
+    client = sdk(app)
+    await client.chat.completions.create(**chat(max_tokens=100))
+    assert await tokens_left(app, clock) == 200 - PROMPT_USAGE - 100  # settled to its usage
+    stream = await client.chat.completions.create(**chat(stream=True))
+    with pytest.raises(openai.APIError) as raised:
+        async for _ in stream:
+            pass
+    assert raised.value.message == BUDGET_SPENT
+    await client.close()
+    await app.shutdown()
 
 
 async def test_the_cut_stream_is_whole_events_then_done(tmp_path: Path, clock: FakeClock) -> None:

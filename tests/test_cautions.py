@@ -98,3 +98,40 @@ def test_a_default_route_with_token_budgets_is_cautioned() -> None:
     line, value, advice = cautioned(text)["unmatched"]
     assert value == "chat" and line == 7
     assert "default_max_tokens" in advice
+
+
+BUDGET = """
+version: 1
+secret: env:GUARDRAIL_TEST_SECRET
+routes:
+  - name: inference
+    match: {{path: /v1/}}
+    inspect: openai
+    default_max_tokens: {default}
+    limits:
+      - {{per: api_key, rate: 2000/minute, cost: tokens}}
+unmatched: refuse
+{more}"""
+
+
+def test_a_default_output_larger_than_the_budget_is_refused_for_good() -> None:
+    """A request that names no max_tokens reserves default_max_tokens: more than the budget
+    ever holds is a 429 that no wait cures, every time."""
+    assert cautioned(BUDGET.format(default=2000, more="")) == {}
+    line, value, advice = cautioned(BUDGET.format(default=4096, more=""))[
+        "routes[0].default_max_tokens"
+    ]
+    assert line == 8 and value == 4096
+    assert "at most 2000" in advice and "refused every time" in advice
+
+
+def test_a_tier_budget_smaller_than_the_output_it_allows_is_refused_for_good() -> None:
+    tier = (
+        "thresholds: [{score: 50, action: throttle, tier: slow}]\n"
+        "tiers:\n  slow:\n    limits: [{per: api_key, rate: 100/minute, cost: tokens}]\n"
+    )
+    found = cautioned(BUDGET.format(default=1000, more=tier))
+    line, value, advice = found["tiers.slow.limits[0]"]
+    assert line == 15 and value == "100/minute" and "at least 1000 tokens" in advice
+    capped = tier.replace("    limits:", "    max_tokens: 64\n    limits:")
+    assert cautioned(BUDGET.format(default=1000, more=capped)) == {}  # 64 fits 100

@@ -91,6 +91,21 @@ def test_token_buckets_are_not_remembered(policy: Policy):
     assert len(refusals) == 0
 
 
+async def test_a_reservation_larger_than_its_budget_teaches_nothing(policy: Policy):
+    """No wait admits it, and it says nothing of the subject's next, smaller request: the
+    storage's real refusal leaves the memo empty (and skipped: ``latest`` unmoved)."""
+    route = RouteTable(policy.routes).routes[0]
+    storage, refusals, who = MemoryStorage(), Refused(), subject()
+    budget = route.metered[0]  # 1000/minute: at most 1,000 tokens at once
+    larger = [*route.charges(who), budget.charge(who)._replace(cost=1001)]
+    outcome = await storage.charge(larger, T0)
+    assert not outcome.allowed and outcome.states[2].retry_after > 0
+    refusals.learn(route, who, outcome, T0)
+    assert len(refusals) == 0 and refusals.latest == float("-inf")
+    smaller = [*route.charges(who), budget.charge(who)._replace(cost=1000)]
+    assert (await storage.charge(smaller, T0)).allowed
+
+
 def test_refusals_are_bounded_the_oldest_dropped_first(policy: Policy):
     route = RouteTable(policy.routes).routes[0]
     outcome = Outcome(False, (BucketState(0, 12, 6), BucketState(9, 2, 0)))

@@ -153,6 +153,35 @@ def _unmatched_spend_tokens(policy: Policy) -> Iterator[Caution]:
             )
 
 
+def _budget_outgrown(policy: Policy) -> Iterator[Caution]:
+    # The other way round from the cautions above: traffic refused for good. A request that
+    # names no max_tokens reserves default_max_tokens (a tier's max_tokens, written into it),
+    # and one larger than the whole budget is refused every time (429, x-should-retry: false).
+    outputs = [route.default_max_tokens for route in policy.routes if route.inspect is not None]
+    for index, route in enumerate(policy.routes):
+        for limit in route.limits:
+            if limit.cost == "tokens" and route.default_max_tokens > limit.capacity:
+                yield (
+                    ("routes", index, "default_max_tokens"),
+                    route.default_max_tokens,
+                    f"at most {limit.capacity}, the most the route's token budget holds: a "
+                    "request that names no max_tokens reserves this many tokens and its "
+                    "prompt, and is refused every time",
+                )
+                break
+    for name, tier in policy.tiers.items():
+        output = tier.max_tokens if tier.max_tokens is not None else max(outputs, default=0)
+        for index, limit in enumerate(tier.limits):
+            if limit.cost == "tokens" and output > limit.capacity:
+                yield (
+                    ("tiers", name, "limits", index),
+                    limit.rate.text,
+                    f"room for at least {output} tokens (burst), or a lower tier max_tokens: "
+                    "a request of this tier that names no max_tokens reserves that many and "
+                    "its prompt, more than the budget ever holds, and is refused every time",
+                )
+
+
 CAUTIONS: tuple[Callable[[Policy], Iterator[Caution]], ...] = (
     _captcha_fails_open,
     _captcha_hostname_from_client,
@@ -163,6 +192,7 @@ CAUTIONS: tuple[Callable[[Policy], Iterator[Caution]], ...] = (
     _bodies_wait_long,
     _unmatched_unlimited,
     _unmatched_spend_tokens,
+    _budget_outgrown,
 )
 
 

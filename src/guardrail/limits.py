@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from guardrail.backends.base import BucketCharge, BucketState, Outcome
+from guardrail.backends.base import EPSILON, BucketCharge, BucketState, Outcome
 from guardrail.identity import Subject
 from guardrail.metering import Meter
 from guardrail.policy import PASS, REFUSE, Limit, Route
@@ -196,6 +196,28 @@ def whole_seconds(seconds: float) -> int:
     return max(0, math.ceil(seconds - 1e-6))
 
 
+def exceeds(lim: CompiledLimit, tokens: int) -> bool:
+    """Whether a request costing its limit's ``cost`` (or ``tokens``, on a token limit) is larger
+    than the bucket even full: no wait will ever admit it. GCRA's own test on a full bucket
+    (``gcra``: cost * interval beyond burst * interval, with its slack)."""
+    interval = lim.interval
+    return (tokens if lim.tokens else lim.cost) * interval > lim.burst * interval + EPSILON
+
+
+def as_reported(limits: Sequence[CompiledLimit], outcome: Outcome, tokens: int) -> Outcome:
+    """A refusal as its rate-limit headers report it: a bucket the request can never fit waits
+    forever (``math.inf``), which the headers show as the bucket's own state (what remains,
+    when it is full), not as a wait after which it would refuse again. Refusals only: an
+    admitted request fitted every bucket."""
+    if outcome.allowed or not any(exceeds(lim, tokens) for lim in limits):
+        return outcome
+    states = tuple(
+        state._replace(retry_after=math.inf) if exceeds(lim, tokens) else state
+        for lim, state in zip(limits, outcome.states, strict=True)
+    )
+    return Outcome(False, states)
+
+
 @dataclass(frozen=True, slots=True)
 class LimitHit:
     """The bucket that decided (refused, or came closest to refusing)."""
@@ -203,7 +225,9 @@ class LimitHit:
     per: str
     rate: str
     remaining: int
-    retry_after: int  # whole seconds, rounded up; 0 when admitted
+    # whole seconds, rounded up; 0 when admitted; None when no wait admits the request (it is
+    # larger than the bucket: ``exceeds``)
+    retry_after: int | None
     burst: int
     tokens: int | None = None  # a token limit: the tokens the request asked to reserve
 
@@ -216,6 +240,8 @@ class LimitHit:
         }
         if self.tokens is not None:
             hit["tokens"] = self.tokens
+        if self.retry_after is None:
+            hit["capacity"] = self.burst  # what the request outgrew
         return hit
 
 
@@ -224,6 +250,19 @@ def limit_hit(
 ) -> LimitHit | None:
     if not outcome.states:
         return None
+    if not outcome.allowed:
+        # A bucket the request can never fit speaks first, whatever the others would have it
+        # wait for: waiting for them would only meet this refusal again.
+        for lim, state in zip(limits, outcome.states, strict=True):
+            if exceeds(lim, tokens):
+                return LimitHit(
+                    lim.per,
+                    lim.rate,
+                    state.remaining,
+                    None,
+                    lim.burst,
+                    tokens if lim.tokens else None,
+                )
     speaker = tightest(limits, outcome)
     lim, state = limits[speaker], outcome.states[speaker]
     retry_after = 0 if outcome.allowed else max(1, whole_seconds(state.retry_after))
@@ -243,7 +282,9 @@ __all__ = [
     "CompiledRoute",
     "LimitHit",
     "RouteTable",
+    "as_reported",
     "compile_route",
+    "exceeds",
     "limit_hit",
     "tightest",
     "token_charges",

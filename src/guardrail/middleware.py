@@ -72,6 +72,7 @@ from guardrail.limits import (
     CompiledLimit,
     CompiledRoute,
     RouteTable,
+    as_reported,
     token_charges,
 )
 from guardrail.metering import CHAT, OPENAI, Meter, meter_for_path
@@ -362,7 +363,8 @@ class Guardrail:
             hit = decision.limit
             assert hit is not None  # a refusal always comes from a bucket
             policy = self.policies(route, tier, decision.limits, decision.tokens > 0)
-            headers += ratelimit_headers(policy, decision.limits, outcome)
+            reported = as_reported(decision.limits, outcome, decision.tokens)
+            headers += ratelimit_headers(policy, decision.limits, reported)
             self._record(scope, decision, now, 429)  # before sending: a client gone mid-send
             await send_limited(send, hit=hit, request_id=request_id, headers=headers)
             if tier is None:  # the route's limits, not the throttle tier the engine chose

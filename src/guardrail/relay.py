@@ -49,6 +49,12 @@ BUDGET_SPENT = (
     "The token budget ran out during this response; the rest of it was not sent. "
     "Retry after the budget refills (see the x-ratelimit-reset-tokens header)."
 )
+#: The response alone is more than the budget ever holds: no wait lets it through whole.
+BUDGET_OUTGROWN = (
+    "This response outgrew the token budget, which holds at most {capacity} tokens with the "
+    "prompt; the rest of it was not sent, and the same request would be cut alike. Ask for "
+    "fewer tokens (max_tokens) or shorten the prompt."
+)
 
 
 ENCODED = (
@@ -84,6 +90,7 @@ class Relay:
         "large",
         "meter",
         "mode",
+        "outgrown",
         "pace",
         "paced",
         "paced_from",
@@ -125,6 +132,7 @@ class Relay:
         self.usage: int | None = None  # total tokens the response reported
         self.ended = False  # the app sent its last body message
         self.cut = False  # guardrail ended the stream
+        self.outgrown = 0  # the cut: the capacity of a budget the response alone outgrew
         self.gone = False  # guardrail answered for an app that compressed its response
 
     def receive(self, receive: Receive) -> Receive:
@@ -319,6 +327,9 @@ class Relay:
             and (budget.open_ended or over > budget.charged + OVERRUN_SLACK)
             and not await budget.extend(over, self.clock())
         ):
+            capacity = min(charge.burst for charge in budget.charges)
+            if budget.prompt + seen > capacity:  # more than a full budget: no wait would do
+                self.outgrown = capacity
             return False
         self.seen = seen
         return True
@@ -329,7 +340,8 @@ class Relay:
                 await self._wait()
             await self._send({"type": "http.response.body", "body": event, "more_body": True})
         self.cut = True
-        body = error_event(BUDGET_SPENT, "rate_limit_exceeded")
+        spent = BUDGET_OUTGROWN.format(capacity=self.outgrown) if self.outgrown else BUDGET_SPENT
+        body = error_event(spent, "rate_limit_exceeded")
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
         raise StreamCut("the stream was ended by guardrail: its token budget ran out")
 

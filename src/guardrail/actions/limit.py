@@ -49,7 +49,8 @@ def ratelimit_headers(policy: bytes, limits: Sequence[CompiledLimit], outcome: O
     states = outcome.states
     for i, (lim, state) in enumerate(zip(limits, states, strict=True)):
         retry = state.retry_after
-        wait = retry if retry > 0 else state.reset_after
+        # inf: the request can never fit this bucket (``as_reported``); it tells its own state
+        wait = retry if 0 < retry < math.inf else state.reset_after
         current.append(f'"{lim.label}";r={state.remaining};t={whole_seconds(wait)}')
         group = best[lim.tokens]
         fill = state.remaining / lim.burst
@@ -63,7 +64,8 @@ def ratelimit_headers(policy: bytes, limits: Sequence[CompiledLimit], outcome: O
             continue  # no limit of this kind
         speaker = int(longest if not outcome.allowed and longest >= 0 else emptiest)
         lim, state = limits[speaker], states[speaker]
-        reset = state.retry_after if state.retry_after > 0 else state.reset_after
+        retry = state.retry_after
+        reset = retry if 0 < retry < math.inf else state.reset_after
         headers += [
             (names[0], str(lim.burst).encode()),
             (names[1], str(state.remaining).encode()),
@@ -116,23 +118,17 @@ async def send_limited(
 ) -> None:
     retry_after = hit.retry_after
     subject = "globally" if hit.per == "global" else f"per {hit.per.replace('_', ' ')}"
+    if retry_after is None:
+        await _send_exceeding(send, hit, subject, request_id, headers)
+        return
     if hit.tokens is None:
         detail = f"Rate limit of {hit.rate} {subject} reached."
-    elif hit.tokens > hit.burst:
-        detail = (
-            f"Token budget of {hit.rate} {subject}: this request needs {hit.tokens} tokens "
-            f"(prompt and max_tokens) and the budget holds at most {hit.burst}, so it can "
-            "never pass. Lower max_tokens or shorten the prompt."
-        )
-        retry_after = 0
     else:
         detail = (
             f"Token budget of {hit.rate} {subject} reached: this request needs {hit.tokens} "
             f"tokens (prompt and max_tokens), {hit.remaining} remain."
         )
-    if retry_after:
-        detail += f" Retry after {retry_after} second{'s' if retry_after != 1 else ''}."
-    retry_after = hit.retry_after
+    detail += f" Retry after {retry_after} second{'s' if retry_after != 1 else ''}."
     await send_problem(
         send,
         429,
@@ -147,6 +143,38 @@ async def send_limited(
             *headers,
         ],
         extra={"retry_after": retry_after},
+    )
+
+
+async def _send_exceeding(
+    send: Send, hit: LimitHit, subject: str, request_id: str, headers: Headers
+) -> None:
+    """A request larger than a whole bucket: no wait admits it, so nothing says to wait. SDKs
+    retry a 429 by themselves (the OpenAI SDKs after its Retry-After, up to two minutes);
+    ``x-should-retry: false`` is what they obey to stop. Still a 429 with the error code
+    ``rate_limit_exceeded``, as OpenAI answers a request too large for its tokens-per-minute
+    limit; the problem type tells a client that waiting will not help."""
+    if hit.tokens is None:
+        detail = (
+            f"Rate limit of {hit.rate} {subject}: this request costs more than the {hit.burst} "
+            "the limit holds at most, so it can never pass."
+        )
+    else:
+        detail = (
+            f"Token budget of {hit.rate} {subject}: this request needs {hit.tokens} tokens "
+            f"(prompt and max_tokens) and the budget holds at most {hit.burst}, so it can "
+            "never pass. Lower max_tokens or shorten the prompt."
+        )
+    await send_problem(
+        send,
+        429,
+        problem="request-exceeds-budget",
+        title="Too Many Requests",
+        detail=detail,
+        error_type="rate_limit_exceeded",
+        request_id=request_id,
+        headers=[(b"x-should-retry", b"false"), (b"guardrail-action", b"limit"), *headers],
+        extra={"retry_after": None},
     )
 
 

@@ -117,9 +117,11 @@ def format_record(record: dict[str, Any]) -> str:
         parts.append(f"tier={record['tier']}")
     limit = record.get("limit")
     if isinstance(limit, dict):
+        retry = limit.get("retry_after", "?")
         parts.append(
             f"limit={limit.get('per', '?')}:{limit.get('rate', '?')}"
-            f" retry={limit.get('retry_after', '?')}s"
+            # None: a request larger than the bucket, which no wait admits
+            f" retry={'never' if retry is None else f'{retry}s'}"
         )
     signals = record.get("signals")
     if isinstance(signals, dict) and signals:
