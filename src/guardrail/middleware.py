@@ -37,6 +37,7 @@ from guardrail.audit.aggregate import Refusals, refusal_key
 from guardrail.audit.record import decision_record
 from guardrail.backends import challenge_store, risk_engine, storage_from_uri
 from guardrail.backends.base import BucketCharge, Outcome, Storage
+from guardrail.backends.breaker import GuardedStorage
 from guardrail.backends.memory import MemoryStorage
 from guardrail.budgets import Budget, Reservation, Settlements, reservation
 from guardrail.cautions import cautions
@@ -104,12 +105,20 @@ class Guardrail:
         self.secret = policy_secret(self.policy, storage_uri)
         self.identity = IdentityResolver(self.policy.identity, self.secret)
         self.routes = RouteTable(self.policy.routes)
-        self.storage: Storage = storage_from_uri(storage_uri, max_subjects=self.policy.max_subjects)
-        self.fallback: Storage | None = (
+        self.storage: Storage = storage_from_uri(
+            storage_uri,
+            max_subjects=self.policy.max_subjects,
+            breaker=self.policy.storage_breaker,
+            sleep=self.sleep,
+        )
+        self.fallback: MemoryStorage | None = (
             MemoryStorage(self.policy.max_subjects)
             if self.policy.on_storage_error == "fail_open" and not storage_uri.startswith("memory")
             else None
         )
+        if self.fallback is not None and isinstance(self.storage, GuardedStorage):
+            # Redis back: its counts are everyone's; the fallback's were this outage's only
+            self.storage.breaker.on_close(self.fallback.clear)
         # The risk engine runs when the policy has thresholds to act on.
         self.risk: RiskEngine | None = None
         if self.policy.thresholds:
