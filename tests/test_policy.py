@@ -79,6 +79,10 @@ BAD: dict[str, list[tuple[str, int | None]]] = {
     "tokens_not_inspected.yaml": [("routes[0].limits[1].cost", 8)],
     "tier_strips_the_unknown.yaml": [("tiers.slow.strip[1]", 7)],
     "unknown_openai_shape.yaml": [("routes[0].inspect", 6)],
+    "storage_breaker_slow_probe.yaml": [
+        ("storage_breaker.failures", 6),
+        ("storage_breaker.probe_every", 7),
+    ],
 }
 
 
@@ -107,7 +111,7 @@ def test_good_policy_loads(path: Path) -> None:
 def test_good_set_is_complete() -> None:
     expected = {"minimal", "spec_example", "observe_literal_secret", "redis_cluster"}
     expected |= {"ipv6_proxies", "account_callable", "merge_keys", "token_budgets"}
-    expected |= {"openai_shapes"}
+    expected |= {"openai_shapes", "storage_breaker"}
     assert expected <= {path.stem for path in GOOD}
 
 

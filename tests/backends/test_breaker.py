@@ -1,0 +1,193 @@
+"""The storage breaker (backends/breaker.py) on real Redis servers: a silent one (every call
+times out), the session's redis-server paused with CLIENT PAUSE, and the probe's sleep
+stepped by the test."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+
+from guardrail.backends import challenge_store, storage_from_uri
+from guardrail.backends.base import BucketCharge
+from guardrail.backends.breaker import BreakerOpen, GuardedStorage
+from guardrail.backends.memory import MemoryStorage
+from guardrail.backends.redis import client_error
+from guardrail.budgets import Settlements
+from guardrail.errors import StorageError
+from guardrail.policy import StorageBreaker
+
+CHARGE = [BucketCharge("ip:203.0.113.7", "page:0", 1.0, 5, 1)]
+
+
+class Steps:
+    """The probe's sleep: each one waits until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+        self._go: asyncio.Queue[None] = asyncio.Queue()
+        self.released = 0
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        await self._go.get()
+
+        self.released = 0
+
+    async def probe_once(self, breaker_storage: GuardedStorage) -> None:
+        """Let one probe run, and wait for it to be over (the next sleep, or closed)."""
+        async with asyncio.timeout(5):
+            while len(self.slept) <= self.released:  # the probing task is on its way
+                await asyncio.sleep(0.005)
+            self.released += 1
+            self._go.put_nowait(None)
+            while len(self.slept) <= self.released and breaker_storage.breaker.open:
+                await asyncio.sleep(0.005)  # the probe's real round trip to Redis
+
+
+def guarded(uri: str, steps: Steps, failures: int = 3) -> GuardedStorage:
+    storage = storage_from_uri(
+        uri, breaker=StorageBreaker(failures=failures, probe_every=0.25), sleep=steps.sleep
+    )
+    assert isinstance(storage, GuardedStorage)
+    return storage
+
+
+async def pause(url: str, milliseconds: int) -> None:
+    admin = aioredis.from_url(url)
+    try:
+        await admin.execute_command("CLIENT", "PAUSE", milliseconds, "ALL")
+    finally:
+        await admin.aclose()
+
+
+async def unpause(url: str) -> None:
+    admin = aioredis.from_url(url)
+    try:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+    finally:
+        await admin.aclose()
+
+
+async def test_opens_after_consecutive_failures_then_skips_redis(silent_server: int) -> None:
+    steps = Steps()
+    storage = guarded(f"redis://127.0.0.1:{silent_server}/0?timeout=0.05", steps)
+    for _ in range(3):
+        with pytest.raises(StorageError):
+            await storage.charge(CHARGE, 0.0)
+    assert storage.breaker.open and storage.breaker.opened == 1
+    started = time.monotonic()
+    for _ in range(100):
+        with pytest.raises(BreakerOpen):
+            await storage.charge(CHARGE, 0.0)
+        with pytest.raises(BreakerOpen):
+            await storage.settle(CHARGE, 0.0)
+    assert time.monotonic() - started < 0.05  # no timeout waited: Redis not called
+    await asyncio.sleep(0.01)  # the probing task starts
+    assert steps.slept == [0.25]  # one probe waits its turn, however many calls came
+    await storage.close()
+
+
+async def test_a_success_starts_the_count_again(redis_url: str) -> None:
+    storage = guarded(redis_url, Steps())
+    await storage.start()
+    storage.breaker.failed()
+    storage.breaker.failed()
+    assert (await storage.charge(CHARGE, 0.0)).allowed
+    storage.breaker.failed()
+    storage.breaker.failed()
+    assert not storage.breaker.open  # two in a row, not four
+    storage.breaker.failed()
+    assert storage.breaker.open
+    await storage.close()
+
+
+async def test_closes_on_the_first_probe_after_recovery_and_drops_the_fallback(
+    redis_url: str,
+) -> None:
+    steps = Steps()
+    storage = guarded(redis_url + "?timeout=0.05", steps)
+    await storage.start()
+    fallback = MemoryStorage()
+    storage.breaker.on_close(fallback.clear)
+    await fallback.charge(CHARGE, 0.0)
+    await pause(redis_url, 5000)
+    try:
+        for _ in range(3):
+            with pytest.raises(StorageError):
+                await storage.charge(CHARGE, 0.0)
+        assert storage.breaker.open
+    finally:
+        await unpause(redis_url)
+    await steps.probe_once(storage)
+    assert not storage.breaker.open
+    assert len(fallback) == 0  # Redis holds the counts again
+    assert (await storage.charge(CHARGE, 0.0)).allowed
+    await storage.close()
+
+
+async def test_the_challenge_store_shares_the_breaker(silent_server: int) -> None:
+    storage = guarded(f"redis://127.0.0.1:{silent_server}/0?timeout=0.05", Steps(), failures=2)
+    challenges = challenge_store(storage)
+    for _ in range(2):
+        with pytest.raises(StorageError):
+            await challenges.peek("owner", 0.0)
+    assert storage.breaker.open
+    with pytest.raises(BreakerOpen):
+        await storage.charge(CHARGE, 0.0)
+    await storage.close()
+
+
+async def test_settlements_wait_for_the_breaker_instead_of_spending_attempts(
+    redis_url: str, clock
+) -> None:
+    steps = Steps()
+    storage = guarded(redis_url + "?timeout=0.05", steps)
+    await storage.start()
+    await storage.charge(CHARGE, clock())
+    await pause(redis_url, 5000)
+    try:
+        for _ in range(3):
+            with pytest.raises(StorageError):
+                await storage.charge(CHARGE, clock())
+    finally:
+        await unpause(redis_url)
+    assert storage.breaker.open
+    settlements = Settlements(lambda exc: None, clock.sleep, clock)
+    given_back = [CHARGE[0]._replace(cost=-1)]
+    settlements.retry(storage, given_back)
+    for _ in range(20):  # the settlement's own backoff runs on the fake clock: it would be
+        await asyncio.sleep(0)  # given up by now if each open-breaker refusal were an attempt
+    assert settlements.given_up == 0
+    await steps.probe_once(storage)
+    async with asyncio.timeout(5):
+        while settlements._retries:
+            await asyncio.sleep(0.005)
+    assert settlements.given_up == 0
+    state = (await storage.charge([CHARGE[0]._replace(cost=0)], clock())).states[0]
+    assert state.remaining == 5  # the one charged before the outage was given back
+    await storage.close()
+
+
+def test_an_exception_from_the_client_is_a_storage_failure() -> None:
+    try:
+        key_slot(None)  # type: ignore[arg-type]  # redis-py's own code raises AttributeError
+    except AttributeError as exc:
+        assert client_error(exc) is exc
+
+
+def test_an_exception_from_guardrail_is_not() -> None:
+    reply: object = None
+    with pytest.raises(AttributeError):  # a bug of ours must surface, not fail open
+        try:
+            reply.decode()  # type: ignore[attr-defined]
+        except AttributeError as exc:
+            client_error(exc)
+
+
+def test_no_breaker_when_failures_is_zero(redis_url: str) -> None:
+    storage = storage_from_uri(redis_url, breaker=StorageBreaker(failures=0))
+    assert not isinstance(storage, GuardedStorage)
