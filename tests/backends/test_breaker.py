@@ -28,24 +28,28 @@ class Steps:
 
     def __init__(self) -> None:
         self.slept: list[float] = []
+        self._asleep: asyncio.Queue[None] = asyncio.Queue()
         self._go: asyncio.Queue[None] = asyncio.Queue()
-        self.released = 0
 
     async def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
+        self._asleep.put_nowait(None)
         await self._go.get()
 
-        self.released = 0
-
-    async def probe_once(self, breaker_storage: GuardedStorage) -> None:
-        """Let one probe run, and wait for it to be over (the next sleep, or closed)."""
+    async def probe_once(self, storage: GuardedStorage) -> None:
+        """Let one probe run, and wait until it is over: asleep again, or the breaker closed."""
         async with asyncio.timeout(5):
-            while len(self.slept) <= self.released:  # the probing task is on its way
-                await asyncio.sleep(0.005)
-            self.released += 1
+            await self._asleep.get()  # the probing task is waiting for its turn
             self._go.put_nowait(None)
-            while len(self.slept) <= self.released and breaker_storage.breaker.open:
-                await asyncio.sleep(0.005)  # the probe's real round trip to Redis
+            asleep = asyncio.ensure_future(self._asleep.get())
+            closed = asyncio.ensure_future(storage.breaker.wait_closed())
+            try:
+                await asyncio.wait([asleep, closed], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in (asleep, closed):
+                    waiting.cancel()
+            if asleep.done() and not asleep.cancelled():
+                self._asleep.put_nowait(None)  # still probing: the next probe_once finds it
 
 
 def guarded(uri: str, steps: Steps, failures: int = 3) -> GuardedStorage:
@@ -56,20 +60,23 @@ def guarded(uri: str, steps: Steps, failures: int = 3) -> GuardedStorage:
     return storage
 
 
-async def pause(url: str, milliseconds: int) -> None:
-    admin = aioredis.from_url(url)
-    try:
-        await admin.execute_command("CLIENT", "PAUSE", milliseconds, "ALL")
-    finally:
-        await admin.aclose()
+PAUSE = 0.6  # seconds: long enough for the calls below to time out, short enough to wait
 
 
-async def unpause(url: str) -> None:
+async def pause(url: str) -> float:
+    """Pause every client of the server for PAUSE seconds (no command ends a pause early:
+    CLIENT UNPAUSE waits too); returns when it ends, on the monotonic clock."""
     admin = aioredis.from_url(url)
     try:
-        await admin.execute_command("CLIENT", "UNPAUSE")
+        await admin.execute_command("CLIENT", "PAUSE", int(PAUSE * 1000), "ALL")
     finally:
         await admin.aclose()
+    return time.monotonic() + PAUSE
+
+
+async def until(moment: float) -> None:
+    """Wait, on the real clock, for a real server's pause to end."""
+    await asyncio.sleep(max(0.0, moment - time.monotonic()) + 0.05)
 
 
 async def test_opens_after_consecutive_failures_then_skips_redis(silent_server: int) -> None:
@@ -114,14 +121,14 @@ async def test_closes_on_the_first_probe_after_recovery_and_drops_the_fallback(
     fallback = MemoryStorage()
     storage.breaker.on_close(fallback.clear)
     await fallback.charge(CHARGE, 0.0)
-    await pause(redis_url, 5000)
-    try:
-        for _ in range(3):
-            with pytest.raises(StorageError):
-                await storage.charge(CHARGE, 0.0)
-        assert storage.breaker.open
-    finally:
-        await unpause(redis_url)
+    resumes = await pause(redis_url)
+    for _ in range(3):
+        with pytest.raises(StorageError):
+            await storage.charge(CHARGE, 0.0)
+    assert storage.breaker.open
+    await steps.probe_once(storage)  # still paused: the probe fails, and waits its turn
+    assert storage.breaker.open and steps.slept == [0.25, 0.25]
+    await until(resumes)
     await steps.probe_once(storage)
     assert not storage.breaker.open
     assert len(fallback) == 0  # Redis holds the counts again
@@ -148,14 +155,12 @@ async def test_settlements_wait_for_the_breaker_instead_of_spending_attempts(
     storage = guarded(redis_url + "?timeout=0.05", steps)
     await storage.start()
     await storage.charge(CHARGE, clock())
-    await pause(redis_url, 5000)
-    try:
-        for _ in range(3):
-            with pytest.raises(StorageError):
-                await storage.charge(CHARGE, clock())
-    finally:
-        await unpause(redis_url)
+    resumes = await pause(redis_url)
+    for _ in range(3):
+        with pytest.raises(StorageError):
+            await storage.charge(CHARGE, clock())
     assert storage.breaker.open
+    await until(resumes)
     settlements = Settlements(lambda exc: None, clock.sleep, clock)
     given_back = [CHARGE[0]._replace(cost=-1)]
     settlements.retry(storage, given_back)
@@ -164,8 +169,7 @@ async def test_settlements_wait_for_the_breaker_instead_of_spending_attempts(
     assert settlements.given_up == 0
     await steps.probe_once(storage)
     async with asyncio.timeout(5):
-        while settlements._retries:
-            await asyncio.sleep(0.005)
+        await asyncio.gather(*settlements._retries)
     assert settlements.given_up == 0
     state = (await storage.charge([CHARGE[0]._replace(cost=0)], clock())).states[0]
     assert state.remaining == 5  # the one charged before the outage was given back
