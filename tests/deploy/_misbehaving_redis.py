@@ -78,7 +78,7 @@ class Sent:
     status: int
 
 
-async def load(urls: Sequence[str], seconds: float, concurrency: int = 12) -> list[Sent]:
+async def load(urls: Sequence[str], seconds: float, concurrency: int = 6) -> list[Sent]:
     """``concurrency`` clients, each sending chat completions back to back for ``seconds``,
     round robin over ``urls``, each request with one of 64 API keys."""
     sent: list[Sent] = []

@@ -1,9 +1,11 @@
 """Issue 12, item 10: a Redis Cluster master killed (SIGKILL) under load. A real 3-master
 cluster (no replicas: its slots stay down), a real uvicorn, chat completions from 64 API keys
-spread over every master. No request may end in a 500 (on 0.1 redis-py's AttributeError, raised
-while it tore a connection down, escaped as one), ``fail_closed`` answers its intended 503s, and
-latency stays bounded (on 0.1: p50 0.9-3.8 s for ~15 s), and, once the breaker is open, the
-surviving masters see probes only, not a command (or a slot-map refresh) for every request."""
+spread over every master. No request may end in a 500 (on 0.1, 0-3 of ~400 did: redis-py's
+``AttributeError: 'NoneType' object has no attribute 'writelines'``, a connection that another
+task tore down as the cluster went down, escaped the StorageError mapping), ``fail_closed``
+answers only its intended 503s, latency stays bounded (on 0.1, p50 0.1-0.3 s here, and every
+request paid for the cluster's slot-map refreshes), and once the breaker is open the surviving
+masters see probes only, not commands (and refreshes) for every request (on 0.1: 140-810/s)."""
 
 from __future__ import annotations
 
