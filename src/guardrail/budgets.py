@@ -121,7 +121,8 @@ class Settlements:
     """Settlements that run to their end even when their request is cancelled (its client
     left): shielded, tracked, and waited for at shutdown. One the storage fails is tried
     again (``retry``): a bounded number of times, backing off, at most ``RETRY_MAX`` waiting
-    at once; one given up is counted (``given_up``) and logged."""
+    at once; one given up is counted (``given_up``) and logged. While the storage's breaker
+    is open, a settlement waits for it to close instead, spending no attempt."""
 
     def __init__(
         self,

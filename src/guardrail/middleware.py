@@ -105,11 +105,10 @@ class Guardrail:
         self.secret = policy_secret(self.policy, storage_uri)
         self.identity = IdentityResolver(self.policy.identity, self.secret)
         self.routes = RouteTable(self.policy.routes)
+        # The breaker probes on real time, not on ``sleep``: Redis recovers in real time,
+        # whatever clock the limits read.
         self.storage: Storage = storage_from_uri(
-            storage_uri,
-            max_subjects=self.policy.max_subjects,
-            breaker=self.policy.storage_breaker,
-            sleep=self.sleep,
+            storage_uri, max_subjects=self.policy.max_subjects, breaker=self.policy.storage_breaker
         )
         self.fallback: MemoryStorage | None = (
             MemoryStorage(self.policy.max_subjects)

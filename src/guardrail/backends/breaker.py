@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from guardrail.backends.base import BucketCharge, Outcome, Storage
 from guardrail.backends.challenges import ChallengeStore
 from guardrail.errors import StorageError
-from guardrail.signals.state import Keys, Snapshot, Update
+from guardrail.signals.state import Keys, RiskStore, Snapshot, Update
 
 logger = logging.getLogger("guardrail")
 
@@ -187,7 +187,7 @@ class GuardedStorage:
 class GuardedRiskStore:
     """A Redis risk store behind its storage's breaker."""
 
-    def __init__(self, store: Any, breaker: Breaker) -> None:
+    def __init__(self, store: RiskStore, breaker: Breaker) -> None:
         self.store = store
         self.breaker = breaker
 
@@ -196,7 +196,7 @@ class GuardedRiskStore:
         if breaker.open:
             raise BreakerOpen(breaker)
         try:
-            snapshot: Snapshot = await self.store.load(keys, now)
+            snapshot = await self.store.load(keys, now)
         except StorageError:
             breaker.failed()
             raise

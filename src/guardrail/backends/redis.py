@@ -145,10 +145,10 @@ class RedisStorage:
             raise self.failure(client_error(exc)) from exc
 
     async def probe(self) -> None:
-        """Pass only when the server serves charges (what the breaker waits for): a cost-0
-        charge, a script, which a paused server holds (WRITE pauses too) and
-        a cluster that lost slots refuses; on a cluster, on every primary. Bounded by the
-        socket timeouts, like any call."""
+        """Pass only when the server serves charges again (what the breaker waits for): a
+        cost-0 charge, that is a script, which a paused server holds (a WRITE pause too, as
+        in a manual failover) and a cluster missing slots refuses; on a cluster, one on each
+        primary. Bounded by the socket timeouts, like any call."""
         try:
             for charge in self._probes():
                 await lua.charge(self.client, self.prefix, [charge], time.time())
