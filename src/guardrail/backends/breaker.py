@@ -74,6 +74,7 @@ class Breaker:
         self._probe = probe
         self._sleep = sleep
         self._probing: asyncio.Task[None] | None = None
+        self._stopped = False  # shut down: no more probing
         self._closed: asyncio.Event | None = None  # set when it closes; made when first needed
         self._on_close: list[Callable[[], None]] = []
 
@@ -94,10 +95,14 @@ class Breaker:
 
     async def aclose(self) -> None:
         """Stop probing (at shutdown)."""
+        self._stopped = True
         probing, self._probing = self._probing, None
-        if probing is not None:
+        # Cancelled until done: redis-py can turn a cancellation into a connection error (on
+        # Python 3.11, asyncio.wait_for may lose one), which the loop would take for a failed
+        # probe; it also stops at its next turn, seeing _stopped.
+        while probing is not None and not probing.done():
             probing.cancel()
-            await asyncio.gather(probing, return_exceptions=True)
+            await asyncio.wait([probing], timeout=self.probe_every)
 
     def _trip(self) -> None:
         self.open = True
@@ -109,13 +114,15 @@ class Breaker:
             self.failures,
             self.probe_every,
         )
-        if self._probing is None or self._probing.done():
+        if not self._stopped and (self._probing is None or self._probing.done()):
             self._probing = asyncio.ensure_future(self._probe_until_back())
 
     async def _probe_until_back(self) -> None:
         opened_at = time.monotonic()
         while True:
             await self._sleep(self.probe_every)
+            if self._stopped:
+                return
             try:
                 await self._probe()
             except StorageError:
