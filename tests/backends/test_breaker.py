@@ -36,11 +36,15 @@ class Steps:
         self._asleep.put_nowait(None)
         await self._go.get()
 
+    async def release(self) -> None:
+        """Once the probing task waits for its turn, let it go."""
+        await self._asleep.get()
+        self._go.put_nowait(None)
+
     async def probe_once(self, storage: GuardedStorage) -> None:
         """Let one probe run, and wait until it is over: asleep again, or the breaker closed."""
         async with asyncio.timeout(5):
-            await self._asleep.get()  # the probing task is waiting for its turn
-            self._go.put_nowait(None)
+            await self.release()
             asleep = asyncio.ensure_future(self._asleep.get())
             closed = asyncio.ensure_future(storage.breaker.wait_closed())
             try:
@@ -195,3 +199,14 @@ def test_an_exception_from_guardrail_is_not() -> None:
 def test_no_breaker_when_failures_is_zero(redis_url: str) -> None:
     storage = storage_from_uri(redis_url, breaker=StorageBreaker(failures=0))
     assert not isinstance(storage, GuardedStorage)
+
+
+async def test_shutdown_stops_a_probe_in_flight(silent_server: int) -> None:
+    steps = Steps()
+    storage = guarded(f"redis://127.0.0.1:{silent_server}/0?timeout=5", steps, failures=1)
+    storage.breaker.failed()
+    assert storage.breaker.open
+    await steps.release()  # a probe goes out, to a server that never answers
+    await asyncio.sleep(0.05)
+    async with asyncio.timeout(2):  # not the probe's 5 s timeout
+        await storage.close()
