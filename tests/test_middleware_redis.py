@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,22 @@ async def test_a_refusal_already_known_costs_no_round_trip(tmp_path: Path, clock
     probe = {"info", "hello", "client|setinfo"}
     delta = {cmd: after.get(cmd, 0) - before.get(cmd, 0) for cmd in after if cmd not in probe}
     assert not any(delta.values()), delta
+
+
+async def test_an_open_breaker_decides_at_once_on_the_fallback(
+    tmp_path: Path, clock, silent_server: int
+):
+    # A server that never answers: the start's PING and two charges time out, three failures
+    # in a row (storage_breaker's default), and the breaker opens: no more waiting.
+    app = build(tmp_path, clock, storage=f"redis://127.0.0.1:{silent_server}/0?timeout=0.2")
+    waited = []
+    async with client(app) as http:
+        for _ in range(8):
+            started = time.monotonic()
+            assert (await http.get("/page")).status_code in (200, 429)
+            waited.append(time.monotonic() - started)
+    await app.shutdown()
+    assert min(waited[:2]) >= 0.2  # each waited out a timeout
+    assert max(waited[2:]) < 0.1
+    records = audit_records(tmp_path)
+    assert records and all(r.get("degraded") for r in records)  # the 429s, decided locally

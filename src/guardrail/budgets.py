@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from guardrail.backends.base import BucketCharge, Storage
+from guardrail.backends.breaker import BreakerOpen
 from guardrail.errors import StorageError
 from guardrail.metering import Ask
 
@@ -119,7 +121,8 @@ class Settlements:
     """Settlements that run to their end even when their request is cancelled (its client
     left): shielded, tracked, and waited for at shutdown. One the storage fails is tried
     again (``retry``): a bounded number of times, backing off, at most ``RETRY_MAX`` waiting
-    at once; one given up is counted (``given_up``) and logged."""
+    at once; one given up is counted (``given_up``) and logged. While the storage's breaker
+    is open, a settlement waits for it to close instead, spending no attempt."""
 
     def __init__(
         self,
@@ -176,12 +179,19 @@ class Settlements:
     async def _again(self, storage: Storage, moves: list[BucketCharge]) -> None:
         delay = RETRY_BACKOFF
         error: StorageError | None = None
-        for _ in range(RETRY_ATTEMPTS):
+        attempts = 0
+        while attempts < RETRY_ATTEMPTS:
             await self._sleep(delay)
             try:
                 await storage.settle(moves, self._clock())
+            except BreakerOpen as exc:
+                # Redis is known to be down: wait until it is back rather than spend the
+                # attempts (or call it), then go again after a random part of the delay, so
+                # that the settlements that waited do not all arrive at once.
+                await exc.breaker.wait_closed()
+                delay = RETRY_BACKOFF * random.random()
             except StorageError as exc:
-                error, delay = exc, delay * 2
+                error, delay, attempts = exc, delay * 2, attempts + 1
             else:
                 return
         self._give_up(1, -moves[0].cost, f"{RETRY_ATTEMPTS} more attempts failed: {error}")

@@ -39,6 +39,7 @@ from guardrail.audit.record import decision_record
 from guardrail.audit.unmatched import Unmatched
 from guardrail.backends import challenge_store, risk_engine, storage_from_uri
 from guardrail.backends.base import BucketCharge, Outcome, Storage
+from guardrail.backends.breaker import GuardedStorage
 from guardrail.backends.memory import MemoryStorage
 from guardrail.budgets import Budget, Reservation, Settlements, reservation
 from guardrail.building import deferring
@@ -115,12 +116,19 @@ class Guardrail:
         self.identity = IdentityResolver(self.policy.identity, self.secret)
         self.routes = RouteTable(self.policy.routes, self.policy.unmatched)
         self._refuse_unmatched = self.routes.refuse and self.enforce
-        self.storage: Storage = storage_from_uri(storage_uri, max_subjects=self.policy.max_subjects)
-        self.fallback: Storage | None = (
+        # The breaker probes on real time, not on ``sleep``: Redis recovers in real time,
+        # whatever clock the limits read.
+        self.storage: Storage = storage_from_uri(
+            storage_uri, max_subjects=self.policy.max_subjects, breaker=self.policy.storage_breaker
+        )
+        self.fallback: MemoryStorage | None = (
             MemoryStorage(self.policy.max_subjects)
             if self.policy.on_storage_error == "fail_open" and not storage_uri.startswith("memory")
             else None
         )
+        if self.fallback is not None and isinstance(self.storage, GuardedStorage):
+            # Redis back: its counts are everyone's; the fallback's were this outage's only
+            self.storage.breaker.on_close(self.fallback.clear)
         # The risk engine runs when the policy has thresholds to act on.
         self.risk: RiskEngine | None = None
         if self.policy.thresholds:

@@ -331,6 +331,25 @@ class AuditConfig(_Model):
         return seconds
 
 
+#: The breaker probes at least this often: Redis is back in use within this of its recovery.
+MAX_PROBE_EVERY = 60.0
+
+
+class StorageBreaker(_Model):
+    """Redis failing ``failures`` times in a row is skipped: on_storage_error applies at once,
+    without waiting for a timeout, until a probe (one every ``probe_every``) passes."""
+
+    failures: int = Field(default=3, ge=0, le=1000, strict=True)  # 0: no breaker
+    probe_every: PositiveDuration = 0.25
+
+    @field_validator("probe_every")
+    @classmethod
+    def _probes_soon(cls, seconds: float) -> float:
+        if seconds > MAX_PROBE_EVERY:  # Redis stays unused this long after it is back
+            raise refuse("a duration of at most 1m (250ms is the default)")
+        return seconds
+
+
 _WIDE_CHECKED = "guardrail_policy_wide_checked"
 
 
@@ -341,6 +360,7 @@ class Policy(_Model):
     mode: Literal["enforce", "observe"] = "enforce"
     storage: StorageUri = "memory://"
     on_storage_error: Literal["fail_open", "fail_closed"] = "fail_open"
+    storage_breaker: StorageBreaker = Field(default_factory=StorageBreaker)
     max_subjects: Count = 1_000_000
     secret: SecretRef | None = None
     identity: Identity = Field(default_factory=Identity)

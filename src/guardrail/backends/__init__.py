@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from guardrail.backends.base import BucketCharge, BucketState, Outcome, Storage
@@ -11,8 +13,9 @@ from guardrail.backends.uri import SCHEMES, mask_uri
 from guardrail.errors import StorageError
 
 if TYPE_CHECKING:
-    from guardrail.policy import Policy
+    from guardrail.policy import Policy, StorageBreaker
     from guardrail.signals.engine import RiskEngine
+    from guardrail.signals.state import RiskStore
 
 __all__ = [
     "BucketCharge",
@@ -25,8 +28,16 @@ __all__ = [
 ]
 
 
-def storage_from_uri(uri: str, *, max_subjects: int = 1_000_000) -> Storage:
-    """The storage a policy's ``storage:`` URI names; StorageError for anything else."""
+def storage_from_uri(
+    uri: str,
+    *,
+    max_subjects: int = 1_000_000,
+    breaker: StorageBreaker | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> Storage:
+    """The storage a policy's ``storage:`` URI names; StorageError for anything else. A Redis
+    storage comes behind a ``breaker`` (``storage_breaker:``) unless it is None or its
+    ``failures`` is 0; the risk and challenge stores made from it share that breaker."""
     scheme = uri.partition("://")[0].lower()
     if scheme == "memory":
         return MemoryStorage(max_subjects)
@@ -37,7 +48,21 @@ def storage_from_uri(uri: str, *, max_subjects: int = 1_000_000) -> Storage:
             raise StorageError(
                 f"storage {mask_uri(uri)!r} needs the redis client: pip install 'guardrail[redis]'"
             ) from exc
-        return RedisStorage(uri)
+        redis = RedisStorage(uri)
+        if breaker is None or not breaker.failures:
+            return redis
+        from guardrail.backends.breaker import Breaker, GuardedStorage
+
+        return GuardedStorage(
+            redis,
+            Breaker(
+                redis.probe,
+                failures=breaker.failures,
+                probe_every=breaker.probe_every,
+                what=f"storage {redis.uri!r}",
+                sleep=sleep,
+            ),
+        )
     raise StorageError(
         f"storage {mask_uri(uri)!r}: expected memory:// or one of "
         + ", ".join(f"{scheme}://" for scheme in SCHEMES)
@@ -67,11 +92,15 @@ def risk_engine(policy: Policy, storage: Storage, fallback: bool) -> RiskEngine:
 
     if isinstance(storage, MemoryStorage):
         return RiskEngine(policy, memory())
+    from guardrail.backends.breaker import GuardedRiskStore, GuardedStorage
     from guardrail.backends.redis import QUEUE_TIMEOUTS, RedisStorage
     from guardrail.backends.risk_redis import RedisRiskStore
 
+    guarded = storage if isinstance(storage, GuardedStorage) else None
+    if guarded is not None:
+        storage = guarded.storage
     assert isinstance(storage, RedisStorage)
-    store = RedisRiskStore(
+    store: RiskStore = RedisRiskStore(
         storage.client,
         prefix=storage.prefix,
         uri=storage.uri,
@@ -81,6 +110,8 @@ def risk_engine(policy: Policy, storage: Storage, fallback: bool) -> RiskEngine:
         gate=storage.gate,  # one pool, one gate: risk calls queue with bucket charges
         queue_timeout=storage.timeout * QUEUE_TIMEOUTS,
     )
+    if guarded is not None:
+        store = GuardedRiskStore(store, guarded.breaker)
     return RiskEngine(policy, store, memory() if fallback else None, remote=True)
 
 
@@ -88,8 +119,13 @@ def challenge_store(storage: Storage) -> ChallengeStore:
     """Issued challenges live where the buckets do: any worker can verify another's."""
     if isinstance(storage, MemoryStorage):
         return MemoryChallengeStore()
+    from guardrail.backends.breaker import GuardedChallengeStore, GuardedStorage
     from guardrail.backends.challenges_redis import RedisChallengeStore
     from guardrail.backends.redis import RedisStorage
 
+    if isinstance(storage, GuardedStorage):
+        inner = storage.storage
+        assert isinstance(inner, RedisStorage)
+        return GuardedChallengeStore(RedisChallengeStore(inner), storage.breaker)
     assert isinstance(storage, RedisStorage)
     return RedisChallengeStore(storage)

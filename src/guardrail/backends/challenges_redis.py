@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 
-from guardrail.backends.redis import REDIS_FAILURES, RedisStorage, gated
+from guardrail.backends.redis import RedisStorage, client_error, gated
 
 
 class RedisChallengeStore:
@@ -28,8 +28,8 @@ class RedisChallengeStore:
         async with self._gate():
             try:
                 _, live = await pipe.execute()
-            except REDIS_FAILURES as exc:
-                raise self.storage.failure(exc) from exc
+            except Exception as exc:
+                raise self.storage.failure(client_error(exc)) from exc
         return live if isinstance(live, bytes) else None
 
     async def peek(self, owner: str, now: float) -> bytes | None:
@@ -48,8 +48,8 @@ class RedisChallengeStore:
         async with self._gate():
             try:
                 count, _ = await pipe.execute()
-            except REDIS_FAILURES as exc:
-                raise self.storage.failure(exc) from exc
+            except Exception as exc:
+                raise self.storage.failure(client_error(exc)) from exc
         return int(count)
 
     async def grant(self, name: str, expires_at: float, now: float) -> None:
@@ -59,8 +59,8 @@ class RedisChallengeStore:
         async with self._gate():
             try:
                 await pipe.execute()
-            except REDIS_FAILURES as exc:
-                raise self.storage.failure(exc) from exc
+            except Exception as exc:
+                raise self.storage.failure(client_error(exc)) from exc
 
     async def granted(self, name: str, now: float) -> float | None:
         raw = await self._call("GET", self._key("gr", name))
@@ -73,8 +73,8 @@ class RedisChallengeStore:
         async with self._gate():
             try:
                 return await self.storage.client.execute_command(*command)
-            except REDIS_FAILURES as exc:
-                raise self.storage.failure(exc) from exc
+            except Exception as exc:
+                raise self.storage.failure(client_error(exc)) from exc
 
     def _gate(self) -> contextlib.AbstractAsyncContextManager[None]:
         storage = self.storage

@@ -35,6 +35,10 @@ class MemoryStorage:
     async def close(self) -> None:
         self._subjects.clear()
 
+    def clear(self) -> None:
+        """Forget every bucket (the fallback's, when Redis is back: it holds the counts)."""
+        self._subjects.clear()
+
     async def charge(self, charges: Sequence[BucketCharge], now: float) -> Outcome:
         # The admitted path is ``gcra`` fused with the dict lookups (one pass to decide, one to
         # store): it is the embedded default's hot path. A refusal takes the reference code.

@@ -20,15 +20,19 @@ not atomic (see ``cluster.py``).
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
 
 from guardrail.backends import cluster, lua
@@ -36,8 +40,9 @@ from guardrail.backends.base import BucketCharge, Outcome
 from guardrail.backends.uri import RedisTarget, mask_uri, parse_uri
 from guardrail.errors import StorageError
 
-#: What a Redis client can raise; all of it becomes StorageError.
+#: What a Redis client raises by design (timeouts are OSErrors); see ``client_error``.
 REDIS_FAILURES = (RedisError, RedisClusterException, OSError)
+_CLIENT_CODE = os.path.dirname(redis.__file__) + os.sep
 
 #: How many ``timeout``s a charge may queue for a connection. A burst of requests must wait
 #: its turn rather than fail (and fail open); but a dead server must not pile up a queue.
@@ -46,6 +51,12 @@ QUEUE_TIMEOUTS = 4
 #: A request names at most a handful of subjects (api_key, account, ip, subnet, global),
 #: hence at most that many slots.
 CLUSTER_CONNECTIONS_PER_CHARGE = 8
+
+#: What the breaker's probe charges: nothing, on a bucket of its own.
+PROBE = BucketCharge("guardrail:probe", "breaker", 1.0, 1, 0)
+#: Subjects tried to find one probe key on each primary of a cluster (16384 slots, a few
+#: primaries: a handful of tries each).
+PROBE_SEARCH = 4096
 
 
 def connect(target: RedisTarget) -> tuple[lua.Client, list[aioredis.Redis]]:
@@ -69,6 +80,23 @@ def connect(target: RedisTarget) -> tuple[lua.Client, list[aioredis.Redis]]:
         list(target.hosts), sentinel_kwargs=dict(options), **options
     )
     return sentinel.master_for(target.service), list(sentinel.sentinels)
+
+
+def client_error(exc: Exception) -> Exception:
+    """``exc`` when the client failed: it raised one of its errors, or anything at all while
+    its own code ran (a failover made redis-py raise AttributeError as it tore down a
+    connection another task had closed: issue 12). Raised again as it is when guardrail's own
+    code raised it (reading a reply, say): a bug must not pass for Redis being down, and be
+    answered by on_storage_error. The boundary is the call into the client: its frames are
+    in the traceback."""
+    if isinstance(exc, REDIS_FAILURES):
+        return exc
+    frames = exc.__traceback__
+    while frames is not None:
+        if frames.tb_frame.f_code.co_filename.startswith(_CLIENT_CODE):
+            return exc
+        frames = frames.tb_next
+    raise exc
 
 
 @asynccontextmanager
@@ -113,8 +141,37 @@ class RedisStorage:
             await self.client.ping()
             for script in (lua.GCRA, lua.GCRA_SETTLE):
                 await self.client.script_load(script.body)  # every primary, for a cluster
-        except REDIS_FAILURES as exc:
-            raise self.failure(exc) from exc
+        except Exception as exc:
+            raise self.failure(client_error(exc)) from exc
+
+    async def probe(self) -> None:
+        """Pass only when the server serves charges again (what the breaker waits for): a
+        cost-0 charge, that is a script, which a paused server holds (a WRITE pause too, as
+        in a manual failover) and a cluster missing slots refuses; on a cluster, one on each
+        primary. Bounded by the socket timeouts, like any call."""
+        try:
+            for charge in self._probes():
+                await lua.charge(self.client, self.prefix, [charge], time.time())
+        except Exception as exc:
+            raise self.failure(client_error(exc)) from exc
+
+    def _probes(self) -> list[BucketCharge]:
+        """One probe charge; on a cluster, one on each primary: the breaker must not close
+        while a master's slots are down. (Not PING on every primary: redis-py leaves the
+        connections of a multi-node command whose one node is down open.)"""
+        if not isinstance(self.client, RedisCluster):
+            return [PROBE]
+        primaries = {node.name for node in self.client.get_primaries()}
+        probes: dict[str, BucketCharge] = {}
+        for index in range(PROBE_SEARCH):
+            charge = PROBE._replace(subject=f"{PROBE.subject}:{index}")
+            key = lua.bucket_key(self.prefix, charge.subject, charge.name)
+            node = self.client.nodes_manager.get_node_from_slot(key_slot(key.encode()))
+            if node.name in primaries:
+                probes.setdefault(node.name, charge)
+            if len(probes) == len(primaries):
+                break
+        return list(probes.values()) or [PROBE]
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -136,8 +193,8 @@ class RedisStorage:
             if self._cluster:
                 return await cluster.charge(self.client, self.prefix, charges, now)
             allowed, states = await lua.charge(self.client, self.prefix, charges, now)
-        except REDIS_FAILURES as exc:
-            raise self.failure(exc) from exc
+        except Exception as exc:
+            raise self.failure(client_error(exc)) from exc
         finally:
             self.gate.release()
         return Outcome(allowed, tuple(states))
@@ -151,8 +208,8 @@ class RedisStorage:
                     await cluster.settle(self.client, self.prefix, charges, now)
                 else:
                     await lua.settle(self.client, self.prefix, charges, now)
-            except REDIS_FAILURES as exc:
-                raise self.failure(exc) from exc
+            except Exception as exc:
+                raise self.failure(client_error(exc)) from exc
 
     def failure(self, exc: BaseException) -> StorageError:
         return StorageError(f"storage {self.uri!r}: {type(exc).__name__}: {exc}")

@@ -36,7 +36,7 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from guardrail.backends import lua
-from guardrail.backends.redis import REDIS_FAILURES, gated
+from guardrail.backends.redis import client_error, gated
 from guardrail.errors import StorageError
 from guardrail.signals.state import (
     BUCKET_SIZE,
@@ -102,8 +102,8 @@ class RedisRiskStore:
         try:
             for script in (RISK, READ):
                 await self.client.script_load(script.body)
-        except REDIS_FAILURES as exc:
-            raise self.failure(exc) from exc
+        except Exception as exc:
+            raise self.failure(client_error(exc)) from exc
 
     async def close(self) -> None:
         pass
@@ -298,8 +298,8 @@ class RedisRiskStore:
         ):
             try:
                 replies: list[Any] = await pipe.execute(raise_on_error=False)
-            except REDIS_FAILURES as exc:
-                raise self.failure(exc) from exc
+            except Exception as exc:
+                raise self.failure(client_error(exc)) from exc
         return replies
 
     def failure(self, exc: BaseException) -> StorageError:
