@@ -27,6 +27,25 @@ def route_path(scope: Scope) -> str:
     return path
 
 
+def irregular(path: str, scope: Scope) -> bool:
+    """Whether frameworks may route ``path`` somewhere Starlette's rule does not: it has a run
+    of ``/``, a trailing ``/``, or a ``root_path`` (cheap: asked of every request)."""
+    return "//" in path or (path[-1:] == "/" and len(path) > 1) or bool(scope.get("root_path"))
+
+
+def canonical(scope: Scope) -> str:
+    """The path as the frameworks that normalise it route on it. Litestar removes ``root_path``
+    wherever it first occurs in ``path``, Quart and Django remove it at the start without a
+    segment boundary; Litestar collapses runs of ``/`` and drops a trailing one, Werkzeug drops
+    leading ones. Daphne takes ``root_path`` from the client's ``Daphne-Root-Path`` header, so a
+    client may pick it. The route this path names decides when it is not exempt (``_http``)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and root in path:
+        path = path.split(root, 1)[1]
+    return "/" + "/".join(part for part in path.split("/") if part)
+
+
 def public_path(scope: Scope) -> str:
     """The path as the client sent it: ``root_path`` and the path the app routes on."""
     root: str = scope.get("root_path", "")
