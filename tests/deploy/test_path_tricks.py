@@ -25,10 +25,10 @@ APPS = {
 }
 
 
-def post(url: str, target: str, headers: dict[str, str]) -> int:
+def post(url: str, target: str, headers: dict[str, str], method: str = "POST") -> int:
     """The status of ``POST target`` sent as is (no client library normalising it)."""
     parts = urlsplit(url)
-    lines = [f"POST {target} HTTP/1.1", f"Host: {parts.netloc}", "Content-Length: 0"]
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc}", "Content-Length: 0"]
     lines += ["Connection: close", *(f"{k}: {v}" for k, v in headers.items())]
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
@@ -66,6 +66,20 @@ def test_a_path_the_app_routes_to_chat_is_limited_as_chat(
     monkeypatch.setitem(servers.APPS, app, APPS[app])
     with running(app, server, policy, *extra) as served:
         statuses = [post(served.url, target, headers) for _ in range(BURST + 2)]
+    served_count = statuses.count(200)
+    assert served_count <= BURST, (f"served {served_count} of {BURST + 2}", statuses, served.log)
+    assert statuses[-1] == 429, (statuses, served.log)
+
+
+@pytest.mark.parametrize(("app", "server"), [("quart", "hypercorn"), ("quart", "daphne")])
+def test_a_method_the_app_reads_as_post_is_limited_as_post(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, app: str, server: str
+) -> None:
+    """Werkzeug (Quart) and Django upper-case the method; h11 and Twisted pass ``post`` as sent."""
+    policy, _ = write_policy(tmp_path)
+    monkeypatch.setitem(servers.APPS, app, APPS[app])
+    with running(app, server, policy) as served:
+        statuses = [post(served.url, "/v1/chat/completions", {}, "post") for _ in range(BURST + 2)]
     served_count = statuses.count(200)
     assert served_count <= BURST, (f"served {served_count} of {BURST + 2}", statuses, served.log)
     assert statuses[-1] == 429, (statuses, served.log)
