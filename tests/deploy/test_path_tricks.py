@@ -19,6 +19,14 @@ from tests.deploy import _frameworks_servers as servers
 from tests.deploy._frameworks_servers import running, write_policy
 
 BURST = 4
+POLICY = """
+version: 1
+secret: env:GUARDRAIL_SECRET
+routes:
+  - name: chat
+    match: {path: /v1/chat/completions$, methods: [POST]}
+    limits: [{per: ip, rate: 60/hour, burst: 4}]
+"""
 APPS = {
     "litestar": "tests.deploy._path_tricks_apps:litestar_app",
     "quart": "tests.deploy._path_tricks_apps:quart_app",
@@ -62,7 +70,7 @@ def test_a_path_the_app_routes_to_chat_is_limited_as_chat(
     target: str,
     headers: dict[str, str],
 ) -> None:
-    policy, _ = write_policy(tmp_path)
+    policy, _ = write_policy(tmp_path, POLICY)
     monkeypatch.setitem(servers.APPS, app, APPS[app])
     with running(app, server, policy, *extra) as served:
         statuses = [post(served.url, target, headers) for _ in range(BURST + 2)]
@@ -76,7 +84,7 @@ def test_a_method_the_app_reads_as_post_is_limited_as_post(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, app: str, server: str
 ) -> None:
     """Werkzeug (Quart) and Django upper-case the method; h11 and Twisted pass ``post`` as sent."""
-    policy, _ = write_policy(tmp_path)
+    policy, _ = write_policy(tmp_path, POLICY)
     monkeypatch.setitem(servers.APPS, app, APPS[app])
     with running(app, server, policy) as served:
         statuses = [post(served.url, "/v1/chat/completions", {}, "post") for _ in range(BURST + 2)]
