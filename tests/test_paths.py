@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from starlette._utils import get_route_path
 
-from guardrail.paths import canonical, irregular, public_path, root_of, route_path
+from guardrail.paths import canonical, home, irregular, public_path, root_of, route_path
 
 CASES = [
     # (path, root_path, route path, public path)
@@ -52,3 +52,19 @@ def test_canonical(path: str, root: str, routed: str) -> None:
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/", "/healthz"])
 def test_a_plain_path_is_regular(path: str) -> None:
     assert not irregular(path, {"type": "http", "path": path})
+
+
+@pytest.mark.parametrize(
+    ("root", "url"),
+    [
+        ("", "/"),
+        ("/llm", "/llm/"),
+        ("/llm/", "/llm/"),
+        ("//evil.example", "/"),  # Daphne-Root-Path from the client: another host
+        ("/\\evil.example", "/"),  # browsers read /\\ as //
+        ("/a\r\nSet-Cookie: x=1", "/"),  # a header of its own
+        ("/caf\u00e9", "/"),  # not a header value as is
+    ],
+)
+def test_home_never_leads_off_the_site(root: str, url: str) -> None:
+    assert home({"type": "http", "path": "/", "root_path": root}) == url

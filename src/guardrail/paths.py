@@ -55,3 +55,21 @@ def public_path(scope: Scope) -> str:
 def root_of(scope: Scope) -> str:
     """The prefix a URL handed to the client starts with ("" when served at the root)."""
     return scope.get("root_path", "")  # type: ignore[no-any-return]
+
+
+def home(scope: Scope) -> str:
+    """The app's root as a URL to send a client to: ``root_path`` and ``/``, or ``/`` when
+    ``root_path`` would lead off the site or break a header (Daphne takes it from the client's
+    own ``Daphne-Root-Path`` header: ``//evil.example`` would be another host)."""
+    root: str = scope.get("root_path", "")
+    if not root:
+        return "/"
+    url = root.rstrip("/") + "/"
+    if (
+        url.startswith("//")
+        or "\\" in url
+        or any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in url)
+        or not url.isascii()
+    ):
+        return "/"
+    return url
