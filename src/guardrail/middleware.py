@@ -247,13 +247,15 @@ class Guardrail:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
-        if scope.get("root_path"):  # under a mount or a --root-path: what the app routes on
+        root = scope.get("root_path")
+        if root:  # under a mount or a --root-path: what the app routes on
             path = route_path(scope)
         if path.startswith(self._prefix) and self.risk is not None:
             await self.desk(scope, receive, send, path)
             return
         route = self.routes.match(path, scope["method"])
-        if irregular(path, scope):  # what a normalising framework routes on names a route
+        if root or "//" in path or (path[-1:] == "/" and len(path) > 1):  # paths.irregular
+            # what a framework that normalises the path routes on may name another route
             path, route = self._canonical(scope, path, route, scope["method"])
         request_id = self.request_ids()
         id_header = (b"guardrail-request-id", request_id.encode())

@@ -29,7 +29,8 @@ def route_path(scope: Scope) -> str:
 
 def irregular(path: str, scope: Scope) -> bool:
     """Whether frameworks may route ``path`` somewhere Starlette's rule does not: it has a run
-    of ``/``, a trailing ``/``, or a ``root_path`` (cheap: asked of every request)."""
+    of ``/``, a trailing ``/``, or a ``root_path`` (``Guardrail._http`` has it inline: it is
+    asked of every request)."""
     return "//" in path or (path[-1:] == "/" and len(path) > 1) or bool(scope.get("root_path"))
 
 
