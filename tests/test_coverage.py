@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from litestar import Litestar, post
 from litestar.params import FromPath
 from quart import Quart
@@ -111,6 +111,25 @@ def test_fastapi_add_middleware_nested_routers_and_hosts() -> None:
     rows = _rows(POLICY, app)
     assert rows[("POST", "/v1/chat/completions")] == ("chat", "matched")
     assert rows[("POST", "/chat/completions")] == (None, "unguarded")  # the Host's
+
+
+def test_fastapi_api_routers_with_prefixes() -> None:
+    """FastAPI includes an APIRouter as one route of its own (``_IncludedRouter``): its routes
+    are listed at the paths its prefixes give them, under a Mount too."""
+    inner = APIRouter(prefix="/chat")
+    inner.add_api_route("/completions", _ok, methods=["POST"])
+    outer = APIRouter(prefix="/v1")
+    outer.include_router(inner)
+    outer.add_api_websocket_route("/realtime", _ws)
+    api = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    api.include_router(outer)
+    api.include_router(outer, prefix="/engines/{model}")
+    app = Starlette(routes=[Mount("/api", app=api)])
+    rows = _rows(POLICY.replace("^/", "^/api/"), app)
+    assert rows[("POST", "/api/v1/chat/completions")] == ("chat", "matched")
+    assert rows[("POST", "/api/engines/{model}/v1/chat/completions")] == (None, "unguarded")
+    assert ("WEBSOCKET", "/api/v1/realtime") in rows
+    assert not any(path == "/api" for _, path in rows)  # not one route taking any method
 
 
 def test_a_mounted_app_without_routes_takes_any_path() -> None:

@@ -46,6 +46,15 @@ def test_first_match_wins_and_methods_count() -> None:
     assert routes.match("/chat/completions", "POST") is None
 
 
+def test_a_method_matches_whatever_its_case() -> None:
+    # Django and Quart serve `post` as POST: it must not dodge a POST-only route
+    assert routes_named(table().match("/v1/chat/completions", "post")) == "chat"
+
+
+def routes_named(route: object) -> str | None:
+    return getattr(route, "name", None)
+
+
 def test_pass_is_the_default() -> None:
     routes = table()
     assert routes.default is None and not routes.refuse

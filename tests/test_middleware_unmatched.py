@@ -143,3 +143,57 @@ async def test_routes_match_below_root_path_and_records_keep_it(
     await app.shutdown()
     assert statuses == [200, 200, 429]
     assert {r["path"] for r in audit_records(tmp_path) if r["action"] == "limit"} == {recorded}
+
+
+TRICKS = """
+version: 1
+routes:
+  - name: public
+    match: {path: "^/public/"}
+    exempt: true
+  - name: chat
+    match: {path: "^/v1/chat/completions$", methods: [POST]}
+    limits: [{per: ip, rate: 1/hour, burst: 2}]
+  - name: default
+    match: {path: "/"}
+    limits: [{per: ip, rate: 100/hour, burst: 100}]
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "root_path"),
+    [
+        ("/v1/chat/completions/", ""),  # Litestar drops the trailing /: not the catch-all's
+        ("//v1/chat/completions", ""),  # Werkzeug, Litestar: not the catch-all's
+        ("/public/llm/v1/chat/completions", "/llm"),  # Litestar: not the exempt route's
+        ("/x/v1/chat/completions", "/x/"),  # Quart, Django: no segment boundary
+    ],
+)
+async def test_a_path_a_framework_normalises_is_decided_by_the_route_it_names(
+    tmp_path: Path, clock: FakeClock, path: str, root_path: str
+):
+    app = build(tmp_path, clock, TRICKS)
+    statuses = []
+    for _ in range(3):
+        sent: list[Message] = []
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message: Message, sent: list[Message] = sent) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "method": "post",  # Django and Quart serve it as POST
+            "path": path,
+            "root_path": root_path,
+            "headers": [],
+            "query_string": b"",
+            "client": ("203.0.113.7", 1),
+        }
+        await app(scope, receive, send)
+        statuses.append(sent[0]["status"])
+    await app.shutdown()
+    assert statuses[2] == 429, statuses  # chat's burst of 2
+    assert {r["route"] for r in audit_records(tmp_path) if r["action"] == "limit"} == {"chat"}

@@ -180,6 +180,8 @@ def _walk(app: Any, prefix: str, below: str, guarded: bool, guardrail: type) -> 
         path = str(getattr(route, "path", ""))
         if litestar:
             yield from _litestar_route(route, prefix, below, guarded)
+        elif hasattr(route, "effective_candidates"):  # FastAPI's include_router(router, prefix)
+            yield from _included(route, prefix, below, guarded)
         elif isinstance(route, Mount):
             # a Mount: the app below it sees this path in its root_path
             inner, guarding = _unwrap(route.app, guardrail)
@@ -204,6 +206,25 @@ def _walk(app: Any, prefix: str, below: str, guarded: bool, guardrail: type) -> 
             else:
                 names = ("*",)
             yield AppRoute(prefix + path, below + _sample(path), names, guarded)
+
+
+def _included(router: Any, prefix: str, below: str, guarded: bool) -> Iterator[AppRoute]:
+    """An ``APIRouter`` FastAPI includes as one route (``_IncludedRouter``, 0.12x on), read
+    through the paths it resolves its routes to (its prefixes included), nested ones too."""
+    for candidate in router.effective_candidates():
+        if hasattr(candidate, "effective_candidates"):
+            yield from _included(candidate, prefix, below, guarded)
+            continue
+        original = getattr(candidate, "original_route", None)
+        built = getattr(candidate, "starlette_route", None)  # a websocket's path is there
+        path = str(candidate.path or getattr(built, "path", "") or getattr(original, "path", ""))
+        if isinstance(original, Mount):  # an app of its own below the router: any path
+            yield AppRoute(prefix + path + "/{path:path}", below + path + "/x", ("*",), guarded)
+        elif type(original).__name__.endswith("WebSocketRoute"):
+            yield AppRoute(prefix + path, below + _sample(path), ("WEBSOCKET",), guarded)
+        else:
+            methods = tuple(sorted(getattr(candidate, "methods", None) or ())) or ("*",)
+            yield AppRoute(prefix + path, below + _sample(path), methods, guarded)
 
 
 def _litestar_route(route: Any, prefix: str, below: str, guarded: bool) -> Iterator[AppRoute]:

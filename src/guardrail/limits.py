@@ -177,6 +177,8 @@ class RouteTable:
             raise ValueError(f"unmatched: {unmatched!r} names no route")  # the policy refuses it
 
     def match(self, path: str, method: str) -> CompiledRoute | None:
+        # Django and Werkzeug (Quart) serve `post` as POST; h11 and Twisted pass it as sent
+        method = method.upper()
         for route in self.routes:
             if route.path.match(path) and (route.methods is None or method in route.methods):
                 return route

@@ -77,7 +77,7 @@ from guardrail.limits import (
     token_charges,
 )
 from guardrail.metering import CHAT, OPENAI, Meter, meter_for_path
-from guardrail.paths import route_path
+from guardrail.paths import canonical, irregular, route_path
 from guardrail.policy import Policy
 from guardrail.relay import Relay, identity_scope, with_headers
 from guardrail.secrets import policy_secret, resolve_secret
@@ -255,12 +255,16 @@ class Guardrail:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
-        if scope.get("root_path"):  # under a mount or a --root-path: what the app routes on
+        root = scope.get("root_path")
+        if root:  # under a mount or a --root-path: what the app routes on
             path = route_path(scope)
         if path.startswith(self._prefix) and self.risk is not None:
             await self.desk(scope, receive, send, path)
             return
         route = self.routes.match(path, scope["method"])
+        if root or "//" in path or (path[-1:] == "/" and len(path) > 1):  # paths.irregular
+            # what a framework that normalises the path routes on may name another route
+            path, route = self._canonical(scope, path, route, scope["method"])
         request_id = self.request_ids()
         id_header = (b"guardrail-request-id", request_id.encode())
         if route is None:  # the policy names no such path: counted, then as `unmatched:` says
@@ -470,11 +474,28 @@ class Guardrail:
         self._warn_storage(exc, self.clock())
         return self.fallback is not None
 
+    def _canonical(
+        self, scope: Scope, path: str, route: CompiledRoute | None, method: str
+    ) -> tuple[str, CompiledRoute | None]:
+        """The path and route a request is decided on when its path reads differently to a
+        framework that normalises it (``paths.canonical``): the normalised reading's route when
+        it is one that limits, else the one Starlette's rule found. A client cannot pick the
+        reading that dodges a route, whichever framework serves it."""
+        other = canonical(scope)
+        if other == path:
+            return path, route
+        found = self.routes.match(other, method)
+        if found is None or found.exempt:
+            return path, route
+        return other, found
+
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A handshake counts as one request of its route; a refusal closes it before accept,
         # which servers answer with HTTP 403.
         path = route_path(scope)
         route = self.routes.match(path, "GET")
+        if irregular(path, scope):
+            path, route = self._canonical(scope, path, route, "GET")
         if route is None:
             if not self._started:
                 await self._first_request()

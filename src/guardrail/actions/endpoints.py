@@ -26,7 +26,7 @@ from guardrail.decision import LIMIT, Decision
 from guardrail.errors import ClearanceError, StorageError
 from guardrail.inspection import BodyTimeout, read_body
 from guardrail.limits import compile_limit
-from guardrail.paths import root_of
+from guardrail.paths import home, root_of
 from guardrail.signals.engine import principal_of
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ class ChallengeDesk:
                 config = self.g.policy.challenges
                 issued = challenge.of(config, self.g.secret, challenge_id, 0.0, root)
                 query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-                back = (query.get("redirect") or [root + "/"])[0]
+                back = (query.get("redirect") or [home(scope)])[0]
                 prefix = root + config.prefix
                 widget = self.g.widget
                 body = challenge.page(issued, prefix, back, request_id, widget)
@@ -273,7 +273,7 @@ class ChallengeDesk:
                     "type": "http.response.start",
                     "status": 303,
                     "headers": [
-                        (b"location", (answer.redirect or root_of(scope) + "/").encode()),
+                        (b"location", (answer.redirect or home(scope)).encode()),
                         (b"set-cookie", cookie.encode()),
                         (b"content-length", b"0"),
                         *headers,
