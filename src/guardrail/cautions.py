@@ -147,7 +147,8 @@ def _unmatched_spend_tokens(policy: Policy) -> Iterator[Caution]:
                 route.name,
                 "a route without cost: tokens limits (a request-limited default), and a path "
                 "regex on the token-budgeted route that names every path of the endpoint (e.g. "
-                "(.*/)?chat/completions$): every unmatched request (GET /v1/models, a health check) "
+                "(.*/)?chat/completions$): every unmatched request (GET /v1/models, a health "
+                "check) "
                 f"reserves {route.name}'s default_max_tokens of its token budgets, and keeps "
                 "them when its response reports no usage",
             )
