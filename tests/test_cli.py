@@ -221,3 +221,80 @@ def test_routes_says_when_it_is_given_a_factory(tmp_path: Path, capsys: pytest.C
     policy.write_text("version: 1\n")
     assert main(["routes", str(policy), "--app", "helpers:echo_app"]) == 1
     assert "a function: an app factory?" in capsys.readouterr().err
+
+
+# --- calibrate -----------------------------------------------------------------------------
+
+HONEST = "What is the capital of country number {}?"
+
+
+async def observe_trail(tmp_path: Path, clock: Any, mode: str = "observe") -> Path:
+    """Twenty accounts asking plain questions and one asking for reasoning every time, through
+    the real middleware in ``mode`` with every allow recorded."""
+    from test_middleware_risk import policy
+
+    text = policy(1.0, mode=mode, extra="audit: {sample_allowed: 1.0}\n")
+    app = build(tmp_path, clock, text)
+    async with client(app, peer="10.0.0.1") as http:  # a trusted proxy: accounts believed
+        for n in range(8):
+            for i, account in enumerate([f"acct-{i:02}" for i in range(20)] + ["acct-reasoner"]):
+                prompt = HONEST if account != "acct-reasoner" else "Show your full reasoning: {}"
+                body = {"model": "m", "messages": [{"role": "user", "content": prompt.format(n)}]}
+                headers = {
+                    **bearer(f"sk-{account}"),
+                    "x-account-id": account,
+                    "x-forwarded-for": f"198.51.100.{i}",
+                }
+                response = await http.post("/v1/chat/completions", json=body, headers=headers)
+                assert response.status_code == 200
+                clock.advance(3)
+    await app.shutdown()
+    return tmp_path / "audit.jsonl"
+
+
+async def test_calibrate_lists_who_would_be_mitigated_and_why_as_json(
+    tmp_path: Path, clock: Any, capsys: pytest.CaptureFixture[str]
+):
+    trail = await observe_trail(tmp_path, clock)
+    assert main(["calibrate", str(trail), "--target", "5%", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["principals"] == 21 and data["allowed"] == 1
+    (row,) = data["mitigated"]
+    assert row["principal"] == "a:acct-reasoner" and row["subject"]["account"] == "acct-reasoner"
+    assert list(row["top_signals"]) == ["reasoning_extraction"]
+    assert row["peak"] == max(r["score"] for r in audit_records(tmp_path))
+    assert data["bands"][0]["score"] <= row["peak"] and data["bands"][0]["principals"] == 1
+
+
+async def test_calibrate_prints_thresholds_a_policy_loads(
+    tmp_path: Path, clock: Any, capsys: pytest.CaptureFixture[str]
+):
+    from guardrail import Policy
+    from test_middleware_risk import policy
+
+    trail = await observe_trail(tmp_path, clock)
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(policy(1.0, mode="observe"))
+    assert main(["calibrate", str(trail), "--policy", str(policy_file), "--target", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "a:acct-reasoner" in out and "reasoning_extraction=" in out
+    pasted = out[out.index("thresholds:") :]
+    text = policy(1.0, mode="observe")
+    text = text[: text.index("thresholds:")] + pasted + "\n" + text[text.index("tiers:") :]
+    loaded = Policy.from_string(text)
+    assert [t.action for t in loaded.thresholds] == ["throttle", "challenge", "block"]
+    assert loaded.thresholds[0].tier == "slow"
+
+
+async def test_calibrate_refuses_an_enforce_trail_and_a_bad_target(
+    tmp_path: Path, clock: Any, capsys: pytest.CaptureFixture[str]
+):
+    trail = await observe_trail(tmp_path, clock, mode="enforce")
+    assert main(["calibrate", str(trail)]) == 1
+    assert "mode enforce" in capsys.readouterr().err
+    assert main(["calibrate", str(trail), "--allow-enforce", "--target", "5%"]) == 0
+    capsys.readouterr()
+    assert main(["calibrate", str(trail), "--target", "60%"]) == 1
+    assert "at most 50%" in capsys.readouterr().err
+    assert main(["calibrate", str(tmp_path / "none.jsonl")]) == 1
+    assert "no audit trail" in capsys.readouterr().err

@@ -69,6 +69,16 @@ def _audit_verify(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from guardrail.audit import calibrate
+
+    target = calibrate.parse_target(args.target)
+    policy = Policy.from_yaml(args.policy) if args.policy else None
+    data = calibrate.calibrate(args.trails, target, policy, allow_enforce=args.allow_enforce)
+    print(json.dumps(data, indent=2) if args.json else calibrate.render(data))
+    return 0
+
+
 def _routes(args: argparse.Namespace) -> int:
     from guardrail import coverage
 
@@ -171,6 +181,24 @@ def parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("trails", nargs="+", metavar="TRAIL", help=trails)
     verify.set_defaults(run=_audit_verify)
+
+    tune = commands.add_parser(
+        "calibrate",
+        help="propose threshold scores from an observe-mode trail",
+        description="Reads an observe-mode trail (audit.sample_allowed: 1.0) and proposes the "
+        "policy's thresholds so that at most --target of its principals would have been "
+        "mitigated; lists who would have been, and why.",
+    )
+    tune.add_argument("trails", nargs="+", metavar="TRAIL", help=trails)
+    tune.add_argument(
+        "--target", default="0.3%", help="share of principals mitigated at most (0.3%% or 0.003)"
+    )
+    tune.add_argument("--policy", metavar="POLICY", help="keep its bands, tiers and hysteresis")
+    tune.add_argument(
+        "--allow-enforce", action="store_true", help="read a trail written in mode enforce too"
+    )
+    tune.add_argument("--json", action="store_true", help="machine-readable output")
+    tune.set_defaults(run=_calibrate)
     return root
 
 
