@@ -91,7 +91,7 @@ def test_campaign_f_wears_exactly_the_builds_of_the_honest_popular_clients():
 
 
 def test_why_honest_accounts_were_mitigated_counts_first_mitigations_top_signals():
-    tally = Tally([("habitual_askers", "benign", 3), ("campaign_e", "campaign", 1)])
+    tally = Tally([("habitual_askers", "benign", 4), ("campaign_e", "campaign", 1)])
 
     def add(t: float, population: str, account: str, mitigation: str | None, **signals: float):
         request = SimRequest(t, population, account, "198.51.100.7", (), single({}, "hi"))
@@ -101,7 +101,9 @@ def test_why_honest_accounts_were_mitigated_counts_first_mitigations_top_signals
     add(2, "habitual_askers", "h1", "throttle", reasoning=30.0, templating=20.0, volume=1.0, x=0.5)
     add(3, "habitual_askers", "h1", "challenge", network=50.0)  # not the first: not counted
     add(4, "habitual_askers", "h2", "throttle", reasoning=40.0, cohort=35.0)
-    add(5, "habitual_askers", "h3", None, reasoning=10.0)
+    add(5, "habitual_askers", "h3", "throttle")  # decided from standing: no breakdown
+    add(5.5, "habitual_askers", "h3", "throttle", volume=5.0)  # so this one says why
+    add(5.7, "habitual_askers", "h4", None, reasoning=10.0)
     add(6, "campaign_e", "e1", None)
     add(7, "campaign_e", "e1", None)
     add(8, "campaign_e", "e1", "throttle", network=40.0)
@@ -109,12 +111,12 @@ def test_why_honest_accounts_were_mitigated_counts_first_mitigations_top_signals
     honest = data["populations"][0]
     assert honest["why_mitigated"] == [
         {"name": "reasoning", "accounts": 2},
+        {"name": "volume", "accounts": 2},
         {"name": "cohort", "accounts": 1},
         {"name": "templating", "accounts": 1},
-        {"name": "volume", "accounts": 1},
     ]
     summary = data["summary"]
-    assert (summary["honest_accounts_mitigated"], summary["honest_accounts"]) == (2, 3)
+    assert (summary["honest_accounts_mitigated"], summary["honest_accounts"]) == (3, 4)
     assert summary["campaigns"] == {
         "campaign_e": {"recall": 1.0, "median_served_before_first_mitigation": 2.0}
     }
@@ -124,6 +126,6 @@ def test_why_honest_accounts_were_mitigated_counts_first_mitigations_top_signals
         "requests_per_second": 8, "audit_records": 0,
     }  # fmt: skip
     text = render({**data, "run": {**data["run"], **run}})
-    assert "honest accounts mitigated: 2 of 3 (66.67%)" in text
+    assert "honest accounts mitigated: 3 of 4 (75.00%)" in text
     assert "campaign_e: recall 100.0%, median requests served before first mitigation 2" in text
-    assert "habitual_askers       reasoning 2, cohort 1, templating 1, volume 1" in text
+    assert "habitual_askers       reasoning 2, volume 2, cohort 1, templating 1" in text

@@ -24,8 +24,8 @@ NOTES = (
     "mitigated = at least one throttle, challenge or block decision; 429s alone are not",
     "served before 1st mitigation: accounts never mitigated count their whole served total",
     "recall = share of a campaign's accounts mitigated at least once",
-    "why mitigated: the top signals (by points) of each account's first mitigation, counted "
-    "over the mitigated accounts",
+    "why mitigated: the top signals (by points) of each account's first mitigation (the first "
+    "with a breakdown), counted over the mitigated accounts",
 )
 #: How many of a first mitigation's signals, largest points first, count as its reasons.
 WHY_TOP = 3
@@ -87,6 +87,7 @@ class Tally:
             account.mitigated += 1
             if account.first_mitigated is None:
                 account.first_mitigated = request.t
+            if not account.why:  # a decision from standing has no breakdown: the next one
                 account.why = top_signals(signals or {})
             points = group.signal_points
             for name, value in (signals or {}).items():
