@@ -24,8 +24,7 @@ NOTES = (
     "mitigated = at least one throttle, challenge or block decision; 429s alone are not",
     "served before 1st mitigation: accounts never mitigated count their whole served total",
     "recall = share of a campaign's accounts mitigated at least once",
-    "why mitigated: the top signals (by points) of each account's first mitigation (the first "
-    "with a breakdown), counted over the mitigated accounts",
+    "why mitigated: per signal, the accounts whose first mitigation had it in its top 3",
 )
 #: How many of a first mitigation's signals, largest points first, count as its reasons.
 WHY_TOP = 3
