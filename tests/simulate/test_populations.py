@@ -67,10 +67,14 @@ def test_sizes_at_scale_one_and_small_scales_keep_one_account_each():
         "nat_office": 100,
         "ci_batch": 5,
         "eval_harness": 3,
+        "habitual_askers": 25,
+        "popular_clients": 500,
         "campaign_a": 300,
         "campaign_b": 300,
         "campaign_c": 5,
         "campaign_d": 60,
+        "campaign_e": 60,
+        "campaign_f": 100,
     }
     assert all(n >= 1 for n in populations.sizes(0.001).values())
 

@@ -100,6 +100,23 @@ class Writer:
         return prompts.assistant_reply(self.rng, prompt)
 
 
+class HabitualWriter(Writer):
+    """A ``Writer`` who ends 80-90% of their prompts, first turns and follow-ups alike, with a
+    habitual phrase ("Let's think step by step."), on otherwise unrelated questions."""
+
+    __slots__ = ("habit",)
+
+    def __init__(self, rng: random.Random, every_topic: bool = False) -> None:
+        super().__init__(rng, every_topic=every_topic)
+        self.habit = prompts.habit(rng)
+
+    def first(self) -> str:
+        return prompts.with_habit(self.rng, self.habit, super().first())
+
+    def later(self) -> str:
+        return prompts.with_habit(self.rng, self.habit, super().later())
+
+
 def human_params(rng: random.Random, client: Headers) -> dict[str, Any]:
     """Request parameters a person's client sets: browsers stream, scripts sometimes cap."""
     browser = dict(client).get(b"user-agent", b"").startswith(b"Mozilla")

@@ -144,6 +144,41 @@ def human_client(rng: random.Random) -> Headers:
     return python_requests(rng.choice(("2.28.2", "2.31.0", "2.32.3")))
 
 
+def popular_browser(rng: random.Random, agent: str) -> Headers:
+    """``browser`` with a given user agent: a current release everyone is on."""
+    return _h(
+        ("accept", "*/*"),
+        ("accept-language", rng.choice(_LANGUAGES)),
+        ("content-type", "application/json"),
+        ("origin", rng.choice(_ORIGINS)),
+        ("sec-fetch-mode", "cors"),
+        ("sec-fetch-site", "cross-site"),
+        ("user-agent", agent),
+    )
+
+
+#: The most common client builds (issue 13): the latest SDK releases on their most common
+#: platform, and the current browser releases, each shared by a large share of all users.
+#: ``popular_client`` draws one; the fingerprint is the same whatever else is drawn.
+POPULAR_SDKS: tuple[Headers, ...] = (
+    openai_python("1.59.6", "Linux", "x64", "3.12.4"),
+    openai_python("1.57.0", "MacOS", "arm64", "3.12.7"),
+    openai_node("4.77.0", "MacOS", "arm64", "v22.9.0"),
+)
+POPULAR_BROWSERS = (
+    _BROWSERS[0].format(v=131, m=0),  # Chrome on Windows
+    _BROWSERS[1].format(v=131, m=0),  # Chrome on macOS
+    _BROWSERS[4].format(v=131, m=6),  # Safari on iPhone
+)
+
+
+def popular_client(rng: random.Random) -> Headers:
+    """One of the most common builds: a popular browser (60%) or SDK (40%)."""
+    if rng.random() < 0.6:
+        return popular_browser(rng, rng.choice(POPULAR_BROWSERS))
+    return rng.choice(POPULAR_SDKS)
+
+
 # The coding agent every `coding_agents` account drives: one tool, one fingerprint.
 CODING_TOOL = openai_node(
     "4.73.1", "MacOS", "arm64", "v20.17.0", agent="forge-code/2.8.4 (agent; +https://forge.example)"

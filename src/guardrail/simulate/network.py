@@ -67,6 +67,12 @@ def pool(rng: random.Random, subnets: list[str], size: int) -> list[str]:
     return list(addresses)
 
 
+def residential_provider(rng: random.Random, subnets: int, size: int) -> list[str]:
+    """A residential proxy provider's exit pool: ``size`` home addresses over ``subnets``
+    different residential /24s (its customers' lines, rented out by the session)."""
+    return pool(rng, distinct_subnets(rng, subnets, "residential"), size)
+
+
 def subnet_of(ip: str) -> str:
     """The /24 of a dotted quad, as ``a.b.c`` (what these helpers call a subnet)."""
     return ip.rsplit(".", 1)[0]

@@ -22,6 +22,7 @@ from guardrail.simulate import clients, extraction, machine_text, network, promp
 from guardrail.simulate.accounts import (
     MODELS,
     Addresses,
+    HabitualWriter,
     WorkdayAddresses,
     Writer,
     conversations,
@@ -238,6 +239,60 @@ def _eval_harness(w: Window, count: int) -> list[Iterator[SimRequest]]:
     return out
 
 
+def _habitual_askers(w: Window, count: int) -> list[Iterator[SimRequest]]:
+    """People who end most prompts with "Let's think step by step." (or the like) on real,
+    varied questions, at human pace, from home; a few households share one address."""
+    shared = population_rng(w.seed, "habitual_askers")
+    households = max(1, round(count * 0.75))  # the rest live with one of these
+    homes = [network.host(shared, network.residential_subnet(shared)) for _ in range(households)]
+    zones = [shared.choice(_TIMEZONES) for _ in range(households)]
+    out = []
+    for i in range(count):
+        rng = account_rng(w.seed, "habitual_askers", i)
+        account, key = identity(w.seed, "habitual_askers", i)
+        home, tz = homes[i % households], zones[i % households]
+        starts = timing.arrivals(rng, w.start, w.end, rng.uniform(1.5, 6.0), timing.HUMAN_DAY, tz)
+        times = timing.episodes(rng, starts, w.end, timing.human_session((3, 30), 40.0))
+        devices = [clients.human_client(rng) for _ in range(rng.randint(1, 2))]
+        writer = HabitualWriter(rng)
+        out.append(
+            conversations(
+                "habitual_askers", account, rng, times,
+                [clients.identity_headers(d, key, account) for d in devices],
+                Addresses(rng, [home]), Conversation(human_params(rng, devices[0])),
+                writer.first, writer.later, writer.reply,
+            )
+        )  # fmt: skip
+    return out
+
+
+def _popular_clients(w: Window, count: int) -> list[Iterator[SimRequest]]:
+    """People like ``benign`` whose one client is a most common build (the ones a campaign,
+    ``campaign_f``, also uses): the cohort of an SDK release or a browser version."""
+    out = []
+    for i in range(count):
+        rng = account_rng(w.seed, "popular_clients", i)
+        account, key = identity(w.seed, "popular_clients", i)
+        tz = rng.choice(_TIMEZONES)
+        per_day = min(15.0, 0.5 * rng.paretovariate(1.5))
+        starts = timing.arrivals(rng, w.start, w.end, per_day, timing.HUMAN_DAY, tz)
+        times = timing.episodes(rng, starts, w.end, timing.human_session((3, 30), 40.0))
+        device = clients.popular_client(rng)
+        homes = [
+            network.host(rng, network.residential_subnet(rng)) for _ in range(rng.randint(1, 2))
+        ]
+        writer = Writer(rng, reasoning_habit=rng.random() < 0.15)
+        out.append(
+            conversations(
+                "popular_clients", account, rng, times,
+                [clients.identity_headers(device, key, account)],
+                Addresses(rng, homes), Conversation(human_params(rng, device)),
+                writer.first, writer.later, writer.reply,
+            )
+        )  # fmt: skip
+    return out
+
+
 # --- campaigns ----------------------------------------------------------------------------------
 
 
@@ -350,6 +405,58 @@ def _campaign_d(w: Window, count: int) -> list[Iterator[SimRequest]]:
     return out
 
 
+def _campaign_e(w: Window, count: int) -> list[Iterator[SimRequest]]:
+    """Habitual-looking power askers: each account alone is a step-by-step asker with a power
+    user's volume and its own client; they share only a sticky-session residential proxy
+    provider (an exit address kept for a session, drawn from one pool of many /24s)."""
+    shared = population_rng(w.seed, "campaign_e")
+    provider = network.residential_provider(shared, 800, 3000)
+    out = []
+    for i in range(count):
+        rng = account_rng(w.seed, "campaign_e", i)
+        account, key = identity(w.seed, "campaign_e", i)
+        fake_tz = rng.choice(_TIMEZONES)
+        starts = timing.arrivals(
+            rng, w.start, w.end, rng.uniform(10, 18), timing.HUMAN_DAY, fake_tz
+        )
+        times = timing.episodes(
+            rng, starts, w.end, timing.human_session((3, 30), 30.0, mean_extra=9)
+        )
+        device = clients.human_client(rng)
+        writer = HabitualWriter(rng, every_topic=True)
+        out.append(
+            conversations(
+                "campaign_e", account, rng, times,
+                [clients.identity_headers(device, key, account)],
+                Addresses(rng, provider), Conversation(human_params(rng, device)),
+                writer.first, writer.later, writer.reply,
+            )
+        )  # fmt: skip
+    return out
+
+
+def _campaign_f(w: Window, count: int) -> list[Iterator[SimRequest]]:
+    """Paraphrased extraction on the most common client builds (``popular_clients``'), from a
+    rotating residential proxy pool: its fingerprint cohorts are full of honest people."""
+    shared = population_rng(w.seed, "campaign_f")
+    proxy = network.residential_provider(shared, 600, 1500)
+    out = []
+    for i in range(count):
+        rng = account_rng(w.seed, "campaign_f", i)
+        account, key = identity(w.seed, "campaign_f", i)
+        fake_tz = rng.choice(_TIMEZONES)
+        per_day = rng.uniform(40, 80)
+        times = each_new(timing.arrivals(rng, w.start, w.end, per_day, timing.HUMAN_DAY, fake_tz))
+        device = clients.popular_client(rng)
+        params = {"model": "gpt-4o", "max_tokens": rng.choice((2048, 4096, 4096, 8000))}
+        out.append(
+            oneshots("campaign_f", account, times, clients.identity_headers(device, key, account),
+                     Addresses(rng, proxy, sticky=False), params,
+                     partial(extraction.paraphrased_prompt, rng))
+        )  # fmt: skip
+    return out
+
+
 POPULATIONS: tuple[Population, ...] = (
     Population("benign", "benign", 400,
                "people chatting: heavy-tailed use, daily cycle, 1-2 home IPs", _benign),
@@ -364,6 +471,11 @@ POPULATIONS: tuple[Population, ...] = (
                _ci_batch),
     Population("eval_harness", "benign", 3,
                "nightly loops over a fixed 50-prompt eval set (one asks for CoT)", _eval_harness),
+    Population("habitual_askers", "benign", 25,
+               "80-90% of varied questions end 'Let's think step by step.'; homes, some shared",
+               _habitual_askers),
+    Population("popular_clients", "benign", 500,
+               "people like benign, each on a most common SDK or browser build", _popular_clients),
     Population("campaign_a", "campaign", 300,
                "sybils on 3-4 datacenter /24s, steady timer, fixed reasoning templates",
                _campaign_a),
@@ -375,6 +487,12 @@ POPULATIONS: tuple[Population, ...] = (
     Population("campaign_d", "campaign", 60,
                "answer harvesting, no extraction phrasing, shared proxy pool, fake nights",
                _campaign_d),
+    Population("campaign_e", "campaign", 60,
+               "habitual-looking power askers sharing a sticky residential proxy provider",
+               _campaign_e),
+    Population("campaign_f", "campaign", 100,
+               "paraphrased extraction on the most common SDK and browser builds, rotating proxy",
+               _campaign_f),
 )  # fmt: skip
 BY_NAME: dict[str, Population] = {p.name: p for p in POPULATIONS}
 

@@ -386,6 +386,15 @@ REASONING_HABITS = (
     "Can you explain your reasoning?", "Walk me through your reasoning.",
     "think step by step", "Explain your reasoning please.",
 )
+# The most widely taught prompting advice, as people append it to any question (issue 13):
+# one phrase per person, sometimes a second one, on 80-90% of their prompts.
+HABITUAL_PHRASES = (
+    "Let's think step by step.", "Please show your reasoning.",
+    "Explain your reasoning step by step.", "Think it through step by step.",
+    "Walk me through it step by step.", "Show your work please.",
+    "Please explain step by step.", "Let's work this out step by step.",
+    "Explain your reasoning before you answer.", "Take it one step at a time.",
+)
 _FOLLOW_UPS = (
     "[Thanks!|Thx,|Great.] [Can you make it|Make it] [shorter|a bit shorter|simpler]?",
     "[Could you give me|Can I have|Show me] an example?",
@@ -607,3 +616,26 @@ def class_question(rng: random.Random, writer: Style, assignment: str) -> str:
     detail = expand(rng, rng.choice(_DETAIL)).format_map(slots)
     text = text[0].upper() + text[1:]
     return styled(rng, writer, f"{text} {detail}".strip())
+
+
+class Habit(NamedTuple):
+    """A habitual closing phrase: ``phrases[0]`` mostly, ``phrases[1]`` (if any) at times."""
+
+    phrases: tuple[str, ...]
+    rate: float  # share of prompts that end with one of the phrases
+    second: float  # of those, the share that end with the second phrase
+
+
+def habit(rng: random.Random) -> Habit:
+    """One person's habit: a phrase of ``HABITUAL_PHRASES`` on 80-90% of their prompts."""
+    phrases = tuple(rng.sample(HABITUAL_PHRASES, 2 if rng.random() < 0.3 else 1))
+    return Habit(phrases, rng.uniform(0.8, 0.9), rng.uniform(0.15, 0.4))
+
+
+def with_habit(rng: random.Random, habit: Habit, text: str) -> str:
+    """``text`` ended with the habitual phrase, as often as the habit goes."""
+    if rng.random() >= habit.rate:
+        return text
+    phrase = habit.phrases[1 if len(habit.phrases) > 1 and rng.random() < habit.second else 0]
+    sep = "\n\n" if "\n" in text else " "  # after a pasted block, on a line of its own
+    return f"{text}{sep}{phrase}"

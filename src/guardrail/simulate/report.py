@@ -24,7 +24,10 @@ NOTES = (
     "mitigated = at least one throttle, challenge or block decision; 429s alone are not",
     "served before 1st mitigation: accounts never mitigated count their whole served total",
     "recall = share of a campaign's accounts mitigated at least once",
+    "why mitigated: per signal, the accounts whose first mitigation had it in its top 3",
 )
+#: How many of a first mitigation's signals, largest points first, count as its reasons.
+WHY_TOP = 3
 
 
 @dataclass(slots=True)
@@ -41,6 +44,7 @@ class _Account:
     served_before: int = 0  # served before the first mitigation (all of them, if none)
     served_after: int = 0  # served from the first mitigation on
     first_mitigated: float | None = None
+    why: tuple[str, ...] = ()  # the top signals of the first mitigation, largest first
 
 
 @dataclass(slots=True)
@@ -82,6 +86,8 @@ class Tally:
             account.mitigated += 1
             if account.first_mitigated is None:
                 account.first_mitigated = request.t
+            if not account.why:  # a decision from standing has no breakdown: the next one
+                account.why = top_signals(signals or {})
             points = group.signal_points
             for name, value in (signals or {}).items():
                 points[name] = points.get(name, 0.0) + value
@@ -106,6 +112,24 @@ class Tally:
         self.app_errors += 1
         if self.first_app_error is None:
             self.first_app_error = f"{type(exc).__name__}: {exc}"
+
+
+def top_signals(signals: dict[str, float], count: int = WHY_TOP) -> tuple[str, ...]:
+    """The ``count`` signals that gave a decision the most points (ties by name)."""
+    ranked = sorted((kv for kv in signals.items() if kv[1] > 0), key=lambda kv: (-kv[1], kv[0]))
+    return tuple(name for name, _ in ranked[:count])
+
+
+def _why(accounts: list[_Account]) -> list[dict[str, Any]]:
+    """Per signal, how many mitigated accounts had it among their first mitigation's top."""
+    counts: dict[str, int] = {}
+    for account in accounts:
+        for name in account.why:
+            counts[name] = counts.get(name, 0) + 1
+    return [
+        {"name": name, "accounts": n}
+        for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
 
 
 def _share(part: int, whole: int) -> float:
@@ -167,6 +191,7 @@ def _row(name: str, kind: str, groups: list[_Group]) -> dict[str, Any]:
             if delays
             else None
         ),
+        "why_mitigated": _why(mitigated),
         "top_signals": [
             {"name": signal, "mean_points": round(value / mitigated_requests, 2)}
             for signal, value in top
@@ -181,6 +206,10 @@ def report(tally: Tally, run: dict[str, Any]) -> dict[str, Any]:
     rows = [_row(name, group.kind, [group]) for name, group in tally.groups.items()]
     benign = [g for g in tally.groups.values() if g.kind == "benign"]
     campaigns = [g for g in tally.groups.values() if g.kind == "campaign"]
+    totals = {
+        "benign": _row(BENIGN_ALL, "benign", benign),
+        "campaigns": _row(CAMPAIGNS_ALL, "campaign", campaigns),
+    }
     return {
         "run": {
             **run,
@@ -188,11 +217,29 @@ def report(tally: Tally, run: dict[str, Any]) -> dict[str, Any]:
             "first_app_error": tally.first_app_error,
         },
         "populations": rows,
-        "totals": {
-            "benign": _row(BENIGN_ALL, "benign", benign),
-            "campaigns": _row(CAMPAIGNS_ALL, "campaign", campaigns),
-        },
+        "totals": totals,
+        "summary": _summary(rows, totals["benign"]),
         "notes": list(NOTES),
+    }
+
+
+def _summary(rows: list[dict[str, Any]], benign: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures: honest accounts mitigated, and per campaign its recall and the
+    median requests served before its accounts' first mitigation."""
+    return {
+        "honest_accounts_mitigated": benign["accounts_mitigated"],
+        "honest_accounts": benign["active_accounts"],
+        "honest_accounts_mitigated_share": benign["accounts_mitigated_share"],
+        "campaigns": {
+            row["population"]: {
+                "recall": row["recall"],
+                "median_served_before_first_mitigation": (
+                    row["served_before_first_mitigation"] or {}
+                ).get("median"),
+            }
+            for row in rows
+            if row["kind"] == "campaign"
+        },
     }
 
 
@@ -280,5 +327,30 @@ def render(data: dict[str, Any]) -> str:
             )
     if not shown:
         lines.append("  (no mitigation decided)")
+    lines += ["", "why honest accounts were mitigated (top signals of each first mitigation; "
+              "accounts)"]  # fmt: skip
+    shown = False
+    for row in [*rows, totals["benign"]]:
+        if row["kind"] == "benign" and row["why_mitigated"]:
+            shown = True
+            why = ", ".join(f"{s['name']} {s['accounts']}" for s in row["why_mitigated"])
+            lead = f"  {row['population']:<{_NAME}}"
+            lines.append(
+                textwrap.fill(why, 100, initial_indent=lead, subsequent_indent=" " * len(lead))
+            )
+    if not shown:
+        lines.append("  (no honest account mitigated)")
+    summary = data["summary"]
+    lines += [
+        "",
+        f"honest accounts mitigated: {summary['honest_accounts_mitigated']} of "
+        f"{summary['honest_accounts']} ({summary['honest_accounts_mitigated_share'] * 100:.2f}%)",
+    ]
+    for name, figures in summary["campaigns"].items():
+        median = figures["median_served_before_first_mitigation"]
+        lines.append(
+            f"{name}: recall {figures['recall'] * 100:.1f}%, median requests served before "
+            f"first mitigation {'-' if median is None else _number(median)}"
+        )
     lines += ["", "notes", *(f"  {note}" for note in data["notes"])]
     return "\n".join(lines)
