@@ -85,15 +85,7 @@ _ORIGINS = ("https://chat.example.com", "https://app.example.org", "https://note
 def browser(rng: random.Random) -> Headers:
     """A web chat front end calling the API from the browser (CORS fetch)."""
     agent = rng.choice(_BROWSERS).format(v=rng.randint(118, 131), m=rng.randint(0, 6))
-    return _h(
-        ("accept", "*/*"),
-        ("accept-language", rng.choice(_LANGUAGES)),
-        ("content-type", "application/json"),
-        ("origin", rng.choice(_ORIGINS)),
-        ("sec-fetch-mode", "cors"),
-        ("sec-fetch-site", "cross-site"),
-        ("user-agent", agent),
-    )
+    return popular_browser(rng, agent)
 
 
 def curl(version: str) -> Headers:
