@@ -161,6 +161,37 @@ def _chat_prompt(body: dict[str, Any]) -> str:
     return ""
 
 
+def earlier_user_turns(body: dict[str, Any]) -> list[str]:
+    """The user turns a chat (or responses) body resends before its newest one: the
+    conversation so far, as the client holds it."""
+    items = body.get("messages")
+    if not isinstance(items, list):
+        items = body.get("input")
+        if not isinstance(items, list):
+            return []
+    texts = [
+        _text(item.get("content"))
+        for item in items
+        if isinstance(item, dict) and item.get("role", "user") == "user"
+    ]
+    return texts[:-1]
+
+
+def instructions(body: dict[str, Any]) -> str:
+    """What a body tells the model before the user speaks: system and developer messages,
+    a top-level ``system`` (Anthropic's shape), ``instructions`` (the responses API)."""
+    parts = []
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            if isinstance(message, dict) and message.get("role") in ("system", "developer"):
+                parts.append(_text(message.get("content")))
+    for key in ("system", "instructions"):
+        if key in body:
+            parts.append(_text(body[key]))
+    return "\n".join(part for part in parts if part)
+
+
 def _completion_prompt(body: dict[str, Any]) -> str:
     return _text(body["prompt"]) if "prompt" in body else ""
 

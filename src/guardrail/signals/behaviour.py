@@ -104,8 +104,12 @@ def reasoning_extraction(c: list[float]) -> float:
 
 def templated_reasoning(c: list[float]) -> float:
     """Each half alone is common (a prompting habit; a batch job's fixed instruction); together
-    they are what distillation sends, so a small share is strong evidence."""
-    return share(c, TRS, PRM, 0.03, 0.12, 10)
+    they are what distillation sends. Counted from a quarter: a person's questions are near
+    one another now and then (a follow-up in the same words, a favourite opening), so someone
+    who asks for reasoning on most prompts has some of those by chance (the simulator's
+    habitual askers 7 % at the median, 15 % at the 90th percentile over two days, more within
+    a session of follow-ups) where a script that fills in one template has half."""
+    return share(c, TRS, PRM, 0.25, 0.5, 16)
 
 
 def cross_account_templates(c: list[float]) -> float:

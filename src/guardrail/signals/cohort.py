@@ -15,7 +15,7 @@ from guardrail.signals import sketch
 from guardrail.signals.behaviour import confidence, ramp
 from guardrail.signals.state import C_BEH, C_REQ, C_WAN, COHORT_BITS
 
-__all__ = ["behaviour_score", "fingerprint_cohort", "subnet_cohort"]
+__all__ = ["affinity", "behaviour_score", "fingerprint_cohort", "subnet_cohort"]
 
 
 def behaviour_score(points: float) -> float:
@@ -54,3 +54,23 @@ def fingerprint_cohort(c: list[float], members: int) -> float:
     acting_alike = ramp(alike, 0.3, 0.55)
     hopping = ramp(wander, 0.15, 0.5)
     return crowd * max(acting_alike, hopping) * confidence(requests, 30)
+
+
+def affinity(c: list[float], manner: float, spread: float) -> float:
+    """How much of a fingerprint cohort's evidence (``c``: its COHORT counters) a member
+    carries: all of it when the build is the campaign's own, else as much as the member shows
+    of what made the cohort suspect, its own hopping across networks (``spread``, its
+    ``network_spread``) or its own manner (``manner``, its behaviour score).
+
+    A client build is shared by strangers: the most common SDK and browser releases have
+    thousands of honest users, and a campaign that drives them makes their cohort suspect for
+    everyone on it. A member that neither hops nor acts like a script inherits nothing from
+    such a cohort; a farm's members do both. A build whose traffic is nearly all coordinated
+    (a mean behaviour score from 0.6, in full from 0.75) is the campaign's own, a rare build,
+    and a newcomer on it carries its evidence from its first request. (A subnet is a small
+    network, specific by nature: its cohort's evidence reaches every member.) A reasoning habit
+    alone (a third of a full behaviour score) is not such a manner.
+    """
+    requests = c[C_REQ]
+    own_build = ramp(c[C_BEH] / requests, 0.6, 0.75) if requests > 0 else 0.0
+    return max(own_build, spread, ramp(manner, 0.35, 0.6))

@@ -23,6 +23,7 @@ from operator import mul
 
 from starlette.types import Scope
 
+from guardrail import metering
 from guardrail.errors import StorageError
 from guardrail.identity import Subject
 from guardrail.inspection import OpenAIRequest
@@ -78,6 +79,8 @@ FAILURES_TO_BLOCK = 4.5
 #: parameter set). Its signals move with decayed counters over hours: a second is nothing to
 #: them, and at a busy principal's rate it saves most of the engine's work.
 RESCORE_AFTER = 1.0
+#: Instructions (system prompts) whose verdict is kept: what the clients of a deployment send.
+INSTRUCTIONS_KEPT = 1024
 #: The order the scorer computes signals in. The first eight describe how an identity itself
 #: behaves, as its cohorts see it ("manner"); refusals and failed challenges are consequences
 #: of guardrail's own answers, and volume is not a manner.
@@ -181,6 +184,7 @@ class RiskEngine:
         self._limit_rates: dict[str, float | None] = {}
         self._sample = random.Random(0x5EED).random
         self.rescore_after = RESCORE_AFTER  # 0 in tests and benchmarks: every request rescored
+        self._instructions: dict[int, bool] = {}
 
     # -- the hot path ----------------------------------------------------------------------
 
@@ -226,10 +230,9 @@ class RiskEngine:
                     if self._fold(local, keys, standing, request, now)[0]:
                         return Assessment(keys, standing.score, None, self._points, None, None)
                 else:
-                    cut = sketch.excerpt(prompt)
-                    sk = sketch.sketch(prompt, cut)
+                    asks, sk = self._analyse(request, prompt)
                     keys = Keys(principal, subnet, fingerprint, sk.buckets() if sk else ())
-                    folded, read = self._fold(local, keys, standing, request, now, sk, cut)
+                    folded, read = self._fold(local, keys, standing, request, now, sk, asks)
                     if folded:
                         assessment = Assessment(
                             keys, standing.score, None, self._points, None, None
@@ -239,11 +242,40 @@ class RiskEngine:
                             assessment.template = sk.pack_template(tag, now)
                             assessment.at = now
                         return assessment
-                    return await self._assess(route, keys, request, now, sk, prompt, cut, read)
-        cut = sketch.excerpt(prompt) if prompt else ""
-        sk = sketch.sketch(prompt, cut) if prompt else None
+                    return await self._assess(route, keys, request, now, sk, asks, read)
+        if not prompt:
+            keys = Keys(principal, subnet, fingerprint, ())
+            return await self._assess(route, keys, request, now, None, None)
+        asks, sk = self._analyse(request, prompt)
         keys = Keys(principal, subnet, fingerprint, sk.buckets() if sk is not None else ())
-        return await self._assess(route, keys, request, now, sk, prompt, cut)
+        return await self._assess(route, keys, request, now, sk, asks)
+
+    def _analyse(
+        self, request: OpenAIRequest | None, prompt: str
+    ) -> tuple[bool, sketch.Sketch | None]:
+        """Does the request ask for reasoning, and the sketch of its prompt's template, which
+        leaves requests for reasoning out (``ReasoningMatcher.split``). A request for
+        reasoning counts in the instructions too (system or developer messages): moving it
+        there must not hide it."""
+        asks, rest = self.asks_for_reasoning.split(sketch.excerpt(prompt))
+        if not asks and request is not None:
+            asks = self._instructed(request)
+        return asks, sketch.sketch(prompt, rest)
+
+    def _instructed(self, request: OpenAIRequest) -> bool:
+        """Do the request's instructions ask for reasoning? A client sends the same ones
+        again and again (a tool's long system prompt), so the answer is kept by their CRC."""
+        text = metering.instructions(request.body)
+        if not text:
+            return False
+        key = sketch.crc(text)
+        known = self._instructions.get(key)
+        if known is None:
+            known = self.asks_for_reasoning(sketch.excerpt(text))
+            if len(self._instructions) >= INSTRUCTIONS_KEPT:
+                self._instructions.clear()
+            self._instructions[key] = known
+        return known
 
     async def _assess(
         self,
@@ -252,11 +284,11 @@ class RiskEngine:
         request: OpenAIRequest | None,
         now: float,
         sk: sketch.Sketch | None,
-        prompt: str,
-        cut: str,
+        asks: bool | None,
         read: Read | None = None,
     ) -> Assessment:
-        """Load, score, and leave the update for ``commit``. ``read``: what the prompt
+        """Load, score, and leave the update for ``commit``. ``asks``: whether the analysed
+        prompt asks for reasoning (None: no prompt analysed); ``read``: what the prompt
         showed, when ``_fold`` has already read it."""
         degraded = False
         try:
@@ -266,7 +298,7 @@ class RiskEngine:
                 raise
             degraded = True
             snap = await self.fallback.load(keys, now)
-        assessment = self._score(route, keys, snap, sk, request, prompt, cut, now, read)
+        assessment = self._score(route, keys, snap, sk, request, asks, now, read)
         assessment.degraded = degraded
         assessment.remote = self.remote and not degraded
         return assessment
@@ -325,15 +357,15 @@ class RiskEngine:
         request: OpenAIRequest | None,
         now: float,
         sk: sketch.Sketch | None = None,
-        cut: str | None = None,
+        asks: bool | None = None,
     ) -> tuple[bool, Read | None]:
         """Fold a request decided from its principal's standing into the state, as a full
         assessment would, with the standing's behaviour score for its cohorts. Not folded (and
         nothing written): the request brings evidence worth a full assessment, parameters
         shaped for extraction, a network the principal was not seen on lately, or an analysed
-        prompt (``cut``, its excerpt, and ``sk``, its sketch) that asks for reasoning or
-        repeats a template. Also returns what the prompt showed, if it was read, so that the
-        full assessment does not read it again."""
+        prompt (``sk``, its sketch; ``asks``, whether it asks for reasoning, None if no prompt
+        is analysed) that asks for reasoning or repeats a template. Also returns what the
+        prompt showed, if it was read, so that the full assessment does not read it again."""
         gap, hour, max_tokens, temperature, shaped = _per_request(
             standing.last_seen, standing.last_max_tokens, standing.last_temperature, request, now
         )
@@ -342,8 +374,8 @@ class RiskEngine:
             return False, None
         tag = sketch.bit(keys.principal, 1 << 32)
         ring = None
-        if cut is not None:
-            read = self._read(sk, cut, *local.comparables(keys, now), tag, now)
+        if asks is not None:
+            read = self._read(sk, asks, *local.comparables(keys, now), tag, now, request)
             if any(read):
                 return False, read
             if sk is not None:
@@ -359,7 +391,7 @@ class RiskEngine:
             spread_bit,
             tag % COHORT_BITS,  # = sketch.bit(principal, COHORT_BITS)
             [1.0, standing.manner, spread],
-            cut is not None,
+            asks is not None,
             ring,
         )
         return True, None
@@ -367,21 +399,34 @@ class RiskEngine:
     def _read(
         self,
         sk: sketch.Sketch | None,
-        cut: str,
+        asks: bool,
         ring: Sequence[bytes],
         neighbours: Sequence[bytes],
         tag: int,
         now: float,
+        request: OpenAIRequest | None,
     ) -> Read:
-        """What an analysed prompt shows: does it ask for reasoning, is it a near-duplicate of
-        one of its principal's recent prompts (``ring``), of another principal's
-        (``neighbours``)?"""
-        reasoning = self.asks_for_reasoning(cut)
+        """What an analysed prompt shows: does it ask for reasoning (``asks``), is it a
+        near-duplicate of one of its principal's recent prompts (``ring``), of another
+        principal's (``neighbours``)?
+
+        A recent prompt that the request resends as an earlier turn of its conversation does
+        not count: a follow-up in the words of the question before it ("now translate it into
+        French", then "into Italian") is a conversation going on, not a template filled in
+        again. (A script could resend its last prompt as history to hide a template: that
+        costs it the tokens, and the cross-account index still sees it.)"""
         if sk is None:
-            return reasoning, False, False
-        own = sketch.any_near(sk, ring)
-        other = sketch.any_near_elsewhere(sk, tag, neighbours, now, self.window)
-        return reasoning, own, other
+            return asks, False, False
+        own = False
+        if near := sketch.near(sk, ring):
+            history = request is not None and {
+                sketch.crc(text) for text in metering.earlier_user_turns(request.body)
+            }
+            own = not history or any(crc not in history for crc in near)
+        other = len(sk.values) == sketch.K and sketch.any_near_elsewhere(
+            sk, tag, neighbours, now, self.window
+        )
+        return asks, own, other
 
     def _score(
         self,
@@ -390,13 +435,12 @@ class RiskEngine:
         snap: Snapshot,
         sk: sketch.Sketch | None,
         request: OpenAIRequest | None,
-        prompt: str,
-        cut: str,
+        asks: bool | None,
         now: float,
         read: Read | None = None,
     ) -> Assessment:
-        """``prompt``: the prompt if it is analysed ("" if not), ``cut`` its lowercased
-        excerpt (``sketch.excerpt``), ``read`` what it showed if that is known already."""
+        """``asks``: whether the analysed prompt asks for reasoning (None: no prompt analysed),
+        ``read`` what it showed if that is known already."""
         # The snapshot's counters are its own: the request is folded into them in place, and
         # ``inc`` keeps what it added for the store.
         c = snap.principal
@@ -417,11 +461,11 @@ class RiskEngine:
             inc[SHP] = 1.0
             c[SHP] += 1.0
         tag = sketch.bit(keys.principal, 1 << 32)
-        if prompt:  # analysed (so there is a request)
+        if asks is not None:  # a prompt analysed (so there is a request)
             inc[PRM] = 1.0
             c[PRM] += 1.0
             if read is None:
-                read = self._read(sk, cut, snap.ring, snap.neighbours, tag, now)
+                read = self._read(sk, asks, snap.ring, snap.neighbours, tag, now, request)
             reasoning, own, other = read
             if reasoning:
                 inc[RSN] = 1.0
@@ -457,10 +501,12 @@ class RiskEngine:
         )
         if keys.fingerprint is not None:
             f = snap.fingerprint
+            counters = [f[0] + 1.0, f[1] + manner, f[2] + spread]
             fingerprint_cohort = cohort.fingerprint_cohort(
-                [f[0] + 1.0, f[1] + manner, f[2] + spread],
-                snap.fingerprint_members | (1 << member_bit),
+                counters, snap.fingerprint_members | (1 << member_bit)
             )
+            if fingerprint_cohort:
+                fingerprint_cohort *= cohort.affinity(counters, manner, spread)
             fingerprint_inc = [1.0, manner, spread]
             fingerprint_bit: int | None = member_bit
         else:

@@ -122,18 +122,31 @@ class ReasoningMatcher:
         self._triggers = () if custom else _TRIGGERS
 
     def __call__(self, cut: str) -> bool:
-        """``cut``: the prompt's lowercased excerpt (``sketch.excerpt``): requests for
-        reasoning are instructions, which open or close a prompt."""
+        """``cut``: the prompt's lowercased excerpt (``sketch.excerpt``)."""
         pattern = self._pattern
-        if pattern is None:
+        if pattern is None or not self._triggered(cut):
             return False
-        if self._triggers:
-            for trigger in self._triggers:  # a loop, not any(): no generator per prompt
-                if trigger in cut:
-                    break
-            else:
-                return False
         return pattern.search(cut) is not None
+
+    def split(self, cut: str) -> tuple[bool, str]:
+        """Does ``cut`` ask for reasoning, and ``cut`` with those requests cut out: what its
+        template sketch is taken from. A habitual closing phrase ("Let's think step by step.")
+        on otherwise unrelated questions would make them near-duplicates of each other; the
+        request for reasoning is counted on its own (``reasoning_extraction``), and a template
+        is the rest of the frame, its slots changing."""
+        pattern = self._pattern
+        if pattern is None or not self._triggered(cut):
+            return False, cut
+        rest, found = pattern.subn(" ", cut)
+        return found > 0, rest
+
+    def _triggered(self, cut: str) -> bool:
+        if not self._triggers:
+            return True
+        for trigger in self._triggers:  # noqa: SIM110 (a loop, not any(): no generator per prompt)
+            if trigger in cut:
+                return True
+        return False
 
 
 def shape(

@@ -28,8 +28,10 @@ K = 12
 MIN_WORDS = 6
 #: Characters of the prompt's start and end that are read. A template shows in its
 #: instruction, which opens or closes a prompt; hashing a pasted document in the middle would
-#: cost ~0.2 µs a word and tell nothing more.
-HEAD, TAIL = 192, 64
+#: cost ~0.2 µs a word and tell nothing more. Wide enough that a few hundred characters of
+#: padding before and after (a known way around a narrower read) do not push an instruction
+#: out of sight.
+HEAD, TAIL = 448, 192
 #: Estimated Jaccard similarity from which two prompts are near-duplicates, and the fewest
 #: shared sketch values that may show it: a stock phrase ("think step by step") shares three
 #: bigrams with every prompt that ends with it, which on short prompts can look like 0.25.
@@ -69,6 +71,12 @@ class Sketch:
         return _TEMPLATE.pack(tag, int(now) & 0xFFFFFFFF, self.exact, *self.values, *padding)
 
     def buckets(self) -> tuple[str, ...]:
+        """Its cross-account index buckets: none for a short prompt (fewer than K distinct
+        bigrams once requests for reasoning are cut out). Strangers' short turns are alike
+        ("ok, and how long would that take?"), and a near copy of one is no filled-in
+        template; a campaign's template with a question in it is longer."""
+        if len(self.values) < K:
+            return ()
         return tuple(f"t:{value:08x}" for value in self.values[:BUCKETS])
 
 
@@ -82,8 +90,7 @@ def excerpt(text: str) -> str:
 
 def sketch(text: str, cut: str | None = None) -> Sketch | None:
     """``cut``: ``excerpt(text)``, when the caller has it already."""
-    # surrogatepass: JSON may carry lone surrogates ("\udc80"), which strict UTF-8 refuses
-    exact = zlib.crc32(text.encode("utf-8", "surrogatepass"))
+    exact = crc(text)
     words = _words(cut if cut is not None else excerpt(text))
     if words is None:
         return None
@@ -127,31 +134,39 @@ def similarity(a: Sequence[int], b: Sequence[int]) -> tuple[float, int]:
     return shared / len(union), shared
 
 
-def any_near(sk: Sketch, entries: Sequence[bytes]) -> bool:
-    """Is any of ``entries`` (packed sketches) a near-duplicate of ``sk``?"""
+def near(sk: Sketch, entries: Sequence[bytes]) -> list[int]:
+    """The exact-text CRCs of those ``entries`` (packed sketches) that are near-duplicates of
+    ``sk``: usually none."""
     flat = _flat(entries, _ENTRY.size)
     mine = frozenset(sk.values)
     # One C-level intersection over every entry at once rules out the usual case (nothing
     # alike); fields that are not sketch values can only add false candidates, never hide one.
     if len(mine.intersection(flat)) < MIN_SHARED:
-        return False
+        return []
     exact, values = sk.exact, sk.values
     width = 1 + K
+    found = []
     for start in range(0, len(flat), width):
         other = flat[start + 1 : start + width]
         if flat[start] == exact or len(mine.intersection(other)) < MIN_SHARED:
             continue
         estimate, shared = similarity(values, [v for v in other if v != PAD])
         if shared >= MIN_SHARED and estimate >= NEAR:
-            return True
-    return False
+            found.append(flat[start])
+    return found
+
+
+def crc(text: str) -> int:
+    """The exact-text CRC a sketch keeps of its prompt."""
+    # surrogatepass: JSON may carry lone surrogates ("\udc80"), which strict UTF-8 refuses
+    return zlib.crc32(text.encode("utf-8", "surrogatepass"))
 
 
 def any_near_elsewhere(
     sk: Sketch, tag: int, entries: Sequence[bytes], now: float, horizon: float
 ) -> bool:
-    """Like ``any_near`` over template-index entries, skipping the identity's own (``tag``)
-    and those older than ``horizon`` seconds."""
+    """Is any template-index entry a near copy of ``sk`` (as ``near``, at NEAR_ELSEWHERE),
+    leaving out the identity's own (``tag``) and those older than ``horizon`` seconds?"""
     flat = _flat(entries, _TEMPLATE.size)
     mine = frozenset(sk.values)
     if len(mine.intersection(flat)) < MIN_SHARED:
