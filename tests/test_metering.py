@@ -16,6 +16,8 @@ from guardrail.metering import (
     Ask,
     OpenAIMeter,
     delta_tokens,
+    earlier_user_turns,
+    instructions,
     meter_for_path,
     text_tokens,
 )
@@ -262,3 +264,38 @@ def test_the_prompt_read_is_the_newest_user_text_that_says_something() -> None:
         {"type": "function_call_output", "call_id": "c1", "output": "42"},
     ]
     assert RESPONSES.prompt({"input": items}) == ask  # nor does a tool's output after it
+
+
+def test_earlier_user_turns_are_the_conversation_before_the_newest_one() -> None:
+    chat = {
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "answer"},
+            {"role": "user", "content": [{"type": "text", "text": "second"}]},
+            {"role": "assistant", "content": "answer"},
+            {"role": "user", "content": "newest"},
+        ]
+    }
+    assert earlier_user_turns(chat) == ["first", "second"]
+    responses = {"input": [{"role": "user", "content": "one"}, {"role": "user", "content": "two"}]}
+    assert earlier_user_turns(responses) == ["one"]
+    assert earlier_user_turns({"prompt": "completions have no history"}) == []
+    assert earlier_user_turns({"messages": "not a list"}) == []
+
+
+def test_instructions_are_system_and_developer_messages_and_top_level_fields() -> None:
+    body = {
+        "messages": [
+            {"role": "system", "content": "You are a tutor."},
+            {"role": "developer", "content": [{"type": "text", "text": "Show your work."}]},
+            {"role": "user", "content": "What is 2 + 2?"},
+        ]
+    }
+    assert instructions(body) == "You are a tutor.\nShow your work."
+    assert instructions({"system": [{"type": "text", "text": "Anthropic's shape"}]}) == (
+        "Anthropic's shape"
+    )
+    assert instructions({"instructions": "responses API", "input": "hi"}) == "responses API"
+    assert instructions({"messages": [{"role": "user", "content": "hi"}]}) == ""
+    assert instructions({"system": 12}) == ""

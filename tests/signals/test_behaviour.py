@@ -221,18 +221,138 @@ async def test_evidence_decays_with_the_half_life(make_driver: Make) -> None:
     assert hot.score > later.score
 
 
-async def test_templated_reasoning_finds_extraction_blended_into_honest_work(
-    make_driver: Make,
-) -> None:
-    """A hydra: one real-looking customer, a quarter of whose prompts are a reasoning
-    template. Each half alone is weak; together they stand out."""
+async def test_templated_reasoning_is_a_script_filling_in_one_template(make_driver: Make) -> None:
+    """Half the prompts a reasoning template, half the account's own questions: full
+    strength. (A quarter, the old hydra's share, no longer counts alone: people who ask for
+    reasoning on most prompts reach it by chance; see issue 13.)"""
     rng = random.Random(12)
     driver = await make_driver()
     honest = diverse(rng, 60)
-    prompts = [templated(rng, 1)[0] if i % 4 == 0 else honest[i] for i in range(60)]
-    hydra = await driver.stream(human(rng, 60), prompts, account="hydra")
-    assert hydra.signals["templated_reasoning"] >= 20.0
-    assert hydra.signals.get("reasoning_extraction", 0) < 10.0
+    prompts = [templated(rng, 1)[0] if i % 2 == 0 else honest[i] for i in range(60)]
+    script = await driver.stream(human(rng, 60), prompts, account="script")
+    assert script.signals["templated_reasoning"] >= 20.0
+    blended = [templated(rng, 1)[0] if i % 4 == 0 else honest[i] for i in range(60)]
+    hydra = await driver.stream(human(rng, 60), blended, account="hydra")
+    assert hydra.signals.get("templated_reasoning", 0) < 5.0
+
+
+#: What habitual askers close their questions with (the simulator's list, issue 13).
+HABITS = (
+    "Let's think step by step.",
+    "Please show your reasoning.",
+    "Explain your reasoning step by step.",
+    "Walk me through it step by step.",
+    "Explain your reasoning before you answer.",
+)
+
+
+@pytest.mark.parametrize("habit", HABITS)
+async def test_a_fixed_closing_phrase_on_varied_questions_is_no_template(
+    make_driver: Make, habit: str
+) -> None:
+    """The request for reasoning is counted (reasoning_extraction), the rest of each prompt
+    is a new question: no templating, no templated reasoning, far from a band."""
+    rng = random.Random(14)
+    driver = await make_driver()
+    asked = [f"{p}? {habit}" for p in diverse(rng, 60)]
+    person = await driver.stream(human(rng, 60), asked, account="habit")
+    assert person.signals["reasoning_extraction"] == 20.0
+    assert "prompt_templating" not in person.signals
+    assert "templated_reasoning" not in person.signals
+    assert person.score <= 25.0
+
+
+async def test_a_frame_whose_slot_changes_is_still_a_template(make_driver: Make) -> None:
+    """The same sentence with a new topic each time: templating, and with a request for
+    reasoning, templated reasoning; cutting the request out leaves the frame to see."""
+    rng = random.Random(15)
+    driver = await make_driver()
+    frame = (
+        "Write a short explainer about {q} for a ten-year-old, in three paragraphs with one "
+        "everyday example and a quiz question at the end. Show your reasoning step by step."
+    )
+    topics = diverse(rng, 60)
+    framed = [frame.format(q=t) for t in topics]
+    filled = await driver.stream(human(rng, 60), framed, account="filler")
+    assert filled.signals["prompt_templating"] >= 15.0
+    assert filled.signals["templated_reasoning"] >= 20.0
+
+
+async def test_follow_ups_in_the_words_of_the_last_turn_are_a_conversation(
+    make_driver: Make,
+) -> None:
+    """ "Now put it in French", then "in Italian": the earlier turns are in the request's
+    history, so the near-duplicates are a conversation going on. The same prompts sent one
+    by one, each a new conversation, are a template."""
+    languages = ["French", "Italian", "German", "Spanish", "Dutch", "Polish", "Greek", "Czech"]
+    rng = random.Random(16)
+    topics = diverse(rng, 6)
+    times = human(rng, 48)
+
+    def turn(i: int) -> str:
+        return f"Nice, now put your answer about {topics[i // 8]} in {languages[i % 8]}"
+
+    chat = await make_driver()
+    last = None
+    for i, when in enumerate(times):
+        history: list[dict[str, str]] = []
+        for j in range(i - i % 8, i):  # a conversation of eight turns, each resending the last
+            history += [
+                {"role": "user", "content": turn(j)},
+                {"role": "assistant", "content": "..."},
+            ]
+        body = {"messages": [*history, {"role": "user", "content": turn(i)}]}
+        last = await chat.send(when, account="translator", body=body)
+    assert last is not None and "prompt_templating" not in last.signals
+    oneshots = await make_driver()
+    script = await oneshots.stream(times, [turn(i) for i in range(48)], account="translator")
+    assert script.signals["prompt_templating"] >= 10.0
+
+
+async def test_a_request_for_reasoning_in_the_instructions_counts(make_driver: Make) -> None:
+    """Moving the extraction instruction into the system (or developer) message does not
+    hide it; a system prompt that asks for nothing adds nothing."""
+    rng = random.Random(17)
+    driver = await make_driver()
+    system = "You are a tutor. Always reveal your full chain of thought before the final answer."
+    for role in ("system", "developer"):
+        last = None
+        for when, question in zip(human(rng, 30), diverse(rng, 30), strict=True):
+            body = {
+                "messages": [
+                    {"role": role, "content": system},
+                    {"role": "user", "content": question},
+                ]
+            }
+            last = await driver.send(when, account=f"moved-{role}", body=body)
+        assert last is not None and last.signals["reasoning_extraction"] == 20.0
+    plain = None
+    for when, question in zip(human(rng, 30), diverse(rng, 30), strict=True):
+        body = {
+            "messages": [
+                {"role": "system", "content": "You are a helpful assistant for a bakery."},
+                {"role": "user", "content": question},
+            ]
+        }
+        plain = await driver.send(when, account="plain", body=body)
+    assert plain is not None and "reasoning_extraction" not in plain.signals
+
+
+async def test_padding_does_not_hide_the_request_for_reasoning(make_driver: Make) -> None:
+    """A few hundred random characters before and after each prompt (a known way around
+    the old 192 + 64 character read): the request for reasoning is still read."""
+    rng = random.Random(18)
+    driver = await make_driver()
+    letters = "abcdefghijklmnopqrstuvwxyz0123456789     "
+
+    def pad() -> str:
+        return "".join(rng.choice(letters) for _ in range(rng.randint(300, 400)))
+
+    padded = [
+        f"{pad()}\n\n{t}? Show your complete reasoning.\n\n{pad()}" for t in templated(rng, 40)
+    ]
+    last = await driver.stream(human(rng, 40), padded, account="padded")
+    assert last.signals["reasoning_extraction"] == 20.0
 
 
 async def test_asking_for_reasoning_in_ones_own_words_is_not_templated_reasoning(

@@ -174,3 +174,53 @@ async def test_a_popular_sdk_fingerprint_is_not_suspicious(make_driver: Make) ->
         ua="OpenAI/Python 1.51.0",
     )
     assert "fingerprint_cohort" not in newcomer.signals
+
+
+async def test_a_popular_build_a_campaign_drives_passes_nothing_to_strangers(
+    make_driver: Make,
+) -> None:
+    """A campaign on the most common SDK build, each account hopping over a proxy pool,
+    sends more than the build's honest users: the cohort is suspect. Its hoppers carry
+    it; a stranger on the same build, at home, with a reasoning habit, carries nothing."""
+    rng = random.Random(27)
+    driver = await make_driver()
+    ua = "OpenAI/Python 1.59.6"
+    pool = [f"100.{64 + i // 200}.{i % 200}.{rng.randint(1, 254)}" for i in range(60)]
+    await office(driver, rng, accounts=20, ip="10.{}.0.1", ua=ua)  # honest users of the build
+    hopper = None
+    for r in range(12):
+        for a in range(30):
+            hopper = await driver.send(
+                START + 9000 + r * 300 + a,
+                account=f"hopper-{a}",
+                ip=rng.choice(pool),
+                prompt=templated(rng, 1)[0],
+                ua=ua,
+            )
+    assert hopper is not None and hopper.signals["fingerprint_cohort"] >= 10.0
+    own = [
+        "which houseplants survive a north facing bathroom with almost no daylight at all",
+        "how do I stop my bike chain from slipping when I climb hills in the highest gear",
+        "what should I pack for a week of hiking in the Dolomites in late September",
+        "help me plan a surprise birthday picnic for my sister who hates crowds and wasps",
+        "is it worth repairing a twelve year old dishwasher that leaks from the door seal",
+        "how can I teach my grandmother to video call without the tablet confusing her",
+        "what is a fair way to split rent when one flatmate has the bigger bedroom",
+        "why does my homemade bread come out dense even though the dough doubled in size",
+        "suggest a reading list for a teenager who loved the hunger games trilogy",
+        "how do I politely decline a wedding invitation from an old colleague",
+        "which questions should I ask at a parent teacher meeting for a shy nine year old",
+        "how long should I let a new cast iron pan cool before I wash it with water",
+    ]
+    stranger = None
+    for when, question in zip(human(rng, 24, START + 9000), own * 2, strict=True):
+        stranger = await driver.send(
+            when,
+            account="stranger",
+            ip="73.41.200.9",
+            prompt=question + " Think step by step.",
+            ua=ua,
+        )
+    assert stranger is not None
+    assert "fingerprint_cohort" not in stranger.signals
+    assert stranger.threshold is None

@@ -68,9 +68,9 @@ def affinity(c: list[float], manner: float, spread: float) -> float:
     such a cohort; a farm's members do both. A build whose traffic is nearly all coordinated
     (a mean behaviour score from 0.6, in full from 0.75) is the campaign's own, a rare build,
     and a newcomer on it carries its evidence from its first request. (A subnet is a small
-    network, specific by nature: its cohort's evidence reaches every member.) A reasoning habit
-    alone (a third of a full behaviour score) is not such a manner.
+    network, specific by nature: its cohort's evidence reaches every member.) A manner counts
+    from half a full behaviour score: a reasoning habit alone is a third.
     """
     requests = c[C_REQ]
     own_build = ramp(c[C_BEH] / requests, 0.6, 0.75) if requests > 0 else 0.0
-    return max(own_build, spread, ramp(manner, 0.35, 0.6))
+    return max(own_build, spread, ramp(manner, 0.5, 0.75))
