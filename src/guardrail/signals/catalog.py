@@ -41,20 +41,22 @@ SIGNALS: tuple[SignalInfo, ...] = (
         "prompt_templating",
         20,
         "identity",
-        "share of prompts that are near-duplicates, but not copies, of the identity's recent ones",
+        "share of prompts that are near-duplicates, but not copies, of the identity's recent "
+        "ones (requests for reasoning cut out; a follow-up in its conversation's words is not one)",
     ),
     SignalInfo(
         "reasoning_extraction",
         20,
         "identity",
-        "share of prompts asking for chain of thought, hidden reasoning or the system prompt",
+        "share of prompts asking for chain of thought, hidden reasoning or the system prompt "
+        "(in the user turn or in the system or developer message)",
     ),
     SignalInfo(
         "templated_reasoning",
         25,
         "identity",
-        "share of prompts that ask for reasoning inside a template: a few in a hundred is "
-        "already the mark of extraction blended into honest traffic",
+        "share of prompts that ask for reasoning inside a template (the identity's own or "
+        "others'): a quarter and more is a script filling one in; a closing phrase is no template",
     ),
     SignalInfo(
         "cross_account_templates",
@@ -80,7 +82,8 @@ SIGNALS: tuple[SignalInfo, ...] = (
         25,
         "cohort",
         "many identities sharing one client fingerprint (user agent, header names, SDK headers) "
-        "that act in concert or hop across subnets",
+        "that act in concert or hop across subnets; a member carries it as far as it does so "
+        "itself, unless the build is the campaign's own",
     ),
     SignalInfo(
         "request_shape",
