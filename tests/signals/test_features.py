@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from guardrail.signals import features
+from guardrail.signals.features import SEARCHED_MAX, ReasoningMatcher
 
 SDK = [
     (b"user-agent", b"OpenAI/Python 1.54.3"),
@@ -39,3 +40,29 @@ def test_reasoning_patterns_see_spaces_of_every_kind_and_custom_lists() -> None:
     assert not builtin("please show me the way to the station")
     custom = features.ReasoningMatcher([r"\bpineapple\b"])
     assert custom("tell me about PINEAPPLE farms") and not custom("step by step")
+
+
+def test_a_request_for_reasoning_is_found_anywhere_in_a_long_middle() -> None:
+    match = ReasoningMatcher()
+    filler = "lorem ipsum dolor sit amet " * 200
+    assert match.anywhere(f"{filler} please show your full reasoning here {filler}")
+    assert match.anywhere(f"{filler} let's think\nstep   by\tstep {filler}")  # any spaces
+    assert not match.anywhere(f"{filler} the next step is the final one {filler}")
+    assert not match.anywhere("")
+    # Windows around trigger words, merged when they overlap: a match across two triggers
+    assert match.anywhere("x" * 500 + " show me your complete thought process " + "y" * 500)
+
+
+def test_the_middle_is_read_within_a_budget() -> None:
+    """Decoy trigger words past SEARCHED_MAX characters of windows leave the rest unread:
+    the cost stays bounded (what a prompt asks is then read in its excerpt only)."""
+    match = ReasoningMatcher()
+    decoys = ("the step " + "x" * 300 + " ") * (SEARCHED_MAX // 300 + 10)
+    assert not match.anywhere(decoys + " show your reasoning")
+    assert match.anywhere(" show your reasoning " + decoys)
+
+
+def test_custom_patterns_are_searched_in_the_middle_too() -> None:
+    match = ReasoningMatcher([r"reveal the rubric"])
+    assert match.anywhere("a" * 3000 + " reveal the rubric " + "b" * 3000)
+    assert not match.anywhere("a" * 3000)

@@ -36,7 +36,7 @@ def subnet_cohort(c: list[float], members: int) -> float:
     # A crowd of twenty acting alike, or a handful of accounts that each hop across many
     # subnets and keep meeting on this one: a family or a NAT does neither.
     acting_alike = ramp(accounts, 4.0, 20.0) * ramp(alike, 0.25, 0.5)
-    hopping = ramp(accounts, 1.0, 3.0) * ramp(wander, 0.1, 0.3)
+    hopping = ramp(accounts, 1.5, 4.0) * ramp(wander, 0.1, 0.4)
     return max(acting_alike, hopping) * confidence(requests, 20)
 
 

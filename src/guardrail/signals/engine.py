@@ -79,8 +79,10 @@ FAILURES_TO_BLOCK = 4.5
 #: parameter set). Its signals move with decayed counters over hours: a second is nothing to
 #: them, and at a busy principal's rate it saves most of the engine's work.
 RESCORE_AFTER = 1.0
-#: Instructions (system prompts) whose verdict is kept: what the clients of a deployment send.
+#: Instructions (system prompts) whose verdict is kept, and the longest kept: what the clients
+#: of a deployment send (at most 16 MB); a longer one is read each time.
 INSTRUCTIONS_KEPT = 1024
+INSTRUCTIONS_LONGEST = 16384
 #: The order the scorer computes signals in. The first eight describe how an identity itself
 #: behaves, as its cohorts see it ("manner"); refusals and failed challenges are consequences
 #: of guardrail's own answers, and volume is not a manner.
@@ -184,7 +186,7 @@ class RiskEngine:
         self._limit_rates: dict[str, float | None] = {}
         self._sample = random.Random(0x5EED).random
         self.rescore_after = RESCORE_AFTER  # 0 in tests and benchmarks: every request rescored
-        self._instructions: dict[int, bool] = {}
+        self._instructions: dict[str, bool] = {}
 
     # -- the hot path ----------------------------------------------------------------------
 
@@ -257,24 +259,29 @@ class RiskEngine:
         leaves requests for reasoning out (``ReasoningMatcher.split``). A request for
         reasoning counts in the instructions too (system or developer messages): moving it
         there must not hide it."""
-        asks, rest = self.asks_for_reasoning.split(sketch.excerpt(prompt))
-        if not asks and request is not None:
-            asks = self._instructed(request)
+        matcher = self.asks_for_reasoning
+        asks, rest = matcher.split(sketch.excerpt(prompt))
+        if not asks:
+            asks = matcher.anywhere(sketch.middle(prompt)) or (
+                request is not None and self._instructed(request)
+            )
         return asks, sketch.sketch(prompt, rest)
 
     def _instructed(self, request: OpenAIRequest) -> bool:
         """Do the request's instructions ask for reasoning? A client sends the same ones
-        again and again (a tool's long system prompt), so the answer is kept by their CRC."""
+        again and again (a tool's long system prompt), so the answer is kept, by their text:
+        a CRC can be forged to match another prompt's, and would share its answer."""
         text = metering.instructions(request.body)
         if not text:
             return False
-        key = sketch.crc(text)
-        known = self._instructions.get(key)
+        known = self._instructions.get(text)
         if known is None:
-            known = self.asks_for_reasoning(sketch.excerpt(text))
-            if len(self._instructions) >= INSTRUCTIONS_KEPT:
-                self._instructions.clear()
-            self._instructions[key] = known
+            matcher = self.asks_for_reasoning
+            known = matcher(sketch.excerpt(text)) or matcher.anywhere(sketch.middle(text))
+            if len(text) <= INSTRUCTIONS_LONGEST:
+                if len(self._instructions) >= INSTRUCTIONS_KEPT:
+                    self._instructions.clear()
+                self._instructions[text] = known
         return known
 
     async def _assess(

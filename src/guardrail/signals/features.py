@@ -80,6 +80,13 @@ _SDK = frozenset(
     )
 )
 
+#: Characters tried either side of a trigger word in a long prompt's middle (longer than any
+#: built-in pattern's match), and at most in all: past that a prompt is so full of trigger
+#: words (a paper on reasoning, or decoys) that its middle is left unread, and what it asks is
+#: read in its excerpt only. About 0.7 ms of regex, at most.
+SEARCHED_AROUND = 120
+SEARCHED_MAX = 8192
+
 #: max_tokens from which a fixed value on every request looks like harvesting long answers.
 LARGE_MAX_TOKENS = 2048
 
@@ -139,6 +146,42 @@ class ReasoningMatcher:
             return False, cut
         rest, found = pattern.subn(" ", cut)
         return found > 0, rest
+
+    def anywhere(self, text: str) -> bool:
+        """Does ``text`` (lowercased; a long prompt's middle) ask for reasoning anywhere? The
+        patterns are tried only around the trigger words, in windows of SEARCHED_AROUND
+        characters either side, at most SEARCHED_MAX characters in all: a pasted document is
+        read at the cost of a substring search, and padding a prompt no longer hides its
+        instruction. (Custom patterns, which have no trigger words, are searched whole up to
+        SEARCHED_MAX.)"""
+        pattern = self._pattern
+        if pattern is None or not text:
+            return False
+        if not self._triggers:
+            return pattern.search(text, 0, SEARCHED_MAX) is not None
+        windows = []
+        for trigger in self._triggers:
+            at = text.find(trigger)
+            while at != -1:
+                windows.append((at - SEARCHED_AROUND, at + len(trigger) + SEARCHED_AROUND))
+                at = text.find(trigger, at + len(trigger))
+        if not windows:
+            return False
+        windows.sort()
+        budget = SEARCHED_MAX
+        start, end = windows[0]
+        for low, high in [*windows[1:], (len(text) + SEARCHED_AROUND * 4, 0)]:
+            if low <= end:  # overlapping windows are searched as one
+                end = max(end, high)
+                continue
+            start = max(start, 0)
+            if pattern.search(text, start, end) is not None:
+                return True
+            budget -= end - start
+            if budget <= 0:
+                return False
+            start, end = low, high
+        return False
 
     def _triggered(self, cut: str) -> bool:
         if not self._triggers:

@@ -28,10 +28,9 @@ K = 12
 MIN_WORDS = 6
 #: Characters of the prompt's start and end that are read. A template shows in its
 #: instruction, which opens or closes a prompt; hashing a pasted document in the middle would
-#: cost ~0.2 µs a word and tell nothing more. Wide enough that up to 500 characters of
-#: padding before and after (a known way around a narrower read) do not push an instruction
-#: out of sight; most prompts are shorter than the two together, and read whole.
-HEAD, TAIL = 512, 512
+#: cost ~0.2 µs a word and tell nothing more. (Requests for reasoning are looked for in the
+#: whole prompt: ``ReasoningMatcher.middle``.)
+HEAD, TAIL = 192, 64
 #: Estimated Jaccard similarity from which two prompts are near-duplicates, and the fewest
 #: shared sketch values that may show it: a stock phrase ("think step by step") shares three
 #: bigrams with every prompt that ends with it, which on short prompts can look like 0.25.
@@ -78,6 +77,13 @@ class Sketch:
         if len(self.values) < K:
             return ()
         return tuple(f"t:{value:08x}" for value in self.values[:BUCKETS])
+
+
+def middle(text: str) -> str:
+    """The lowercased part of a prompt that ``excerpt`` leaves out ("" when it reads it all)."""
+    if len(text) > HEAD + TAIL:
+        return text[HEAD:-TAIL].lower()
+    return ""
 
 
 def excerpt(text: str) -> str:
