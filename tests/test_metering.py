@@ -19,6 +19,7 @@ from guardrail.metering import (
     earlier_user_turns,
     instructions,
     meter_for_path,
+    opens_conversation,
     text_tokens,
 )
 
@@ -299,3 +300,20 @@ def test_instructions_are_system_and_developer_messages_and_top_level_fields() -
     assert instructions({"instructions": "responses API", "input": "hi"}) == "responses API"
     assert instructions({"messages": [{"role": "user", "content": "hi"}]}) == ""
     assert instructions({"system": 12}) == ""
+
+
+def test_a_conversation_is_opened_by_its_only_user_turn() -> None:
+    assert opens_conversation({"messages": [{"role": "user", "content": "hi"}]})
+    assert opens_conversation(
+        {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]}
+    )
+    follow_up = {
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b"},
+            {"role": "user", "content": "c"},
+        ]
+    }
+    assert not opens_conversation(follow_up)
+    assert not opens_conversation({"input": [{"content": "a"}, {"content": "b"}]})
+    assert opens_conversation({"prompt": "completions"})

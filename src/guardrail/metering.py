@@ -177,6 +177,22 @@ def earlier_user_turns(body: dict[str, Any]) -> list[str]:
     return texts[:-1]
 
 
+def opens_conversation(body: dict[str, Any]) -> bool:
+    """Is the newest user turn the first one the body sends (no conversation before it)?"""
+    items = body.get("messages")
+    if not isinstance(items, list):
+        items = body.get("input")
+        if not isinstance(items, list):
+            return True
+    users = 0
+    for item in items:
+        if isinstance(item, dict) and item.get("role", "user") == "user":
+            users += 1
+            if users > 1:
+                return False
+    return True
+
+
 def instructions(body: dict[str, Any]) -> str:
     """What a body tells the model before the user speaks: system and developer messages,
     a top-level ``system`` (Anthropic's shape), ``instructions`` (the responses API)."""

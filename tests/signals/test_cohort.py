@@ -224,3 +224,38 @@ async def test_a_popular_build_a_campaign_drives_passes_nothing_to_strangers(
     assert stranger is not None
     assert "fingerprint_cohort" not in stranger.signals
     assert stranger.threshold is None
+
+
+async def test_a_short_one_shot_template_is_indexed_across_accounts(make_driver: Make) -> None:
+    """A template whose frame is short ("Problem: {q}. Case n.") sent as a new conversation
+    each time by many accounts: near copies across them. The same short turns as follow-ups
+    inside conversations (strangers' "ok, and how long would that take?") are not indexed."""
+    rng = random.Random(28)
+    short = ["how many primes are below fifty", "why does ice float", "what is heapsort"]
+    driver = await make_driver()
+    last = None
+    for r in range(6):
+        for a in range(10):
+            question = rng.choice(short)
+            last = await driver.send(
+                START + r * 60 + a,
+                account=f"short-{a}",
+                ip=f"198.18.{a}.9",
+                prompt=f"Problem: {question}. Case {rng.randint(1, 10**6)}.",
+            )
+    assert last is not None and last.signals["cross_account_templates"] >= 10.0
+    chat = await make_driver()
+    follow = None
+    for r in range(6):
+        for a in range(10):
+            body = {
+                "messages": [
+                    {"role": "user", "content": diverse(rng, 1)[0]},
+                    {"role": "assistant", "content": "..."},
+                    {"role": "user", "content": f"ok and how long would that take? {r}{a}"},
+                ]
+            }
+            follow = await chat.send(
+                START + r * 60 + a, account=f"person-{a}", ip=f"198.18.{a}.9", body=body
+            )
+    assert follow is not None and "cross_account_templates" not in follow.signals

@@ -233,7 +233,7 @@ class RiskEngine:
                         return Assessment(keys, standing.score, None, self._points, None, None)
                 else:
                     asks, sk = self._analyse(request, prompt)
-                    keys = Keys(principal, subnet, fingerprint, sk.buckets() if sk else ())
+                    keys = Keys(principal, subnet, fingerprint, _indexed(sk, request))
                     folded, read = self._fold(local, keys, standing, request, now, sk, asks)
                     if folded:
                         assessment = Assessment(
@@ -249,7 +249,7 @@ class RiskEngine:
             keys = Keys(principal, subnet, fingerprint, ())
             return await self._assess(route, keys, request, now, None, None)
         asks, sk = self._analyse(request, prompt)
-        keys = Keys(principal, subnet, fingerprint, sk.buckets() if sk is not None else ())
+        keys = Keys(principal, subnet, fingerprint, _indexed(sk, request))
         return await self._assess(route, keys, request, now, sk, asks)
 
     def _analyse(
@@ -430,9 +430,7 @@ class RiskEngine:
                 sketch.crc(text) for text in metering.earlier_user_turns(request.body)
             }
             own = not history or any(crc not in history for crc in near)
-        other = len(sk.values) == sketch.K and sketch.any_near_elsewhere(
-            sk, tag, neighbours, now, self.window
-        )
+        other = sketch.any_near_elsewhere(sk, tag, neighbours, now, self.window)
         return asks, own, other
 
     def _score(
@@ -591,6 +589,20 @@ class RiskEngine:
             rate = min(rates) if rates else None
             self._limit_rates[route.name] = rate
             return rate
+
+
+def _indexed(sk: sketch.Sketch | None, request: OpenAIRequest | None) -> tuple[str, ...]:
+    """The cross-account index buckets a prompt is compared with and pushed on. A short prompt
+    (fewer than K distinct bigrams) is indexed only when it opens a conversation: strangers'
+    short follow-ups are alike ("ok, and how long would that take?"), and a near copy of one
+    is no filled-in template, where a campaign's one-shot template with a short question in
+    it is. (A script that sends a made-up earlier turn to stay out costs itself the tokens,
+    and is still read for its own templating and its requests for reasoning.)"""
+    if sk is None:
+        return ()
+    if sk.short and (request is None or not metering.opens_conversation(request.body)):
+        return ()
+    return sk.buckets()
 
 
 def _per_request(

@@ -70,13 +70,12 @@ class Sketch:
         return _TEMPLATE.pack(tag, int(now) & 0xFFFFFFFF, self.exact, *self.values, *padding)
 
     def buckets(self) -> tuple[str, ...]:
-        """Its cross-account index buckets: none for a short prompt (fewer than K distinct
-        bigrams once requests for reasoning are cut out). Strangers' short turns are alike
-        ("ok, and how long would that take?"), and a near copy of one is no filled-in
-        template; a campaign's template with a question in it is longer."""
-        if len(self.values) < K:
-            return ()
         return tuple(f"t:{value:08x}" for value in self.values[:BUCKETS])
+
+    @property
+    def short(self) -> bool:
+        """Fewer than K distinct bigrams (once requests for reasoning are cut out)."""
+        return len(self.values) < K
 
 
 def middle(text: str) -> str:
