@@ -80,12 +80,44 @@ _SDK = frozenset(
     )
 )
 
-#: Characters tried either side of a trigger word in a long prompt's middle (longer than any
-#: built-in pattern's match), and at most in all: past that a prompt is so full of trigger
-#: words (a paper on reasoning, or decoys) that its middle is left unread, and what it asks is
-#: read in its excerpt only. About 0.7 ms of regex, at most.
-SEARCHED_AROUND = 120
-SEARCHED_MAX = 8192
+#: What ``ReasoningMatcher.anywhere`` looks for in a long prompt's middle: the built-in
+#: patterns' phrasings that extraction prompts use (the simulator's campaigns, the literature's
+#: "let's think step by step", "show your work", "<think>"), spaces made single.
+MIDDLE_PHRASES: tuple[str, ...] = (
+    "step by step",
+    "step-by-step",
+    "chain of thought",
+    "chain-of-thought",
+    "explain your reasoning",
+    "show your reasoning",
+    "your full reasoning",
+    "your complete reasoning",
+    "reasoning trace",
+    "reasoning steps",
+    "your thought process",
+    "show your thinking",
+    "show your work",
+    "the intermediate steps",
+    "think it through",
+    "think through",
+    "think carefully",
+    "think aloud",
+    "think out loud",
+    "let's think",
+    "lets think",
+    "before giving the final answer",
+    "hidden reasoning",
+    "internal reasoning",
+    "raw scratchpad",
+    "internal monologue",
+    "<think",
+    "<reasoning",
+    "your system prompt",
+    "previous instructions",
+    "instructions above",
+)
+#: Characters of a long prompt's middle that a policy's own patterns are searched over.
+SEARCHED_MAX = 4096
 
 #: max_tokens from which a fixed value on every request looks like harvesting long answers.
 LARGE_MAX_TOKENS = 2048
@@ -148,39 +180,20 @@ class ReasoningMatcher:
         return found > 0, rest
 
     def anywhere(self, text: str) -> bool:
-        """Does ``text`` (lowercased; a long prompt's middle) ask for reasoning anywhere? The
-        patterns are tried only around the trigger words, in windows of SEARCHED_AROUND
-        characters either side, at most SEARCHED_MAX characters in all: a pasted document is
-        read at the cost of a substring search, and padding a prompt no longer hides its
-        instruction. (Custom patterns, which have no trigger words, are searched whole up to
-        SEARCHED_MAX.)"""
-        pattern = self._pattern
-        if pattern is None or not text:
+        """Does ``text`` (lowercased: a long prompt's middle, ``sketch.middle``) ask for
+        reasoning? Padding a prompt must not hide its instruction, but a pasted document
+        must not cost a regex over every kilobyte: the built-in list is read here as
+        MIDDLE_PHRASES, the phrasings of its patterns that distillation prompts use, looked for
+        as substrings once runs of spaces are made one (~40 µs a KB). A policy's own
+        patterns are searched as they are, over the first SEARCHED_MAX characters."""
+        if not text or self._pattern is None:
             return False
         if not self._triggers:
-            return pattern.search(text, 0, SEARCHED_MAX) is not None
-        windows = []
-        for trigger in self._triggers:
-            at = text.find(trigger)
-            while at != -1:
-                windows.append((at - SEARCHED_AROUND, at + len(trigger) + SEARCHED_AROUND))
-                at = text.find(trigger, at + len(trigger))
-        if not windows:
-            return False
-        windows.sort()
-        budget = SEARCHED_MAX
-        start, end = windows[0]
-        for low, high in [*windows[1:], (len(text) + SEARCHED_AROUND * 4, 0)]:
-            if low <= end:  # overlapping windows are searched as one
-                end = max(end, high)
-                continue
-            start = max(start, 0)
-            if pattern.search(text, start, end) is not None:
+            return self._pattern.search(text, 0, SEARCHED_MAX) is not None
+        flat = " ".join(text.split())
+        for phrase in MIDDLE_PHRASES:  # noqa: SIM110 (a loop, not any(): no generator)
+            if phrase in flat:
                 return True
-            budget -= end - start
-            if budget <= 0:
-                return False
-            start, end = low, high
         return False
 
     def _triggered(self, cut: str) -> bool:

@@ -31,6 +31,10 @@ MIN_WORDS = 6
 #: cost ~0.2 µs a word and tell nothing more. (Requests for reasoning are looked for in the
 #: whole prompt: ``ReasoningMatcher.middle``.)
 HEAD, TAIL = 192, 64
+#: Characters after the head and before the tail read for a request for reasoning (not
+#: sketched): padding that hides an instruction has to be longer than this on both sides
+#: (some 500 tokens each), and a long document costs at most ~150 µs to read.
+MIDDLE = 2048
 #: Estimated Jaccard similarity from which two prompts are near-duplicates, and the fewest
 #: shared sketch values that may show it: a stock phrase ("think step by step") shares three
 #: bigrams with every prompt that ends with it, which on short prompts can look like 0.25.
@@ -79,10 +83,14 @@ class Sketch:
 
 
 def middle(text: str) -> str:
-    """The lowercased part of a prompt that ``excerpt`` leaves out ("" when it reads it all)."""
-    if len(text) > HEAD + TAIL:
+    """The lowercased part of a prompt that ``excerpt`` leaves out, up to MIDDLE characters on
+    either side ("" when it reads it all): where ``ReasoningMatcher.anywhere`` looks for a
+    request for reasoning that padding pushed out of the excerpt."""
+    if len(text) <= HEAD + TAIL:
+        return ""
+    if len(text) <= HEAD + TAIL + 2 * MIDDLE:
         return text[HEAD:-TAIL].lower()
-    return ""
+    return (text[HEAD : HEAD + MIDDLE] + "\n" + text[-TAIL - MIDDLE : -TAIL]).lower()
 
 
 def excerpt(text: str) -> str:
