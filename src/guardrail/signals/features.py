@@ -190,6 +190,8 @@ class ReasoningMatcher:
             return False
         if not self._triggers:
             return self._pattern.search(text, 0, SEARCHED_MAX) is not None
+        if not self._triggered(text):  # every phrase holds a trigger word: most text has none
+            return False
         flat = " ".join(text.split())
         for phrase in MIDDLE_PHRASES:  # noqa: SIM110 (a loop, not any(): no generator)
             if phrase in flat:
