@@ -28,8 +28,8 @@ K = 12
 MIN_WORDS = 6
 #: Characters of the prompt's start and end that are read. A template shows in its
 #: instruction, which opens or closes a prompt; hashing a pasted document in the middle would
-#: cost ~0.2 µs a word and tell nothing more. (Requests for reasoning are looked for in the
-#: whole prompt: ``ReasoningMatcher.middle``.)
+#: cost ~0.2 µs a word and tell nothing more. (Requests for reasoning are also looked for
+#: further in: ``middle`` and ``ReasoningMatcher.anywhere``.)
 HEAD, TAIL = 192, 64
 #: Characters after the head and before the tail read for a request for reasoning (not
 #: sketched): padding that hides an instruction has to be longer than this on both sides
