@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from guardrail.audit.reader import Location, parse_line, printable, repeats
+from guardrail.audit.reader import Location, printable, records_of, repeats
 from guardrail.audit.record import format_ts, parse_ts
 from guardrail.errors import AuditError
 from guardrail.identity import Subject
@@ -101,35 +101,30 @@ def calibrate(
     principals: dict[str, Principal] = {}
     malformed: list[Location] = []
     records = skipped = enforced = allowed = 0
-    for trail in trails:
-        for location, raw in trail.lines():
-            record = parse_line(raw)
-            if record is None:
-                malformed.append(location)
-                continue
-            records += 1
-            score = record.get("score")
-            subject = record.get("subject")
-            if (
-                not isinstance(score, int | float)
-                or isinstance(score, bool)
-                or not isinstance(subject, dict)
-                or not isinstance(subject.get("ip"), str)
-            ):
-                skipped += 1  # unmatched requests, records without a score or a subject
-                continue
-            enforced += record.get("mode") == "enforce"
-            allowed += record.get("action") == "allow"
-            name = principal_of(_subject(subject, prefix))
-            principal = principals.get(name)
-            if principal is None:
-                principal = principals[name] = Principal(name, subject)
-            try:
-                when = parse_ts(str(record["ts"]))
-            except (KeyError, ValueError):
-                when = math.inf
-            signals = record.get("signals")
-            principal.add(when, float(score), _numbers(signals), repeats(record))
+    for _, record in records_of(trails, malformed):
+        records += 1
+        score = record.get("score")
+        subject = record.get("subject")
+        if (
+            not isinstance(score, int | float)
+            or isinstance(score, bool)
+            or not isinstance(subject, dict)
+            or not isinstance(subject.get("ip"), str)
+        ):
+            skipped += 1  # unmatched requests, records without a score or a subject
+            continue
+        enforced += record.get("mode") == "enforce"
+        allowed += record.get("action") == "allow"
+        name = principal_of(_subject(subject, prefix))
+        principal = principals.get(name)
+        if principal is None:
+            principal = principals[name] = Principal(name, subject)
+        try:
+            when = parse_ts(str(record["ts"]))
+        except (KeyError, ValueError):
+            when = math.inf
+        signals = record.get("signals")
+        principal.add(when, float(score), _numbers(signals), repeats(record))
     names = ", ".join(trail.name for trail in trails)
     if enforced and not allow_enforce:
         raise AuditError(

@@ -396,7 +396,7 @@ def summary(
     total = decisions = dropped = undated = 0
     first: float | None = None
     last: float | None = None
-    for _, record in _records(trails, malformed):
+    for _, record in records_of(trails, malformed):
         try:
             when: float | None = parse_ts(str(record["ts"]))
         except (KeyError, ValueError):
@@ -498,9 +498,11 @@ def render_summary(data: dict[str, Any]) -> str:
     return "\n".join(printable(line) for line in lines)  # subject values are the client's
 
 
-def _records(
+def records_of(
     trails: Sequence[Any], malformed: list[Location]
 ) -> Iterator[tuple[Location, dict[str, Any]]]:
+    """Every parsed record of ``trails`` (``sources``), in order; where a line is not one, its
+    location is added to ``malformed``."""
     for trail in trails:
         for location, raw in trail.lines():
             record = parse_line(raw)

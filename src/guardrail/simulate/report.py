@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import statistics
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -316,30 +317,18 @@ def render(data: dict[str, Any]) -> str:
             lines.append(_campaign_line(row))
     lines.append(_campaign_line(totals["campaigns"]))
     lines += ["", "top signals of mitigations (mean points per mitigated request)"]
-    shown = False
-    for row in [*rows, totals["benign"], totals["campaigns"]]:
-        if row["top_signals"]:
-            shown = True
-            top = ", ".join(f"{s['name']} {s['mean_points']:.1f}" for s in row["top_signals"])
-            lead = f"  {row['population']:<{_NAME}}"
-            lines.append(
-                textwrap.fill(top, 100, initial_indent=lead, subsequent_indent=" " * len(lead))
-            )
-    if not shown:
-        lines.append("  (no mitigation decided)")
+    lines += _signal_lines(
+        [*rows, totals["benign"], totals["campaigns"]],
+        lambda row: [f"{s['name']} {s['mean_points']:.1f}" for s in row["top_signals"]],
+        "  (no mitigation decided)",
+    )
     lines += ["", "why honest accounts were mitigated (top signals of each first mitigation; "
               "accounts)"]  # fmt: skip
-    shown = False
-    for row in [*rows, totals["benign"]]:
-        if row["kind"] == "benign" and row["why_mitigated"]:
-            shown = True
-            why = ", ".join(f"{s['name']} {s['accounts']}" for s in row["why_mitigated"])
-            lead = f"  {row['population']:<{_NAME}}"
-            lines.append(
-                textwrap.fill(why, 100, initial_indent=lead, subsequent_indent=" " * len(lead))
-            )
-    if not shown:
-        lines.append("  (no honest account mitigated)")
+    lines += _signal_lines(
+        [row for row in [*rows, totals["benign"]] if row["kind"] == "benign"],
+        lambda row: [f"{s['name']} {s['accounts']}" for s in row["why_mitigated"]],
+        "  (no honest account mitigated)",
+    )
     summary = data["summary"]
     lines += [
         "",
@@ -354,3 +343,20 @@ def render(data: dict[str, Any]) -> str:
         )
     lines += ["", "notes", *(f"  {note}" for note in data["notes"])]
     return "\n".join(lines)
+
+
+def _signal_lines(
+    rows: list[dict[str, Any]], items: Callable[[dict[str, Any]], list[str]], none: str
+) -> list[str]:
+    """One wrapped line per row with any ``items`` (its population's name, then the items),
+    or ``none`` if no row has any."""
+    out = []
+    for row in rows:
+        if shown := items(row):
+            lead = f"  {row['population']:<{_NAME}}"
+            out.append(
+                textwrap.fill(
+                    ", ".join(shown), 100, initial_indent=lead, subsequent_indent=" " * len(lead)
+                )
+            )
+    return out or [none]
