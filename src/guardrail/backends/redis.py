@@ -175,6 +175,12 @@ class RedisStorage:
 
     async def close(self) -> None:
         await self.client.aclose()
+        if isinstance(self.client, RedisCluster):
+            # After a ConnectionError redis-py marks the cluster client to be initialised
+            # again and its aclose() then does nothing; with the breaker open no call came to
+            # initialise it, so the connections to the live masters would stay open.
+            await self.client.nodes_manager.aclose()
+            await self.client.nodes_manager.aclose("startup_nodes")
         for extra in self._extra:
             await extra.aclose()
 
