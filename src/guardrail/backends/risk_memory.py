@@ -11,6 +11,7 @@ import logging
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from ipaddress import ip_network
 from itertools import compress
@@ -483,6 +484,70 @@ class MemoryRiskStore:
         if template is not None:
             self._push_template(keys.templates, template, now, True)
 
+    # -- shared through Redis (risk_shared.py) ----------------------------------------------
+
+    def held_principal(self, key: str, now: float) -> list[float] | None:
+        """A principal's counters at ``now`` (None: not held, expired, or sent to its
+        subnet's overflow state): what a flush compares Redis's copy with."""
+        p = self._principals.get(key) or self._banded.get(key)
+        if p is None or p.__class__ is _Overflow or now - p.touched > self.ttl:
+            return None
+        factor = exp2((p.landmark - now) * self._rate)
+        return [v * factor for v in p.counters.tolist()[:_DECAYED]]
+
+    def held_cohort(self, key: str, now: float) -> list[float] | None:
+        c = self._cohorts.get(key)
+        if c is None or now - c.touched > self.ttl:
+            return None
+        factor = exp2((c.landmark - now) * self._rate)
+        return [v * factor for v in c.counters.tolist()]
+
+    def absorb_principal(
+        self, key: str, now: float, correction: list[float], remote: Remote, own_band: bool
+    ) -> None:
+        """Make a principal's state what Redis holds (``remote``, read at ``now``) plus what
+        this process wrote since: ``correction`` (Redis's counters less this store's, both at
+        ``now``) is added, bits are OR-ed, the ring is ``remote``'s with the entries pushed
+        since in front (``remote.newer``), the band is Redis's unless one was set here since
+        (``own_band``). Only a principal held here with its own state is changed."""
+        p = self._principals.get(key) or self._banded.get(key)
+        if p is None or p.__class__ is _Overflow:
+            return
+        landmark, epoch, weight = self._clock(now)
+        if p.landmark is not landmark:
+            p.landmark = _renormalise_principal(p.counters, p.landmark, landmark, self._rate)
+        _correct(p.counters, correction, weight)
+        p.epoch, p.spread, p.spread_prev = _merged(
+            p.epoch, p.spread, p.spread_prev, epoch, remote.current, remote.previous
+        )
+        if remote.last_seen is not None and (p.last_seen is None or remote.last_seen > p.last_seen):
+            p.last_seen = remote.last_seen
+            if remote.max_tokens >= 0:
+                p.max_tokens = _intern(self._ints, remote.max_tokens)
+            if remote.temperature >= 0:
+                p.temperature = _intern(self._floats, remote.temperature)
+        p.ring, p.layout = _pushed_all(remote.entries, remote.newer, RING_SIZE)
+        if remote.band is not None and not own_band and remote.band != p.band:
+            self._band(Keys(key, "", None, ()), p, remote.band)
+
+    def absorb_cohort(self, key: str, now: float, correction: list[float], remote: Remote) -> None:
+        c = self._cohorts.get(key)
+        if c is None:
+            return
+        landmark, epoch, weight = self._clock(now)
+        if c.landmark is not landmark:
+            c.landmark = _renormalise(c.counters, c.landmark, landmark, self._rate)
+        _correct(c.counters, correction, weight)
+        c.epoch, c.members, c.members_prev = _merged(
+            c.epoch, c.members, c.members_prev, epoch, remote.current, remote.previous
+        )
+
+    def absorb_bucket(self, key: str, now: float, remote: Remote) -> None:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return
+        bucket.entries, bucket.layout = _pushed_all(remote.entries, remote.newer, BUCKET_SIZE)
+
     def _note(
         self, p: _Principal, now: float, seen: bool, max_tokens: int, temperature: float
     ) -> None:
@@ -688,6 +753,55 @@ class MemoryRiskStore:
             c.epoch, c.members, c.members_prev = _marked(
                 c.epoch, c.members, c.members_prev, epoch, member
             )
+
+
+@dataclass(slots=True)
+class Remote:
+    """A state as Redis holds it (read at one time), for ``absorb_*``: counters are not here,
+    the caller turns them into a correction."""
+
+    current: int = 0  # bits of the window of the time it was read
+    previous: int = 0  # and of the window before
+    entries: Sequence[bytes] = ()  # a ring or a bucket, newest first
+    newer: Sequence[bytes] = ()  # pushed here since it was read, newest first
+    last_seen: float | None = None
+    max_tokens: int = -1
+    temperature: float = -1.0
+    band: Band | None = None
+
+
+def _correct(counters: array[float], correction: list[float], weight: float) -> None:
+    for i, value in enumerate(correction):
+        if value:
+            # float32 here and float64 in Redis differ by rounding: never below zero
+            counters[i] = max(counters[i] + value * weight, 0.0)
+
+
+def _merged(
+    state_epoch: int,
+    current: int,
+    previous: int,
+    epoch: int,
+    their_current: int,
+    their_previous: int,
+) -> tuple[int, int, int]:
+    """A bitmap pair with another copy's (read in window ``epoch``) OR-ed in."""
+    if epoch == state_epoch:
+        return epoch, current | their_current, previous | their_previous
+    if epoch == state_epoch + 1:
+        return epoch, their_current, current | their_previous
+    if epoch > state_epoch:
+        return epoch, their_current, their_previous
+    return state_epoch, current, previous  # read behind this store's clock: nothing newer
+
+
+def _pushed_all(
+    entries: Sequence[bytes], newer: Sequence[bytes], cap: int
+) -> tuple[bytes, _Layout | None]:
+    blob, layout = b"", None
+    for entry in reversed((*newer, *entries)[:cap]):
+        blob, layout = _push(blob, layout, entry, cap)
+    return blob, layout
 
 
 def _seen(state_epoch: int, current: int, previous: int, epoch: int) -> int:

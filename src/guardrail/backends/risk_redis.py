@@ -37,6 +37,7 @@ from redis.exceptions import NoScriptError
 
 from guardrail.backends import lua
 from guardrail.backends.redis import client_error, gated
+from guardrail.backends.risk_memory import Remote
 from guardrail.errors import StorageError
 from guardrail.signals.state import (
     BUCKET_SIZE,
@@ -205,6 +206,10 @@ class RedisRiskStore:
         """One risk.lua call per state: counters, ring, band and bitmap together. Without
         ``update.create``, states that are not there are left alone (the subnet's is always
         written: one per network)."""
+        await self._run(self.save_commands(keys, update))
+
+    def save_commands(self, keys: Keys, update: Update) -> list[tuple[Any, ...]]:
+        """``save``'s commands, to be sent with others (``run``)."""
         now = update.now
         create = update.create
         epoch = int(now // self.window)
@@ -251,7 +256,53 @@ class RedisRiskStore:
                 bucket = self.key(template)
                 ops = ["L", 1, update.template, BUCKET_SIZE]
                 commands.append(self._script((bucket,), now, [], ops, create))
-        await self._run(commands)
+        return commands
+
+    def read_principal(self, name: str, now: float) -> tuple[Any, ...]:
+        """One command reading a principal's state (``parse_principal`` reads its reply)."""
+        epoch = int(now // self.window)
+        key = self.key(name)
+        return self._read(
+            key, key + ":ring", key + ":band", f"{key}:sp:{epoch}", f"{key}:sp:{epoch - 1}", lists=1
+        )
+
+    def read_cohort(self, name: str, now: float) -> tuple[Any, ...]:
+        epoch = int(now // self.window)
+        key = self.key(name)
+        return self._read(key, f"{key}:m:{epoch}", f"{key}:m:{epoch - 1}")
+
+    def read_bucket(self, name: str) -> tuple[Any, ...]:
+        return ("LRANGE", self.key(name), 0, BUCKET_SIZE - 1)
+
+    def parse_principal(self, reply: Any, now: float) -> tuple[list[float], Remote]:
+        """Counters decayed to ``now`` (zeros when absent) and the rest of a principal's state."""
+        counters_flat, ring, (band_bytes, current, previous) = reply
+        fields = _pairs(counters_flat)
+        band = None
+        if band_bytes is not None:
+            level, _, held = band_bytes.partition(b":")
+            band = Band(int(level), float(held))
+        seen, tokens, temperature = (fields.get(f) for f in (b"_t", b"_m", b"_p"))
+        remote = Remote(
+            _bitmap((current,)),
+            _bitmap((previous,)),
+            ring[:RING_SIZE],
+            (),
+            None if seen is None else float(seen),
+            -1 if tokens is None else int(tokens),
+            -1.0 if temperature is None else float(temperature),
+            band,
+        )
+        return self._decay(fields, _PRINCIPAL_FIELDS, len(PRINCIPAL), now), remote
+
+    def parse_cohort(self, reply: Any, now: float) -> tuple[list[float], Remote]:
+        counters_flat, (current, previous) = reply
+        counters = self._decay(_pairs(counters_flat), _COHORT_FIELDS, len(COHORT), now)
+        return counters, Remote(_bitmap((current,)), _bitmap((previous,)))
+
+    async def run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Commands of this store (``save_commands``, ``read_*``) in one round trip."""
+        return await self._run(commands)
 
     async def _run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """One round trip; on NOSCRIPT (a flushed, restarted or failed-over server), the

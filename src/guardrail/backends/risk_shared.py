@@ -1,0 +1,269 @@
+"""Risk state shared through Redis at memory speed (issue 14): no round trip on the request path.
+
+Each worker reads and writes its own ``MemoryRiskStore``, as in memory mode, and journals what it
+writes. Every ``interval`` one pipeline sends the journal to Redis (``risk.lua``, as the Redis
+store writes it) and reads back every state the journal touched; the worker then takes Redis's
+copy of those states, which holds what every worker wrote, plus what it wrote itself while the
+round trip was under way.
+
+That is possible without locks because every write commutes (forward-decayed counters add, bits
+are OR-ed, lists are pushed): for counters, the copy here becomes ``here + (redis - here_then)``,
+where ``here_then`` is this copy when the journal left (everything in it had been written here
+and is now in Redis too). Bits are OR-ed in; a ring or a template bucket becomes Redis's with the
+entries pushed here since in front; a band set elsewhere replaces this one unless one was set
+here since.
+
+How stale: what another worker wrote reaches this one at most two intervals and a round trip
+later, for a state this worker writes meanwhile (a principal it serves, that principal's subnet
+and client build, the template buckets of the prompts it sees). A principal's first request on
+a worker is assessed on what that worker holds (nothing, or what an earlier request left), and
+its next one a flush later on everything. A worker that dies loses its last interval of
+evidence; limits are not here (their buckets are charged in Redis on every request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from guardrail.backends.risk_memory import MemoryRiskStore, Remote
+from guardrail.backends.risk_redis import RedisRiskStore
+from guardrail.errors import StorageError
+from guardrail.signals.state import (
+    GN,
+    GQ,
+    GS,
+    HOUR0,
+    PRINCIPAL,
+    PRM,
+    REQ,
+    Keys,
+    Snapshot,
+    Standing,
+    Update,
+)
+
+logger = logging.getLogger("guardrail")
+
+#: Writes kept for Redis while it does not answer (a few seconds of a busy worker's traffic).
+JOURNAL_MAX = 100_000
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class SharedRiskStore:
+    """A ``LocalRiskStore`` whose state ``local`` is kept in step with ``remote`` (see the
+    module's docstring) by ``flush``, called every ``interval`` seconds once started."""
+
+    def __init__(
+        self,
+        local: MemoryRiskStore,
+        remote: RedisRiskStore,
+        *,
+        interval: float,
+        clock: Clock = time.time,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be above zero")
+        self.local = local
+        self.remote = remote
+        self.interval = interval
+        self.half_life = local.half_life
+        self.window = local.window
+        self.ttl = local.ttl
+        self.flushes = 0  # done, for tests and operators
+        self.dropped = 0  # writes never shared: Redis did not answer for too long
+        self._clock = clock
+        self._sleep = sleep
+        self._journal: list[tuple[Keys, Update]] = []
+        self._flushing: asyncio.Lock | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._failed_at = float("-inf")
+
+    # -- the request path: memory only -----------------------------------------------------
+
+    def standing(self, principal: str, now: float) -> Standing | None:
+        return self.local.standing(principal, now)
+
+    def comparables(self, keys: Keys, now: float) -> tuple[list[bytes], list[bytes]]:
+        return self.local.comparables(keys, now)
+
+    async def load(self, keys: Keys, now: float) -> Snapshot:
+        return await self.local.load(keys, now)
+
+    async def save(self, keys: Keys, update: Update) -> None:
+        await self.local.save(keys, update)
+        self._journal.append((keys, update))
+
+    def fold(
+        self,
+        keys: Keys,
+        now: float,
+        gap: float | None,
+        hour: int,
+        max_tokens: int,
+        temperature: float,
+        spread_bit: int,
+        member_bit: int,
+        cohort: list[float],
+        prompt: bool = False,
+        ring: bytes | None = None,
+        template: bytes | None = None,
+    ) -> None:
+        self.local.fold(
+            keys, now, gap, hour, max_tokens, temperature, spread_bit, member_bit, cohort,
+            prompt, ring, template,
+        )  # fmt: skip
+        counts = [0.0] * len(PRINCIPAL)
+        counts[REQ] = 1.0
+        counts[HOUR0 + hour] = 1.0
+        if gap is not None:
+            counts[GN], counts[GS], counts[GQ] = 1.0, gap, gap * gap
+        if prompt:
+            counts[PRM] = 1.0
+        # create=False: a fold comes before the limits, and only an admitted request creates
+        # state (the principal has some: it has a standing; a subnet is always written)
+        self._journal.append(
+            (
+                keys,
+                Update(
+                    now, counts, max_tokens, temperature, True, ring, spread_bit, None,
+                    cohort, member_bit, cohort, member_bit, template, create=False,
+                ),
+            )
+        )  # fmt: skip
+
+    def push_template(self, keys: Keys, entry: bytes, now: float) -> None:
+        self.local.push_template(keys, entry, now)
+        self._journal.append((keys, _template_only(now, entry)))
+
+    # -- in the background ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.remote.start()
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        try:
+            await self.flush()  # the last interval's evidence
+        except StorageError as exc:
+            logger.warning("guardrail: the last risk evidence was not shared: %s", exc)
+        await self.local.close()
+
+    async def _run(self) -> None:
+        while True:
+            await self._sleep(self.interval)
+            try:
+                await self.flush()
+            except StorageError as exc:
+                now = time.monotonic()
+                if now - self._failed_at >= 60.0:
+                    self._failed_at = now
+                    logger.warning(
+                        "guardrail: risk evidence not shared (kept here, sent with the next "
+                        "flush): %s",
+                        exc,
+                    )
+            except Exception:
+                logger.exception("guardrail: sharing risk evidence failed unexpectedly")
+
+    async def flush(self) -> None:
+        """Send the journal and take Redis's copy of every state it touched; one at a time."""
+        if self._flushing is None:
+            self._flushing = asyncio.Lock()
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        journal = self._journal
+        if not journal:
+            return
+        self._journal = []
+        now = self._clock()
+        remote, local = self.remote, self.local
+        principals: dict[str, None] = {}
+        cohorts: dict[str, None] = {}
+        buckets: dict[str, None] = {}
+        commands: list[tuple[Any, ...]] = []
+        for keys, update in journal:
+            commands += remote.save_commands(keys, update)
+            if update.principal or update.ring is not None or update.band is not None:
+                principals[keys.principal] = None
+            if update.subnet:
+                cohorts[keys.subnet] = None
+            if keys.fingerprint is not None and update.fingerprint:
+                cohorts[keys.fingerprint] = None
+            if update.template is not None:
+                buckets.update(dict.fromkeys(keys.templates))
+        written = len(commands)
+        commands += (remote.read_principal(name, now) for name in principals)
+        commands += (remote.read_cohort(name, now) for name in cohorts)
+        commands += (remote.read_bucket(name) for name in buckets)
+        # what is held here as the journal leaves: Redis's copy less this is what others added
+        held = {name: local.held_principal(name, now) for name in principals}
+        held_cohorts = {name: local.held_cohort(name, now) for name in cohorts}
+        try:
+            replies = await remote.run(commands)
+        except StorageError:
+            # sent with the next flush; a Redis down for long costs the oldest evidence first
+            kept = journal + self._journal
+            self._journal = kept[-JOURNAL_MAX:]
+            self.dropped += len(kept) - len(self._journal)
+            raise
+        since = self._journal  # written here during the round trip
+        rings, banded, pushed = _newer(since)
+        replies = replies[written:]
+        for name, reply in zip(principals, replies, strict=False):
+            counters, state = remote.parse_principal(reply, now)
+            mine = held[name]
+            if mine is None:
+                continue
+            state.newer = rings.get(name, ())
+            correction = [theirs - own for theirs, own in zip(counters, mine, strict=True)]
+            local.absorb_principal(name, now, correction, state, name in banded)
+        replies = replies[len(principals) :]
+        for name, reply in zip(cohorts, replies, strict=False):
+            counters, state = remote.parse_cohort(reply, now)
+            own = held_cohorts[name]
+            if own is None:
+                continue
+            correction = [theirs - mine for theirs, mine in zip(counters, own, strict=True)]
+            local.absorb_cohort(name, now, correction, state)
+        replies = replies[len(cohorts) :]
+        for name, entries in zip(buckets, replies, strict=True):
+            local.absorb_bucket(name, now, Remote(entries=entries, newer=pushed.get(name, ())))
+        self.flushes += 1
+
+
+def _template_only(now: float, entry: bytes) -> Update:
+    """A template pushed after the fact (a folded request, once admitted): nothing else."""
+    return Update(now, [], seen=False, template=entry)
+
+
+def _newer(
+    since: list[tuple[Keys, Update]],
+) -> tuple[dict[str, tuple[bytes, ...]], set[str], dict[str, tuple[bytes, ...]]]:
+    """From the journal written during a round trip: each principal's ring entries and each
+    bucket's entries, newest first, and the principals whose band was set."""
+    rings: dict[str, tuple[bytes, ...]] = {}
+    banded: set[str] = set()
+    pushed: dict[str, tuple[bytes, ...]] = {}
+    for keys, update in since:
+        if update.ring is not None:
+            rings[keys.principal] = (update.ring, *rings.get(keys.principal, ()))
+        if update.band is not None:
+            banded.add(keys.principal)
+        if update.template is not None:
+            for name in keys.templates:
+                pushed[name] = (update.template, *pushed.get(name, ()))
+    return rings, banded, pushed

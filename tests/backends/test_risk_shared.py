@@ -1,0 +1,177 @@
+"""Risk state shared through Redis at memory speed: workers (each a SharedRiskStore) write their
+own copy, and each flush brings in what the others wrote. The reference is one memory store
+that saw every write: a principal served by several workers must end where it would through
+one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from guardrail.backends.redis import RedisStorage
+from guardrail.backends.risk_memory import MemoryRiskStore
+from guardrail.backends.risk_shared import SharedRiskStore
+from guardrail.errors import StorageError
+from guardrail.signals.state import C_REQ, REQ, Band, Update
+
+from .test_risk_store import (
+    HALF_LIFE,
+    KEYS,
+    NOW,
+    TTL,
+    WINDOW,
+    assert_same,
+    counters,
+    near,
+    redis_risk_store,
+    update,
+    url_of,
+)
+from redis_servers import free_port
+
+Worker = Callable[[], Awaitable[SharedRiskStore]]
+
+
+def memory() -> MemoryRiskStore:
+    return MemoryRiskStore(half_life=HALF_LIFE, window=WINDOW, ttl=TTL, max_subjects=1000)
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def remote_url(request: pytest.FixtureRequest) -> str:
+    return str(url_of(request.param, request))
+
+
+@pytest.fixture
+async def worker(remote_url: str) -> AsyncIterator[Worker]:
+    """Builds workers sharing one Redis (or cluster); flushed by hand (never started)."""
+    storages: list[RedisStorage] = []
+
+    async def make() -> SharedRiskStore:
+        storage = RedisStorage(remote_url)
+        storages.append(storage)
+        remote = redis_risk_store(storage)
+        await remote.start()
+        return SharedRiskStore(memory(), remote, interval=0.05, clock=lambda: NOW)
+
+    yield make
+    for storage in storages:
+        await storage.close()
+
+
+def request(n: int, now: float = NOW, **fields: object) -> Update:
+    """The n-th request of the principal: counted, a ring entry of its own, its member bits."""
+    return update(
+        now,
+        principal=counters(req=1, prm=1, h3=1),
+        ring=b"ring-%03d" % n,
+        spread_bit=n % 3,
+        subnet=[1.0, 0.5, 0.0],
+        subnet_bit=7,
+        fingerprint=[1.0, 0.5, 0.0],
+        fingerprint_bit=7,
+        template=b"tmpl-%03d" % n,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+async def test_a_principal_through_two_workers_ends_where_one_would_take_it(
+    worker: Worker,
+) -> None:
+    a, b = await worker(), await worker()
+    one = memory()
+    order = [(a, 0), (a, 1), (a, 2), (b, 3), (b, 4), (a, 5), (b, 6)]
+    for store, n in order:
+        await store.save(KEYS, request(n))
+        await one.save(KEYS, request(n))
+        if n in (2, 4, 5, 6):  # each flushes now and then
+            await store.flush()
+    assert_same(await b.load(KEYS, NOW), await one.load(KEYS, NOW))
+    # a has not flushed since b's last request: it holds all but that one
+    seen_by_a = await a.load(KEYS, NOW)
+    assert seen_by_a.principal[REQ] == near(6.0)
+    await a.save(KEYS, request(7))
+    await one.save(KEYS, request(7))
+    await a.flush()
+    assert_same(await a.load(KEYS, NOW), await one.load(KEYS, NOW))
+
+
+async def test_another_workers_band_and_members_arrive(worker: Worker) -> None:
+    a, b = await worker(), await worker()
+    await a.save(KEYS, request(0, band=Band(2, NOW)))
+    await a.flush()
+    other = KEYS._replace(principal="k:" + "c" * 32)
+    await b.save(KEYS, request(1))
+    await b.save(other, update(principal=counters(req=1), subnet=[1.0, 0.0, 0.0], subnet_bit=9))
+    await b.flush()
+    seen = await b.load(KEYS, NOW)
+    assert seen.band == Band(2, NOW)
+    assert seen.subnet_members == 1 << 7 | 1 << 9
+    assert seen.subnet[C_REQ] == near(3.0)
+    assert b.standing(KEYS.principal, NOW) is not None
+
+
+async def test_a_template_filled_in_on_another_worker_is_a_neighbour(worker: Worker) -> None:
+    """Cross-account templates across workers: what another worker pushed on a bucket reaches
+    this one when it pushes on that bucket itself."""
+    a, b = await worker(), await worker()
+    await a.save(KEYS, request(0))
+    await a.flush()
+    stranger = KEYS._replace(principal="k:" + "d" * 32)
+    await b.save(stranger, request(1))
+    await b.flush()
+    _, neighbours = b.comparables(stranger, NOW)
+    assert neighbours == [b"tmpl-001", b"tmpl-000"]
+
+
+async def test_a_folded_request_is_shared(worker: Worker) -> None:
+    a, b = await worker(), await worker()
+    await a.save(KEYS, request(0))
+    a.fold(KEYS, NOW + 1, 1.0, 3, -1, -1.0, 0, 7, [1.0, 0.5, 0.0], True, b"ring-fold")
+    a.push_template(KEYS, b"tmpl-fold", NOW + 1)
+    await a.flush()
+    await b.save(KEYS, request(1, now=NOW + 2))
+    await b.flush()
+    seen = await b.load(KEYS, NOW + 2)
+    reference = memory()
+    await reference.save(KEYS, request(0))
+    reference.fold(KEYS, NOW + 1, 1.0, 3, -1, -1.0, 0, 7, [1.0, 0.5, 0.0], True, b"ring-fold")
+    reference.push_template(KEYS, b"tmpl-fold", NOW + 1)
+    await reference.save(KEYS, request(1, now=NOW + 2))
+    assert_same(seen, await reference.load(KEYS, NOW + 2))
+
+
+async def test_what_is_written_during_the_round_trip_is_kept(worker: Worker) -> None:
+    a, b = await worker(), await worker()
+    await b.save(KEYS, request(0))
+    await b.flush()
+    await a.save(KEYS, request(1))
+    flushing = asyncio.ensure_future(a.flush())
+    await asyncio.sleep(0)  # the journal has left
+    await a.save(KEYS, request(2))
+    await flushing
+    seen = await a.load(KEYS, NOW)
+    assert seen.principal[REQ] == near(3.0)
+    assert seen.ring == [b"ring-002", b"ring-001", b"ring-000"]
+    await a.flush()
+    await b.save(KEYS, update(principal=counters(req=1)))
+    await b.flush()
+    assert (await b.load(KEYS, NOW)).principal[REQ] == near(4.0)
+
+
+async def test_a_redis_that_does_not_answer_keeps_the_evidence_for_later() -> None:
+    storage = RedisStorage(f"redis://127.0.0.1:{free_port()}?timeout=0.2")
+    try:
+        shared = SharedRiskStore(
+            memory(), redis_risk_store(storage), interval=0.05, clock=lambda: NOW
+        )
+        await shared.save(KEYS, request(0))
+        with pytest.raises(StorageError):
+            await shared.flush()
+        with pytest.raises(StorageError):
+            await shared.flush()
+        assert len(shared._journal) == 1
+        assert (await shared.load(KEYS, NOW)).principal[REQ] == near(1.0)
+    finally:
+        await storage.close()
