@@ -6,15 +6,19 @@ one."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from guardrail.backends.redis import RedisStorage
 from guardrail.backends.risk_memory import MemoryRiskStore
+from guardrail.backends.risk_redis import RedisRiskStore
 from guardrail.backends.risk_shared import SharedRiskStore
 from guardrail.errors import StorageError
-from guardrail.signals.state import C_REQ, REQ, Band, Update
+from guardrail.signals.state import C_REQ, REQ, RING_SIZE, Band, Update
 
 from .test_risk_store import (
     HALF_LIFE,
@@ -32,6 +36,7 @@ from .test_risk_store import (
 from redis_servers import free_port
 
 Worker = Callable[[], Awaitable[SharedRiskStore]]
+PREFIXES = itertools.count()
 
 
 def memory() -> MemoryRiskStore:
@@ -173,5 +178,51 @@ async def test_a_redis_that_does_not_answer_keeps_the_evidence_for_later() -> No
             await shared.flush()
         assert len(shared._journal) == 1
         assert (await shared.load(KEYS, NOW)).principal[REQ] == near(1.0)
+    finally:
+        await storage.close()
+
+
+# Any interleaving of requests and flushes over three workers: once the last worker to write
+# has flushed, it holds what one store that saw every write holds. Rings and buckets hold the
+# same entries, in the order Redis received them (flush by flush), which may not be the order
+# of the requests: fewer requests than a ring holds, so that the same ones are kept.
+STEPS = st.lists(st.tuples(st.integers(0, 2), st.booleans()), min_size=1, max_size=RING_SIZE - 1)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=STEPS)
+async def test_any_interleaving_ends_where_one_store_would(
+    redis_url: str, steps: list[tuple[int, bool]]
+) -> None:
+    storage = RedisStorage(redis_url + "?timeout=5")
+    prefix = f"gr-shared-{next(PREFIXES)}:"
+    try:
+        workers = []
+        for _ in range(3):
+            remote = RedisRiskStore(
+                storage.client, prefix=prefix, uri=storage.uri, half_life=HALF_LIFE,
+                window=WINDOW, ttl=TTL,
+            )  # fmt: skip
+            workers.append(SharedRiskStore(memory(), remote, interval=0.05, clock=lambda: NOW))
+        await workers[0].remote.start()
+        one = memory()
+        for n, (index, flush) in enumerate(steps):
+            await workers[index].save(KEYS, request(n))
+            await one.save(KEYS, request(n))
+            if flush:
+                await workers[index].flush()
+        for worker in workers:
+            await worker.flush()
+        last = workers[steps[-1][0]]
+        await last.save(KEYS, request(len(steps)))
+        await one.save(KEYS, request(len(steps)))
+        await last.flush()
+        shared, alone = await last.load(KEYS, NOW), await one.load(KEYS, NOW)
+        assert sorted(shared.ring) == sorted(alone.ring)
+        assert sorted(shared.neighbours) == sorted(alone.neighbours)
+        shared.ring, shared.neighbours = alone.ring, alone.neighbours
+        assert_same(shared, alone)
     finally:
         await storage.close()

@@ -11,7 +11,8 @@ are OR-ed, lists are pushed): for counters, the copy here becomes ``here + (redi
 where ``here_then`` is this copy when the journal left (everything in it had been written here
 and is now in Redis too). Bits are OR-ed in; a ring or a template bucket becomes Redis's with the
 entries pushed here since in front; a band set elsewhere replaces this one unless one was set
-here since.
+here since. A ring or a bucket so keeps the entries Redis received last, flush by flush: within
+an interval, not always in the order of the requests.
 
 How stale: what another worker wrote reaches this one at most two intervals and a round trip
 later, for a state this worker writes meanwhile (a principal it serves, that principal's subnet
