@@ -682,7 +682,7 @@ async def test_a_request_cancelled_while_its_risk_write_is_out_gives_its_reserva
     # Redis: the risk write goes out alongside the bucket charge for a principal already
     # there, after it for one it creates; the request is cancelled (its client left) after the
     # charge, while the write is still out
-    text = policy(extra="thresholds: [{score: 99, action: block}]")
+    text = policy(extra="risk: {share_every: request}\nthresholds: [{score: 99, action: block}]")
     app = serve(tmp_path, clock, text, storage=redis_url)
     writing = asyncio.Event()
     spent = 0

@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from guardrail.backends.risk_memory import MemoryRiskStore
+from guardrail.backends.risk_shared import SharedRiskStore
 from guardrail.cli import main
 from guardrail.signals.catalog import SIGNALS
 
@@ -23,7 +24,14 @@ from redis_servers import free_port
 ASK = "Please answer this question and show your full reasoning, number {}"
 
 
-def policy(weight: float, *, mode: str = "enforce", extra: str = "", header: bool = True) -> str:
+def policy(
+    weight: float,
+    *,
+    mode: str = "enforce",
+    extra: str = "",
+    header: bool = True,
+    share: str | None = None,
+) -> str:
     # Only reasoning_extraction counts, so the score is exactly 20 x weight once four prompts
     # have asked for reasoning.
     weights = "".join(
@@ -49,7 +57,7 @@ routes:
     limits:
       - {{per: ip, rate: 600/minute, burst: 100}}
 risk:
-  signals:
+{f"  share_every: {share}{chr(10)}" if share else ""}  signals:
 {weights}thresholds:
   - {{score: 50, action: throttle, tier: slow}}
   - {{score: 75, action: challenge}}
@@ -236,13 +244,66 @@ async def test_a_failing_redis_fails_closed_with_a_503(tmp_path: Path, clock: Fa
     assert audit_records(tmp_path)[-1]["storage_error"] is True
 
 
-async def test_two_instances_sharing_redis_share_the_evidence(
+async def flushes_after(store: SharedRiskStore, flushes: int) -> None:
+    async with asyncio.timeout(10):
+        # polled: the flush loop is guardrail's own background task, with no event to wait on
+        while store.flushes <= flushes:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+
+async def test_two_instances_sharing_redis_share_the_evidence_at_the_next_flush(
     tmp_path: Path, clock: FakeClock, redis_url: str
 ) -> None:
-    """Workers or hosts behind one Redis: evidence gathered by one counts at the other."""
+    """Workers or hosts behind one Redis, each with the risk state in process: what one
+    gathered reaches the other once both have flushed (here by hand: the interval is long)."""
     url = redis_url + "?timeout=5"
-    first = build(tmp_path / "a", clock, policy(3.0), storage=url)
-    second = build(tmp_path / "b", clock, policy(3.0), storage=url)
+    first = build(tmp_path / "a", clock, policy(3.0, share="10s"), storage=url)
+    second = build(tmp_path / "b", clock, policy(3.0, share="10s"), storage=url)
+    async with client(first) as a, client(second) as b:
+        await warm_up(a, clock)  # three requests for reasoning, all through the first
+        await first.risk.store.flush()  # type: ignore[union-attr, attr-defined]
+        # its first request here is assessed on what this worker holds: its own request
+        response = await b.post("/v1/chat/completions", json=chat(9), headers=HEADERS)
+        assert response.status_code == 200 and "guardrail-tier" not in response.headers
+        await second.risk.store.flush()  # type: ignore[union-attr, attr-defined]
+        response = await b.post("/v1/chat/completions", json=chat(10), headers=HEADERS)
+    assert response.status_code == 200 and response.headers["guardrail-tier"] == "slow"
+    await first.shutdown()
+    await second.shutdown()
+
+
+async def test_the_workers_flush_on_their_own(
+    tmp_path: Path, clock: FakeClock, redis_url: str
+) -> None:
+    """share_every: 10ms, nothing flushed by hand: the evidence of three requests through one
+    worker reaches the other (waiting, on the real clock, for the flush loops to run)."""
+    url = redis_url + "?timeout=5"
+    first = build(tmp_path / "a", clock, policy(3.0, share="10ms"), storage=url)
+    second = build(tmp_path / "b", clock, policy(3.0, share="10ms"), storage=url)
+    async with client(first) as a, client(second) as b:
+        sent = first.risk.store  # type: ignore[union-attr]
+        taken = second.risk.store  # type: ignore[union-attr]
+        assert isinstance(sent, SharedRiskStore) and isinstance(taken, SharedRiskStore)
+        flushes = sent.flushes
+        await warm_up(a, clock)
+        await flushes_after(sent, flushes)  # the first worker's loop sent them
+        flushes = taken.flushes
+        response = await b.post("/v1/chat/completions", json=chat(9), headers=HEADERS)
+        await flushes_after(taken, flushes)  # and the second's took them
+        response = await b.post("/v1/chat/completions", json=chat(10), headers=HEADERS)
+    assert response.status_code == 200 and response.headers["guardrail-tier"] == "slow"
+    await first.shutdown()
+    await second.shutdown()
+
+
+async def test_two_instances_sharing_redis_request_by_request_share_the_evidence_at_once(
+    tmp_path: Path, clock: FakeClock, redis_url: str
+) -> None:
+    """share_every: request, the risk state read and written in Redis on every request:
+    evidence gathered by one worker counts at the other's next request."""
+    url = redis_url + "?timeout=5"
+    first = build(tmp_path / "a", clock, policy(3.0, share="request"), storage=url)
+    second = build(tmp_path / "b", clock, policy(3.0, share="request"), storage=url)
     async with client(first) as a, client(second) as b:
         await warm_up(a, clock)  # three requests for reasoning, all through the first
         response = await b.post("/v1/chat/completions", json=chat(9), headers=HEADERS)
@@ -278,7 +339,7 @@ async def test_redis_mode_costs_two_round_trips_the_risk_write_alongside_the_cha
 
     monkeypatch.setattr(RedisRiskStore, "_execute", traced_execute)
     monkeypatch.setattr(RedisStorage, "charge", traced_charge)
-    app = build(tmp_path, clock, policy(1.0), storage=redis_url + "?timeout=5")
+    app = build(tmp_path, clock, policy(1.0, share="request"), storage=redis_url + "?timeout=5")
     async with client(app) as http:
         await http.post("/v1/chat/completions", json=chat(0), headers=HEADERS)
         events.clear()
@@ -535,11 +596,20 @@ async def test_requests_the_limits_refuse_create_no_principal(
     await app.shutdown()
 
 
+async def flushed(app: Any) -> None:
+    """What a worker sharing its risk state through Redis gathered is sent now."""
+    if isinstance(app.risk.store, SharedRiskStore):
+        await app.risk.store.flush()
+
+
+@pytest.mark.parametrize("share", ["request", "10s"])
 async def test_requests_the_limits_refuse_create_no_principal_in_redis(
-    tmp_path: Path, clock: FakeClock, redis_url: str
+    tmp_path: Path, clock: FakeClock, redis_url: str, share: str
 ) -> None:
-    app = build(tmp_path, clock, FLOODED, storage=redis_url)
+    flooded = FLOODED.replace("risk:\n", f"risk:\n  share_every: {share}\n")
+    app = build(tmp_path, clock, flooded, storage=redis_url)
     await flood_of_new_keys(app)
+    await flushed(app)
     r = aioredis.from_url(redis_url)
     principals = [key async for key in r.scan_iter(match="*{r:k:*}")]
     assert len(principals) == 2  # the two admitted keys' (their hashes)
@@ -547,11 +617,12 @@ async def test_requests_the_limits_refuse_create_no_principal_in_redis(
     # ... and the refusals of a principal already there are counted on it (by another worker:
     # this one refuses the address before the body now, from what it learnt, and assesses none)
     (tmp_path / "other").mkdir()
-    other = build(tmp_path / "other", clock, FLOODED, storage=redis_url)
+    other = build(tmp_path / "other", clock, flooded, storage=redis_url)
     try:
         async with client(other) as http:
             refused = await http.post("/v1/chat/completions", json=chat(0), headers=bearer("sk-0"))
             assert refused.status_code == 429
+        await flushed(other)
         refusals = [float(await r.hget(key, "ref") or 0) for key in principals]
         assert sorted(refusals)[0] == 0 and sorted(refusals)[1] > 0  # sk-0's, not sk-1's
     finally:

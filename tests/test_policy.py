@@ -23,6 +23,7 @@ GOOD = sorted((POLICIES / "good").glob("*.yaml"))
 BAD: dict[str, list[tuple[str, int | None]]] = {
     "bad_rate.yaml": [("routes[0].limits[0].rate", 7)],
     "bad_duration.yaml": [("risk.half_life", 4)],
+    "bad_share_every.yaml": [("risk.share_every", 6)],
     "bad_audit_aggregate.yaml": [("audit.aggregate", 5)],
     "unknown_key.yaml": [("routes[0].limts", 6)],
     "wrong_mode.yaml": [("mode", 3)],
@@ -753,3 +754,20 @@ routes:
         Policy.from_string(route + "    inspect_timeout: 0s\n")
     [issue] = refused.value.issues
     assert (issue.line, issue.path) == (8, "routes[0].inspect_timeout")
+
+
+@pytest.mark.parametrize(
+    ("written", "read"), [("50ms", 0.05), ("request", "request"), ("10s", 10.0), (0.2, 0.2)]
+)
+def test_risk_share_every(written: object, read: object) -> None:
+    policy = Policy.from_string(f"version: 1\nrisk: {{share_every: {written}}}\n")
+    assert policy.risk.share_every == read
+
+
+@pytest.mark.parametrize("written", ["sometimes", "1m", "0", "-1", "true", "5ms"])
+def test_risk_share_every_refused(written: object) -> None:
+    with pytest.raises(PolicyError) as caught:
+        Policy.from_string(f"version: 1\nrisk: {{share_every: {written}}}\n")
+    (issue,) = caught.value.issues
+    assert issue.path == "risk.share_every"
+    assert "from 10ms to 10s" in issue.expected and "request" in issue.expected

@@ -132,7 +132,9 @@ class Guardrail:
         # The risk engine runs when the policy has thresholds to act on.
         self.risk: RiskEngine | None = None
         if self.policy.thresholds:
-            self.risk = risk_engine(self.policy, self.storage, self.fallback is not None)
+            self.risk = risk_engine(
+                self.policy, self.storage, self.fallback is not None, self.clock
+            )
         self.tiers = {name: compile_tier(name, tier) for name, tier in self.policy.tiers.items()}
         # What is refused before a body is read, and how long a body may take to arrive
         self.refused = Refused()

@@ -46,6 +46,7 @@ from guardrail.policy_types import (
     RateValue,
     ReferencedSecret,
     SecretRef,
+    ShareEvery,
     SinkUri,
     Size,
     StorageUri,
@@ -194,6 +195,10 @@ class SignalConfig(_Model):
 
 class Risk(_Model):
     half_life: PositiveDuration = 6 * 3600.0
+    # With Redis storage: how often each worker sends Redis the evidence it gathered and takes
+    # what the others sent (backends/risk_shared.py); "request": on every request, in the
+    # request's round trips (exact, and it costs most of a worker)
+    share_every: ShareEvery = 0.05
     signals: dict[str, SignalConfig] = Field(default_factory=dict)
 
 

@@ -116,6 +116,26 @@ def _positive_duration(value: object) -> float:
     return seconds
 
 
+#: Bounds of ``risk.share_every``: below, a flush would cost more than the round trips it
+#: saves; above, workers would see one another's evidence too late to matter.
+SHARE_EVERY_MIN, SHARE_EVERY_MAX = 0.01, 10.0
+
+
+def _share_every(value: object) -> float | Literal["request"]:
+    if value == "request":
+        return "request"
+    try:
+        seconds = _duration(value)
+    except PydanticCustomError:
+        seconds = -1.0
+    if not SHARE_EVERY_MIN <= seconds <= SHARE_EVERY_MAX:
+        raise refuse(
+            "a duration from 10ms to 10s, such as 50ms (how often each worker shares its "
+            "risk evidence through Redis), or request (read and write Redis on every request)"
+        )
+    return seconds
+
+
 _BYTE_SIZE = TypeAdapter(ByteSize)
 
 
@@ -325,6 +345,11 @@ RateValue = Annotated[
 Duration = Annotated[float, PlainValidator(_duration), WithJsonSchema(_DURATION_SCHEMA)]
 PositiveDuration = Annotated[
     float, PlainValidator(_positive_duration), WithJsonSchema(_DURATION_SCHEMA)
+]
+ShareEvery = Annotated[
+    float | Literal["request"],
+    PlainValidator(_share_every),
+    WithJsonSchema({"anyOf": [{"const": "request"}, _DURATION_SCHEMA]}),
 ]
 Size = Annotated[
     int,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -73,10 +74,14 @@ def storage_from_uri(
 TTL_HALF_LIVES = 8
 
 
-def risk_engine(policy: Policy, storage: Storage, fallback: bool) -> RiskEngine:
+def risk_engine(
+    policy: Policy, storage: Storage, fallback: bool, clock: Callable[[], float] = time.time
+) -> RiskEngine:
     """The risk engine over the store that goes with ``storage``: in process next to memory
-    buckets, in the same Redis (same client and prefix) next to Redis buckets. ``fallback``:
-    also keep a local store for when Redis fails (on_storage_error: fail_open)."""
+    buckets; next to Redis buckets, in process too, shared through the same Redis (same
+    client and prefix) every ``risk.share_every`` (read on ``clock``), or in Redis on every
+    request (``share_every: request``; ``fallback``: also keep a local store for when Redis
+    fails, on_storage_error: fail_open)."""
     from guardrail.backends.risk_memory import MemoryRiskStore
     from guardrail.signals.engine import RiskEngine
 
@@ -110,6 +115,19 @@ def risk_engine(policy: Policy, storage: Storage, fallback: bool) -> RiskEngine:
         gate=storage.gate,  # one pool, one gate: risk calls queue with bucket charges
         queue_timeout=storage.timeout * QUEUE_TIMEOUTS,
     )
+    share_every = policy.risk.share_every
+    if share_every != "request":
+        from guardrail.backends.risk_shared import SharedRiskStore
+
+        assert isinstance(store, RedisRiskStore)
+        shared = SharedRiskStore(
+            memory(),
+            store,
+            interval=share_every,
+            clock=clock,
+            breaker=guarded.breaker if guarded is not None else None,
+        )
+        return RiskEngine(policy, shared)
     if guarded is not None:
         store = GuardedRiskStore(store, guarded.breaker)
     return RiskEngine(policy, store, memory() if fallback else None, remote=True)

@@ -258,6 +258,68 @@ class RedisRiskStore:
                 commands.append(self._script((bucket,), now, [], ops, create))
         return commands
 
+    def batch_commands(
+        self, journal: Sequence[tuple[Keys, Update]], now: float
+    ) -> list[tuple[Any, ...]]:
+        """What ``save_commands`` sends for each update of ``journal``, as one risk.lua call
+        per state at ``now``: counters summed (each weighted from its time to ``now``), bits
+        set, entries pushed in order, the latest ``_t``, the last band and parameters; a
+        state is created if any of its updates may create it."""
+        states: dict[str, _Batched] = {}
+        ttl_ms = self._bitmap_ttl_ms
+        rate = 1.0 / self.half_life
+
+        def state(key: str, *related: str) -> _Batched:
+            batched = states.get(key)
+            if batched is None:
+                batched = states[key] = _Batched([key, *related])
+            return batched
+
+        for keys, update in journal:
+            weight = 2.0 ** ((update.now - now) * rate)
+            epoch = int(update.now // self.window)
+            create = update.create
+            key = self.key(keys.principal)
+            p = state(key, key + ":ring", key + ":band")
+            p.add(PRINCIPAL, update.principal, weight)
+            if update.seen:
+                p.seen(update.now)
+            if update.max_tokens >= 0:
+                p.fields["_m"] = update.max_tokens
+            if update.temperature >= 0:
+                p.fields["_p"] = update.temperature
+            if update.ring is not None:
+                p.ops += ("L", 2, update.ring, RING_SIZE)
+            if update.band is not None:
+                level, held = update.band
+                p.band = f"{level}:{held!r}"
+            if update.spread_bit is not None:
+                p.bit(f"{key}:sp:{epoch}", update.spread_bit, ttl_ms)
+            p.create |= create
+            cohorts = [(keys.subnet, update.subnet, update.subnet_bit, True)]
+            if keys.fingerprint is not None:
+                cohorts.append(
+                    (keys.fingerprint, update.fingerprint, update.fingerprint_bit, create)
+                )
+            for name, increments, member, may_create in cohorts:
+                if not increments and member is None:
+                    continue
+                key = self.key(name)
+                c = state(key)
+                c.add(COHORT, increments, weight)
+                if member is not None:
+                    c.bit(f"{key}:m:{epoch}", member, ttl_ms)
+                c.create |= may_create
+            if update.template is not None:
+                for template in keys.templates:
+                    bucket = state(self.key(template))
+                    bucket.ops += ("L", 1, update.template, BUCKET_SIZE)
+                    bucket.create |= create
+        return [
+            self._script(s.keys, now, s.field_list(), s.op_list(), s.create)
+            for s in states.values()
+        ]
+
     def read_principal(self, name: str, now: float) -> tuple[Any, ...]:
         """One command reading a principal's state (``parse_principal`` reads its reply)."""
         epoch = int(now // self.window)
@@ -355,6 +417,40 @@ class RedisRiskStore:
 
     def failure(self, exc: BaseException) -> StorageError:
         return StorageError(f"risk store {self.uri!r}: {type(exc).__name__}: {exc}")
+
+
+class _Batched:
+    """One state's writes gathered for one risk.lua call (``batch_commands``)."""
+
+    __slots__ = ("band", "create", "fields", "keys", "ops")
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        self.fields: dict[str, float] = {}
+        self.ops: list[Any] = []
+        self.band: str | None = None
+        self.create = False
+
+    def add(self, names: Sequence[str], increments: Sequence[float], weight: float) -> None:
+        fields = self.fields
+        for name, value in zip(names, increments, strict=False):
+            if value:
+                fields[name] = fields.get(name, 0.0) + value * weight
+
+    def seen(self, now: float) -> None:
+        if now > self.fields.get("_t", float("-inf")):
+            self.fields["_t"] = now
+
+    def bit(self, key: str, bit: int, ttl_ms: int) -> None:
+        if key not in self.keys:
+            self.keys.append(key)
+        self.ops += ("B", self.keys.index(key) + 1, bit, ttl_ms)
+
+    def field_list(self) -> list[Any]:
+        return [item for pair in self.fields.items() for item in pair]
+
+    def op_list(self) -> list[Any]:
+        return self.ops if self.band is None else [*self.ops, "S", 3, self.band]
 
 
 def _increments(names: Sequence[str], increments: Sequence[float]) -> list[Any]:

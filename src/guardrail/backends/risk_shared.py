@@ -28,8 +28,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
+from guardrail.backends.breaker import Breaker, BreakerOpen
 from guardrail.backends.risk_memory import MemoryRiskStore, Remote
 from guardrail.backends.risk_redis import RedisRiskStore
 from guardrail.errors import StorageError
@@ -68,6 +68,7 @@ class SharedRiskStore:
         interval: float,
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
+        breaker: Breaker | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be above zero")
@@ -81,6 +82,7 @@ class SharedRiskStore:
         self.dropped = 0  # writes never shared: Redis did not answer for too long
         self._clock = clock
         self._sleep = sleep
+        self._breaker = breaker  # the storage's: no flush while it is open
         self._journal: list[tuple[Keys, Update]] = []
         self._flushing: asyncio.Lock | None = None
         self._task: asyncio.Task[None] | None = None
@@ -146,9 +148,9 @@ class SharedRiskStore:
     # -- in the background ---------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.remote.start()
-        if self._task is None:
+        if self._task is None:  # first: a Redis down at startup is caught up with later
             self._task = asyncio.ensure_future(self._run())
+        await self.remote.start()
 
     async def close(self) -> None:
         task, self._task = self._task, None
@@ -183,7 +185,23 @@ class SharedRiskStore:
         if self._flushing is None:
             self._flushing = asyncio.Lock()
         async with self._flushing:
-            await self._flush()
+            breaker = self._breaker
+            if breaker is not None and breaker.open:
+                self._keep([])  # the journal waits for Redis to be back
+                raise BreakerOpen(breaker)
+            try:
+                await self._flush()
+            except StorageError:
+                if breaker is not None:
+                    breaker.failed()
+                raise
+
+    def _keep(self, unsent: list[tuple[Keys, Update]]) -> None:
+        """Keep ``unsent`` for the next flush, before what was written since; a Redis down for
+        long costs the oldest evidence first."""
+        kept = unsent + self._journal
+        self._journal = kept[-JOURNAL_MAX:]
+        self.dropped += len(kept) - len(self._journal)
 
     async def _flush(self) -> None:
         journal = self._journal
@@ -195,9 +213,8 @@ class SharedRiskStore:
         principals: dict[str, None] = {}
         cohorts: dict[str, None] = {}
         buckets: dict[str, None] = {}
-        commands: list[tuple[Any, ...]] = []
+        commands = remote.batch_commands(journal, now)
         for keys, update in journal:
-            commands += remote.save_commands(keys, update)
             if update.principal or update.ring is not None or update.band is not None:
                 principals[keys.principal] = None
             if update.subnet:
@@ -216,10 +233,7 @@ class SharedRiskStore:
         try:
             replies = await remote.run(commands)
         except StorageError:
-            # sent with the next flush; a Redis down for long costs the oldest evidence first
-            kept = journal + self._journal
-            self._journal = kept[-JOURNAL_MAX:]
-            self.dropped += len(kept) - len(self._journal)
+            self._keep(journal)
             raise
         since = self._journal  # written here during the round trip
         rings, banded, pushed = _newer(since)
