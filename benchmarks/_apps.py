@@ -9,9 +9,7 @@ Redis configurations take their URL from ``GUARDRAIL_BENCH_REDIS``.
 
 from __future__ import annotations
 
-import json
 import os
-import random
 
 from slowapi import Limiter
 from slowapi.util import get_remote_address
@@ -21,6 +19,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from guardrail import Guardrail, Policy
+
+from _requests import PATH
 
 POLICY = """
 version: 1
@@ -57,8 +57,6 @@ thresholds:
 #: The three buckets and ``inspect: openai``, without the risk engine (no thresholds).
 INSPECT_POLICY = RISK_POLICY.partition("thresholds:")[0]
 
-PATH = "/v1/chat/completions"
-
 
 def bare_app(read_body: bool = False) -> Starlette:
     async def endpoint(request: Request) -> PlainTextResponse:
@@ -81,22 +79,6 @@ def slowapi_app(read_body: bool = False) -> Starlette:
     app = Starlette(routes=[Route(PATH, endpoint, methods=["POST"])])
     app.state.limiter = limiter
     return app
-
-
-def chat_bodies(count: int = 20000) -> list[bytes]:
-    """``count`` OpenAI chat bodies, each a 1 KB prompt of random words (seeded: the same
-    bodies in every run)."""
-    rng = random.Random(1)
-    words = [
-        "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9)))
-        for _ in range(3000)
-    ]
-    bodies = []
-    for _ in range(count):
-        text = " ".join(rng.choices(words, k=160))[:1024]
-        body = {"model": "m", "messages": [{"role": "user", "content": text}]}
-        bodies.append(json.dumps(body).encode())
-    return bodies
 
 
 # The factories uvicorn serves (``--factory``): one per configuration of load.py.

@@ -37,7 +37,8 @@ from starlette.types import ASGIApp, Message
 
 from guardrail import Guardrail, Policy
 
-from _apps import INSPECT_POLICY, POLICY, RISK_POLICY, bare_app, chat_bodies, slowapi_app
+from _apps import INSPECT_POLICY, POLICY, RISK_POLICY, bare_app, slowapi_app
+from _requests import chat_bodies
 
 
 def guardrail_app(storage: str | None = None, policy: str = POLICY) -> Guardrail:

@@ -1,0 +1,32 @@
+"""One of load.py's uvicorn workers: serves ``_apps:FACTORY`` on the listening socket the
+parent passes as file descriptor FD.
+
+    python benchmarks/_worker.py FACTORY FD
+
+The parent binds one socket per worker to the same port with SO_REUSEPORT, so the kernel
+spreads connections over the workers by a hash of each connection's addresses. ``uvicorn
+--workers N`` shares one socket instead, and whichever worker wakes first takes every connection
+waiting: with wrk's 32 connections opened at once, one worker of four often held all 32.
+uvicorn's own ``--fd`` would take the socket, but it wraps it as AF_UNIX, so asyncio never sets
+TCP_NODELAY on the connections and a response's body waits for a delayed ACK (~40 ms): the bare
+app served 700 requests a second that way instead of 1,950. Here the socket keeps its family,
+and uvicorn runs as it does under ``--workers`` (``Server.run(sockets=...)``).
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import uvicorn
+
+
+def main() -> None:
+    factory, fd = sys.argv[1], int(sys.argv[2])
+    sock = socket.socket(fileno=fd)  # family and type read from the descriptor: AF_INET
+    config = uvicorn.Config(f"_apps:{factory}", factory=True, access_log=False, log_level="info")
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()
