@@ -5,12 +5,13 @@ parent passes as file descriptor FD.
 
 The parent binds one socket per worker to the same port with SO_REUSEPORT, so the kernel
 spreads connections over the workers by a hash of each connection's addresses. ``uvicorn
---workers N`` shares one socket instead, and whichever worker wakes first takes every connection
-waiting: with wrk's 32 connections opened at once, one worker of four often held all 32.
-uvicorn's own ``--fd`` would take the socket, but it wraps it as AF_UNIX, so asyncio never sets
-TCP_NODELAY on the connections and a response's body waits for a delayed ACK (~40 ms): the bare
-app served 700 requests a second that way instead of 1,950. Here the socket keeps its family,
-and uvicorn runs as it does under ``--workers`` (``Server.run(sockets=...)``).
+--workers N`` shares one socket instead, and the worker that wakes first accepts every
+connection waiting: with wrk's 32 connections opened at once, one worker of four held all 32
+in one run (2,227 rps), two held 16 each in the next (4,269 rps). uvicorn's own ``--fd`` would
+take the socket, but it wraps it as AF_UNIX, so asyncio never sets TCP_NODELAY on the
+connections and each response's body waits for a delayed ACK: the bare app served 705 requests
+a second that way (p50 44 ms) against 2,000-2,500. Here the socket keeps its family, and
+uvicorn runs as under ``--workers`` (``Server.run(sockets=...)``).
 """
 
 from __future__ import annotations
