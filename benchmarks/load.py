@@ -725,7 +725,8 @@ def benchmark(args: argparse.Namespace, processes: Processes, workdir: Path) -> 
         if args.redis and needs_redis:
             delete_keys(args.redis, prefix)
     if args.json:
-        print(json.dumps({**header["json"], "modes": modes}, indent=2))
+        where = "given (--redis)" if args.redis else "started" if redis else None
+        print(json.dumps({**header["json"], "redis": where, "modes": modes}, indent=2))
     return 0
 
 
@@ -769,6 +770,7 @@ def describe(args: argparse.Namespace, generator: Generator) -> dict[str, Any]:
         "duration": args.duration,
         "warmup": args.warmup,
         "rounds": args.rounds,
+        "command": ["benchmarks/load.py", *sys.argv[1:]],
     }
     return {"text": text, "json": data}
 
