@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: simulate demo test lint bench redis-server chromium clean
+.PHONY: simulate demo test lint bench load redis-server chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/streaming.py
 	$(BIN)/python benchmarks/risk_memory.py
+
+# uvicorn workers on loopback under wrk (where installed; else a Python generator), 1 and 4
+# workers, every configuration alternated; options: .venv/bin/python benchmarks/load.py --help
+load: $(VENV)/.installed redis-server
+	$(BIN)/python benchmarks/load.py
 
 simulate: $(VENV)/.installed
 	$(BIN)/guardrail simulate --seed 1

@@ -26,7 +26,6 @@ import gc
 import itertools
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -34,66 +33,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from slowapi import Limiter
-from slowapi.util import get_remote_address
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse
-from starlette.routing import Route
 from starlette.types import ASGIApp, Message
 
 from guardrail import Guardrail, Policy
 
-POLICY = """
-version: 1
-secret: env:GUARDRAIL_BENCH_SECRET
-audit: {sink: "stdout://"}
-routes:
-  - name: inference
-    match: {path: /v1/}
-    limits:
-      - {per: api_key, rate: 1000000000/second}
-      - {per: ip, rate: 1000000000/second}
-      - {per: subnet, rate: 1000000000/second}
-"""
-
-
-RISK_POLICY = """
-version: 1
-secret: env:GUARDRAIL_BENCH_SECRET
-audit: {sink: "stdout://"}
-identity:
-  api_key: {header: authorization}
-routes:
-  - name: inference
-    match: {path: /v1/}
-    inspect: openai
-    limits:
-      - {per: api_key, rate: 1000000000/second}
-      - {per: ip, rate: 1000000000/second}
-      - {per: subnet, rate: 1000000000/second}
-thresholds:
-  - {score: 100, action: block}
-"""
-
-
-def bare_app() -> Starlette:
-    async def endpoint(request: Request) -> PlainTextResponse:
-        return PlainTextResponse("ok")
-
-    return Starlette(routes=[Route("/v1/chat/completions", endpoint, methods=["POST"])])
-
-
-def slowapi_app() -> Starlette:
-    limiter = Limiter(key_func=get_remote_address, storage_uri="memory://")
-
-    @limiter.limit("1000000000/second")
-    async def endpoint(request: Request) -> PlainTextResponse:
-        return PlainTextResponse("ok")
-
-    app = Starlette(routes=[Route("/v1/chat/completions", endpoint, methods=["POST"])])
-    app.state.limiter = limiter
-    return app
+from _apps import INSPECT_POLICY, POLICY, RISK_POLICY, bare_app, slowapi_app
+from _requests import chat_bodies
 
 
 def guardrail_app(storage: str | None = None, policy: str = POLICY) -> Guardrail:
@@ -126,7 +71,7 @@ def chat_requests(count: int = 1000, rounds: int = 16) -> list[tuple[dict[str, A
         address = f"10.{i // 62500 % 250}.{i // 250 % 250}.{i % 250 + 1}"
         identities.append((headers, address))
     out = []
-    bodies = itertools.cycle(_bodies())
+    bodies = itertools.cycle(chat_bodies())
     for _ in range(rounds):
         for headers, address in identities:
             body = next(bodies)
@@ -134,20 +79,6 @@ def chat_requests(count: int = 1000, rounds: int = 16) -> list[tuple[dict[str, A
             scope = {**SCOPE, "headers": [*headers, length], "client": (address, 5)}
             out.append((scope, body))
     return out
-
-
-def _bodies(count: int = 20000) -> list[bytes]:
-    rng = random.Random(1)
-    words = [
-        "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9)))
-        for _ in range(3000)
-    ]
-    bodies = []
-    for _ in range(count):
-        text = " ".join(rng.choices(words, k=160))[:1024]
-        body = {"model": "m", "messages": [{"role": "user", "content": text}]}
-        bodies.append(json.dumps(body).encode())
-    return bodies
 
 
 SCOPE: dict[str, Any] = {
@@ -271,7 +202,7 @@ async def group(name: str, requests: int, batches: int, redis: str | None) -> di
         row = Server(guardrail_app(redis if name == RISK_REDIS else None, RISK_POLICY), chats)
     servers = {
         BARE_CHAT: Server(bare_app(), chats),
-        INSPECT: Server(guardrail_app(policy=RISK_POLICY.partition("thresholds:")[0]), chats),
+        INSPECT: Server(guardrail_app(policy=INSPECT_POLICY), chats),
         name: row,
     }
     return await measure(servers, requests, batches, returning=(name,))
