@@ -110,4 +110,11 @@ def risk_memory() -> Guardrail:
 
 
 def risk_redis() -> Guardrail:
+    """The risk state shared through Redis every 50ms (the default)."""
     return _guardrail(RISK_POLICY, redis=True)
+
+
+def risk_redis_each_request() -> Guardrail:
+    """The risk state read and written in Redis on every request (``share_every: request``)."""
+    policy = RISK_POLICY.replace("thresholds:", "risk: {share_every: request}\nthresholds:")
+    return _guardrail(policy, redis=True)

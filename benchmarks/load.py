@@ -79,7 +79,12 @@ CONFIGS: dict[str, tuple[str, str, bool]] = {
     "memory": ("memory", "guardrail, 3 memory buckets, `inspect: openai`", False),
     "redis": ("redis", "guardrail, 3 Redis buckets", True),
     "risk-memory": ("risk_memory", "+ risk engine, memory", False),
-    "risk-redis": ("risk_redis", "+ risk engine, Redis", True),
+    "risk-redis": ("risk_redis", "+ risk engine, Redis, shared every 50ms", True),
+    "risk-redis-each-request": (
+        "risk_redis_each_request",
+        "+ risk engine, Redis, on every request",
+        True,
+    ),
 }
 
 

@@ -226,3 +226,19 @@ async def test_any_interleaving_ends_where_one_store_would(
         assert_same(shared, alone)
     finally:
         await storage.close()
+
+
+async def test_a_principal_written_here_lately_is_read_again_at_every_flush(
+    worker: Worker,
+) -> None:
+    """A load balancer spreads one principal's requests over the workers: a worker that served
+    it a moment ago takes what the others saw since at its next flush, with nothing of its own
+    to send."""
+    a, b = await worker(), await worker()
+    await a.save(KEYS, request(0))
+    await a.flush()
+    for n in (1, 2, 3):
+        await b.save(KEYS, request(n))
+    await b.flush()
+    await a.flush()  # nothing written here since
+    assert (await a.load(KEYS, NOW)).principal[REQ] == near(4.0)

@@ -51,6 +51,10 @@ logger = logging.getLogger("guardrail")
 
 #: Writes kept for Redis while it does not answer (a few seconds of a busy worker's traffic).
 JOURNAL_MAX = 100_000
+#: Seconds a principal or a cohort written here stays hot: read again at every flush (at least
+#: four intervals). A principal whose requests a load balancer spreads over the workers is
+#: scored on everyone's evidence up to an interval old, not on what this worker last wrote.
+HOT_FOR = 2.0
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -84,6 +88,9 @@ class SharedRiskStore:
         self._sleep = sleep
         self._breaker = breaker  # the storage's: no flush while it is open
         self._journal: list[tuple[Keys, Update]] = []
+        # principals (True) and cohorts written here lately, and when: read at every flush
+        self._hot: dict[str, tuple[float, bool]] = {}
+        self.hot_for = max(HOT_FOR, 4 * interval)
         self._flushing: asyncio.Lock | None = None
         self._task: asyncio.Task[None] | None = None
         self._failed_at = float("-inf")
@@ -205,24 +212,30 @@ class SharedRiskStore:
 
     async def _flush(self) -> None:
         journal = self._journal
-        if not journal:
+        hot = self._hot
+        if not journal and not hot:
             return
         self._journal = []
         now = self._clock()
         remote, local = self.remote, self.local
-        principals: dict[str, None] = {}
-        cohorts: dict[str, None] = {}
         buckets: dict[str, None] = {}
-        commands = remote.batch_commands(journal, now)
+        commands = remote.batch_commands(journal, now) if journal else []
         for keys, update in journal:
             if update.principal or update.ring is not None or update.band is not None:
-                principals[keys.principal] = None
+                hot[keys.principal] = (update.now, True)
             if update.subnet:
-                cohorts[keys.subnet] = None
+                hot[keys.subnet] = (update.now, False)
             if keys.fingerprint is not None and update.fingerprint:
-                cohorts[keys.fingerprint] = None
+                hot[keys.fingerprint] = (update.now, False)
             if update.template is not None:
                 buckets.update(dict.fromkeys(keys.templates))
+        # every principal and cohort written here lately is read again, written now or not:
+        # its copy here stays within an interval of everyone's between its requests here
+        cold = now - self.hot_for
+        for name in [name for name, (last, _) in hot.items() if last < cold]:
+            del hot[name]
+        principals = [name for name, (_, principal) in hot.items() if principal]
+        cohorts = [name for name, (_, principal) in hot.items() if not principal]
         written = len(commands)
         commands += (remote.read_principal(name, now) for name in principals)
         commands += (remote.read_cohort(name, now) for name in cohorts)
