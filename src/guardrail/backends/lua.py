@@ -25,8 +25,13 @@ class LuaScript:
     sha: str
 
     @classmethod
-    def load(cls, name: str) -> LuaScript:
-        body = importlib.resources.files("guardrail.backends").joinpath(name).read_bytes()
+    def load(cls, name: str, library: str | None = None) -> LuaScript:
+        """The script in package file ``name``, after ``library``'s (functions several
+        scripts share: Redis runs each script on its own)."""
+        files = importlib.resources.files("guardrail.backends")
+        body = files.joinpath(name).read_bytes()
+        if library is not None:
+            body = files.joinpath(library).read_bytes() + b"\n" + body
         return cls(body, hashlib.sha1(body, usedforsecurity=False).hexdigest())
 
 

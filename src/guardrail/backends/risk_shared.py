@@ -219,7 +219,6 @@ class SharedRiskStore:
         now = self._clock()
         remote, local = self.remote, self.local
         buckets: dict[str, None] = {}
-        commands = remote.batch_commands(journal, now) if journal else []
         for keys, update in journal:
             if update.principal or update.ring is not None or update.band is not None:
                 hot[keys.principal] = (update.now, True)
@@ -236,22 +235,19 @@ class SharedRiskStore:
             del hot[name]
         principals = [name for name, (_, principal) in hot.items() if principal]
         cohorts = [name for name, (_, principal) in hot.items() if not principal]
-        written = len(commands)
-        commands += (remote.read_principal(name, now) for name in principals)
-        commands += (remote.read_cohort(name, now) for name in cohorts)
-        commands += (remote.read_bucket(name) for name in buckets)
         # what is held here as the journal leaves: Redis's copy less this is what others added
         held = {name: local.held_principal(name, now) for name in principals}
         held_cohorts = {name: local.held_cohort(name, now) for name in cohorts}
         try:
-            replies = await remote.run(commands)
+            read_principals, read_cohorts, read_buckets = await remote.sync(
+                journal, now, principals, cohorts, list(buckets)
+            )
         except StorageError:
             self._keep(journal)
             raise
         since = self._journal  # written here during the round trip
         rings, banded, pushed = _newer(since)
-        replies = replies[written:]
-        for name, reply in zip(principals, replies, strict=False):
+        for name, reply in zip(principals, read_principals, strict=True):
             counters, state = remote.parse_principal(reply, now)
             mine = held[name]
             if mine is None:
@@ -259,16 +255,14 @@ class SharedRiskStore:
             state.newer = rings.get(name, ())
             correction = [theirs - own for theirs, own in zip(counters, mine, strict=True)]
             local.absorb_principal(name, now, correction, state, name in banded)
-        replies = replies[len(principals) :]
-        for name, reply in zip(cohorts, replies, strict=False):
+        for name, reply in zip(cohorts, read_cohorts, strict=True):
             counters, state = remote.parse_cohort(reply, now)
             own = held_cohorts[name]
             if own is None:
                 continue
             correction = [theirs - mine for theirs, mine in zip(counters, own, strict=True)]
             local.absorb_cohort(name, now, correction, state)
-        replies = replies[len(cohorts) :]
-        for name, entries in zip(buckets, replies, strict=True):
+        for name, entries in zip(buckets, read_buckets, strict=True):
             local.absorb_bucket(name, now, Remote(entries=entries, newer=pushed.get(name, ())))
         self.flushes += 1
 

@@ -1,0 +1,117 @@
+-- Risk state in Redis: the two functions risk.lua, risk_read.lua and risk_sync.lua are made of
+-- (this file is put before each of them: one copy of the logic, three scripts).
+--
+-- apply(keys, now, half_life, ttl_ms, create, fields, ops): forward-decayed counters of one risk
+-- state (a principal, a subnet, a fingerprint), kept in one hash so that any worker's increment
+-- commutes with any other's (see signals/state.py). keys[1]: the hash; keys[2..]: other keys of
+-- the same state (same hash tag, so one slot on a cluster), the ring and the band, whose expiry
+-- is renewed with the hash: a state expires as a whole, as it does in the memory store.
+-- now and half_life are passed as the text they are stored as; fields: field, value, field,
+-- value...; ops: operations on keys[2..]:
+--   "L", i, value, cap   push value on list keys[i], keep the newest cap (a ring, a bucket)
+--   "S", i, value        set string keys[i] (the band)
+--   "B", i, bit, ttl_ms  set bit in bitmap keys[i], which expires in its own ttl_ms
+-- Every key but bitmaps then expires in ttl_ms. A field without a leading "_" is a counter:
+-- value x at time now adds x * 2^((now - L)/h) to it, for the landmark L kept in the field "_L"
+-- (set by the first increment). A field with a leading "_" is stored as given, undecayed: "_t"
+-- (last seen) keeps the larger of old and new, since workers' requests land out of order; any
+-- other ("_m" last max_tokens, "_p" last temperature) is overwritten, the last write wins.
+-- create false: a state whose keys[1] does not exist is left alone (a request the limits refused
+-- buys no state); returns 0 then, else 1. "_H" keeps the half-life the counters were weighted
+-- with (see below). Weights grow by 2 every half-life; past 64 of them (2^64) the sums are
+-- rescaled to a landmark at now, so they stay well inside a double.
+--
+-- read(keys, lists): {HGETALL keys[1], LRANGE 0 -1 of keys[2..1+lists], MGET of the rest}.
+local RENORMALISE_AFTER = 64
+
+-- A value as Redis stores it: a Lua number passed to redis.call would be truncated to an integer.
+local function text(value)
+  if type(value) == 'number' then
+    return string.format('%.17g', value)
+  end
+  return value
+end
+
+local function apply(keys, now_text, half_life_text, ttl_ms, create, fields, ops)
+  local key = keys[1]
+  if not create and redis.call('EXISTS', key) == 0 then
+    return 0
+  end
+  local now, half_life = tonumber(now_text), tonumber(half_life_text)
+  local landmark, seen, weighted
+  if #fields > 0 then  -- no fields: keys[1] may be a list (a template bucket), not a hash
+    local state = redis.call('HMGET', key, '_L', '_t', '_H')
+    landmark, seen, weighted = tonumber(state[1]), tonumber(state[2]), tonumber(state[3])
+  end
+
+  local counters = false
+  for i = 1, #fields, 2 do
+    if string.sub(fields[i], 1, 1) ~= '_' then
+      counters = true
+      break
+    end
+  end
+  if counters then
+    -- "_H": the half-life the sums were weighted with. A policy whose half_life changed (or a
+    -- rolling deploy running two) rescales them to its own instead of misreading them.
+    weighted = weighted or half_life
+    if landmark == nil then
+      landmark = now
+      redis.call('HSET', key, '_L', now_text, '_H', half_life_text)
+    elseif weighted ~= half_life or now - landmark > RENORMALISE_AFTER * half_life then
+      local factor = 2 ^ ((landmark - now) / weighted)
+      local all = redis.call('HGETALL', key)
+      for i = 1, #all, 2 do
+        if string.sub(all[i], 1, 1) ~= '_' then
+          redis.call('HSET', key, all[i], text(tonumber(all[i + 1]) * factor))
+        end
+      end
+      landmark = now
+      redis.call('HSET', key, '_L', now_text, '_H', half_life_text)
+    end
+  end
+
+  local weight = counters and 2 ^ ((now - landmark) / half_life)
+  for i = 1, #fields, 2 do
+    local field, value = fields[i], fields[i + 1]
+    if string.sub(field, 1, 1) ~= '_' then
+      redis.call('HINCRBYFLOAT', key, field, text(tonumber(value) * weight))
+    elseif field ~= '_t' or seen == nil or tonumber(value) > seen then
+      redis.call('HSET', key, field, text(value))
+    end
+  end
+  local bitmaps = {}
+  local i = 1
+  while i <= #ops do
+    local op, target = ops[i], keys[tonumber(ops[i + 1])]
+    if op == 'L' then
+      redis.call('LPUSH', target, ops[i + 2])
+      redis.call('LTRIM', target, 0, tonumber(ops[i + 3]) - 1)
+      i = i + 4
+    elseif op == 'S' then
+      redis.call('SET', target, ops[i + 2])
+      i = i + 3
+    elseif op == 'B' then
+      redis.call('SETBIT', target, ops[i + 2], 1)
+      bitmaps[target] = ops[i + 3]
+      i = i + 4
+    else
+      return redis.error_reply('risk: unknown operation ' .. tostring(op))
+    end
+  end
+  for k = 1, #keys do
+    redis.call('PEXPIRE', keys[k], bitmaps[keys[k]] or ttl_ms)
+  end
+  return 1
+end
+
+local function read(keys, lists)
+  local out = {redis.call('HGETALL', keys[1])}
+  for i = 2, 1 + lists do
+    out[#out + 1] = redis.call('LRANGE', keys[i], 0, -1)
+  end
+  if #keys > 1 + lists then
+    out[#out + 1] = redis.call('MGET', unpack(keys, 2 + lists))
+  end
+  return out
+end
