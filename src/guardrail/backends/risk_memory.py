@@ -798,10 +798,17 @@ def _merged(
 def _pushed_all(
     entries: Sequence[bytes], newer: Sequence[bytes], cap: int
 ) -> tuple[bytes, _Layout | None]:
-    blob, layout = b"", None
-    for entry in reversed((*newer, *entries)[:cap]):
-        blob, layout = _push(blob, layout, entry, cap)
-    return blob, layout
+    """A list's blob holding ``newer`` then ``entries``, at most ``cap`` (as ``_push`` keeps
+    them)."""
+    kept = (*newer, *entries)[:cap]
+    if not kept:
+        return b"", None
+    width = len(kept[0])
+    if all(len(e) == width for e in kept):
+        layout = _layout(width)
+        if layout is not None:
+            return b"".join(kept), layout
+    return b"".join(_FRAME.pack(len(e)) + e for e in kept), None
 
 
 def _seen(state_epoch: int, current: int, previous: int, epoch: int) -> int:
