@@ -486,6 +486,15 @@ class MemoryRiskStore:
 
     # -- shared through Redis (risk_shared.py) ----------------------------------------------
 
+    def holds(self, key: str, kind: int, now: float) -> bool:
+        """Whether a state is held here, live: a principal's own (``kind`` 0), a cohort (1),
+        a template bucket (2)."""
+        if kind == 0:
+            p = self._principals.get(key) or self._banded.get(key)
+            return p is not None and p.__class__ is not _Overflow and now - p.touched <= self.ttl
+        state = self._cohorts.get(key) if kind == 1 else self._buckets.get(key)
+        return state is not None and now - state.touched <= self.ttl
+
     def held_principal(self, key: str, now: float) -> list[float] | None:
         """A principal's counters at ``now`` (None: not held, expired, or sent to its
         subnet's overflow state): what a flush compares Redis's copy with."""

@@ -58,6 +58,13 @@ READ = lua.LuaScript.load("risk_read.lua", "risk_state.lua")
 SYNC = lua.LuaScript.load("risk_sync.lua", "risk_state.lua")
 _SCRIPTS = {RISK.sha: RISK, READ.sha: READ, SYNC.sha: SYNC}
 
+#: The log of written states (a stream): each flush adds the names it wrote, and reads what
+#: the other workers added since its last flush. Kept to about LOG_MAX entries (a few seconds
+#: of flushes of many workers; one worker reads it every interval), at most LOG_READ read at once.
+LOG = "~log"
+LOG_MAX = 4096
+LOG_READ = 4096
+
 #: A window's bitmap outlives the two windows it is read in by this much: expiry runs on
 #: Redis's clock, windows on the callers' (as TTL_SLACK_MS in gcra.lua).
 BITMAP_SLACK = 1.0
@@ -279,7 +286,8 @@ class RedisRiskStore:
         principals: Sequence[str],
         cohorts: Sequence[str],
         buckets: Sequence[str],
-    ) -> tuple[list[Any], list[Any], list[Any]]:
+        extra: Sequence[tuple[Any, ...]] = (),
+    ) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
         """A worker's flush in one round trip: ``journal`` written as ``batched`` gathers it,
         then the states named read (the replies of ``read_principal``, ``read_cohort``,
         ``read_bucket``, in the order named), by one risk_sync.lua call (one per slot on a
@@ -325,14 +333,30 @@ class RedisRiskStore:
                     orjson.dumps(listed), *entries,
                 )
             )  # fmt: skip
+        answers = await self._run([*commands, *extra])
         replies: dict[str, Any] = {}
-        for keys, reply in zip(groups.values(), await self._run(commands), strict=True):
+        for keys, reply in zip(groups.values(), answers, strict=False):
             replies.update(zip(keys, reply, strict=True))
         return (
             [replies[self.key(name)] for name in principals],
             [replies[self.key(name)] for name in cohorts],
             [replies[self.key(name)] for name in buckets],
+            answers[len(commands) :],
         )
+
+    def log_append(self, worker: str, names: Sequence[str]) -> tuple[Any, ...]:
+        """Adds to the log of written states: ``worker`` wrote ``names`` (``Keys`` strings).
+        Workers read it to know what the others changed (``log_since``)."""
+        return (
+            "XADD", self.key(LOG), "MAXLEN", "~", LOG_MAX, "*", "w", worker,
+            "s", "\n".join(names),
+        )  # fmt: skip
+
+    def log_since(self, last: str | None) -> tuple[Any, ...]:
+        """The log's entries after ``last`` (an entry id), or its last entry if None."""
+        if last is None:
+            return ("XREVRANGE", self.key(LOG), "+", "-", "COUNT", 1)
+        return ("XRANGE", self.key(LOG), "(" + last, "+", "COUNT", LOG_READ)
 
     def batched(self, journal: Sequence[tuple[Keys, Update]], now: float) -> dict[str, _Batched]:
         """``journal``'s writes gathered per state (by key) at ``now``: counters summed (each

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from guardrail.backends.breaker import Breaker, BreakerOpen
 from guardrail.backends.risk_memory import MemoryRiskStore, Remote
@@ -51,10 +53,7 @@ logger = logging.getLogger("guardrail")
 
 #: Writes kept for Redis while it does not answer (a few seconds of a busy worker's traffic).
 JOURNAL_MAX = 100_000
-#: Seconds a principal or a cohort written here stays hot: read again at every flush (at least
-#: four intervals). A principal whose requests a load balancer spreads over the workers is
-#: scored on everyone's evidence up to an interval old, not on what this worker last wrote.
-HOT_FOR = 2.0
+
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -83,14 +82,15 @@ class SharedRiskStore:
         self.window = local.window
         self.ttl = local.ttl
         self.flushes = 0  # done, for tests and operators
+        self.autoflush = True  # False: whoever set it calls flush (the simulator, on its clock)
         self.dropped = 0  # writes never shared: Redis did not answer for too long
         self._clock = clock
         self._sleep = sleep
         self._breaker = breaker  # the storage's: no flush while it is open
         self._journal: list[tuple[Keys, Update]] = []
-        # principals (True) and cohorts written here lately, and when: read at every flush
-        self._hot: dict[str, tuple[float, bool]] = {}
-        self.hot_for = max(HOT_FOR, 4 * interval)
+        self.worker = secrets.token_hex(8)  # names this worker's entries in the log
+        self._last: str | None = None  # the last log entry read
+        self._started = False  # the log's end is known: entries after it are read
         self._flushing: asyncio.Lock | None = None
         self._task: asyncio.Task[None] | None = None
         self._failed_at = float("-inf")
@@ -155,7 +155,7 @@ class SharedRiskStore:
     # -- in the background ---------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._task is None:  # first: a Redis down at startup is caught up with later
+        if self._task is None and self.autoflush:  # first: a Redis down at startup waits
             self._task = asyncio.ensure_future(self._run())
         await self.remote.start()
 
@@ -211,40 +211,64 @@ class SharedRiskStore:
         self.dropped += len(kept) - len(self._journal)
 
     async def _flush(self) -> None:
-        journal = self._journal
-        hot = self._hot
-        if not journal and not hot:
-            return
-        self._journal = []
+        journal, self._journal = self._journal, []
         now = self._clock()
-        remote, local = self.remote, self.local
+        remote = self.remote
+        principals: dict[str, None] = {}
+        cohorts: dict[str, None] = {}
         buckets: dict[str, None] = {}
         for keys, update in journal:
             if update.principal or update.ring is not None or update.band is not None:
-                hot[keys.principal] = (update.now, True)
+                principals[keys.principal] = None
             if update.subnet:
-                hot[keys.subnet] = (update.now, False)
+                cohorts[keys.subnet] = None
             if keys.fingerprint is not None and update.fingerprint:
-                hot[keys.fingerprint] = (update.now, False)
+                cohorts[keys.fingerprint] = None
             if update.template is not None:
                 buckets.update(dict.fromkeys(keys.templates))
-        # every principal and cohort written here lately is read again, written now or not:
-        # its copy here stays within an interval of everyone's between its requests here
-        cold = now - self.hot_for
-        for name in [name for name, (last, _) in hot.items() if last < cold]:
-            del hot[name]
-        principals = [name for name, (_, principal) in hot.items() if principal]
-        cohorts = [name for name, (_, principal) in hot.items() if not principal]
-        # what is held here as the journal leaves: Redis's copy less this is what others added
-        held = {name: local.held_principal(name, now) for name in principals}
-        held_cohorts = {name: local.held_cohort(name, now) for name in cohorts}
+        extra = [remote.log_since(self._last)]
+        if journal:
+            extra.insert(0, remote.log_append(self.worker, [*principals, *cohorts, *buckets]))
+        # the journal written, what it touched read back, the log appended to and read: one
+        # round trip
         try:
-            read_principals, read_cohorts, read_buckets = await remote.sync(
-                journal, now, principals, cohorts, list(buckets)
-            )
+            log = await self._exchange(journal, now, principals, cohorts, buckets, extra)
         except StorageError:
             self._keep(journal)
             raise
+        # what the other workers wrote since: read again what this worker holds of it (and has
+        # not written since: that is read back with its own write at the next flush)
+        pending = _touched(self._journal)
+        changed: tuple[dict[str, None], dict[str, None], dict[str, None]] = ({}, {}, {})
+        for name in log:
+            if name in pending or name in principals or name in cohorts or name in buckets:
+                continue
+            kind = _kind(name)
+            if self.local.holds(name, kind, now):
+                changed[kind][name] = None
+        if any(changed):
+            await self._exchange([], now, *changed, [])
+        self.flushes += 1
+
+    async def _exchange(
+        self,
+        journal: list[tuple[Keys, Update]],
+        now: float,
+        principals: dict[str, None],
+        cohorts: dict[str, None],
+        buckets: dict[str, None],
+        extra: list[tuple[Any, ...]],
+    ) -> list[str]:
+        """One round trip: ``journal`` written, the states named read back and taken here
+        (``absorb_*``), the ``extra`` log commands run; returns the names the other workers
+        logged since this worker's last read."""
+        local, remote = self.local, self.remote
+        # what is held here as the journal leaves: Redis's copy less this is what others added
+        held = {name: local.held_principal(name, now) for name in principals}
+        held_cohorts = {name: local.held_cohort(name, now) for name in cohorts}
+        read_principals, read_cohorts, read_buckets, logged = await remote.sync(
+            journal, now, list(principals), list(cohorts), list(buckets), extra
+        )
         since = self._journal  # written here during the round trip
         rings, banded, pushed = _newer(since)
         for name, reply in zip(principals, read_principals, strict=True):
@@ -264,7 +288,43 @@ class SharedRiskStore:
             local.absorb_cohort(name, now, correction, state)
         for name, entries in zip(buckets, read_buckets, strict=True):
             local.absorb_bucket(name, now, Remote(entries=entries, newer=pushed.get(name, ())))
-        self.flushes += 1
+        names: list[str] = []
+        if logged:
+            entries = logged[-1] or []
+            if entries:
+                self._last = _text(entries[-1][0])
+            elif self._last is None:
+                self._last = "0-0"  # an empty log: everything after its start
+            if self._started:
+                for _, values in entries:  # redis-py's reply: (id, {field: value})
+                    if _text(values.get(b"w", b"")) != self.worker:
+                        names += _text(values.get(b"s", b"")).split("\n")
+            self._started = True
+        return names
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _kind(name: str) -> int:
+    """0 a principal, 1 a cohort (a subnet, a client fingerprint), 2 a template bucket, by
+    the prefix of its ``Keys`` string."""
+    prefix = name[:2]
+    return 1 if prefix in ("s:", "f:") else 2 if prefix == "t:" else 0
+
+
+def _touched(journal: list[tuple[Keys, Update]]) -> set[str]:
+    """Every state ``journal`` writes to."""
+    names: set[str] = set()
+    for keys, update in journal:
+        names.add(keys.principal)
+        names.add(keys.subnet)
+        if keys.fingerprint is not None:
+            names.add(keys.fingerprint)
+        if update.template is not None:
+            names.update(keys.templates)
+    return names
 
 
 def _template_only(now: float, entry: bytes) -> Update:

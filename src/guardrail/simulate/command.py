@@ -50,6 +50,16 @@ def _positive(text: str) -> float:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {text!r}")
+    return value
+
+
 EPILOG = (
     "The policy's audit sink is replaced by a file in a temporary directory (removed after the "
     "run). If the policy reads its secret from an unset environment variable (secret: "
@@ -83,6 +93,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print only the JSON report")
     parser.add_argument("--storage", metavar="URI", help="override the policy's storage")
+    parser.add_argument(
+        "--instances",
+        type=_at_least_one,
+        default=1,
+        metavar="N",
+        help="guardrail instances (workers) on the one storage, each request sent to one at "
+        "random (default 1); with a Redis storage their risk state is shared every "
+        "risk.share_every of simulated time",
+    )
 
 
 def load_app(spec: str) -> Any:
@@ -195,7 +214,9 @@ def _run(args: argparse.Namespace) -> int:
     if sys.stderr.isatty():
         progress = ProgressBar(sys.stderr, EPOCH, end, args.days)
     with tempfile.TemporaryDirectory(prefix="guardrail-sim-") as tmp:
-        audit_path = Path(tmp) / "audit.jsonl"
+        audit_path = Path(tmp) / (
+            "audit.jsonl" if args.instances == 1 else "audit-{instance}.jsonl"
+        )
         with simulation_secret(policy) as secret_source:
             began = time.perf_counter()
             try:
@@ -207,13 +228,17 @@ def _run(args: argparse.Namespace) -> int:
                         audit=f"file://{audit_path}",
                         storage=args.storage,
                         progress=progress,
+                        instances=args.instances,
                     )
                 )
             finally:
                 if progress is not None:
                     progress.close()
             wall = time.perf_counter() - began
-        records = _count_records(audit_path)
+        records = sum(
+            _count_records(Path(str(audit_path).replace("{instance}", str(index))))
+            for index in range(args.instances)
+        )
     data = report(
         tally,
         {
@@ -226,6 +251,7 @@ def _run(args: argparse.Namespace) -> int:
             "mode": policy.mode,
             "app": args.app,
             "storage": mask_uri(args.storage or policy.storage),
+            "instances": args.instances,
             "secret": secret_source,
             "requests": count,
             "wall_seconds": round(wall, 2),

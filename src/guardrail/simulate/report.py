@@ -287,7 +287,8 @@ def render(data: dict[str, Any]) -> str:
     lines = [
         f"guardrail simulate (seed {run['seed']}; {run['days']:g} days from {run['start']}; "
         f"scale {run['scale']:g})",
-        f"policy {run['policy']} (mode {run['mode']}); app {run['app']}; storage {run['storage']}",
+        f"policy {run['policy']} (mode {run['mode']}); app {run['app']}; storage {run['storage']}"
+        + (f" ({run['instances']} instances)" if run.get("instances", 1) > 1 else ""),
         f"{run['requests']} requests in {run['wall_seconds']:.1f} s "
         f"({run['requests_per_second']:.0f} requests/s); {run['audit_records']} audit records",
     ]

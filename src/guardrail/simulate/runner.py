@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from starlette.types import ASGIApp, Message
 
+from guardrail.backends.risk_shared import SharedRiskStore
+from guardrail.errors import StorageError
 from guardrail.middleware import Guardrail
 from guardrail.policy import Policy
 from guardrail.simulate.populations import BY_NAME, EPOCH, POPULATIONS, stream
@@ -163,24 +166,40 @@ def scope_for(request: SimRequest, state: dict[str, Any]) -> dict[str, Any]:
 
 
 async def drive(
-    app: ASGIApp,
+    app: ASGIApp | Sequence[Guardrail],
     requests: Iterable[SimRequest],
     clock: SimClock,
     tally: Tally,
     progress: Progress | None = None,
     pause: Pause | None = None,
     every: int = 500,
+    seed: int = 1,
 ) -> int:
     """Send every request to ``app`` at its time and tally the outcome; returns the count.
+    Several guardrail instances (workers behind a load balancer): each request goes to one at
+    random (seeded by ``seed``), and each instance's risk state shared through Redis is
+    flushed every ``risk.share_every`` of simulated time.
 
     Every ``every`` requests, ``progress(simulated time, requests so far)`` is called and
     ``pause()`` awaited. Nothing here waits on real I/O, so without a pause the event loop
     would never run guardrail's background work (the audit writer's thread hand-offs): its
     queue would overflow and records be dropped, which no real server allows to happen.
     """
+    apps: Sequence[ASGIApp] = app if isinstance(app, Sequence) else [app]
+    shared = [_shared_store(a) for a in apps]
+    due = [float("-inf")] * len(apps)
+    pick = random.Random(seed).randrange
     count = 0
     for request in requests:
         clock.now = request.t
+        for index, store in enumerate(shared):
+            if store is not None and request.t >= due[index]:
+                due[index] = request.t + store.interval
+                try:
+                    await store.flush()
+                except StorageError as exc:
+                    tally.app_error(exc)
+        app = apps[pick(len(apps))] if len(apps) > 1 else apps[0]
         state: dict[str, Any] = {}
         exchange = _Exchange(request.body)
         slept = clock.slept
@@ -208,6 +227,17 @@ async def drive(
     return count
 
 
+def _shared_store(app: ASGIApp) -> SharedRiskStore | None:
+    """The risk store of a guardrail instance whose risk state is shared through Redis, now
+    flushed by ``drive`` on the simulated clock instead of its own loop on the real one."""
+    risk = getattr(app, "risk", None)
+    store = getattr(risk, "store", None)
+    if not isinstance(store, SharedRiskStore):
+        return None
+    store.autoflush = False
+    return store
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """What to simulate: the same seed, days and scale give the same request stream."""
@@ -226,24 +256,36 @@ async def simulate(
     audit: str,
     storage: str | None = None,
     progress: Progress | None = None,
+    instances: int = 1,
 ) -> tuple[Tally, int]:
     """Wrap ``app`` in guardrail (simulated clock, ``audit`` sink, optional ``storage``), send
     it the whole stream, shut guardrail down (flushing the audit trail) and return the tally
-    and the number of requests sent."""
+    and the number of requests sent. ``instances``: that many guardrails on the one storage,
+    each request sent to one at random; ``{instance}`` in ``audit`` names each one's trail."""
     chosen = POPULATIONS if config.only is None else [BY_NAME[name] for name in config.only]
     tally = Tally([(p.name, p.kind, p.accounts(config.scale)) for p in chosen])
     clock = SimClock(EPOCH)
-    guard = Guardrail(
-        app, policy=policy, clock=clock, sleep=clock.sleep, storage=storage, audit=audit
-    )
+    guards = [
+        Guardrail(
+            app,
+            policy=policy,
+            clock=clock,
+            sleep=clock.sleep,
+            storage=storage,
+            audit=audit.replace("{instance}", str(index)),
+        )
+        for index in range(instances)
+    ]
     requests = stream(config.seed, config.days, config.scale, [p.name for p in chosen])
 
     async def pause() -> None:
         await asyncio.sleep(0)  # let background tasks take their turn
-        await guard.audit.flush()  # and the audit writer catch up (a thread round trip)
+        for guard in guards:
+            await guard.audit.flush()  # and the audit writers catch up (thread round trips)
 
     try:
-        count = await drive(guard, requests, clock, tally, progress, pause)
+        count = await drive(guards, requests, clock, tally, progress, pause, seed=config.seed)
     finally:
-        await guard.shutdown()
+        for guard in guards:
+            await guard.shutdown()
     return tally, count
