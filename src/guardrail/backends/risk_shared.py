@@ -1,25 +1,27 @@
 """Risk state shared through Redis at memory speed (issue 14): no round trip on the request path.
 
 Each worker reads and writes its own ``MemoryRiskStore``, as in memory mode, and journals what it
-writes. Every ``interval`` one pipeline sends the journal to Redis (``risk.lua``, as the Redis
-store writes it) and reads back every state the journal touched; the worker then takes Redis's
-copy of those states, which holds what every worker wrote, plus what it wrote itself while the
-round trip was under way.
+writes. Every ``interval`` one round trip sends the journal to Redis (``risk_sync.lua``: the
+writes ``risk.lua`` would make, gathered per state) and reads back every state it wrote, appends
+the names of those states to a log (a Redis stream) and reads what the other workers appended
+since; a second round trip reads the states this worker holds that they changed. The worker
+then takes Redis's copy of each state read, which holds what every worker wrote, plus what it
+wrote itself while the round trip was under way.
 
 That is possible without locks because every write commutes (forward-decayed counters add, bits
 are OR-ed, lists are pushed): for counters, the copy here becomes ``here + (redis - here_then)``,
-where ``here_then`` is this copy when the journal left (everything in it had been written here
-and is now in Redis too). Bits are OR-ed in; a ring or a template bucket becomes Redis's with the
-entries pushed here since in front; a band set elsewhere replaces this one unless one was set
-here since. A ring or a bucket so keeps the entries Redis received last, flush by flush: within
-an interval, not always in the order of the requests.
+where ``here_then`` is this copy when the read left (everything written here by then is in Redis
+too: a state with writes still in the journal is not read in the second round trip). Bits are
+OR-ed in; a ring or a template bucket becomes Redis's with the entries pushed here since in
+front; a band set elsewhere replaces this one unless one was set here since. A ring or a bucket
+so keeps the entries Redis received last, flush by flush: within an interval, not always in the
+order of the requests.
 
-How stale: what another worker wrote reaches this one at most two intervals and a round trip
-later, for a state this worker writes meanwhile (a principal it serves, that principal's subnet
-and client build, the template buckets of the prompts it sees). A principal's first request on
-a worker is assessed on what that worker holds (nothing, or what an earlier request left), and
-its next one a flush later on everything. A worker that dies loses its last interval of
-evidence; limits are not here (their buckets are charged in Redis on every request).
+How stale: what another worker wrote reaches this one within that worker's flush and this
+one's next, for every state this worker holds. A principal's first request on a worker is
+assessed on what that worker holds (nothing, or what an earlier request left), its next ones on
+everything. A worker that dies loses its last interval of evidence; limits are not here (their
+buckets are charged in Redis on every request).
 """
 
 from __future__ import annotations
