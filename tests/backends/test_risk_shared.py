@@ -228,12 +228,12 @@ async def test_any_interleaving_ends_where_one_store_would(
         await storage.close()
 
 
-async def test_a_principal_written_here_lately_is_read_again_at_every_flush(
+async def test_a_state_another_worker_changed_is_read_again_at_the_next_flush(
     worker: Worker,
 ) -> None:
-    """A load balancer spreads one principal's requests over the workers: a worker that served
-    it a moment ago takes what the others saw since at its next flush, with nothing of its own
-    to send."""
+    """A load balancer spreads one principal's requests over the workers: a worker that holds
+    it takes what the others saw since at its next flush (they logged the names they wrote),
+    with nothing of its own to send."""
     a, b = await worker(), await worker()
     await a.save(KEYS, request(0))
     await a.flush()
@@ -242,3 +242,16 @@ async def test_a_principal_written_here_lately_is_read_again_at_every_flush(
     await b.flush()
     await a.flush()  # nothing written here since
     assert (await a.load(KEYS, NOW)).principal[REQ] == near(4.0)
+
+
+async def test_a_worker_reads_only_what_it_holds_and_others_changed(worker: Worker) -> None:
+    a, b = await worker(), await worker()
+    await a.flush()  # finds the log's end
+    stranger = KEYS._replace(principal="k:" + "e" * 32)
+    await b.save(stranger, request(0))
+    await b.flush()
+    await a.flush()
+    # a holds none of b's states but the subnet, fingerprint and buckets they share: never
+    # the stranger
+    assert a.local.held_principal(stranger.principal, NOW) is None
+    assert a.flushes == 2

@@ -93,6 +93,7 @@ class SharedRiskStore:
         self.worker = secrets.token_hex(8)  # names this worker's entries in the log
         self._last: str | None = None  # the last log entry read
         self._started = False  # the log's end is known: entries after it are read
+        self._stale: list[str] = []  # changed elsewhere, not read again yet (Redis failed)
         self._flushing: asyncio.Lock | None = None
         self._task: asyncio.Task[None] | None = None
         self._failed_at = float("-inf")
@@ -242,6 +243,7 @@ class SharedRiskStore:
         # not written since: that is read back with its own write at the next flush)
         pending = _touched(self._journal)
         changed: tuple[dict[str, None], dict[str, None], dict[str, None]] = ({}, {}, {})
+        log, self._stale = [*self._stale, *log], []
         for name in log:
             if name in pending or name in principals or name in cohorts or name in buckets:
                 continue
@@ -249,7 +251,11 @@ class SharedRiskStore:
             if self.local.holds(name, kind, now):
                 changed[kind][name] = None
         if any(changed):
-            await self._exchange([], now, *changed, [])
+            try:
+                await self._exchange([], now, *changed, [])
+            except StorageError:
+                self._stale = [name for names in changed for name in names]  # next flush
+                raise
         self.flushes += 1
 
     async def _exchange(
