@@ -217,10 +217,9 @@ class RedisRiskStore:
         """One risk.lua call per state: counters, ring, band and bitmap together. Without
         ``update.create``, states that are not there are left alone (the subnet's is always
         written: one per network)."""
-        await self._run(self.save_commands(keys, update))
+        await self._run(self._save_commands(keys, update))
 
-    def save_commands(self, keys: Keys, update: Update) -> list[tuple[Any, ...]]:
-        """``save``'s commands, to be sent with others (``run``)."""
+    def _save_commands(self, keys: Keys, update: Update) -> list[tuple[Any, ...]]:
         now = update.now
         create = update.create
         epoch = int(now // self.window)
@@ -269,16 +268,6 @@ class RedisRiskStore:
                 commands.append(self._script((bucket,), now, [], ops, create))
         return commands
 
-    def batch_commands(
-        self, journal: Sequence[tuple[Keys, Update]], now: float
-    ) -> list[tuple[Any, ...]]:
-        """What ``save_commands`` sends for each update of ``journal``, as one risk.lua call
-        per state at ``now`` (``batched``)."""
-        return [
-            self._script(s.keys, now, s.field_list(), s.op_list(), s.create)
-            for s in self.batched(journal, now).values()
-        ]
-
     async def sync(
         self,
         journal: Sequence[tuple[Keys, Update]],
@@ -289,8 +278,8 @@ class RedisRiskStore:
         extra: Sequence[tuple[Any, ...]] = (),
     ) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
         """A worker's flush in one round trip: ``journal`` written as ``batched`` gathers it,
-        then the states named read (the replies of ``read_principal``, ``read_cohort``,
-        ``read_bucket``, in the order named), by one risk_sync.lua call (one per slot on a
+        then the states named read (what ``parse_principal`` and ``parse_cohort`` read, and a
+        bucket's entries, in the order named), by one risk_sync.lua call (one per slot on a
         cluster). Arguments are few (a JSON spec, the keys, the entries pushed): redis-py
         packs each in Python, ~1.3 µs apiece, so this costs a small part of one command per
         state."""
@@ -416,22 +405,6 @@ class RedisRiskStore:
                     bucket.create |= create
         return {key: s for key, s in states.items() if s.fields or s.ops or s.band is not None}
 
-    def read_principal(self, name: str, now: float) -> tuple[Any, ...]:
-        """One command reading a principal's state (``parse_principal`` reads its reply)."""
-        epoch = int(now // self.window)
-        key = self.key(name)
-        return self._read(
-            key, key + ":ring", key + ":band", f"{key}:sp:{epoch}", f"{key}:sp:{epoch - 1}", lists=1
-        )
-
-    def read_cohort(self, name: str, now: float) -> tuple[Any, ...]:
-        epoch = int(now // self.window)
-        key = self.key(name)
-        return self._read(key, f"{key}:m:{epoch}", f"{key}:m:{epoch - 1}")
-
-    def read_bucket(self, name: str) -> tuple[Any, ...]:
-        return ("LRANGE", self.key(name), 0, BUCKET_SIZE - 1)
-
     def parse_principal(self, reply: Any, now: float) -> tuple[list[float], Remote]:
         """Counters decayed to ``now`` (zeros when absent) and the rest of a principal's state."""
         counters_flat, ring, (band_bytes, current, previous) = reply
@@ -457,10 +430,6 @@ class RedisRiskStore:
         counters_flat, (current, previous) = reply
         counters = self._decay(_pairs(counters_flat), _COHORT_FIELDS, len(COHORT), now)
         return counters, Remote(_bitmap((current,)), _bitmap((previous,)))
-
-    async def run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Commands of this store (``save_commands``, ``read_*``) in one round trip."""
-        return await self._run(commands)
 
     async def _run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """One round trip; on NOSCRIPT (a flushed, restarted or failed-over server), the
@@ -516,7 +485,7 @@ class RedisRiskStore:
 
 
 class _Batched:
-    """One state's writes gathered for one risk.lua call (``batch_commands``)."""
+    """One state's writes gathered for one call (``batched``)."""
 
     __slots__ = ("band", "create", "fields", "keys", "ops")
 
