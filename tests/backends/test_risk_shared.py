@@ -255,3 +255,46 @@ async def test_a_worker_reads_only_what_it_holds_and_others_changed(worker: Work
     # the stranger
     assert a.local.held_principal(stranger.principal, NOW) is None
     assert a.flushes == 2
+
+
+async def test_writes_that_landed_are_not_sent_again_when_the_log_fails(worker: Worker) -> None:
+    """Review of issue 14: the log's commands run after the writes in the same round trip; a
+    failing log (here a key of the wrong type where the stream is) must not make the flush
+    send its writes a second time."""
+    a = await worker()
+    await a.flush()
+    await a.remote.client.set(a.remote.key("~log"), "not a stream")
+    await a.save(KEYS, request(0))
+    await a.flush()  # writes land, the log's XADD fails: said, not raised
+    await a.remote.client.delete(a.remote.key("~log"))
+    await a.flush()
+    reference = memory()
+    await reference.save(KEYS, request(0))
+    assert (await a.load(KEYS, NOW)).principal[REQ] == near(1.0)
+    b = await worker()
+    await b.save(KEYS, update(principal=counters(req=1)))
+    await b.flush()
+    assert (await b.load(KEYS, NOW)).principal[REQ] == near(2.0)  # Redis counted it once
+
+
+async def test_a_principal_redis_lost_is_put_back_not_wiped_here(worker: Worker) -> None:
+    """Evicted or failed over: Redis no longer has a principal this worker holds. A request
+    decided from its standing writes it there again; the copy here is not reset to Redis's
+    nothing."""
+    a = await worker()
+    for n in range(3):
+        await a.save(KEYS, request(n))
+    await a.flush()
+    await a.remote.client.delete(a.remote.key(KEYS.principal))
+    a.fold(KEYS, NOW, 1.0, 3, -1, -1.0, 0, 7, [1.0, 0.5, 0.0], True, b"ring-fold")
+    await a.flush()
+    assert (await a.load(KEYS, NOW)).principal[REQ] == near(4.0)
+    b = await worker()
+    await b.save(KEYS, update(principal=counters(req=1)))
+    await b.flush()
+    assert (await b.load(KEYS, NOW)).principal[REQ] == near(2.0)  # the fold, and b's
+    await a.flush()  # sends what Redis lost (3), takes b's
+    assert (await a.load(KEYS, NOW)).principal[REQ] == near(5.0)
+    await b.save(KEYS, update(principal=counters(req=1)))
+    await b.flush()
+    assert (await b.load(KEYS, NOW)).principal[REQ] == near(6.0)

@@ -535,7 +535,8 @@ class MemoryRiskStore:
                 p.max_tokens = _intern(self._ints, remote.max_tokens)
             if remote.temperature >= 0:
                 p.temperature = _intern(self._floats, remote.temperature)
-        p.ring, p.layout = _pushed_all(remote.entries, remote.newer, RING_SIZE)
+        if remote.entries:  # none: Redis lost them (this copy's, newer included, are kept)
+            p.ring, p.layout = _pushed_all(remote.entries, remote.newer, RING_SIZE)
         if remote.band is not None and not own_band and remote.band != p.band:
             self._band(Keys(key, "", None, ()), p, remote.band)
 

@@ -322,7 +322,13 @@ class RedisRiskStore:
                     orjson.dumps(listed), *entries,
                 )
             )  # fmt: skip
-        answers = await self._run([*commands, *extra])
+        answers = await self._replies([*commands, *extra])
+        # The states' writes failed: the caller sends them again (on a cluster, slots that
+        # answered are then written twice: the journal cannot tell). The log's commands only
+        # are replaced by their errors: the writes landed, and must not be sent again.
+        for answer in answers[: len(commands)]:
+            if isinstance(answer, Exception):
+                raise self.failure(answer)
         replies: dict[str, Any] = {}
         for keys, reply in zip(groups.values(), answers, strict=False):
             replies.update(zip(keys, reply, strict=True))
@@ -345,7 +351,8 @@ class RedisRiskStore:
         """The log's entries after ``last`` (an entry id), or its last entry if None."""
         if last is None:
             return ("XREVRANGE", self.key(LOG), "+", "-", "COUNT", 1)
-        return ("XRANGE", self.key(LOG), "(" + last, "+", "COUNT", LOG_READ)
+        # inclusive (an exclusive start needs Redis 6.2): the caller skips ``last`` itself
+        return ("XRANGE", self.key(LOG), last, "+", "COUNT", LOG_READ)
 
     def batched(self, journal: Sequence[tuple[Keys, Update]], now: float) -> dict[str, _Batched]:
         """``journal``'s writes gathered per state (by key) at ``now``: counters summed (each
@@ -432,18 +439,23 @@ class RedisRiskStore:
         return counters, Remote(_bitmap((current,)), _bitmap((previous,)))
 
     async def _run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """One round trip; on NOSCRIPT (a flushed, restarted or failed-over server), the
-        scripts that were refused go again as EVAL, which also caches them. Only those: the
-        rest of the pipeline was applied, once."""
+        """``_replies``, raising the first command's error as a StorageError."""
+        replies = await self._replies(commands)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise self.failure(reply)
+        return replies
+
+    async def _replies(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """One round trip, each command's error in its place; on NOSCRIPT (a flushed,
+        restarted or failed-over server), the scripts that were refused go again as EVAL,
+        which also caches them. Only those: the rest of the pipeline was applied, once."""
         replies = await self._execute(commands)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
             retry = [_as_eval(commands[i]) for i in missing]
             for i, reply in zip(missing, await self._execute(retry), strict=True):
                 replies[i] = reply
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise self.failure(reply)
         return replies
 
     def _script(

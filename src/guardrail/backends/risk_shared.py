@@ -139,14 +139,15 @@ class SharedRiskStore:
             counts[GN], counts[GS], counts[GQ] = 1.0, gap, gap * gap
         if prompt:
             counts[PRM] = 1.0
-        # create=False: a fold comes before the limits, and only an admitted request creates
-        # state (the principal has some: it has a standing; a subnet is always written)
+        # create=True though a fold comes before the limits: the principal has a standing, so
+        # an admitted request made it here; Redis may have lost it (evicted, failed over), and
+        # its evidence is put back there rather than dropped by every flush
         self._journal.append(
             (
                 keys,
                 Update(
                     now, counts, max_tokens, temperature, True, ring, spread_bit, None,
-                    cohort, member_bit, cohort, member_bit, template, create=False,
+                    cohort, member_bit, cohort, member_bit, template,
                 ),
             )
         )  # fmt: skip
@@ -165,7 +166,8 @@ class SharedRiskStore:
     async def close(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
+            async with self._lock():  # a flush under way ends first: its journal has left
+                task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         try:
             await self.flush()  # the last interval's evidence
@@ -192,9 +194,7 @@ class SharedRiskStore:
 
     async def flush(self) -> None:
         """Send the journal and take Redis's copy of every state it touched; one at a time."""
-        if self._flushing is None:
-            self._flushing = asyncio.Lock()
-        async with self._flushing:
+        async with self._lock():
             breaker = self._breaker
             if breaker is not None and breaker.open:
                 self._keep([])  # the journal waits for Redis to be back
@@ -205,6 +205,38 @@ class SharedRiskStore:
                 if breaker is not None:
                     breaker.failed()
                 raise
+
+    def _lock(self) -> asyncio.Lock:
+        if self._flushing is None:
+            self._flushing = asyncio.Lock()
+        return self._flushing
+
+    def _repaired(
+        self, name: str, kind: int, theirs: list[float], mine: list[float], now: float
+    ) -> list[float]:
+        """What to add here to a state's counters (``mine``) to make them Redis's
+        (``theirs``): what the others added. Redis can only hold more than this copy, which
+        is what it held plus what this worker wrote since; where it holds less it lost some
+        (evicted, failed over): this copy keeps its counts, and what Redis lacks is sent to
+        it with the next flush."""
+        correction, lost = [], []
+        for t, m in zip(theirs, mine, strict=True):
+            difference = t - m
+            if difference < -LOSS * max(m, 1.0):
+                correction.append(0.0)
+                lost.append(-difference)
+            else:
+                correction.append(difference)
+                lost.append(0.0)
+        if any(lost):
+            keys = Keys(name, "", None, ()) if kind == 0 else Keys("", name, None, ())
+            repair = (
+                Update(now, lost, seen=False)
+                if kind == 0
+                else Update(now, [], seen=False, subnet=lost)
+            )
+            self._journal.append((keys, repair))
+        return correction
 
     def _keep(self, unsent: list[tuple[Keys, Update]]) -> None:
         """Keep ``unsent`` for the next flush, before what was written since; a Redis down for
@@ -282,23 +314,27 @@ class SharedRiskStore:
         for name, reply in zip(principals, read_principals, strict=True):
             counters, state = remote.parse_principal(reply, now)
             mine = held[name]
-            if mine is None:
-                continue
+            if mine is None or not reply[0]:
+                continue  # not held here, or not in Redis (refused there, or lost): kept
             state.newer = rings.get(name, ())
-            correction = [theirs - own for theirs, own in zip(counters, mine, strict=True)]
+            correction = self._repaired(name, 0, counters, mine, now)
             local.absorb_principal(name, now, correction, state, name in banded)
         for name, reply in zip(cohorts, read_cohorts, strict=True):
             counters, state = remote.parse_cohort(reply, now)
             own = held_cohorts[name]
-            if own is None:
+            if own is None or not reply[0]:
                 continue
-            correction = [theirs - mine for theirs, mine in zip(counters, own, strict=True)]
-            local.absorb_cohort(name, now, correction, state)
+            local.absorb_cohort(name, now, self._repaired(name, 1, counters, own, now), state)
         for name, entries in zip(buckets, read_buckets, strict=True):
             local.absorb_bucket(name, now, Remote(entries=entries, newer=pushed.get(name, ())))
         names: list[str] = []
-        if logged:
-            entries = logged[-1] or []
+        failed = [answer for answer in logged if isinstance(answer, Exception)]
+        if failed:
+            # the writes landed; the log could not be written or read: others learn of these
+            # states at their next change, this worker reads the log from where it was
+            logger.warning("guardrail: the risk log failed: %s", remote.failure(failed[0]))
+        elif logged:
+            entries = [e for e in logged[-1] or [] if _text(e[0]) != self._last]
             if entries:
                 self._last = _text(entries[-1][0])
             elif self._last is None:
@@ -309,6 +345,11 @@ class SharedRiskStore:
                         names += _text(values.get(b"s", b"")).split("\n")
             self._started = True
         return names
+
+
+#: Redis holding less than this copy by more than this share of a counter is a loss (an
+#: eviction, a failover), not float32 against float64 rounding.
+LOSS = 1e-3
 
 
 def _text(value: bytes | str) -> str:
