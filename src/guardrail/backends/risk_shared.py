@@ -55,6 +55,8 @@ logger = logging.getLogger("guardrail")
 
 #: Writes kept for Redis while it does not answer (a few seconds of a busy worker's traffic).
 JOURNAL_MAX = 100_000
+#: A failure to share is said at most this often (seconds): the flush is tried every interval.
+WARN_EVERY = 60.0
 
 
 Clock = Callable[[], float]
@@ -97,6 +99,7 @@ class SharedRiskStore:
         self._flushing: asyncio.Lock | None = None
         self._task: asyncio.Task[None] | None = None
         self._failed_at = float("-inf")
+        self._log_failed_at = float("-inf")
 
     # -- the request path: memory only -----------------------------------------------------
 
@@ -182,7 +185,7 @@ class SharedRiskStore:
                 await self.flush()
             except StorageError as exc:
                 now = time.monotonic()
-                if now - self._failed_at >= 60.0:
+                if now - self._failed_at >= WARN_EVERY:
                     self._failed_at = now
                     logger.warning(
                         "guardrail: risk evidence not shared (kept here, sent with the next "
@@ -332,7 +335,9 @@ class SharedRiskStore:
         if failed:
             # the writes landed; the log could not be written or read: others learn of these
             # states at their next change, this worker reads the log from where it was
-            logger.warning("guardrail: the risk log failed: %s", remote.failure(failed[0]))
+            if time.monotonic() - self._log_failed_at >= WARN_EVERY:
+                self._log_failed_at = time.monotonic()
+                logger.warning("guardrail: the risk log failed: %s", remote.failure(failed[0]))
         elif logged:
             entries = [e for e in logged[-1] or [] if _text(e[0]) != self._last]
             if entries:
