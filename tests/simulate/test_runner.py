@@ -277,6 +277,16 @@ def test_simulate_refuses_a_non_positive_scale(capsys: pytest.CaptureFixture[str
     assert "expected a number > 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("value", "said"), [("0", "expected 1 or more"), ("two", "whole number")])
+def test_simulate_refuses_a_bad_instance_count(
+    capsys: pytest.CaptureFixture[str], value: str, said: str
+):
+    with pytest.raises(SystemExit) as exited:
+        main(["simulate", "--instances", value])
+    assert exited.value.code == 2
+    assert said in capsys.readouterr().err
+
+
 def test_signals_lists_every_catalog_signal(capsys: pytest.CaptureFixture[str]):
     assert main(["signals"]) == 0
     out = capsys.readouterr().out
