@@ -486,20 +486,26 @@ class MemoryRiskStore:
 
     # -- shared through Redis (risk_shared.py) ----------------------------------------------
 
+    def _own(self, key: str, now: float) -> _Principal | None:
+        """A principal's own state, live (not its subnet's overflow state)."""
+        p = self._principals.get(key) or self._banded.get(key)
+        if p is None or p.__class__ is _Overflow or now - p.touched > self.ttl:
+            return None
+        return p
+
     def holds(self, key: str, kind: int, now: float) -> bool:
         """Whether a state is held here, live: a principal's own (``kind`` 0), a cohort (1),
         a template bucket (2)."""
         if kind == 0:
-            p = self._principals.get(key) or self._banded.get(key)
-            return p is not None and p.__class__ is not _Overflow and now - p.touched <= self.ttl
+            return self._own(key, now) is not None
         state = self._cohorts.get(key) if kind == 1 else self._buckets.get(key)
         return state is not None and now - state.touched <= self.ttl
 
     def held_principal(self, key: str, now: float) -> list[float] | None:
         """A principal's counters at ``now`` (None: not held, expired, or sent to its
         subnet's overflow state): what a flush compares Redis's copy with."""
-        p = self._principals.get(key) or self._banded.get(key)
-        if p is None or p.__class__ is _Overflow or now - p.touched > self.ttl:
+        p = self._own(key, now)
+        if p is None:
             return None
         factor = exp2((p.landmark - now) * self._rate)
         return [v * factor for v in p.counters.tolist()[:_DECAYED]]
@@ -519,8 +525,8 @@ class MemoryRiskStore:
         ``now``) is added, bits are OR-ed, the ring is ``remote``'s with the entries pushed
         since in front (``remote.newer``), the band is Redis's unless one was set here since
         (``own_band``). Only a principal held here with its own state is changed."""
-        p = self._principals.get(key) or self._banded.get(key)
-        if p is None or p.__class__ is _Overflow:
+        p = self._own(key, now)
+        if p is None:
             return
         landmark, epoch, weight = self._clock(now)
         if p.landmark is not landmark:

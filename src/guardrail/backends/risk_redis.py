@@ -217,56 +217,13 @@ class RedisRiskStore:
         """One risk.lua call per state: counters, ring, band and bitmap together. Without
         ``update.create``, states that are not there are left alone (the subnet's is always
         written: one per network)."""
-        await self._run(self._save_commands(keys, update))
-
-    def _save_commands(self, keys: Keys, update: Update) -> list[tuple[Any, ...]]:
         now = update.now
-        create = update.create
-        epoch = int(now // self.window)
-        bitmap_ttl_ms = self._bitmap_ttl_ms
-        commands: list[tuple[Any, ...]] = []
-
-        principal = self.key(keys.principal)
-        related = [principal + ":ring", principal + ":band"]
-        ops: list[Any] = []
-        if update.ring is not None:
-            ops += ("L", 2, update.ring, RING_SIZE)
-        if update.band is not None:
-            level, held = update.band
-            ops += ("S", 3, f"{level}:{held!r}")
-        if update.spread_bit is not None:
-            related.append(f"{principal}:sp:{epoch}")
-            ops += ("B", 4, update.spread_bit, bitmap_ttl_ms)
-        fields = _increments(PRINCIPAL, update.principal)
-        if update.seen:
-            fields += ("_t", now)
-        if update.max_tokens >= 0:
-            fields += ("_m", update.max_tokens)
-        if update.temperature >= 0:
-            fields += ("_p", update.temperature)
-        commands.append(self._script((principal, *related), now, fields, ops, create))
-
-        cohorts = [(keys.subnet, update.subnet, update.subnet_bit, True)]
-        if keys.fingerprint is not None:
-            cohorts.append((keys.fingerprint, update.fingerprint, update.fingerprint_bit, create))
-        for name, increments, bit, may_create in cohorts:
-            if not increments and bit is None:
-                continue
-            cohort = self.key(name)
-            fields = _increments(COHORT, increments)
-            if bit is None:
-                commands.append(self._script((cohort,), now, fields, [], may_create))
-            else:
-                bitmap = f"{cohort}:m:{epoch}"
-                ops = ["B", 2, bit, bitmap_ttl_ms]
-                commands.append(self._script((cohort, bitmap), now, fields, ops, may_create))
-
-        if update.template is not None:
-            for template in keys.templates:
-                bucket = self.key(template)
-                ops = ["L", 1, update.template, BUCKET_SIZE]
-                commands.append(self._script((bucket,), now, [], ops, create))
-        return commands
+        await self._run(
+            [
+                self._script(state.keys, now, state.field_list(), state.op_list(), state.create)
+                for state in self.batched([(keys, update)], now).values()
+            ]
+        )
 
     async def sync(
         self,
@@ -293,7 +250,13 @@ class RedisRiskStore:
             specs[self.key(name)] = dict(cohort_reads)
         for name in buckets:
             specs[self.key(name)] = {"b": BUCKET_SIZE}
-        writes = self.batched(journal, now)
+        # a flush leaves out a principal with nothing to write (a template pushed after the
+        # fact: its request's own write is in the same journal)
+        writes = {
+            key: state
+            for key, state in self.batched(journal, now).items()
+            if state.fields or state.ops or state.band is not None
+        }
         for key, batched in writes.items():
             spec = specs.setdefault(key, {"r": [], "l": 0})
             spec.update(
@@ -358,8 +321,8 @@ class RedisRiskStore:
         """``journal``'s writes gathered per state (by key) at ``now``: counters summed (each
         weighted from its time to ``now``), bits set, entries pushed in order, the latest
         ``_t``, the last band and parameters; a state is created if any of its updates may
-        create it. A principal with nothing to write (a template pushed after the fact) is
-        left out."""
+        create it. A state with nothing to write still has its keys' expiry renewed (``save``:
+        any write to a principal renews its whole state)."""
         states: dict[str, _Batched] = {}
         ttl_ms = self._bitmap_ttl_ms
         rate = 1.0 / self.half_life
@@ -410,7 +373,7 @@ class RedisRiskStore:
                     bucket = state(self.key(template))
                     bucket.ops += ("L", 1, update.template, BUCKET_SIZE)
                     bucket.create |= create
-        return {key: s for key, s in states.items() if s.fields or s.ops or s.band is not None}
+        return states
 
     def parse_principal(self, reply: Any, now: float) -> tuple[list[float], Remote]:
         """Counters decayed to ``now`` (zeros when absent) and the rest of a principal's state."""
@@ -542,15 +505,6 @@ def _referred(ops: list[Any], entries: dict[bytes, int]) -> list[Any]:
         else:
             i += 3 if out[i] == "S" else 4
     return out
-
-
-def _increments(names: Sequence[str], increments: Sequence[float]) -> list[Any]:
-    """Field/value pairs of the non-zero increments."""
-    fields: list[Any] = []
-    for name, value in zip(names, increments, strict=False):
-        if value:
-            fields += (name, value)
-    return fields
 
 
 def _bitmap(chunks: Sequence[bytes | None]) -> int:
