@@ -43,7 +43,7 @@ def memory() -> MemoryRiskStore:
     return MemoryRiskStore(half_life=HALF_LIFE, window=WINDOW, ttl=TTL, max_subjects=1000)
 
 
-@pytest.fixture(params=["redis", "cluster"])
+@pytest.fixture(params=["redis", "sentinel", "cluster"])
 def remote_url(request: pytest.FixtureRequest) -> str:
     return str(url_of(request.param, request))
 
