@@ -139,8 +139,11 @@ async def test_two_uvicorn_workers_on_one_redis_admit_exactly_the_burst(
     )
     assert len(workers) == 2 and apart > BURST, f"one worker did the work:\n{server.log}"
     assert statuses == {200: BURST, 429: sent - BURST}, f"{dict(statuses)}:\n{server.log}"
-    # {pid}: a trail per worker that recorded something (refusals; allows are not sampled)
-    assert trails == sorted(f"guardrail-audit-{pid}.jsonl" for pid in refused_by)
+    # {pid}: a trail per worker that recorded something: its refusals (allows are not
+    # sampled), or the count of unmatched requests (the readiness probes of /healthz, to
+    # whichever worker answered them: CI once saw a trail from a worker that refused nothing)
+    named = {f"guardrail-audit-{pid}.jsonl" for pid in refused_by}
+    assert named <= set(trails) <= {f"guardrail-audit-{pid}.jsonl" for pid in workers}
 
 
 # -- behind a reverse proxy ------------------------------------------------------------------
