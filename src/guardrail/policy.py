@@ -29,6 +29,7 @@ from guardrail import policy_yaml
 from guardrail.errors import PolicyError, PolicyIssue
 from guardrail.policy_types import (
     CallableRef,
+    ChainKey,
     Cost,
     Count,
     Duration,
@@ -54,7 +55,7 @@ from guardrail.policy_types import (
     parse_duration,
     refuse,
 )
-from guardrail.secrets import reference_kind
+from guardrail.secrets import DERIVE_FROM_SECRET, reference_kind
 from guardrail.signals.catalog import NAMES as SIGNAL_NAMES
 
 __all__ = ["Policy", "Rate", "check_files", "parse_duration"]
@@ -325,6 +326,8 @@ class AuditConfig(_Model):
     rotate: Rotate = Field(default_factory=Rotate)
     sample_allowed: float = Field(default=0.0, ge=0, le=1, strict=True, allow_inf_nan=False)
     hash_chain: bool = Field(default=True, strict=True)
+    # Keys the chain: the trail can then not be rewritten without this secret. None: SHA-256.
+    chain_key: ChainKey | None = None
     # Repeated refusals of one subject within this interval: one record with a count; 0: off.
     aggregate: Duration = 10.0
 
@@ -334,6 +337,12 @@ class AuditConfig(_Model):
         if seconds > MAX_AGGREGATE:  # the count is written when its interval closes
             raise refuse("a duration of at most 1h (10s is the default), or 0 to turn it off")
         return seconds
+
+    @model_validator(mode="after")
+    def _keyed_chain_is_a_chain(self) -> AuditConfig:
+        if self.chain_key is not None and not self.hash_chain:
+            raise refuse("true: audit.chain_key keys the hash chain", at=("hash_chain",))
+        return self
 
 
 #: The breaker probes at least this often: Redis is back in use within this of its recovery.
@@ -404,6 +413,7 @@ class Policy(_Model):
             data = {
                 "mode": self.mode,
                 "secret": self.secret,
+                "audit": {"chain_key": self.audit.chain_key},
                 "tiers": self.tiers,
                 "thresholds": [{"tier": t.tier} for t in self.thresholds],
                 "routes": [{"name": r.name, "exempt": r.exempt} for r in self.routes],
@@ -517,6 +527,7 @@ def _policy_wide_problems(data: Mapping[str, Any]) -> list[tuple[_KeyPath, objec
                 "env:NAME or file:PATH; a literal secret is only accepted with mode: observe",
             )
         )
+    problems += _chain_key_problems(data)
     tiers = data.get("tiers")
     names = sorted(str(name) for name in tiers) if isinstance(tiers, Mapping) else []
     thresholds = data.get("thresholds")
@@ -544,6 +555,27 @@ def _policy_wide_problems(data: Mapping[str, Any]) -> list[tuple[_KeyPath, objec
             seen[name] = index
     problems += _unmatched_problems(data.get("unmatched", PASS), routes)
     return problems
+
+
+def _chain_key_problems(data: Mapping[str, Any]) -> list[tuple[_KeyPath, object, str]]:
+    audit = data.get("audit")
+    key = audit.get("chain_key") if isinstance(audit, Mapping) else None
+    if not isinstance(key, str) or not key:
+        return []  # absent, or not a string: the field's own error
+    if key == DERIVE_FROM_SECRET:
+        if data.get("secret") is None:
+            expected = "env:NAME or file:PATH; `secret` derives the key from the policy's " + (
+                "secret, and this policy has none"
+            )
+            return [(("audit", "chain_key"), key, expected)]
+        return []
+    if data.get("mode", "enforce") == "enforce" and reference_kind(key) == "literal":
+        expected = (
+            "env:NAME, file:PATH or secret (a subkey of the policy's secret); a literal key "
+            "is only accepted with mode: observe"
+        )
+        return [(("audit", "chain_key"), key, expected)]
+    return []
 
 
 def _unmatched_problems(value: object, routes: object) -> list[tuple[_KeyPath, object, str]]:
@@ -605,7 +637,8 @@ def _reword_version(issue: PolicyIssue) -> PolicyIssue:
 
 def _reword(issue: PolicyIssue) -> PolicyIssue:
     # Never echo a secret or a raw API key into an error message: those end up in CI logs.
-    secret = issue.path.endswith("secret") and isinstance(issue.value, str)
+    secret = issue.path.endswith(("secret", "chain_key")) and isinstance(issue.value, str)
+    secret = secret and not (issue.path.endswith("chain_key") and issue.value == "secret")
     if secret and reference_kind(str(issue.value)) == "literal":
         value = "(a literal secret, not shown)"
         return PolicyIssue(issue.file, issue.line, issue.path, value, issue.expected)

@@ -306,6 +306,10 @@ def _secret_ref(value: str) -> str:
     return value
 
 
+def _chain_key(value: str) -> str:
+    return value if value == "secret" else _secret_ref(value)
+
+
 def _referenced_secret(value: str) -> str:
     if reference_kind(_secret_ref(value)) == "literal":
         raise refuse("env:NAME or file:PATH; this secret is never written into the policy")
@@ -410,6 +414,19 @@ MeterRef = Annotated[
 ]
 SecretRef = Annotated[str, AfterValidator(_secret_ref)]
 ReferencedSecret = Annotated[str, AfterValidator(_referenced_secret)]
+ChainKey = Annotated[
+    str,
+    AfterValidator(_chain_key),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "keys the audit trail's hash chain (HMAC-SHA256, verified with "
+            "`guardrail audit verify --policy`): env:NAME or file:PATH holding a secret, or "
+            "`secret` for a subkey of the policy's own secret; unset: plain SHA-256, which "
+            "anyone who can write the trail can recompute",
+        }
+    ),
+]
 PathPrefix = Annotated[str, AfterValidator(_prefix)]
 HttpUrl = Annotated[str, AfterValidator(_uri(("https", "http"), host_for=("https", "http")))]
 _STORAGE = ("memory", "redis", "rediss", "redis+cluster", "redis+sentinel")

@@ -73,3 +73,20 @@ def policy_secret(policy: Policy, storage_uri: str) -> bytes:
             "so their hashes change on restart and `guardrail hash-key` cannot reproduce them"
         )
     return os.urandom(32)
+
+
+DERIVE_FROM_SECRET = "secret"
+"""``audit.chain_key: secret``: key the audit chain with a subkey of the policy's ``secret``."""
+
+
+def chain_secret(policy: Policy) -> bytes | None:
+    """What keys the audit chain (``audit.chain_key``), or None when the chain is plain SHA-256.
+    The chain derives a subkey of its own from it (``guardrail.audit.chain.derive``)."""
+    ref = policy.audit.chain_key
+    if ref is None:
+        return None
+    if ref == DERIVE_FROM_SECRET:
+        if policy.secret is None:  # the policy refuses this; a Policy built by hand may not
+            raise SecretError("audit.chain_key: secret, but the policy has no `secret`")
+        return resolve_secret(policy.secret)
+    return resolve_secret(ref)

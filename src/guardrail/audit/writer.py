@@ -18,6 +18,10 @@ knows the sequence appends idempotently (a batch re-sent after a timeout is not 
 
 Without lifespan events nothing calls :meth:`AuditLog.close`: :mod:`guardrail.audit.at_exit` then
 writes what is still queued when the process ends (:meth:`AuditLog.exit_sync`).
+
+With a ``chain_key`` the chain is keyed (:mod:`guardrail.audit.chain`) and a writer that stops
+(:meth:`AuditLog.close`, :meth:`AuditLog.exit_sync`) ends its chain with a seal: the last line
+then vouches for itself, so records cut from the end of the trail are noticed.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from guardrail.audit.record import GENESIS, encode, link
+from guardrail.audit.chain import SEALED, chain_for
+from guardrail.audit.record import encode, format_ts
 from guardrail.audit.sinks import Sink
 from guardrail.errors import AuditError
 
@@ -67,9 +72,13 @@ class AuditLog:
         timeout: float = 5.0,
         close_timeout: float = 20.0,
         writer: str | None = None,
+        chain_key: bytes | None = None,
     ) -> None:
+        if chain_key is not None and not hash_chain:
+            raise AuditError("a chain_key keys the hash chain: it needs hash_chain on")
         self.sink = sink
         self.hash_chain = hash_chain
+        self._chain = chain_for(chain_key)
         self.written = 0
         """Records written to the sink so far."""
         self.lost = 0
@@ -191,6 +200,8 @@ class AuditLog:
         assert self._task is not None
         try:
             async with asyncio.timeout(self._close_timeout):
+                if (seal := self._seal("close")) is not None:
+                    await self._queue.put(seal)
                 await self._queue.put(None)  # waits for room: the writer task keeps draining
                 await asyncio.shield(self._task)
         except TimeoutError:
@@ -248,6 +259,8 @@ class AuditLog:
                 queued.append(item)
         queued += [(record, 0) for record in self._late]
         in_hand = self._lines
+        if (seal := self._seal("exit")) is not None:
+            queued.append(seal)
         total = len(in_hand) + len(queued)
         try:
             if total:
@@ -287,9 +300,9 @@ class AuditLog:
             done = next((i + 1 for i in range(len(in_hand) - 1, -1, -1) if in_hand[i] == last), 0)
         lines = list(in_hand[done:])
         if in_hand:
-            prev = link(in_hand[-1])
+            prev = self._chain.link(in_hand[-1])
         else:
-            prev = self._prev or (GENESIS if last is None else link(last))
+            prev = self._prev or self._after(last)
         seq = self._seq + len(in_hand)
         dropped = self._carried
         for record, loss in queued:
@@ -302,7 +315,7 @@ class AuditLog:
                 dropped += 1
                 continue
             lines.append(line)
-            prev = link(line)
+            prev = self._chain.link(line)
             seq += 1
             dropped = 0
         self._carried = dropped
@@ -386,7 +399,7 @@ class AuditLog:
     async def _write_batch(self, batch: list[_Item]) -> None:
         if self.hash_chain and self._prev is None:
             await self._continue_chain_with_retries()
-        prev = self._prev or GENESIS
+        prev = self._prev or self._after(None)
         lines: list[str] = []
         links: list[str] = []  # link(line) of each line: the prev of the one after it
         claims: list[int] = []  # the "dropped" each line carries, re-owed if it is not written
@@ -397,7 +410,7 @@ class AuditLog:
             dropped += loss
             try:  # everything that can fail on one record, so it never takes its batch down
                 line = self._encode(record, self._seq + len(lines) + 1, dropped, prev)
-                following = link(line)  # hashes the UTF-8 bytes the sink will write
+                following = self._chain.link(line)  # hashes the UTF-8 bytes the sink will write
             except Exception as exc:
                 log.error(
                     "audit: record %s cannot be serialised (%s); counted as dropped",
@@ -431,7 +444,7 @@ class AuditLog:
 
     def _encode(self, record: Mapping[str, Any], seq: int, dropped: int, prev: str) -> str:
         out = dict(record)
-        for owned in ("writer", "seq", "dropped", "prev"):
+        for owned in ("writer", "seq", "dropped", "prev", "mac"):
             out.pop(owned, None)
         out["writer"] = self.writer
         out["seq"] = seq
@@ -439,7 +452,16 @@ class AuditLog:
             out["dropped"] = dropped
         if self.hash_chain:
             out["prev"] = prev
-        return encode(out)
+        line = encode(out)
+        return self._chain.seal(line) if isinstance(record, _Seal) else line
+
+    def _seal(self, reason: str) -> _Item | None:
+        """The record that ends this writer's keyed chain, carrying what was lost just before
+        it (None: no keyed chain, or nothing written to end)."""
+        if not (self._chain.keyed and self.hash_chain and (self._seq or self.emitted)):
+            return None
+        loss, self._pending_loss = self._pending_loss, 0
+        return _Seal(ts=format_ts(time.time()), action=SEALED, reason=reason), loss
 
     async def _send(self, lines: list[str], done: int) -> None:
         append = getattr(self.sink, "append", None)
@@ -520,7 +542,7 @@ class AuditLog:
             reason = str(exc) or f"no answer within {self._timeout:g}s"
             log.warning("audit: cannot read the end of the trail yet (%s)", reason)
             return False
-        self._prev = GENESIS if last is None else link(last)
+        self._prev = self._after(last)
         return True
 
     async def _continue_chain_with_retries(self) -> None:
@@ -533,7 +555,11 @@ class AuditLog:
                 "audit: the end of the trail stays unreadable; the chain restarts at "
                 "genesis (verify will flag this point)"
             )
-            self._prev = GENESIS
+            self._prev = self._after(None)
+
+    def _after(self, last: str | None) -> str:
+        """The ``prev`` of this writer's first record, after ``last`` (None: a fresh trail)."""
+        return self._chain.start(self.writer or "", last)
 
     def _lose(self, count: int, reason: str) -> None:
         self.lost += count
@@ -550,6 +576,10 @@ class AuditLog:
             log.warning("audit: %d record(s) lost (%s)", self._unwarned, self._reason)
             self._unwarned = 0
             self._last_warning = now
+
+
+class _Seal(dict[str, Any]):
+    """A seal record: only the writer makes one (its line gets a MAC)."""
 
 
 def _request_id(record: Mapping[str, Any]) -> object:
