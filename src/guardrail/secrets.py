@@ -75,7 +75,7 @@ def policy_secret(policy: Policy, storage_uri: str) -> bytes:
     return os.urandom(32)
 
 
-DERIVE_FROM_SECRET = "secret"
+DERIVE_FROM_SECRET = "secret"  # noqa: S105 - a keyword, not a secret
 """``audit.chain_key: secret``: key the audit chain with a subkey of the policy's ``secret``."""
 
 

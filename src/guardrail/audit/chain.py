@@ -17,7 +17,6 @@ message starts with ``anchor``, a seal's with ``seal``.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from typing import Protocol
 

@@ -299,10 +299,7 @@ class AuditLog:
         if append is None and last is not None:  # what the cancelled write got through
             done = next((i + 1 for i in range(len(in_hand) - 1, -1, -1) if in_hand[i] == last), 0)
         lines = list(in_hand[done:])
-        if in_hand:
-            prev = self._chain.link(in_hand[-1])
-        else:
-            prev = self._prev or self._after(last)
+        prev = self._chain.link(in_hand[-1]) if in_hand else self._prev or self._after(last)
         seq = self._seq + len(in_hand)
         dropped = self._carried
         for record, loss in queued:
