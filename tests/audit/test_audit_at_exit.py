@@ -14,8 +14,8 @@ import pytest
 
 from guardrail import Guardrail, Policy
 from guardrail.audit import at_exit
-from guardrail.audit.reader import verify
 from guardrail.audit.sinks import FileSink
+from guardrail.audit.verify import verify
 from guardrail.audit.writer import AuditLog
 
 from audit_helpers import make_record, request_ids

@@ -17,10 +17,10 @@ from guardrail.audit.reader import (
     summary,
     tail,
     trail_files,
-    verify,
 )
 from guardrail.audit.record import encode, format_ts, link
 from guardrail.audit.sinks import FileSink
+from guardrail.audit.verify import verify
 from guardrail.audit.writer import AuditLog
 from guardrail.errors import AuditError
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from guardrail.audit.reader import summary, tail, verify
+from guardrail.audit.reader import summary, tail
 from guardrail.audit.record import format_ts
 from guardrail.audit.sinks import FileSink, sink_from_uri
 from guardrail.audit.sources import FileTrail, StreamTrail, sources, trail_bases
+from guardrail.audit.verify import verify
 from guardrail.audit.writer import AuditLog
 from guardrail.errors import AuditError
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from guardrail.audit.reader import verify
 from guardrail.audit.record import GENESIS, link
 from guardrail.audit.sinks import FileSink, StdoutSink, sink_from_uri
+from guardrail.audit.verify import verify
 from guardrail.audit.writer import AuditLog
 
 from audit_helpers import (

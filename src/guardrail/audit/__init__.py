@@ -10,10 +10,10 @@ from guardrail.audit.reader import (
     summary,
     tail,
     trail_files,
-    verify,
 )
 from guardrail.audit.record import GENESIS, encode, format_ts, link, parse_ts
 from guardrail.audit.sinks import FileSink, RedisStreamSink, Sink, StdoutSink, sink_from_uri
+from guardrail.audit.verify import verify
 from guardrail.audit.writer import AuditLog
 
 __all__ = [
