@@ -64,9 +64,23 @@ def _audit_summary(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    ok, report = audit.verify(args.trails)
-    print(report, file=sys.stdout if ok else sys.stderr)
-    return 0 if ok else 1
+    from guardrail.audit.verify import EXIT, check
+    from guardrail.secrets import chain_secret, reference_kind
+
+    key = None
+    if args.policy is not None:
+        key = chain_secret(Policy.from_yaml(args.policy))
+        if key is None:
+            print(f"{args.policy}: the policy has no audit.chain_key", file=sys.stderr)
+            return 1
+    elif args.key is not None:
+        if reference_kind(args.key) == "literal":  # it would stay in the shell's history
+            print("--key: env:NAME or file:PATH, never the key itself", file=sys.stderr)
+            return 1
+        key = resolve_secret(args.key)
+    verdict = check(args.trails, key)
+    print(verdict.report, file=sys.stderr if verdict.status == "broken" else sys.stdout)
+    return EXIT[verdict.status]
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -177,9 +191,16 @@ def parser() -> argparse.ArgumentParser:
     summary.add_argument("--json", action="store_true", help="machine-readable output")
     summary.set_defaults(run=_audit_summary)
     verify = trail.add_parser(
-        "verify", help="check each writer's hash chain; exit 1 at the first break"
+        "verify",
+        help="check each writer's hash chain; exit 1 at the first break",
+        description="Walks each writer's chain. A keyed chain (audit.chain_key) is checked "
+        "with its key (--policy or --key); without it, only its structure is, and the exit "
+        "code is 3, not 0. Exit 0: intact (a chain that ends unsealed is a warning); 1: broken.",
     )
     verify.add_argument("trails", nargs="+", metavar="TRAIL", help=trails)
+    keys = verify.add_mutually_exclusive_group()
+    keys.add_argument("--policy", metavar="POLICY", help="the key its audit.chain_key names")
+    keys.add_argument("--key", metavar="REF", help="the chain key: env:NAME or file:PATH")
     verify.set_defaults(run=_audit_verify)
 
     tune = commands.add_parser(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TextIO
 
+from guardrail.audit.chain import SEALED
 from guardrail.audit.record import format_ts, parse_ts
 from guardrail.errors import AuditError
 
@@ -99,6 +100,11 @@ def format_record(record: dict[str, Any]) -> str:
     """One fixed-column line for a human: when, what, to whom, why. Every character that could
     drive a terminal (controls, bidi overrides, line separators) is shown escaped."""
     ts = str(record.get("ts", "?")).ljust(24)
+    if record.get("action") == SEALED:
+        return printable(
+            f"{ts}  {SEALED:<{_ACTION_WIDTH}}   -  writer {record.get('writer', '?')} ended its "
+            f"chain here ({record.get('reason', '?')})"
+        )
     action = str(record.get("action", "?")).ljust(_ACTION_WIDTH)
     status = record.get("status")
     status_text = str(status) if status is not None else "-"
@@ -503,14 +509,16 @@ def records_of(
     trails: Sequence[Any], malformed: list[Location]
 ) -> Iterator[tuple[Location, dict[str, Any]]]:
     """Every parsed record of ``trails`` (``sources``), in order; where a line is not one, its
-    location is added to ``malformed``."""
+    location is added to ``malformed``. Seals (the end of a writer's keyed chain) decide
+    nothing: they are left out."""
     for trail in trails:
         for location, raw in trail.lines():
             record = parse_line(raw)
             if record is None:
                 malformed.append(location)
                 continue
-            yield location, record
+            if record.get("action") != SEALED:
+                yield location, record
 
 
 _UNNAMED = "(records without a writer)"
