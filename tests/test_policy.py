@@ -30,6 +30,9 @@ BAD: dict[str, list[tuple[str, int | None]]] = {
     "duplicate_key.yaml": [("storage", 5)],
     "yaml_syntax.yaml": [("", 6)],
     "literal_secret_enforce.yaml": [("secret", 4)],
+    "chain_key_literal_enforce.yaml": [("audit.chain_key", 6)],
+    "chain_key_secret_without_secret.yaml": [("audit.chain_key", 5)],
+    "chain_key_without_hash_chain.yaml": [("audit.hash_chain", 5)],
     "threshold_unknown_tier.yaml": [("thresholds[0].tier", 4)],
     "bad_cidr.yaml": [("identity.client_ip.trusted_proxies[1]", 5)],
     "bad_regex.yaml": [("routes[0].match.path", 5)],
@@ -115,7 +118,7 @@ def test_good_set_is_complete() -> None:
     expected = {"minimal", "spec_example", "observe_literal_secret", "redis_cluster"}
     expected |= {"ipv6_proxies", "account_callable", "merge_keys", "token_budgets"}
     expected |= {"openai_shapes", "unmatched_default_route", "unmatched_refuse"}
-    expected |= {"storage_breaker"}
+    expected |= {"storage_breaker", "audit_chain_key", "audit_chain_key_from_secret"}
     assert expected <= {path.stem for path in GOOD}
 
 
@@ -410,6 +413,23 @@ def test_literal_secrets_are_never_echoed() -> None:
         Policy.from_yaml(POLICIES / "bad" / "literal_secret_enforce.yaml")
     assert "correct-horse" not in str(caught.value)
     assert "only accepted with mode: observe" in str(caught.value)
+
+
+def test_a_literal_chain_key_is_never_echoed_and_observe_mode_takes_it() -> None:
+    with pytest.raises(PolicyError) as caught:
+        Policy.from_yaml(POLICIES / "bad" / "chain_key_literal_enforce.yaml")
+    assert "correct-horse" not in str(caught.value)
+    assert "a literal key is only accepted with mode: observe" in str(caught.value)
+    policy = Policy.from_string("version: 1\nmode: observe\naudit: {chain_key: trial-key}")
+    assert policy.audit.chain_key == "trial-key"
+
+
+def test_chain_key_defaults_to_none_and_is_described_in_the_schema() -> None:
+    assert Policy.from_string("version: 1\nsecret: env:S").audit.chain_key is None
+    schema = Policy.json_schema()["$defs"]["AuditConfig"]["properties"]["chain_key"]
+    assert "HMAC-SHA256" in json.dumps(schema)
+    issue = only_issue("version: 1\naudit: {chain_key: 'env:'}")
+    assert issue.path == "audit.chain_key" and issue.expected.startswith("env:NAME")
 
 
 def test_secret_references_must_be_well_formed() -> None:
