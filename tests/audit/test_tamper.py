@@ -337,3 +337,15 @@ async def test_a_keyed_redis_stream(redis_url: str, capsys: pytest.CaptureFixtur
     assert verdict.status == "broken"
     assert verdict.report.startswith(f"{uri} #")
     assert f"broken link in the chain of writer {a.writer}" in verdict.report
+
+
+def test_the_keyed_link_is_hmac_sha256_under_the_derived_subkey() -> None:
+    import hashlib
+    import hmac
+
+    subkey = hmac.new(KEY.encode(), b"guardrail audit chain v1", hashlib.sha256).digest()
+    line = encode(make_record(1))
+    expected = hmac.new(subkey, line.encode(), hashlib.sha256).hexdigest()
+    assert KeyedChain(KEY.encode()).link(line) == "hmac-sha256:" + expected
+    anchor = hmac.new(subkey, b"anchor\0w\0genesis", hashlib.sha256).hexdigest()
+    assert KeyedChain(KEY.encode()).start("w", None) == "hmac-sha256:" + anchor

@@ -17,6 +17,7 @@ message starts with ``anchor``, a seal's with ``seal``.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from typing import Protocol
 
@@ -30,6 +31,7 @@ MAC = "mac"
 """The seal's own field, always its last: HMAC of the line up to it."""
 _CONTEXT = b"guardrail audit chain v1"
 _MAC_AT = ',"mac":"'
+_BLOCK = 64  # SHA-256's block size: the derived 32-byte key is padded to it
 
 
 class Chain(Protocol):
@@ -67,16 +69,26 @@ class KeyedChain:
     keyed = True
 
     def __init__(self, secret: bytes) -> None:
-        self._key = derive(secret)
+        # HMAC (RFC 2104) from the two padded-key states, computed once: a link then costs two
+        # copies and a short hash more than plain SHA-256, not a key schedule (~1.2 against 3 us)
+        key = derive(secret).ljust(_BLOCK, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def _hmac(self, data: bytes) -> str:
+        inner = self._inner.copy()
+        inner.update(data)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return KEYED + outer.hexdigest()
 
     def link(self, line: str | bytes) -> str:
-        data = line.encode("utf-8") if isinstance(line, str) else line
-        return KEYED + hmac.digest(self._key, data, "sha256").hex()
+        return self._hmac(line.encode("utf-8") if isinstance(line, str) else line)
 
     def anchor(self, writer: str, after: str | None) -> str:
         """The first ``prev`` of ``writer``, after the line whose keyed link is ``after``."""
         message = b"anchor\0" + writer.encode("utf-8") + b"\0" + (after or "genesis").encode()
-        return KEYED + hmac.digest(self._key, message, "sha256").hex()
+        return self._hmac(message)
 
     def start(self, writer: str, last: str | bytes | None) -> str:
         return self.anchor(writer, None if last is None else self.link(last))
@@ -94,7 +106,7 @@ class KeyedChain:
         return hmac.compare_digest(raw[at + len(_MAC_AT) : -2], expected.encode())
 
     def _mac(self, data: bytes) -> str:
-        return KEYED + hmac.digest(self._key, b"seal\0" + data, "sha256").hex()
+        return self._hmac(b"seal\0" + data)
 
     def matches(self, prev: str, expected: str) -> bool:
         return hmac.compare_digest(prev.encode(), expected.encode())
