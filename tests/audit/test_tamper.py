@@ -349,3 +349,24 @@ def test_the_keyed_link_is_hmac_sha256_under_the_derived_subkey() -> None:
     assert KeyedChain(KEY.encode()).link(line) == "hmac-sha256:" + expected
     anchor = hmac.new(subkey, b"anchor\0w\0genesis", hashlib.sha256).hexdigest()
     assert KeyedChain(KEY.encode()).start("w", None) == "hmac-sha256:" + anchor
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="middleware.py (not this branch's to edit) builds its AuditLog without "
+    "chain_key=chain_secret(policy): the wiring is one line, see the keyed branch's report",
+)
+async def test_the_middleware_keys_the_trail_its_policy_names(
+    tmp_path: Path, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from helpers import POLICY, bearer, build, client
+
+    monkeypatch.setenv(ENV, KEY)
+    app = build(tmp_path, clock, POLICY + f"audit: {{chain_key: env:{ENV}}}\n")
+    async with client(app) as http:
+        for _ in range(4):
+            await http.get("/page", headers=bearer("sk-keyed"))
+    await app.shutdown()
+    verdict = await asyncio.to_thread(check, tmp_path / "audit.jsonl", KEY.encode())
+    assert verdict.status == "intact", verdict.report
+    assert "keyed chain (hmac-sha256) intact" in verdict.report

@@ -1,4 +1,22 @@
-"""``guardrail audit verify``: walks each writer's hash chain through a trail."""
+"""``guardrail audit verify``: walks each writer's hash chain through a trail.
+
+What a chain shows, and what it cannot:
+
+- plain SHA-256: a line edited, removed, inserted or moved by accident or by a tool; anyone
+  who can write the trail can recompute every link, so it proves nothing against them;
+- keyed (``audit.chain_key``), checked with the key: the same against anyone without the key,
+  and a writer's chain cannot be started afresh or moved (its anchor names the writer and the
+  line it follows). Records cut from the *end* of a writer's chain break nothing; the seal it
+  writes when it stops does not come back, so the chain is reported as ending unsealed (a
+  warning: a crash or a writer still running looks the same). A writer's whole chain removed,
+  seal and all, shows only if a later writer anchored after one of its lines; records cut from
+  the start of the trail look like rotation (the first writer's seq says where it began);
+- keyed, without the key: only the structure (each writer's seq counts up by one, no line
+  after a seal). Never reported intact: exit code 3.
+
+Anyone holding the key can rewrite the trail undetected: keep it away from the hosts that
+only write the trail when you can (it is needed where the trail is written and verified).
+"""
 
 from __future__ import annotations
 
