@@ -14,8 +14,9 @@ What a chain shows, and what it cannot:
 - keyed, without the key: only the structure (each writer's seq counts up by one, no line
   after a seal). Never reported intact: exit code 3.
 
-Anyone holding the key can rewrite the trail undetected: keep it away from the hosts that
-only write the trail when you can (it is needed where the trail is written and verified).
+The key is symmetric: whoever holds it (the serving process, the verifier) can rewrite the
+trail undetected. It guards against those who can write where the trail is kept (a log
+shipper, a Redis user, a backup) but cannot read the serving process's secrets.
 """
 
 from __future__ import annotations
