@@ -370,3 +370,15 @@ async def test_the_middleware_keys_the_trail_its_policy_names(
     verdict = await asyncio.to_thread(check, tmp_path / "audit.jsonl", KEY.encode())
     assert verdict.status == "intact", verdict.report
     assert "keyed chain (hmac-sha256) intact" in verdict.report
+
+
+def test_seals_are_shown_by_tail_and_left_out_of_summary(
+    trail: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["audit", "summary", str(trail), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["records"], data["by_action"]) == (FIRST + SECOND, {"limit": FIRST + SECOND})
+    assert main(["audit", "tail", str(trail)]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert len(shown) == FIRST + SECOND + 2
+    assert "sealed" in shown[FIRST] and "ended its chain here (close)" in shown[FIRST]
