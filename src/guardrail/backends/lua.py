@@ -53,6 +53,24 @@ async def evalsha(
         return await client.execute_command("EVAL", script.body, len(keys), *keys, *args)
 
 
+#: A bucket's interval, burst and cost as gcra.lua reads them, by those numbers: a route's
+#: limits make few, and formatting a float costs more than finding it (token costs vary: the
+#: cache is emptied when it grows past SPECS_MAX).
+_SPECS: dict[tuple[float, int, int], str] = {}
+SPECS_MAX = 4096
+
+
+def _spec(charge: BucketCharge) -> str:
+    numbers = (charge.interval, charge.burst, charge.cost)
+    spec = _SPECS.get(numbers)
+    if spec is None:
+        if len(_SPECS) >= SPECS_MAX:
+            _SPECS.clear()
+        # repr: the shortest text that reads back as the same double (Lua's tonumber: strtod)
+        spec = _SPECS[numbers] = f"{numbers[0]!r} {numbers[1]!r} {numbers[2]!r}"
+    return spec
+
+
 def bucket_key(prefix: str, subject: str, name: str) -> str:
     # The subject is the hash tag, so a subject's buckets share a cluster slot.
     return f"{prefix}{{{subject}}}:{name}"
@@ -64,8 +82,7 @@ async def charge(
     """Run gcra.lua over ``charges`` (which must share a slot on a cluster)."""
     keys = [bucket_key(prefix, c.subject, c.name) for c in charges]
     # One argument: redis-py packs each argument in Python (~1 µs apiece), three per bucket.
-    # repr: the shortest text that reads back as the same double (Lua's tonumber is strtod).
-    spec = " ".join([repr(now), *[f"{c.interval!r} {c.burst!r} {c.cost!r}" for c in charges]])
+    spec = " ".join([repr(now), *[_spec(c) for c in charges]])
     reply = await evalsha(client, GCRA, keys, (spec,))
     # {allowed, remaining_1, reset_after_1, retry_after_1, ...}, floats as strings
     states = [
