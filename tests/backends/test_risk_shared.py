@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from guardrail.backends.redis import RedisStorage
 from guardrail.backends.risk_memory import MemoryRiskStore
 from guardrail.backends.risk_redis import RedisRiskStore
-from guardrail.backends.risk_shared import SharedRiskStore
+from guardrail.backends.risk_shared import FULL_EVERY, SharedRiskStore
 from guardrail.errors import StorageError
 from guardrail.signals.state import C_REQ, REQ, RING_SIZE, Band, Update
 
@@ -298,3 +298,83 @@ async def test_a_principal_redis_lost_is_put_back_not_wiped_here(worker: Worker)
     await b.save(KEYS, update(principal=counters(req=1)))
     await b.flush()
     assert (await b.load(KEYS, NOW)).principal[REQ] == near(6.0)
+
+
+def counting_reads(store: SharedRiskStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The principals whose copy in Redis a flush reads back and takes."""
+    read: list[str] = []
+    parse = store.remote.parse_principal
+
+    def counted(reply: object, now: float) -> object:
+        read.append("principal")
+        return parse(reply, now)
+
+    monkeypatch.setattr(store.remote, "parse_principal", counted)
+    return read
+
+
+async def test_a_worker_alone_does_not_read_back_what_it_wrote(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis stamps each state with the worker that wrote it last: a copy that took Redis's,
+    whose state nobody else wrote since, is Redis's plus what this worker wrote, so the flush
+    does not read it back (one worker, or principals that stick to one worker)."""
+    a = await worker()
+    one = memory()
+    await a.save(KEYS, request(0))
+    await one.save(KEYS, request(0))
+    await a.flush()  # the first flush reads back: the copy takes Redis's
+    read = counting_reads(a, monkeypatch)
+    for n in range(1, 6):
+        await a.save(KEYS, request(n))
+        await one.save(KEYS, request(n))
+        await a.flush()
+    assert read == []
+    assert_same(await a.load(KEYS, NOW), await one.load(KEYS, NOW))
+    b = await worker()  # and Redis holds the same
+    await b.save(KEYS, update(principal=counters(req=1)))
+    await b.flush()
+    assert (await b.load(KEYS, NOW)).principal[REQ] == near(7.0)
+    await a.save(KEYS, request(6))
+    await a.flush()  # b wrote it since: read back
+    assert read == ["principal"]
+    assert (await a.load(KEYS, NOW)).principal[REQ] == near(8.0)
+
+
+async def test_a_copy_made_afresh_here_takes_redis_s_whatever_the_stamp(
+    remote_url: str,
+) -> None:
+    """Evicted here (the store's bound) and seen again: the new copy holds only what this
+    worker saw since, though Redis's stamp is still this worker's."""
+    storage = RedisStorage(remote_url)
+    try:
+        remote = redis_risk_store(storage)
+        await remote.start()
+        small = MemoryRiskStore(half_life=HALF_LIFE, window=WINDOW, ttl=TTL, max_subjects=1)
+        a = SharedRiskStore(small, remote, interval=0.05, clock=lambda: NOW)
+        for n in range(3):
+            await a.save(KEYS, request(n))
+        await a.flush()
+        await a.save(KEYS, request(3))
+        await a.flush()  # stamped a's, not read back
+        other = KEYS._replace(principal="k:" + "f" * 32)
+        await a.save(other, update(principal=counters(req=1)))  # evicts KEYS.principal here
+        assert a.local.held_principal(KEYS.principal, NOW) is None
+        await a.save(KEYS, request(4))
+        await a.flush()
+        assert (await a.load(KEYS, NOW)).principal[REQ] == near(5.0)
+    finally:
+        await storage.close()
+
+
+async def test_a_write_without_a_stamp_arrives_within_a_full_read(worker: Worker) -> None:
+    """A worker that writes on every request (``share_every: request``, in a rolling deploy)
+    neither stamps nor logs: every FULL_EVERY-th flush reads everything written back."""
+    a = await worker()
+    await a.save(KEYS, request(0))
+    await a.flush()
+    await a.remote.save(KEYS, update(principal=counters(req=1)))  # behind a's back
+    for n in range(1, FULL_EVERY + 1):
+        await a.save(KEYS, request(n))
+        await a.flush()
+    assert (await a.load(KEYS, NOW)).principal[REQ] == near(FULL_EVERY + 2.0)

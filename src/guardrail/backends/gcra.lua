@@ -1,5 +1,6 @@
 -- GCRA over every bucket of one request, all or nothing (transcribes base.gcra).
--- KEYS: one per bucket. ARGV: now, then interval, burst, cost for each key.
+-- KEYS: one per bucket. ARGV[1]: now, then interval, burst, cost for each key, as one string
+-- of space-separated numbers (one argument packs in a fraction of the time of 3n + 1).
 -- Returns {allowed, remaining_1, reset_after_1, retry_after_1, ...}; floats travel as
 -- strings because Redis truncates Lua numbers to integers.
 local EPSILON = 1e-6  -- seconds; see base.EPSILON
@@ -7,14 +8,18 @@ local EPSILON = 1e-6  -- seconds; see base.EPSILON
 -- the callers' (injected, or another host's), and a key gone early would forget what was taken.
 -- A key that outlives its bucket is harmless: a TAT in the past reads as a full bucket.
 local TTL_SLACK_MS = 1000
-local now = tonumber(ARGV[1])
+local arg = {}
+for word in string.gmatch(ARGV[1], '%S+') do
+  arg[#arg + 1] = tonumber(word)
+end
+local now = arg[1]
 local n = #KEYS
 local tats, news = {}, {}
 local allowed = 1
 for i = 1, n do
-  local interval = tonumber(ARGV[3 * i - 1])
-  local burst = tonumber(ARGV[3 * i])
-  local cost = tonumber(ARGV[3 * i + 1])
+  local interval = arg[3 * i - 1]
+  local burst = arg[3 * i]
+  local cost = arg[3 * i + 1]
   local tat = tonumber(redis.call('GET', KEYS[i]))
   if tat == nil or tat < now then
     tat = now
@@ -28,8 +33,8 @@ end
 
 local result = {allowed}
 for i = 1, n do
-  local interval = tonumber(ARGV[3 * i - 1])
-  local tau = tonumber(ARGV[3 * i]) * interval
+  local interval = arg[3 * i - 1]
+  local tau = arg[3 * i] * interval
   local new_after = news[i] - now
   local remaining, reset_after, retry_after
   if allowed == 1 then

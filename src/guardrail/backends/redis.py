@@ -37,6 +37,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from guardrail.backends import cluster, lua
 from guardrail.backends.base import BucketCharge, Outcome
+from guardrail.backends.resp import multiplexed
 from guardrail.backends.uri import RedisTarget, mask_uri, parse_uri
 from guardrail.errors import StorageError
 
@@ -134,6 +135,14 @@ class RedisStorage:
         except (ValueError, TypeError, *REDIS_FAILURES) as exc:
             raise StorageError(f"storage {self.uri!r}: {exc}") from exc
         self._cluster = isinstance(self.client, RedisCluster)
+        # The charges (one a request) over one pipelined socket where Redis is one server
+        # (resp.py says why); everything else, and Sentinel and Cluster, through redis-py.
+        self.fast = (
+            None
+            if target.scheme not in ("redis", "rediss")
+            else multiplexed(self.client, target.timeout)
+        )
+        self.charger: lua.Caller = self.fast or self.client
 
     async def start(self) -> None:
         """Check the server answers and preload the scripts."""
@@ -151,7 +160,7 @@ class RedisStorage:
         primary. Bounded by the socket timeouts, like any call."""
         try:
             for charge in self._probes():
-                await lua.charge(self.client, self.prefix, [charge], time.time())
+                await lua.charge(self.charger, self.prefix, [charge], time.time())
         except Exception as exc:
             raise self.failure(client_error(exc)) from exc
 
@@ -174,6 +183,8 @@ class RedisStorage:
         return list(probes.values()) or [PROBE]
 
     async def close(self) -> None:
+        if self.fast is not None:
+            await self.fast.aclose()
         await self.client.aclose()
         if isinstance(self.client, RedisCluster):
             # After a ConnectionError redis-py marks the cluster client to be initialised
@@ -198,7 +209,7 @@ class RedisStorage:
         try:
             if self._cluster:
                 return await cluster.charge(self.client, self.prefix, charges, now)
-            allowed, states = await lua.charge(self.client, self.prefix, charges, now)
+            allowed, states = await lua.charge(self.charger, self.prefix, charges, now)
         except Exception as exc:
             raise self.failure(client_error(exc)) from exc
         finally:
@@ -213,7 +224,7 @@ class RedisStorage:
                 if self._cluster:
                     await cluster.settle(self.client, self.prefix, charges, now)
                 else:
-                    await lua.settle(self.client, self.prefix, charges, now)
+                    await lua.settle(self.charger, self.prefix, charges, now)
             except Exception as exc:
                 raise self.failure(client_error(exc)) from exc
 

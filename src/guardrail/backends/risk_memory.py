@@ -160,6 +160,7 @@ class _Principal:
         "ring",
         "spread",
         "spread_prev",
+        "synced",
         "temperature",
         "touched",
     )
@@ -181,6 +182,7 @@ class _Principal:
         self.spread = 0
         self.spread_prev = 0
         self.band: Band | None = None
+        self.synced = False  # taken from Redis since created here (risk_shared.py)
 
 
 class _Overflow(_Principal):
@@ -192,7 +194,7 @@ class _Overflow(_Principal):
 
 
 class _Cohort:
-    __slots__ = ("counters", "epoch", "landmark", "members", "members_prev", "touched")
+    __slots__ = ("counters", "epoch", "landmark", "members", "members_prev", "synced", "touched")
 
     def __init__(self, landmark: float, now: float, epoch: int) -> None:
         self.reset(landmark, now, epoch)
@@ -204,6 +206,7 @@ class _Cohort:
         self.epoch = epoch
         self.members = 0
         self.members_prev = 0
+        self.synced = False
 
 
 class _Bucket:
@@ -501,6 +504,13 @@ class MemoryRiskStore:
         state = self._cohorts.get(key) if kind == 1 else self._buckets.get(key)
         return state is not None and now - state.touched <= self.ttl
 
+    def synced(self, key: str, kind: int, now: float) -> bool:
+        """Whether this copy of a principal (``kind`` 0) or cohort (1) took Redis's since it
+        was created here: a copy created afresh (first seen here, or evicted and seen again)
+        holds only what this worker saw, whatever Redis's stamp says."""
+        state = self._own(key, now) if kind == 0 else self._cohorts.get(key)
+        return state is not None and state.synced
+
     def held_principal(self, key: str, now: float) -> list[float] | None:
         """A principal's counters at ``now`` (None: not held, expired, or sent to its
         subnet's overflow state): what a flush compares Redis's copy with."""
@@ -528,6 +538,7 @@ class MemoryRiskStore:
         p = self._own(key, now)
         if p is None:
             return
+        p.synced = True
         landmark, epoch, weight = self._clock(now)
         if p.landmark is not landmark:
             p.landmark = _renormalise_principal(p.counters, p.landmark, landmark, self._rate)
@@ -550,6 +561,7 @@ class MemoryRiskStore:
         c = self._cohorts.get(key)
         if c is None:
             return
+        c.synced = True
         landmark, epoch, weight = self._clock(now)
         if c.landmark is not landmark:
             c.landmark = _renormalise(c.counters, c.landmark, landmark, self._rate)

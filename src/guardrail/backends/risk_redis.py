@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import orjson
@@ -233,13 +233,20 @@ class RedisRiskStore:
         cohorts: Sequence[str],
         buckets: Sequence[str],
         extra: Sequence[tuple[Any, ...]] = (),
+        worker: str = "",
+        current: Collection[str] = (),
     ) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
         """A worker's flush in one round trip: ``journal`` written as ``batched`` gathers it,
         then the states named read (what ``parse_principal`` and ``parse_cohort`` read, and a
         bucket's entries, in the order named), by one risk_sync.lua call (one per slot on a
         cluster). Arguments are few (a JSON spec, the keys, the entries pushed): redis-py
         packs each in Python, ~1.3 µs apiece, so this costs a small part of one command per
-        state."""
+        state.
+
+        Each principal and cohort written is stamped with ``worker``; one named in ``current``
+        (whose copy at the caller took Redis's, and has been updated with everything the
+        caller wrote since) is not read back when its stamp was already ``worker``'s: the
+        reply is 0 then, for the copy is Redis's."""
         epoch = int(now // self.window)
         specs: dict[str, dict[str, Any]] = {}
         principal_reads = {"r": [":ring", ":band", f":sp:{epoch}", f":sp:{epoch - 1}"], "l": 1}
@@ -265,6 +272,12 @@ class RedisRiskStore:
                 x=[k[len(key) :] for k in batched.keys[1:]],
                 f=batched.field_list(),
             )
+            if "b" not in spec:
+                spec["m"] = 1  # a hash: stamped
+        for name in current:
+            stamped = specs.get(self.key(name))
+            if stamped is not None and "m" in stamped:
+                stamped["q"] = 1
         groups: dict[int, list[str]] = {}
         clustered = isinstance(self.client, RedisCluster)
         for key in specs:
@@ -282,7 +295,7 @@ class RedisRiskStore:
             commands.append(
                 (
                     "EVALSHA", SYNC.sha, len(keys), *keys, now, self.half_life, self._ttl_ms,
-                    orjson.dumps(listed), *entries,
+                    worker, orjson.dumps(listed), *entries,
                 )
             )  # fmt: skip
         answers = await self._replies([*commands, *extra])

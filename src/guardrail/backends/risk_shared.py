@@ -53,6 +53,9 @@ from guardrail.signals.state import (
 
 logger = logging.getLogger("guardrail")
 
+#: Every this many flushes, every state written is read back, its stamp notwithstanding.
+FULL_EVERY = 20
+
 #: Writes kept for Redis while it does not answer (a few seconds of a busy worker's traffic).
 JOURNAL_MAX = 100_000
 #: A failure to share is said at most this often (seconds): the flush is tried every interval.
@@ -309,24 +312,33 @@ class SharedRiskStore:
         # what is held here as the journal leaves: Redis's copy less this is what others added
         held = {name: local.held_principal(name, now) for name in principals}
         held_cohorts = {name: local.held_cohort(name, now) for name in cohorts}
+        # copies that took Redis's and were written here since: not read back if nobody else
+        # wrote them meanwhile (Redis's stamp). Every FULL_EVERY-th flush reads all back, which
+        # bounds what a writer that does not stamp (a worker with share_every: request) or a
+        # failover that lost writes can leave unseen.
+        current: set[str] = set()
+        if journal and self.flushes % FULL_EVERY:
+            current.update(name for name in principals if local.synced(name, 0, now))
+            current.update(name for name in cohorts if local.synced(name, 1, now))
         read_principals, read_cohorts, read_buckets, logged = await remote.sync(
-            journal, now, list(principals), list(cohorts), list(buckets), extra
-        )
+            journal, now, list(principals), list(cohorts), list(buckets), extra,
+            self.worker, current,
+        )  # fmt: skip
         since = self._journal  # written here during the round trip
         rings, banded, pushed = _newer(since)
         for name, reply in zip(principals, read_principals, strict=True):
-            counters, state = remote.parse_principal(reply, now)
             mine = held[name]
-            if mine is None or not reply[0]:
-                continue  # not held here, or not in Redis (refused there, or lost): kept
+            if mine is None or reply == 0 or not reply[0]:
+                continue  # not held here, Redis's already, or not in Redis (refused, lost): kept
+            counters, state = remote.parse_principal(reply, now)
             state.newer = rings.get(name, ())
             correction = self._repaired(name, 0, counters, mine, now)
             local.absorb_principal(name, now, correction, state, name in banded)
         for name, reply in zip(cohorts, read_cohorts, strict=True):
-            counters, state = remote.parse_cohort(reply, now)
             own = held_cohorts[name]
-            if own is None or not reply[0]:
+            if own is None or reply == 0 or not reply[0]:
                 continue
+            counters, state = remote.parse_cohort(reply, now)
             local.absorb_cohort(name, now, self._repaired(name, 1, counters, own, now), state)
         for name, entries in zip(buckets, read_buckets, strict=True):
             local.absorb_bucket(name, now, Remote(entries=entries, newer=pushed.get(name, ())))

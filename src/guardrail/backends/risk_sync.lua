@@ -1,15 +1,20 @@
 -- A worker's flush (backends/risk_shared.py), risk_state.lua's functions before this: the
 -- writes of many states and the read of each, in one call.
 -- KEYS: each state's hash (or list, for a template bucket), in the order of the spec.
--- ARGV[1] now, ARGV[2] half_life, ARGV[3] ttl_ms, ARGV[4] the spec (JSON), ARGV[5..] the
--- entries its "L" operations push (binary: sketches), referred to by number (1: ARGV[5]).
+-- ARGV[1] now, ARGV[2] half_life, ARGV[3] ttl_ms, ARGV[4] the worker's name, ARGV[5] the spec
+-- (JSON), ARGV[6..] the entries its "L" operations push (binary: sketches), referred to by
+-- number (1: ARGV[6]).
 -- The spec is a list, one object per state: "x" the suffixes of its other keys (its keys are
 -- KEYS[s] and KEYS[s] .. suffix: one hash tag, one slot); "w" (a write) with "c" create,
 -- "f" fields, "o" operations as apply takes them (key numbers into the state's keys); then "r"
 -- the suffixes of the keys read and "l" how many of them are lists (read(KEYS[s] and those)),
--- or "b": a template bucket, read with LRANGE.
--- Returns one reply per state, what read (or LRANGE) returns.
-local spec = cjson.decode(ARGV[4])
+-- or "b": a template bucket, read with LRANGE. A written hash (a principal, a cohort: "m") is
+-- stamped with the worker's name in its field "_w"; with "q", a hash whose stamp was already
+-- this worker's is not read (0 in its place): nobody else wrote it since this worker last read
+-- it back, so its copy is Redis's.
+-- Returns one reply per state, what read (or LRANGE) returns, or 0.
+local me = ARGV[4]
+local spec = cjson.decode(ARGV[5])
 local out = {}
 for s, state in ipairs(spec) do
   local base = KEYS[s]
@@ -22,7 +27,7 @@ for s, state in ipairs(spec) do
     local i = 1
     while i <= #ops do
       if ops[i] == 'L' then
-        ops[i + 2] = ARGV[4 + ops[i + 2]]
+        ops[i + 2] = ARGV[5 + ops[i + 2]]
         i = i + 4
       elseif ops[i] == 'S' then
         i = i + 3
@@ -30,12 +35,21 @@ for s, state in ipairs(spec) do
         i = i + 4
       end
     end
+    local unchanged = state.q and redis.call('HGET', base, '_w') == me
     local done = apply(keys, ARGV[1], ARGV[2], ARGV[3], state.c, state.f, ops)
     if type(done) == 'table' then
       return done  -- an error reply
     end
+    if state.m and done == 1 then
+      redis.call('HSET', base, '_w', me)
+    end
+    if unchanged then
+      out[s] = 0
+    end
   end
-  if state.b then
+  if out[s] then
+    -- not read: unchanged
+  elseif state.b then
     out[s] = redis.call('LRANGE', base, 0, state.b - 1)
   else
     local keys = {base}
