@@ -80,7 +80,7 @@ from guardrail.metering import CHAT, OPENAI, Meter, meter_for_path
 from guardrail.paths import canonical, irregular, route_path
 from guardrail.policy import Policy
 from guardrail.relay import Relay, identity_scope, with_headers
-from guardrail.secrets import policy_secret, resolve_secret
+from guardrail.secrets import chain_secret, policy_secret, resolve_secret
 from guardrail.signals.engine import Assessment, RiskEngine, principal_of
 
 logger = logging.getLogger("guardrail")
@@ -168,6 +168,7 @@ class Guardrail:
                 audit or conf.sink, max_bytes=conf.rotate.max_bytes, keep=conf.rotate.keep
             ),
             hash_chain=conf.hash_chain,
+            chain_key=chain_secret(self.policy),
         )
         self.refusals = Refusals(self.audit.emit, conf.aggregate, self.clock)
         head = {"policy": self.policy.digest, "mode": self.policy.mode}
