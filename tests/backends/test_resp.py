@@ -192,3 +192,40 @@ async def test_a_storage_whose_server_stops_answering_fails_with_storage_error(
             await storage.charge([CHARGE], NOW)
     finally:
         await storage.close()
+
+
+async def test_a_user_without_a_password_authenticates_as_redis_py_does(tmp_path: Path) -> None:
+    """Review of issue 14: ``redis://limiter@host`` names a nopass ACL user; the charges'
+    connection must log in as it, not run as ``default`` (here: disabled)."""
+    server = Server(tmp_path, "--user", "limiter", "on", "nopass", "~*", "+@all")
+    admin = aioredis.from_url(server.url)
+    await admin.execute_command("ACL", "SETUSER", "default", "off")
+    await admin.aclose()
+    storage = RedisStorage(f"redis://limiter@127.0.0.1:{server.port}/0")
+    try:
+        await storage.start()  # the charges' connection is tried at start
+        assert storage.fast is not None
+        assert (await storage.charge([CHARGE], NOW)).allowed
+    finally:
+        await storage.close()
+        server.stop()
+
+
+async def test_a_missing_tls_certificate_is_a_storage_error_at_connect() -> None:
+    storage = RedisStorage("rediss://127.0.0.1:1/0?ssl_ca_certs=/nonexistent/ca.pem&timeout=0.5")
+    try:
+        assert storage.fast is not None
+        with pytest.raises(StorageError, match="ConnectionError"):
+            await storage.charge([CHARGE], NOW)
+    finally:
+        await storage.close()
+
+
+async def test_closing_while_connecting_leaves_no_socket(silent_server: int) -> None:
+    fast = Multiplexed(host="127.0.0.1", port=silent_server, password="x", timeout=5.0)
+    call = asyncio.ensure_future(fast.execute_command("PING"))
+    await asyncio.sleep(0.05)  # connected, waiting for AUTH's reply (the server never answers)
+    await fast.aclose()
+    with pytest.raises((ConnectionError, asyncio.CancelledError)):
+        await call
+    assert fast._wire is None

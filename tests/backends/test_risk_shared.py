@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from guardrail.backends.redis import RedisStorage
 from guardrail.backends.risk_memory import MemoryRiskStore
 from guardrail.backends.risk_redis import RedisRiskStore
-from guardrail.backends.risk_shared import FULL_EVERY, SharedRiskStore
+from guardrail.backends.risk_shared import READ_EVERY, SharedRiskStore
 from guardrail.errors import StorageError
 from guardrail.signals.state import C_REQ, REQ, RING_SIZE, Band, Update
 
@@ -367,14 +367,65 @@ async def test_a_copy_made_afresh_here_takes_redis_s_whatever_the_stamp(
         await storage.close()
 
 
-async def test_a_write_without_a_stamp_arrives_within_a_full_read(worker: Worker) -> None:
+async def test_a_write_without_a_stamp_arrives_within_read_every(remote_url: str) -> None:
     """A worker that writes on every request (``share_every: request``, in a rolling deploy)
-    neither stamps nor logs: every FULL_EVERY-th flush reads everything written back."""
-    a = await worker()
+    neither stamps nor logs: a state written here is read back at least every READ_EVERY."""
+    storage = RedisStorage(remote_url)
+    now = [NOW]
+    try:
+        remote = redis_risk_store(storage)
+        await remote.start()
+        a = SharedRiskStore(memory(), remote, interval=0.05, clock=lambda: now[0])
+        one = memory()  # saw every write
+        for store in (a, one):
+            await store.save(KEYS, request(0))
+        await a.flush()
+        for store in (a.remote, one):  # behind a's back
+            await store.save(KEYS, update(principal=counters(req=1)))
+        for n in range(1, int(READ_EVERY / 0.05) + 2):
+            now[0] += 0.05
+            for store in (a, one):
+                await store.save(KEYS, request(n, now=now[0]))
+            await a.flush()
+        seen, all_of_it = await a.load(KEYS, now[0]), await one.load(KEYS, now[0])
+        assert seen.principal[REQ] == near(all_of_it.principal[REQ])
+    finally:
+        await storage.close()
+
+
+async def test_a_flush_whose_reply_was_lost_reads_back_what_it_stamped(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of issue 14: the script ran, its reply did not arrive (a timeout, a reset):
+    Redis stamped the states this worker's, yet this copy never took what others wrote."""
+    a, b = await worker(), await worker()
     await a.save(KEYS, request(0))
     await a.flush()
-    await a.remote.save(KEYS, update(principal=counters(req=1)))  # behind a's back
-    for n in range(1, FULL_EVERY + 1):
-        await a.save(KEYS, request(n))
+    await b.save(KEYS, update(principal=counters(req=1), band=Band(3, NOW)))
+    await b.flush()
+    execute = a.remote._execute
+
+    async def lost(commands: list[tuple[object, ...]]) -> list[object]:
+        await execute(commands)
+        raise StorageError("the reply was lost after the script ran")
+
+    monkeypatch.setattr(a.remote, "_execute", lost)
+    await a.save(KEYS, update(principal=counters(req=1)))
+    with pytest.raises(StorageError):
         await a.flush()
-    assert (await a.load(KEYS, NOW)).principal[REQ] == near(FULL_EVERY + 2.0)
+    monkeypatch.setattr(a.remote, "_execute", execute)
+    await a.save(KEYS, update(principal=counters(req=1)))
+    await a.flush()
+    assert (await a.load(KEYS, NOW)).band == Band(3, NOW)
+
+
+async def test_a_worker_forked_after_the_build_takes_a_name_of_its_own(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gunicorn --preload builds the app, then forks: each worker must stamp and log under a
+    name of its own, or each would skip what its siblings wrote."""
+    a = await worker()
+    parent = a.worker
+    assert a.worker == parent
+    monkeypatch.setattr("os.getpid", lambda: -1)
+    assert a.worker != parent

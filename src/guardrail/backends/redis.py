@@ -150,6 +150,8 @@ class RedisStorage:
             await self.client.ping()
             for script in (lua.GCRA, lua.GCRA_SETTLE):
                 await self.client.script_load(script.body)  # every primary, for a cluster
+            if self.fast is not None:  # the charges' own connection: its credentials too
+                await lua.charge(self.fast, self.prefix, [PROBE], time.time())
         except Exception as exc:
             raise self.failure(client_error(exc)) from exc
 

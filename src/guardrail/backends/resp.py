@@ -20,12 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import Connection, ConnectionPool, UnixDomainSocketConnection
+from redis.asyncio.connection import (
+    Connection,
+    ConnectionPool,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
 from redis.exceptions import (
     AuthenticationError,
     BusyLoadingError,
@@ -98,6 +104,9 @@ class _Wire(asyncio.Protocol):
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
         future = self.loop.create_future()
+        if self.lost is not None:  # lost between the connect and this call
+            future.set_exception(ConnectionError(str(self.lost)))
+            return future
         self.waiting.append(future)
         if not self.out:  # the first of this turn: written once the turn's callers have sent
             self.loop.call_soon(self._write)
@@ -154,7 +163,7 @@ class Multiplexed:
         host: str = "",
         port: int = 6379,
         path: str = "",
-        ssl: Any = None,
+        ssl: Callable[[], Any] | None = None,
         username: str | None = None,
         password: str | None = None,
         db: int = 0,
@@ -165,8 +174,11 @@ class Multiplexed:
         self.timeout = timeout
         self.connect_timeout = connect_timeout or timeout
         self.hello: list[tuple[Any, ...]] = []
-        if password is not None:
-            self.hello.append(("AUTH", username, password) if username else ("AUTH", password))
+        # as redis-py does: a user name alone is a nopass ACL user, authenticated all the same
+        if username:
+            self.hello.append(("AUTH", username, password or ""))
+        elif password is not None:
+            self.hello.append(("AUTH", password))
         if db:
             self.hello.append(("SELECT", db))
         self._wire: _Wire | None = None
@@ -211,9 +223,8 @@ class Multiplexed:
                 if self.path:
                     _, wire = await loop.create_unix_connection(_Wire, self.path)
                 else:
-                    _, wire = await loop.create_connection(
-                        _Wire, self.host, self.port, ssl=self.ssl
-                    )
+                    context = self.ssl() if self.ssl is not None else None
+                    _, wire = await loop.create_connection(_Wire, self.host, self.port, ssl=context)
                 for reply in await asyncio.gather(*(wire.send(pack(c)) for c in self.hello)):
                     if isinstance(reply, Exception):  # a wrong password, a missing database
                         raise raised(reply)
@@ -229,6 +240,11 @@ class Multiplexed:
         return wire
 
     async def aclose(self) -> None:
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None and connecting.get_loop() is asyncio.get_running_loop():
+            connecting.cancel()  # a connect under way must not leave a socket behind
+            with contextlib.suppress(BaseException):
+                await connecting
         wire, self._wire = self._wire, None
         if wire is not None and wire.loop is asyncio.get_running_loop():
             wire.drop(ConnectionError, "Connection to Redis closed")
@@ -260,11 +276,15 @@ def multiplexed(client: Any, timeout: float) -> Multiplexed | None:
     }
     if type(shape) is UnixDomainSocketConnection:
         return Multiplexed(path=shape.path, **common)
-    if isinstance(shape, Connection) and shape._connection_arguments().keys() <= {
-        "host",
-        "port",
-        "ssl",
-    }:
-        where = shape._connection_arguments()
-        return Multiplexed(host=where["host"], port=where["port"], ssl=where.get("ssl"), **common)
+    if type(shape) is Connection:
+        return Multiplexed(host=shape.host, port=shape.port, **common)
+    if type(shape) is SSLConnection:
+        # the TLS context is made at each connect, as redis-py does: certificates rotated on
+        # disk are read again, and a missing one is a connection error, not a crash at build
+        return Multiplexed(
+            host=shape.host,
+            port=shape.port,
+            ssl=lambda: shape._connection_arguments()["ssl"],
+            **common,
+        )
     return None

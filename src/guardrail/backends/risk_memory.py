@@ -182,7 +182,7 @@ class _Principal:
         self.spread = 0
         self.spread_prev = 0
         self.band: Band | None = None
-        self.synced = False  # taken from Redis since created here (risk_shared.py)
+        self.synced = 0.0  # when it last took Redis's copy; 0: never (risk_shared.py)
 
 
 class _Overflow(_Principal):
@@ -206,7 +206,7 @@ class _Cohort:
         self.epoch = epoch
         self.members = 0
         self.members_prev = 0
-        self.synced = False
+        self.synced = 0.0
 
 
 class _Bucket:
@@ -504,12 +504,18 @@ class MemoryRiskStore:
         state = self._cohorts.get(key) if kind == 1 else self._buckets.get(key)
         return state is not None and now - state.touched <= self.ttl
 
-    def synced(self, key: str, kind: int, now: float) -> bool:
-        """Whether this copy of a principal (``kind`` 0) or cohort (1) took Redis's since it
-        was created here: a copy created afresh (first seen here, or evicted and seen again)
-        holds only what this worker saw, whatever Redis's stamp says."""
+    def synced(self, key: str, kind: int, now: float, within: float) -> bool:
+        """Whether this copy of a principal (``kind`` 0) or cohort (1) took Redis's less than
+        ``within`` seconds ago: a copy created afresh (first seen here, or evicted and seen
+        again) holds only what this worker saw, whatever Redis's stamp says."""
         state = self._own(key, now) if kind == 0 else self._cohorts.get(key)
-        return state is not None and state.synced
+        return state is not None and now - state.synced < within
+
+    def unsync(self, key: str, kind: int, now: float) -> None:
+        """This copy may have missed Redis's (a flush whose reply was lost): read it back."""
+        state = self._own(key, now) if kind == 0 else self._cohorts.get(key)
+        if state is not None:
+            state.synced = 0.0
 
     def held_principal(self, key: str, now: float) -> list[float] | None:
         """A principal's counters at ``now`` (None: not held, expired, or sent to its
@@ -538,7 +544,7 @@ class MemoryRiskStore:
         p = self._own(key, now)
         if p is None:
             return
-        p.synced = True
+        p.synced = now
         landmark, epoch, weight = self._clock(now)
         if p.landmark is not landmark:
             p.landmark = _renormalise_principal(p.counters, p.landmark, landmark, self._rate)
@@ -561,7 +567,7 @@ class MemoryRiskStore:
         c = self._cohorts.get(key)
         if c is None:
             return
-        c.synced = True
+        c.synced = now
         landmark, epoch, weight = self._clock(now)
         if c.landmark is not landmark:
             c.landmark = _renormalise(c.counters, c.landmark, landmark, self._rate)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -53,8 +54,10 @@ from guardrail.signals.state import (
 
 logger = logging.getLogger("guardrail")
 
-#: Every this many flushes, every state written is read back, its stamp notwithstanding.
-FULL_EVERY = 20
+#: A state written here is read back at least this often (seconds), its stamp notwithstanding:
+#: what a writer that does not stamp (a worker with share_every: request, in a rolling deploy)
+#: or a failover that lost writes left unseen is seen within it.
+READ_EVERY = 1.0
 
 #: Writes kept for Redis while it does not answer (a few seconds of a busy worker's traffic).
 JOURNAL_MAX = 100_000
@@ -95,7 +98,7 @@ class SharedRiskStore:
         self._sleep = sleep
         self._breaker = breaker  # the storage's: no flush while it is open
         self._journal: list[tuple[Keys, Update]] = []
-        self.worker = secrets.token_hex(8)  # names this worker's entries in the log
+        self._named: tuple[int, str] = (os.getpid(), secrets.token_hex(8))
         self._last: str | None = None  # the last log entry read
         self._started = False  # the log's end is known: entries after it are read
         self._stale: list[str] = []  # changed elsewhere, not read again yet (Redis failed)
@@ -212,6 +215,15 @@ class SharedRiskStore:
                     breaker.failed()
                 raise
 
+    @property
+    def worker(self) -> str:
+        """This process's name in the log and on Redis's stamps: a worker forked from a
+        process that built the app (gunicorn --preload) must not share its parent's name."""
+        pid, name = self._named
+        if pid != os.getpid():
+            self._named = pid, name = os.getpid(), secrets.token_hex(8)
+        return name
+
     def _lock(self) -> asyncio.Lock:
         if self._flushing is None:
             self._flushing = asyncio.Lock()
@@ -275,6 +287,12 @@ class SharedRiskStore:
         try:
             log = await self._exchange(journal, now, principals, cohorts, buckets, extra)
         except StorageError:
+            # The script may have run with its reply lost (a timeout, a reset): Redis then
+            # stamped these states this worker's without this copy taking theirs.
+            for name in principals:
+                self.local.unsync(name, 0, now)
+            for name in cohorts:
+                self.local.unsync(name, 1, now)
             self._keep(journal)
             raise
         # what the other workers wrote since: read again what this worker holds of it (and has
@@ -312,14 +330,12 @@ class SharedRiskStore:
         # what is held here as the journal leaves: Redis's copy less this is what others added
         held = {name: local.held_principal(name, now) for name in principals}
         held_cohorts = {name: local.held_cohort(name, now) for name in cohorts}
-        # copies that took Redis's and were written here since: not read back if nobody else
-        # wrote them meanwhile (Redis's stamp). Every FULL_EVERY-th flush reads all back, which
-        # bounds what a writer that does not stamp (a worker with share_every: request) or a
-        # failover that lost writes can leave unseen.
+        # copies that took Redis's (within READ_EVERY) and were written here since: not read
+        # back if nobody else wrote them meanwhile (Redis's stamp)
         current: set[str] = set()
-        if journal and self.flushes % FULL_EVERY:
-            current.update(name for name in principals if local.synced(name, 0, now))
-            current.update(name for name in cohorts if local.synced(name, 1, now))
+        if journal:
+            current.update(n for n in principals if local.synced(n, 0, now, READ_EVERY))
+            current.update(n for n in cohorts if local.synced(n, 1, now, READ_EVERY))
         read_principals, read_cohorts, read_buckets, logged = await remote.sync(
             journal, now, list(principals), list(cohorts), list(buckets), extra,
             self.worker, current,
