@@ -1,23 +1,24 @@
 """Rank the subjects whose served outputs a set of suspect texts reproduces.
 
-A suspect text *matches* an index entry when their sketches agree on at least
-``min_bins`` of the 48 bins (10 by default: an estimated Jaccard of about 0.2 over word
-trigrams). A subject's evidence is the number of distinct suspect texts that match one of its
-entries, with the similarity of each text's best match and the times of the matched
-entries. A subject is *named* only when at least ``min_texts`` texts match it (5 by
+A suspect text *matches* an index entry when their sketches agree on at least ``min_bins``
+of the 48 bins (8 by default), not counting the bins where the suspect holds a *common*
+value (one the index's entries hold twice as often as chance: the bin's smallest shingle is
+boilerplate, a template's scaffold or a stock phrase, and agreeing on it says nothing about
+who was served the text). A subject's evidence is the number of distinct suspect texts that
+match one of its entries, with the similarity of each text's best match and the times of the
+matched entries. A subject is *named* only when at least ``min_texts`` texts match it (5 by
 default); otherwise the suspects attribute to nobody.
 
-Why these two numbers (measured with ``benchmarks/provenance.py`` on the simulator's
-outputs, where campaign accounts share answer scaffolds): a leaked output, cut to 60%, with a
-fifth of its words replaced and reformatted, agrees with its source on 11.7 bins on average
-and on 10 or more 72% of the time. Two different outputs agree on 0.4 to 0.7 bins on
-average (a byte agrees by chance 1 time in 256, the rest is shared boilerplate); 10 bins or
-more happened for fewer than 1 pair in 100,000 among siblings of one campaign, the hardest
-pairs there are. Over 200 suspects and 1M entries chance still yields some matching pairs,
-but they scatter over subjects: a subject collects a handful of chance texts only if it has
-thousands of entries sharing the suspects' template, while the leaked account collects
-about 140 of 200. ``min_texts`` sits above the largest chance count seen over the benchmark's
-never-served samples; see its output for the measured distribution.
+Why these numbers (measured with ``benchmarks/provenance.py`` on the simulator's outputs,
+where campaign accounts share answer scaffolds and every answer shares the model's stock
+phrasing): without the common values left out, 200 never-served texts matched some campaign
+account 17 to 30 times at 10 bins, as often as a leaked account's siblings did; the
+boilerplate, not chance bytes, made the null. With them left out, at 8 bins, the
+never-served samples matched no subject more than once or twice (see the benchmark's null
+line for the distribution at 1M entries), while a leak of 200 outputs matched its account
+40 to 65 times and a mixed leak 3 to 12 times per account (20 texts each). ``min_texts`` = 5
+sits above the null's maximum with room, and below the single-account leak by a factor of
+ten; the mixed leaks rank their accounts in the top 10 even where a few stay under it.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from guardrail.provenance.index import ProvenanceIndex
-from guardrail.provenance.scan import scan
+from guardrail.provenance.scan import common_values, scan
 from guardrail.provenance.sketch import jaccard, matches
 
-MIN_BINS = 10
+MIN_BINS = 8
 MIN_TEXTS = 5
 
 
@@ -115,8 +116,9 @@ def attribute_sketches(
     columns: Sequence[bytes] | None = None,
 ) -> Attribution:
     cols = columns if columns is not None else index.columns()
+    common = common_values(cols)
     evidence: dict[str, SubjectEvidence] = {}
-    for number, slot in scan(cols, sketches, min_bins):
+    for number, slot in scan(cols, sketches, min_bins, common):
         if not index.live(slot):
             continue
         subject, ts, stored = index.entry(slot)

@@ -212,9 +212,7 @@ class ProvenanceIndex:
             raise ProvenanceError(f"cannot read the index: {exc.strerror}", where) from exc
         if len(data) < _HEADER.size + _CRC.size or data[:8] != MAGIC:
             raise ProvenanceError("not a guardrail provenance index (bad magic)", where)
-        magic, version, bins, count, capacity, retention, params, names_size = (
-            _HEADER.unpack_from(data)
-        )
+        _, version, bins, count, capacity, retention, params, names_size = _HEADER.unpack_from(data)
         if version != VERSION or bins != BINS:
             raise ProvenanceError(
                 f"index version {version} with {bins} bins; this guardrail reads version "

@@ -37,7 +37,7 @@ _NO_APOSTROPHE = str.maketrans("", "", _APOSTROPHES)
 
 def strip_markers(text: str) -> str:
     """``text`` without the list numbers, bullets and fences that open its lines."""
-    if "\n" not in text and not text[:1] in "-*+>#(0123456789`~\u2022\u00b7\u2013\u2014":
+    if "\n" not in text and text[:1] not in "-*+>#(0123456789`~\u2022\u00b7\u2013\u2014":
         return text
     return _MARKER.sub(" ", "\n" + text)
 

@@ -13,20 +13,52 @@ over 1M entries that is ~0.1 s per eight suspects, where a Python loop would tak
 
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 
 from guardrail.provenance.sketch import BINS
+
+#: A bin value is *common* when the entries hold it this many times more often than chance
+#: (1 in 256): the smallest shingle of that bin is boilerplate (a template's scaffold, a
+#: stock phrase), and agreeing on it says nothing about who was served the text.
+COMMON = 2.0
+#: ... and at least this many standard deviations above it, so that in a small index nothing
+#: is common by chance (at 64k sampled entries 2x chance is 16 deviations out already).
+DEVIATIONS = 6.0
+#: Entries a column's values are counted on (every n-th entry beyond this many).
+_SAMPLE = 65536
+#: Entries below which no value is called common.
+_COMMON_FLOOR = 256
 
 GROUP = 8  # suspects per pass: the bits of a byte
 _PLANES = BINS.bit_length()  # enough bits to count to BINS
 _NONZERO = re.compile(rb"[^\x00]")
 
 
+def common_values(columns: Sequence[bytes]) -> list[frozenset[int]]:
+    """Per bin, the values held ``COMMON`` times more often than chance."""
+    out: list[frozenset[int]] = []
+    for column in columns:
+        sample = column[:: max(1, len(column) // _SAMPLE)]
+        if len(sample) < _COMMON_FLOOR:
+            out.append(frozenset())
+            continue
+        chance = len(sample) / 256
+        limit = max(COMMON * chance, chance + DEVIATIONS * math.sqrt(chance))
+        out.append(frozenset(v for v, n in Counter(sample).items() if n > limit))
+    return out
+
+
 def scan(
-    columns: Sequence[bytes], suspects: Sequence[bytes], threshold: int
+    columns: Sequence[bytes],
+    suspects: Sequence[bytes],
+    threshold: int,
+    common: Sequence[frozenset[int]] | None = None,
 ) -> Iterator[tuple[int, int]]:
-    """``(suspect number, slot)`` for every pair agreeing on ``threshold`` bins or more."""
+    """``(suspect number, slot)`` for every pair agreeing on ``threshold`` bins or more,
+    not counting the bins where the suspect holds a ``common`` value."""
     if not columns or not columns[0] or not 0 < threshold <= BINS:
         return
     size = len(columns[0])
@@ -36,8 +68,10 @@ def scan(
         planes = [0] * _PLANES
         for j, column in enumerate(columns):
             table = bytearray(256)
+            ignored = common[j] if common is not None else frozenset()
             for bit, sketch in enumerate(group):
-                table[sketch[j]] |= 1 << bit
+                if sketch[j] not in ignored:
+                    table[sketch[j]] |= 1 << bit
             carry = int.from_bytes(column.translate(table), "little")
             for p in range(_PLANES):
                 plane = planes[p]

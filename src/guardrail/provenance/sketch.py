@@ -9,14 +9,15 @@ shingle fell into borrows its right neighbour's value (rotation densification, S
 Li 2014), so short texts still compare bin for bin.
 
 Speed without numpy: every Python-level operation per word costs ~50 ns, so there are as few
-as possible. A word is hashed once, with ``zlib.crc32`` (C speed); the words' hashes are laid out as 64-bit lanes of one big integer, and a shingle's hash is computed for
-all shingles at once, lane by lane: ``x*A ^ (x>>64)*B ^ (x>>128)*C`` multiplies 32-bit
-values by 32-bit constants, so no lane carries into the next. The top 24 bits of each lane,
-times 48, put the bin in the top byte and leave byte 1 as the value kept. One ``sorted``
-orders the shingles by bin and value, so a bin's first shingle (``bytes.find``) is
-its smallest. The multipliers come from a key (blake2b): sketches of two
-deployments do not compare, and nobody without the key can tell which words of a text its
-sketch rests on.
+as possible. A word is hashed once, with ``zlib.crc32`` (C speed); the words' hashes are laid
+out as 64-bit lanes of one big integer, and every shingle's hash is computed at once, lane by
+lane: ``x*A ^ (x>>64)*B ^ (x>>128)*C`` multiplies 32-bit values by 32-bit constants, so no
+lane carries into the next. The top 24 bits of each lane, times 48, put the bin in the top
+byte and leave byte 1 as the value kept. One ``sorted`` orders the shingles by bin and value,
+so a bin's first shingle (``bytes.find``) is its smallest. The multipliers come from a key
+(blake2b): sketches of two deployments do not compare, and nobody without the key can tell
+which words of a text its sketch rests on. blake2b per shingle instead of crc32 and lanes
+measured ~5x slower (0.6 µs a call), and SimHash would need a loop over 64 bits per shingle.
 """
 
 from __future__ import annotations

@@ -159,9 +159,7 @@ def population(subjects: int, responses: int, per_campaign: int = 20) -> list[Le
     ``per_campaign`` accounts with 12% of the outputs (at least 400 each, enough to leak
     200), the rest benign accounts with 10 to ~2x the mean."""
     campaign_each = max(400, int(0.12 * responses / (len(CAMPAIGNS) * per_campaign)))
-    out = [
-        LeakAccount(name, i, campaign_each) for name in CAMPAIGNS for i in range(per_campaign)
-    ]
+    out = [LeakAccount(name, i, campaign_each) for name in CAMPAIGNS for i in range(per_campaign)]
     benign = max(1, subjects - len(out))
     left = max(benign * 10, responses - campaign_each * len(out))
     rng = account_rng(0, "leak-population", 0)
@@ -221,4 +219,3 @@ def never_served(seed: int, count: int) -> Iterator[str]:
     rng = account_rng(seed, "leak:never-served", 0)
     for _ in range(count):
         yield served(rng, rng.choice(("benign", "benign", *CAMPAIGNS)))
-
