@@ -69,6 +69,9 @@ def main() -> None:
     parser.add_argument("--responses", type=int, default=1_000_000)
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--null-trials", type=int, default=1000)
+    parser.add_argument(
+        "--null-from", type=int, default=0, help="first null sample (to add samples to a run)"
+    )
     parser.add_argument("--mixed-trials", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cache", help="index file: reused if present, written if not")
@@ -95,7 +98,7 @@ def main() -> None:
         finds.append(time.perf_counter() - start)
         return result
 
-    leak_ok, leak_texts, leak_margin = 0, [], []
+    leak_ok, leak_texts, leak_margin = 0, list[int](), list[int]()
     for trial in range(args.trials):
         account = campaign[trial % len(campaign)]
         outputs = list(leaks.outputs(args.seed, account))
@@ -115,10 +118,11 @@ def main() -> None:
         f"subject's median {statistics.median(leak_margin or [0])} "
         f"(max {max(leak_margin or [0])})"
     )
-    print(f"find: {statistics.median(finds):.2f} s median over {len(index)} entries, 200 suspects")
+    if finds:
+        print(f"find: {statistics.median(finds):.2f} s median over {len(index)} entries, 200 texts")
 
     null_ok, null_max = 0, Counter[int]()
-    for trial in range(args.null_trials):
+    for trial in range(args.null_from, args.null_from + args.null_trials):
         sample = list(leaks.never_served(args.seed * 100_003 + trial, 200))
         result = find(sample)
         null_ok += not result.named

@@ -22,7 +22,7 @@ def test_a_leak_is_named_with_exit_0(index_file: Path, tmp_path: Path, capsys):
     suspects = _jsonl(tmp_path / "leak.jsonl", leaked(ACCOUNTS[1], 40))
     assert main(["trace", "find", str(suspects), "--index", str(index_file)]) == 0
     out = capsys.readouterr().out
-    assert f"named (*, >= 5 texts matching at >= 8/48 bins): {ACCOUNTS[1].subject}" in out
+    assert f"named (*, >= 9 texts matching at >= 8/48 bins): {ACCOUNTS[1].subject}" in out
     assert out.splitlines()[2].split()[1] == f"*{ACCOUNTS[1].subject}"
 
 
@@ -34,8 +34,8 @@ def test_json_output(index_file: Path, tmp_path: Path, capsys):
     assert data["named"] == [ACCOUNTS[0].subject]
     assert data["suspects"] == 40 and len(data["ranked"]) <= 3
     assert data["ranked"][0]["subject"] == ACCOUNTS[0].subject
-    assert data["ranked"][0]["texts_matched"] >= 5
-    assert data["index"]["entries"] > 0 and data["rule"] == {"min_bins": 8, "min_texts": 5}
+    assert data["ranked"][0]["texts_matched"] >= 9
+    assert data["index"]["entries"] > 0 and data["rule"] == {"min_bins": 8, "min_texts": 9}
 
 
 def test_nobody_is_exit_1(index_file: Path, tmp_path: Path, capsys):

@@ -6,19 +6,21 @@ value (one the index's entries hold twice as often as chance: the bin's smallest
 boilerplate, a template's scaffold or a stock phrase, and agreeing on it says nothing about
 who was served the text). A subject's evidence is the number of distinct suspect texts that
 match one of its entries, with the similarity of each text's best match and the times of the
-matched entries. A subject is *named* only when at least ``min_texts`` texts match it (5 by
+matched entries. A subject is *named* only when at least ``min_texts`` texts match it (9 by
 default); otherwise the suspects attribute to nobody.
 
 Why these numbers (measured with ``benchmarks/provenance.py`` on the simulator's outputs,
-where campaign accounts share answer scaffolds and every answer shares the model's stock
-phrasing): without the common values left out, 200 never-served texts matched some campaign
-account 17 to 30 times at 10 bins, as often as a leaked account's siblings did; the
-boilerplate, not chance bytes, made the null. With them left out, at 8 bins, the
-never-served samples matched no subject more than once or twice (see the benchmark's null
-line for the distribution at 1M entries), while a leak of 200 outputs matched its account
-40 to 65 times and a mixed leak 3 to 12 times per account (20 texts each). ``min_texts`` = 5
-sits above the null's maximum with room, and below the single-account leak by a factor of
-ten; the mixed leaks rank their accounts in the top 10 even where a few stay under it.
+10,000 subjects and 1M entries, where campaign accounts share answer scaffolds and every
+answer shares the model's stock phrasing): without the common values left out, 200
+never-served texts matched some campaign account 17 to 30 times at 10 bins (at 50k entries),
+as often as a leaked account's siblings did: boilerplate, not chance bytes, made the null.
+With them left out, at 8 bins, over 1M entries, the subject that 200 never-served texts
+matched most was matched by 1 to 5 of them (100 samples: 1: 6, 2: 41, 3: 32, 4: 17, 5: 4;
+each step up about 4x rarer, so 9 or more is expected in fewer than 1 sample in 2,000),
+while a leak of 200 outputs of one account matched it 87 to 150 times and its next subject
+at most 4 times. Chance grows with the index and the number of suspects (more pairs), so
+``min_texts`` is a calibration of this corpus at this size: re-run the benchmark's null on
+an index of another size, and raise ``min_texts`` above its largest count with room.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from guardrail.provenance.scan import common_values, scan
 from guardrail.provenance.sketch import jaccard, matches
 
 MIN_BINS = 8
-MIN_TEXTS = 5
+MIN_TEXTS = 9
 
 
 @dataclass(slots=True)
