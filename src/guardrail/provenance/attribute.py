@@ -15,8 +15,8 @@ answer shares the model's stock phrasing): without the common values left out, 2
 never-served texts matched some campaign account 17 to 30 times at 10 bins (at 50k entries),
 as often as a leaked account's siblings did: boilerplate, not chance bytes, made the null.
 With them left out, at 8 bins, over 1M entries, the subject that 200 never-served texts
-matched most was matched by 1 to 5 of them (100 samples: 1: 6, 2: 41, 3: 32, 4: 17, 5: 4;
-each step up about 4x rarer, so 9 or more is expected in fewer than 1 sample in 2,000),
+matched most was matched by 1 to 6 of them (400 samples: 1: 20, 2: 167, 3: 152, 4: 48,
+5: 11, 6: 2; each step up 4-5x rarer, so 9 or more is expected in well under 1 in 1,000),
 while a leak of 200 outputs of one account matched it 87 to 150 times and its next subject
 at most 4 times. Chance grows with the index and the number of suspects (more pairs), so
 ``min_texts`` is a calibration of this corpus at this size: re-run the benchmark's null on
