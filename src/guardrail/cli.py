@@ -1,6 +1,6 @@
 """The ``guardrail`` command: check policies, print the schema, list which of an app's routes a
 policy guards, hash keys, read the audit trail, list the risk signals, simulate campaigns
-against a policy."""
+against a policy, trace leaked outputs to the subjects they were served to."""
 
 from __future__ import annotations
 
@@ -125,6 +125,12 @@ def _signals(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trace_find(args: argparse.Namespace) -> int:
+    from guardrail.provenance import command
+
+    return command.find(args)
+
+
 def _simulate(args: argparse.Namespace) -> int:
     return simulate_command.run(args)
 
@@ -202,6 +208,22 @@ def parser() -> argparse.ArgumentParser:
     keys.add_argument("--policy", metavar="POLICY", help="the key its audit.chain_key names")
     keys.add_argument("--key", metavar="REF", help="the chain key: env:NAME or file:PATH")
     verify.set_defaults(run=_audit_verify)
+
+    trace = commands.add_parser(
+        "trace", help="output provenance: which subjects were served a suspect dataset"
+    ).add_subparsers(dest="trace_command", required=True, metavar="ACTION")
+    find = trace.add_parser(
+        "find",
+        help="rank the subjects whose served outputs the suspect texts reproduce",
+        description="Reads suspect texts (a leaked dataset, a suspect model's outputs) and "
+        "ranks the subjects of a provenance index by how many of the texts match what they "
+        "were served. Exit 0 when a subject is named, 1 when nobody is beyond chance, 2 when "
+        "the input is refused.",
+    )
+    from guardrail.provenance.command import add_find_arguments
+
+    add_find_arguments(find)
+    find.set_defaults(run=_trace_find)
 
     tune = commands.add_parser(
         "calibrate",

@@ -54,3 +54,13 @@ class ClearanceError(GuardrailError):
 
 class DeploymentError(GuardrailError):
     """Guardrail was placed where it cannot guard: e.g. built once per route handler."""
+
+
+class ProvenanceError(GuardrailError):
+    """An output-provenance index or a suspect file could not be read, written or used.
+
+    ``where`` names the file (and line, when there is one) at fault."""
+
+    def __init__(self, message: str, where: str | None = None) -> None:
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)

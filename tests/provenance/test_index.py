@@ -1,0 +1,100 @@
+"""The index: bounded, expiring, saved and loaded whole, a damaged file refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from guardrail.errors import ProvenanceError
+from guardrail.provenance.index import ENTRY_BYTES, ProvenanceIndex
+from guardrail.provenance.sketch import BINS
+
+
+def _sketch(n: int) -> bytes:
+    return bytes((n * 7 + j) & 0xFF for j in range(BINS))
+
+
+def _filled(count: int, capacity: int = 100, retention: float = 1e6) -> ProvenanceIndex:
+    index = ProvenanceIndex(capacity=capacity, retention=retention)
+    for n in range(count):
+        index.add_sketch(f"subject-{n % 3}", _sketch(n), 1000.0 + n)
+    return index
+
+
+def _entries(index: ProvenanceIndex) -> list[tuple[str, float, bytes]]:
+    return sorted(index.entry(slot) for slot in range(index.slots) if index.live(slot))
+
+
+def test_an_entry_costs_56_bytes():
+    index = _filled(3000, capacity=3000)
+    assert ENTRY_BYTES == 56
+    assert index.nbytes == 56 * index.slots
+    assert index.slots == 3000  # grown by doubling, but never past the capacity
+
+
+def test_the_oldest_entries_make_room_at_capacity():
+    index = _filled(250, capacity=100)
+    assert len(index) == 100 and index.slots == 100
+    times = sorted(ts for _, ts, _ in _entries(index))
+    assert times == [1000.0 + n for n in range(150, 250)]
+
+
+def test_expire_drops_what_is_older_than_the_retention():
+    index = _filled(50, retention=10)
+    assert index.expire(now=1000.0 + 49) == 39
+    assert sorted(ts for _, ts, _ in _entries(index)) == [1000.0 + n for n in range(39, 50)]
+    index.add_sketch("late", _sketch(99), 1100.0)  # the freed slots are reused
+    assert len(index) == 12
+
+
+def test_texts_too_short_are_not_added():
+    index = ProvenanceIndex()
+    assert index.add("s", "ok thanks", 1.0) is False
+    assert index.add("s", "one two three four five six seven eight nine ten", 1.0) is True
+    assert len(index) == 1
+
+
+def test_save_and_load_round_trip(tmp_path: Path):
+    index = _filled(250, capacity=100)  # wrapped: the ring's start is not slot 0
+    index.save(tmp_path / "index.grprov")
+    loaded = ProvenanceIndex.load(tmp_path / "index.grprov")
+    assert _entries(loaded) == _entries(index)
+    assert loaded.capacity == 100 and loaded.retention == index.retention
+    assert loaded.sketcher.params == index.sketcher.params
+    assert loaded.subjects_entries() == index.subjects_entries()
+
+
+def test_an_empty_index_round_trips(tmp_path: Path):
+    ProvenanceIndex().save(tmp_path / "empty")
+    assert len(ProvenanceIndex.load(tmp_path / "empty")) == 0
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda data: data[:-1] + bytes([data[-1] ^ 1]), "checksum"),
+        (lambda data: data[:200] + bytes([data[200] ^ 0x40]) + data[201:], "checksum"),
+        (lambda data: data[:-10], "truncated"),
+        (lambda data: b"NOTANIDX" + data[8:], "bad magic"),
+        (lambda data: data[:8] + b"\x09\x00" + data[10:], "version 9"),
+        (lambda data: b"", "bad magic"),
+    ],
+)
+def test_a_damaged_file_is_refused_with_its_name(tmp_path: Path, damage, message: str):
+    path = tmp_path / "index.grprov"
+    _filled(20).save(path)
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(ProvenanceError, match=message) as caught:
+        ProvenanceIndex.load(path)
+    assert str(path) in str(caught.value)
+
+
+def test_a_missing_file_is_refused(tmp_path: Path):
+    with pytest.raises(ProvenanceError, match="cannot read"):
+        ProvenanceIndex.load(tmp_path / "nope")
+
+
+def test_a_sketch_of_the_wrong_size_is_refused():
+    with pytest.raises(ProvenanceError):
+        ProvenanceIndex().add_sketch("s", b"short", 1.0)
