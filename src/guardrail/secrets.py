@@ -6,6 +6,7 @@ operator knows what to fix, and never the secret itself: they end up in logs.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -90,3 +91,25 @@ def chain_secret(policy: Policy) -> bytes | None:
             raise SecretError("audit.chain_key: secret, but the policy has no `secret`")
         return resolve_secret(policy.secret)
     return resolve_secret(ref)
+
+
+class PreparedHmac:
+    """HMAC-SHA256 under one key with its two padded-key states hashed once (RFC 2104): a call
+    costs two hash copies and two short updates, about half of ``hmac.digest``'s key schedule.
+    For the keys hashed on every request (API keys) and every audit record (the keyed chain)."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        # RFC 2104: a key longer than the block is hashed first, a shorter one zero-padded.
+        key = hashlib.sha256(key).digest() if len(key) > 64 else key
+        key = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def hexdigest(self, data: bytes) -> str:
+        inner = self._inner.copy()
+        inner.update(data)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
