@@ -3,17 +3,20 @@
 redis-py's asyncio client spends about 100 µs of Python on each command (a pool checkout, a
 retry wrapper, a timeout around each read, its observability hooks): more than the script it
 runs, and the limits send one command on every request. Where Redis is one server (``redis://``,
-``rediss://``, a unix socket) the charges and settlements go over this instead: commands are
+``rediss://``; ``multiplexed`` also takes a client built for a unix socket, which storage URIs do
+not name yet) the charges and settlements go over this instead: commands are
 written as they come (those of one event-loop turn in one write), and hiredis reads the replies,
 which go to their callers in order (Redis answers a connection's commands in the order it read
 them). Measured at 32 requests in flight: ~45 µs a call against redis-py's ~150 (both with
 the server's own time).
 
-Failure is redis-py's with a socket timeout: a call not answered within ``timeout`` raises
-``TimeoutError``, and the connection is dropped (the calls still waiting on it fail with
-``ConnectionError``): a hung server fails calls at once instead of queueing them behind the
-hung one. The next call reconnects. Sentinel and Cluster stay with redis-py, which follows
-failovers and slots; so does a client that takes its credentials from a provider.
+Failures raise redis-py's exception classes. Unlike its pool, one connection carries every call:
+when the oldest goes unanswered for ``timeout``, it and every call queued behind it (whose
+replies would come after its) fail with ``TimeoutError`` and the connection is dropped, so a
+hung server fails calls at once instead of queueing them; a short stall fails more calls than
+redis-py would (the README says how many). The next call reconnects. Sentinel and Cluster stay
+with redis-py, which follows failovers and slots; so does a client that takes its credentials
+from a provider.
 """
 
 from __future__ import annotations
@@ -213,7 +216,9 @@ class Multiplexed:
 
     async def _connect(self) -> _Wire:
         old, self._wire = self._wire, None
-        if old is not None:  # (of a loop now closed: its socket goes with the loop's)
+        if old is not None:
+            # On a loop since closed its socket cannot be closed from here and stays open
+            # until collected (a known leak: an app reused on a new loop without shutdown).
             old.drop(ConnectionError, "Connection to Redis replaced")
         loop = asyncio.get_running_loop()
         where = self.path or f"{self.host}:{self.port}"
