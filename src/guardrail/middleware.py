@@ -39,7 +39,7 @@ from guardrail.audit.record import decision_record
 from guardrail.audit.unmatched import Unmatched
 from guardrail.backends import challenge_store, risk_engine, storage_from_uri
 from guardrail.backends.base import BucketCharge, Outcome, Storage
-from guardrail.backends.breaker import GuardedStorage
+from guardrail.backends.breaker import BreakerOpen, GuardedStorage
 from guardrail.backends.memory import MemoryStorage
 from guardrail.budgets import Budget, Reservation, Settlements, reservation
 from guardrail.building import deferring
@@ -77,6 +77,7 @@ from guardrail.limits import (
     token_charges,
 )
 from guardrail.metering import CHAT, OPENAI, Meter, meter_for_path
+from guardrail.metrics import metrics_for
 from guardrail.paths import canonical, irregular, route_path
 from guardrail.policy import Policy
 from guardrail.relay import Relay, identity_scope, with_headers
@@ -129,6 +130,11 @@ class Guardrail:
         if self.fallback is not None and isinstance(self.storage, GuardedStorage):
             # Redis back: its counts are everyone's; the fallback's were this outage's only
             self.storage.breaker.on_close(self.fallback.clear)
+        self.metrics = metrics_for(self.policy.metrics)  # a no-op unless the policy asks
+        self._metrics_path = self.policy.metrics.served_on
+        if self.metrics.enabled and isinstance(self.storage, GuardedStorage):
+            self.storage.breaker.metrics = self.metrics
+            self.metrics.breaker(False)
         # The risk engine runs when the policy has thresholds to act on.
         self.risk: RiskEngine | None = None
         if self.policy.thresholds:
@@ -175,6 +181,8 @@ class Guardrail:
         every = conf.aggregate or UNMATCHED_EVERY
         self.unmatched = Unmatched(self.audit.emit, head, self.policy.unmatched, every, self.clock)
         self.audit.before_exit = self._close_counts  # the held counts, if the process ends
+        if self.metrics.enabled:
+            self.audit.after_batch = self.metrics.audited
         self._unmanaged = False  # started by a request: no lifespan will call shutdown()
         self.sample_allowed = conf.sample_allowed
         self.request_ids = RequestIds()
@@ -232,6 +240,7 @@ class Guardrail:
         await self.storage.close()
         if self.fallback is not None:
             await self.fallback.close()
+        self.metrics.close()
 
     aclose = shutdown
 
@@ -261,6 +270,9 @@ class Guardrail:
         root = scope.get("root_path")
         if root:  # under a mount or a --root-path: what the app routes on
             path = route_path(scope)
+        if path == self._metrics_path:  # None while metrics are off
+            await self._serve_metrics(scope, send)
+            return
         if path.startswith(self._prefix) and self.risk is not None:
             await self.desk(scope, receive, send, path)
             return
@@ -464,10 +476,13 @@ class Guardrail:
             self.sample_allowed and random.random() < self.sample_allowed
         ):
             self._record(scope, decision, now, status or 500)
+        else:
+            self.metrics.decided(decision)
 
     async def _settle(self, budget: Budget, relay: Relay, decision: Decision) -> None:
         used = relay.used()
         decision.used = used
+        self.metrics.tokens("settled", decision.route, budget.charged if used is None else used)
         if used is None:
             return  # nothing says what was used: the reservation is the charge
         # Shielded: a request cancelled with its client still gives back what it did not use.
@@ -528,6 +543,8 @@ class Guardrail:
                         {"type": "websocket.close", "code": 1008, "reason": "rate limit exceeded"}
                     )
                 return
+        else:
+            self.metrics.decided(decision)  # a refusal was counted as it was recorded
         await self.app(scope, receive, send)
 
     # -- pipeline steps --------------------------------------------------------------------
@@ -733,6 +750,7 @@ class Guardrail:
             return None
         if not held or reserved is None:
             return None
+        self.metrics.tokens("reserved", decision.route, tokens)
         return Budget(
             storage,
             held,
@@ -744,6 +762,7 @@ class Guardrail:
         )
 
     def _warn_storage(self, exc: StorageError, now: float) -> None:
+        self.metrics.storage_error(isinstance(exc, BreakerOpen))
         if now - self._storage_warned_at >= 10.0:
             self._storage_warned_at = now
             policy = self.policy.on_storage_error
@@ -754,6 +773,14 @@ class Guardrail:
     def _record(self, scope: Scope, decision: Decision, now: float, status: int) -> None:
         record = decision_record(self.policy, scope, decision, now, status)
         self.refusals.emit(record, refusal_key(decision, status), now)
+        self.metrics.decided(decision)
+
+    async def _serve_metrics(self, scope: Scope, send: Send) -> None:
+        """``metrics.path``: served here, before any route (it is never limited nor recorded)."""
+        if not self._started:
+            await self._first_request()
+        client = self.identity.resolve(scope).ip
+        await self.metrics.serve(scope, send, client, self.request_ids())
 
 
 def _unread(scope: Scope, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
+from ipaddress import ip_network
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -364,6 +365,52 @@ class StorageBreaker(_Model):
         return seconds
 
 
+#: Who may read metrics.path unless the policy says: this host only. Not private networks:
+#: behind a reverse proxy that trusted_proxies does not name, every request comes from the
+#: proxy's (private) address, and the internet would read route names and volumes.
+METRICS_FROM = ("127.0.0.0/8", "::1")
+
+
+class MetricsConfig(_Model):
+    """Prometheus metrics (pip install 'guardrail[metrics]'); off unless ``enabled``."""
+
+    enabled: bool = Field(
+        default=False, strict=True, description="Count decisions, storage, audit, challenges"
+    )
+    path: PathPrefix | None = Field(
+        default="/metrics",
+        description="Served by guardrail itself (GET, exempt from limits, allow_from only); "
+        "null: not served",
+    )
+    registry: Literal["guardrail", "app"] = Field(
+        default="guardrail",
+        description="guardrail: a registry of guardrail's own, served on path; app: "
+        "prometheus-client's default registry, which the app exposes itself (no path)",
+    )
+    allow_from: tuple[Network, ...] = Field(
+        default_factory=lambda: tuple(ip_network(net) for net in METRICS_FROM),
+        description="Client networks path answers (the client as identity.client_ip resolves "
+        "it); others get 403. Default: loopback only",
+    )
+
+    @model_validator(mode="after")
+    def _one_exposition(self) -> MetricsConfig:
+        if self.registry == "app" and "path" in self.model_fields_set and self.path is not None:
+            raise refuse(
+                "no path with registry: app (the app serves prometheus-client's default "
+                "registry itself); or registry: guardrail to have guardrail serve it",
+                at=("path",),
+            )
+        return self
+
+    @property
+    def served_on(self) -> str | None:
+        """The path guardrail answers with the metrics, if any."""
+        if not self.enabled or self.registry == "app":
+            return None
+        return self.path
+
+
 _WIDE_CHECKED = "guardrail_policy_wide_checked"
 
 
@@ -389,6 +436,9 @@ class Policy(_Model):
     tiers: dict[str, Tier] = Field(default_factory=dict)
     challenges: Challenges = Field(default_factory=Challenges)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="Prometheus metrics; off by default"
+    )
 
     _source: str = PrivateAttr(default="<python>")
     _digest: str | None = PrivateAttr(default=None)

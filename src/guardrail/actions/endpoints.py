@@ -21,6 +21,7 @@ from guardrail.actions.block import send_blocked
 from guardrail.actions.limit import send_limited, send_unavailable
 from guardrail.actions.problem import send_problem
 from guardrail.actions.timeout import send_timeout
+from guardrail.actions.verify import Answer
 from guardrail.audit import format_ts
 from guardrail.decision import LIMIT, Decision
 from guardrail.errors import ClearanceError, StorageError
@@ -96,6 +97,7 @@ class ChallengeDesk:
             issued = await verify.keep(g.challenges, issued, principal_of(decision.subject), now)
         except StorageError as exc:  # the client can retry for another
             g._warn_storage(exc, now)
+        g.metrics.challenge("issued", g.widget[0].name if g.widget else "pow")
         await challenge.send_challenge(
             send,
             scope,
@@ -228,6 +230,7 @@ class ChallengeDesk:
             )
             return
         except verify.ChallengeFailed as exc:
+            self.g.metrics.challenge("failed", self._kind(answer))
             decision.action = "challenge_failed"
             self.g._record(scope, decision, now, 403)
             if self.g.risk is not None:
@@ -250,6 +253,7 @@ class ChallengeDesk:
             self.g._warn_storage(exc, now)
             await send_unavailable(send, request_id=request_id, headers=headers)
             return
+        self.g.metrics.challenge("passed", self._kind(answer))
         decision.action = "challenge_passed"
         if self.g.risk is not None:
             try:
@@ -298,6 +302,11 @@ class ChallengeDesk:
             }
         )
         await send({"type": "http.response.body", "body": payload})
+
+    def _kind(self, answer: Answer) -> str:
+        """What an answer answered: the CAPTCHA offered, or the proof of work."""
+        widget = self.g.widget
+        return widget[0].name if answer.captcha is not None and widget else "pow"
 
     async def _admitted(
         self,

@@ -121,6 +121,8 @@ class AuditLog:
         self._late: list[Mapping[str, Any]] | None = None  # emitted during exit_sync
         self.before_exit: Callable[[], None] | None = None
         """Called first by :meth:`exit_sync` (the middleware writes its held refusal counts)."""
+        self.after_batch: Callable[[AuditLog], None] | None = None
+        """Called by the writer task after each batch (metrics read the counts and the queue)."""
 
     async def start(self) -> None:
         """Reads where the trail ends (to continue its chain) and starts the writer task."""
@@ -138,6 +140,11 @@ class AuditLog:
             if self.hash_chain and self._prev is None:
                 await self._continue_chain()
             self._task = asyncio.create_task(self._run(), name="guardrail-audit-writer")
+
+    @property
+    def queued(self) -> int:
+        """Records waiting in the queue."""
+        return self._queue.qsize()
 
     @property
     def closed(self) -> bool:
@@ -378,6 +385,8 @@ class AuditLog:
                 for _ in range(len(batch) + stop):
                     self._queue.task_done()
                 self._settle(len(batch))
+                if self.after_batch is not None:
+                    self.after_batch(self)
             self._taken = []  # kept when cancelled: exit_sync writes it
             if stop:
                 return

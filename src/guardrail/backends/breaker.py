@@ -26,11 +26,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from time import perf_counter
 from typing import Any, TypeVar
 
 from guardrail.backends.base import BucketCharge, Outcome, Storage
 from guardrail.backends.challenges import ChallengeStore
 from guardrail.errors import StorageError
+from guardrail.metrics import NO_METRICS, Metrics
 from guardrail.signals.state import Keys, RiskStore, Snapshot, Update
 
 logger = logging.getLogger("guardrail")
@@ -77,6 +79,7 @@ class Breaker:
         self._stopped = False  # shut down: no more probing
         self._closed: asyncio.Event | None = None  # set when it closes; made when first needed
         self._on_close: list[Callable[[], None]] = []
+        self.metrics: Metrics = NO_METRICS  # the middleware's, when the policy turns them on
 
     def on_close(self, callback: Callable[[], None]) -> None:
         self._on_close.append(callback)
@@ -107,6 +110,7 @@ class Breaker:
     def _trip(self) -> None:
         self.open = True
         self.opened += 1
+        self.metrics.breaker(True)
         logger.warning(
             "guardrail: %s failed %d times in a row: not called until a probe passes "
             "(one every %gs); on_storage_error applies meanwhile",
@@ -135,6 +139,7 @@ class Breaker:
             break
         self.failures = 0
         self.open = False
+        self.metrics.breaker(False)
         for callback in self._on_close:
             callback()
         if self._closed is not None:
@@ -151,12 +156,14 @@ async def _guard(breaker: Breaker, call: Callable[..., Awaitable[T]], *args: Any
     """``call(*args)`` through ``breaker`` (the coroutine is made only when the call is made)."""
     if breaker.open:
         raise BreakerOpen(breaker)
+    started = perf_counter()
     try:
         result = await call(*args)
     except StorageError:
         breaker.failed()
         raise
     breaker.failures = 0
+    breaker.metrics.storage_call(call.__name__, perf_counter() - started)
     return result
 
 
@@ -172,12 +179,14 @@ class GuardedStorage:
         breaker = self.breaker
         if breaker.open:
             raise BreakerOpen(breaker)
+        started = perf_counter()
         try:
             outcome = await self.storage.charge(charges, now)
         except StorageError:
             breaker.failed()
             raise
         breaker.failures = 0
+        breaker.metrics.storage_call("charge", perf_counter() - started)
         return outcome
 
     async def settle(self, charges: Sequence[BucketCharge], now: float) -> None:
@@ -202,12 +211,14 @@ class GuardedRiskStore:
         breaker = self.breaker
         if breaker.open:
             raise BreakerOpen(breaker)
+        started = perf_counter()
         try:
             snapshot = await self.store.load(keys, now)
         except StorageError:
             breaker.failed()
             raise
         breaker.failures = 0
+        breaker.metrics.storage_call("load", perf_counter() - started)
         return snapshot
 
     async def save(self, keys: Keys, update: Update) -> None:

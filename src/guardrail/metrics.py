@@ -1,0 +1,295 @@
+"""Prometheus metrics (``guardrail[metrics]``, the ``metrics:`` policy section).
+
+``NO_METRICS`` is what everything holds while metrics are off: its methods do nothing, so the
+request path pays a call to an empty method, and prometheus-client is never imported.
+``Prometheus`` holds the instruments. Every label value comes from the policy or from guardrail
+itself (route, action, tier, challenge kind, storage operation), never from a client: a
+subject, a key or a path would make a series per client.
+
+Served on ``metrics.path`` by the middleware (``serve``), or registered in prometheus-client's
+default registry for the app to expose (``registry: app``). With several worker processes,
+prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set before the workers
+start) keeps each worker's values in a file of that directory, and a scrape of any worker
+adds them up (``MultiProcessCollector``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+from typing import TYPE_CHECKING, Any
+
+from starlette.types import Scope, Send
+
+from guardrail.actions.problem import send_problem
+from guardrail.errors import GuardrailError
+
+if TYPE_CHECKING:
+    from guardrail.audit.writer import AuditLog
+    from guardrail.decision import Decision
+    from guardrail.policy import MetricsConfig
+
+__all__ = ["NO_METRICS", "Metrics", "MetricsError", "Prometheus", "metrics_for"]
+
+#: The risk score runs 0-100; thresholds usually sit at round numbers.
+SCORE_BUCKETS = (5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0)
+#: A Redis round trip: from a local socket's tenth of a millisecond to a timeout.
+STORAGE_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class MetricsError(GuardrailError):
+    """The policy turns metrics on and prometheus-client is not installed."""
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of prometheus-client's multiprocess mode, when the environment sets one."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """Metrics off: every event is dropped. ``Prometheus`` overrides each method."""
+
+    enabled = False
+
+    def decided(self, decision: Decision) -> None:
+        """One request decided (any action), with its risk score when it was scored."""
+
+    def storage_error(self, breaker_open: bool) -> None:
+        """A request met a storage error (``breaker_open``: Redis was not even called)."""
+
+    def storage_call(self, operation: str, seconds: float) -> None:
+        """A Redis call through the breaker took ``seconds``."""
+
+    def breaker(self, is_open: bool) -> None:
+        """The storage breaker opened or closed."""
+
+    def audited(self, log: AuditLog) -> None:
+        """The audit writer finished a batch: its counts and queue, read off ``log``."""
+
+    def challenge(self, event: str, kind: str) -> None:
+        """A challenge ``issued``, ``passed`` or ``failed``; ``kind``: pow, hcaptcha, turnstile."""
+
+    def tokens(self, event: str, route: str, count: int) -> None:
+        """``count`` tokens ``reserved`` at admission or ``settled`` from the response."""
+
+    async def serve(self, scope: Scope, send: Send, client: str, request_id: str) -> None:
+        raise AssertionError("metrics are off: nothing serves them")  # the path is None
+
+    def close(self) -> None:
+        """At shutdown."""
+
+
+NO_METRICS = Metrics()
+
+
+class Prometheus(Metrics):
+    """The instruments, in a registry of their own (served on ``path``) or in
+    prometheus-client's default one (``registry: app``)."""
+
+    enabled = True
+
+    def __init__(self, config: MetricsConfig) -> None:
+        try:
+            import prometheus_client
+        except ImportError as exc:
+            raise MetricsError(
+                "the policy turns metrics on (metrics.enabled: true) and prometheus-client is "
+                "not installed: pip install 'guardrail[metrics]'"
+            ) from exc
+        self._client = prometheus_client
+        self.networks = tuple(config.allow_from)
+        if config.registry == "app":
+            self.registry = prometheus_client.REGISTRY
+            self._m = _shared(prometheus_client)
+        else:
+            self.registry = prometheus_client.CollectorRegistry(auto_describe=True)
+            self._m = _Instruments(prometheus_client, self.registry)
+        # Label children looked up once per label set: ``labels()`` costs a lock and a tuple.
+        self._decisions: dict[tuple[str, str, str | None], Any] = {}
+        self._audit_seen = (0, 0)  # the audit log's written and lost counts, last read
+
+    def decided(self, decision: Decision) -> None:
+        key = (decision.action, decision.route, decision.tier)
+        child = self._decisions.get(key)
+        if child is None:
+            child = self._decisions[key] = self._m.decisions.labels(*key[:2], key[2] or "")
+        child.inc()
+        if decision.assessment is not None:
+            self._m.score.observe(decision.score)
+
+    def storage_error(self, breaker_open: bool) -> None:
+        self._m.storage_errors.labels("breaker_open" if breaker_open else "error").inc()
+
+    def storage_call(self, operation: str, seconds: float) -> None:
+        self._m.storage_seconds.labels(operation).observe(seconds)
+
+    def breaker(self, is_open: bool) -> None:
+        self._m.breaker_open.set(1 if is_open else 0)
+
+    def audited(self, log: AuditLog) -> None:
+        m = self._m
+        written, lost = log.written, log.lost
+        seen_written, seen_lost = self._audit_seen
+        if written > seen_written:
+            m.audit_written.inc(written - seen_written)
+        if lost > seen_lost:
+            m.audit_dropped.inc(lost - seen_lost)
+        self._audit_seen = (written, lost)
+        m.audit_queue.set(log.queued)
+
+    def challenge(self, event: str, kind: str) -> None:
+        self._m.challenges.labels(event, kind).inc()
+
+    def tokens(self, event: str, route: str, count: int) -> None:
+        counter = self._m.reserved if event == "reserved" else self._m.settled
+        counter.labels(route).inc(count)
+
+    async def serve(self, scope: Scope, send: Send, client: str, request_id: str) -> None:
+        """``GET path``: the exposition, to a ``client`` address (as the identity section
+        resolves it: behind trusted proxies, the one they name) in ``allow_from``; 403 to
+        others, 405 to other methods."""
+        headers = [(b"guardrail-request-id", request_id.encode())]
+        if not _allowed(client, self.networks):
+            detail = "metrics are served to the networks metrics.allow_from lists only"
+            await _refuse(send, 403, detail, request_id, headers)
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            headers.append((b"allow", b"GET, HEAD"))
+            await _refuse(send, 405, "GET the metrics here", request_id, headers)
+            return
+        accept = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"accept"), "")
+        # Off the event loop: in multiprocess mode a scrape reads every worker's file.
+        body, content_type = await asyncio.to_thread(self.exposition, accept)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", content_type.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"cache-control", b"no-store"),
+                    *headers,
+                ],
+            }
+        )
+        head = scope["method"] == "HEAD"
+        await send({"type": "http.response.body", "body": b"" if head else body})
+
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The text a scrape gets, and its content type (OpenMetrics when ``accept`` asks)."""
+        client = self._client
+        registry = self.registry
+        if multiprocess_dir():
+            from prometheus_client import multiprocess
+
+            registry = client.CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        encoder, content_type = client.exposition.choose_encoder(accept)
+        return encoder(registry), content_type
+
+    def close(self) -> None:
+        """At shutdown, in multiprocess mode: this worker's gauges leave the sums."""
+        if multiprocess_dir():
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+def metrics_for(config: MetricsConfig) -> Metrics:
+    return Prometheus(config) if config.enabled else NO_METRICS
+
+
+class _Instruments:
+    def __init__(self, client: Any, registry: Any) -> None:
+        def counter(name: str, doc: str, *labels: str) -> Any:
+            return client.Counter(name, doc, labels, registry=registry)
+
+        self.decisions = counter(
+            "guardrail_decisions", "Requests decided, by action, route and tier", *_DECISION
+        )
+        self.score = client.Histogram(
+            "guardrail_risk_score",
+            "Risk scores of the requests the engine scored (0-100)",
+            buckets=SCORE_BUCKETS,
+            registry=registry,
+        )
+        self.storage_seconds = client.Histogram(
+            "guardrail_storage_seconds",
+            "Redis calls through the storage breaker, by operation",
+            ["operation"],
+            buckets=STORAGE_BUCKETS,
+            registry=registry,
+        )
+        self.storage_errors = counter(
+            "guardrail_storage_errors",
+            "Storage errors met by requests (breaker_open: Redis skipped, the breaker open)",
+            "reason",
+        )
+        # One worker's breaker open is enough to say Redis is failing: the largest live value.
+        self.breaker_open = client.Gauge(
+            "guardrail_storage_breaker_open",
+            "1 while the storage breaker is open (Redis not called), else 0",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.audit_queue = client.Gauge(
+            "guardrail_audit_queue_depth",
+            "Audit records queued, not yet written (after the writer's last batch)",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.audit_written = counter("guardrail_audit_records_written", "Audit records written")
+        self.audit_dropped = counter(
+            "guardrail_audit_records_dropped",
+            "Audit records lost (queue full, sink failing, closed); the trail says dropped: N",
+        )
+        self.challenges = counter(
+            "guardrail_challenges", "Challenges issued, passed and failed, by kind", "event", "kind"
+        )
+        self.reserved = counter(
+            "guardrail_tokens_reserved", "LLM tokens reserved at admission, by route", "route"
+        )
+        self.settled = counter(
+            "guardrail_tokens_settled",
+            "LLM tokens the reservations were settled to (what the responses used), by route",
+            "route",
+        )
+
+
+_DECISION = ("action", "route", "tier")
+_SHARED_INSTRUMENTS: list[_Instruments] = []
+
+
+def _shared(client: Any) -> _Instruments:
+    """The default registry's instruments: one set per process, however many middlewares
+    (registering a name twice there is an error)."""
+    if not _SHARED_INSTRUMENTS:
+        _SHARED_INSTRUMENTS.append(_Instruments(client, client.REGISTRY))
+    return _SHARED_INSTRUMENTS[0]
+
+
+def _allowed(client: str | None, networks: tuple[Any, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(client or "")
+    except ValueError:  # a unix socket, an opaque name: no network holds it
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
+async def _refuse(
+    send: Send, status: int, detail: str, request_id: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    title = "Forbidden" if status == 403 else "Method Not Allowed"
+    await send_problem(
+        send,
+        status,
+        problem="metrics-refused",
+        title=title,
+        detail=detail,
+        error_type="invalid_request_error",
+        request_id=request_id,
+        headers=headers,
+    )
