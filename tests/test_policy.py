@@ -89,6 +89,12 @@ BAD: dict[str, list[tuple[str, int | None]]] = {
         ("storage_breaker.failures", 6),
         ("storage_breaker.probe_every", 7),
     ],
+    "metrics_path_with_app_registry.yaml": [("metrics.path", 7)],
+    "metrics_bad_values.yaml": [
+        ("metrics.enabled", 4),
+        ("metrics.registry", 5),
+        ("metrics.allow_from[0]", 6),
+    ],
 }
 
 

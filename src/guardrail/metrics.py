@@ -64,6 +64,9 @@ class Metrics:
     def breaker(self, is_open: bool) -> None:
         """The storage breaker opened or closed."""
 
+    def watch(self, log: AuditLog) -> None:
+        """Count what ``log`` writes and loses, and its queue."""
+
     def audited(self, log: AuditLog) -> None:
         """The audit writer finished a batch: its counts and queue, read off ``log``."""
 
@@ -108,6 +111,7 @@ class Prometheus(Metrics):
         # Label children looked up once per label set: ``labels()`` costs a lock and a tuple.
         self._decisions: dict[tuple[str, str, str | None], Any] = {}
         self._audit_seen = (0, 0)  # the audit log's written and lost counts, last read
+        self._log: AuditLog | None = None
 
     def decided(self, decision: Decision) -> None:
         key = (decision.action, decision.route, decision.tier)
@@ -126,6 +130,12 @@ class Prometheus(Metrics):
 
     def breaker(self, is_open: bool) -> None:
         self._m.breaker_open.set(1 if is_open else 0)
+
+    def watch(self, log: AuditLog) -> None:
+        # Read after each batch the writer finishes, and at each scrape (losses with no batch
+        # after them: a full queue, a closed log).
+        self._log = log
+        log.after_batch = self.audited
 
     def audited(self, log: AuditLog) -> None:
         m = self._m
@@ -158,6 +168,8 @@ class Prometheus(Metrics):
             headers.append((b"allow", b"GET, HEAD"))
             await _refuse(send, 405, "GET the metrics here", request_id, headers)
             return
+        if self._log is not None:
+            self.audited(self._log)
         accept = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"accept"), "")
         # Off the event loop: in multiprocess mode a scrape reads every worker's file.
         body, content_type = await asyncio.to_thread(self.exposition, accept)

@@ -181,8 +181,7 @@ class Guardrail:
         every = conf.aggregate or UNMATCHED_EVERY
         self.unmatched = Unmatched(self.audit.emit, head, self.policy.unmatched, every, self.clock)
         self.audit.before_exit = self._close_counts  # the held counts, if the process ends
-        if self.metrics.enabled:
-            self.audit.after_batch = self.metrics.audited
+        self.metrics.watch(self.audit)
         self._unmanaged = False  # started by a request: no lifespan will call shutdown()
         self.sample_allowed = conf.sample_allowed
         self.request_ids = RequestIds()

@@ -389,8 +389,8 @@ class MetricsConfig(_Model):
     )
     allow_from: tuple[Network, ...] = Field(
         default_factory=lambda: tuple(ip_network(net) for net in METRICS_FROM),
-        description="Client networks path answers (the client as identity.client_ip resolves "
-        "it); others get 403. Default: loopback only",
+        description="Client networks path answers (the client address as identity.client_ip "
+        "finds it); others get 403. Default: loopback only",
     )
 
     @model_validator(mode="after")
