@@ -225,9 +225,7 @@ async def test_allow_from_a_listed_network_get_only_and_a_path_of_its_own(
     await app.shutdown()
 
 
-async def test_metrics_off_serve_nothing(
-    tmp_path: Path, clock: FakeClock
-) -> None:
+async def test_metrics_off_serve_nothing(tmp_path: Path, clock: FakeClock) -> None:
     app = build(tmp_path, clock, LIMITED)
     assert app.metrics is NO_METRICS
     async with client(app, "127.0.0.1") as http:
