@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import os
+import weakref
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import Scope, Send
@@ -34,6 +37,9 @@ __all__ = ["NO_METRICS", "Metrics", "MetricsError", "Prometheus", "metrics_for"]
 
 #: The risk score runs 0-100; thresholds usually sit at round numbers.
 SCORE_BUCKETS = (5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0)
+#: Seconds at most between a decision and its count in prometheus-client (a scrape of this
+#: worker counts it at once; another worker's, in multiprocess mode, within this).
+FLUSH_AFTER = 1.0
 #: A Redis round trip: from a local socket's tenth of a millisecond to a timeout.
 STORAGE_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -105,22 +111,46 @@ class Prometheus(Metrics):
         if config.registry == "app":
             self.registry = prometheus_client.REGISTRY
             self._m = _shared(prometheus_client)
+            _FLUSHER.metrics.add(self)  # the app's scrapes count the tallies too
         else:
             self.registry = prometheus_client.CollectorRegistry(auto_describe=True)
             self._m = _Instruments(prometheus_client, self.registry)
-        # Label children looked up once per label set: ``labels()`` costs a lock and a tuple.
-        self._decisions: dict[tuple[str, str, str | None], Any] = {}
+        # Decisions and scores are tallied in plain Python and handed to prometheus-client
+        # at most FLUSH_AFTER seconds later, and before each scrape (``flush``): a counter's
+        # inc takes a lock, a histogram's observe two and a loop, and both together cost more
+        # than the 3 µs a request metrics may add (issue 16).
+        self._children: dict[tuple[str, str, str | None], Any] = {}
+        self._tally: dict[tuple[str, str, str | None], int] = {}
+        self._scores: list[float] = []
+        self._due = False  # a flush is scheduled
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop that tallies
         self._audit_seen = (0, 0)  # the audit log's written and lost counts, last read
         self._log: AuditLog | None = None
 
     def decided(self, decision: Decision) -> None:
         key = (decision.action, decision.route, decision.tier)
-        child = self._decisions.get(key)
-        if child is None:
-            child = self._decisions[key] = self._m.decisions.labels(*key[:2], key[2] or "")
-        child.inc()
+        tally = self._tally
+        tally[key] = tally.get(key, 0) + 1
         if decision.assessment is not None:
-            self._m.score.observe(decision.score)
+            self._scores.append(decision.score)
+        if not self._due:
+            self._due = True
+            self._loop = asyncio.get_running_loop()
+            self._loop.call_later(FLUSH_AFTER, self.flush)
+
+    def flush(self) -> None:
+        """Hand the tallies to prometheus-client (where, in multiprocess mode, the other
+        workers' scrapes read them)."""
+        self._due = False
+        tally, self._tally = self._tally, {}
+        for key, count in tally.items():
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = self._m.decisions.labels(*key[:2], key[2] or "")
+            child.inc(count)
+        scores, self._scores = self._scores, []
+        if scores:
+            _observe_all(self._m.score, scores)
 
     def storage_error(self, breaker_open: bool) -> None:
         self._m.storage_errors.labels("breaker_open" if breaker_open else "error").inc()
@@ -168,6 +198,7 @@ class Prometheus(Metrics):
             headers.append((b"allow", b"GET, HEAD"))
             await _refuse(send, 405, "GET the metrics here", request_id, headers)
             return
+        self.flush()
         if self._log is not None:
             self.audited(self._log)
         accept = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"accept"), "")
@@ -201,7 +232,9 @@ class Prometheus(Metrics):
         return encoder(registry), content_type
 
     def close(self) -> None:
-        """At shutdown, in multiprocess mode: this worker's gauges leave the sums."""
+        """At shutdown: the last tallies; in multiprocess mode this worker's live gauges
+        leave the sums."""
+        self.flush()
         if multiprocess_dir():
             from prometheus_client import multiprocess
 
@@ -269,14 +302,61 @@ class _Instruments:
         )
 
 
+def _observe_all(histogram: Any, values: list[float]) -> None:
+    """``histogram.observe`` of each value, a bucket's count added at once: observe's own
+    steps (prometheus-client keeps per-bucket counts, not cumulative, and the sum)."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:  # another version: one at a time
+        for value in values:
+            histogram.observe(value)
+        return
+    counts = [0] * len(bounds)
+    for value in values:
+        counts[bisect_left(bounds, value)] += 1  # the first bound >= value; +Inf is the last
+    total.inc(math.fsum(values))
+    for index, count in enumerate(counts):
+        if count:
+            buckets[index].inc(count)
+
+
 _DECISION = ("action", "route", "tier")
 _SHARED_INSTRUMENTS: list[_Instruments] = []
 
 
+class _Flusher:
+    """A collector of the default registry that collects nothing: it flushes the tallies of
+    every middleware counting there, so that the app's own scrape (made on the event loop,
+    as prometheus-client's ASGI app does) sees every decision. From another thread (its
+    start_http_server) it leaves them to the timer: the tallies belong to the loop."""
+
+    def __init__(self) -> None:
+        self.metrics: weakref.WeakSet[Prometheus] = weakref.WeakSet()
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return []
+        for metrics in list(self.metrics):
+            if metrics._loop is loop:
+                metrics.flush()
+        return []
+
+
+_FLUSHER = _Flusher()
+
+
 def _shared(client: Any) -> _Instruments:
     """The default registry's instruments: one set per process, however many middlewares
-    (registering a name twice there is an error)."""
+    (registering a name twice there is an error). The flusher comes first: a registry
+    collects in the order it was given its collectors."""
     if not _SHARED_INSTRUMENTS:
+        client.REGISTRY.register(_FLUSHER)
         _SHARED_INSTRUMENTS.append(_Instruments(client, client.REGISTRY))
     return _SHARED_INSTRUMENTS[0]
 

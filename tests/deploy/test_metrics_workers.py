@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import httpx
@@ -61,7 +62,12 @@ def test_a_scrape_of_either_worker_sums_both(
     sink = f"file://{tmp_path}/audit-{{pid}}.jsonl"
     with server("uvicorn", policy, sink, "--workers", "2") as (url, process):
         asyncio.run(_spread(url, REQUESTS))
-        # each scrape lands on one worker or the other: every one shows the fleet's total
+        # A worker hands its tallies to its file within metrics.FLUSH_AFTER (1s); a scrape
+        # lands on one worker or the other, and once both flushed every one shows the total.
+        deadline = time.monotonic() + 10
+        while asyncio.run(_scrape(url)).get(ALLOWED) != REQUESTS:
+            assert time.monotonic() < deadline, "the workers' counts never added up"
+            time.sleep(0.2)  # real workers, a real timer: polled, bounded
         scrapes = [asyncio.run(_scrape(url)) for _ in range(6)]
         stop(process)
     assert {scrape[ALLOWED] for scrape in scrapes} == {REQUESTS}
