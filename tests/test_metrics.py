@@ -21,6 +21,7 @@ from tests.actions.test_verify import CHALLENGES, VERIFY, answer, challenged
 from examples.openai_server import FakeModel, build_app
 from guardrail import Guardrail, Policy
 from guardrail.actions import pow
+from guardrail.cautions import cautions
 from guardrail.errors import PolicyError
 from guardrail.metrics import NO_METRICS, MetricsError, Prometheus
 from test_budgets import KEY, PROMPT, PROMPT_USAGE
@@ -295,3 +296,10 @@ def test_the_policy_section(tmp_path: Path) -> None:
         Policy.from_string(LIMITED + "metrics: {enabled: true, registry: app, path: /m}\n")
     [issue] = caught.value.issues
     assert issue.path == "metrics.path" and "registry: app" in issue.expected
+
+
+def test_a_metrics_path_open_to_a_public_network_is_cautioned() -> None:
+    extra = "metrics: {enabled: true, allow_from: [10.0.0.0/8, 0.0.0.0/0]}\n"
+    [caution] = cautions(Policy.from_string(LIMITED + extra))
+    assert caution.path == "metrics.allow_from[1]" and "every route" in caution.expected
+    assert cautions(Policy.from_string(LIMITED + METRICS)) == []

@@ -183,6 +183,20 @@ def _budget_outgrown(policy: Policy) -> Iterator[Caution]:
                 )
 
 
+def _metrics_public(policy: Policy) -> Iterator[Caution]:
+    metrics = policy.metrics
+    if metrics.served_on is None:
+        return
+    for index, network in enumerate(metrics.allow_from):
+        if not (network.is_private or network.is_loopback):
+            yield (
+                ("metrics", "allow_from", index),
+                str(network),
+                "the networks your Prometheus scrapes from: the metrics name every route, "
+                "tier and action and how often each is used, to anyone in this one",
+            )
+
+
 CAUTIONS: tuple[Callable[[Policy], Iterator[Caution]], ...] = (
     _captcha_fails_open,
     _captcha_hostname_from_client,
@@ -194,6 +208,7 @@ CAUTIONS: tuple[Callable[[Policy], Iterator[Caution]], ...] = (
     _unmatched_unlimited,
     _unmatched_spend_tokens,
     _budget_outgrown,
+    _metrics_public,
 )
 
 
