@@ -132,6 +132,7 @@ class Guardrail:
             self.storage.breaker.on_close(self.fallback.clear)
         self.metrics = metrics_for(self.policy.metrics)  # a no-op unless the policy asks
         self._metrics_path = self.policy.metrics.served_on
+        self._counting = self.metrics.enabled  # read on every request: an attribute, no call
         if self.metrics.enabled and isinstance(self.storage, GuardedStorage):
             self.storage.breaker.metrics = self.metrics
             self.metrics.breaker(False)
@@ -475,7 +476,7 @@ class Guardrail:
             self.sample_allowed and random.random() < self.sample_allowed
         ):
             self._record(scope, decision, now, status or 500)
-        else:
+        elif self._counting:
             self.metrics.decided(decision)
 
     async def _settle(self, budget: Budget, relay: Relay, decision: Decision) -> None:
