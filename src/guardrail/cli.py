@@ -63,21 +63,27 @@ def _audit_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _audit_verify(args: argparse.Namespace) -> int:
-    from guardrail.audit.verify import EXIT, check
+def _chain_key(args: argparse.Namespace) -> bytes | str | None:
+    """The audit chain's key from --policy or --key (None: neither), or why it cannot be had."""
     from guardrail.secrets import chain_secret, reference_kind
 
-    key = None
     if args.policy is not None:
         key = chain_secret(Policy.from_yaml(args.policy))
-        if key is None:
-            print(f"{args.policy}: the policy has no audit.chain_key", file=sys.stderr)
-            return 1
-    elif args.key is not None:
+        return f"{args.policy}: the policy has no audit.chain_key" if key is None else key
+    if args.key is not None:
         if reference_kind(args.key) == "literal":  # it would stay in the shell's history
-            print("--key: env:NAME or file:PATH, never the key itself", file=sys.stderr)
-            return 1
-        key = resolve_secret(args.key)
+            return "--key: env:NAME or file:PATH, never the key itself"
+        return resolve_secret(args.key)
+    return None
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from guardrail.audit.verify import EXIT, check
+
+    key = _chain_key(args)
+    if isinstance(key, str):
+        print(key, file=sys.stderr)
+        return 1
     verdict = check(args.trails, key)
     print(verdict.report, file=sys.stderr if verdict.status == "broken" else sys.stdout)
     return EXIT[verdict.status]
@@ -129,6 +135,24 @@ def _trace_find(args: argparse.Namespace) -> int:
     from guardrail.provenance import command
 
     return command.find(args)
+
+
+def _trace_receipt(args: argparse.Namespace) -> int:
+    from guardrail.provenance import receipt
+
+    try:
+        key = _chain_key(args)
+    except PolicyError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return receipt.BAD_INPUT
+    except GuardrailError as exc:  # a secret that cannot be read
+        print(f"guardrail: {exc}", file=sys.stderr)
+        return receipt.BAD_INPUT
+    if isinstance(key, str):
+        print(key, file=sys.stderr)
+        return receipt.BAD_INPUT
+    return receipt.receipt(args, key)
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -224,6 +248,19 @@ def parser() -> argparse.ArgumentParser:
 
     add_find_arguments(find)
     find.set_defaults(run=_trace_find)
+    receipt = trace.add_parser(
+        "receipt",
+        help="what the audit trail says was served for one request, and whether it verifies",
+        description="Finds the record of REQUEST_ID in the trails, verifies its trail's chain "
+        "(with the key: --policy or --key) before and after it, and prints who was served "
+        "what (the body's SHA-256 and size), when, and the record's link. Exit 0 verified; 1 "
+        "not found, no receipt, --body does not match, or the chain is broken; 2 input "
+        "refused; 3 a keyed chain read without its key.",
+    )
+    from guardrail.provenance.receipt import add_receipt_arguments
+
+    add_receipt_arguments(receipt)
+    receipt.set_defaults(run=_trace_receipt)
 
     tune = commands.add_parser(
         "calibrate",
