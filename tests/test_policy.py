@@ -85,6 +85,9 @@ BAD: dict[str, list[tuple[str, int | None]]] = {
     "unknown_openai_shape.yaml": [("routes[0].inspect", 6)],
     "unmatched_unknown_route.yaml": [("unmatched", 8)],
     "unmatched_exempt_route.yaml": [("unmatched", 7)],
+    "watermark_literal_key.yaml": [("provenance.watermark.key", 6)],
+    "watermark_header_reserved.yaml": [("provenance.watermark.header", 6)],
+    "watermark_header_is_identity.yaml": [("provenance.watermark.header", 9)],
     "storage_breaker_slow_probe.yaml": [
         ("storage_breaker.failures", 6),
         ("storage_breaker.probe_every", 7),

@@ -155,6 +155,12 @@ def _trace_receipt(args: argparse.Namespace) -> int:
     return receipt.receipt(args, key)
 
 
+def _trace_seed(args: argparse.Namespace) -> int:
+    from guardrail.provenance import seeds
+
+    return seeds.run(args)
+
+
 def _simulate(args: argparse.Namespace) -> int:
     return simulate_command.run(args)
 
@@ -261,6 +267,17 @@ def parser() -> argparse.ArgumentParser:
 
     add_receipt_arguments(receipt)
     receipt.set_defaults(run=_trace_receipt)
+    seed = trace.add_parser(
+        "seed",
+        help="a subject's watermark seed (provenance.watermark), or who a detected seed names",
+        description="Prints the seed the policy's provenance.watermark key gives SUBJECT; or, "
+        "with --seed and --audit, the principals of the trails that were given that seed. "
+        "Exit 0 printed or named, 1 nobody has that seed, 2 input refused.",
+    )
+    from guardrail.provenance.seeds import add_seed_arguments
+
+    add_seed_arguments(seed)
+    seed.set_defaults(run=_trace_seed)
 
     tune = commands.add_parser(
         "calibrate",

@@ -364,6 +364,49 @@ class StorageBreaker(_Model):
         return seconds
 
 
+#: Request headers a watermark seed must not replace: guardrail strips the client's copy.
+_NOT_A_SEED_HEADER = frozenset(
+    {
+        "authorization",
+        "cookie",
+        "host",
+        "content-length",
+        "content-type",
+        "content-encoding",
+        "transfer-encoding",
+        "accept-encoding",
+        "forwarded",
+        "x-forwarded-for",
+    }
+)
+
+
+class Watermark(_Model):
+    key: ReferencedSecret
+    """The secret the per-subject seeds are keyed with (env:NAME or file:PATH): seed =
+    HMAC-SHA256(key, principal), first 8 bytes, shifted right one bit (0 <= seed < 2**63)."""
+    header: Header | None = None
+    """A request header that carries the seed to the app (e.g. x-guardrail-watermark-seed); the
+    client's own copy is removed first. Unset: only request.state.guardrail.watermark_seed."""
+
+    @field_validator("header")
+    @classmethod
+    def _own_header(cls, header: str | None) -> str | None:
+        if header is not None and header in _NOT_A_SEED_HEADER:
+            raise refuse(
+                "a header of its own (e.g. x-guardrail-watermark-seed): the client's is removed"
+            )
+        return header
+
+
+class Provenance(_Model):
+    enabled: bool = Field(default=False, strict=True)
+    """Capture what provenance routes serve (sketches for trace find, receipts in the trail)."""
+    watermark: Watermark | None = None
+    """A keyed seed per subject passed to the app for a model-side watermark (SynthID-Text,
+    a vLLM logits processor), on every guarded route, whatever `enabled` says; unset: none."""
+
+
 _WIDE_CHECKED = "guardrail_policy_wide_checked"
 
 
@@ -389,6 +432,7 @@ class Policy(_Model):
     tiers: dict[str, Tier] = Field(default_factory=dict)
     challenges: Challenges = Field(default_factory=Challenges)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    provenance: Provenance = Field(default_factory=Provenance)
 
     _source: str = PrivateAttr(default="<python>")
     _digest: str | None = PrivateAttr(default=None)
@@ -410,6 +454,7 @@ class Policy(_Model):
     def _policy_wide(self, info: ValidationInfo) -> Policy:
         # from_string runs these checks on the raw document itself, to report them with the rest.
         if not (info.context or {}).get(_WIDE_CHECKED):
+            mark_header = self.provenance.watermark and self.provenance.watermark.header
             data = {
                 "mode": self.mode,
                 "secret": self.secret,
@@ -419,6 +464,11 @@ class Policy(_Model):
                 "routes": [{"name": r.name, "exempt": r.exempt} for r in self.routes],
                 "unmatched": self.unmatched,
                 "risk": {"signals": dict(self.risk.signals)},
+                "identity": {
+                    "api_key": self.identity.api_key and {"header": self.identity.api_key.header},
+                    "account": self.identity.account and {"header": self.identity.account.header},
+                },
+                "provenance": {"watermark": self.provenance.watermark and {"header": mark_header}},
             }
             for path, _, expected in _policy_wide_problems(data):
                 raise refuse(expected, at=path)
@@ -554,7 +604,25 @@ def _policy_wide_problems(data: Mapping[str, Any]) -> list[tuple[_KeyPath, objec
         elif isinstance(name, str):
             seen[name] = index
     problems += _unmatched_problems(data.get("unmatched", PASS), routes)
+    problems += _seed_header_problems(data)
     return problems
+
+
+def _seed_header_problems(data: Mapping[str, Any]) -> list[tuple[_KeyPath, object, str]]:
+    # The client's copy of the seed header is removed: it must not be one identity reads.
+    provenance = data.get("provenance")
+    mark = provenance.get("watermark") if isinstance(provenance, Mapping) else None
+    header = mark.get("header") if isinstance(mark, Mapping) else None
+    identity = data.get("identity")
+    if not isinstance(header, str) or not isinstance(identity, Mapping):
+        return []
+    for member in ("api_key", "account"):
+        conf = identity.get(member)
+        name = conf.get("header") if isinstance(conf, Mapping) else None
+        if isinstance(name, str) and name.lower() == header.lower():
+            expected = f"a header of its own: identity.{member}.header reads {name}"
+            return [(("provenance", "watermark", "header"), header, expected)]
+    return []
 
 
 def _chain_key_problems(data: Mapping[str, Any]) -> list[tuple[_KeyPath, object, str]]:
@@ -637,7 +705,8 @@ def _reword_version(issue: PolicyIssue) -> PolicyIssue:
 
 def _reword(issue: PolicyIssue) -> PolicyIssue:
     # Never echo a secret or a raw API key into an error message: those end up in CI logs.
-    secret = issue.path.endswith(("secret", "chain_key")) and isinstance(issue.value, str)
+    secret = issue.path.endswith(("secret", "chain_key", "watermark.key"))
+    secret = secret and isinstance(issue.value, str)
     secret = secret and not (issue.path.endswith("chain_key") and issue.value == "secret")
     if secret and reference_kind(str(issue.value)) == "literal":
         value = "(a literal secret, not shown)"
