@@ -173,3 +173,16 @@ def test_synthid_keys_are_stable_distinct_and_in_range() -> None:
     assert keys == synthid_keys(1234, 30) and len(set(keys)) == 30
     assert all(0 <= key < 2**63 for key in keys)
     assert synthid_keys(1235, 30) != keys
+
+
+def test_remembered_seeds_are_bounded_and_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    from guardrail.identity import Subject
+    from guardrail.provenance import watermark
+
+    monkeypatch.setattr(watermark, "_REMEMBERED", 4)
+    seeds = Seeds(WATERMARK_KEY.encode())
+    for n in range(10):
+        subject = Subject(None, f"acct-{n}", "203.0.113.7", "203.0.113.0/24")
+        assert seeds.for_subject(subject).seed == seeds.seed(f"a:acct-{n}")
+        assert seeds.for_subject(subject) is seeds.for_subject(subject)
+        assert len(seeds._remembered) <= 4

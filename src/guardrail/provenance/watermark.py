@@ -37,6 +37,9 @@ from guardrail.signals.engine import principal_of
 _SEED = b"guardrail watermark seed v1\0"
 _KEY_ID = b"guardrail watermark key id v1"
 _SYNTHID = b"guardrail synthid keys v1\0"
+#: Seeds remembered per principal (about 250 bytes each): a returning subject's costs a dict
+#: lookup instead of an HMAC and an object (~0.3 against ~5 us on the request path).
+_REMEMBERED = 16_384
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,13 +57,14 @@ class WatermarkSeed:
 class Seeds:
     """The per-subject seeds under one key, and the request header that carries them."""
 
-    __slots__ = ("_hmac", "header", "key_id")
+    __slots__ = ("_hmac", "_remembered", "header", "key_id")
 
     def __init__(self, key: bytes, header: str | None = None) -> None:
         self._hmac = PreparedHmac(key)
         self.key_id = "wk:" + hmac.digest(key, _KEY_ID, "sha256").hex()[:16]
         """Names the key in audit records: which key a seed was made with, after a rotation."""
         self.header = None if header is None else header.lower().encode("latin-1")
+        self._remembered: dict[str, WatermarkSeed] = {}
 
     def seed(self, principal: str) -> int:
         digest = self._hmac.hexdigest(_SEED + principal.encode("utf-8", "surrogatepass"))
@@ -68,7 +72,13 @@ class Seeds:
 
     def for_subject(self, subject: Subject) -> WatermarkSeed:
         principal = principal_of(subject)
-        return WatermarkSeed(self.seed(principal), self.key_id, principal)
+        found = self._remembered.get(principal)
+        if found is None:
+            if len(self._remembered) >= _REMEMBERED:
+                self._remembered.clear()  # bounded; recomputing is cheap, just not free
+            found = WatermarkSeed(self.seed(principal), self.key_id, principal)
+            self._remembered[principal] = found
+        return found
 
     def strip(self, scope: Scope) -> Scope:
         """``scope`` without the seed header a client may have sent (when one is configured)."""
