@@ -86,6 +86,10 @@ BAD: dict[str, list[tuple[str, int | None]]] = {
     "unmatched_unknown_route.yaml": [("unmatched", 8)],
     "unmatched_exempt_route.yaml": [("unmatched", 7)],
     "watermark_literal_key.yaml": [("provenance.watermark.key", 6)],
+    "signatures_literal_key.yaml": [
+        ("provenance.signatures.key", 5),
+        ("provenance.signatures.max_bytes", 6),
+    ],
     "watermark_header_reserved.yaml": [("provenance.watermark.header", 6)],
     "watermark_header_is_identity.yaml": [("provenance.watermark.header", 9)],
     "storage_breaker_slow_probe.yaml": [

@@ -161,6 +161,17 @@ def _trace_seed(args: argparse.Namespace) -> int:
     return seeds.run(args)
 
 
+def _trace_public_key(args: argparse.Namespace) -> int:
+    from guardrail.provenance.signatures import public_key_text
+
+    signing = Policy.from_yaml(args.policy).provenance.signatures
+    if signing is None:
+        print(f"{args.policy}: the policy has no provenance.signatures", file=sys.stderr)
+        return 1
+    print(public_key_text(resolve_secret(signing.key), signing.key_id, pem=args.pem))
+    return 0
+
+
 def _simulate(args: argparse.Namespace) -> int:
     return simulate_command.run(args)
 
@@ -278,6 +289,15 @@ def parser() -> argparse.ArgumentParser:
 
     add_seed_arguments(seed)
     seed.set_defaults(run=_trace_seed)
+    public = trace.add_parser(
+        "public-key",
+        help="the public key that verifies signed responses (provenance.signatures), to publish",
+        description="Prints the public half of provenance.signatures.key as a JWK (RFC 8037) "
+        "with its kid, the keyid its signatures carry; --pem for SubjectPublicKeyInfo PEM.",
+    )
+    public.add_argument("--policy", required=True, metavar="POLICY")
+    public.add_argument("--pem", action="store_true", help="PEM instead of a JWK")
+    public.set_defaults(run=_trace_public_key)
 
     tune = commands.add_parser(
         "calibrate",

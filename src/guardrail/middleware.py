@@ -79,6 +79,7 @@ from guardrail.limits import (
 from guardrail.metering import CHAT, OPENAI, Meter, meter_for_path
 from guardrail.paths import canonical, irregular, route_path
 from guardrail.policy import Policy
+from guardrail.provenance.signatures import ResponseSigner
 from guardrail.provenance.watermark import Seeds
 from guardrail.relay import Relay, identity_scope, with_headers
 from guardrail.secrets import chain_secret, policy_secret, resolve_secret
@@ -174,6 +175,14 @@ class Guardrail:
         self.refusals = Refusals(self.audit.emit, conf.aggregate, self.clock)
         mark = self.policy.provenance.watermark
         self.seeds = None if mark is None else Seeds(resolve_secret(mark.key), mark.header)
+        signing = self.policy.provenance.signatures
+        self.signer = (
+            None
+            if signing is None
+            else ResponseSigner(
+                resolve_secret(signing.key), signing.max_bytes, self.clock, signing.key_id
+            )
+        )
         head = {"policy": self.policy.digest, "mode": self.policy.mode}
         every = conf.aggregate or UNMATCHED_EVERY
         self.unmatched = Unmatched(self.audit.emit, head, self.policy.unmatched, every, self.clock)
@@ -417,6 +426,8 @@ class Guardrail:
         if delay > 0:
             await self.sleep(delay)
         status = [0]
+        if self.signer is not None:  # provenance.signatures: outermost, sees every header
+            send = self.signer.wrap(send)
         try:
             await self.app(scope, receive, with_headers(send, headers, status))
         finally:

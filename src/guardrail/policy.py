@@ -399,12 +399,26 @@ class Watermark(_Model):
         return header
 
 
+class Signatures(_Model):
+    key: ReferencedSecret
+    """The Ed25519 private key (PEM) responses are signed with: file:PATH or env:NAME."""
+    key_id: str | None = Field(default=None, min_length=1)
+    """The signatures' keyid; unset: guardrail-ed25519- and 16 hex digits of the public key's
+    SHA-256 (`guardrail trace public-key` prints it with the key)."""
+    max_bytes: Size = 1_048_576
+    """The largest JSON response held to be signed (its Content-Length); larger ones, streams
+    and responses without a length pass through unsigned."""
+
+
 class Provenance(_Model):
     enabled: bool = Field(default=False, strict=True)
     """Capture what provenance routes serve (sketches for trace find, receipts in the trail)."""
     watermark: Watermark | None = None
     """A keyed seed per subject passed to the app for a model-side watermark (SynthID-Text,
     a vLLM logits processor), on every guarded route, whatever `enabled` says; unset: none."""
+    signatures: Signatures | None = None
+    """Sign JSON responses of guarded routes (RFC 9421 over an RFC 9530 Content-Digest, Ed25519):
+    the one case where guardrail holds a body, up to max_bytes; unset: nothing is signed."""
 
 
 _WIDE_CHECKED = "guardrail_policy_wide_checked"
@@ -705,7 +719,7 @@ def _reword_version(issue: PolicyIssue) -> PolicyIssue:
 
 def _reword(issue: PolicyIssue) -> PolicyIssue:
     # Never echo a secret or a raw API key into an error message: those end up in CI logs.
-    secret = issue.path.endswith(("secret", "chain_key", "watermark.key"))
+    secret = issue.path.endswith(("secret", "chain_key", "watermark.key", "signatures.key"))
     secret = secret and isinstance(issue.value, str)
     secret = secret and not (issue.path.endswith("chain_key") and issue.value == "secret")
     if secret and reference_kind(str(issue.value)) == "literal":
