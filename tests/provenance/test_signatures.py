@@ -82,7 +82,7 @@ def json_app() -> Starlette:
 
     return Starlette(
         routes=[
-            Route("/v1/answer", answer, methods=["POST"]),
+            Route("/v1/answer", answer, methods=["POST", "GET"]),
             Route("/v1/big", big),
             Route("/v1/text", text),
             Route("/v1/stream", stream),
@@ -143,13 +143,16 @@ async def test_an_altered_body_or_status_does_not_verify(
         check.verify(view(response, status=201), body=response.content)
 
 
-@pytest.mark.parametrize("path", ["/v1/big", "/v1/text", "/v1/stream"])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/v1/big"), ("GET", "/v1/text"), ("GET", "/v1/stream")],
+)
 async def test_what_is_not_a_bounded_json_body_passes_unsigned(
-    policy: str, path: str, capsys: pytest.CaptureFixture[str]
+    policy: str, method: str, path: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     app = Guardrail(json_app(), policy=Policy.from_string(policy), audit="stdout://")
-    bare = await get(Guardrail(json_app(), policy=Policy.from_string(policy)), "GET", path)
-    response = await get(app, "GET", path)
+    bare = await get(Guardrail(json_app(), policy=Policy.from_string(policy)), method, path)
+    response = await get(app, method, path)
     capsys.readouterr()
     assert response.status_code == 200 and response.content == bare.content
     assert "signature" not in response.headers and "content-digest" not in response.headers
@@ -195,3 +198,33 @@ async def test_a_stream_is_never_held(policy: str) -> None:
     finally:
         await guarded.shutdown()
     assert b"".join(m.get("body", b"") for m in sent[1:]) == b'{"a":1}'
+
+
+@pytest.mark.parametrize(
+    ("bodies", "signed"),
+    [
+        ([b'{"a":', b"1}"], True),  # as declared, in two parts
+        ([b""], False),  # a HEAD answer without its content: a digest of nothing is no digest of it
+        ([b'{"a":1}', b"   "], False),  # more than declared
+    ],
+)
+async def test_only_a_body_of_the_declared_length_is_signed(
+    tmp_path: Path, policy: str, bodies: list[bytes], signed: bool
+) -> None:
+    signer = Guardrail(json_app(), policy=Policy.from_string(policy)).signer
+    assert signer is not None
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    wrapped = signer.wrap(send)
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"7")]
+    await wrapped({"type": "http.response.start", "status": 200, "headers": headers})
+    for n, body in enumerate(bodies):
+        more = n < len(bodies) - 1
+        await wrapped({"type": "http.response.body", "body": body, "more_body": more})
+    names = [name for name, _ in sent[0]["headers"]]
+    assert (b"signature" in names) is signed and (b"content-digest" in names) is signed
+    assert [m.get("body") for m in sent[1:]] == bodies  # passed on as the app sent them
+    assert (signer.signed, signer.unsigned) == ((1, 0) if signed else (0, 1))

@@ -75,8 +75,9 @@ class Response:
         self.request = None
 
 
-def _json(headers: Iterable[tuple[bytes, bytes]], limit: int) -> bool:
-    """Whether a response with these headers is signed: JSON, with a length within ``limit``."""
+def _declared(headers: Iterable[tuple[bytes, bytes]], limit: int) -> int | None:
+    """The Content-Length of a response that is signed (JSON, at most ``limit`` bytes), or None
+    when it is not signed."""
     size = kind = None
     for name, value in headers:
         if name == b"content-length":
@@ -84,15 +85,16 @@ def _json(headers: Iterable[tuple[bytes, bytes]], limit: int) -> bool:
         elif name == b"content-type":
             kind = value.split(b";", 1)[0].strip().lower()
     if size is None or kind is None or not (kind == b"application/json" or kind.endswith(b"+json")):
-        return False
+        return None
     try:
-        return 0 <= int(size) <= limit
+        length = int(size)
     except ValueError:
-        return False
+        return None
+    return length if 0 <= length <= limit else None
 
 
 class ResponseSigner:
-    """Signs what :func:`_json` admits; counts what it lets through unsigned."""
+    """Signs what :func:`_declared` admits; counts what it lets through unsigned."""
 
     def __init__(
         self, private_pem: bytes, max_bytes: int, clock: Callable[[], float], key_id: str | None
@@ -144,15 +146,17 @@ class ResponseSigner:
         """A send that holds a signable response until its end, then sends it signed."""
         held: list[Message] = []
         size = 0
+        declared: int | None = None
         state = "start"  # then "holding", or "passing" once nothing more is held
 
         async def wrapped(message: Message) -> None:
-            nonlocal state, size
+            nonlocal state, size, declared
             kind = message["type"]
             if state == "passing":
                 await send(message)
             elif kind == "http.response.start":
-                if _json(message.get("headers", ()), self.max_bytes):
+                declared = _declared(message.get("headers", ()), self.max_bytes)
+                if declared is not None:
                     held.append(message)
                     state = "holding"
                 else:
@@ -162,11 +166,12 @@ class ResponseSigner:
             elif kind == "http.response.body" and state == "holding":
                 held.append(message)
                 size += len(message.get("body", b""))
-                if size > self.max_bytes:  # more than it declared: sent as it is
+                if size > (declared or 0):  # more than it declared: sent as it is
                     await self._release(send, held, signed=False)
                     state = "passing"
                 elif not message.get("more_body", False):
-                    await self._release(send, held, signed=True)
+                    # less than declared (a HEAD answer): the digest would not be the content's
+                    await self._release(send, held, signed=size == declared)
                     state = "passing"
             elif held:  # a message of an extension while holding: no longer a plain JSON body
                 await self._release(send, [*held, message], signed=False)
