@@ -172,6 +172,18 @@ def _trace_public_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trace_verify_response(args: argparse.Namespace) -> int:
+    from guardrail.provenance import verify_response
+
+    if args.policy is None:
+        return verify_response.run(args, None, None)
+    signing = Policy.from_yaml(args.policy).provenance.signatures
+    if signing is None:
+        print(f"{args.policy}: the policy has no provenance.signatures", file=sys.stderr)
+        return verify_response.BAD_INPUT
+    return verify_response.run(args, resolve_secret(signing.key), signing.key_id)
+
+
 def _simulate(args: argparse.Namespace) -> int:
     return simulate_command.run(args)
 
@@ -298,6 +310,18 @@ def parser() -> argparse.ArgumentParser:
     public.add_argument("--policy", required=True, metavar="POLICY")
     public.add_argument("--pem", action="store_true", help="PEM instead of a JWK")
     public.set_defaults(run=_trace_public_key)
+    check_response = trace.add_parser(
+        "verify-response",
+        help="check a saved response's signature (provenance.signatures) and name its request",
+        description="Verifies the RFC 9421 signature and RFC 9530 Content-Digest of a response "
+        "saved with curl -D HEADERS -o BODY, with the published key (--public-key, PEM or JWK) "
+        "or the policy's, and prints the guardrail-request-id it covers. Exit 0 verified, 1 "
+        "not, 2 input refused.",
+    )
+    from guardrail.provenance.verify_response import add_arguments
+
+    add_arguments(check_response)
+    check_response.set_defaults(run=_trace_verify_response)
 
     tune = commands.add_parser(
         "calibrate",

@@ -228,3 +228,47 @@ async def test_only_a_body_of_the_declared_length_is_signed(
     assert (b"signature" in names) is signed and (b"content-digest" in names) is signed
     assert [m.get("body") for m in sent[1:]] == bodies  # passed on as the app sent them
     assert (signer.signed, signer.unsigned) == ((1, 0) if signed else (0, 1))
+
+
+def saved(tmp_path: Path, response: httpx.Response) -> tuple[Path, Path]:
+    """The response as `curl -D headers.txt -o body.json` saves it."""
+    headers = tmp_path / "headers.txt"
+    lines = [f"HTTP/1.1 {response.status_code} OK"]
+    lines += [f"{name.decode()}: {value.decode()}" for name, value in response.headers.raw]
+    headers.write_bytes(("\r\n".join(lines) + "\r\n\r\n").encode())
+    body = tmp_path / "body.json"
+    body.write_bytes(response.content)
+    return headers, body
+
+
+async def test_verify_response_with_the_published_key(
+    tmp_path: Path, policy: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = Guardrail(json_app(), policy=Policy.from_string(policy), audit="stdout://")
+    response = await get(app, "POST", "/v1/answer")
+    headers, body = saved(tmp_path, response)
+    assert main(["trace", "public-key", "--policy", str(tmp_path / "policy.yaml")]) == 0
+    jwk = tmp_path / "key.jwk"
+    jwk.write_text(capsys.readouterr().out)
+    argv = ["trace", "verify-response", "--headers", str(headers), "--body", str(body)]
+    assert main([*argv, "--public-key", str(jwk)]) == 0
+    out = capsys.readouterr().out
+    request_id = response.headers["guardrail-request-id"]
+    assert out.startswith("VERIFIED: signed by guardrail-ed25519-")
+    assert f"guardrail trace receipt {request_id} --audit" in out
+    assert main([*argv, "--policy", str(tmp_path / "policy.yaml"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["verified"] is True and data["request_id"] == request_id
+    assert data["keyid"] == json.loads(jwk.read_text())["kid"]
+    assert set(data["covered"]) == {
+        '"@status"',
+        '"content-type"',
+        '"guardrail-request-id"',
+        '"content-digest"',
+    }
+    body.write_bytes(response.content.replace(b"signed", b"forged"))
+    assert main([*argv, "--public-key", str(jwk)]) == 1
+    assert capsys.readouterr().out.startswith("NOT VERIFIED: ")
+    headers.write_text("content-type: application/json\r\n")
+    assert main([*argv, "--public-key", str(jwk)]) == 2
+    assert "no HTTP status line" in capsys.readouterr().err

@@ -8,7 +8,7 @@ bounded to hold is signed: a response with a JSON content type and a ``Content-L
 most ``max_bytes``. Every other response (a stream, no length, too large, not JSON) passes
 through untouched, unsigned, and counted (:attr:`ResponseSigner.unsigned`).
 
-The signature (label ``guardrail``) covers the status, the content type, the digest and the
+The signature (label and tag ``guardrail``) covers the status, the content type, the digest and the
 ``guardrail-request-id`` header, so a signed answer names the audit record of its request;
 ``keyid`` names the public key (``guardrail trace public-key`` prints it to publish).
 """
@@ -137,6 +137,7 @@ class ResponseSigner:
             key_id=self.key_id,
             created=created,
             label=LABEL,
+            tag=LABEL,  # signed, unlike the label: what a verifier selects this signature by
             covered_component_ids=covered,
             body=body,
         )
