@@ -186,3 +186,38 @@ def test_remembered_seeds_are_bounded_and_the_same(monkeypatch: pytest.MonkeyPat
         assert seeds.for_subject(subject).seed == seeds.seed(f"a:acct-{n}")
         assert seeds.for_subject(subject) is seeds.for_subject(subject)
         assert len(seeds._remembered) <= 4
+
+
+async def test_a_websocket_handshake_gets_the_seed_never_the_clients(tmp_path: Path) -> None:
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append([h for h in scope["headers"] if h[0] == HEADER.encode()])
+        await send({"type": "websocket.close", "code": 1000})
+
+    policy = POLICY.replace('"^/v1/chat/completions$", methods: [POST]', '"^/v1/"')
+    guarded = Guardrail(app, policy=Policy.from_string(policy), audit="stdout://")
+    scope = {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "path": "/v1/realtime",
+        "raw_path": b"/v1/realtime",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"authorization", b"Bearer sk-alice"), (HEADER.encode(), b"42")],
+        "client": ("203.0.113.7", 1234),
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    await guarded.startup()
+    try:
+        await guarded(scope, receive, send)
+    finally:
+        await guarded.shutdown()
+    principal = hash_key(SECRET.encode(), "sk-alice")
+    assert seen == [[(HEADER.encode(), str(expected(principal)).encode())]]
