@@ -47,9 +47,9 @@ from guardrail.policy_types import (
     RateValue,
     ReferencedSecret,
     SecretRef,
-    SiteName,
     ShareEvery,
     SinkUri,
+    SiteName,
     Size,
     StorageUri,
     import_callable,
@@ -287,7 +287,7 @@ class Challenges(_Model):
         default=None,
         description=(
             "The site's name as the challenge page shows it (\"Checking your connection to "
-            "...\"): one line, at most 80 characters. Default: the host the request was sent "
+            '..."): one line, at most 80 characters. Default: the host the request was sent '
             "to, as guardrail sees it behind trusted proxies."
         ),
     )
