@@ -4,11 +4,14 @@ On a 403 whose body is a guardrail challenge with ``pow``, ``ChallengeAuth`` sol
 async client in a worker thread, a slice at a time, so the event loop keeps running and a
 cancelled request stops solving), POSTs the answer to the verify endpoint with the request's
 own headers (the clearance is bound to its API key, account and user agent), and sends the
-request again, once, with the ``Guardrail-Clearance`` header. Later requests to the same origin
-carry that clearance until it expires, is used up or is refused. Anything else, a 403 that is
-not a challenge included, passes through untouched, and streamed responses stay streamed: only
-a challenge's body is read. An answer the verify endpoint refuses (a 429 on its own limits, a
-challenge expired meanwhile) ends the flow with that endpoint's problem+json response.
+request again, once, with the ``Guardrail-Clearance`` header. Later requests to the same
+origin carry that clearance until it expires, is used up or is refused; a challenged request
+that finds a clearance another request has won meanwhile is sent again with it, unsolved.
+
+Anything else, a 403 that is not a challenge included, passes through untouched, and streamed
+responses stay streamed: only a challenge's body is read. An answer the verify endpoint
+refuses (a 429 on its own limits, a challenge expired meanwhile) ends the flow with that
+endpoint's problem+json response.
 
 The verify URL is the challenge's ``verify_url`` when it is on the request's own origin; else
 the one its ``url`` implies on that origin. The request's headers (its API key) never go to
@@ -87,6 +90,9 @@ class ChallengeAuth(httpx.Auth):
         challenge = self._challenge(request, response, sent)
         if challenge is None:
             return
+        if self._attach(request) is not None:  # another request passed one meanwhile
+            yield request
+            return
         nonce = _solve(challenge)
         verified = yield self._answer(request, challenge, nonce)
         verified.read()
@@ -104,6 +110,9 @@ class ChallengeAuth(httpx.Auth):
         await response.aread()
         challenge = self._challenge(request, response, sent)
         if challenge is None:
+            return
+        if self._attach(request) is not None:
+            yield request
             return
         nonce = await _solve_in_threads(challenge)
         verified = yield self._answer(request, challenge, nonce)

@@ -4,6 +4,8 @@ httpx.ASGITransport and sync over a real uvicorn, with guardrail.client's httpx 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +21,7 @@ from starlette.routing import Route
 
 from examples.openai_server import create_app
 from guardrail import Guardrail, Policy, challenge_auth
+from guardrail import client as client_module
 from guardrail.client import ChallengeAuth, openai_async_http_client, openai_http_client
 from test_middleware_risk import ASK, HEADERS, policy
 
@@ -285,3 +288,117 @@ async def test_the_sync_sdk_over_a_real_server(tmp_path: Path, clock: FakeClock)
     clearances = [c for _, c in sent.requests]
     assert clearances[:5] == [None] * 5 and clearances[5] is not None
     assert clearances[6] == clearances[5]  # reused
+
+
+async def test_a_clearance_won_meanwhile_spares_a_second_solve(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    app = example(tmp_path, clock)
+    sent = Sent()
+    other_done = asyncio.Event()
+    paused: list[bool] = []
+
+    async def hold_the_first_challenge(response: httpx.Response) -> None:
+        # The first call's 403 waits here until a second call has passed its own challenge
+        if response.status_code == 403 and not paused:
+            paused.append(True)
+            await other_done.wait()
+
+    http = openai_async_http_client(
+        transport=httpx.ASGITransport(app=app, client=PEER),
+        event_hooks={"request": [sent.ahook], "response": [hold_the_first_challenge]},
+    )
+    client = sdk(http)
+    for n in range(3):
+        assert await ask(client, n)
+        clock.advance(30)
+    sent.take()
+    first = asyncio.create_task(ask(client, 3))
+    while not paused:  # noqa: ASYNC110 (the hook is the only signal there is)
+        await asyncio.sleep(0)
+    assert await ask(client, 4)  # challenged, solved, verified, served
+    other_done.set()
+    assert await first  # served on the second call's clearance
+    requests = sent.take()
+    assert [path for path, _ in requests] == [CHAT, CHAT, VERIFY, CHAT, CHAT]
+    assert requests[4][1] == requests[3][1] is not None
+    await http.aclose()
+    await app.shutdown()
+
+
+def test_solve_pow_needs_only_the_standard_library(tmp_path: Path) -> None:
+    """client.py copied alone into a program without httpx (or guardrail): solve_pow works,
+    and the httpx side says what it needs."""
+    copy = tmp_path / "guardrail_client.py"
+    copy.write_text(Path(client_module.__file__).read_text())
+    program = (
+        "import sys; sys.modules['httpx'] = None; sys.modules['guardrail'] = None\n"
+        "import guardrail_client as c\n"
+        "body = {'challenge': {'pow': {'algorithm': 'sha256', 'difficulty': 8, 'seed': 's'}}}\n"
+        "print(c.solve_pow(body))\n"
+        "try:\n    c.ChallengeAuth\nexcept ImportError as exc:\n    print('ImportError')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    nonce, error = done.stdout.split()
+    assert nonce == client_module.solve_pow(
+        {"pow": {"algorithm": "sha256", "difficulty": 8, "seed": "s"}}
+    )
+    assert error == "ImportError"
+
+
+@pytest.mark.parametrize(
+    ("challenge", "expected"),
+    [
+        (
+            {
+                "url": "/.guardrail/challenge/x",
+                "verify_url": "https://api.example.com/.guardrail/verify",
+            },
+            "https://api.example.com/.guardrail/verify",
+        ),
+        # another origin: the request's headers (its API key) are not sent there
+        (
+            {"url": "/llm/.guardrail/challenge/x", "verify_url": "https://evil.example/verify"},
+            "https://api.example.com/llm/.guardrail/verify",
+        ),
+        # the same host over http is another origin too
+        (
+            {"url": "/.guardrail/challenge/x", "verify_url": "http://api.example.com/v"},
+            "https://api.example.com/.guardrail/verify",
+        ),
+        ({"url": "https://evil.example/.guardrail/challenge/x"}, None),
+        ({}, None),
+    ],
+)
+def test_the_answer_goes_to_the_requests_own_origin(
+    challenge: dict[str, str], expected: str | None
+) -> None:
+    request_url = httpx.URL("https://api.example.com/v1/chat/completions?x=1")
+    url = challenge_auth._verify_url(request_url, challenge)
+    assert (str(url) if url is not None else None) == expected
+
+
+async def test_a_challenged_stream_is_answered_and_streams(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    app = example(tmp_path, clock)
+    sent = Sent()
+    http = openai_async_http_client(
+        transport=httpx.ASGITransport(app=app, client=PEER),
+        event_hooks={"request": [sent.ahook]},
+    )
+    client = sdk(http)
+    for n in range(3):
+        assert await ask(client, n)
+        clock.advance(30)
+    sent.take()
+    stream = await client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": ASK.format(3)}], stream=True
+    )
+    pieces = [chunk.choices[0].delta.content async for chunk in stream if chunk.choices]
+    assert len(pieces) > 3 and "".join(p or "" for p in pieces)
+    assert sent.paths() == [CHAT, VERIFY, CHAT]
+    await http.aclose()
+    await app.shutdown()
