@@ -52,7 +52,8 @@ async def test_the_policy_names_the_site_escaped(tmp_path: Path, clock: FakeCloc
     assert "Checking your connection to Models &lt;b&gt;&amp; co&lt;/b&gt;" in page.text
     assert "<b>" not in page.text
     # A Host that is not a host names no site
-    assert "<title>Checking your connection to This site</title>" in bad_host.text
+    assert "<title>Checking your connection</title>" in bad_host.text
+    assert "This site saw unusual traffic" in bad_host.text
     assert "<script>x" not in bad_host.text
 
 

@@ -179,7 +179,8 @@ def page(
     ``relative`` goes to ``/``); ``site``: the name the page gives the site."""
     e = html.escape
     redirect = relative(redirect) or "/"
-    name = e(site or "This site")
+    name = e(site) if site else ""
+    title = f"Checking your connection to {name}" if name else "Checking your connection"
     element = script = button = ""
     if widget is not None and widget[0].name in challenge.kinds:
         # The widget fills its token's field in this form; a person submits it
@@ -205,7 +206,7 @@ def page(
         manual = f"""<noscript><section>
 <h2>Without JavaScript</h2>
 <p>Your browser does not run scripts here, so the check cannot run by itself. Turn
-JavaScript on for {name} and reload, or compute the answer yourself: a number
+JavaScript on for {name or "this site"} and reload, or compute the answer yourself: a number
 <var>n</var> (decimal digits) such that SHA-256 of <code>{seed}:<var>n</var></code> starts
 with {bits} zero bits (about {expected} tries). For example:</p>
 <pre>python3 -c 'import hashlib, itertools
@@ -222,7 +223,7 @@ print(next(n for n in itertools.count() if int.from_bytes(
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Checking your connection to {name}</title>
+<title>{title}</title>
 <style>body{{font:1.05rem/1.55 system-ui,sans-serif;max-width:38rem;margin:3rem auto;
 padding:0 1rem;color:#1b1b1f;background:#fff}}h1{{font-size:1.6rem;margin:.2rem 0 1rem}}
 h2{{font-size:1.15rem;margin-top:1.6rem}}a{{color:#0645ad}}
@@ -232,12 +233,12 @@ pre{{background:#f4f4f6;padding:.7rem;overflow-x:auto;font-size:.8rem}}
 code{{font-size:.9em;word-break:break-all}}#guardrail-status{{font-weight:600}}
 #guardrail-count{{margin-top:.2rem}}</style>
 </head>
-<body><main><p class="site">{name}</p>
+<body><main>{f'<p class="site">{name}</p>' if name else ""}
 <h1>Checking your connection</h1>
-<p>{name} saw unusual traffic from your network, so before it serves more requests it asks
-your browser for a few seconds of work: a small computation, cheap for one person, costly for
-software that sends requests by the thousand. Nothing is installed and nothing is collected;
-you will be taken back to the page you asked for.</p>
+<p>{name or "This site"} saw unusual traffic from your network, so before it serves more
+requests it asks your browser for a few seconds of work: a small computation, cheap for one
+person, costly for software that sends requests by the thousand. Nothing is installed and
+the page sends nothing but the answer; then you are taken back to the page you asked for.</p>
 <p id="guardrail-status" role="status" aria-live="polite"></p>
 {progress}<form id="guardrail-pow" method="post" action="{e(prefix)}/verify"
  data-seed="{e(challenge.seed)}" data-difficulty="{challenge.difficulty}"
