@@ -122,8 +122,8 @@ class ChallengeAuth(httpx.Auth):
             yield request
 
     def _attach(self, request: httpx.Request) -> str | None:
-        """Put the origin's clearance on ``request``, if it has one still good; its token."""
-        request.headers.pop(HEADER, None)
+        """Put the origin's clearance on ``request``, if it has one still good; its token. (A
+        request without one keeps whatever clearance its caller gave it.)"""
         now = self.clock()
         with self._lock:
             held = self._clearances.get(_origin(request.url))
