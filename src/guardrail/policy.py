@@ -49,6 +49,7 @@ from guardrail.policy_types import (
     SecretRef,
     ShareEvery,
     SinkUri,
+    SiteName,
     Size,
     StorageUri,
     import_callable,
@@ -282,6 +283,14 @@ VERIFY_LIMITS = (
 
 class Challenges(_Model):
     prefix: PathPrefix = "/.guardrail"
+    site_name: SiteName | None = Field(
+        default=None,
+        description=(
+            "The site's name as the challenge page shows it (\"Checking your connection to "
+            '..."): one line, at most 80 characters. Default: the host the request was sent '
+            "to, as guardrail sees it behind trusted proxies."
+        ),
+    )
     order: tuple[Literal["hcaptcha", "turnstile", "pow"], ...] = Field(
         default=("pow",), min_length=1
     )

@@ -219,6 +219,13 @@ def _hostname(value: str) -> str:
     return value
 
 
+def _site_name(value: str) -> str:
+    # Shown on the challenge page (escaped there); a line of text, not a paragraph or markup.
+    if not 0 < len(value) <= 80 or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise refuse("one line of text, 1 to 80 characters, such as Example Models API")
+    return value
+
+
 def _header(value: str) -> str:
     if not _TOKEN.fullmatch(value):
         raise refuse("an HTTP header name such as authorization or x-account-id")
@@ -394,6 +401,7 @@ Count = Annotated[
 ]
 Header = Annotated[str, AfterValidator(_header)]
 Hostname = Annotated[str, AfterValidator(_hostname)]
+SiteName = Annotated[str, AfterValidator(_site_name)]
 Method = Annotated[str, AfterValidator(_method)]
 KeyHash = Annotated[str, AfterValidator(_key_hash)]
 CallableRef = Annotated[str, AfterValidator(_callable_ref)]
