@@ -73,7 +73,10 @@ class _Model(BaseModel):
     # Numbers and booleans are declared strict=True field by field (strict mode for the whole
     # model would refuse YAML lists for tuples): YAML has typed them already, and lax mode would
     # read `burst: true` as 1 and `headers: "no"` as false. Floats still accept whole numbers.
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Every field has a docstring under it: one sentence saying what the key does, its unit and
+    # what the default means. It becomes the key's description in `guardrail schema`, which
+    # editors show on hover (tests/test_schema.py fails on a key without one).
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class ApiKeyIdentity(_Model):
@@ -371,24 +374,47 @@ class Policy(_Model):
     """A guardrail policy. Load with ``Policy.from_yaml(path)`` or ``Policy.from_string(text)``."""
 
     version: Literal[1]
+    """The policy format's version: 1, the only one so far (required)."""
     mode: Literal["enforce", "observe"] = "enforce"
+    """enforce: refuse, challenge and throttle; observe: decide and audit every request but never
+    refuse or change one."""
     storage: StorageUri = "memory://"
+    """Where buckets and risk state live: memory://, redis://host:6379/0, rediss://…,
+    redis+cluster://h1:7000,h2:7001 or redis+sentinel://h1:26379/service (query: timeout=,
+    prefix=, max_connections=)."""
     on_storage_error: Literal["fail_open", "fail_closed"] = "fail_open"
+    """Redis unreachable: fail_open keeps limiting with a per-process in-memory limiter (records
+    say degraded); fail_closed answers 503."""
     storage_breaker: StorageBreaker = Field(default_factory=StorageBreaker)
+    """Skip a failing Redis: after `failures` failures in a row on_storage_error applies at once,
+    until a probe (one every `probe_every`) passes."""
     max_subjects: Count = 1_000_000
+    """Memory storage: the most subjects tracked; the least recently seen is evicted first."""
     secret: SecretRef | None = None
+    """Keys API-key hashing and clearance signing: env:NAME or file:PATH (a literal only with
+    mode: observe); unset, memory storage hashes with a per-process random secret."""
     identity: Identity = Field(default_factory=Identity)
+    """How a request's API key, account, client IP and network are read."""
     routes: tuple[Route, ...] = ()
-    # A request no route matches: pass (served unguarded, counted in the trail), refuse (404),
-    # or the name of a route whose limits it takes (a default route).
+    """The guarded routes, first match wins: each with its path pattern, limits and inspection."""
     unmatched: str = Field(default=PASS, min_length=1)
+    """A request no route matches: pass (served unguarded, counted in the trail), refuse (404),
+    or the name of a route whose limits it takes (a default route)."""
     risk: Risk = Field(default_factory=Risk)
+    """The behavioural risk engine: how fast evidence fades, how it is shared, signal weights."""
     allow: Allow = Field(default_factory=Allow)
+    """Known-good subjects, never escalated by the risk engine; their limits still apply."""
     thresholds: tuple[Threshold, ...] = ()
+    """Risk score bands (0-100) and their action; the highest band reached applies. Empty: the
+    risk engine is off."""
     hysteresis: Hysteresis = Field(default_factory=Hysteresis)
+    """How a subject leaves a band: once its score stays `margin` under it for `cooldown`."""
     tiers: dict[str, Tier] = Field(default_factory=dict)
+    """Named degraded service levels that throttle thresholds send a subject to."""
     challenges: Challenges = Field(default_factory=Challenges)
+    """What a challenged client is offered (CAPTCHA, proof of work) and the clearance it earns."""
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    """The audit trail: where records go, rotation, sampling, hash chain and aggregation."""
 
     _source: str = PrivateAttr(default="<python>")
     _digest: str | None = PrivateAttr(default=None)
