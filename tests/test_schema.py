@@ -1,7 +1,8 @@
 """`guardrail schema` documents every key: editors show each description on hover.
 
 The walk follows whatever the schema holds (properties, $refs into $defs, dict values, array
-items, anyOf branches), so a key added later without a docstring fails here by its path.
+items, anyOf branches), so a key added later without a docstring fails here by its path. What
+yaml-language-server itself shows on hover was checked by hand (the README says how to attach it).
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import pytest
+
+from guardrail.errors import PolicyError
 from guardrail.policy import Policy
 
 Schema = Mapping[str, Any]
@@ -94,17 +98,59 @@ def test_the_walk_names_every_undescribed_key_wherever_it_hides() -> None:
     ]
 
 
-def test_descriptions_read_as_one_line_each() -> None:
-    text = json.dumps(Policy.json_schema())
-    schema = json.loads(text)
-    assert schema["properties"]["mode"]["description"].startswith("enforce: refuse")
+def nodes(node: Any, key: bool = False) -> list[tuple[Schema, bool]]:
+    """Every schema in ``node``, each with whether it is a key's (a value of ``properties``)."""
+    if isinstance(node, list):
+        return [pair for item in node for pair in nodes(item)]
+    if not isinstance(node, Mapping):
+        return []
+    found = [(node, key)]
+    for word, value in node.items():
+        if word in ("properties", "$defs"):
+            for schema in value.values():
+                found += nodes(schema, key=word == "properties")
+        elif word not in ("default", "const", "enum", "examples"):  # data, not schemas
+            found += nodes(value)
+    return found
+
+
+def test_only_keys_speak_on_hover() -> None:
+    # An editor's hover shows the first description among the schemas a value matches, and
+    # joins anyOf titles with "||": a type's description or a title would hide the key's words.
+    schema = Policy.json_schema()
+    everything = nodes(schema)[1:]  # [0]: the document, described as a whole
+    assert [node for node, key in everything if "description" in node and not key] == []
+    assert [node for node, _ in everything if "title" in node] == []
+    assert [node for node, _ in everything if len(node.get("anyOf", ())) > 2] == []
+    text = json.dumps(schema)
     assert "\\n" not in text  # docstrings are unfolded: the editor wraps them
+    assert schema["properties"]["mode"]["description"].startswith("enforce: refuse")
 
 
-def test_a_field_description_keeps_the_value_format_in_view() -> None:
-    # A field's description replaces its type's ("a duration such as 500ms, …") at that key,
-    # so a key whose type has a format says it in its own words.
-    defs = Policy.json_schema()["$defs"]
-    assert "10s" in defs["Route"]["properties"]["inspect_timeout"]["description"]
-    assert "60/minute" in defs["Limit"]["properties"]["rate"]["description"]
-    assert "256KB" in defs["Route"]["properties"]["inspect_max_bytes"]["description"]
+#: A piece of each string type's pattern, and the word its key's description must use.
+FORMATS = {"duration": "(ms|s|m|h|d)", "rate": "(/|per)", "size": "[A-Za-z]*"}
+
+
+@pytest.mark.parametrize("word", FORMATS)
+def test_a_key_names_its_value_s_format(word: str) -> None:
+    # A type's description is gone from the schema (see above), so the key says the format.
+    schema = Policy.json_schema()
+    typed = {
+        f"{name}.{key}": prop["description"]
+        for name, model in [("Policy", schema), *schema["$defs"].items()]
+        for key, prop in model.get("properties", {}).items()
+        if any(FORMATS[word] in node.get("pattern", "") for node, _ in nodes(prop))
+    }
+    assert len(typed) >= 2  # the walk did find keys of this type
+    assert {key: text for key, text in typed.items() if word not in text} == {}
+
+
+def test_an_editor_says_what_guardrail_check_says_of_a_value_off_its_pattern() -> None:
+    everything = nodes(Policy.json_schema())
+    patterned = [node for node, _ in everything if "pattern" in node]
+    assert len(patterned) >= 4  # durations, rates, sizes, meters
+    assert [node for node in patterned if not node.get("patternErrorMessage")] == []
+    with pytest.raises(PolicyError) as refused:
+        Policy.from_string("version: 1\nrisk: {half_life: 6 hours}\n")
+    said = {node["patternErrorMessage"] for node in patterned}
+    assert refused.value.issues[0].expected in said

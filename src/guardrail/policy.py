@@ -27,6 +27,7 @@ from starlette.types import Scope
 
 from guardrail import policy_yaml
 from guardrail.errors import PolicyError, PolicyIssue
+from guardrail.policy_schema import editor_schema
 from guardrail.policy_types import (
     CallableRef,
     ChainKey,
@@ -157,7 +158,7 @@ class Limit(_Model):
     """Whose bucket: api_key, account, ip, subnet or global; a request without that identity
     falls back to the next coarser one (account, then api_key, then ip)."""
     rate: RateValue
-    """How fast the bucket refills, in limits notation such as 60/minute or 10 per second."""
+    """How fast the bucket refills: a rate in limits notation such as 60/minute or 10 per second."""
     burst: Count | None = None
     """The bucket's size, the most cost that passes at once; unset: the rate's amount."""
     cost: Cost = 1
@@ -189,7 +190,8 @@ class Route(_Model):
     inspect: MeterRef | None = None
     """openai: read the JSON body for the prompt and its parameters, in the OpenAI-compatible
     shape the request's path names; openai.chat, openai.completions, openai.responses: one shape
-    whatever the path; "module:attribute": a Meter for another protocol. Unset: not read."""
+    whatever the path; "module:attribute": a guardrail.metering.Meter for another protocol.
+    Unset: not read."""
     inspect_max_bytes: Size = 262_144
     """How much of an inspected body is read (bytes, or a size such as 256KB); a larger body
     counts its size as its prompt."""
@@ -242,8 +244,8 @@ class Risk(_Model):
     # backends/risk_shared.py does the sharing.
     share_every: ShareEvery = 0.05
     """With Redis storage: how often each worker sends Redis the evidence it gathered and takes
-    what the others sent (10ms to 10s); request: on every request, in the request's round trips
-    (exact, and it costs most of a worker)."""
+    what the others sent (a duration from 10ms to 10s); request: on every request, in the
+    request's round trips (exact, and it costs most of a worker)."""
     signals: dict[str, SignalConfig] = Field(default_factory=dict)
     """Built-in signals by name and their weight (`guardrail signals` lists them); an unknown
     name is refused."""
@@ -423,8 +425,9 @@ class AuditConfig(_Model):
     """true: each record carries prev, the SHA-256 of the line before, which `guardrail audit
     verify` checks."""
     chain_key: ChainKey | None = None
-    """Keys the hash chain (HMAC-SHA256), so the trail cannot be rewritten without it: env:NAME,
-    file:PATH, or secret (a subkey of the policy's secret). Unset: plain SHA-256."""
+    """Keys the hash chain (HMAC-SHA256, checked by `guardrail audit verify --policy`), so the
+    trail cannot be rewritten without it: env:NAME, file:PATH, or secret (a subkey of the policy's
+    secret). Unset: plain SHA-256, which anyone who can write the trail can recompute."""
     aggregate: Duration = 10.0
     """Repeated refusals of one subject within this interval become one record with a count (a
     duration, at most 1h); 0: a record each."""
@@ -608,27 +611,9 @@ class Policy(_Model):
     @classmethod
     def json_schema(cls) -> dict[str, Any]:
         """The JSON Schema of a policy file, for editors' YAML support."""
-        schema = _unfold(cls.model_json_schema(mode="validation"))
-        return {
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            **schema,
-            "title": "guardrail policy",
-        }
-
-
-def _unfold(node: Any) -> Any:
-    """``node`` with each description on one line: docstrings wrap at 100 columns, hovers should
-    wrap at the editor's width."""
-    if isinstance(node, dict):
-        return {
-            key: " ".join(value.split())
-            if key == "description" and isinstance(value, str)
-            else _unfold(value)
-            for key, value in node.items()
-        }
-    if isinstance(node, list):
-        return [_unfold(item) for item in node]
-    return node
+        return editor_schema(
+            cls, "A guardrail policy: `guardrail check` validates it with every error at once."
+        )
 
 
 def check_files(paths: Sequence[str]) -> list[PolicyIssue]:

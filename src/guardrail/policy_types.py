@@ -3,6 +3,10 @@ regular expressions, header names, "module:function" and secret references.
 
 Each is an ``Annotated`` type whose validator raises ``refuse(sentence)``: the user reads "a rate
 in limits notation such as 60/minute", never pydantic internals, and the JSON Schema says string.
+The schema describes keys, not types: the docstring of a key of one of these types names its
+format (see policy_schema). A pattern's ``patternErrorMessage`` (a keyword of VS Code's and
+yaml-language-server's) is what an editor says of a value that does not match: the sentence
+``guardrail check`` says, not the regular expression.
 """
 
 from __future__ import annotations
@@ -137,6 +141,9 @@ def _share_every(value: object) -> float | Literal["request"]:
 
 
 _BYTE_SIZE = TypeAdapter(ByteSize)
+_SIZE_EXPECTED = (
+    "a size such as 262144, 256KB (1000 bytes a KB) or 256KiB (1024), from 1 byte to 2**53"
+)
 
 
 def _size(value: object) -> int:
@@ -145,9 +152,7 @@ def _size(value: object) -> int:
     except ValidationError:
         size = -1
     if not 1 <= size <= MAX_COUNT:
-        raise refuse(
-            "a size such as 262144, 256KB (1000 bytes a KB) or 256KiB (1024), from 1 byte to 2**53"
-        )
+        raise refuse(_SIZE_EXPECTED)
     return size
 
 
@@ -265,15 +270,18 @@ def _callable_ref(value: str) -> str:
 OPENAI_METERS = ("openai", "openai.chat", "openai.completions", "openai.responses")
 
 
+_METER_EXPECTED = (
+    "openai (the shape from the request's path), openai.chat, openai.completions, "
+    "openai.responses, or a 'module:attribute' naming a meter (guardrail.metering.Meter) such "
+    "as myapp.llm:METER"
+)
+
+
 def _meter_ref(value: str) -> str:
     if value in OPENAI_METERS:
         return value
     if not _CALLABLE_REF.fullmatch(value):
-        raise refuse(
-            "openai (the shape from the request's path), openai.chat, openai.completions, "
-            "openai.responses, or a 'module:attribute' naming a meter (guardrail.metering."
-            "Meter) such as myapp.llm:METER"
-        )
+        raise refuse(_METER_EXPECTED)
     import_meter(value)  # imported at load so a typo fails `guardrail check`, not a request
     return value
 
@@ -328,10 +336,13 @@ def _uri(schemes: tuple[str, ...], *, host_for: tuple[str, ...]) -> Callable[[st
 
 _DURATION_SCHEMA = {
     "anyOf": [
-        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"},
+        {
+            "type": "string",
+            "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$",
+            "patternErrorMessage": _DURATION_EXPECTED,
+        },
         {"type": "number", "minimum": 0},
-    ],
-    "description": _DURATION_EXPECTED,
+    ]
 }
 
 RateValue = Annotated[
@@ -342,7 +353,7 @@ RateValue = Annotated[
         {
             "type": "string",
             "pattern": r"(?i)^\s*\d+\s*(/|per)\s*(\d+\s*)?[a-z]+\s*$",
-            "description": _RATE_EXPECTED,
+            "patternErrorMessage": _RATE_EXPECTED,
         }
     ),
 ]
@@ -362,9 +373,12 @@ Size = Annotated[
         {
             "anyOf": [
                 {"type": "integer", "minimum": 1, "maximum": MAX_COUNT},
-                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[A-Za-z]*\s*$"},
+                {
+                    "type": "string",
+                    "pattern": r"^\s*\d+(\.\d+)?\s*[A-Za-z]*\s*$",
+                    "patternErrorMessage": _SIZE_EXPECTED,
+                },
             ],
-            "description": "bytes, or a size such as 256KB or 256KiB",
         }
     ),
 ]
@@ -372,7 +386,7 @@ Network = Annotated[
     IPv4Network | IPv6Network,
     PlainValidator(_network),
     PlainSerializer(str, return_type=str),
-    WithJsonSchema({"type": "string", "description": "an IP address or CIDR network"}),
+    WithJsonSchema({"type": "string"}),
 ]
 Pattern = Annotated[
     re.Pattern[str],
@@ -404,29 +418,18 @@ MeterRef = Annotated[
         {
             "anyOf": [
                 {"enum": list(OPENAI_METERS)},
-                {"type": "string", "pattern": r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"},
+                {
+                    "type": "string",
+                    "pattern": r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
+                    "patternErrorMessage": _METER_EXPECTED,
+                },
             ],
-            "description": "openai (the shape from the request's path: chat/completions, "
-            "completions, responses), openai.chat, openai.completions, openai.responses, or "
-            "'module:attribute' naming a guardrail.metering.Meter",
         }
     ),
 ]
 SecretRef = Annotated[str, AfterValidator(_secret_ref)]
 ReferencedSecret = Annotated[str, AfterValidator(_referenced_secret)]
-ChainKey = Annotated[
-    str,
-    AfterValidator(_chain_key),
-    WithJsonSchema(
-        {
-            "type": "string",
-            "description": "keys the audit trail's hash chain (HMAC-SHA256, verified with "
-            "`guardrail audit verify --policy`): env:NAME or file:PATH holding a secret, or "
-            "`secret` for a subkey of the policy's own secret; unset: plain SHA-256, which "
-            "anyone who can write the trail can recompute",
-        }
-    ),
-]
+ChainKey = Annotated[str, AfterValidator(_chain_key)]
 PathPrefix = Annotated[str, AfterValidator(_prefix)]
 HttpUrl = Annotated[str, AfterValidator(_uri(("https", "http"), host_for=("https", "http")))]
 _STORAGE = ("memory", "redis", "rediss", "redis+cluster", "redis+sentinel")
