@@ -76,8 +76,8 @@ class _Model(BaseModel):
     # read `burst: true` as 1 and `headers: "no"` as false. Floats still accept whole numbers.
     # Every field has a docstring under it: one sentence saying what the key does, its unit and
     # what the default means. It becomes the key's description in `guardrail schema`, which
-    # editors show on hover (tests/test_schema.py fails on a key without one).
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    # editors show on hover (policy_schema reads it; tests/test_schema.py fails on a key without).
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class ApiKeyIdentity(_Model):
