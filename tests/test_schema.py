@@ -8,13 +8,16 @@ yaml-language-server itself shows on hover was checked by hand (the README says 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from pydantic import TypeAdapter, ValidationError
 
 from guardrail.errors import PolicyError
 from guardrail.policy import Policy
+from guardrail.policy_types import Duration, KeyHash, MeterRef, RateValue, ReferencedSecret, Size
 
 Schema = Mapping[str, Any]
 
@@ -154,3 +157,40 @@ def test_an_editor_says_what_guardrail_check_says_of_a_value_off_its_pattern() -
         Policy.from_string("version: 1\nrisk: {half_life: 6 hours}\n")
     said = {node["patternErrorMessage"] for node in patterned}
     assert refused.value.issues[0].expected in said
+
+
+# An editor that underlined a value guardrail accepts would teach people to ignore it.
+SAMPLES = [
+    (Duration, ["500ms", "30s", "15m", "6h", "7d", "1.5h", " 10 s ", "90"], ["6 hours", "soon"]),
+    (RateValue, ["60/minute", "10 per second", "60/Minute", "5 per 2 hours"], ["lots"]),
+    (Size, ["256KB", "256KiB", "1.5MB", "262144"], ["a lot"]),
+    (MeterRef, ["openai", "openai.chat", "examples.tgi_meter:TGI"], ["openai.embeddings"]),
+    (KeyHash, ["k:" + "0123456789abcdef" * 2], ["sk-live-0123456789", "k:" + "AB" * 16]),
+    (ReferencedSecret, ["env:HCAPTCHA_SECRET", "file:/run/secrets/hcaptcha"], ["0x00", "env:1"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "accepted", "refused"),
+    SAMPLES,
+    ids=["duration", "rate", "size", "meter", "key_hash", "referenced_secret"],
+)
+def test_a_pattern_accepts_what_guardrail_accepts(
+    kind: Any, accepted: list[str], refused: list[str]
+) -> None:
+    adapter: TypeAdapter[Any] = TypeAdapter(kind)
+    schemas = [node for node, _ in nodes(adapter.json_schema())]
+    patterns = [node["pattern"] for node in schemas if "pattern" in node]
+    enums = [value for node in schemas for value in node.get("enum", ())]
+    assert patterns
+
+    def editor_accepts(value: str) -> bool:
+        return value in enums or any(re.search(pattern, value) for pattern in patterns)
+
+    for value in accepted:
+        adapter.validate_python(value)
+        assert editor_accepts(value), value
+    for value in refused:
+        with pytest.raises(ValidationError):
+            adapter.validate_python(value)
+        assert not editor_accepts(value), value

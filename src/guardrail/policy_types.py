@@ -198,9 +198,12 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _KEY_HASH = re.compile(r"k:[0-9a-f]{32}")
 
 
+_KEY_HASH_EXPECTED = 'a keyed hash: "k:" and 32 lowercase hex digits (`guardrail hash-key`)'
+
+
 def _key_hash(value: str) -> str:
     if not _KEY_HASH.fullmatch(value):
-        raise refuse('a keyed hash: "k:" and 32 lowercase hex digits (`guardrail hash-key`)')
+        raise refuse(_KEY_HASH_EXPECTED)
     return value
 
 
@@ -318,9 +321,12 @@ def _chain_key(value: str) -> str:
     return value if value == "secret" else _secret_ref(value)
 
 
+_REFERENCED_EXPECTED = "env:NAME or file:PATH; this secret is never written into the policy"
+
+
 def _referenced_secret(value: str) -> str:
     if reference_kind(_secret_ref(value)) == "literal":
-        raise refuse("env:NAME or file:PATH; this secret is never written into the policy")
+        raise refuse(_REFERENCED_EXPECTED)
     return value
 
 
@@ -409,7 +415,19 @@ Count = Annotated[
 Header = Annotated[str, AfterValidator(_header)]
 Hostname = Annotated[str, AfterValidator(_hostname)]
 Method = Annotated[str, AfterValidator(_method)]
-KeyHash = Annotated[str, AfterValidator(_key_hash)]
+# An editor underlines a raw API key pasted under allow.api_keys, and a literal secret, before
+# either is saved.
+KeyHash = Annotated[
+    str,
+    AfterValidator(_key_hash),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": "^k:[0-9a-f]{32}$",
+            "patternErrorMessage": _KEY_HASH_EXPECTED,
+        }
+    ),
+]
 CallableRef = Annotated[str, AfterValidator(_callable_ref)]
 MeterRef = Annotated[
     str,
@@ -428,7 +446,17 @@ MeterRef = Annotated[
     ),
 ]
 SecretRef = Annotated[str, AfterValidator(_secret_ref)]
-ReferencedSecret = Annotated[str, AfterValidator(_referenced_secret)]
+ReferencedSecret = Annotated[
+    str,
+    AfterValidator(_referenced_secret),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:[\s\S]+)$",
+            "patternErrorMessage": _REFERENCED_EXPECTED,
+        }
+    ),
+]
 ChainKey = Annotated[str, AfterValidator(_chain_key)]
 PathPrefix = Annotated[str, AfterValidator(_prefix)]
 HttpUrl = Annotated[str, AfterValidator(_uri(("https", "http"), host_for=("https", "http")))]
