@@ -347,8 +347,8 @@ class Clearance(_Model):
         "subnet",
         "user_agent",
     )
-    """What a clearance is bound to (subject, subnet, user_agent, ip): shown with any other, it
-    is not honoured."""
+    """What a clearance is bound to (subject, subnet, user_agent, ip): a request that differs in
+    one of them is not cleared by it."""
     secrets: tuple[ReferencedSecret, ...] = ()
     """Signing secrets (env:NAME or file:PATH), newest first: the first signs, every one
     verifies, for rotation. Empty: the policy's `secret`."""
@@ -493,7 +493,8 @@ class Policy(_Model):
     """Memory storage: the most subjects tracked; the least recently seen is evicted first."""
     secret: SecretRef | None = None
     """Keys API-key hashing and clearance signing: env:NAME or file:PATH (a literal only with
-    mode: observe); unset, memory storage hashes with a per-process random secret."""
+    mode: observe). Required with Redis storage; unset with memory storage: a random secret per
+    process, and a warning."""
     identity: Identity = Field(default_factory=Identity)
     """How a request's API key, account, client IP and network are read."""
     routes: tuple[Route, ...] = ()
