@@ -358,7 +358,8 @@ RateValue = Annotated[
     WithJsonSchema(
         {
             "type": "string",
-            "pattern": r"(?i)^\s*\d+\s*(/|per)\s*(\d+\s*)?[a-z]+\s*$",
+            # No (?i): JSON Schema patterns are ECMA-262, which has no inline flags.
+            "pattern": r"^\s*\d+\s*(/|[Pp][Ee][Rr])\s*(\d+\s*)?[A-Za-z]+\s*$",
             "patternErrorMessage": _RATE_EXPECTED,
         }
     ),
