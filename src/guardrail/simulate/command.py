@@ -94,6 +94,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print only the JSON report")
     parser.add_argument("--storage", metavar="URI", help="override the policy's storage")
     parser.add_argument(
+        "--audit",
+        metavar="PATH",
+        help="keep the run's audit trail at PATH (default: a temporary file, removed), e.g. "
+        "for guardrail audit report PATH --html report.html",
+    )
+    parser.add_argument(
         "--instances",
         type=_at_least_one,
         default=1,
@@ -214,9 +220,7 @@ def _run(args: argparse.Namespace) -> int:
     if sys.stderr.isatty():
         progress = ProgressBar(sys.stderr, EPOCH, end, args.days)
     with tempfile.TemporaryDirectory(prefix="guardrail-sim-") as tmp:
-        audit_path = Path(tmp) / (
-            "audit.jsonl" if args.instances == 1 else "audit-{instance}.jsonl"
-        )
+        audit_path = _audit_path(args.audit, Path(tmp), args.instances)
         with simulation_secret(policy) as secret_source:
             began = time.perf_counter()
             try:
@@ -261,6 +265,24 @@ def _run(args: argparse.Namespace) -> int:
     )
     print(json.dumps(data, indent=2) if args.json else render(data))
     return 0
+
+
+def _audit_path(kept: str | None, tmp: Path, instances: int) -> Path:
+    """Where the run writes its trail: ``--audit PATH`` (one file per instance when several),
+    else the temporary directory. A trail already at PATH is refused: appending a second run
+    would chain two simulated weeks into one file."""
+    if kept is None:
+        return tmp / ("audit.jsonl" if instances == 1 else "audit-{instance}.jsonl")
+    path = Path(kept).absolute()  # a file:// URI below: relative paths would read as hosts
+    if instances > 1 and "{instance}" not in path.name:
+        path = path.with_name(f"{path.stem}-{{instance}}{path.suffix}")
+    for index in range(instances):
+        taken = Path(str(path).replace("{instance}", str(index)))
+        if taken.exists():
+            raise SetupError(f"--audit {kept}: {taken} exists; name a new file")
+    if not path.parent.is_dir():
+        raise SetupError(f"--audit {kept}: no directory {path.parent}")
+    return path
 
 
 def _count_records(path: Path) -> int:
