@@ -14,7 +14,7 @@ from guardrail.audit.charts import esc
 from guardrail.audit.report import Carrier, Report, Subject
 
 _STEP_NAMES = {60: "minute", 3600: "hour", 86400: "day", 7 * 86400: "week"}
-_LISTED = 4  # accounts named per network or build; the rest are counted
+_LISTED = 5  # accounts named per network or build; the rest are counted
 
 _CSS = """
 :root{--ink:#1d2329;--muted:#5b6670;--rule:#d9dee3;--bar:#3b6ea5;--track:#eef1f4}
@@ -26,6 +26,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:16px;margin:28px 0 4px}
 p.lead,p.note,footer{color:var(--muted);margin:0 0 10px}
 .cards{display:flex;flex-wrap:wrap;gap:8px;margin:16px 0 0;padding:0;list-style:none}
 .cards li{border:1px solid var(--rule);border-radius:6px;padding:6px 12px;min-width:112px}
+.cards .total{background:#f1f4f7}
 .cards b{display:block;font-size:19px;font-variant-numeric:tabular-nums}
 .cards svg{vertical-align:-2px;margin-right:5px}
 .warn{background:#fff4e5;border:1px solid #e69f00;padding:6px 10px;border-radius:6px}
@@ -34,7 +35,7 @@ svg.chart{width:100%;height:auto;display:block}
 .chart .grid{stroke:#e3e7eb}.chart .axis{stroke:#444}
 .chart .tick{font-size:11px;fill:var(--muted)}.chart .axis-title{font-size:12px;fill:var(--ink)}
 .chart .hist{fill:var(--bar)}
-.legend{display:flex;flex-wrap:wrap;gap:4px 16px;list-style:none;padding:0;margin:6px 0 0 64px}
+.legend{display:flex;flex-wrap:wrap;gap:4px 16px;list-style:none;padding:0;margin:6px 0 4px}
 .legend svg{vertical-align:-3px;margin-right:5px}
 table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
 th,td{text-align:left;padding:5px 8px;border-bottom:1px solid var(--rule);vertical-align:top}
@@ -43,10 +44,9 @@ td.n,th.n{text-align:right}
 code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace;word-break:break-all}
 .kind{color:var(--muted);font-size:11px;margin-left:4px}
 .hbar .track{fill:var(--track)}.hbar .bar{fill:var(--bar)}
-.sig{display:block;white-space:nowrap}.sig code{margin-right:4px}
-.pair{display:grid;grid-template-columns:1fr 1fr;gap:24px}
+.sigs{display:flex;flex-wrap:wrap;gap:2px 14px}.sig{white-space:nowrap}.sig code{margin-right:4px}
+td.name{white-space:nowrap}td.seen{font-size:12px;color:var(--muted)}
 details{margin-top:6px;color:var(--muted)}
-@media (max-width:800px){.pair{grid-template-columns:1fr}}
 """
 
 
@@ -59,12 +59,10 @@ def render(report: Report) -> str:
         _timeline(report, actions),
         _scores(report),
         _subjects(report.subjects, actions),
-        '<div class="pair">',
         _carriers("Networks carrying the most accounts", "network", report.networks, actions),
         _carriers(
             "Client builds carrying the most accounts", "client build", report.clients, actions
         ),
-        "</div>",
         _spend(report.spenders),
         _footer(report),
     ]
@@ -90,7 +88,7 @@ def _header(report: Report, actions: list[str]) -> str:
         warnings.append(f"{report.dropped:,} record(s) reported lost by the writer")
     if report.malformed:
         warnings.append(f"{report.malformed:,} line(s) that are not audit records were skipped")
-    cards = "".join(
+    cards = f'<li class="total">all decisions<b>{report.decisions:,}</b></li>' + "".join(
         f'<li><svg width="12" height="12" aria-hidden="true"><rect width="12" height="12" '
         f'fill="{charts.fill(actions, action)}"/></svg>{esc(action)}'
         f"<b>{report.by_action[action]:,}</b></li>"
@@ -124,7 +122,7 @@ def _timeline(report: Report, actions: list[str]) -> str:
     return (
         f"<section><h2>{title}</h2><p class=note>Every decision recorded (a plain allow is "
         f"recorded only as audit.sample_allowed says); a bar per {unit}.</p>"
-        f"{chart}{charts.legend(actions)}</section>"
+        f"{charts.legend(actions)}{chart}</section>"
     )
 
 
@@ -148,13 +146,14 @@ def _subjects(subjects: list[Subject], actions: list[str]) -> str:
     for subject in subjects:
         signals = "".join(
             f'<span class="sig"><code>{esc(name)}</code>{points:.1f}</span>'
-            for name, points in subject.top_signals()
+            for name, points in subject.top_signals(3)
         )
         rows.append(
-            f'<tr><td><code>{esc(subject.name)}</code><span class="kind">'
+            f'<tr><td class="name"><code>{esc(subject.name)}</code><span class="kind">'
             f'{esc(subject.kind)}</span></td><td class="n">{subject.decisions:,}</td>'
             f"<td>{charts.hstack(dict(subject.actions), top, actions)}</td>"
-            f'<td class="n">{subject.max_score:.1f}</td><td>{signals or "-"}</td>'
+            f'<td class="n">{subject.max_score:.1f}</td>'
+            f'<td><div class="sigs">{signals or "-"}</div></td>'
             f'<td class="n">{len(subject.networks)}</td><td class="n">{len(subject.clients)}'
             "</td></tr>"
         )
@@ -162,7 +161,7 @@ def _subjects(subjects: list[Subject], actions: list[str]) -> str:
         f"<section><h2>{title}</h2><p class=note>By refusals (decisions other than allow and "
         "challenge passed); signals are the largest contributions, in mean points per "
         "decision.</p><table><thead><tr><th>subject</th><th class=n>decisions</th>"
-        "<th>by action (legend above)</th><th class=n>max score</th><th>top signals</th>"
+        "<th>by action (legend as above)</th><th class=n>max score</th><th>top signals</th>"
         "<th class=n>networks</th><th class=n>builds</th></tr></thead><tbody>"
         f"{''.join(rows)}</tbody></table></section>"
     )
@@ -180,10 +179,10 @@ def _carriers(title: str, what: str, carriers: list[Carrier], actions: list[str]
             listed += f" and {len(names) - _LISTED:,} more"
         count = len(carrier.accounts)
         rows.append(
-            f"<tr><td><code>{esc(carrier.name)}</code></td>"
+            f'<tr><td class="name"><code>{esc(carrier.name)}</code></td>'
             f'<td class="n">{count:,}</td><td>'
             f"{charts.hbar(count, top, label=f'{count} accounts', width=90)}</td>"
-            f'<td class="n">{carrier.decisions:,}</td><td>{listed}</td></tr>'
+            f'<td class="n">{carrier.decisions:,}</td><td class="seen">{listed}</td></tr>'
         )
     return (
         f"<section><h2>{esc(title)}</h2><p class=note>Many accounts through one {esc(what)} "
