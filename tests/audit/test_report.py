@@ -91,8 +91,8 @@ def test_counts_decisions_by_time_score_subject_network_build_and_spend(tmp_path
     assert data.step == 300  # 2 hours in 5-minute bars: 25 bars, under MAX_BUCKETS
     assert sum(sum(c.values()) for c in data.timeline.values()) == 43  # the undated one aside
     assert data.timeline[int((T0 + 3600) // 300 * 300)] == {"limit": 40}
-    assert data.scores[8] == 1 and data.scores[15] == 1 and data.scores[19] == 40
-    assert data.scores[11] == 1
+    assert data.scores[8] == {"limit": 1} and data.scores[15] == {"challenge": 1}
+    assert data.scores[19] == {"limit": 40} and data.scores[11] == {"throttle": 1}
     top = data.subjects[0]
     assert (top.name, top.kind, top.decisions, top.max_score) == ("acct-a", "account", 41, 100.0)
     assert top.top_signals(1) == [("timing_regularity", 10.0)]  # mean points per record
@@ -215,7 +215,7 @@ async def test_the_page_in_chromium_offline(
             headings = await page.locator("h2").all_inner_texts()
             for heading in (
                 "Decisions over time, by action",
-                "Risk score distribution",
+                "Risk score distribution, by action",
                 "Subjects refused most, and why",
                 "Networks carrying the most accounts",
                 "Client builds carrying the most accounts",

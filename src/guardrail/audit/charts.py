@@ -78,11 +78,11 @@ def legend(actions: Sequence[str]) -> str:
 
 
 def nice_max(value: float) -> float:
-    """The axis top: 1, 2 or 5 times a power of ten, at least ``value``."""
+    """The axis top, at least ``value``: a number whose quarters (the grid lines) are round."""
     if value <= 0:
         return 1.0
     power = 10 ** math.floor(math.log10(value))
-    return float(next(m * power for m in (1, 2, 5, 10) if m * power >= value))
+    return float(next(m * power for m in (1, 2, 4, 5, 6, 8, 10) if m * power >= value))
 
 
 W, H = 960, 300
@@ -99,7 +99,8 @@ def stacked_bars(
     y_title: str,
     every: int = 1,
 ) -> str:
-    """Vertical bars, each a stack of counts by action; every ``every``-th bar labelled."""
+    """Vertical bars, each a stack of counts by action; every ``every``-th bar labelled (none
+    when 0)."""
     top = nice_max(max((sum(stack.values()) for stack in stacks), default=0))
     width = (W - LEFT - RIGHT) / max(1, len(stacks))
     plot = H - TOP - BOTTOM
@@ -118,7 +119,7 @@ def stacked_bars(
                 f'height="{height:.1f}" fill="{fill(actions, action)}">'
                 f"<title>{esc(label)}: {esc(action)} {count:,}</title></rect>"
             )
-        if index % every == 0:
+        if every and index % every == 0:
             parts.append(
                 f'<text class="tick" x="{x + width / 2:.1f}" y="{TOP + plot + 16}" '
                 f'text-anchor="middle">{esc(label)}</text>'
@@ -127,29 +128,26 @@ def stacked_bars(
     return "".join(parts) + "</svg>"
 
 
-def histogram(title: str, counts: Sequence[int], *, x_title: str, y_title: str) -> str:
-    """Bins of equal width over 0-100, an edge label every second bin."""
-    top = nice_max(max(counts, default=0))
-    width = (W - LEFT - RIGHT) / len(counts)
-    plot = H - TOP - BOTTOM
-    step = 100 / len(counts)
-    parts = [_open(title), *_y_axis(top, y_title)]
-    for index, count in enumerate(counts):
-        x = LEFT + index * width
-        height = count / top * plot
-        low, high = index * step, (index + 1) * step
-        parts.append(
-            f'<rect class="hist" x="{x + 1:.1f}" y="{TOP + plot - height:.1f}" '
-            f'width="{width - 2:.1f}" height="{height:.1f}">'
-            f"<title>score {low:g} to {high:g}: {count:,}</title></rect>"
-        )
-    for index in range(0, len(counts) + 1, 2):
-        parts.append(
-            f'<text class="tick" x="{LEFT + index * width:.1f}" y="{TOP + plot + 16}" '
-            f'text-anchor="middle">{index * step:g}</text>'
-        )
-    parts.append(_x_title(x_title))
-    return "".join(parts) + "</svg>"
+def histogram(
+    title: str,
+    stacks: Sequence[dict[str, int]],
+    actions: Sequence[str],
+    *,
+    x_title: str,
+    y_title: str,
+) -> str:
+    """Bins of equal width over 0-100, each a stack by action; an edge label every second
+    bin."""
+    step = 100 / len(stacks)
+    labels = [f"score {index * step:g} to {(index + 1) * step:g}" for index in range(len(stacks))]
+    chart = stacked_bars(title, labels, stacks, actions, x_title=x_title, y_title=y_title, every=0)
+    width = (W - LEFT - RIGHT) / len(stacks)
+    ticks = "".join(
+        f'<text class="tick" x="{LEFT + index * width:.1f}" y="{H - BOTTOM + 16}" '
+        f'text-anchor="middle">{index * step:g}</text>'
+        for index in range(0, len(stacks) + 1, 2)
+    )
+    return chart.removesuffix("</svg>") + ticks + "</svg>"
 
 
 def hbar(value: float, top: float, *, label: str, width: int = 160) -> str:

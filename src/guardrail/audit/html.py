@@ -34,7 +34,6 @@ svg.defs{position:absolute}
 svg.chart{width:100%;height:auto;display:block}
 .chart .grid{stroke:#e3e7eb}.chart .axis{stroke:#444}
 .chart .tick{font-size:11px;fill:var(--muted)}.chart .axis-title{font-size:12px;fill:var(--ink)}
-.chart .hist{fill:var(--bar)}
 .legend{display:flex;flex-wrap:wrap;gap:4px 16px;list-style:none;padding:0;margin:6px 0 4px}
 .legend svg{vertical-align:-3px;margin-right:5px}
 table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
@@ -57,7 +56,7 @@ def render(report: Report) -> str:
         charts.defs(actions),
         _header(report, actions),
         _timeline(report, actions),
-        _scores(report),
+        _scores(report, actions),
         _subjects(report.subjects, actions),
         _carriers("Networks carrying the most accounts", "network", report.networks, actions),
         _carriers(
@@ -126,14 +125,16 @@ def _timeline(report: Report, actions: list[str]) -> str:
     )
 
 
-def _scores(report: Report) -> str:
-    title = "Risk score distribution"
+def _scores(report: Report, actions: list[str]) -> str:
+    title = "Risk score distribution, by action"
+    stacks = [dict(counts) for counts in report.scores]
     chart = charts.histogram(
-        title, report.scores, x_title="risk score (0-100)", y_title="decisions"
+        title, stacks, actions, x_title="risk score (0-100)", y_title="decisions"
     )
     return (
         f"<section><h2>{title}</h2><p class=note>The score of each recorded decision, in "
-        f"bins of 5 points.</p>{chart}</section>"
+        "bins of 5 points: where the actions change is where the policy's thresholds "
+        f"cut.</p>{chart}</section>"
     )
 
 

@@ -74,7 +74,9 @@ class Report:
     by_action: Counter[str] = field(default_factory=Counter)
     step: int = 3600
     timeline: dict[int, Counter[str]] = field(default_factory=dict)  # bucket start -> actions
-    scores: list[int] = field(default_factory=lambda: [0] * SCORE_BINS)
+    scores: list[Counter[str]] = field(
+        default_factory=lambda: [Counter() for _ in range(SCORE_BINS)]
+    )  # by action
     subjects: list[Subject] = field(default_factory=list)
     networks: list[Carrier] = field(default_factory=list)
     clients: list[Carrier] = field(default_factory=list)
@@ -125,7 +127,7 @@ def build(
         score = record.get("score")
         if _number(score):
             index = min(SCORE_BINS - 1, max(0, int(score * SCORE_BINS / 100)))
-            report.scores[index] += count
+            report.scores[index][action] += count
         _tally(record, action, count, subjects, networks, clients)
     report.malformed = len(malformed)
     if dated:
