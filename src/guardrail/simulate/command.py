@@ -110,14 +110,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def policy_path(spec: str) -> tuple[Path, str | None]:
+    """The policy ``--policy`` names, and a note when the default was not where it was looked
+    for: outside a checkout, the example policy the package carries is used instead."""
+    path = Path(spec)
+    if spec == DEFAULT_POLICY and not path.is_file():
+        here = Path(__file__).resolve()
+        # a wheel carries it beside this module; an editable install is a checkout
+        for bundled in (here.with_name("example_policy.yaml"), here.parents[3] / DEFAULT_POLICY):
+            if bundled.is_file():
+                return bundled, f"no {DEFAULT_POLICY} here: using the example policy {bundled}"
+    if not path.is_file():
+        raise SetupError(
+            f"no policy file at {spec}; pass --policy PATH "
+            f"(the default, {DEFAULT_POLICY}, is found from the repository root)"
+        )
+    return path, None
+
+
+def app_for(spec: str) -> tuple[Any, str | None]:
+    """The app ``--app`` names, and a note when it is not that app: where the default example
+    cannot be imported (outside the repository, or without FastAPI), the stand-in model server
+    of :mod:`guardrail.simulate.model_app`. An app the user named is never replaced."""
+    if spec != DEFAULT_APP:
+        return load_app(spec), None
+    _cwd_first()
+    try:
+        importlib.import_module(DEFAULT_APP.partition(":")[0])
+    except ImportError as exc:
+        missing = exc.name or ""
+        if missing.split(".")[0] == "examples":
+            why = "the example app (examples/) is importable only from the repository root"
+        else:
+            why = f"the example app needs {missing or exc}: pip install 'guardrail[demo]'"
+        from guardrail.simulate.model_app import build_app
+
+        return build_app(), (
+            f"{why}; simulating against the built-in stand-in model server "
+            "(guardrail.simulate.model_app) instead, whose answers differ a little from "
+            "the example's"
+        )
+    return load_app(spec), None
+
+
+def _cwd_first() -> None:
+    """The current directory searched first, as uvicorn does."""
+    cwd = os.getcwd()
+    if not sys.path or sys.path[0] != cwd:
+        sys.path.insert(0, cwd)
+
+
 def load_app(spec: str) -> Any:
     """Import ``MODULE:FACTORY`` (current directory first, as uvicorn does) and call it."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise SetupError(f"--app {spec!r}: expected MODULE:FACTORY, e.g. --app {DEFAULT_APP}")
-    cwd = os.getcwd()
-    if not sys.path or sys.path[0] != cwd:
-        sys.path.insert(0, cwd)
+    _cwd_first()
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -197,12 +245,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    policy_path = Path(args.policy)
-    if not policy_path.is_file():
-        raise SetupError(
-            f"no policy file at {args.policy}; pass --policy PATH "
-            f"(the default, {DEFAULT_POLICY}, is found from the repository root)"
-        )
+    policy_file, policy_note = policy_path(args.policy)
     from guardrail.audit import format_ts
     from guardrail.backends.uri import mask_uri
     from guardrail.policy import Policy
@@ -210,10 +253,11 @@ def _run(args: argparse.Namespace) -> int:
     from guardrail.simulate.report import render, report
     from guardrail.simulate.runner import Config, proxy_untrusted, simulate
 
-    policy = Policy.from_yaml(policy_path)
-    if (note := proxy_untrusted(policy)) is not None:
-        print(f"guardrail simulate: note: {note}", file=sys.stderr)
-    app = load_app(args.app)
+    policy = Policy.from_yaml(policy_file)
+    app, app_note = app_for(args.app)
+    for note in (policy_note, app_note, proxy_untrusted(policy)):
+        if note is not None:
+            print(f"guardrail simulate: note: {note}", file=sys.stderr)
     config = Config(seed=args.seed, days=args.days, scale=args.scale)
     end = window(args.seed, args.days).end
     progress: ProgressBar | None = None
@@ -251,9 +295,9 @@ def _run(args: argparse.Namespace) -> int:
             "scale": args.scale,
             "start": format_ts(EPOCH),
             "end": format_ts(end),
-            "policy": str(policy_path),
+            "policy": str(policy_file),
             "mode": policy.mode,
-            "app": args.app,
+            "app": args.app if app_note is None else "guardrail.simulate.model_app:build_app",
             "storage": mask_uri(args.storage or policy.storage),
             "instances": args.instances,
             "secret": secret_source,
