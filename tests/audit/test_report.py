@@ -3,6 +3,7 @@ Chromium with the network closed, over a trail the simulator wrote and one an at
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,8 @@ import pytest
 
 from actions.test_browser import CHROMIUM_ARGS, chromium_path
 from guardrail.audit import html, report
+from guardrail.audit.sinks import sink_from_uri
+from guardrail.audit.writer import AuditLog
 from guardrail.cli import main
 from guardrail.simulate.populations import EPOCH
 
@@ -132,6 +135,23 @@ def test_an_empty_window_still_renders(tmp_path: Path) -> None:
     page = html.render(data)
     assert data.decisions == 0
     assert "No dated records." in page and "No subjects." in page
+
+
+@pytest.mark.redis
+async def test_a_redis_stream_and_a_file_make_one_report(redis_url: str, tmp_path: Path) -> None:
+    uri = f"{redis_url}?stream=report"
+    log = AuditLog(sink_from_uri(uri))
+    await log.start()
+    for n in range(3):
+        log.emit(make_record(n, subject={"account": "acct-s", "subnet": "192.0.2.0/24"}))
+    await log.close()
+    trail = write_trail(tmp_path / "audit.jsonl", [hostile(0, repeated=5)])
+    data = await asyncio.to_thread(report.build, [uri, trail], None, T0 + 100)
+    assert data.files == [uri, str(trail)]
+    assert [(s.name, s.decisions) for s in data.subjects] == [(HOSTILE_ACCOUNT, 5), ("acct-s", 3)]
+    out = tmp_path / "report.html"
+    assert await asyncio.to_thread(main, ["audit", "report", uri, "--html", str(out)]) == 0
+    assert "acct-s" in out.read_text(encoding="utf-8")
 
 
 @pytest.fixture(scope="module")

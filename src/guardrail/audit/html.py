@@ -43,7 +43,8 @@ td.n,th.n{text-align:right}
 code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace;word-break:break-all}
 .kind{color:var(--muted);font-size:11px;margin-left:4px}
 .hbar .track{fill:var(--track)}.hbar .bar{fill:var(--bar)}
-.sigs{display:flex;flex-wrap:wrap;gap:2px 14px}.sig{white-space:nowrap}.sig code{margin-right:4px}
+.sigs{display:grid;grid-template-columns:max-content 36px max-content;gap:1px 6px;
+align-items:center}.sig{display:contents}
 td.name{white-space:nowrap}td.seen{font-size:12px;color:var(--muted)}
 details{margin-top:6px;color:var(--muted)}
 """
@@ -143,10 +144,13 @@ def _subjects(subjects: list[Subject], actions: list[str]) -> str:
     if not subjects:
         return f"<section><h2>{title}</h2><p class=note>No subjects.</p></section>"
     top = max(subject.decisions for subject in subjects)
+    strongest = max((p for s in subjects for _, p in s.top_signals(1)), default=0.0)
     rows = []
     for subject in subjects:
         signals = "".join(
-            f'<span class="sig"><code>{esc(name)}</code>{points:.1f}</span>'
+            f'<span class="sig"><code>{esc(name)}</code>'
+            f"{charts.hbar(points, strongest, label=f'{points:.1f} points', width=36)}"
+            f"<span>{points:.1f}</span></span>"
             for name, points in subject.top_signals(3)
         )
         rows.append(

@@ -107,7 +107,7 @@ def build(
         since=None if cutoff is None else format_ts(cutoff),
     )
     malformed: list[Location] = []
-    dated: list[tuple[float, str, int]] = []
+    minutes: dict[int, Counter[str]] = {}  # bucketed again once the span is known
     subjects: dict[str, Subject] = {}
     networks: dict[str, Carrier] = {}
     clients: dict[str, Carrier] = {}
@@ -123,20 +123,20 @@ def build(
         if isinstance(record.get("dropped"), int):
             report.dropped += record["dropped"]
         if when is not None:
-            dated.append((when, action, count))
+            report.first = when if report.first is None else min(report.first, when)
+            report.last = when if report.last is None else max(report.last, when)
+            minutes.setdefault(int(when // 60), Counter())[action] += count
         score = record.get("score")
         if _number(score):
             index = min(SCORE_BINS - 1, max(0, int(score * SCORE_BINS / 100)))
             report.scores[index][action] += count
         _tally(record, action, count, subjects, networks, clients)
     report.malformed = len(malformed)
-    if dated:
-        report.first = min(when for when, _, _ in dated)
-        report.last = max(when for when, _, _ in dated)
+    if report.first is not None and report.last is not None:
         report.step = step_for(report.last - report.first)
-        for when, action, count in dated:
-            start = int(when // report.step * report.step)
-            report.timeline.setdefault(start, Counter())[action] += count
+        for minute, counts in minutes.items():
+            start = minute * 60 // report.step * report.step  # every step is whole minutes
+            report.timeline.setdefault(start, Counter()).update(counts)
     every = list(subjects.values())
     report.subjects = sorted(every, key=lambda s: (-_refused(s), -s.decisions, s.name))[:top]
     report.spenders = sorted(
