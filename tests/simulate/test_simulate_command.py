@@ -39,7 +39,7 @@ def test_outside_the_repository_it_runs_on_the_stand_in_and_says_so(tmp_path: Pa
     )
     assert done.returncode == 0, done.stderr
     run = json.loads(done.stdout)["run"]  # stdout is the JSON and nothing else
-    assert run["app"] == "guardrail.simulate.model_app:build_app"
+    assert run["app"] == command.STAND_IN
     assert run["policy"] == str(REPO / "examples" / "policy.yaml")  # the checkout's, here
     assert run["requests"] > 100 and run["app_errors"] == 0
     assert run["audit_records"] > 0
@@ -75,7 +75,7 @@ def test_without_fastapi_the_example_app_names_the_extra(monkeypatch: pytest.Mon
     for name in [name for name in sys.modules if name.split(".")[0] in ("fastapi", "examples")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi raises ImportError
-    app, note = command.app_for(command.DEFAULT_APP)
+    app, note = command.app_for(None)
     assert note is not None and note.startswith(
         "the example app needs fastapi: pip install 'guardrail[demo]'; simulating against "
         "the built-in stand-in model server"

@@ -1,8 +1,12 @@
 """``guardrail simulate`` (and benchmarks/campaign.py): options, set-up, progress, output.
 
 Set-up problems the user fixes with an option (no policy file, an app that cannot be
-imported) exit 2 with a message naming the option. The policy's audit sink is replaced by a
-file in a temporary directory, removed afterwards. When the policy keys identities with
+imported) exit 2 with a message naming the option. Without the options, outside the
+repository, the run uses the example policy the package carries and, where the example app
+cannot be imported, a stand-in model server, and says so on stderr.
+
+The policy's audit sink is replaced by a file in a temporary directory, removed afterwards
+(or by ``--audit PATH``, kept). When the policy keys identities with
 ``secret: env:NAME`` and NAME is unset, a fixed simulation secret is put in the environment
 for the run (and removed after): simulated keys need a stable hash, not a real secret.
 
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
 
 DEFAULT_POLICY = "examples/policy.yaml"
 DEFAULT_APP = "examples.openai_server:build_app"
+STAND_IN = "guardrail.simulate.model_app:build_app"
 #: Put in the environment for the run when the policy's ``env:`` secret is unset.
 SIMULATION_SECRET = "guardrail-simulation-secret-not-for-production"  # noqa: S105
 EXIT_SETUP = 2
@@ -62,8 +67,9 @@ def _at_least_one(text: str) -> int:
 
 EPILOG = (
     "The policy's audit sink is replaced by a file in a temporary directory (removed after the "
-    "run). If the policy reads its secret from an unset environment variable (secret: "
-    "env:GUARDRAIL_SECRET), a fixed simulation secret is set for the run only. Traffic starts "
+    "run; --audit PATH keeps it). If the policy reads its secret from an unset environment "
+    "variable (secret: env:GUARDRAIL_SECRET), a fixed simulation secret is set for the run "
+    "only. Traffic starts "
     "on Monday 2026-11-02 00:00 UTC; the same seed, days and scale give the same requests."
 )
 
@@ -73,14 +79,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     parser.add_argument(
-        "--policy", default=DEFAULT_POLICY, metavar="PATH", help=f"default {DEFAULT_POLICY}"
+        "--policy",
+        metavar="PATH",
+        help=f"default {DEFAULT_POLICY}, or outside the repository the example policy the "
+        "package carries",
     )
     parser.add_argument(
         "--app",
-        default=DEFAULT_APP,
         metavar="MODULE:FACTORY",
-        help=f"a function returning the ASGI app, without guardrail (default {DEFAULT_APP}); "
-        "the current directory is searched first",
+        help=f"a function returning the ASGI app, without guardrail (default {DEFAULT_APP}, "
+        "or where it cannot be imported a stand-in model server); the current directory is "
+        "searched first",
     )
     parser.add_argument(
         "--days", type=_positive, default=2.0, help="simulated days of traffic (default 2)"
@@ -110,11 +119,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def policy_path(spec: str) -> tuple[Path, str | None]:
-    """The policy ``--policy`` names, and a note when the default was not where it was looked
-    for: outside a checkout, the example policy the package carries is used instead."""
+def policy_path(named: str | None) -> tuple[Path, str | None]:
+    """The policy ``--policy`` names (None: the default), and a note when the default was not
+    where it was looked for: outside a checkout, the example policy the package carries is
+    used instead. A policy the user named is never replaced."""
+    spec = named or DEFAULT_POLICY
     path = Path(spec)
-    if spec == DEFAULT_POLICY and not path.is_file():
+    if named is None and not path.is_file():
         here = Path(__file__).resolve()
         # a wheel carries it beside this module; an editable install is a checkout
         for bundled in (here.with_name("example_policy.yaml"), here.parents[3] / DEFAULT_POLICY):
@@ -128,12 +139,13 @@ def policy_path(spec: str) -> tuple[Path, str | None]:
     return path, None
 
 
-def app_for(spec: str) -> tuple[Any, str | None]:
-    """The app ``--app`` names, and a note when it is not that app: where the default example
-    cannot be imported (outside the repository, or without FastAPI), the stand-in model server
-    of :mod:`guardrail.simulate.model_app`. An app the user named is never replaced."""
-    if spec != DEFAULT_APP:
-        return load_app(spec), None
+def app_for(named: str | None) -> tuple[Any, str | None]:
+    """The app ``--app`` names (None: the default), and a note when it is not that app: where
+    the default example cannot be imported (outside the repository, or without FastAPI), the
+    stand-in model server of :mod:`guardrail.simulate.model_app`. An app the user named is
+    never replaced."""
+    if named is not None:
+        return load_app(named), None
     _cwd_first()
     try:
         importlib.import_module(DEFAULT_APP.partition(":")[0])
@@ -150,7 +162,7 @@ def app_for(spec: str) -> tuple[Any, str | None]:
             "(guardrail.simulate.model_app) instead, whose answers differ a little from "
             "the example's"
         )
-    return load_app(spec), None
+    return load_app(DEFAULT_APP), None
 
 
 def _cwd_first() -> None:
@@ -297,7 +309,7 @@ def _run(args: argparse.Namespace) -> int:
             "end": format_ts(end),
             "policy": str(policy_file),
             "mode": policy.mode,
-            "app": args.app if app_note is None else "guardrail.simulate.model_app:build_app",
+            "app": STAND_IN if app_note is not None else args.app or DEFAULT_APP,
             "storage": mask_uri(args.storage or policy.storage),
             "instances": args.instances,
             "secret": secret_source,
