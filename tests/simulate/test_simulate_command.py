@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from guardrail.cli import main
 from guardrail.simulate import command
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,3 +113,19 @@ def test_a_terminal_sees_progress_and_the_json_stays_clean(tmp_path: Path) -> No
     progress = seen.decode()
     assert "\r  [" in progress and "% " in progress and " requests " in progress
     assert progress.endswith("\r" + " " * 79 + "\r")  # wiped before the result
+
+
+def test_audit_keeps_one_trail_per_instance_and_the_report_reads_them_all(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = str(REPO / "examples" / "policy.yaml")
+    argv = ["simulate", "--policy", policy, "--json", "--scale", "0.02", "--days", "0.1"]
+    assert main([*argv, "--instances", "2", "--audit", str(tmp_path / "sim.jsonl")]) == 0
+    records = json.loads(capsys.readouterr().out)["run"]["audit_records"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sim-0.jsonl", "sim-1.jsonl"]
+    page = tmp_path / "report.html"
+    assert main(["audit", "report", str(tmp_path / "sim-*.jsonl"), "--html", str(page)]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"{page}: ") and shown.endswith(" decisions from 2 source(s)\n")
+    decisions = int(shown.removeprefix(f"{page}: ").split()[0].replace(",", ""))
+    assert decisions >= records > 50  # a record with "repeated": N stands for N
