@@ -63,6 +63,18 @@ def _audit_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from guardrail.audit import html, report
+
+    since = parse_duration(args.since) if args.since else None
+    data = report.build(args.trails, since, top=args.top)
+    Path(args.html).write_text(html.render(data), encoding="utf-8")
+    print(f"{args.html}: {data.decisions:,} decisions from {len(data.files)} source(s)")
+    return 0
+
+
 def _chain_key(args: argparse.Namespace) -> bytes | str | None:
     """The audit chain's key from --policy or --key (None: neither), or why it cannot be had."""
     from guardrail.secrets import chain_secret, reference_kind
@@ -249,6 +261,16 @@ def parser() -> argparse.ArgumentParser:
     summary.add_argument("--since", metavar="DURATION", help="only the last 1h, 30m, 7d …")
     summary.add_argument("--json", action="store_true", help="machine-readable output")
     summary.set_defaults(run=_audit_summary)
+    page = trail.add_parser(
+        "report",
+        help="one self-contained HTML page of plots: decisions over time, scores, top "
+        "subjects, networks and client builds, token spend",
+    )
+    page.add_argument("trails", nargs="+", metavar="TRAIL", help=trails)
+    page.add_argument("--html", required=True, metavar="OUT", help="the page to write")
+    page.add_argument("--since", metavar="DURATION", help="only the last 1h, 30m, 7d …")
+    page.add_argument("--top", type=int, default=12, metavar="N", help="rows per table (12)")
+    page.set_defaults(run=_audit_report)
     verify = trail.add_parser(
         "verify",
         help="check each writer's hash chain; exit 1 at the first break",
