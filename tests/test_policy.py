@@ -85,6 +85,14 @@ BAD: dict[str, list[tuple[str, int | None]]] = {
     "unknown_openai_shape.yaml": [("routes[0].inspect", 6)],
     "unmatched_unknown_route.yaml": [("unmatched", 8)],
     "unmatched_exempt_route.yaml": [("unmatched", 7)],
+    "watermark_literal_key.yaml": [("provenance.watermark.key", 6)],
+    "signatures_literal_key.yaml": [
+        ("provenance.signatures.key", 5),
+        ("provenance.signatures.max_bytes", 6),
+    ],
+    "watermark_header_reserved.yaml": [("provenance.watermark.header", 6)],
+    "watermark_header_is_identity.yaml": [("provenance.watermark.header", 9)],
+    "challenges_site_name.yaml": [("challenges.site_name", 4)],
     "storage_breaker_slow_probe.yaml": [
         ("storage_breaker.failures", 6),
         ("storage_breaker.probe_every", 7),
@@ -125,6 +133,7 @@ def test_good_set_is_complete() -> None:
     expected |= {"ipv6_proxies", "account_callable", "merge_keys", "token_budgets"}
     expected |= {"openai_shapes", "unmatched_default_route", "unmatched_refuse"}
     expected |= {"storage_breaker", "audit_chain_key", "audit_chain_key_from_secret"}
+    expected |= {"challenges_site_name"}
     assert expected <= {path.stem for path in GOOD}
 
 

@@ -113,10 +113,17 @@ def decision_record(
         "limit": hit.as_dict() if (hit := decision.limit) else None,
         "status": status,
     }
+    assessment = decision.assessment
+    if assessment is not None and assessment.keys.fingerprint is not None:
+        # The client build (a hash of its user agent and SDK headers): what shows a farm's
+        # accounts running one build, in ``guardrail audit report``.
+        record["client"] = assessment.keys.fingerprint
     if decision.tokens:  # a token budget: what was reserved, and what it was settled to
         record["tokens"] = {"reserved": decision.tokens, "used": decision.used}
     if decision.degraded:
         record["degraded"] = True  # decided by the local fallback while the store was down
     if decision.storage_error:
         record["storage_error"] = True  # fail_closed: refused because nothing could decide
+    if decision.watermark is not None:  # which key and principal its seed came from, not the seed
+        record["watermark"] = decision.watermark.as_record()
     return record
