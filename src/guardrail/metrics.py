@@ -1,7 +1,8 @@
 """Prometheus metrics (``guardrail[metrics]``, the ``metrics:`` policy section).
 
-``NO_METRICS`` is what everything holds while metrics are off: its methods do nothing, so the
-request path pays a call to an empty method, and prometheus-client is never imported.
+``NO_METRICS`` is what everything holds while metrics are off: its methods do nothing (the
+allowed request's path reads ``enabled`` instead of calling one), and prometheus-client is never
+imported.
 ``Prometheus`` holds the instruments. Every label value comes from the policy or from guardrail
 itself (route, action, tier, challenge kind, storage operation), never from a client: a
 subject, a key or a path would make a series per client.
