@@ -345,6 +345,73 @@ class AuditConfig(_Model):
         return self
 
 
+#: Bytes one served response costs in the provenance index (``provenance/index.py``).
+PROVENANCE_ENTRY_BYTES = 56
+#: What ``provenance.path`` must hold: each worker process saves a file of its own.
+WORKER_PLACEHOLDER = "{worker}"
+MAX_PROVENANCE_ENTRIES = 100_000_000
+
+
+class Provenance(_Model):
+    """Sketches of the texts served on some routes, kept to trace a leaked dataset back to the
+    subjects it was served to (``guardrail trace find``); every response of those routes is
+    recorded in the audit trail with a receipt (the SHA-256 and size of its body as served)."""
+
+    enabled: bool = Field(
+        default=False,
+        strict=True,
+        description="keep sketches of served outputs, and a receipt of every response, on "
+        "the provenance routes; off by default",
+    )
+    routes: tuple[str, ...] | None = Field(
+        default=None,
+        description="the names of the routes whose responses are sketched; unset: every "
+        "route with inspect",
+    )
+    retention: PositiveDuration = Field(
+        default=30 * 86400.0, description="how long a sketch is kept (30d)"
+    )
+    max_entries: Count = Field(
+        default=1_000_000,
+        description=f"the most sketches kept per worker, oldest dropped first; each costs "
+        f"{PROVENANCE_ENTRY_BYTES} bytes (1,000,000: 56 MB)",
+    )
+    path: str = Field(
+        default="guardrail-provenance-{worker}.grprov",
+        min_length=1,
+        description="where each worker saves its index; {worker} becomes the worker's slot "
+        "(0, 1, ...: a file lock picks the first free one), so that workers never write one "
+        "file and a restarted worker continues its slot's file. `guardrail trace find "
+        "--index` takes several files and globs",
+    )
+    save_every: PositiveDuration = Field(
+        default=60.0, description="how often the index is saved (60s), and at shutdown"
+    )
+    key: ReferencedSecret | None = Field(
+        default=None,
+        description="env:NAME or file:PATH: keys the sketches' hash functions, so that "
+        "nobody without it can tell which words a sketch rests on (an index then only "
+        "compares with suspects sketched under the same key); unset: a fixed key",
+    )
+
+    @field_validator("max_entries")
+    @classmethod
+    def _entries_fit(cls, entries: int) -> int:
+        if entries > MAX_PROVENANCE_ENTRIES:  # the index file counts entries in 32 bits
+            raise refuse("at most 100,000,000 entries (5.6 GB); 1,000,000 is the default")
+        return entries
+
+    @field_validator("path")
+    @classmethod
+    def _path_per_worker(cls, path: str) -> str:
+        if WORKER_PLACEHOLDER not in path:
+            raise refuse(
+                "a file name holding {worker} (each worker saves its own file), such as "
+                "guardrail-provenance-{worker}.grprov"
+            )
+        return path
+
+
 #: The breaker probes at least this often: Redis is back in use within this of its recovery.
 MAX_PROBE_EVERY = 60.0
 
@@ -389,6 +456,7 @@ class Policy(_Model):
     tiers: dict[str, Tier] = Field(default_factory=dict)
     challenges: Challenges = Field(default_factory=Challenges)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    provenance: Provenance = Field(default_factory=Provenance)
 
     _source: str = PrivateAttr(default="<python>")
     _digest: str | None = PrivateAttr(default=None)
@@ -419,6 +487,7 @@ class Policy(_Model):
                 "routes": [{"name": r.name, "exempt": r.exempt} for r in self.routes],
                 "unmatched": self.unmatched,
                 "risk": {"signals": dict(self.risk.signals)},
+                "provenance": {"routes": self.provenance.routes},
             }
             for path, _, expected in _policy_wide_problems(data):
                 raise refuse(expected, at=path)
@@ -554,6 +623,31 @@ def _policy_wide_problems(data: Mapping[str, Any]) -> list[tuple[_KeyPath, objec
         elif isinstance(name, str):
             seen[name] = index
     problems += _unmatched_problems(data.get("unmatched", PASS), routes)
+    problems += _provenance_problems(data.get("provenance"), routes)
+    return problems
+
+
+def _provenance_problems(provenance: object, routes: object) -> list[tuple[_KeyPath, object, str]]:
+    named = provenance.get("routes") if isinstance(provenance, Mapping) else None
+    if not isinstance(named, list | tuple):
+        return []  # unset, or not a list: the field's own error
+    defined = (
+        [r for r in routes if isinstance(r, Mapping)] if isinstance(routes, list | tuple) else []
+    )
+    guarded = [str(r.get("name")) for r in defined if r.get("exempt") is not True]
+    exempt = {str(r.get("name")) for r in defined if r.get("exempt") is True}
+    listed = (
+        f"one of: {', '.join(guarded)}" if guarded else "no route that is not exempt is defined"
+    )
+    problems: list[tuple[_KeyPath, object, str]] = []
+    for index, name in enumerate(named):
+        if isinstance(name, str) and name not in guarded:
+            why = (
+                f"{name} is exempt: guardrail never sees its responses; " if name in exempt else ""
+            )
+            problems.append(
+                (("provenance", "routes", index), name, f"the name of a route ({why}{listed})")
+            )
     return problems
 
 
@@ -637,7 +731,8 @@ def _reword_version(issue: PolicyIssue) -> PolicyIssue:
 
 def _reword(issue: PolicyIssue) -> PolicyIssue:
     # Never echo a secret or a raw API key into an error message: those end up in CI logs.
-    secret = issue.path.endswith(("secret", "chain_key")) and isinstance(issue.value, str)
+    secret = issue.path.endswith(("secret", "chain_key", "provenance.key"))
+    secret = secret and isinstance(issue.value, str)
     secret = secret and not (issue.path.endswith("chain_key") and issue.value == "secret")
     if secret and reference_kind(str(issue.value)) == "literal":
         value = "(a literal secret, not shown)"
