@@ -137,3 +137,19 @@ async def test_bounds_a_large_json_body_is_hashed_only_and_a_long_stream_stops_g
     capture, _ = await served([start(b"text/event-stream"), body(sse(deltas), False)])
     output = capture.output()
     assert isinstance(output, list) and TEXT_MAX <= len(output[0]) < TEXT_MAX + 1000
+
+
+async def test_events_one_a_message_and_malformed_events_in_a_stream():
+    good = sse([(0, "one "), (0, "two")]).split(b"\n\n")[:2]
+    messages = [
+        start(b"text/event-stream"),
+        body(good[0] + b"\n\n", True),
+        body(b"data: {not json\n\n", True),  # skipped, the stream goes on
+        body(b'data: {"choices": 3}\n\n', True),
+        body(b"event: ping\ndata: {}\n\n", True),
+        body(good[1] + b"\n\n", True),
+        body(b"data: [DONE]\n\n", False),
+    ]
+    capture, sent = await served(messages)
+    assert sent == messages
+    assert capture.output() == ["one two"]

@@ -106,10 +106,24 @@ class Capture:
     def _events(self, body: bytes) -> None:
         splitter = self.splitter
         assert splitter is not None
-        for event in splitter.feed(body):
-            self._delta(payload(data_of(event)))
-            if self.chars >= TEXT_MAX:
-                break
+        if (
+            not splitter.tail
+            and body[:7] == b"data: {"
+            and body.find(b"\n") == len(body) - 2
+            and body[-1:] == b"\n"
+        ):
+            # The usual chunk, one single-line event: its JSON straight away.
+            try:
+                event = orjson.loads(body[6:-2])
+            except orjson.JSONDecodeError:
+                return
+            if type(event) is dict:
+                self._delta(event)
+        else:
+            for whole in splitter.feed(body):
+                self._delta(payload(data_of(whole)))
+                if self.chars >= TEXT_MAX:
+                    break
         if len(splitter.tail) > EVENT_MAX or self.chars >= TEXT_MAX:
             self.mode, self.splitter = _HASH, None  # what was assembled so far is kept
 
@@ -117,6 +131,15 @@ class Capture:
         if event is None:
             return
         choices = event.get("choices")
+        if type(choices) is list and len(choices) == 1:  # the usual delta: one choice
+            choice = choices[0]
+            delta = choice.get("delta") if type(choice) is dict else None
+            if type(delta) is dict and choice.get("index", 0) == 0:
+                text = delta.get("content")
+                if type(text) is str and text:
+                    self.parts.setdefault(0, []).append(text)
+                    self.chars += len(text)
+                return
         if isinstance(choices, list):
             for number, choice in enumerate(choices):
                 if not isinstance(choice, dict):
