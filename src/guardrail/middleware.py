@@ -178,7 +178,7 @@ class Guardrail:
         head = {"policy": self.policy.digest, "mode": self.policy.mode}
         every = conf.aggregate or UNMATCHED_EVERY
         self.unmatched = Unmatched(self.audit.emit, head, self.policy.unmatched, every, self.clock)
-        self.audit.before_exit = self._close_counts  # the held counts, if the process ends
+        self.audit.before_exit = self._before_exit  # the held counts, if the process ends
         self._unmanaged = False  # started by a request: no lifespan will call shutdown()
         self.sample_allowed = conf.sample_allowed
         self.request_ids = RequestIds()
@@ -221,6 +221,12 @@ class Guardrail:
         await self.startup()
         if self._unmanaged:
             at_exit.watch(self.audit)
+
+    def _before_exit(self) -> None:
+        """The process ends without lifespan: what is held back is written now."""
+        self._close_counts()
+        if self.recorder is not None:
+            self.recorder.exit_sync()
 
     def _close_counts(self) -> None:
         """Write the counts held back: refusals and unmatched requests not yet recorded."""

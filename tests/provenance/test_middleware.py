@@ -309,3 +309,15 @@ async def test_a_stream_its_budget_cuts_is_receipted_and_sketched_as_the_client_
     )
     assert served.split() == text.split()[: len(served.split())] != text.split()
     assert sketch == index.sketcher.sketch(served) != index.sketcher.sketch(text)
+
+
+async def test_without_lifespan_the_index_is_saved_as_the_process_ends(tmp_path: Path, clock):
+    app = build(tmp_path, clock, policy(tmp_path), app=model_app())
+    text = next(iter(leaks.outputs(9, OTHERS[1])))
+    async with client(app) as http:  # no lifespan: started by the first request
+        response = await http.post("/v1/chat/completions", json=ask(text, "sse"))
+        assert response.status_code == 200
+    app.audit.exit_sync()  # what the process's end does (guardrail.audit.at_exit)
+    index = ProvenanceIndex.load(tmp_path / "prov-0.grprov")
+    assert index.subjects_entries() == {"i:203.0.113.7": 1}
+    assert [r["receipt"]["bytes"] for r in audit_records(tmp_path)] == [len(response.content)]

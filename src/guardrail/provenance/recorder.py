@@ -81,6 +81,7 @@ class Recorder:
         self._warned_at = float("-inf")
         self._unwarned = 0
         self._closed = False
+        self._saving = False  # a save is being written, in a thread
 
     # -- the request side ------------------------------------------------------------------
 
@@ -131,6 +132,33 @@ class Recorder:
                 "guardrail: provenance: %d served output(s) were dropped (queue full) in all",
                 self.dropped,
             )
+
+    def exit_sync(self) -> None:
+        """The process is ending and nothing closed the recorder (no lifespan): sketch what is
+        queued and save, synchronously (``guardrail.audit.at_exit`` calls this through the
+        middleware). Skipped while the task's own save is being written: that one completes."""
+        if self._closed or self._saving or self.path is None:
+            return
+        self._closed = True
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if item is not None:
+                self._add(*item)
+        self.index.expire(self.clock())
+        try:
+            self.index.save(self.path)
+        except OSError as exc:
+            logger.error("guardrail: provenance: cannot save the index to %s: %s", self.path, exc)
+            return
+        finally:
+            if self._lock is not None:  # the slot is free: nothing here saves after this
+                self._lock.close()
+                self._lock = None
+        self.saves += 1
+        logger.info("guardrail: provenance: index saved to %s as the process ended", self.path)
 
     async def settled(self) -> None:
         """Wait until every output offered so far is in the index (and saved, if due)."""
@@ -185,13 +213,16 @@ class Recorder:
     async def _save(self, now: float) -> None:
         if self.index.expire(now):
             self._dirty = True
-        if not self._dirty or self.path is None:
-            return
+        if not self._dirty or self.path is None or self._lock is None:
+            return  # nothing new, or the slot was given up (exit_sync)
+        self._saving = True
         try:
             await asyncio.to_thread(self.index.save, self.path)
         except OSError as exc:
             logger.error("guardrail: provenance: cannot save the index to %s: %s", self.path, exc)
             return
+        finally:
+            self._saving = False
         self._dirty = False
         self.saves += 1
 
