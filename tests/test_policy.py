@@ -85,6 +85,7 @@ BAD: dict[str, list[tuple[str, int | None]]] = {
     "unknown_openai_shape.yaml": [("routes[0].inspect", 6)],
     "unmatched_unknown_route.yaml": [("unmatched", 8)],
     "unmatched_exempt_route.yaml": [("unmatched", 7)],
+    "challenges_site_name.yaml": [("challenges.site_name", 4)],
     "provenance_unknown_route.yaml": [("provenance.routes[1]", 13), ("provenance.routes[2]", 14)],
     "provenance_settings.yaml": [
         ("provenance.path", 5),
@@ -126,6 +127,7 @@ def test_good_set_is_complete() -> None:
     expected |= {"ipv6_proxies", "account_callable", "merge_keys", "token_budgets"}
     expected |= {"openai_shapes", "unmatched_default_route", "unmatched_refuse"}
     expected |= {"storage_breaker", "audit_chain_key", "audit_chain_key_from_secret"}
+    expected |= {"challenges_site_name"}
     expected |= {"provenance", "provenance_routes"}
     assert expected <= {path.stem for path in GOOD}
 

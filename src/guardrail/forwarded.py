@@ -97,3 +97,30 @@ def _unescape(text: str) -> str:
     for ch in chars:
         out.append(next(chars, "") if ch == "\\" else ch)
     return "".join(out)
+
+
+def last_element(values: list[bytes]) -> dict[str, str]:
+    """The parameters of the last RFC 7239 element (the one the nearest proxy wrote), names
+    lowercased and values unquoted; a parameter given twice is dropped (which one is meant?)."""
+    text = (values[0] if len(values) == 1 else b",".join(values)).decode("latin-1")
+    elements = [e for e in _split_unquoted(text, ",") if e.strip()]
+    if not elements:
+        return {}
+    params: dict[str, str] = {}
+    seen: set[str] = set()
+    for pair in _split_unquoted(elements[-1], ";"):
+        name, eq, value = pair.partition("=")
+        name = name.strip().lower()
+        if not eq or not name:
+            continue
+        value = value.strip()
+        if value.startswith('"'):
+            if len(value) < 2 or not value.endswith('"'):
+                continue
+            value = _unescape(value[1:-1])
+        if name in seen:
+            params.pop(name, None)
+            continue
+        seen.add(name)
+        params[name] = value
+    return params

@@ -324,6 +324,12 @@ class IdentityResolver:
                 peer = self._walk(nodes, peer)
         return Subject(api_key, account, peer.ip, peer.subnet, peer.key)
 
+    def peer_trusted(self, scope: Scope) -> bool:
+        """Is the request's peer a trusted proxy, whose forwarding headers are believed?"""
+        client = scope.get("client")
+        peer = self._lookup(client[0]) if client and isinstance(client[0], str) else None
+        return peer is not None and peer.trusted
+
     def _opaque(self, host: str) -> str:
         """A client "address" that is none: a unix socket's name, a test client's, or a
         client-written X-Forwarded-For a server put in ``scope["client"]``. It names one

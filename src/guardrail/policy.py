@@ -27,6 +27,7 @@ from starlette.types import Scope
 
 from guardrail import policy_yaml
 from guardrail.errors import PolicyError, PolicyIssue
+from guardrail.policy_schema import editor_schema
 from guardrail.policy_types import (
     CallableRef,
     ChainKey,
@@ -49,6 +50,7 @@ from guardrail.policy_types import (
     SecretRef,
     ShareEvery,
     SinkUri,
+    SiteName,
     Size,
     StorageUri,
     import_callable,
@@ -73,18 +75,27 @@ class _Model(BaseModel):
     # Numbers and booleans are declared strict=True field by field (strict mode for the whole
     # model would refuse YAML lists for tuples): YAML has typed them already, and lax mode would
     # read `burst: true` as 1 and `headers: "no"` as false. Floats still accept whole numbers.
+    # Every field has a docstring under it: one sentence saying what the key does, its unit and
+    # what the default means. It becomes the key's description in `guardrail schema`, which
+    # editors show on hover (policy_schema reads it; tests/test_schema.py fails on a key without).
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class ApiKeyIdentity(_Model):
     header: Header = "authorization"
+    """The header carrying the API key; "Bearer " is stripped, and the key is only ever kept as a
+    keyed hash (k: and 32 hex digits)."""
 
 
 class AccountIdentity(_Model):
     """Exactly one of ``header`` or ``callable`` ("module:function" taking the ASGI scope)."""
 
     header: Header | None = None
+    """The header naming the account, believed only from a trusted_proxies peer (which must set it
+    and drop the client's own)."""
     callable: CallableRef | None = None
+    """A "module:function" taking the ASGI scope and returning the account or None; imported when
+    the policy loads."""
     _resolve: Callable[[Scope], str | None] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
@@ -103,36 +114,57 @@ class AccountIdentity(_Model):
 
 class ClientIp(_Model):
     trusted_proxies: tuple[Network, ...] = ()
-    # The one forwarding header the trusted proxies write; the other is never read (a proxy
-    # that appends to one passes the other through from the client, who could choose its IP).
+    """Addresses or CIDR networks whose forwarding header is believed: the client is the rightmost
+    hop that is not one of them. Empty: the peer's address is the client's."""
     header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
-    # An IPv6 client is given a whole /64 (SLAAC, privacy addresses) and can rotate inside it:
-    # per-ip limits and a keyless principal key on this many leading bits. IPv4: the address.
+    """The one forwarding header the trusted proxies write, x-forwarded-for or forwarded (RFC
+    7239); the other is never read (a proxy that appends to one passes the other through from
+    the client, who could choose its address)."""
     ipv6_prefix: int = Field(default=64, ge=0, le=128, strict=True)
+    """Leading bits of an IPv6 client's address that per: ip limits and a keyless client's risk
+    principal key on (SLAAC and privacy addresses rotate inside a /64); 128: the address. IPv4:
+    the address."""
 
 
 class SubnetConfig(_Model):
     ipv4_prefix: int = Field(default=24, ge=0, le=32, strict=True)
+    """Leading bits of an IPv4 address that make its network (per: subnet limits, network
+    signals): 24, a /24."""
     ipv6_prefix: int = Field(default=48, ge=0, le=128, strict=True)
+    """Leading bits of an IPv6 address that make its network: 48, a /48."""
 
 
 class Identity(_Model):
     api_key: ApiKeyIdentity | None = Field(default_factory=ApiKeyIdentity)
+    """Where the API key is read (default the authorization header); null: no key is read."""
     account: AccountIdentity | None = None
+    """Where the account is read, {header: …} or {callable: …}; unset: none, and per: account
+    limits fall back to the API key, then the IP."""
     client_ip: ClientIp = Field(default_factory=ClientIp)
+    """How the client's address is found behind trusted proxies."""
     subnet: SubnetConfig = Field(default_factory=SubnetConfig)
+    """How client addresses are grouped into networks."""
 
 
 class Match(_Model):
     path: Pattern
+    """A regular expression matched at the start of the path the app routes on (root_path
+    removed: written without a mount's prefix)."""
     methods: Annotated[frozenset[Method], Field(min_length=1)] | None = None
+    """The HTTP methods the route covers, such as [POST]; unset: any method."""
 
 
 class Limit(_Model):
     per: Literal["api_key", "account", "ip", "subnet", "global"]
+    """Whose bucket: api_key, account, ip, subnet or global; a request without that identity
+    falls back to the next coarser one (account, then api_key, then ip)."""
     rate: RateValue
+    """How fast the bucket refills: a rate in limits notation such as 60/minute or 10 per second."""
     burst: Count | None = None
+    """The bucket's size, the most cost that passes at once; unset: the rate's amount."""
     cost: Cost = 1
+    """What one request spends: a whole number of units (default 1), or tokens (a token budget:
+    the request's LLM tokens, on a route that inspects)."""
 
     @property
     def capacity(self) -> int:
@@ -151,21 +183,31 @@ class Limit(_Model):
 
 class Route(_Model):
     name: str = Field(min_length=1)
+    """The route's name, unique in the policy: audit records and bucket keys carry it."""
     match: Match
+    """Which requests the route covers: a path pattern and, optionally, methods."""
     exempt: bool = Field(default=False, strict=True)
-    # openai: the OpenAI-compatible shape the request's path names (openai.chat,
-    # openai.completions, openai.responses: one shape whatever the path); or
-    # "module:attribute", a Meter for another protocol
+    """true: never limited nor audited; the response only gains Guardrail-Request-Id."""
     inspect: MeterRef | None = None
+    """openai: read the JSON body for the prompt and its parameters, in the OpenAI-compatible
+    shape the request's path names; openai.chat, openai.completions, openai.responses: one shape
+    whatever the path; "module:attribute": a guardrail.metering.Meter for another protocol.
+    Unset: not read."""
     inspect_max_bytes: Size = 262_144
-    # How long the body may take to arrive (up to inspect_max_bytes): a client that stalls
-    # mid-body gets a 408 instead of holding the connection and what it sent so far.
+    """How much of an inspected body is read (bytes, or a size such as 256KB); a larger body
+    counts its size as its prompt."""
     inspect_timeout: PositiveDuration = 10.0
+    """How long an inspected body may take to arrive (a duration such as 10s): a client that
+    stalls mid-body gets a 408 instead of holding the connection and what it sent so far."""
     headers: bool = Field(default=False, strict=True)
-    # What a request that names no max_tokens is assumed to ask for: reserved against the
-    # route's token budgets until its response says what it used.
+    """true: RateLimit and x-ratelimit-* headers on allowed responses too (429s always carry
+    them)."""
     default_max_tokens: Count = 4096
+    """The output a request that names no max_tokens is assumed to ask for: reserved against the
+    route's token budgets until its response says what it used."""
     limits: tuple[Limit, ...] = ()
+    """The route's buckets, decided together and all-or-nothing: a request one refuses spends
+    from none."""
 
     @model_validator(mode="after")
     def _exempt_has_no_limits(self) -> Route:
@@ -189,30 +231,45 @@ class Route(_Model):
 
 class SignalConfig(_Model):
     weight: float = Field(default=1.0, ge=0, strict=True, allow_inf_nan=False)
-    # reasoning_extraction only: the phrasings that count (case-insensitive regexes, searched
-    # in the prompt's opening and closing characters); replaces the built-in list
+    """Scales the signal's part of the risk score; 0 turns the signal off."""
     patterns: tuple[Pattern, ...] | None = None
+    """reasoning_extraction only: the phrasings that count as asking for hidden reasoning
+    (case-insensitive regexes, searched in the prompt's opening and closing characters); replaces
+    the built-in list."""
 
 
 class Risk(_Model):
     half_life: PositiveDuration = 6 * 3600.0
-    # With Redis storage: how often each worker sends Redis the evidence it gathered and takes
-    # what the others sent (backends/risk_shared.py); "request": on every request, in the
-    # request's round trips (exact, and it costs most of a worker)
+    """How fast accumulated evidence fades: every risk counter halves in this time (a duration
+    such as 6h)."""
+    # backends/risk_shared.py does the sharing.
     share_every: ShareEvery = 0.05
+    """With Redis storage: how often each worker sends Redis the evidence it gathered and takes
+    what the others sent (a duration from 10ms to 10s); request: on every request, in the
+    request's round trips (exact, and it costs most of a worker)."""
     signals: dict[str, SignalConfig] = Field(default_factory=dict)
+    """Built-in signals by name and their weight (`guardrail signals` lists them); an unknown
+    name is refused."""
 
 
 class Allow(_Model):
     accounts: tuple[str, ...] = ()
+    """Accounts the risk engine never escalates."""
     api_keys: tuple[KeyHash, ...] = ()
+    """API keys the risk engine never escalates, as keyed hashes (k: and 32 hex digits, printed
+    by `guardrail hash-key`), never the keys."""
     cidrs: tuple[Network, ...] = ()
+    """Addresses or CIDR networks whose clients the risk engine never escalates."""
 
 
 class Threshold(_Model):
     score: float = Field(ge=0, le=100, strict=True, allow_inf_nan=False)
+    """The risk score, 0 to 100, at which this band starts."""
     action: Literal["throttle", "challenge", "block"]
+    """What the band does: throttle (serve through `tier`), challenge (403 with a challenge) or
+    block (403)."""
     tier: str | None = None
+    """The name of the tier, under tiers, that a throttle band serves through."""
 
     @model_validator(mode="after")
     def _throttle_names_tier(self) -> Threshold:
@@ -223,55 +280,79 @@ class Threshold(_Model):
 
 class Hysteresis(_Model):
     margin: float = Field(default=10.0, ge=0, strict=True, allow_inf_nan=False)
+    """Score points under a band's entry a subject must fall to leave the band."""
     cooldown: Duration = 900.0
+    """How long the score must stay that low before the subject leaves the band (a duration such
+    as 15m)."""
 
 
 class Tier(_Model):
     limits: tuple[Limit, ...] = ()
+    """Buckets charged on top of the route's (cost: tokens ones only on inspected routes)."""
     delay: Duration | None = None
+    """Awaited before the app is called (a duration such as 2s); unset: no delay."""
     max_tokens: Count | None = None
-    # What to take out of inspected bodies: logprobs (and top_logprobs), n (more than one
-    # choice, and best_of): the richest material for distilling a model.
+    """The output cap written into the inspected body the app gets: lowered, or added when the
+    body names none; unset: left as asked."""
     strip: frozenset[Literal["logprobs", "n"]] = frozenset()
+    """What to take out of inspected bodies: logprobs (and top_logprobs, logprob includes), n
+    (n and best_of above 1): the richest material for distilling a model."""
     stream_rate: RateValue | None = None
+    """At most this many streamed (SSE) events a second reach the client, the first at once (a
+    rate such as 20/second); unset: not paced."""
     header: bool = Field(default=False, strict=True)
+    """true: responses carry Guardrail-Tier, naming the tier."""
 
 
 class Captcha(_Model):
     sitekey: str = Field(min_length=1)
+    """The provider's public site key, rendered into the challenge page's widget."""
     secret: ReferencedSecret
+    """The siteverify secret: env:NAME or file:PATH, never written into the policy."""
     verify_url: HttpUrl
+    """The siteverify endpoint a solved token is checked at."""
     timeout: PositiveDuration = 3.0
+    """How long siteverify may take (a duration such as 3s) before on_error applies."""
     on_error: Literal["pow", "open", "closed"] = "pow"
-    # The hosts the challenge page is served on: a token siteverify says was solved anywhere
-    # else is refused. Empty: the request's own Host header, which a non-browser client chooses
-    # (a caution says so).
+    """siteverify slow or down: pow (503, answer the same challenge with the proof of work), open
+    (pass the client), closed (503, try later)."""
     hostnames: tuple[Hostname, ...] = ()
+    """The hosts the challenge page is served on (api.example.com, *.example.com): a token
+    siteverify says was solved anywhere else is refused. Empty: the request's own Host header,
+    which a non-browser client chooses (a caution says so)."""
 
 
 class HCaptcha(Captcha):
     verify_url: HttpUrl = "https://api.hcaptcha.com/siteverify"
+    """The siteverify endpoint a solved token is checked at (hCaptcha's own by default)."""
 
 
 class Turnstile(Captcha):
     verify_url: HttpUrl = "https://challenges.cloudflare.com/turnstile/v0/siteverify"
+    """The siteverify endpoint a solved token is checked at (Cloudflare's own by default)."""
 
 
 class Pow(_Model):
     difficulty: int = Field(default=18, ge=1, le=32, strict=True)
+    """Leading zero bits the SHA-256 of the answer must have; each bit doubles the work (18:
+    about 260,000 hashes, half a second)."""
 
 
 class Clearance(_Model):
     ttl: PositiveDuration = 1800.0
+    """How long a clearance earned by a passed challenge lasts (a duration such as 30m)."""
     max_requests: Count = 500
+    """How many requests one clearance covers, counted server-side."""
     bind: tuple[Literal["subject", "subnet", "user_agent", "ip"], ...] = (
         "subject",
         "subnet",
         "user_agent",
     )
-    # Signing secrets, newest first: the first signs, every one verifies (rotation). Empty:
-    # the policy's `secret`.
+    """What a clearance is bound to (subject, subnet, user_agent, ip): a request that differs in
+    one of them is not cleared by it."""
     secrets: tuple[ReferencedSecret, ...] = ()
+    """Signing secrets (env:NAME or file:PATH), newest first: the first signs, every one
+    verifies, for rotation. Empty: the policy's `secret`."""
 
 
 VERIFY_LIMITS = (
@@ -282,15 +363,29 @@ VERIFY_LIMITS = (
 
 class Challenges(_Model):
     prefix: PathPrefix = "/.guardrail"
+    """Where guardrail serves its own challenge pages and endpoints."""
+    site_name: SiteName | None = None
+    """The site's name as the challenge page shows it ("Checking your connection to ..."): one
+    line, at most 80 characters. Default: the host the request was sent to, as guardrail sees it
+    behind trusted proxies."""
     order: tuple[Literal["hcaptcha", "turnstile", "pow"], ...] = Field(
         default=("pow",), min_length=1
     )
+    """What a challenged browser is offered, in order: hcaptcha, turnstile, pow."""
     hcaptcha: HCaptcha | None = None
+    """hCaptcha's site key, secret and siteverify settings; required when order lists it."""
     turnstile: Turnstile | None = None
+    """Cloudflare Turnstile's site key, secret and siteverify settings; required when order
+    lists it."""
     pow: Pow = Field(default_factory=Pow)
+    """The proof of work: solved by the page's script, or by an API client."""
     clearance: Clearance = Field(default_factory=Clearance)
-    # The verify endpoint's own buckets: answers are rare, a flood of them is not a person.
+    """What a passed challenge earns: a signed clearance, its lifetime, its requests, what it is
+    bound to."""
+    # Answers are rare: a flood of them is not a person.
     verify_limits: tuple[Limit, ...] = Field(default_factory=lambda: VERIFY_LIMITS)
+    """The verify endpoint's own buckets, charged before its body is read (429 beyond them); []
+    turns them off."""
 
     @model_validator(mode="after")
     def _verify_limits_count_requests(self) -> Challenges:
@@ -318,18 +413,29 @@ MAX_AGGREGATE = 3600.0
 
 class Rotate(_Model):
     max_bytes: Size = 100_000_000
+    """The size at which the file is rotated (bytes, or a size such as 100MB)."""
     keep: Count = 10
+    """How many rotated files are kept (PATH.1 … PATH.keep); older ones are deleted."""
 
 
 class AuditConfig(_Model):
     sink: SinkUri = "stdout://"
+    """Where records go: file://PATH ({pid} in PATH: one trail per process), stdout://, or
+    redis://host:6379/0?stream=guardrail:audit (also maxlen=, timeout=)."""
     rotate: Rotate = Field(default_factory=Rotate)
+    """File sink: size rotation, PATH to PATH.1 … PATH.keep; a line is never split."""
     sample_allowed: float = Field(default=0.0, ge=0, le=1, strict=True, allow_inf_nan=False)
+    """The share, 0 to 1, of plain allows also recorded; every other decision always is."""
     hash_chain: bool = Field(default=True, strict=True)
-    # Keys the chain: the trail can then not be rewritten without this secret. None: SHA-256.
+    """true: each record carries prev, the SHA-256 of the line before, which `guardrail audit
+    verify` checks."""
     chain_key: ChainKey | None = None
-    # Repeated refusals of one subject within this interval: one record with a count; 0: off.
+    """Keys the hash chain (HMAC-SHA256, checked by `guardrail audit verify --policy`), so the
+    trail cannot be rewritten without it: env:NAME, file:PATH, or secret (a subkey of the policy's
+    secret). Unset: plain SHA-256, which anyone who can write the trail can recompute."""
     aggregate: Duration = 10.0
+    """Repeated refusals of one subject within this interval become one record with a count (a
+    duration, at most 1h); 0: a record each."""
 
     @field_validator("aggregate")
     @classmethod
@@ -357,42 +463,27 @@ class Provenance(_Model):
     subjects it was served to (``guardrail trace find``); every response of those routes is
     recorded in the audit trail with a receipt (the SHA-256 and size of its body as served)."""
 
-    enabled: bool = Field(
-        default=False,
-        strict=True,
-        description="keep sketches of served outputs, and a receipt of every response, on "
-        "the provenance routes; off by default",
-    )
-    routes: tuple[str, ...] | None = Field(
-        default=None,
-        description="the names of the routes whose responses are sketched; unset: every "
-        "route with inspect",
-    )
-    retention: PositiveDuration = Field(
-        default=30 * 86400.0, description="how long a sketch is kept (30d)"
-    )
-    max_entries: Count = Field(
-        default=1_000_000,
-        description=f"the most sketches kept per worker, oldest dropped first; each costs "
-        f"{PROVENANCE_ENTRY_BYTES} bytes (1,000,000: 56 MB)",
-    )
-    path: str = Field(
-        default="guardrail-provenance-{worker}.grprov",
-        min_length=1,
-        description="where each worker saves its index; {worker} becomes the worker's slot "
-        "(0, 1, ...: a file lock picks the first free one), so that workers never write one "
-        "file and a restarted worker continues its slot's file. `guardrail trace find "
-        "--index` takes several files and globs",
-    )
-    save_every: PositiveDuration = Field(
-        default=60.0, description="how often the index is saved (60s), and at shutdown"
-    )
-    key: ReferencedSecret | None = Field(
-        default=None,
-        description="env:NAME or file:PATH: keys the sketches' hash functions, so that "
-        "nobody without it can tell which words a sketch rests on (an index then only "
-        "compares with suspects sketched under the same key); unset: a fixed key",
-    )
+    enabled: bool = Field(default=False, strict=True)
+    """true: keep a sketch of each output served on the provenance routes, and record every
+    response there with a receipt (the SHA-256 and size of its body as served); off by default."""
+    routes: tuple[str, ...] | None = None
+    """The names of the routes whose responses are sketched and receipted; unset: every route
+    with inspect."""
+    retention: PositiveDuration = 30 * 86400.0
+    """How long a sketch is kept (a duration; 30d)."""
+    max_entries: Count = 1_000_000
+    """The most sketches each worker keeps, the oldest dropped first; 56 bytes each (1,000,000:
+    56 MB)."""
+    path: str = Field(default="guardrail-provenance-{worker}.grprov", min_length=1)
+    """Where each worker saves its index; {worker} becomes its slot (0, 1, …: the first whose
+    lock file no other process holds), so workers never share a file and a restarted worker
+    continues its slot's. `guardrail trace find --index` takes several files and globs."""
+    save_every: PositiveDuration = 60.0
+    """How often the index is saved (a duration; 60s), and at shutdown."""
+    key: ReferencedSecret | None = None
+    """env:NAME or file:PATH keying the sketches' hash functions, so nobody without it can tell
+    which words a sketch rests on; an index only compares with suspects sketched under its key.
+    Unset: a fixed key."""
 
     @field_validator("max_entries")
     @classmethod
@@ -420,8 +511,11 @@ class StorageBreaker(_Model):
     """Redis failing ``failures`` times in a row is skipped: on_storage_error applies at once,
     without waiting for a timeout, until a probe (one every ``probe_every``) passes."""
 
-    failures: int = Field(default=3, ge=0, le=1000, strict=True)  # 0: no breaker
+    failures: int = Field(default=3, ge=0, le=1000, strict=True)
+    """Redis failures in a row (errors or timeouts) that open the breaker; 0: no breaker."""
     probe_every: PositiveDuration = 0.25
+    """How often an open breaker probes Redis (a duration, at most 1m); the first probe that
+    passes puts traffic back on Redis."""
 
     @field_validator("probe_every")
     @classmethod
@@ -438,25 +532,51 @@ class Policy(_Model):
     """A guardrail policy. Load with ``Policy.from_yaml(path)`` or ``Policy.from_string(text)``."""
 
     version: Literal[1]
+    """The policy format's version: 1, the only one so far (required)."""
     mode: Literal["enforce", "observe"] = "enforce"
+    """enforce: refuse, challenge and throttle; observe: decide and audit every request but never
+    refuse or change one."""
     storage: StorageUri = "memory://"
+    """Where buckets and risk state live: memory://, redis://host:6379/0, rediss://…,
+    redis+cluster://h1:7000,h2:7001 or redis+sentinel://h1:26379/service (query: timeout=,
+    prefix=, max_connections=)."""
     on_storage_error: Literal["fail_open", "fail_closed"] = "fail_open"
+    """Redis unreachable: fail_open keeps limiting with a per-process in-memory limiter (records
+    say degraded); fail_closed answers 503."""
     storage_breaker: StorageBreaker = Field(default_factory=StorageBreaker)
+    """Skip a failing Redis: after `failures` failures in a row on_storage_error applies at once,
+    until a probe (one every `probe_every`) passes."""
     max_subjects: Count = 1_000_000
+    """Memory storage: the most subjects tracked; the least recently seen is evicted first."""
     secret: SecretRef | None = None
+    """Keys API-key hashing and clearance signing: env:NAME or file:PATH (a literal only with
+    mode: observe). Required with Redis storage; unset with memory storage: a random secret per
+    process, and a warning."""
     identity: Identity = Field(default_factory=Identity)
+    """How a request's API key, account, client IP and network are read."""
     routes: tuple[Route, ...] = ()
-    # A request no route matches: pass (served unguarded, counted in the trail), refuse (404),
-    # or the name of a route whose limits it takes (a default route).
+    """The guarded routes, first match wins: each with its path pattern, limits and inspection."""
     unmatched: str = Field(default=PASS, min_length=1)
+    """A request no route matches: pass (served unguarded, counted in the trail), refuse (404),
+    or the name of a route whose limits it takes (a default route)."""
     risk: Risk = Field(default_factory=Risk)
+    """The behavioural risk engine: how fast evidence fades, how it is shared, signal weights."""
     allow: Allow = Field(default_factory=Allow)
+    """Known-good subjects, never escalated by the risk engine; their limits still apply."""
     thresholds: tuple[Threshold, ...] = ()
+    """Risk score bands (0-100) and their action; the highest band reached applies. Empty: the
+    risk engine is off."""
     hysteresis: Hysteresis = Field(default_factory=Hysteresis)
+    """How a subject leaves a band: once its score stays `margin` under it for `cooldown`."""
     tiers: dict[str, Tier] = Field(default_factory=dict)
+    """Named degraded service levels that throttle thresholds send a subject to."""
     challenges: Challenges = Field(default_factory=Challenges)
+    """What a challenged client is offered (CAPTCHA, proof of work) and the clearance it earns."""
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    """The audit trail: where records go, rotation, sampling, hash chain and aggregation."""
     provenance: Provenance = Field(default_factory=Provenance)
+    """Sketches of the outputs served on some routes, to trace a leaked dataset back to who was
+    served it (`guardrail trace find`), and a receipt of every response there; off by default."""
 
     _source: str = PrivateAttr(default="<python>")
     _digest: str | None = PrivateAttr(default=None)
@@ -553,12 +673,9 @@ class Policy(_Model):
     @classmethod
     def json_schema(cls) -> dict[str, Any]:
         """The JSON Schema of a policy file, for editors' YAML support."""
-        schema = cls.model_json_schema(mode="validation")
-        return {
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            **schema,
-            "title": "guardrail policy",
-        }
+        return editor_schema(
+            cls, "A guardrail policy: `guardrail check` validates it with every error at once."
+        )
 
 
 def check_files(paths: Sequence[str]) -> list[PolicyIssue]:

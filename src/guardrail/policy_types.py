@@ -3,6 +3,10 @@ regular expressions, header names, "module:function" and secret references.
 
 Each is an ``Annotated`` type whose validator raises ``refuse(sentence)``: the user reads "a rate
 in limits notation such as 60/minute", never pydantic internals, and the JSON Schema says string.
+The schema describes keys, not types: the docstring of a key of one of these types names its
+format (see policy_schema). A pattern's ``patternErrorMessage`` (a keyword of VS Code's and
+yaml-language-server's) is what an editor says of a value that does not match: the sentence
+``guardrail check`` says, not the regular expression.
 """
 
 from __future__ import annotations
@@ -137,6 +141,9 @@ def _share_every(value: object) -> float | Literal["request"]:
 
 
 _BYTE_SIZE = TypeAdapter(ByteSize)
+_SIZE_EXPECTED = (
+    "a size such as 262144, 256KB (1000 bytes a KB) or 256KiB (1024), from 1 byte to 2**53"
+)
 
 
 def _size(value: object) -> int:
@@ -145,9 +152,7 @@ def _size(value: object) -> int:
     except ValidationError:
         size = -1
     if not 1 <= size <= MAX_COUNT:
-        raise refuse(
-            "a size such as 262144, 256KB (1000 bytes a KB) or 256KiB (1024), from 1 byte to 2**53"
-        )
+        raise refuse(_SIZE_EXPECTED)
     return size
 
 
@@ -193,9 +198,12 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _KEY_HASH = re.compile(r"k:[0-9a-f]{32}")
 
 
+_KEY_HASH_EXPECTED = 'a keyed hash: "k:" and 32 lowercase hex digits (`guardrail hash-key`)'
+
+
 def _key_hash(value: str) -> str:
     if not _KEY_HASH.fullmatch(value):
-        raise refuse('a keyed hash: "k:" and 32 lowercase hex digits (`guardrail hash-key`)')
+        raise refuse(_KEY_HASH_EXPECTED)
     return value
 
 
@@ -216,6 +224,13 @@ def _hostname(value: str) -> str:
             "a host name as the browser shows it (api.example.com, or *.example.com for its "
             "subdomains): no scheme, port or path"
         )
+    return value
+
+
+def _site_name(value: str) -> str:
+    # Shown on the challenge page (escaped there); a line of text, not a paragraph or markup.
+    if not 0 < len(value) <= 80 or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise refuse("one line of text, 1 to 80 characters, such as Example Models API")
     return value
 
 
@@ -265,15 +280,18 @@ def _callable_ref(value: str) -> str:
 OPENAI_METERS = ("openai", "openai.chat", "openai.completions", "openai.responses")
 
 
+_METER_EXPECTED = (
+    "openai (the shape from the request's path), openai.chat, openai.completions, "
+    "openai.responses, or a 'module:attribute' naming a meter (guardrail.metering.Meter) such "
+    "as myapp.llm:METER"
+)
+
+
 def _meter_ref(value: str) -> str:
     if value in OPENAI_METERS:
         return value
     if not _CALLABLE_REF.fullmatch(value):
-        raise refuse(
-            "openai (the shape from the request's path), openai.chat, openai.completions, "
-            "openai.responses, or a 'module:attribute' naming a meter (guardrail.metering."
-            "Meter) such as myapp.llm:METER"
-        )
+        raise refuse(_METER_EXPECTED)
     import_meter(value)  # imported at load so a typo fails `guardrail check`, not a request
     return value
 
@@ -310,9 +328,12 @@ def _chain_key(value: str) -> str:
     return value if value == "secret" else _secret_ref(value)
 
 
+_REFERENCED_EXPECTED = "env:NAME or file:PATH; this secret is never written into the policy"
+
+
 def _referenced_secret(value: str) -> str:
     if reference_kind(_secret_ref(value)) == "literal":
-        raise refuse("env:NAME or file:PATH; this secret is never written into the policy")
+        raise refuse(_REFERENCED_EXPECTED)
     return value
 
 
@@ -328,10 +349,13 @@ def _uri(schemes: tuple[str, ...], *, host_for: tuple[str, ...]) -> Callable[[st
 
 _DURATION_SCHEMA = {
     "anyOf": [
-        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"},
+        {
+            "type": "string",
+            "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$",
+            "patternErrorMessage": _DURATION_EXPECTED,
+        },
         {"type": "number", "minimum": 0},
-    ],
-    "description": _DURATION_EXPECTED,
+    ]
 }
 
 RateValue = Annotated[
@@ -341,8 +365,9 @@ RateValue = Annotated[
     WithJsonSchema(
         {
             "type": "string",
-            "pattern": r"(?i)^\s*\d+\s*(/|per)\s*(\d+\s*)?[a-z]+\s*$",
-            "description": _RATE_EXPECTED,
+            # No (?i): JSON Schema patterns are ECMA-262, which has no inline flags.
+            "pattern": r"^\s*\d+\s*(/|[Pp][Ee][Rr])\s*(\d+\s*)?[A-Za-z]+\s*$",
+            "patternErrorMessage": _RATE_EXPECTED,
         }
     ),
 ]
@@ -362,9 +387,12 @@ Size = Annotated[
         {
             "anyOf": [
                 {"type": "integer", "minimum": 1, "maximum": MAX_COUNT},
-                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[A-Za-z]*\s*$"},
+                {
+                    "type": "string",
+                    "pattern": r"^\s*\d+(\.\d+)?\s*[A-Za-z]*\s*$",
+                    "patternErrorMessage": _SIZE_EXPECTED,
+                },
             ],
-            "description": "bytes, or a size such as 256KB or 256KiB",
         }
     ),
 ]
@@ -372,7 +400,7 @@ Network = Annotated[
     IPv4Network | IPv6Network,
     PlainValidator(_network),
     PlainSerializer(str, return_type=str),
-    WithJsonSchema({"type": "string", "description": "an IP address or CIDR network"}),
+    WithJsonSchema({"type": "string"}),
 ]
 Pattern = Annotated[
     re.Pattern[str],
@@ -394,8 +422,21 @@ Count = Annotated[
 ]
 Header = Annotated[str, AfterValidator(_header)]
 Hostname = Annotated[str, AfterValidator(_hostname)]
+SiteName = Annotated[str, AfterValidator(_site_name)]
 Method = Annotated[str, AfterValidator(_method)]
-KeyHash = Annotated[str, AfterValidator(_key_hash)]
+# An editor underlines a raw API key pasted under allow.api_keys, and a literal secret, before
+# either is saved.
+KeyHash = Annotated[
+    str,
+    AfterValidator(_key_hash),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": "^k:[0-9a-f]{32}$",
+            "patternErrorMessage": _KEY_HASH_EXPECTED,
+        }
+    ),
+]
 CallableRef = Annotated[str, AfterValidator(_callable_ref)]
 MeterRef = Annotated[
     str,
@@ -404,29 +445,28 @@ MeterRef = Annotated[
         {
             "anyOf": [
                 {"enum": list(OPENAI_METERS)},
-                {"type": "string", "pattern": r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"},
+                {
+                    "type": "string",
+                    "pattern": r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
+                    "patternErrorMessage": _METER_EXPECTED,
+                },
             ],
-            "description": "openai (the shape from the request's path: chat/completions, "
-            "completions, responses), openai.chat, openai.completions, openai.responses, or "
-            "'module:attribute' naming a guardrail.metering.Meter",
         }
     ),
 ]
 SecretRef = Annotated[str, AfterValidator(_secret_ref)]
-ReferencedSecret = Annotated[str, AfterValidator(_referenced_secret)]
-ChainKey = Annotated[
+ReferencedSecret = Annotated[
     str,
-    AfterValidator(_chain_key),
+    AfterValidator(_referenced_secret),
     WithJsonSchema(
         {
             "type": "string",
-            "description": "keys the audit trail's hash chain (HMAC-SHA256, verified with "
-            "`guardrail audit verify --policy`): env:NAME or file:PATH holding a secret, or "
-            "`secret` for a subkey of the policy's own secret; unset: plain SHA-256, which "
-            "anyone who can write the trail can recompute",
+            "pattern": r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:[\s\S]+)$",
+            "patternErrorMessage": _REFERENCED_EXPECTED,
         }
     ),
 ]
+ChainKey = Annotated[str, AfterValidator(_chain_key)]
 PathPrefix = Annotated[str, AfterValidator(_prefix)]
 HttpUrl = Annotated[str, AfterValidator(_uri(("https", "http"), host_for=("https", "http")))]
 _STORAGE = ("memory", "redis", "rediss", "redis+cluster", "redis+sentinel")

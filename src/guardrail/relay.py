@@ -26,7 +26,8 @@ from starlette.types import Message, Receive, Scope, Send
 
 from guardrail.actions.problem import send_problem
 from guardrail.budgets import Budget
-from guardrail.metering import Meter
+from guardrail.deltas import Frame, frame, framed_tokens
+from guardrail.metering import Meter, OpenAIMeter
 from guardrail.sse import EventSplitter, data_of, error_event, payload
 
 #: The most of a JSON response copied for its usage; a larger body keeps its reservation.
@@ -86,8 +87,10 @@ class Relay:
         "cuts",
         "ended",
         "extra",
+        "frame",
         "gone",
         "large",
+        "learn",
         "meter",
         "mode",
         "outgrown",
@@ -134,6 +137,8 @@ class Relay:
         self.cut = False  # guardrail ended the stream
         self.outgrown = 0  # the cut: the capacity of a budget the response alone outgrew
         self.gone = False  # guardrail answered for an app that compressed its response
+        self.frame: Frame | None = None  # the stream's usual event but for its text (deltas)
+        self.learn = type(meter) is OpenAIMeter  # a meter of our own: its count is the frame's
 
     def receive(self, receive: Receive) -> Receive:
         """The app's ``receive``: after a cut, the client is gone as far as the app knows."""
@@ -171,26 +176,29 @@ class Relay:
         if message["type"] == "http.response.body" and self.mode == SSE:
             body = message.get("body", b"")
             budget = self.budget
-            if (
-                budget is not None
-                and not self.pace
-                and not self.splitter.tail
-                and body[:7] == b"data: {"
-                and body.find(b"\n") == len(body) - 2
-                and body[-1:] == b"\n"
-            ):
-                # The usual chunk, one single-line event: metered and passed on as it came.
-                tokens = self._tokens(body[6:-2])
-                if tokens:
-                    seen = self.seen + tokens
-                    if budget.prompt + seen <= budget.charged:  # within the reservation
-                        self.seen = seen
-                    elif not await self._fits(tokens, budget):
-                        await self._end([])
-                if not message.get("more_body", False):
-                    self.ended = True
-                await self._send(message)
-                return
+            if budget is not None and not self.pace and not self.splitter.tail:
+                # The usual chunk, one single-line event: metered and passed on as it came;
+                # counted from its frame when it has the stream's (deltas), else parsed.
+                frame = self.frame
+                tokens = None if frame is None else framed_tokens(frame, body)
+                if (
+                    tokens is None
+                    and body[:7] == b"data: {"
+                    and body.find(b"\n") == len(body) - 2
+                    and body[-1:] == b"\n"
+                ):
+                    tokens = self._tokens(body[6:-2])
+                if tokens is not None:
+                    if tokens:
+                        seen = self.seen + tokens
+                        if budget.prompt + seen <= budget.charged:  # within the reservation
+                            self.seen = seen
+                        elif not await self._fits(tokens, budget):
+                            await self._end([])
+                    if not message.get("more_body", False):
+                        self.ended = True
+                    await self._send(message)
+                    return
             await self._body(body, message)
             return
         if message["type"] == "http.response.start":
@@ -315,6 +323,8 @@ class Relay:
             usage = self.meter.usage(event)
             if usage is not None:
                 self.usage = usage
+        elif self.learn and self.frame is None:
+            self.frame = frame(bytes(data), event)
         return self.meter.streamed(event)
 
     async def _fits(self, tokens: int, budget: Budget) -> bool:

@@ -75,7 +75,7 @@ async def test_an_error_reply_raises_redis_py_s_exception_and_the_connection_sta
     assert await wire.execute_command("PING") == b"PONG"
 
 
-async def test_a_hung_server_times_out_and_fails_the_calls_behind(silent_server: int) -> None:
+async def test_a_hung_server_times_out_every_call(silent_server: int) -> None:
     fast = Multiplexed(host="127.0.0.1", port=silent_server, timeout=0.2)
     try:
         calls = [asyncio.ensure_future(fast.execute_command("PING")) for _ in range(3)]
@@ -99,6 +99,33 @@ async def test_a_paused_server_times_out_then_the_next_call_reconnects(redis_url
         assert await fast.execute_command("CLIENT", "ID") != first_id  # a new connection
     finally:
         await admin.execute_command("CLIENT", "UNPAUSE")
+        await fast.aclose()
+        await admin.aclose()
+
+
+async def test_a_timeout_fails_its_own_call_and_the_others_keep_their_deadlines(
+    redis_url: str,
+) -> None:
+    """A stall fails the calls it outlasts, not every call queued on the connection: the one
+    that timed out retires its connection (new calls go to a new one), and a call behind it
+    still gets its reply if it comes within that call's own timeout."""
+    admin = aioredis.from_url(redis_url)
+    fast = Multiplexed(
+        host="127.0.0.1", port=admin.connection_pool.connection_kwargs["port"], timeout=0.6
+    )
+    try:
+        first_id = await fast.execute_command("CLIENT", "ID")
+        # real time: the server's pause is real (and not ended early: UNPAUSE waits too)
+        await admin.execute_command("CLIENT", "PAUSE", 750, "ALL")
+        head = asyncio.ensure_future(fast.execute_command("PING"))  # times out at 0.6 s
+        await asyncio.sleep(0.35)
+        behind = asyncio.ensure_future(fast.execute_command("ECHO", "behind"))  # due by 0.95
+        with pytest.raises(TimeoutError):
+            await head
+        after = asyncio.ensure_future(fast.execute_command("CLIENT", "ID"))
+        assert await behind == b"behind"  # answered at 0.75 s, when the pause ends
+        assert await after != first_id  # new calls went to a new connection
+    finally:
         await fast.aclose()
         await admin.aclose()
 

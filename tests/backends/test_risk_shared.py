@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from guardrail.backends.redis import RedisStorage
 from guardrail.backends.risk_memory import MemoryRiskStore
-from guardrail.backends.risk_redis import RedisRiskStore
+from guardrail.backends.risk_redis import SYNC_STATES, RedisRiskStore
 from guardrail.backends.risk_shared import READ_EVERY, SharedRiskStore
 from guardrail.errors import StorageError
 from guardrail.signals.state import C_REQ, REQ, RING_SIZE, Band, Update
@@ -176,7 +176,7 @@ async def test_a_redis_that_does_not_answer_keeps_the_evidence_for_later() -> No
             await shared.flush()
         with pytest.raises(StorageError):
             await shared.flush()
-        assert len(shared._journal) == 1
+        assert shared.pending == 1
         assert (await shared.load(KEYS, NOW)).principal[REQ] == near(1.0)
     finally:
         await storage.close()
@@ -429,3 +429,85 @@ async def test_a_worker_forked_after_the_build_takes_a_name_of_its_own(
     assert a.worker == parent
     monkeypatch.setattr("os.getpid", lambda: -1)
     assert a.worker != parent
+
+
+async def test_a_flush_replayed_after_a_lost_reply_counts_once(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of issue 14: a flush whose script ran but whose reply never came (a timeout, a
+    reset; on a cluster, some slots answered and one did not) is sent again: what it wrote must
+    not be counted twice."""
+    monkeypatch.setattr("guardrail.backends.risk_redis.SYNC_STATES", 3)  # calls of 3 states
+    a, b = await worker(), await worker()
+    execute = a.remote._execute
+    others = [KEYS._replace(principal=f"a:other-{n}") for n in range(4)]
+
+    async def lost(commands: list[tuple[object, ...]]) -> list[object]:
+        await execute(commands)
+        raise StorageError("the reply was lost after the script ran")
+
+    monkeypatch.setattr(a.remote, "_execute", lost)
+    await a.save(KEYS, request(0))
+    for keys in others:
+        await a.save(keys, update(principal=counters(req=1)))
+    with pytest.raises(StorageError):
+        await a.flush()
+    await a.save(KEYS, request(1))  # written while Redis was away: a batch of its own
+    with pytest.raises(StorageError):
+        await a.flush()  # the first batch sent again, now without the reads
+    monkeypatch.setattr(a.remote, "_execute", execute)
+    await a.flush()
+    assert a.pending == 0
+    await b.save(KEYS, update(principal=counters(req=1)))
+    for keys in others:
+        await b.save(keys, update(principal=counters(req=1)))
+    await b.flush()
+    seen = await b.load(KEYS, NOW)
+    assert seen.principal[REQ] == near(3.0)
+    assert seen.ring == [b"ring-001", b"ring-000"]
+    for keys in others:
+        assert (await b.load(keys, NOW)).principal[REQ] == near(2.0)
+    assert (await a.load(KEYS, NOW)).principal[REQ] == near(2.0)  # b's not flushed to a yet
+
+
+async def test_a_large_journal_goes_in_bounded_scripts(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of issue 14: one script for a whole journal of 6,000 principals (a backlog after
+    Redis was away) ran ~0.3 s: past a 0.25 s timeout it was sent again and counted twice, and
+    meanwhile it stalled every other client of that Redis (the limits). The journal goes in
+    calls of at most SYNC_STATES states, pipelined; each principal is counted once."""
+    storage = RedisStorage(redis_url + "?timeout=5")
+    try:
+        remote = redis_risk_store(storage)
+        await remote.start()
+        sent: list[tuple[object, ...]] = []
+        execute = remote._execute
+
+        async def recorded(commands: list[tuple[object, ...]]) -> list[object]:
+            sent.extend(commands)
+            return await execute(commands)
+
+        monkeypatch.setattr(remote, "_execute", recorded)
+        shared = SharedRiskStore(memory_of(7000), remote, interval=0.05, clock=lambda: NOW)
+        names = [f"k:{n:032x}" for n in range(6000)]
+        for name in names:
+            await shared.save(KEYS._replace(principal=name), request(0))
+        await shared.flush()
+        scripts = [command for command in sent if command[0] == "EVALSHA"]
+        assert len(scripts) >= 6000 // SYNC_STATES
+        assert max(int(str(command[2])) for command in scripts) <= SYNC_STATES + 1  # + marker
+        reader = SharedRiskStore(memory_of(7000), remote, interval=0.05, clock=lambda: NOW)
+        for name in (names[0], names[2999], names[-1]):
+            keys = KEYS._replace(principal=name)
+            await reader.save(keys, update(principal=counters(req=1)))
+        await reader.flush()
+        for name in (names[0], names[2999], names[-1]):
+            seen = await reader.load(KEYS._replace(principal=name), NOW)
+            assert seen.principal[REQ] == near(2.0)
+    finally:
+        await storage.close()
+
+
+def memory_of(subjects: int) -> MemoryRiskStore:
+    return MemoryRiskStore(half_life=HALF_LIFE, window=WINDOW, ttl=TTL, max_subjects=subjects)

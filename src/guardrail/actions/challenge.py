@@ -21,6 +21,7 @@ from guardrail.actions import pow
 from guardrail.actions.captcha import Provider
 from guardrail.actions.problem import Headers, send_problem
 from guardrail.audit import format_ts
+from guardrail.origin import Origin
 from guardrail.paths import public_path
 from guardrail.policy import Challenges
 
@@ -60,14 +61,19 @@ class Challenge:
     difficulty: int
     seed: str
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
+    def as_dict(self, verify_url: str | None = None) -> dict[str, Any]:
+        """The 403 body's ``challenge`` (SPEC §3), and ``verify_url``, the verify endpoint's
+        absolute URL, when the origin the client reached is known."""
+        out: dict[str, Any] = {
             "id": self.id,
             "kinds": list(self.kinds),
             "url": self.url,
             "expires_at": format_ts(self.expires_at),
             "pow": {"algorithm": pow.ALGORITHM, "difficulty": self.difficulty, "seed": self.seed},
         }
+        if verify_url is not None:
+            out["verify_url"] = verify_url
+        return out
 
 
 def issue(config: Challenges, secret: bytes, now: float, root: str = "") -> Challenge:
@@ -110,17 +116,22 @@ async def send_challenge(
     request_id: str,
     headers: Headers,
     widget: tuple[Provider, str] | None = None,
+    origin: Origin | None = None,
+    site: str | None = None,
 ) -> None:
     """``prefix``: the challenge prefix as the client reaches it (``root_path`` first);
-    ``widget``: a CAPTCHA offered on the page, and its sitekey."""
+    ``widget``: a CAPTCHA offered on the page, and its sitekey; ``origin``: the one the client
+    reached, for absolute URLs; ``site``: the name the page shows."""
     common = [(b"guardrail-action", b"challenge"), (b"cache-control", b"no-store"), *headers]
     if wants_html(scope):
         here = public_path(scope)  # where the client goes back to, as it sent it
         if scope.get("query_string"):
             here += "?" + scope["query_string"].decode("latin-1")
-        body = page(challenge, prefix, here, request_id, widget)
+        body = page(challenge, prefix, here, request_id, widget, site=site)
         await send_page(send, body, 403, common, widget=widget[0] if widget else None)
         return
+    verify_url = origin.url(f"{prefix}/verify") if origin is not None else None
+    where = origin.url(challenge.url) if origin is not None else challenge.url
     await send_problem(
         send,
         403,
@@ -128,13 +139,14 @@ async def send_challenge(
         title="Forbidden",
         detail=(
             "Unusual traffic from this client: a challenge must be passed before more "
-            f"requests are served. Open {challenge.url} in a browser, or solve the proof of "
-            "work in `challenge.pow` and POST it to the verify endpoint; then retry."
+            f"requests are served. Open {where} in a browser, or solve the proof of "
+            f"work in `challenge.pow` and POST it to {verify_url or 'the verify endpoint'}; "
+            "then retry with the clearance in the Guardrail-Clearance header."
         ),
         error_type="challenge_required",
         request_id=request_id,
         headers=common,
-        extra={"challenge": challenge.as_dict()},
+        extra={"challenge": challenge.as_dict(verify_url)},
     )
 
 
@@ -158,44 +170,82 @@ def page(
     redirect: str,
     request_id: str,
     widget: tuple[Provider, str] | None = None,
+    *,
+    site: str | None = None,
 ) -> bytes:
     """The challenge page: a form that guardrail's script fills with the proof of work and
-    submits; with JavaScript off, it says what to do. ``redirect``: where to go back to (a
-    path that is not ``relative`` goes to ``/``)."""
+    submits, showing its progress meanwhile; with JavaScript off, a form to enter the nonce by
+    hand and how to compute it. ``redirect``: where to go back to (a path that is not
+    ``relative`` goes to ``/``); ``site``: the name the page gives the site."""
     e = html.escape
     redirect = relative(redirect) or "/"
-    element = script = ""
+    name = e(site) if site else ""
+    title = f"Checking your connection to {name}" if name else "Checking your connection"
+    element = script = button = ""
     if widget is not None and widget[0].name in challenge.kinds:
         # The widget fills its token's field in this form; a person submits it
         provider, sitekey = widget
         element = f'<div class="{e(provider.widget)}" data-sitekey="{e(sitekey)}"></div>\n'
         script = f'<script src="{e(provider.script)}" async defer></script>\n'
-    pow_script = f'<script src="{e(prefix)}/pow.js"></script>' if "pow" in challenge.kinds else ""
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Checking your connection</title>
-<style>body{{font:1.1rem/1.5 system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem;
-color:#111;background:#fff}}a{{color:#0645ad}}button{{font:inherit;padding:.4rem 1rem}}</style>
-</head>
-<body><main><h1>Checking your connection</h1>
-<p>This service saw unusual traffic from your network and needs a moment of your browser's
-work before it serves more requests. You will be taken back to the page you asked for.</p>
-<form id="guardrail-pow" method="post" action="{e(prefix)}/verify"
- data-seed="{e(challenge.seed)}" data-difficulty="{challenge.difficulty}"
- data-worker="{e(prefix)}/pow.js">
-<input type="hidden" name="challenge_id" value="{e(challenge.id)}">
-<input type="hidden" name="redirect" value="{e(redirect)}">
-{element}<label for="guardrail-nonce">Proof of work</label>
+        button = '<button type="submit">Continue</button>\n'
+    fields = (
+        f'<input type="hidden" name="challenge_id" value="{e(challenge.id)}">\n'
+        f'<input type="hidden" name="redirect" value="{e(redirect)}">\n'
+    )
+    pow_script = progress = manual = ""
+    if "pow" in challenge.kinds:
+        pow_script = f'<script src="{e(prefix)}/pow.js"></script>'
+        expected = f"{1 << challenge.difficulty:,}"
+        # Shown by the script once its worker runs: with JavaScript off it stays hidden
+        progress = f"""<div id="guardrail-progress" hidden>
+<progress id="guardrail-bar" max="1" value="0"></progress>
+<p id="guardrail-count" class="small">Starting… (about {expected} tries expected)</p>
+</div>
+"""
+        seed, bits = e(challenge.seed), challenge.difficulty
+        manual = f"""<noscript><section>
+<h2>Without JavaScript</h2>
+<p>Your browser does not run scripts here, so the check cannot run by itself. Turn
+JavaScript on for {name or "this site"} and reload, or compute the answer yourself: a number
+<var>n</var> (decimal digits) such that SHA-256 of <code>{seed}:<var>n</var></code> starts
+with {bits} zero bits (about {expected} tries). For example:</p>
+<pre>python3 -c 'import hashlib, itertools
+seed, bits = b"{seed}", {bits}
+print(next(n for n in itertools.count() if int.from_bytes(
+  hashlib.sha256(seed + b":%d" % n).digest(), "big") &gt;&gt; (256 - bits) == 0))'</pre>
+<form method="post" action="{e(prefix)}/verify">
+{fields}<label for="guardrail-nonce">Answer (<var>n</var>)</label>
 <input id="guardrail-nonce" name="nonce" inputmode="numeric" autocomplete="off" required>
 <button type="submit">Continue</button>
 </form>
+</section></noscript>
+"""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>body{{font:1.05rem/1.55 system-ui,sans-serif;max-width:38rem;margin:3rem auto;
+padding:0 1rem;color:#1b1b1f;background:#fff}}h1{{font-size:1.6rem;margin:.2rem 0 1rem}}
+h2{{font-size:1.15rem;margin-top:1.6rem}}a{{color:#0645ad}}
+button,input{{font:inherit;padding:.35rem .6rem}}.site{{color:#555;margin:0;font-weight:600}}
+.small{{font-size:.9rem;color:#444}}progress{{width:100%;height:.8rem;accent-color:#2457c5}}
+pre{{background:#f4f4f6;padding:.7rem;overflow-x:auto;font-size:.8rem}}
+code{{font-size:.9em;word-break:break-all}}#guardrail-status{{font-weight:600}}
+#guardrail-count{{margin-top:.2rem}}</style>
+</head>
+<body><main>{f'<p class="site">{name}</p>' if name else ""}
+<h1>Checking your connection</h1>
+<p>{name or "This site"} saw unusual traffic from your network, so before it serves more
+requests it asks your browser for a few seconds of work: a small computation, cheap for one
+person, costly for software that sends requests by the thousand. Nothing is installed and
+the page sends nothing but the answer; then you are taken back to the page you asked for.</p>
 <p id="guardrail-status" role="status" aria-live="polite"></p>
-<noscript><p>This check needs JavaScript to compute a proof of work. Turn JavaScript on for
-this site and reload, or solve it with another program (SHA-256 of
-<code>{e(challenge.seed)}:&lt;nonce&gt;</code> starting with {challenge.difficulty} zero bits)
-and enter the nonce above.</p></noscript>
-<p>Request id: <code>{e(request_id)}</code></p></main>
+{progress}<form id="guardrail-pow" method="post" action="{e(prefix)}/verify"
+ data-seed="{e(challenge.seed)}" data-difficulty="{challenge.difficulty}"
+ data-worker="{e(prefix)}/pow.js">
+{fields}<input type="hidden" name="nonce" value="">
+{element}{button}</form>
+{manual}<p class="small">Request id: <code>{e(request_id)}</code></p></main>
 {script}{pow_script}</body></html>
 """.encode()
 

@@ -26,6 +26,7 @@ from guardrail.decision import LIMIT, Decision
 from guardrail.errors import ClearanceError, StorageError
 from guardrail.inspection import BodyTimeout, read_body
 from guardrail.limits import compile_limit
+from guardrail.origin import Origin, origin_of
 from guardrail.paths import home, root_of
 from guardrail.signals.engine import principal_of
 
@@ -96,6 +97,7 @@ class ChallengeDesk:
             issued = await verify.keep(g.challenges, issued, principal_of(decision.subject), now)
         except StorageError as exc:  # the client can retry for another
             g._warn_storage(exc, now)
+        origin = self._origin(scope)
         await challenge.send_challenge(
             send,
             scope,
@@ -104,7 +106,19 @@ class ChallengeDesk:
             request_id=decision.request_id,
             headers=headers,
             widget=g.widget,
+            origin=origin,
+            site=self._site(origin),
         )
+
+    def _origin(self, scope: Scope) -> Origin | None:
+        """The origin the client reached, through the proxies identity trusts."""
+        proxied = self.g.identity.peer_trusted(scope)
+        return origin_of(scope, proxied=proxied, header=self.g.policy.identity.client_ip.header)
+
+    def _site(self, origin: Origin | None) -> str | None:
+        """The name the challenge page gives the site: the policy's, else the host reached."""
+        named = self.g.policy.challenges.site_name
+        return named or (origin.hostname if origin is not None else None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         """guardrail's own endpoints under ``challenges.prefix``: the verify endpoint, the
@@ -140,7 +154,8 @@ class ChallengeDesk:
                 back = (query.get("redirect") or [home(scope)])[0]
                 prefix = root + config.prefix
                 widget = self.g.widget
-                body = challenge.page(issued, prefix, back, request_id, widget)
+                site = self._site(self._origin(scope))
+                body = challenge.page(issued, prefix, back, request_id, widget, site=site)
                 headers.append((b"cache-control", b"no-store"))
                 provider = widget[0] if widget else None
                 await challenge.send_page(send, body, 200, headers, widget=provider)

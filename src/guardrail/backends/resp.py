@@ -10,13 +10,14 @@ which go to their callers in order (Redis answers a connection's commands in the
 them). Measured at 32 requests in flight: ~45 µs a call against redis-py's ~150 (both with
 the server's own time).
 
-Failures raise redis-py's exception classes. Unlike its pool, one connection carries every call:
-when the oldest goes unanswered for ``timeout``, it and every call queued behind it (whose
-replies would come after its) fail with ``TimeoutError`` and the connection is dropped, so a
-hung server fails calls at once instead of queueing them; a short stall fails more calls than
-redis-py would (the README says how many). The next call reconnects. Sentinel and Cluster stay
-with redis-py, which follows failovers and slots; so does a client that takes its credentials
-from a provider.
+Failures raise redis-py's exception classes. Each call fails with ``TimeoutError`` when it is
+not answered within ``timeout`` of its own. The first to time out retires its connection: new
+calls go to a new one, the calls already queued keep waiting for their replies (which come in
+order, after the late one) until their own deadlines, and the retired connection is closed
+once none is left waiting. A stall so fails the calls it outlasts, as redis-py's pool would,
+and a hung server costs a connection a ``timeout`` at most. Sentinel and Cluster stay with
+redis-py, which follows failovers and slots; so does a client that takes its credentials from a
+provider.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class _Wire(asyncio.Protocol):
         self.out: list[bytes] = []
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
+        self.retired = False  # a call timed out: no new calls; closed once none waits
         self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -131,6 +133,9 @@ class _Wire(asyncio.Protocol):
                     future.set_result(reply)
         except Exception as exc:  # a protocol error: nothing after it can be matched
             self.drop(ConnectionError, f"Redis protocol error: {exc}")
+            return
+        if self.retired:
+            self._close_if_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.drop(ConnectionError, f"Connection to Redis lost: {exc or 'closed by the server'}")
@@ -151,9 +156,17 @@ class _Wire(asyncio.Protocol):
             self.transport.abort()
 
     def expire(self, future: asyncio.Future[Any], timeout: float) -> None:
-        # The calls behind it wait for it (replies come in order): they fail alike.
-        if not future.done():
-            self.drop(TimeoutError, f"Timeout reading from Redis ({timeout:g} s)")
+        if future.done():
+            return
+        future.set_exception(TimeoutError(f"Timeout reading from Redis ({timeout:g} s)"))
+        # Its reply may still come, late, before those of the calls behind it: they keep their
+        # own deadlines here, and new calls go to a connection that is not held up.
+        self.retired = True
+        self._close_if_idle()
+
+    def _close_if_idle(self) -> None:
+        if all(future.done() for future in self.waiting):
+            self.drop(ConnectionError, "Connection to Redis retired after a timeout")
 
 
 class Multiplexed:
@@ -189,7 +202,12 @@ class Multiplexed:
 
     async def execute_command(self, *args: Any) -> Any:
         wire = self._wire
-        if wire is None or wire.lost is not None or wire.loop is not asyncio.get_running_loop():
+        if (
+            wire is None
+            or wire.lost is not None
+            or wire.retired
+            or wire.loop is not asyncio.get_running_loop()
+        ):
             wire = await self._connected()
         future = wire.send(pack(args))
         timer = wire.loop.call_later(self.timeout, wire.expire, future, self.timeout)
@@ -216,7 +234,7 @@ class Multiplexed:
 
     async def _connect(self) -> _Wire:
         old, self._wire = self._wire, None
-        if old is not None:
+        if old is not None and not old.retired:  # a retired one closes once its calls end
             # On a loop since closed its socket cannot be closed from here and stays open
             # until collected (a known leak: an app reused on a new loop without shutdown).
             old.drop(ConnectionError, "Connection to Redis replaced")

@@ -98,6 +98,9 @@ class SharedRiskStore:
         self._sleep = sleep
         self._breaker = breaker  # the storage's: no flush while it is open
         self._journal: list[tuple[Keys, Update]] = []
+        # journals sent and not answered, oldest first, each with its name: sent again alone
+        # and whole, under that name, so that what Redis did run of one is not run twice
+        self._unanswered: list[tuple[str, list[tuple[Keys, Update]]]] = []
         self._named: tuple[int, str] = (os.getpid(), secrets.token_hex(8))
         self._last: str | None = None  # the last log entry read
         self._started = False  # the log's end is known: entries after it are read
@@ -106,6 +109,11 @@ class SharedRiskStore:
         self._task: asyncio.Task[None] | None = None
         self._failed_at = float("-inf")
         self._log_failed_at = float("-inf")
+
+    @property
+    def pending(self) -> int:
+        """Writes not in Redis yet (or whose reply was lost): the journal and what failed."""
+        return len(self._journal) + sum(len(journal) for _, journal in self._unanswered)
 
     # -- the request path: memory only -----------------------------------------------------
 
@@ -206,7 +214,7 @@ class SharedRiskStore:
         async with self._lock():
             breaker = self._breaker
             if breaker is not None and breaker.open:
-                self._keep([])  # the journal waits for Redis to be back
+                self._bound()  # the journal waits for Redis to be back
                 raise BreakerOpen(breaker)
             try:
                 await self._flush()
@@ -256,52 +264,78 @@ class SharedRiskStore:
             self._journal.append((keys, repair))
         return correction
 
-    def _keep(self, unsent: list[tuple[Keys, Update]]) -> None:
-        """Keep ``unsent`` for the next flush, before what was written since; a Redis down for
-        long costs the oldest evidence first."""
-        kept = unsent + self._journal
-        self._journal = kept[-JOURNAL_MAX:]
-        self.dropped += len(kept) - len(self._journal)
+    def _bound(self) -> None:
+        """At most ``JOURNAL_MAX`` writes wait: a Redis down for long costs the oldest evidence
+        first (a journal sent and unanswered goes whole: cut, it would be another batch)."""
+        while self._unanswered and self.pending > JOURNAL_MAX:
+            _, journal = self._unanswered.pop(0)
+            self.dropped += len(journal)
+        if len(self._journal) > JOURNAL_MAX:
+            self.dropped += len(self._journal) - JOURNAL_MAX
+            self._journal = self._journal[-JOURNAL_MAX:]
 
     async def _flush(self) -> None:
-        journal, self._journal = self._journal, []
+        if self._journal:
+            self._unanswered.append((secrets.token_hex(8), self._journal))
+            self._journal = []
+            self._bound()
         now = self._clock()
+        # What failed before goes first, each journal alone and written only: read back before
+        # the newer ones are in Redis too, a state would look like one Redis lost. The newest
+        # reads back what they all wrote, and the log.
+        replayed: list[tuple[Keys, Update]] = []
+        while len(self._unanswered) > 1:
+            batch, journal = self._unanswered[0]
+            await self._send(batch, journal, now, ({}, {}, {}), False)
+            replayed += self._unanswered.pop(0)[1]
+        batch, journal = self._unanswered[0] if self._unanswered else ("", [])
+        read = _written(replayed + journal)
+        log = await self._send(batch, journal, now, read, True)
+        if self._unanswered:
+            self._unanswered.pop(0)
+        await self._read_changed(log, now, {name for names in read for name in names})
+        self.flushes += 1
+
+    async def _send(
+        self,
+        batch: str,
+        journal: list[tuple[Keys, Update]],
+        now: float,
+        read: tuple[dict[str, None], dict[str, None], dict[str, None]],
+        read_log: bool,
+    ) -> list[str]:
+        """``journal`` written under the name ``batch``, the states ``read`` names (principals,
+        cohorts, buckets) read back and taken here, the log appended to (and read, with
+        ``read_log``): one round trip. Returns the names the other workers logged since."""
         remote = self.remote
-        principals: dict[str, None] = {}
-        cohorts: dict[str, None] = {}
-        buckets: dict[str, None] = {}
-        for keys, update in journal:
-            if update.principal or update.ring is not None or update.band is not None:
-                principals[keys.principal] = None
-            if update.subnet:
-                cohorts[keys.subnet] = None
-            if keys.fingerprint is not None and update.fingerprint:
-                cohorts[keys.fingerprint] = None
-            if update.template is not None:
-                buckets.update(dict.fromkeys(keys.templates))
-        extra = [remote.log_since(self._last)]
+        principals, cohorts, buckets = read
+        written = _written(journal)
+        extra = [remote.log_since(self._last)] if read_log else []
         if journal:
-            extra.insert(0, remote.log_append(self.worker, [*principals, *cohorts, *buckets]))
-        # the journal written, what it touched read back, the log appended to and read: one
-        # round trip
+            extra.insert(0, remote.log_append(self.worker, [n for ns in written for n in ns]))
         try:
-            log = await self._exchange(journal, now, principals, cohorts, buckets, extra)
+            return await self._exchange(journal, now, principals, cohorts, buckets, extra, batch)
         except StorageError:
             # The script may have run with its reply lost (a timeout, a reset): Redis then
-            # stamped these states this worker's without this copy taking theirs.
-            for name in principals:
+            # stamped these states this worker's without this copy taking theirs. The journal
+            # stays in ``_unanswered``, to be sent again under the same name.
+            for name in (*principals, *written[0]):
                 self.local.unsync(name, 0, now)
-            for name in cohorts:
+            for name in (*cohorts, *written[1]):
                 self.local.unsync(name, 1, now)
-            self._keep(journal)
             raise
+
+    async def _read_changed(self, log: list[str], now: float, read: set[str]) -> None:
+        """Reads again what this worker holds of the states ``log`` names (and the ones a
+        failed read left stale), but for those just ``read`` and those written here since:
+        those are read back with their own write at the next flush."""
         # what the other workers wrote since: read again what this worker holds of it (and has
         # not written since: that is read back with its own write at the next flush)
         pending = _touched(self._journal)
         changed: tuple[dict[str, None], dict[str, None], dict[str, None]] = ({}, {}, {})
         log, self._stale = [*self._stale, *log], []
         for name in log:
-            if name in pending or name in principals or name in cohorts or name in buckets:
+            if name in pending or name in read:
                 continue
             kind = _kind(name)
             if self.local.holds(name, kind, now):
@@ -312,7 +346,6 @@ class SharedRiskStore:
             except StorageError:
                 self._stale = [name for names in changed for name in names]  # next flush
                 raise
-        self.flushes += 1
 
     async def _exchange(
         self,
@@ -322,6 +355,7 @@ class SharedRiskStore:
         cohorts: dict[str, None],
         buckets: dict[str, None],
         extra: list[tuple[Any, ...]],
+        batch: str = "",
     ) -> list[str]:
         """One round trip: ``journal`` written, the states named read back and taken here
         (``absorb_*``), the ``extra`` log commands run; returns the names the other workers
@@ -338,7 +372,7 @@ class SharedRiskStore:
             current.update(n for n in cohorts if local.synced(n, 1, now, READ_EVERY))
         read_principals, read_cohorts, read_buckets, logged = await remote.sync(
             journal, now, list(principals), list(cohorts), list(buckets), extra,
-            self.worker, current,
+            self.worker, current, batch,
         )  # fmt: skip
         since = self._journal  # written here during the round trip
         rings, banded, pushed = _newer(since)
@@ -366,7 +400,7 @@ class SharedRiskStore:
             if time.monotonic() - self._log_failed_at >= WARN_EVERY:
                 self._log_failed_at = time.monotonic()
                 logger.warning("guardrail: the risk log failed: %s", remote.failure(failed[0]))
-        elif logged:
+        elif logged and extra[-1][0] in ("XRANGE", "XREVRANGE"):  # the log read
             entries = [e for e in logged[-1] or [] if _text(e[0]) != self._last]
             if entries:
                 self._last = _text(entries[-1][0])
@@ -394,6 +428,26 @@ def _kind(name: str) -> int:
     the prefix of its ``Keys`` string."""
     prefix = name[:2]
     return 1 if prefix in ("s:", "f:") else 2 if prefix == "t:" else 0
+
+
+def _written(
+    journal: list[tuple[Keys, Update]],
+) -> tuple[dict[str, None], dict[str, None], dict[str, None]]:
+    """The principals, cohorts and template buckets ``journal`` writes, in order: the
+    states a flush of it reads back."""
+    principals: dict[str, None] = {}
+    cohorts: dict[str, None] = {}
+    buckets: dict[str, None] = {}
+    for keys, update in journal:
+        if update.principal or update.ring is not None or update.band is not None:
+            principals[keys.principal] = None
+        if update.subnet:
+            cohorts[keys.subnet] = None
+        if keys.fingerprint is not None and update.fingerprint:
+            cohorts[keys.fingerprint] = None
+        if update.template is not None:
+            buckets.update(dict.fromkeys(keys.templates))
+    return principals, cohorts, buckets
 
 
 def _touched(journal: list[tuple[Keys, Update]]) -> set[str]:

@@ -1,9 +1,12 @@
 -- A worker's flush (backends/risk_shared.py), risk_state.lua's functions before this: the
 -- writes of many states and the read of each, in one call.
--- KEYS: each state's hash (or list, for a template bucket), in the order of the spec.
+-- KEYS: each state's hash (or list, for a template bucket), in the order of the spec; then,
+-- when the call writes, its marker: a key of the same slot named for this part of this flush.
 -- ARGV[1] now, ARGV[2] half_life, ARGV[3] ttl_ms, ARGV[4] the worker's name, ARGV[5] the spec
--- (JSON), ARGV[6..] the entries its "L" operations push (binary: sketches), referred to by
--- number (1: ARGV[6]).
+-- (JSON), ARGV[6] how long the marker is kept (ms), ARGV[7..] the entries its "L" operations
+-- push (binary: sketches), referred to by number (1: ARGV[7]).
+-- A call whose marker is already there ran before (its reply was lost, and the worker sent
+-- the same part of the same flush again): it writes nothing and reads as usual.
 -- The spec is a list, one object per state: "x" the suffixes of its other keys (its keys are
 -- KEYS[s] and KEYS[s] .. suffix: one hash tag, one slot); "w" (a write) with "c" create,
 -- "f" fields, "o" operations as apply takes them (key numbers into the state's keys); then "r"
@@ -11,14 +14,16 @@
 -- or "b": a template bucket, read with LRANGE. A written hash (a principal, a cohort: "m") is
 -- stamped with the worker's name in its field "_w"; with "q", a hash whose stamp was already
 -- this worker's is not read (0 in its place): nobody else wrote it since this worker last read
--- it back, so its copy is Redis's.
+-- it back, so its copy is Redis's. A state with "z" is written and not read (0).
 -- Returns one reply per state, what read (or LRANGE) returns, or 0.
 local me = ARGV[4]
 local spec = cjson.decode(ARGV[5])
 local out = {}
+local marker = KEYS[#spec + 1]
+local replay = marker and not redis.call('SET', marker, 1, 'NX', 'PX', ARGV[6])
 for s, state in ipairs(spec) do
   local base = KEYS[s]
-  if state.w then
+  if state.w and not replay then
     local keys = {base}
     for _, suffix in ipairs(state.x) do
       keys[#keys + 1] = base .. suffix
@@ -27,7 +32,7 @@ for s, state in ipairs(spec) do
     local i = 1
     while i <= #ops do
       if ops[i] == 'L' then
-        ops[i + 2] = ARGV[5 + ops[i + 2]]
+        ops[i + 2] = ARGV[6 + ops[i + 2]]
         i = i + 4
       elseif ops[i] == 'S' then
         i = i + 3
@@ -47,7 +52,9 @@ for s, state in ipairs(spec) do
       out[s] = 0
     end
   end
-  if out[s] then
+  if state.z then
+    out[s] = 0  -- not asked for
+  elseif out[s] then
     -- not read: unchanged
   elseif state.b then
     out[s] = redis.call('LRANGE', base, 0, state.b - 1)

@@ -51,32 +51,60 @@
     return first < 32 ? first : 32 + Math.clz32(words[1]);
   }
 
-  function solve(seed, difficulty) {
+  // `report(tried)` is called every REPORT_EVERY tries, so the page can show progress
+  var REPORT_EVERY = 20000;
+  function solve(seed, difficulty, report) {
     var prefix = seed + ":";
     for (var nonce = 0; ; nonce++) {
       if (zeroBits(sha256(prefix + nonce)) >= difficulty) return String(nonce);
+      if (report && nonce % REPORT_EVERY === REPORT_EVERY - 1) report(nonce + 1);
     }
   }
 
   if (typeof document === "undefined") {  // the worker
     if (typeof module !== "undefined") { module.exports = { sha256: sha256, solve: solve }; return; }
     self.onmessage = function (event) {
-      self.postMessage(solve(event.data.seed, event.data.difficulty));
+      var nonce = solve(event.data.seed, event.data.difficulty, function (tried) {
+        self.postMessage({ tried: tried });
+      });
+      self.postMessage({ nonce: nonce });
     };
     return;
   }
   var form = document.getElementById("guardrail-pow");
   if (!form) return;
   var status = document.getElementById("guardrail-status");
-  var worker = new Worker(form.getAttribute("data-worker"));
+  var progress = document.getElementById("guardrail-progress");
+  var bar = document.getElementById("guardrail-bar");
+  var count = document.getElementById("guardrail-count");
+  var difficulty = parseInt(form.getAttribute("data-difficulty"), 10);
+  var expected = Math.pow(2, difficulty);
+  function say(text) { if (status) status.textContent = text; }
+  function show(tried) {
+    // The number of tries is luck: about 2^difficulty on average, sometimes twice that
+    if (bar) bar.value = Math.min(tried / expected, 0.97);
+    if (count) {
+      count.textContent = "Tried " + tried.toLocaleString("en-US") + " of about " +
+        expected.toLocaleString("en-US") + " expected" +
+        (tried > expected ? ": taking longer than usual, it is luck, not a fault." : ".");
+    }
+  }
+  var worker;
+  try {
+    worker = new Worker(form.getAttribute("data-worker"));
+  } catch (error) {
+    say("Your browser could not start the check (" + error + "). Reload to try again.");
+    return;
+  }
   worker.onmessage = function (event) {
-    form.elements.nonce.value = event.data;
-    if (status) status.textContent = "Done. Continuing…";
+    if (event.data.tried !== undefined) { show(event.data.tried); return; }
+    form.elements.nonce.value = event.data.nonce;
+    if (bar) bar.value = 1;
+    say("Done. Taking you back…");
     form.submit();
   };
-  worker.postMessage({
-    seed: form.getAttribute("data-seed"),
-    difficulty: parseInt(form.getAttribute("data-difficulty"), 10)
-  });
-  if (status) status.textContent = "Working on it: this takes a few seconds.";
+  worker.onerror = function () { say("The check stopped unexpectedly. Reload to try again."); };
+  worker.postMessage({ seed: form.getAttribute("data-seed"), difficulty: difficulty });
+  if (progress) progress.hidden = false;
+  say("Working on it: this usually takes a few seconds.");
 })();
