@@ -791,8 +791,12 @@ class Guardrail:
         receipt: dict[str, Any] | None = None,
     ) -> None:
         record = decision_record(self.policy, scope, decision, now, status)
-        if receipt is not None:  # the body as served: SHA-256 and size (provenance routes)
+        if receipt is not None:
+            # The body as served (provenance routes): never folded into a count of refusals,
+            # which observe mode's served refusals would be.
             record["receipt"] = receipt
+            self.refusals.emit(record, None, now)
+            return
         self.refusals.emit(record, refusal_key(decision, status), now)
 
 

@@ -321,3 +321,22 @@ async def test_without_lifespan_the_index_is_saved_as_the_process_ends(tmp_path:
     index = ProvenanceIndex.load(tmp_path / "prov-0.grprov")
     assert index.subjects_entries() == {"i:203.0.113.7": 1}
     assert [r["receipt"]["bytes"] for r in audit_records(tmp_path)] == [len(response.content)]
+
+
+async def test_in_observe_mode_served_refusals_keep_their_receipts(tmp_path: Path, clock):
+    text = policy(tmp_path).replace("version: 1\n", "version: 1\nmode: observe\n")
+    text = text.replace("{per: ip, rate: 1000000/minute}", "{per: ip, rate: 1/hour}")
+    app = build(tmp_path, clock, text, app=model_app())
+    answer = next(iter(leaks.outputs(9, OTHERS[2])))
+    async with lifespan(app), client(app) as http:
+        bodies = []
+        for _ in range(4):  # the last three over the limit: limit recorded, still served
+            response = await http.post("/v1/chat/completions", json=ask(answer))
+            assert response.status_code == 200
+            bodies.append(response.content)
+    records = audit_records(tmp_path)
+    assert [r["action"] for r in records] == ["allow", "limit", "limit", "limit"]
+    assert [r["receipt"]["sha256"] for r in records] == [
+        hashlib.sha256(b).hexdigest() for b in bodies
+    ]
+    assert len(ProvenanceIndex.load(tmp_path / "prov-0.grprov")) == 4
