@@ -153,3 +153,22 @@ async def test_events_one_a_message_and_malformed_events_in_a_stream():
     capture, sent = await served(messages)
     assert sent == messages
     assert capture.output() == ["one two"]
+
+
+async def test_texts_read_from_the_frame_equal_the_parsed_ones_escapes_and_choices_included():
+    deltas = [(0, "Caf\u00e9 "), (0, "au "), (1, "second "), (0, 'say "hi"'), (0, "\nnext ")]
+    deltas += [(0, f"w{i} ") for i in range(20)] + [(1, "choice"), (0, "\\end")]
+    framed = [
+        b"data: "
+        + json.dumps(
+            {"id": "x", "choices": [{"index": i, "delta": {"content": d}}]}, ensure_ascii=False
+        ).encode()
+        + b"\n\n"
+        for i, d in deltas
+    ]
+    capture, _ = await served(
+        [start(b"text/event-stream"), *(body(e, True) for e in framed), body(b"", False)]
+    )
+    assert capture.frame is not None  # most of these were read without parsing
+    expected = ["".join(d for i, d in deltas if i == n) for n in (0, 1)]
+    assert capture.output() == expected
