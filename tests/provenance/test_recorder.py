@@ -101,3 +101,20 @@ async def test_a_file_of_another_key_is_set_aside_not_overwritten(tmp_path: Path
     assert ProvenanceIndex.load(aside).subjects_entries() == {"a:alice": 1}
     assert any("another key" in r.getMessage() for r in caplog.records)
     await rekeyed.close()
+
+
+async def test_a_path_nobody_can_write_is_refused_at_startup(tmp_path: Path, clock):
+    import pytest
+
+    from guardrail.errors import ProvenanceError
+
+    rec = Recorder(
+        str(tmp_path / "missing" / "prov-{worker}.grprov"),
+        capacity=10,
+        retention=60.0,
+        save_every=60.0,
+        sketcher=Sketcher(),
+        clock=clock,
+    )
+    with pytest.raises(ProvenanceError, match=r"missing/prov-0\.grprov\.lock: cannot create"):
+        await rec.start()

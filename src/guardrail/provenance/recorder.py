@@ -233,7 +233,13 @@ class Recorder:
         worker before this one saved it, is taken up."""
         for slot in range(MAX_SLOTS):
             path = Path(self.pattern.replace(_PLACEHOLDER, str(slot)))
-            lock = path.with_name(path.name + ".lock").open("ab")
+            try:
+                lock = path.with_name(path.name + ".lock").open("ab")
+            except OSError as exc:  # refused at startup: no index could ever be saved here
+                where = str(path.with_name(path.name + ".lock"))
+                raise ProvenanceError(
+                    f"cannot create a worker's lock: {exc.strerror}", where
+                ) from exc
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
