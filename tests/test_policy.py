@@ -85,6 +85,13 @@ BAD: dict[str, list[tuple[str, int | None]]] = {
     "unknown_openai_shape.yaml": [("routes[0].inspect", 6)],
     "unmatched_unknown_route.yaml": [("unmatched", 8)],
     "unmatched_exempt_route.yaml": [("unmatched", 7)],
+    "watermark_literal_key.yaml": [("provenance.watermark.key", 6)],
+    "signatures_literal_key.yaml": [
+        ("provenance.signatures.key", 5),
+        ("provenance.signatures.max_bytes", 6),
+    ],
+    "watermark_header_reserved.yaml": [("provenance.watermark.header", 6)],
+    "watermark_header_is_identity.yaml": [("provenance.watermark.header", 9)],
     "challenges_site_name.yaml": [("challenges.site_name", 4)],
     "provenance_unknown_route.yaml": [("provenance.routes[1]", 13), ("provenance.routes[2]", 14)],
     "provenance_settings.yaml": [

@@ -63,21 +63,27 @@ def _audit_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _audit_verify(args: argparse.Namespace) -> int:
-    from guardrail.audit.verify import EXIT, check
+def _chain_key(args: argparse.Namespace) -> bytes | str | None:
+    """The audit chain's key from --policy or --key (None: neither), or why it cannot be had."""
     from guardrail.secrets import chain_secret, reference_kind
 
-    key = None
     if args.policy is not None:
         key = chain_secret(Policy.from_yaml(args.policy))
-        if key is None:
-            print(f"{args.policy}: the policy has no audit.chain_key", file=sys.stderr)
-            return 1
-    elif args.key is not None:
+        return f"{args.policy}: the policy has no audit.chain_key" if key is None else key
+    if args.key is not None:
         if reference_kind(args.key) == "literal":  # it would stay in the shell's history
-            print("--key: env:NAME or file:PATH, never the key itself", file=sys.stderr)
-            return 1
-        key = resolve_secret(args.key)
+            return "--key: env:NAME or file:PATH, never the key itself"
+        return resolve_secret(args.key)
+    return None
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from guardrail.audit.verify import EXIT, check
+
+    key = _chain_key(args)
+    if isinstance(key, str):
+        print(key, file=sys.stderr)
+        return 1
     verdict = check(args.trails, key)
     print(verdict.report, file=sys.stderr if verdict.status == "broken" else sys.stdout)
     return EXIT[verdict.status]
@@ -129,6 +135,53 @@ def _trace_find(args: argparse.Namespace) -> int:
     from guardrail.provenance import command
 
     return command.find(args)
+
+
+def _trace_receipt(args: argparse.Namespace) -> int:
+    from guardrail.provenance import receipt
+
+    try:
+        key = _chain_key(args)
+    except PolicyError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return receipt.BAD_INPUT
+    except GuardrailError as exc:  # a secret that cannot be read
+        print(f"guardrail: {exc}", file=sys.stderr)
+        return receipt.BAD_INPUT
+    if isinstance(key, str):
+        print(key, file=sys.stderr)
+        return receipt.BAD_INPUT
+    return receipt.receipt(args, key)
+
+
+def _trace_seed(args: argparse.Namespace) -> int:
+    from guardrail.provenance import seeds
+
+    return seeds.run(args)
+
+
+def _trace_public_key(args: argparse.Namespace) -> int:
+    from guardrail.provenance.signatures import public_key_text
+
+    signing = Policy.from_yaml(args.policy).provenance.signatures
+    if signing is None:
+        print(f"{args.policy}: the policy has no provenance.signatures", file=sys.stderr)
+        return 1
+    print(public_key_text(resolve_secret(signing.key), signing.key_id, pem=args.pem))
+    return 0
+
+
+def _trace_verify_response(args: argparse.Namespace) -> int:
+    from guardrail.provenance import verify_response
+
+    if args.policy is None:
+        return verify_response.run(args, None, None)
+    signing = Policy.from_yaml(args.policy).provenance.signatures
+    if signing is None:
+        print(f"{args.policy}: the policy has no provenance.signatures", file=sys.stderr)
+        return verify_response.BAD_INPUT
+    return verify_response.run(args, resolve_secret(signing.key), signing.key_id)
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -224,6 +277,51 @@ def parser() -> argparse.ArgumentParser:
 
     add_find_arguments(find)
     find.set_defaults(run=_trace_find)
+    receipt = trace.add_parser(
+        "receipt",
+        help="what the audit trail says was served for one request, and whether it verifies",
+        description="Finds the record of REQUEST_ID in the trails, verifies its trail's chain "
+        "(with the key: --policy or --key) before and after it, and prints who was served "
+        "what (the body's SHA-256 and size), when, and the record's link. Exit 0 verified; 1 "
+        "not found, no receipt, --body does not match, or the chain is broken; 2 input "
+        "refused; 3 a keyed chain read without its key.",
+    )
+    from guardrail.provenance.receipt import add_receipt_arguments
+
+    add_receipt_arguments(receipt)
+    receipt.set_defaults(run=_trace_receipt)
+    seed = trace.add_parser(
+        "seed",
+        help="a subject's watermark seed (provenance.watermark), or who a detected seed names",
+        description="Prints the seed the policy's provenance.watermark key gives SUBJECT; or, "
+        "with --seed and --audit, the principals of the trails that were given that seed. "
+        "Exit 0 printed or named, 1 nobody has that seed, 2 input refused.",
+    )
+    from guardrail.provenance.seeds import add_seed_arguments
+
+    add_seed_arguments(seed)
+    seed.set_defaults(run=_trace_seed)
+    public = trace.add_parser(
+        "public-key",
+        help="the public key that verifies signed responses (provenance.signatures), to publish",
+        description="Prints the public half of provenance.signatures.key as a JWK (RFC 8037) "
+        "with its kid, the keyid its signatures carry; --pem for SubjectPublicKeyInfo PEM.",
+    )
+    public.add_argument("--policy", required=True, metavar="POLICY")
+    public.add_argument("--pem", action="store_true", help="PEM instead of a JWK")
+    public.set_defaults(run=_trace_public_key)
+    check_response = trace.add_parser(
+        "verify-response",
+        help="check a saved response's signature (provenance.signatures) and name its request",
+        description="Verifies the RFC 9421 signature and RFC 9530 Content-Digest of a response "
+        "saved with curl -D HEADERS -o BODY, with the published key (--public-key, PEM or JWK) "
+        "or the policy's, and prints the guardrail-request-id it covers. Exit 0 verified, 1 "
+        "not, 2 input refused.",
+    )
+    from guardrail.provenance.verify_response import add_arguments
+
+    add_arguments(check_response)
+    check_response.set_defaults(run=_trace_verify_response)
 
     tune = commands.add_parser(
         "calibrate",

@@ -5,12 +5,16 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from guardrail.backends.base import Outcome
 from guardrail.identity import Subject
 from guardrail.inspection import OpenAIRequest
 from guardrail.limits import CompiledLimit, LimitHit, limit_hit
 from guardrail.signals.engine import Assessment
+
+if TYPE_CHECKING:
+    from guardrail.provenance.watermark import WatermarkSeed
 
 ALLOW = "allow"
 LIMIT = "limit"
@@ -39,6 +43,12 @@ class Decision:
     tokens: int = 0  # the LLM tokens reserved against the token limits among them
     used: int | None = None  # the tokens the response was settled to (None: unknown)
     assessment: Assessment | None = None  # the risk engine's, when it scored the request
+    watermark: WatermarkSeed | None = None  # provenance.watermark: the subject's seed
+
+    @property
+    def watermark_seed(self) -> int | None:
+        """The subject's seed for a model-side watermark (``provenance.watermark``), or None."""
+        return None if self.watermark is None else self.watermark.seed
 
     @property
     def signals(self) -> dict[str, float]:

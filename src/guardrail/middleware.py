@@ -82,7 +82,9 @@ from guardrail.paths import canonical, irregular, route_path
 from guardrail.policy import Policy
 from guardrail.provenance.capture import Capture
 from guardrail.provenance.recorder import Recorder
+from guardrail.provenance.signatures import ResponseSigner
 from guardrail.provenance.sketch import Sketcher
+from guardrail.provenance.watermark import Seeds
 from guardrail.relay import Relay, identity_scope, with_headers
 from guardrail.secrets import chain_secret, policy_secret, resolve_secret
 from guardrail.signals.engine import Assessment, RiskEngine, principal_of
@@ -175,6 +177,16 @@ class Guardrail:
             chain_key=chain_secret(self.policy),
         )
         self.refusals = Refusals(self.audit.emit, conf.aggregate, self.clock)
+        mark = self.policy.provenance.watermark
+        self.seeds = None if mark is None else Seeds(resolve_secret(mark.key), mark.header)
+        signing = self.policy.provenance.signatures
+        self.signer = (
+            None
+            if signing is None
+            else ResponseSigner(
+                resolve_secret(signing.key), signing.max_bytes, self.clock, signing.key_id
+            )
+        )
         head = {"policy": self.policy.digest, "mode": self.policy.mode}
         every = conf.aggregate or UNMATCHED_EVERY
         self.unmatched = Unmatched(self.audit.emit, head, self.policy.unmatched, every, self.clock)
@@ -273,6 +285,9 @@ class Guardrail:
             await self.app(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        seeds = self.seeds
+        if seeds is not None:  # provenance.watermark: a client never chooses its seed
+            scope = seeds.strip(scope)
         path = scope["path"]
         root = scope.get("root_path")
         if root:  # under a mount or a --root-path: what the app routes on
@@ -307,6 +322,9 @@ class Guardrail:
         now = self.clock()
         decision = Decision(request_id, route.name, self.identity.resolve(scope), self.enforce)
         scope.setdefault("state", {})["guardrail"] = decision
+        if seeds is not None:
+            decision.watermark = seeds.for_subject(decision.subject)
+            scope = seeds.give(scope, decision.watermark)
         headers = [id_header]
         cleared = False  # a clearance was shown, and counted, before the body
         # Free while nothing remembered is still refusing: the latest expiry is past
@@ -427,6 +445,8 @@ class Guardrail:
         capture = None
         if self._provenance and route.name in self._provenance:
             send = capture = Capture(send)  # outermost: it sees the body as the client does
+        if self.signer is not None:  # provenance.signatures: sees every header
+            send = self.signer.wrap(send)
         try:
             await self.app(scope, receive, with_headers(send, headers, status))
         finally:
@@ -526,6 +546,8 @@ class Guardrail:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A handshake counts as one request of its route; a refusal closes it before accept,
         # which servers answer with HTTP 403.
+        if self.seeds is not None:  # provenance.watermark: a client never chooses its seed
+            scope = self.seeds.strip(scope)
         path = route_path(scope)
         route = self.routes.match(path, "GET")
         if irregular(path, scope):
@@ -549,6 +571,9 @@ class Guardrail:
             self.request_ids(), route.name, self.identity.resolve(scope), self.enforce
         )
         scope.setdefault("state", {})["guardrail"] = decision
+        if self.seeds is not None:
+            decision.watermark = self.seeds.for_subject(decision.subject)
+            scope = self.seeds.give(scope, decision.watermark)
         await self._decide(route, decision, now)
         if decision.action == LIMIT:
             self._record(scope, decision, now, 403 if self.enforce else 101)

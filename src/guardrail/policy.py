@@ -458,51 +458,6 @@ WORKER_PLACEHOLDER = "{worker}"
 MAX_PROVENANCE_ENTRIES = 100_000_000
 
 
-class Provenance(_Model):
-    """Sketches of the texts served on some routes, kept to trace a leaked dataset back to the
-    subjects it was served to (``guardrail trace find``); every response of those routes is
-    recorded in the audit trail with a receipt (the SHA-256 and size of its body as served)."""
-
-    enabled: bool = Field(default=False, strict=True)
-    """true: keep a sketch of each output served on the provenance routes, and record every
-    response there with a receipt (the SHA-256 and size of its body as served); off by default."""
-    routes: tuple[str, ...] | None = None
-    """The names of the routes whose responses are sketched and receipted; unset: every route
-    with inspect."""
-    retention: PositiveDuration = 30 * 86400.0
-    """How long a sketch is kept (a duration; 30d)."""
-    max_entries: Count = 1_000_000
-    """The most sketches each worker keeps, the oldest dropped first; 56 bytes each (1,000,000:
-    56 MB)."""
-    path: str = Field(default="guardrail-provenance-{worker}.grprov", min_length=1)
-    """Where each worker saves its index; {worker} becomes its slot (0, 1, …: the first whose
-    lock file no other process holds), so workers never share a file and a restarted worker
-    continues its slot's. `guardrail trace find --index` takes several files and globs."""
-    save_every: PositiveDuration = 60.0
-    """How often the index is saved (a duration; 60s), and at shutdown."""
-    key: ReferencedSecret | None = None
-    """env:NAME or file:PATH keying the sketches' hash functions, so nobody without it can tell
-    which words a sketch rests on; an index only compares with suspects sketched under its key.
-    Unset: a fixed key."""
-
-    @field_validator("max_entries")
-    @classmethod
-    def _entries_fit(cls, entries: int) -> int:
-        if entries > MAX_PROVENANCE_ENTRIES:  # the index file counts entries in 32 bits
-            raise refuse("at most 100,000,000 entries (5.6 GB); 1,000,000 is the default")
-        return entries
-
-    @field_validator("path")
-    @classmethod
-    def _path_per_worker(cls, path: str) -> str:
-        if WORKER_PLACEHOLDER not in path:
-            raise refuse(
-                "a file name holding {worker} (each worker saves its own file), such as "
-                "guardrail-provenance-{worker}.grprov"
-            )
-        return path
-
-
 #: The breaker probes at least this often: Redis is back in use within this of its recovery.
 MAX_PROBE_EVERY = 60.0
 
@@ -523,6 +478,103 @@ class StorageBreaker(_Model):
         if seconds > MAX_PROBE_EVERY:  # Redis stays unused this long after it is back
             raise refuse("a duration of at most 1m (250ms is the default)")
         return seconds
+
+
+#: Request headers a watermark seed must not replace: guardrail strips the client's copy.
+_NOT_A_SEED_HEADER = frozenset(
+    {
+        "authorization",
+        "cookie",
+        "host",
+        "content-length",
+        "content-type",
+        "content-encoding",
+        "transfer-encoding",
+        "accept-encoding",
+        "forwarded",
+        "x-forwarded-for",
+    }
+)
+
+
+class Watermark(_Model):
+    key: ReferencedSecret
+    """The secret the per-subject seeds are keyed with (env:NAME or file:PATH): seed =
+    HMAC-SHA256(key, principal), first 8 bytes, shifted right one bit (0 <= seed < 2**63)."""
+    header: Header | None = None
+    """A request header that carries the seed to the app (e.g. x-guardrail-watermark-seed); the
+    client's own copy is removed first. Unset: only request.state.guardrail.watermark_seed."""
+
+    @field_validator("header")
+    @classmethod
+    def _own_header(cls, header: str | None) -> str | None:
+        if header is not None and header in _NOT_A_SEED_HEADER:
+            raise refuse(
+                "a header of its own (e.g. x-guardrail-watermark-seed): the client's is removed"
+            )
+        return header
+
+
+class Signatures(_Model):
+    key: ReferencedSecret
+    """The Ed25519 private key (PEM) responses are signed with: file:PATH or env:NAME."""
+    key_id: str | None = Field(default=None, min_length=1)
+    """The signatures' keyid; unset: guardrail-ed25519- and 16 hex digits of the public key's
+    SHA-256 (`guardrail trace public-key` prints it with the key)."""
+    max_bytes: Size = 1_048_576
+    """The largest JSON response held to be signed, a size (its Content-Length: 1MiB, 256KB or
+    bytes); larger ones, streams and responses without a length pass through unsigned."""
+
+
+class Provenance(_Model):
+    """What was served, to whom. With ``enabled``, sketches of the texts served on some routes,
+    kept to trace a leaked dataset back to the subjects it was served to (``guardrail trace
+    find``), and every response of those routes recorded in the audit trail with a receipt (the
+    SHA-256 and size of its body as served); the watermark seed and signatures apart."""
+
+    enabled: bool = Field(default=False, strict=True)
+    """Capture what provenance routes serve (sketches for trace find, receipts in the trail)."""
+    routes: tuple[str, ...] | None = None
+    """The names of the routes whose responses are sketched and receipted; unset: every route
+    with inspect."""
+    retention: PositiveDuration = 30 * 86400.0
+    """How long a sketch is kept (a duration; 30d)."""
+    max_entries: Count = 1_000_000
+    """The most sketches each worker keeps, the oldest dropped first; 56 bytes each (1,000,000:
+    56 MB)."""
+    path: str = Field(default="guardrail-provenance-{worker}.grprov", min_length=1)
+    """Where each worker saves its index; {worker} becomes its slot (0, 1, …: the first whose
+    lock file no other process holds), so workers never share a file and a restarted worker
+    continues its slot's. `guardrail trace find --index` takes several files and globs."""
+    save_every: PositiveDuration = 60.0
+    """How often the index is saved (a duration; 60s), and at shutdown."""
+    key: ReferencedSecret | None = None
+    """env:NAME or file:PATH keying the sketches' hash functions, so nobody without it can tell
+    which words a sketch rests on; an index only compares with suspects sketched under its key.
+    Unset: a fixed key."""
+    watermark: Watermark | None = None
+    """A keyed seed per subject passed to the app for a model-side watermark (SynthID-Text,
+    a vLLM logits processor), on every guarded route, whatever `enabled` says; unset: none."""
+    signatures: Signatures | None = None
+    """Sign JSON responses of guarded routes (RFC 9421 over an RFC 9530 Content-Digest, Ed25519):
+    the one case where guardrail holds a body, up to max_bytes; unset: nothing is signed."""
+
+    @field_validator("max_entries")
+    @classmethod
+    def _entries_fit(cls, entries: int) -> int:
+        if entries > MAX_PROVENANCE_ENTRIES:  # the index file counts entries in 32 bits
+            raise refuse("at most 100,000,000 entries (5.6 GB); 1,000,000 is the default")
+        return entries
+
+    @field_validator("path")
+    @classmethod
+    def _path_per_worker(cls, path: str) -> str:
+        if WORKER_PLACEHOLDER not in path:
+            raise refuse(
+                "a file name holding {worker} (each worker saves its own file), such as "
+                "guardrail-provenance-{worker}.grprov"
+            )
+        return path
 
 
 _WIDE_CHECKED = "guardrail_policy_wide_checked"
@@ -575,8 +627,9 @@ class Policy(_Model):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     """The audit trail: where records go, rotation, sampling, hash chain and aggregation."""
     provenance: Provenance = Field(default_factory=Provenance)
-    """Sketches of the outputs served on some routes, to trace a leaked dataset back to who was
-    served it (`guardrail trace find`), and a receipt of every response there; off by default."""
+    """What was served, to whom: sketches of the outputs served on some routes, to trace a leaked
+    dataset back to who was served it (`guardrail trace find`), with a receipt of every response
+    there; the watermark seed hook; signed responses (issue 15). Off by default."""
 
     _source: str = PrivateAttr(default="<python>")
     _digest: str | None = PrivateAttr(default=None)
@@ -598,6 +651,7 @@ class Policy(_Model):
     def _policy_wide(self, info: ValidationInfo) -> Policy:
         # from_string runs these checks on the raw document itself, to report them with the rest.
         if not (info.context or {}).get(_WIDE_CHECKED):
+            mark_header = self.provenance.watermark and self.provenance.watermark.header
             data = {
                 "mode": self.mode,
                 "secret": self.secret,
@@ -607,7 +661,14 @@ class Policy(_Model):
                 "routes": [{"name": r.name, "exempt": r.exempt} for r in self.routes],
                 "unmatched": self.unmatched,
                 "risk": {"signals": dict(self.risk.signals)},
-                "provenance": {"routes": self.provenance.routes},
+                "identity": {
+                    "api_key": self.identity.api_key and {"header": self.identity.api_key.header},
+                    "account": self.identity.account and {"header": self.identity.account.header},
+                },
+                "provenance": {
+                    "routes": self.provenance.routes,
+                    "watermark": self.provenance.watermark and {"header": mark_header},
+                },
             }
             for path, _, expected in _policy_wide_problems(data):
                 raise refuse(expected, at=path)
@@ -741,6 +802,7 @@ def _policy_wide_problems(data: Mapping[str, Any]) -> list[tuple[_KeyPath, objec
             seen[name] = index
     problems += _unmatched_problems(data.get("unmatched", PASS), routes)
     problems += _provenance_problems(data.get("provenance"), routes)
+    problems += _seed_header_problems(data)
     return problems
 
 
@@ -766,6 +828,23 @@ def _provenance_problems(provenance: object, routes: object) -> list[tuple[_KeyP
                 (("provenance", "routes", index), name, f"the name of a route ({why}{listed})")
             )
     return problems
+
+
+def _seed_header_problems(data: Mapping[str, Any]) -> list[tuple[_KeyPath, object, str]]:
+    # The client's copy of the seed header is removed: it must not be one identity reads.
+    provenance = data.get("provenance")
+    mark = provenance.get("watermark") if isinstance(provenance, Mapping) else None
+    header = mark.get("header") if isinstance(mark, Mapping) else None
+    identity = data.get("identity")
+    if not isinstance(header, str) or not isinstance(identity, Mapping):
+        return []
+    for member in ("api_key", "account"):
+        conf = identity.get(member)
+        name = conf.get("header") if isinstance(conf, Mapping) else None
+        if isinstance(name, str) and name.lower() == header.lower():
+            expected = f"a header of its own: identity.{member}.header reads {name}"
+            return [(("provenance", "watermark", "header"), header, expected)]
+    return []
 
 
 def _chain_key_problems(data: Mapping[str, Any]) -> list[tuple[_KeyPath, object, str]]:
@@ -848,7 +927,9 @@ def _reword_version(issue: PolicyIssue) -> PolicyIssue:
 
 def _reword(issue: PolicyIssue) -> PolicyIssue:
     # Never echo a secret or a raw API key into an error message: those end up in CI logs.
-    secret = issue.path.endswith(("secret", "chain_key", "provenance.key"))
+    secret = issue.path.endswith(
+        ("secret", "chain_key", "provenance.key", "watermark.key", "signatures.key")
+    )
     secret = secret and isinstance(issue.value, str)
     secret = secret and not (issue.path.endswith("chain_key") and issue.value == "secret")
     if secret and reference_kind(str(issue.value)) == "literal":

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import statistics
+import zlib
 
 import pytest
 
 from guardrail.errors import ProvenanceError
-from guardrail.provenance.sketch import BINS, Sketcher, jaccard, matches
+from guardrail.provenance.normalize import words
+from guardrail.provenance.sketch import BINS, MAX_WORDS, MIN_WORDS, Sketcher, jaccard, matches
+from guardrail.simulate import leaks
 
 VOCAB = [f"w{i}" for i in range(3000)]
 
@@ -67,3 +71,41 @@ def test_parameters_round_trip_and_bad_ones_are_refused():
     assert again.shingle == 2 and again.sketch(text) == sketcher.sketch(text)
     with pytest.raises(ProvenanceError):
         Sketcher.from_params(b"\x09" + bytes(15))
+
+
+def _reference(sketcher: Sketcher, text: str) -> tuple[bytes | None, int]:
+    """The sketch as defined, one shingle at a time, and how many bins were empty: what the
+    fast path must equal, so that a saved index stays comparable with what a faster
+    sketcher makes."""
+    hashes = [zlib.crc32(word) for word in words(text)[:MAX_WORDS]]
+    if len(hashes) < MIN_WORDS:
+        return None, BINS
+    spread = hashlib.blake2b(sketcher.params, digest_size=16).digest()
+    mults = [int.from_bytes(spread[4 * j : 4 * j + 4], "little") | 0x80000001 for j in range(4)]
+    smallest: dict[int, int] = {}
+    for i in range(len(hashes) - sketcher.shingle + 1):
+        mixed = 0
+        for j in range(sketcher.shingle):
+            mixed ^= hashes[i + j] * mults[j]
+        key = ((mixed >> 40) & 0xFFFFFF) * BINS  # the bin in bits 24-29, the value in 8-15
+        smallest[key >> 24] = min(key, smallest.get(key >> 24, key))
+    out = []
+    for b in range(BINS):
+        distance = next(d for d in range(BINS) if (b + d) % BINS in smallest)
+        out.append(((smallest[(b + distance) % BINS] >> 8) + 67 * distance) & 0xFF)
+    return bytes(out), BINS - len(smallest)
+
+
+@pytest.mark.parametrize("shingle", [1, 2, 3, 4])
+def test_the_fast_sketch_is_the_defined_one(shingle: int):
+    rng = random.Random(shingle)
+    texts = list(leaks.never_served(shingle, 60))  # ~1 KB answers: most leave a bin empty
+    texts += [" ".join(rng.choices(VOCAB[:9], k=rng.randint(8, 40))) for _ in range(60)]
+    texts += [" ".join(rng.choices(VOCAB, k=n)) for n in (7, 8, 9, MAX_WORDS + 50)]
+    sketcher = Sketcher(b"reference", shingle)
+    densified = 0
+    for text in texts:
+        expected, empty = _reference(sketcher, text)
+        assert sketcher.sketch(text) == expected
+        densified += expected is not None and empty > 0
+    assert densified > len(texts) // 3

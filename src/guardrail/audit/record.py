@@ -119,4 +119,6 @@ def decision_record(
         record["degraded"] = True  # decided by the local fallback while the store was down
     if decision.storage_error:
         record["storage_error"] = True  # fail_closed: refused because nothing could decide
+    if decision.watermark is not None:  # which key and principal its seed came from, not the seed
+        record["watermark"] = decision.watermark.as_record()
     return record

@@ -89,6 +89,11 @@ def verify(paths: Spec | Sequence[Spec], key: bytes | None = None) -> tuple[bool
     return verdict.status == "intact", verdict.report
 
 
+def check_trail(trail: Any, key: bytes | None = None) -> Verdict:
+    """:func:`check` of one trail of :func:`guardrail.audit.sources.sources`."""
+    return _Walk(trail, KeyedChain(key) if key is not None else None).run()
+
+
 def check(paths: Spec | Sequence[Spec], key: bytes | None = None) -> Verdict:
     """:func:`verify`, telling a keyed chain read without its key (``unchecked``) apart."""
     from guardrail.audit.sources import sources

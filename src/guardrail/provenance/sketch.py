@@ -98,15 +98,21 @@ class Sketcher:
 
 def _densified(first: list[int], values: bytes) -> bytes:
     """Empty bins (``first`` -1) take the value of the next filled bin to the right, shifted
-    by how far it is, so that two texts empty in the same bin agree when their neighbours do."""
-    out = bytearray(BINS)
-    for b in _RANGE:
-        for distance in _RANGE:
-            at = first[(b + distance) % BINS]
-            if at >= 0:
-                out[b] = (values[at] + 67 * distance) & 0xFF
-                break
-    return bytes(out)
+    by how far it is, so that two texts empty in the same bin agree when their neighbours do.
+
+    Most 1 KB texts leave a bin or two empty (155 shingles in 48 bins), so this runs for most
+    texts: only the empty bins are visited (a loop over all 48 cost 9-15 µs a text)."""
+    out = bytearray(map(values.__getitem__, first))  # an empty bin's -1 picks a placeholder
+    empty = first.index(-1)
+    while True:
+        distance = 1
+        while (at := first[(empty + distance) % BINS]) < 0:
+            distance += 1
+        out[empty] = (values[at] + 67 * distance) & 0xFF
+        try:
+            empty = first.index(-1, empty + 1)
+        except ValueError:
+            return bytes(out)
 
 
 def matches(a: bytes, b: bytes) -> int:
