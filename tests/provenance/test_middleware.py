@@ -340,3 +340,53 @@ async def test_in_observe_mode_served_refusals_keep_their_receipts(tmp_path: Pat
         hashlib.sha256(b).hexdigest() for b in bodies
     ]
     assert len(ProvenanceIndex.load(tmp_path / "prov-0.grprov")) == 4
+
+
+async def test_trace_receipt_verifies_what_the_client_received(tmp_path: Path, clock, capsys):
+    app = build(tmp_path, clock, policy(tmp_path), app=model_app())
+    text = next(iter(leaks.outputs(9, OTHERS[3])))
+    async with lifespan(app), client(app) as http:
+        response = await http.post(
+            "/v1/chat/completions", json=ask(text, "sse"), headers={"x-account-id": "zoe"}
+        )
+    request_id = response.headers["guardrail-request-id"]
+    served = tmp_path / "served.txt"
+    served.write_bytes(response.content)
+    trail = str(tmp_path / "audit.jsonl")
+    argv = ["trace", "receipt", request_id, "--audit", trail, "--body", str(served), "--json"]
+    assert main(argv) == 0
+    statement = json.loads(capsys.readouterr().out)
+    assert statement["receipt"] == {
+        "sha256": hashlib.sha256(response.content).hexdigest(),
+        "bytes": len(response.content),
+    }
+    served.write_bytes(response.content[:-1])  # not what was served
+    assert main(argv[:-1]) == 1
+
+
+async def test_a_signed_answer_is_receipted_and_sketched_as_the_client_got_it(
+    tmp_path: Path, clock
+):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+    )
+
+    key = tmp_path / "signing.pem"
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
+    )
+    key.write_bytes(pem)
+    signed = policy(tmp_path) + f"  signatures: {{key: 'file:{key}', max_bytes: 64KB}}\n"
+    app = build(tmp_path, clock, signed, app=model_app())
+    text = next(iter(leaks.outputs(9, OTHERS[0])))
+    async with lifespan(app), client(app) as http:
+        response = await http.post(
+            "/v1/chat/completions", json=ask(text), headers={"x-account-id": "sam"}
+        )
+    assert "signature" in response.headers and response.content == completion(text)
+    (record,) = audit_records(tmp_path)
+    assert record["receipt"]["sha256"] == hashlib.sha256(response.content).hexdigest()
+    assert ProvenanceIndex.load(tmp_path / "prov-0.grprov").subjects_entries() == {"a:sam": 1}
