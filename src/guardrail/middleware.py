@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -79,7 +80,10 @@ from guardrail.limits import (
 from guardrail.metering import CHAT, OPENAI, Meter, meter_for_path
 from guardrail.paths import canonical, irregular, route_path
 from guardrail.policy import Policy
+from guardrail.provenance.capture import Capture
+from guardrail.provenance.recorder import Recorder
 from guardrail.provenance.signatures import ResponseSigner
+from guardrail.provenance.sketch import Sketcher
 from guardrail.provenance.watermark import Seeds
 from guardrail.relay import Relay, identity_scope, with_headers
 from guardrail.secrets import chain_secret, policy_secret, resolve_secret
@@ -186,13 +190,15 @@ class Guardrail:
         head = {"policy": self.policy.digest, "mode": self.policy.mode}
         every = conf.aggregate or UNMATCHED_EVERY
         self.unmatched = Unmatched(self.audit.emit, head, self.policy.unmatched, every, self.clock)
-        self.audit.before_exit = self._close_counts  # the held counts, if the process ends
+        self.audit.before_exit = self._before_exit  # the held counts, if the process ends
         self._unmanaged = False  # started by a request: no lifespan will call shutdown()
         self.sample_allowed = conf.sample_allowed
         self.request_ids = RequestIds()
         self._ready: asyncio.Future[None] | None = None
         self._started = False  # read on every request: cheaper than asking the future
         self._storage_warned_at = float("-inf")
+        # provenance: the routes whose responses are captured (empty: off, no wrapper at all)
+        self.recorder, self._provenance = _provenance(self.policy, self.clock)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -215,6 +221,8 @@ class Guardrail:
         except StorageError as exc:
             # Not fatal: each request then follows on_storage_error until the store is back.
             logger.warning("guardrail: storage unavailable at startup: %s", exc)
+        if self.recorder is not None:
+            await self.recorder.start()
         self._started = True
 
     async def _first_request(self) -> None:
@@ -226,6 +234,12 @@ class Guardrail:
         if self._unmanaged:
             at_exit.watch(self.audit)
 
+    def _before_exit(self) -> None:
+        """The process ends without lifespan: what is held back is written now."""
+        self._close_counts()
+        if self.recorder is not None:
+            self.recorder.exit_sync()
+
     def _close_counts(self) -> None:
         """Write the counts held back: refusals and unmatched requests not yet recorded."""
         self.refusals.close()
@@ -234,6 +248,8 @@ class Guardrail:
     async def shutdown(self) -> None:
         """Flush the audit trail and close connections (lifespan shutdown, or call it yourself)."""
         await self.settlements.wait()  # token settlements still on their way to the storage
+        if self.recorder is not None:
+            await self.recorder.close()
         self._close_counts()
         await self.audit.close()
         release(self, self.audit.sink)
@@ -426,12 +442,15 @@ class Guardrail:
         if delay > 0:
             await self.sleep(delay)
         status = [0]
-        if self.signer is not None:  # provenance.signatures: outermost, sees every header
+        capture = None
+        if self._provenance and route.name in self._provenance:
+            send = capture = Capture(send)  # outermost: it sees the body as the client does
+        if self.signer is not None:  # provenance.signatures: sees every header
             send = self.signer.wrap(send)
         try:
             await self.app(scope, receive, with_headers(send, headers, status))
         finally:
-            self._served(scope, decision, now, status[0])
+            self._served(scope, decision, now, status[0], capture)
         if 400 <= status[0] < 500:  # the client's errors; an app's 5xx is not the client's
             await self._refused(assessment, now)
 
@@ -450,6 +469,9 @@ class Guardrail:
         From here on, whatever happens (the tier's delay included), the budget is settled."""
         budget, pace, delay, meter = metering
         scope = identity_scope(scope)  # what the relay counts and paces must be readable
+        capture = None
+        if self._provenance and decision.route in self._provenance:
+            send = capture = Capture(send)  # outside the relay: after its cut and pacing
         relay = Relay(
             send,
             headers,
@@ -474,12 +496,21 @@ class Guardrail:
         finally:
             if budget is not None:
                 await self._settle(budget, relay, decision)
-            self._served(scope, decision, now, relay.status)
+            self._served(scope, decision, now, relay.status, capture)
         if 400 <= relay.status < 500 and not relay.gone:  # not guardrail's own 502
             await self._refused(assessment, now)
 
-    def _served(self, scope: Scope, decision: Decision, now: float, status: int) -> None:
-        """Record what the app served: every decision but a plain allow, and a sample of those."""
+    def _served(
+        self, scope: Scope, decision: Decision, now: float, status: int, capture: Capture | None
+    ) -> None:
+        """Record what the app served: every decision but a plain allow, and a sample of those;
+        on a provenance route, every response, with its receipt, and its output is sketched."""
+        if capture is not None:
+            self._record(scope, decision, now, status or 500, capture.receipt())
+            output = capture.output()
+            if output is not None and self.recorder is not None:
+                self.recorder.offer(principal_of(decision.subject), output, now)
+            return
         if decision.action != ALLOW or (
             self.sample_allowed and random.random() < self.sample_allowed
         ):
@@ -776,9 +807,43 @@ class Guardrail:
                 "guardrail: storage error, applying on_storage_error=%s: %s", policy, exc
             )
 
-    def _record(self, scope: Scope, decision: Decision, now: float, status: int) -> None:
+    def _record(
+        self,
+        scope: Scope,
+        decision: Decision,
+        now: float,
+        status: int,
+        receipt: dict[str, Any] | None = None,
+    ) -> None:
         record = decision_record(self.policy, scope, decision, now, status)
+        if receipt is not None:
+            # The body as served (provenance routes): never folded into a count of refusals,
+            # which observe mode's served refusals would be.
+            record["receipt"] = receipt
+            self.refusals.emit(record, None, now)
+            return
         self.refusals.emit(record, refusal_key(decision, status), now)
+
+
+def _provenance(policy: Policy, clock: Clock) -> tuple[Recorder | None, frozenset[str]]:
+    """The recorder and the routes it records, when ``provenance.enabled``."""
+    conf = policy.provenance
+    if not conf.enabled:
+        return None, frozenset()
+    if conf.routes is not None:
+        names = frozenset(conf.routes)
+    else:
+        names = frozenset(r.name for r in policy.routes if r.inspect is not None and not r.exempt)
+    key = resolve_secret(conf.key) if conf.key is not None else b""
+    recorder = Recorder(
+        conf.path,
+        capacity=conf.max_entries,
+        retention=conf.retention,
+        save_every=conf.save_every,
+        sketcher=Sketcher(key),
+        clock=clock,
+    )
+    return recorder, names
 
 
 def _unread(scope: Scope, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
