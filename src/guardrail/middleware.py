@@ -80,6 +80,7 @@ from guardrail.metering import CHAT, OPENAI, Meter, meter_for_path
 from guardrail.paths import canonical, irregular, route_path
 from guardrail.policy import Policy
 from guardrail.relay import Relay, identity_scope, with_headers
+from guardrail.reload import Reloader
 from guardrail.secrets import chain_secret, policy_secret, resolve_secret
 from guardrail.signals.engine import Assessment, RiskEngine, principal_of
 
@@ -181,6 +182,8 @@ class Guardrail:
         self._ready: asyncio.Future[None] | None = None
         self._started = False  # read on every request: cheaper than asking the future
         self._storage_warned_at = float("-inf")
+        self._view = self  # what requests are decided on: another after a reload (reload.py)
+        self._reloader = Reloader(self)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -204,6 +207,7 @@ class Guardrail:
             # Not fatal: each request then follows on_storage_error until the store is back.
             logger.warning("guardrail: storage unavailable at startup: %s", exc)
         self._started = True
+        await self._reloader.arm(self.policy.reload)
 
     async def _first_request(self) -> None:
         # No lifespan started us, so none will stop us: the trail is written as the process
@@ -221,6 +225,7 @@ class Guardrail:
 
     async def shutdown(self) -> None:
         """Flush the audit trail and close connections (lifespan shutdown, or call it yourself)."""
+        await self._reloader.close()
         await self.settlements.wait()  # token settlements still on their way to the storage
         self._close_counts()
         await self.audit.close()
@@ -235,22 +240,30 @@ class Guardrail:
 
     aclose = shutdown
 
+    async def reload(self, policy: Policy | str | os.PathLike[str] | None = None) -> Policy:
+        """Swap in ``policy`` (by default the policy's file, read again) between requests,
+        keeping buckets, risk state and the audit trail; returns the policy in force. Raises
+        PolicyError, the old policy kept, when it does not validate or changes what only a
+        restart can (see ``guardrail.reload``)."""
+        return await self._reloader.reload(policy)
+
     # -- ASGI ------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
+            view = self._view  # read once: the request ends on the policy it started on
             if self._started and not self._unmanaged:
-                await self._http(scope, receive, send)
+                await view._http(scope, receive, send)
                 return
             emitted = self.audit.emitted
-            await self._http(scope, receive, send)
+            await view._http(scope, receive, send)
             if self._unmanaged and self.audit.emitted != emitted:
                 # A server stopping without lifespan waits for its request tasks, not for
                 # guardrail's writer: the response is sent, its records reach the trail now.
                 await self.audit.caught_up(_UNMANAGED_PATIENCE)
         elif kind == "websocket":
-            await self._websocket(scope, receive, send)
+            await self._view._websocket(scope, receive, send)
         elif kind == "lifespan":
             await lifespan(self, self.app, scope, receive, send)
         else:

@@ -364,6 +364,23 @@ class StorageBreaker(_Model):
         return seconds
 
 
+class Reload(_Model):
+    """What makes a running guardrail read its policy file again (``guardrail.reload``)."""
+
+    sighup: bool = Field(
+        default=False,
+        strict=True,
+        description="reload the policy file when the process receives SIGHUP (a server "
+        "running its event loop on the main thread: uvicorn, Hypercorn)",
+    )
+    watch: bool = Field(
+        default=False,
+        strict=True,
+        description="reload the policy file when it changes on disk (needs the reload extra: "
+        "pip install 'guardrail[reload]')",
+    )
+
+
 _WIDE_CHECKED = "guardrail_policy_wide_checked"
 
 
@@ -389,6 +406,10 @@ class Policy(_Model):
     tiers: dict[str, Tier] = Field(default_factory=dict)
     challenges: Challenges = Field(default_factory=Challenges)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    reload: Reload = Field(
+        default_factory=Reload,
+        description="live reload: the policy file read again on SIGHUP or when it changes",
+    )
 
     _source: str = PrivateAttr(default="<python>")
     _digest: str | None = PrivateAttr(default=None)

@@ -1,0 +1,247 @@
+"""Live policy reload: the policy file read again, validated, and swapped in between requests.
+
+Triggers: ``await guardrail.reload()``, SIGHUP (``reload.sighup``) and changes to the file
+(``reload.watch``, with watchfiles). Reading, parsing and building the new view run in a
+thread; the swap is one attribute write on the event loop (``recompile.py``). Buckets, risk
+state, issued challenges and the audit chain are kept. A policy that does not validate, or
+that changes what only a restart can (``restart_only.py``), is refused whole: every error is
+logged, the trail records the refusal, and the policy in force stays.
+
+Each reload is one audit record, ``"action": "policy_reload"`` with ``previous`` (the hash it
+replaced), or ``"action": "policy_reload_refused"`` with the keys at fault (never their values).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+from typing import TYPE_CHECKING, Any
+
+from guardrail.audit.record import format_ts
+from guardrail.cautions import cautions
+from guardrail.errors import GuardrailError, PolicyError
+from guardrail.policy import Policy
+from guardrail.recompile import recompiled
+from guardrail.restart_only import unchangeable
+
+if TYPE_CHECKING:
+    from guardrail.actions.captcha import Siteverify
+    from guardrail.middleware import Guardrail
+    from guardrail.policy import Reload
+
+logger = logging.getLogger("guardrail")
+
+SIGHUP = getattr(signal, "SIGHUP", None)  # not on Windows
+
+_listening: set[Reloader] = set()  # guardrails reloading on SIGHUP: one handler for them all
+_installed: asyncio.AbstractEventLoop | None = None
+
+
+class Reloader:
+    """One guardrail's reloads, one at a time, and the triggers its policy turns on."""
+
+    def __init__(self, guard: Guardrail) -> None:
+        self._guard = guard
+        self._lock: asyncio.Lock | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # triggered reloads, held until done
+        self._stop: asyncio.Event | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._retired: list[Siteverify] = []  # replaced CAPTCHA clients: a request may hold one
+
+    async def reload(
+        self, policy: Policy | str | os.PathLike[str] | None = None, trigger: str = "call"
+    ) -> Policy:
+        guard = self._guard
+        if not guard._started:
+            raise GuardrailError("guardrail has not started: there is no policy to reload yet")
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            current = guard._view
+            old = current.policy
+            try:
+                view = await asyncio.to_thread(self._prepare, current, policy)
+            except Exception as exc:
+                self._refused(old, policy, trigger, exc)
+                raise
+            if view is None:
+                logger.info(
+                    "guardrail: policy %s unchanged (%s): nothing reloaded", old.digest, trigger
+                )
+                return old
+            self._swap(current, view, trigger)
+        await self.arm(view.policy.reload)
+        return view.policy
+
+    def _prepare(
+        self, current: Guardrail, policy: Policy | str | os.PathLike[str] | None
+    ) -> Guardrail | None:
+        """In a thread: the new policy read and checked, and its view built; None if unchanged."""
+        if policy is None:
+            policy = current.policy.source
+            if policy.startswith("<"):
+                raise GuardrailError(
+                    f"the policy in force was not read from a file ({policy}): pass the new "
+                    "one to reload()"
+                )
+        new = policy if isinstance(policy, Policy) else Policy.from_yaml(policy)
+        if new.digest == current.policy.digest:
+            return None
+        issues = unchangeable(current.policy, new, self._guard.secret)
+        if issues:
+            raise PolicyError(issues)
+        for caution in cautions(new):
+            logger.warning("guardrail: %s", caution)
+        return recompiled(self._guard, current, new)
+
+    def _swap(self, current: Guardrail, view: Guardrail, trigger: str) -> None:
+        guard, old, new = self._guard, current.policy, view.policy
+        guard._view = view  # the next request decides on it; those running finish on theirs
+        guard.unmatched.rehead({"policy": new.digest, "mode": new.mode}, new.unmatched)
+        if current.siteverify is not None and current.siteverify is not view.siteverify:
+            self._retired.append(current.siteverify)
+        record = _record(new, guard.clock(), "policy_reload", trigger)
+        record["previous"] = old.digest
+        guard.audit.emit(record)
+        logger.info(
+            "guardrail: policy reloaded (%s): %s in force, was %s", trigger, new.digest, old.digest
+        )
+
+    def _refused(self, old: Policy, asked: object, trigger: str, exc: Exception) -> None:
+        logger.error(
+            "guardrail: policy reload (%s) refused, %s stays in force: %s: %s",
+            trigger,
+            old.digest,
+            type(exc).__name__,
+            exc,
+        )
+        record = _record(old, self._guard.clock(), "policy_reload_refused", trigger)
+        if isinstance(asked, Policy):
+            record["source"] = asked.source
+        elif isinstance(asked, (str, os.PathLike)):
+            record["source"] = os.fspath(asked)
+        if isinstance(exc, PolicyError):  # where, never what: a value may be a secret
+            record["errors"] = [{"line": i.line, "key": i.path} for i in exc.issues]
+        else:
+            record["errors"] = [{"error": type(exc).__name__}]
+        self._guard.audit.emit(record)
+
+    # -- triggers -----------------------------------------------------------------------------
+
+    def trigger(self, trigger: str) -> None:
+        """Reload in a task of its own (from a signal handler or the watcher)."""
+        task = asyncio.ensure_future(self._quietly(trigger))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _quietly(self, trigger: str) -> None:
+        with contextlib.suppress(Exception):  # logged and recorded by reload()
+            await self.reload(trigger=trigger)
+
+    async def arm(self, conf: Reload) -> None:
+        """Turn the triggers on or off as the policy in force says."""
+        if conf.sighup:
+            _listen(self)
+        else:
+            _unlisten(self)
+        if conf.watch and self._watcher is None:
+            self._stop = asyncio.Event()
+            self._watcher = asyncio.ensure_future(self._watch(self._stop))
+        elif not conf.watch and self._watcher is not None:
+            await self._unwatch()
+
+    async def _unwatch(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if self._stop is not None:
+            self._stop.set()
+        if watcher is not None and watcher is not asyncio.current_task():
+            await watcher
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        try:
+            from watchfiles import awatch
+        except ImportError:
+            logger.error(
+                "guardrail: reload.watch needs watchfiles: pip install 'guardrail[reload]'; "
+                "the policy file is not watched (SIGHUP and reload() still work)"
+            )
+            return
+        path = await asyncio.to_thread(_file, self._guard._view.policy.source)
+        if path is None:
+            logger.error("guardrail: reload.watch: the policy was not read from a file")
+            return
+
+        def ours(_change: object, changed: str) -> bool:
+            # The file itself (rewritten, or renamed over), or a Kubernetes ConfigMap's
+            # ``..data`` link swapped beside it.
+            return changed == path or os.path.basename(changed).startswith("..")
+
+        directory = os.path.dirname(path)
+        async for _ in awatch(directory, watch_filter=ours, stop_event=stop, recursive=False):
+            await self._quietly("watch")
+
+    async def close(self) -> None:
+        """At shutdown: triggers off, reloads under way finished, replaced clients closed."""
+        _unlisten(self)
+        await self._unwatch()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for siteverify in self._retired:
+            await siteverify.close()
+        self._retired.clear()
+
+
+def _file(source: str) -> str | None:
+    path = os.path.abspath(source)
+    return path if os.path.isfile(path) else None
+
+
+def _record(policy: Policy, now: float, action: str, trigger: str) -> dict[str, Any]:
+    return {
+        "ts": format_ts(now),
+        "policy": policy.digest,
+        "mode": policy.mode,
+        "route": None,
+        "action": action,
+        "trigger": trigger,
+        "source": policy.source,
+    }
+
+
+def _listen(reloader: Reloader) -> None:
+    global _installed
+    if reloader in _listening:
+        return
+    loop = asyncio.get_running_loop()
+    if _installed is not loop:
+        if SIGHUP is None or threading.current_thread() is not threading.main_thread():
+            logger.warning(
+                "guardrail: reload.sighup: signals reach only the main thread's event loop "
+                "(and not on Windows); this guardrail reloads on file changes or reload() only"
+            )
+            return
+        try:
+            loop.add_signal_handler(SIGHUP, _hangup)
+        except (NotImplementedError, RuntimeError) as exc:  # a loop without signal support
+            logger.warning("guardrail: reload.sighup: SIGHUP cannot be handled here: %s", exc)
+            return
+        _installed = loop
+    _listening.add(reloader)
+
+
+def _unlisten(reloader: Reloader) -> None:
+    global _installed
+    _listening.discard(reloader)
+    if not _listening and _installed is not None:
+        if not _installed.is_closed() and SIGHUP is not None:
+            _installed.remove_signal_handler(SIGHUP)
+        _installed = None
+
+
+def _hangup() -> None:
+    for reloader in list(_listening):
+        reloader.trigger("sighup")
