@@ -115,3 +115,48 @@ async def test_twenty_sighup_reloads_under_load_fail_no_request(tmp_path: Path) 
     assert len(decided) >= served
     assert all(names[r["policy"]] == r["route"] for r in decided)
     print(f"{served} requests over {RELOADS} reloads in {elapsed:.1f}s, none failed")
+
+
+def workers(parent: int) -> list[int]:
+    """uvicorn's worker processes under ``parent`` (not multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    found = []
+    for pid in children:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"multiprocessing.spawn" in command and b"resource_tracker" not in command:
+            found.append(int(pid))
+    return found
+
+
+async def test_with_workers_each_worker_reloads_on_its_own_sighup(tmp_path: Path) -> None:
+    # uvicorn's supervisor takes SIGHUP to restart its workers (new processes: memory:// buckets
+    # start empty); a live reload is SIGHUP sent to each worker, which handles its own.
+    policy, trails, log = tmp_path / "policy.yaml", tmp_path / "trails", tmp_path / "server.log"
+    rewrite(policy, "a")
+    sink = f"file://{trails}/audit-{{pid}}.jsonl"
+    with server("uvicorn", policy, sink, "--workers", "2", log=log) as (url, process):
+        deadline = time.monotonic() + 20
+        while log.read_text().count("Application startup complete") < 2:  # SIGHUP handled
+            assert time.monotonic() < deadline, log.read_text()
+            await asyncio.sleep(0.05)  # real worker processes starting
+        pids = workers(process.pid)
+        assert len(pids) == 2
+        rewrite(policy, "b")
+        for pid in pids:
+            os.kill(pid, signal.SIGHUP)
+        in_force = 0
+        while in_force < 20:  # on connections of their own: either worker answers
+            async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+                response = await http.get("/probe")
+            assert response.status_code == 200
+            fresh = response.headers["x-ratelimit-limit-requests"] == str(BURSTS["b"])
+            in_force = in_force + 1 if fresh else 0
+            assert time.monotonic() < deadline + 10, "the workers did not all reload"
+        assert workers(process.pid) == pids  # reloaded, not restarted
+        stop(process)
+    new = Policy.from_string(text("b")).digest
+    for trail in sorted(trails.iterdir()):
+        records = [json.loads(line) for line in trail.read_text().splitlines()]
+        reloads = [r for r in records if r["action"] == "policy_reload"]
+        assert [(r["trigger"], r["policy"]) for r in reloads] == [("sighup", new)]
+    assert len(list(trails.iterdir())) == 2
