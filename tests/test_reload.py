@@ -278,6 +278,19 @@ async def test_the_watch_stops_when_a_reload_turns_it_off(tmp_path: Path, clock:
     assert app._reloader._watcher is None  # and at shutdown
 
 
+async def test_the_watch_follows_the_file_reload_was_given(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    watched = POLICY + "reload: {watch: true}\n"
+    app = guard(tmp_path, clock, watched)
+    async with lifespan(app):
+        first = app._reloader._watcher
+        other = write(tmp_path / "other.yaml", WIDER + "reload: {watch: true}\n")
+        await app.reload(other)
+        assert app._reloader._watcher is not first and app._reloader._watched == str(other)
+        assert first is not None and first.done()
+
+
 def test_every_attribute_is_shared_or_rebuilt_by_a_reload(tmp_path: Path, clock: FakeClock) -> None:
     app = guard(tmp_path, clock, risk_policy(3.0))
     # A new attribute of Guardrail must be classified in recompile.py, or a reload would keep

@@ -50,6 +50,7 @@ class Reloader:
         self._tasks: set[asyncio.Task[None]] = set()  # triggered reloads, held until done
         self._stop: asyncio.Event | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._watched: str | None = None  # the file the watcher watches
         self._retired: list[Siteverify] = []  # replaced CAPTCHA clients: a request may hold one
 
     async def reload(
@@ -148,11 +149,12 @@ class Reloader:
             _listen(self)
         else:
             _unlisten(self)
+        source = self._guard._view.policy.source
+        if self._watcher is not None and (not conf.watch or source != self._watched):
+            await self._unwatch()  # off, or another file to watch: reload() was given a path
         if conf.watch and self._watcher is None:
-            self._stop = asyncio.Event()
-            self._watcher = asyncio.ensure_future(self._watch(self._stop))
-        elif not conf.watch and self._watcher is not None:
-            await self._unwatch()
+            self._stop, self._watched = asyncio.Event(), source
+            self._watcher = asyncio.ensure_future(self._watch(source, self._stop))
 
     async def _unwatch(self) -> None:
         watcher, self._watcher = self._watcher, None
@@ -161,7 +163,7 @@ class Reloader:
         if watcher is not None and watcher is not asyncio.current_task():
             await watcher
 
-    async def _watch(self, stop: asyncio.Event) -> None:
+    async def _watch(self, source: str, stop: asyncio.Event) -> None:
         try:
             from watchfiles import awatch
         except ImportError:
@@ -170,7 +172,7 @@ class Reloader:
                 "the policy file is not watched (SIGHUP and reload() still work)"
             )
             return
-        path = await asyncio.to_thread(_file, self._guard._view.policy.source)
+        path = await asyncio.to_thread(_file, source)
         if path is None:
             logger.error("guardrail: reload.watch: the policy was not read from a file")
             return
@@ -181,8 +183,11 @@ class Reloader:
             return changed == path or os.path.basename(changed).startswith("..")
 
         directory = os.path.dirname(path)
-        async for _ in awatch(directory, watch_filter=ours, stop_event=stop, recursive=False):
-            await self._quietly("watch")
+        try:
+            async for _ in awatch(directory, watch_filter=ours, stop_event=stop, recursive=False):
+                await self._quietly("watch")
+        except Exception as exc:  # the directory gone, the watch limit reached...
+            logger.error("guardrail: reload.watch stopped watching %s: %s", path, exc)
 
     async def close(self) -> None:
         """At shutdown: triggers off, reloads under way finished, replaced clients closed."""
