@@ -333,7 +333,13 @@ async def test_the_cli_reads_a_trail_with_reloads(
         with pytest.raises(PolicyError):
             await app.reload()
     trail = str(tmp_path / "audit.jsonl")
-    assert main(["audit", "verify", trail]) == 0
+    assert main(["audit", "verify", trail]) == 0  # one chain through the reloads
+    capsys.readouterr()
     assert main(["audit", "tail", trail]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    new, old = Policy.from_string(WIDER).digest, Policy.from_string(POLICY).digest
+    assert f"policy_reload      -  {new[:19]}… in force, was {old[:19]}… (call: " in lines[-2]
+    assert "policy_reload_refused   -  refused (call: " in lines[-1]
+    assert f"{new[:19]}… stays in force; errors: line 18 routes[1].limits[0].rate" in lines[-1]
     assert main(["audit", "summary", trail]) == 0
-    assert "policy_reload" in capsys.readouterr().out
+    assert "policy_reload_refused         1" in capsys.readouterr().out
