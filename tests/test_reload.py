@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -343,3 +344,24 @@ async def test_the_cli_reads_a_trail_with_reloads(
     assert f"{new[:19]}… stays in force; errors: line 18 routes[1].limits[0].rate" in lines[-1]
     assert main(["audit", "summary", trail]) == 0
     assert "policy_reload_refused         1" in capsys.readouterr().out
+
+
+def test_sighup_off_the_main_thread_is_said_and_left_alone(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Signals reach only the main thread: a server running its loop in another (a test
+    # client's portal) gets a warning, and reload() and the watch still work there.
+    app = guard(tmp_path, clock, POLICY + "reload: {sighup: true}\n")
+
+    async def serve() -> None:
+        async with lifespan(app):
+            assert (await app.reload(write(tmp_path / "policy.yaml", WIDER))).digest == (
+                Policy.from_string(WIDER).digest
+            )
+
+    with caplog.at_level(logging.WARNING, "guardrail"):
+        thread = threading.Thread(target=asyncio.run, args=(serve(),))
+        thread.start()
+        thread.join()
+    assert "signals reach only the main thread's event loop" in caplog.text
+    assert len([r for r in audit_records(tmp_path) if r["action"] == "policy_reload"]) == 1
