@@ -39,14 +39,28 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def guard(tmp_path: Path, clock: FakeClock, text: str = POLICY, app: Any = None) -> Guardrail:
+def guard(
+    tmp_path: Path,
+    clock: FakeClock,
+    text: str = POLICY,
+    app: Any = None,
+    storage: str | None = None,
+) -> Guardrail:
     return Guardrail(
         app or echo_app(),
         policy=str(write(tmp_path / "policy.yaml", text)),
         clock=clock,
         sleep=clock.sleep,
+        storage=storage,
         audit=f"file://{tmp_path / 'audit.jsonl'}",
     )
+
+
+@pytest.fixture(params=["memory", "redis"])
+def storage(request: pytest.FixtureRequest) -> str | None:
+    if request.param == "memory":
+        return None
+    return str(request.getfixturevalue("redis_url")) + "?timeout=5"
 
 
 async def statuses(http: Any, key: str, n: int) -> list[int]:
@@ -75,8 +89,10 @@ async def test_a_limit_changed_by_reload_takes_effect(tmp_path: Path, clock: Fak
     assert after and {r["policy"] for r in after} == {reloaded.digest}  # the new hash after it
 
 
-async def test_buckets_keep_their_counts_across_a_reload(tmp_path: Path, clock: FakeClock) -> None:
-    app = guard(tmp_path, clock)
+async def test_buckets_keep_their_counts_across_a_reload(
+    tmp_path: Path, clock: FakeClock, storage: str | None
+) -> None:
+    app = guard(tmp_path, clock, storage=storage)
     async with lifespan(app), client(app) as http:
         assert await statuses(http, "sk-a", 2) == [200, 200]  # one left of burst 3
         await app.reload(write(tmp_path / "policy.yaml", RESAMPLED))
@@ -87,9 +103,9 @@ async def test_buckets_keep_their_counts_across_a_reload(tmp_path: Path, clock: 
 
 
 async def test_risk_state_is_kept_and_the_new_weights_apply(
-    tmp_path: Path, clock: FakeClock
+    tmp_path: Path, clock: FakeClock, storage: str | None
 ) -> None:
-    app = guard(tmp_path, clock, risk_policy(3.0))
+    app = guard(tmp_path, clock, risk_policy(3.0), storage=storage)
     async with lifespan(app), client(app) as http:
         await warm_up(http, clock)  # three prompts asking for reasoning: 3 x 20 x weight
         await app.reload(write(tmp_path / "policy.yaml", risk_policy(4.0)))
@@ -98,7 +114,7 @@ async def test_risk_state_is_kept_and_the_new_weights_apply(
     assert response.headers["guardrail-action"] == "challenge"
     # A guardrail without that evidence serves the same request under the same policy
     (tmp_path / "fresh").mkdir()
-    fresh = guard(tmp_path / "fresh", clock, risk_policy(4.0))
+    fresh = guard(tmp_path / "fresh", clock, risk_policy(4.0))  # in memory: nothing shared
     async with lifespan(fresh), client(fresh) as http:
         alone = await http.post("/v1/chat/completions", json=chat(9), headers=HEADERS)
     assert alone.status_code == 200

@@ -75,7 +75,9 @@ class Reloader:
                 )
                 return old
             self._swap(current, view, trigger)
-        await self.arm(view.policy.reload)
+        # Outside the lock: turning the watch off awaits the watcher, which may be waiting
+        # for the lock with a reload of its own. As the policy in force says, whichever it is.
+        await self.arm(guard._view.policy.reload)
         return view.policy
 
     def _prepare(
