@@ -17,8 +17,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
-import threading
 from typing import TYPE_CHECKING, Any
 
 from guardrail.audit.record import format_ts
@@ -26,6 +24,7 @@ from guardrail.cautions import cautions
 from guardrail.errors import GuardrailError, PolicyError
 from guardrail.policy import Policy
 from guardrail.recompile import recompiled
+from guardrail.reload_triggers import listen, unlisten, watch_file
 from guardrail.restart_only import unchangeable
 
 if TYPE_CHECKING:
@@ -34,11 +33,6 @@ if TYPE_CHECKING:
     from guardrail.policy import Reload
 
 logger = logging.getLogger("guardrail")
-
-SIGHUP = getattr(signal, "SIGHUP", None)  # not on Windows
-
-_listening: set[Reloader] = set()  # guardrails reloading on SIGHUP: one handler for them all
-_installed: asyncio.AbstractEventLoop | None = None
 
 
 class Reloader:
@@ -148,9 +142,9 @@ class Reloader:
     async def arm(self, conf: Reload) -> None:
         """Turn the triggers on or off as the policy in force says."""
         if conf.sighup:
-            _listen(self)
+            listen(self.trigger)
         else:
-            _unlisten(self)
+            unlisten(self.trigger)
         source = self._guard._view.policy.source
         if self._watcher is not None and (not conf.watch or source != self._watched):
             await self._unwatch()  # off, or another file to watch: reload() was given a path
@@ -166,45 +160,17 @@ class Reloader:
             await watcher
 
     async def _watch(self, source: str, stop: asyncio.Event) -> None:
-        try:
-            from watchfiles import awatch
-        except ImportError:
-            logger.error(
-                "guardrail: reload.watch needs watchfiles: pip install 'guardrail[reload]'; "
-                "the policy file is not watched (SIGHUP and reload() still work)"
-            )
-            return
-        path = await asyncio.to_thread(_file, source)
-        if path is None:
-            logger.error("guardrail: reload.watch: the policy was not read from a file")
-            return
-
-        def ours(_change: object, changed: str) -> bool:
-            # The file itself (rewritten, or renamed over), or a Kubernetes ConfigMap's
-            # ``..data`` link swapped beside it.
-            return changed == path or os.path.basename(changed).startswith("..")
-
-        directory = os.path.dirname(path)
-        try:
-            async for _ in awatch(directory, watch_filter=ours, stop_event=stop, recursive=False):
-                await self._quietly("watch")
-        except Exception as exc:  # the directory gone, the watch limit reached...
-            logger.error("guardrail: reload.watch stopped watching %s: %s", path, exc)
+        await watch_file(source, stop, lambda: self._quietly("watch"))
 
     async def close(self) -> None:
         """At shutdown: triggers off, reloads under way finished, replaced clients closed."""
-        _unlisten(self)
+        unlisten(self.trigger)
         await self._unwatch()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         for siteverify in self._retired:
             await siteverify.close()
         self._retired.clear()
-
-
-def _file(source: str) -> str | None:
-    path = os.path.abspath(source)
-    return path if os.path.isfile(path) else None
 
 
 def _record(policy: Policy, now: float, action: str, trigger: str) -> dict[str, Any]:
@@ -217,38 +183,3 @@ def _record(policy: Policy, now: float, action: str, trigger: str) -> dict[str, 
         "trigger": trigger,
         "source": policy.source,
     }
-
-
-def _listen(reloader: Reloader) -> None:
-    global _installed
-    if reloader in _listening:
-        return
-    loop = asyncio.get_running_loop()
-    if _installed is not loop:
-        if SIGHUP is None or threading.current_thread() is not threading.main_thread():
-            logger.warning(
-                "guardrail: reload.sighup: signals reach only the main thread's event loop "
-                "(and not on Windows); this guardrail reloads on file changes or reload() only"
-            )
-            return
-        try:
-            loop.add_signal_handler(SIGHUP, _hangup)
-        except (NotImplementedError, RuntimeError) as exc:  # a loop without signal support
-            logger.warning("guardrail: reload.sighup: SIGHUP cannot be handled here: %s", exc)
-            return
-        _installed = loop
-    _listening.add(reloader)
-
-
-def _unlisten(reloader: Reloader) -> None:
-    global _installed
-    _listening.discard(reloader)
-    if not _listening and _installed is not None:
-        if not _installed.is_closed() and SIGHUP is not None:
-            _installed.remove_signal_handler(SIGHUP)
-        _installed = None
-
-
-def _hangup() -> None:
-    for reloader in list(_listening):
-        reloader.trigger("sighup")
