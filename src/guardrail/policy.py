@@ -370,8 +370,8 @@ class Reload(_Model):
     sighup: bool = Field(
         default=False,
         strict=True,
-        description="reload the policy file when the process receives SIGHUP (a server "
-        "running its event loop on the main thread: uvicorn, Hypercorn)",
+        description="reload the policy file when the serving process receives SIGHUP (send it "
+        "to the workers: a supervisor such as uvicorn --workers restarts them on SIGHUP)",
     )
     watch: bool = Field(
         default=False,
