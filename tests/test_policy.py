@@ -58,6 +58,7 @@ BAD: dict[str, list[tuple[str, int | None]]] = {
     "bad_callable.yaml": [("identity.account.callable", 4)],
     "bad_size.yaml": [("routes[0].inspect_max_bytes", 7)],
     "ipv6_prefix_out_of_range.yaml": [("identity.client_ip.ipv6_prefix", 5)],
+    "reload_not_a_boolean.yaml": [("reload.sighup", 4), ("reload.signal", 5)],
     "bad_api_key_hash.yaml": [("allow.api_keys[0]", 4)],
     "not_a_mapping.yaml": [("", None)],
     "empty.yaml": [("", None)],
@@ -136,6 +137,7 @@ def test_good_set_is_complete() -> None:
     expected |= {"storage_breaker", "audit_chain_key", "audit_chain_key_from_secret"}
     expected |= {"challenges_site_name"}
     expected |= {"provenance", "provenance_routes"}
+    expected |= {"reload"}
     assert expected <= {path.stem for path in GOOD}
 
 

@@ -81,11 +81,11 @@ from guardrail.metering import CHAT, OPENAI, Meter, meter_for_path
 from guardrail.paths import canonical, irregular, route_path
 from guardrail.policy import Policy
 from guardrail.provenance.capture import Capture
+from guardrail.provenance.hooks import captured_routes, seeds_of, signer_of
 from guardrail.provenance.recorder import Recorder
-from guardrail.provenance.signatures import ResponseSigner
 from guardrail.provenance.sketch import Sketcher
-from guardrail.provenance.watermark import Seeds
 from guardrail.relay import Relay, identity_scope, with_headers
+from guardrail.reload import Reloader
 from guardrail.secrets import chain_secret, policy_secret, resolve_secret
 from guardrail.signals.engine import Assessment, RiskEngine, principal_of
 
@@ -177,16 +177,8 @@ class Guardrail:
             chain_key=chain_secret(self.policy),
         )
         self.refusals = Refusals(self.audit.emit, conf.aggregate, self.clock)
-        mark = self.policy.provenance.watermark
-        self.seeds = None if mark is None else Seeds(resolve_secret(mark.key), mark.header)
-        signing = self.policy.provenance.signatures
-        self.signer = (
-            None
-            if signing is None
-            else ResponseSigner(
-                resolve_secret(signing.key), signing.max_bytes, self.clock, signing.key_id
-            )
-        )
+        self.seeds = seeds_of(self.policy)
+        self.signer = signer_of(self.policy, self.clock)
         head = {"policy": self.policy.digest, "mode": self.policy.mode}
         every = conf.aggregate or UNMATCHED_EVERY
         self.unmatched = Unmatched(self.audit.emit, head, self.policy.unmatched, every, self.clock)
@@ -199,6 +191,8 @@ class Guardrail:
         self._storage_warned_at = float("-inf")
         # provenance: the routes whose responses are captured (empty: off, no wrapper at all)
         self.recorder, self._provenance = _provenance(self.policy, self.clock)
+        self._view = self  # what requests are decided on: another after a reload (reload.py)
+        self._reloader = Reloader(self)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -224,6 +218,7 @@ class Guardrail:
         if self.recorder is not None:
             await self.recorder.start()
         self._started = True
+        await self._reloader.arm(self.policy.reload)
 
     async def _first_request(self) -> None:
         # No lifespan started us, so none will stop us: the trail is written as the process
@@ -247,6 +242,7 @@ class Guardrail:
 
     async def shutdown(self) -> None:
         """Flush the audit trail and close connections (lifespan shutdown, or call it yourself)."""
+        await self._reloader.close()
         await self.settlements.wait()  # token settlements still on their way to the storage
         if self.recorder is not None:
             await self.recorder.close()
@@ -263,22 +259,30 @@ class Guardrail:
 
     aclose = shutdown
 
+    async def reload(self, policy: Policy | str | os.PathLike[str] | None = None) -> Policy:
+        """Swap in ``policy`` (by default the policy's file, read again) between requests,
+        keeping buckets, risk state and the audit trail; returns the policy in force. Raises
+        PolicyError, the old policy kept, when it does not validate or changes what only a
+        restart can (see ``guardrail.reload``)."""
+        return await self._reloader.reload(policy)
+
     # -- ASGI ------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
+            view = self._view  # read once: the request ends on the policy it started on
             if self._started and not self._unmanaged:
-                await self._http(scope, receive, send)
+                await view._http(scope, receive, send)
                 return
             emitted = self.audit.emitted
-            await self._http(scope, receive, send)
+            await view._http(scope, receive, send)
             if self._unmanaged and self.audit.emitted != emitted:
                 # A server stopping without lifespan waits for its request tasks, not for
                 # guardrail's writer: the response is sent, its records reach the trail now.
                 await self.audit.caught_up(_UNMANAGED_PATIENCE)
         elif kind == "websocket":
-            await self._websocket(scope, receive, send)
+            await self._view._websocket(scope, receive, send)
         elif kind == "lifespan":
             await lifespan(self, self.app, scope, receive, send)
         else:
@@ -828,12 +832,9 @@ class Guardrail:
 def _provenance(policy: Policy, clock: Clock) -> tuple[Recorder | None, frozenset[str]]:
     """The recorder and the routes it records, when ``provenance.enabled``."""
     conf = policy.provenance
+    names = captured_routes(policy)
     if not conf.enabled:
-        return None, frozenset()
-    if conf.routes is not None:
-        names = frozenset(conf.routes)
-    else:
-        names = frozenset(r.name for r in policy.routes if r.inspect is not None and not r.exempt)
+        return None, names
     key = resolve_secret(conf.key) if conf.key is not None else b""
     recorder = Recorder(
         conf.path,

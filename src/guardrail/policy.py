@@ -577,6 +577,17 @@ class Provenance(_Model):
         return path
 
 
+class Reload(_Model):
+    """What makes a running guardrail read its policy file again (``guardrail.reload``)."""
+
+    sighup: bool = Field(default=False, strict=True)
+    """Reload the policy file when the serving process receives SIGHUP (send it to the workers:
+    a supervisor such as uvicorn --workers restarts them on SIGHUP)."""
+    watch: bool = Field(default=False, strict=True)
+    """Reload the policy file when it changes on disk (needs the reload extra: pip install
+    'guardrail[reload]')."""
+
+
 _WIDE_CHECKED = "guardrail_policy_wide_checked"
 
 
@@ -630,6 +641,8 @@ class Policy(_Model):
     """What was served, to whom: sketches of the outputs served on some routes, to trace a leaked
     dataset back to who was served it (`guardrail trace find`), with a receipt of every response
     there; the watermark seed hook; signed responses (issue 15). Off by default."""
+    reload: Reload = Field(default_factory=Reload)
+    """Live reload: the policy file read again on SIGHUP or when it changes."""
 
     _source: str = PrivateAttr(default="<python>")
     _digest: str | None = PrivateAttr(default=None)
