@@ -51,6 +51,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/streaming.py
 	$(BIN)/python benchmarks/risk_memory.py
+	$(BIN)/python benchmarks/capture.py
 
 # uvicorn workers on loopback under wrk (where installed; else a Python generator), 1 and 4
 # workers, every configuration alternated; options: .venv/bin/python benchmarks/load.py --help

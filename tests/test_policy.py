@@ -58,6 +58,7 @@ BAD: dict[str, list[tuple[str, int | None]]] = {
     "bad_callable.yaml": [("identity.account.callable", 4)],
     "bad_size.yaml": [("routes[0].inspect_max_bytes", 7)],
     "ipv6_prefix_out_of_range.yaml": [("identity.client_ip.ipv6_prefix", 5)],
+    "reload_not_a_boolean.yaml": [("reload.sighup", 4), ("reload.signal", 5)],
     "bad_api_key_hash.yaml": [("allow.api_keys[0]", 4)],
     "not_a_mapping.yaml": [("", None)],
     "empty.yaml": [("", None)],
@@ -93,6 +94,13 @@ BAD: dict[str, list[tuple[str, int | None]]] = {
     "watermark_header_reserved.yaml": [("provenance.watermark.header", 6)],
     "watermark_header_is_identity.yaml": [("provenance.watermark.header", 9)],
     "challenges_site_name.yaml": [("challenges.site_name", 4)],
+    "provenance_unknown_route.yaml": [("provenance.routes[1]", 13), ("provenance.routes[2]", 14)],
+    "provenance_settings.yaml": [
+        ("provenance.path", 5),
+        ("provenance.key", 6),
+        ("provenance.retention", 7),
+        ("provenance.max_entries", 8),
+    ],
     "storage_breaker_slow_probe.yaml": [
         ("storage_breaker.failures", 6),
         ("storage_breaker.probe_every", 7),
@@ -134,6 +142,8 @@ def test_good_set_is_complete() -> None:
     expected |= {"openai_shapes", "unmatched_default_route", "unmatched_refuse"}
     expected |= {"storage_breaker", "audit_chain_key", "audit_chain_key_from_secret"}
     expected |= {"challenges_site_name"}
+    expected |= {"provenance", "provenance_routes"}
+    expected |= {"reload"}
     assert expected <= {path.stem for path in GOOD}
 
 
@@ -806,3 +816,18 @@ def test_risk_share_every_refused(written: object) -> None:
     (issue,) = caught.value.issues
     assert issue.path == "risk.share_every"
     assert "from 10ms to 10s" in issue.expected and "request" in issue.expected
+
+
+def test_provenance_is_off_by_default_and_every_key_is_described() -> None:
+    provenance = Policy.from_string("version: 1").provenance
+    assert not provenance.enabled and provenance.routes is None
+    assert provenance.max_entries == 1_000_000 and provenance.retention == 30 * 86400
+    schema = Policy.json_schema()["$defs"]["Provenance"]["properties"]
+    assert set(schema) == set(type(provenance).model_fields)
+    assert all(field.get("description") for field in schema.values())
+    assert "56 MB" in schema["max_entries"]["description"]
+
+
+def test_a_literal_provenance_key_is_never_echoed() -> None:
+    issue = only_issue("version: 1\nprovenance: {key: correct-horse-battery}")
+    assert issue.path == "provenance.key" and "correct-horse" not in str(issue)

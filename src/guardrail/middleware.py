@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -80,9 +81,12 @@ from guardrail.metering import CHAT, OPENAI, Meter, meter_for_path
 from guardrail.metrics import metrics_for
 from guardrail.paths import canonical, irregular, route_path
 from guardrail.policy import Policy
-from guardrail.provenance.signatures import ResponseSigner
-from guardrail.provenance.watermark import Seeds
+from guardrail.provenance.capture import Capture
+from guardrail.provenance.hooks import captured_routes, seeds_of, signer_of
+from guardrail.provenance.recorder import Recorder
+from guardrail.provenance.sketch import Sketcher
 from guardrail.relay import Relay, identity_scope, with_headers
+from guardrail.reload import Reloader
 from guardrail.secrets import chain_secret, policy_secret, resolve_secret
 from guardrail.signals.engine import Assessment, RiskEngine, principal_of
 
@@ -180,20 +184,12 @@ class Guardrail:
             chain_key=chain_secret(self.policy),
         )
         self.refusals = Refusals(self.audit.emit, conf.aggregate, self.clock)
-        mark = self.policy.provenance.watermark
-        self.seeds = None if mark is None else Seeds(resolve_secret(mark.key), mark.header)
-        signing = self.policy.provenance.signatures
-        self.signer = (
-            None
-            if signing is None
-            else ResponseSigner(
-                resolve_secret(signing.key), signing.max_bytes, self.clock, signing.key_id
-            )
-        )
+        self.seeds = seeds_of(self.policy)
+        self.signer = signer_of(self.policy, self.clock)
         head = {"policy": self.policy.digest, "mode": self.policy.mode}
         every = conf.aggregate or UNMATCHED_EVERY
         self.unmatched = Unmatched(self.audit.emit, head, self.policy.unmatched, every, self.clock)
-        self.audit.before_exit = self._close_counts  # the held counts, if the process ends
+        self.audit.before_exit = self._before_exit  # the held counts, if the process ends
         self.metrics.watch(self.audit)
         self._unmanaged = False  # started by a request: no lifespan will call shutdown()
         self.sample_allowed = conf.sample_allowed
@@ -201,6 +197,10 @@ class Guardrail:
         self._ready: asyncio.Future[None] | None = None
         self._started = False  # read on every request: cheaper than asking the future
         self._storage_warned_at = float("-inf")
+        # provenance: the routes whose responses are captured (empty: off, no wrapper at all)
+        self.recorder, self._provenance = _provenance(self.policy, self.clock)
+        self._view = self  # what requests are decided on: another after a reload (reload.py)
+        self._reloader = Reloader(self)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -223,7 +223,10 @@ class Guardrail:
         except StorageError as exc:
             # Not fatal: each request then follows on_storage_error until the store is back.
             logger.warning("guardrail: storage unavailable at startup: %s", exc)
+        if self.recorder is not None:
+            await self.recorder.start()
         self._started = True
+        await self._reloader.arm(self.policy.reload)
 
     async def _first_request(self) -> None:
         # No lifespan started us, so none will stop us: the trail is written as the process
@@ -234,6 +237,12 @@ class Guardrail:
         if self._unmanaged:
             at_exit.watch(self.audit)
 
+    def _before_exit(self) -> None:
+        """The process ends without lifespan: what is held back is written now."""
+        self._close_counts()
+        if self.recorder is not None:
+            self.recorder.exit_sync()
+
     def _close_counts(self) -> None:
         """Write the counts held back: refusals and unmatched requests not yet recorded."""
         self.refusals.close()
@@ -241,7 +250,10 @@ class Guardrail:
 
     async def shutdown(self) -> None:
         """Flush the audit trail and close connections (lifespan shutdown, or call it yourself)."""
+        await self._reloader.close()
         await self.settlements.wait()  # token settlements still on their way to the storage
+        if self.recorder is not None:
+            await self.recorder.close()
         self._close_counts()
         await self.audit.close()
         release(self, self.audit.sink)
@@ -256,22 +268,30 @@ class Guardrail:
 
     aclose = shutdown
 
+    async def reload(self, policy: Policy | str | os.PathLike[str] | None = None) -> Policy:
+        """Swap in ``policy`` (by default the policy's file, read again) between requests,
+        keeping buckets, risk state and the audit trail; returns the policy in force. Raises
+        PolicyError, the old policy kept, when it does not validate or changes what only a
+        restart can (see ``guardrail.reload``)."""
+        return await self._reloader.reload(policy)
+
     # -- ASGI ------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
+            view = self._view  # read once: the request ends on the policy it started on
             if self._started and not self._unmanaged:
-                await self._http(scope, receive, send)
+                await view._http(scope, receive, send)
                 return
             emitted = self.audit.emitted
-            await self._http(scope, receive, send)
+            await view._http(scope, receive, send)
             if self._unmanaged and self.audit.emitted != emitted:
                 # A server stopping without lifespan waits for its request tasks, not for
                 # guardrail's writer: the response is sent, its records reach the trail now.
                 await self.audit.caught_up(_UNMANAGED_PATIENCE)
         elif kind == "websocket":
-            await self._websocket(scope, receive, send)
+            await self._view._websocket(scope, receive, send)
         elif kind == "lifespan":
             await lifespan(self, self.app, scope, receive, send)
         else:
@@ -438,12 +458,15 @@ class Guardrail:
         if delay > 0:
             await self.sleep(delay)
         status = [0]
-        if self.signer is not None:  # provenance.signatures: outermost, sees every header
+        capture = None
+        if self._provenance and route.name in self._provenance:
+            send = capture = Capture(send)  # outermost: it sees the body as the client does
+        if self.signer is not None:  # provenance.signatures: sees every header
             send = self.signer.wrap(send)
         try:
             await self.app(scope, receive, with_headers(send, headers, status))
         finally:
-            self._served(scope, decision, now, status[0])
+            self._served(scope, decision, now, status[0], capture)
         if 400 <= status[0] < 500:  # the client's errors; an app's 5xx is not the client's
             await self._refused(assessment, now)
 
@@ -462,6 +485,9 @@ class Guardrail:
         From here on, whatever happens (the tier's delay included), the budget is settled."""
         budget, pace, delay, meter = metering
         scope = identity_scope(scope)  # what the relay counts and paces must be readable
+        capture = None
+        if self._provenance and decision.route in self._provenance:
+            send = capture = Capture(send)  # outside the relay: after its cut and pacing
         relay = Relay(
             send,
             headers,
@@ -486,12 +512,21 @@ class Guardrail:
         finally:
             if budget is not None:
                 await self._settle(budget, relay, decision)
-            self._served(scope, decision, now, relay.status)
+            self._served(scope, decision, now, relay.status, capture)
         if 400 <= relay.status < 500 and not relay.gone:  # not guardrail's own 502
             await self._refused(assessment, now)
 
-    def _served(self, scope: Scope, decision: Decision, now: float, status: int) -> None:
-        """Record what the app served: every decision but a plain allow, and a sample of those."""
+    def _served(
+        self, scope: Scope, decision: Decision, now: float, status: int, capture: Capture | None
+    ) -> None:
+        """Record what the app served: every decision but a plain allow, and a sample of those;
+        on a provenance route, every response, with its receipt, and its output is sketched."""
+        if capture is not None:
+            self._record(scope, decision, now, status or 500, capture.receipt())
+            output = capture.output()
+            if output is not None and self.recorder is not None:
+                self.recorder.offer(principal_of(decision.subject), output, now)
+            return
         if decision.action != ALLOW or (
             self.sample_allowed and random.random() < self.sample_allowed
         ):
@@ -795,10 +830,23 @@ class Guardrail:
                 "guardrail: storage error, applying on_storage_error=%s: %s", policy, exc
             )
 
-    def _record(self, scope: Scope, decision: Decision, now: float, status: int) -> None:
+    def _record(
+        self,
+        scope: Scope,
+        decision: Decision,
+        now: float,
+        status: int,
+        receipt: dict[str, Any] | None = None,
+    ) -> None:
         record = decision_record(self.policy, scope, decision, now, status)
-        self.refusals.emit(record, refusal_key(decision, status), now)
         self.metrics.decided(decision)
+        if receipt is not None:
+            # The body as served (provenance routes): never folded into a count of refusals,
+            # which observe mode's served refusals would be.
+            record["receipt"] = receipt
+            self.refusals.emit(record, None, now)
+            return
+        self.refusals.emit(record, refusal_key(decision, status), now)
 
     async def _serve_metrics(self, scope: Scope, send: Send) -> None:
         """``metrics.path``: served here, before any route (it is never limited nor recorded)."""
@@ -806,6 +854,24 @@ class Guardrail:
             await self._first_request()
         client = self.identity.resolve(scope).ip
         await self.metrics.serve(scope, send, client, self.request_ids())
+
+
+def _provenance(policy: Policy, clock: Clock) -> tuple[Recorder | None, frozenset[str]]:
+    """The recorder and the routes it records, when ``provenance.enabled``."""
+    conf = policy.provenance
+    names = captured_routes(policy)
+    if not conf.enabled:
+        return None, names
+    key = resolve_secret(conf.key) if conf.key is not None else b""
+    recorder = Recorder(
+        conf.path,
+        capacity=conf.max_entries,
+        retention=conf.retention,
+        save_every=conf.save_every,
+        sketcher=Sketcher(key),
+        clock=clock,
+    )
+    return recorder, names
 
 
 def _unread(scope: Scope, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -452,6 +452,13 @@ class AuditConfig(_Model):
         return self
 
 
+#: Bytes one served response costs in the provenance index (``provenance/index.py``).
+PROVENANCE_ENTRY_BYTES = 56
+#: What ``provenance.path`` must hold: each worker process saves a file of its own.
+WORKER_PLACEHOLDER = "{worker}"
+MAX_PROVENANCE_ENTRIES = 100_000_000
+
+
 #: The breaker probes at least this often: Redis is back in use within this of its recovery.
 MAX_PROBE_EVERY = 60.0
 
@@ -521,14 +528,65 @@ class Signatures(_Model):
 
 
 class Provenance(_Model):
+    """What was served, to whom. With ``enabled``, sketches of the texts served on some routes,
+    kept to trace a leaked dataset back to the subjects it was served to (``guardrail trace
+    find``), and every response of those routes recorded in the audit trail with a receipt (the
+    SHA-256 and size of its body as served); the watermark seed and signatures apart."""
+
     enabled: bool = Field(default=False, strict=True)
     """Capture what provenance routes serve (sketches for trace find, receipts in the trail)."""
+    routes: tuple[str, ...] | None = None
+    """The names of the routes whose responses are sketched and receipted; unset: every route
+    with inspect."""
+    retention: PositiveDuration = 30 * 86400.0
+    """How long a sketch is kept (a duration; 30d)."""
+    max_entries: Count = 1_000_000
+    """The most sketches each worker keeps, the oldest dropped first; 56 bytes each (1,000,000:
+    56 MB)."""
+    path: str = Field(default="guardrail-provenance-{worker}.grprov", min_length=1)
+    """Where each worker saves its index; {worker} becomes its slot (0, 1, …: the first whose
+    lock file no other process holds), so workers never share a file and a restarted worker
+    continues its slot's. `guardrail trace find --index` takes several files and globs."""
+    save_every: PositiveDuration = 60.0
+    """How often the index is saved (a duration; 60s), and at shutdown."""
+    key: ReferencedSecret | None = None
+    """env:NAME or file:PATH keying the sketches' hash functions, so nobody without it can tell
+    which words a sketch rests on; an index only compares with suspects sketched under its key.
+    Unset: a fixed key."""
     watermark: Watermark | None = None
     """A keyed seed per subject passed to the app for a model-side watermark (SynthID-Text,
     a vLLM logits processor), on every guarded route, whatever `enabled` says; unset: none."""
     signatures: Signatures | None = None
     """Sign JSON responses of guarded routes (RFC 9421 over an RFC 9530 Content-Digest, Ed25519):
     the one case where guardrail holds a body, up to max_bytes; unset: nothing is signed."""
+
+    @field_validator("max_entries")
+    @classmethod
+    def _entries_fit(cls, entries: int) -> int:
+        if entries > MAX_PROVENANCE_ENTRIES:  # the index file counts entries in 32 bits
+            raise refuse("at most 100,000,000 entries (5.6 GB); 1,000,000 is the default")
+        return entries
+
+    @field_validator("path")
+    @classmethod
+    def _path_per_worker(cls, path: str) -> str:
+        if WORKER_PLACEHOLDER not in path:
+            raise refuse(
+                "a file name holding {worker} (each worker saves its own file), such as "
+                "guardrail-provenance-{worker}.grprov"
+            )
+        return path
+
+
+class Reload(_Model):
+    """What makes a running guardrail read its policy file again (``guardrail.reload``)."""
+
+    sighup: bool = Field(default=False, strict=True)
+    """Reload the policy file when the serving process receives SIGHUP (send it to the workers:
+    a supervisor such as uvicorn --workers restarts them on SIGHUP)."""
+    watch: bool = Field(default=False, strict=True)
+    """Reload the policy file when it changes on disk (needs the reload extra: pip install
+    'guardrail[reload]')."""
 
 
 #: Who may read metrics.path unless the policy says: this host only. Not private networks:
@@ -623,7 +681,11 @@ class Policy(_Model):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     """The audit trail: where records go, rotation, sampling, hash chain and aggregation."""
     provenance: Provenance = Field(default_factory=Provenance)
-    """What was served, to whom: the watermark seed hook and signed responses (issue 15)."""
+    """What was served, to whom: sketches of the outputs served on some routes, to trace a leaked
+    dataset back to who was served it (`guardrail trace find`), with a receipt of every response
+    there; the watermark seed hook; signed responses (issue 15). Off by default."""
+    reload: Reload = Field(default_factory=Reload)
+    """Live reload: the policy file read again on SIGHUP or when it changes."""
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     """Prometheus metrics of what guardrail decides and of its storage, audit and challenges;
     off unless enabled."""
@@ -662,7 +724,10 @@ class Policy(_Model):
                     "api_key": self.identity.api_key and {"header": self.identity.api_key.header},
                     "account": self.identity.account and {"header": self.identity.account.header},
                 },
-                "provenance": {"watermark": self.provenance.watermark and {"header": mark_header}},
+                "provenance": {
+                    "routes": self.provenance.routes,
+                    "watermark": self.provenance.watermark and {"header": mark_header},
+                },
             }
             for path, _, expected in _policy_wide_problems(data):
                 raise refuse(expected, at=path)
@@ -795,7 +860,32 @@ def _policy_wide_problems(data: Mapping[str, Any]) -> list[tuple[_KeyPath, objec
         elif isinstance(name, str):
             seen[name] = index
     problems += _unmatched_problems(data.get("unmatched", PASS), routes)
+    problems += _provenance_problems(data.get("provenance"), routes)
     problems += _seed_header_problems(data)
+    return problems
+
+
+def _provenance_problems(provenance: object, routes: object) -> list[tuple[_KeyPath, object, str]]:
+    named = provenance.get("routes") if isinstance(provenance, Mapping) else None
+    if not isinstance(named, list | tuple):
+        return []  # unset, or not a list: the field's own error
+    defined = (
+        [r for r in routes if isinstance(r, Mapping)] if isinstance(routes, list | tuple) else []
+    )
+    guarded = [str(r.get("name")) for r in defined if r.get("exempt") is not True]
+    exempt = {str(r.get("name")) for r in defined if r.get("exempt") is True}
+    listed = (
+        f"one of: {', '.join(guarded)}" if guarded else "no route that is not exempt is defined"
+    )
+    problems: list[tuple[_KeyPath, object, str]] = []
+    for index, name in enumerate(named):
+        if isinstance(name, str) and name not in guarded:
+            why = (
+                f"{name} is exempt: guardrail never sees its responses; " if name in exempt else ""
+            )
+            problems.append(
+                (("provenance", "routes", index), name, f"the name of a route ({why}{listed})")
+            )
     return problems
 
 
@@ -896,7 +986,9 @@ def _reword_version(issue: PolicyIssue) -> PolicyIssue:
 
 def _reword(issue: PolicyIssue) -> PolicyIssue:
     # Never echo a secret or a raw API key into an error message: those end up in CI logs.
-    secret = issue.path.endswith(("secret", "chain_key", "watermark.key", "signatures.key"))
+    secret = issue.path.endswith(
+        ("secret", "chain_key", "provenance.key", "watermark.key", "signatures.key")
+    )
     secret = secret and isinstance(issue.value, str)
     secret = secret and not (issue.path.endswith("chain_key") and issue.value == "secret")
     if secret and reference_kind(str(issue.value)) == "literal":

@@ -256,3 +256,42 @@ async def test_closing_while_connecting_leaves_no_socket(silent_server: int) -> 
     with pytest.raises((ConnectionError, asyncio.CancelledError)):
         await call
     assert fast._wire is None
+
+
+async def test_a_retired_connection_closes_when_its_last_call_is_cancelled(
+    silent_server: int,
+) -> None:
+    """Review: a retired connection closed only when a call timed out or a reply came; one whose
+    last caller gave up (a request cancelled) stayed open against a hung server, and aclose
+    did not reach it."""
+    fast = Multiplexed(host="127.0.0.1", port=silent_server, timeout=0.2)
+    retired = []
+    try:
+        for _ in range(3):
+            head = asyncio.ensure_future(fast.execute_command("PING"))
+            await asyncio.sleep(0.05)
+            behind = asyncio.ensure_future(fast.execute_command("PING"))
+            with pytest.raises(TimeoutError):
+                await head
+            wire = fast._wire
+            assert wire is not None and wire.retired
+            retired.append(wire)
+            behind.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await behind
+        assert all(w.transport is not None and w.transport.is_closing() for w in retired)
+        head = asyncio.ensure_future(fast.execute_command("PING"))
+        await asyncio.sleep(0.1)
+        behind = asyncio.ensure_future(fast.execute_command("PING"))
+        with pytest.raises(TimeoutError):
+            await head
+        waiting = fast._wire
+        assert waiting is not None and waiting.retired and not behind.done()
+        await fast.aclose()  # a call still waits on the retired connection: closed all the same
+        with pytest.raises(ConnectionError):
+            await behind
+        assert waiting.transport is not None and waiting.transport.is_closing()
+    finally:
+        for w in retired:
+            if w.transport is not None:
+                w.transport.abort()

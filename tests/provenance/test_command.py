@@ -96,3 +96,31 @@ def test_a_missing_suspect_or_a_bad_index_is_exit_2(index_file: Path, tmp_path: 
     (tmp_path / "empty.jsonl").write_text("\n")
     assert main(["trace", "find", str(tmp_path / "empty.jsonl"), "--index", str(index_file)]) == 2
     assert "no suspect texts" in capsys.readouterr().err
+
+
+def test_several_index_files_and_globs_are_searched_as_one(tmp_path: Path, capsys):
+    from guardrail.provenance.index import ProvenanceIndex
+    from guardrail.provenance.sketch import Sketcher
+
+    workers = [ProvenanceIndex(capacity=2000) for _ in range(2)]
+    for number, account in enumerate(ACCOUNTS):  # each worker served some of the accounts
+        for text in leaks.outputs(3, account):
+            workers[number % 2].add(account.subject, text, 1_800_000_000)
+    for number, index in enumerate(workers):
+        index.save(tmp_path / f"prov-{number}.grprov")
+    (tmp_path / "prov-0.grprov.lock").touch()  # what a server keeps next to them
+    suspects = _jsonl(tmp_path / "leak.jsonl", leaked(ACCOUNTS[1], 40))
+    argv = ["trace", "find", str(suspects), "--json", "--index", str(tmp_path / "prov-*")]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["named"] == [ACCOUNTS[1].subject]
+    assert data["index"]["files"] == [str(tmp_path / f"prov-{n}.grprov") for n in (0, 1)]
+    assert data["index"]["entries"] == sum(map(len, workers))
+    # a glob that matches nothing, and indexes of two keys, are refused
+    assert main(["trace", "find", str(suspects), "--index", str(tmp_path / "none-*")]) == 2
+    assert "no index file matches" in capsys.readouterr().err
+    keyed = ProvenanceIndex(sketcher=Sketcher(b"another key"))
+    keyed.save(tmp_path / "keyed.grprov")
+    one, other = str(tmp_path / "prov-0.grprov"), str(tmp_path / "keyed.grprov")
+    assert main(["trace", "find", str(suspects), "--index", one, "--index", other]) == 2
+    assert "different keys" in capsys.readouterr().err

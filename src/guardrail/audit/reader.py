@@ -105,6 +105,8 @@ def format_record(record: dict[str, Any]) -> str:
             f"{ts}  {SEALED:<{_ACTION_WIDTH}}   -  writer {record.get('writer', '?')} ended its "
             f"chain here ({record.get('reason', '?')})"
         )
+    if str(record.get("action")).startswith("policy_reload"):
+        return printable(f"{ts}  {_reload_text(record)}")
     action = str(record.get("action", "?")).ljust(_ACTION_WIDTH)
     status = record.get("status")
     status_text = str(status) if status is not None else "-"
@@ -144,6 +146,27 @@ def format_record(record: dict[str, Any]) -> str:
     if dropped:
         text = f"{'':24}  !! {printable(str(dropped))} record(s) lost before this one\n{text}"
     return text
+
+
+def _reload_text(record: dict[str, Any]) -> str:
+    """A policy reload (``guardrail.reload``): which policy is in force after it, and why."""
+    action, policy = record.get("action"), _short(record.get("policy"))
+    how = f"({record.get('trigger', '?')}: {record.get('source', '?')})"
+    if action == "policy_reload":
+        was = _short(record.get("previous"))
+        return f"{action:<{_ACTION_WIDTH}}   -  {policy} in force, was {was} {how}"
+    errors = record.get("errors")
+    errors = errors if isinstance(errors, list) else []
+    where = ", ".join(
+        f"line {e.get('line')} {e.get('key')}" if "key" in e else str(e.get("error"))
+        for e in errors
+        if isinstance(e, dict)
+    )
+    return f"{action}   -  refused {how}, {policy} stays in force; errors: {where or '?'}"
+
+
+def _short(digest: object) -> str:
+    return str(digest)[:19] + "…" if isinstance(digest, str) and len(digest) > 20 else str(digest)
 
 
 def repeats(record: dict[str, Any]) -> int:

@@ -76,6 +76,11 @@ class Unmatched:
         """Requests counted but not yet written."""
         return self._count
 
+    def rehead(self, head: Mapping[str, Any], handling: str) -> None:
+        """A policy reloaded: what was counted under the old one is written under its name."""
+        self._flush()
+        self._head, self._handling = dict(head), handling
+
     def close(self) -> None:
         """Writes what is counted (at shutdown)."""
         if self._timer is not None:

@@ -101,6 +101,7 @@ class _Wire(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
         self.retired = False  # a call timed out: no new calls; closed once none waits
+        self.calls = 0  # execute_command calls waiting on this wire (whatever their end)
         self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -133,9 +134,6 @@ class _Wire(asyncio.Protocol):
                     future.set_result(reply)
         except Exception as exc:  # a protocol error: nothing after it can be matched
             self.drop(ConnectionError, f"Redis protocol error: {exc}")
-            return
-        if self.retired:
-            self._close_if_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.drop(ConnectionError, f"Connection to Redis lost: {exc or 'closed by the server'}")
@@ -161,12 +159,7 @@ class _Wire(asyncio.Protocol):
         future.set_exception(TimeoutError(f"Timeout reading from Redis ({timeout:g} s)"))
         # Its reply may still come, late, before those of the calls behind it: they keep their
         # own deadlines here, and new calls go to a connection that is not held up.
-        self.retired = True
-        self._close_if_idle()
-
-    def _close_if_idle(self) -> None:
-        if all(future.done() for future in self.waiting):
-            self.drop(ConnectionError, "Connection to Redis retired after a timeout")
+        self.retired = True  # closed by the last of its calls to end (execute_command)
 
 
 class Multiplexed:
@@ -198,6 +191,7 @@ class Multiplexed:
         if db:
             self.hello.append(("SELECT", db))
         self._wire: _Wire | None = None
+        self._retired: set[_Wire] = set()  # replaced after a timeout, calls still waiting
         self._connecting: asyncio.Future[_Wire] | None = None
 
     async def execute_command(self, *args: Any) -> Any:
@@ -211,10 +205,15 @@ class Multiplexed:
             wire = await self._connected()
         future = wire.send(pack(args))
         timer = wire.loop.call_later(self.timeout, wire.expire, future, self.timeout)
+        wire.calls += 1
         try:
             reply = await future
         finally:
             timer.cancel()
+            wire.calls -= 1
+            if wire.retired and not wire.calls and wire.lost is None:  # O(1), cancelled too
+                wire.drop(ConnectionError, "Connection to Redis retired after a timeout")
+                self._retired.discard(wire)
         if isinstance(reply, Exception):  # an error reply (hiredis.ReplyError)
             raise raised(reply)
         return reply
@@ -234,7 +233,9 @@ class Multiplexed:
 
     async def _connect(self) -> _Wire:
         old, self._wire = self._wire, None
-        if old is not None and not old.retired:  # a retired one closes once its calls end
+        if old is not None and old.retired and old.lost is None:
+            self._retired.add(old)  # closed by its last call to end, or by aclose
+        elif old is not None:
             # On a loop since closed its socket cannot be closed from here and stays open
             # until collected (a known leak: an app reused on a new loop without shutdown).
             old.drop(ConnectionError, "Connection to Redis replaced")
@@ -269,8 +270,10 @@ class Multiplexed:
             with contextlib.suppress(BaseException):
                 await connecting
         wire, self._wire = self._wire, None
-        if wire is not None and wire.loop is asyncio.get_running_loop():
-            wire.drop(ConnectionError, "Connection to Redis closed")
+        retired, self._retired = self._retired, set()
+        for old in [*retired, *([wire] if wire is not None else [])]:
+            if old.loop is asyncio.get_running_loop():
+                old.drop(ConnectionError, "Connection to Redis closed")
 
 
 def multiplexed(client: Any, timeout: float) -> Multiplexed | None:

@@ -267,18 +267,18 @@ class SharedRiskStore:
     def _bound(self) -> None:
         """At most ``JOURNAL_MAX`` writes wait: a Redis down for long costs the oldest evidence
         first (a journal sent and unanswered goes whole: cut, it would be another batch)."""
-        while self._unanswered and self.pending > JOURNAL_MAX:
-            _, journal = self._unanswered.pop(0)
-            self.dropped += len(journal)
         if len(self._journal) > JOURNAL_MAX:
             self.dropped += len(self._journal) - JOURNAL_MAX
             self._journal = self._journal[-JOURNAL_MAX:]
+        while self._unanswered and self.pending > JOURNAL_MAX:
+            _, journal = self._unanswered.pop(0)
+            self.dropped += len(journal)
 
     async def _flush(self) -> None:
         if self._journal:
+            self._bound()  # the newest writes are kept; older unanswered batches go first
             self._unanswered.append((secrets.token_hex(8), self._journal))
             self._journal = []
-            self._bound()
         now = self._clock()
         # What failed before goes first, each journal alone and written only: read back before
         # the newer ones are in Redis too, a state would look like one Redis lost. The newest
@@ -290,6 +290,16 @@ class SharedRiskStore:
             replayed += self._unanswered.pop(0)[1]
         batch, journal = self._unanswered[0] if self._unanswered else ("", [])
         read = _written(replayed + journal)
+        if replayed:
+            # written here during the replays: not in Redis yet, so not read now (it would
+            # look like a loss); read back with those writes next time (unsynced: a stamp of
+            # this worker's must not spare that read)
+            since = _touched(self._journal)
+            for kind, names in enumerate(read):
+                for name in [n for n in names if n in since]:
+                    del names[name]
+                    if kind < 2:
+                        self.local.unsync(name, kind, now)
         log = await self._send(batch, journal, now, read, True)
         if self._unanswered:
             self._unanswered.pop(0)

@@ -21,6 +21,9 @@ local spec = cjson.decode(ARGV[5])
 local out = {}
 local marker = KEYS[#spec + 1]
 local replay = marker and not redis.call('SET', marker, 1, 'NX', 'PX', ARGV[6])
+if replay then
+  redis.call('PEXPIRE', marker, ARGV[6])  -- kept while the batch is still being sent again
+end
 for s, state in ipairs(spec) do
   local base = KEYS[s]
   if state.w and not replay then

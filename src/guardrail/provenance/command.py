@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import json
+import re
 import sys
 import time
 
@@ -12,6 +14,7 @@ from guardrail.provenance import suspects
 from guardrail.provenance.attribute import MIN_BINS, MIN_TEXTS, Attribution, attribute
 from guardrail.provenance.index import ProvenanceIndex
 
+_GLOB = re.compile(r"[*?[]")
 #: Exit codes: someone named, nobody beyond chance, input refused.
 NAMED, NOBODY, BAD_INPUT = 0, 1, 2
 
@@ -24,7 +27,14 @@ def add_find_arguments(find: argparse.ArgumentParser) -> None:
         help='a JSONL file ({"text"}, chat completions or {"messages"} rows), a JSON '
         "file, a plain text file (one text), or a directory of those",
     )
-    find.add_argument("--index", required=True, metavar="PATH", help="an index file a server saved")
+    find.add_argument(
+        "--index",
+        required=True,
+        action="append",
+        metavar="PATH",
+        help="an index file a server saved, or a glob of them (one per worker: "
+        "'guardrail-provenance-*.grprov'); repeat it for more, they are searched as one",
+    )
     find.add_argument("--json", action="store_true", help="machine-readable output")
     find.add_argument("--top", type=int, default=10, metavar="N", help="subjects listed (10)")
     find.add_argument(
@@ -37,7 +47,8 @@ def add_find_arguments(find: argparse.ArgumentParser) -> None:
 
 def find(args: argparse.Namespace) -> int:
     try:
-        index = ProvenanceIndex.load(args.index)
+        paths = index_files(args.index)
+        index = ProvenanceIndex.merged([ProvenanceIndex.load(path) for path in paths])
         texts = list(suspects.read(args.suspects))
     except ProvenanceError as exc:
         print(f"guardrail: {exc}", file=sys.stderr)
@@ -48,11 +59,28 @@ def find(args: argparse.Namespace) -> int:
     result = attribute(index, texts, min_bins=args.min_bins, min_texts=args.min_texts)
     if args.json:
         data = result.as_dict(args.top)
-        data["index"] = {"path": args.index, "entries": len(index)}
+        data["index"] = {"path": " ".join(paths), "files": paths, "entries": len(index)}
         print(json.dumps(data, indent=2))
     else:
-        print(render(result, args.index, len(index), args.top))
+        print(render(result, " ".join(paths), len(index), args.top))
     return NAMED if result.named else NOBODY
+
+
+def index_files(patterns: list[str]) -> list[str]:
+    """The files ``--index`` names: each a path, or a glob (quoted, so the shell leaves it)
+    that must match at least one file; a file named twice is read once."""
+    paths: list[str] = []
+    for pattern in patterns:
+        found = sorted(glob.glob(pattern)) if _GLOB.search(pattern) else [pattern]
+        if not found:
+            raise ProvenanceError("no index file matches this pattern", pattern)
+        paths += [path for path in found if path not in paths and not path.endswith(_NOT_INDEX)]
+    return paths
+
+
+#: What a server writes next to its index files: its slot's lock, a save in progress, and a
+#: file set aside.
+_NOT_INDEX = (".lock", ".tmp", ".old")
 
 
 def _when(ts: float) -> str:

@@ -94,10 +94,7 @@ class ProvenanceIndex:
     def add_sketch(self, subject: str, sketch: bytes, ts: float) -> None:
         if len(sketch) != BINS:
             raise ProvenanceError(f"a sketch is {BINS} bytes, not {len(sketch)}")
-        number = self._ids.get(subject)
-        if number is None:
-            number = self._ids[subject] = len(self.names)
-            self.names.append(subject)
+        number = self._number(subject)
         slots = self.slots
         if self._count == slots:
             if slots < self.capacity:
@@ -147,6 +144,52 @@ class ProvenanceIndex:
             self._count -= 1
             dropped += 1
         return dropped
+
+    def bound(self, capacity: int, retention: float) -> None:
+        """Take other bounds (a policy changed since the index was saved): the newest entries
+        that fit are kept."""
+        if capacity < 1 or retention <= 0:
+            raise ProvenanceError("an index needs a capacity >= 1 and a retention > 0")
+        sketches, subjects, times = self._ordered()
+        drop = max(0, self._count - capacity)
+        self._sketches = sketches[drop * BINS :]
+        self._subjects, self._times = subjects[drop:], times[drop:]
+        self._start, self._count = 0, self._count - drop
+        self.capacity, self.retention = capacity, retention
+
+    @classmethod
+    def merged(cls, indexes: list[ProvenanceIndex]) -> ProvenanceIndex:
+        """One index holding the entries of ``indexes`` (each worker's file), to search them
+        at once; they must have been sketched alike (one key)."""
+        if not indexes:
+            raise ProvenanceError("no index to merge")
+        first = indexes[0]
+        if len(indexes) == 1:
+            return first
+        if any(index.sketcher.params != first.sketcher.params for index in indexes):
+            raise ProvenanceError(
+                "these indexes were sketched with different keys (provenance.key) or shingles: "
+                "their sketches do not compare; search them one at a time"
+            )
+        total = sum(len(index) for index in indexes)
+        out = cls(max(1, total), max(i.retention for i in indexes), first.sketcher)
+        sketches, subjects, times = bytearray(), array("I"), array("I")
+        for index in indexes:
+            own_sketches, own_subjects, own_times = index._ordered()
+            numbers = [out._number(name) for name in index.names]
+            sketches += own_sketches
+            subjects.extend(map(numbers.__getitem__, own_subjects))
+            times += own_times
+        out._sketches, out._subjects, out._times = sketches, subjects, times
+        out._count = total
+        return out
+
+    def _number(self, subject: str) -> int:
+        number = self._ids.get(subject)
+        if number is None:
+            number = self._ids[subject] = len(self.names)
+            self.names.append(subject)
+        return number
 
     # --- what ``scan`` and ``attribute`` read ---------------------------------------------
 

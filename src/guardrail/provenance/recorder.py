@@ -1,0 +1,279 @@
+"""The served outputs into the index, off the request path.
+
+The request hands ``(subject, output, time)`` to ``Recorder.offer`` and goes on: a bounded
+queue, which a full one refuses (the newest output is dropped, counted and logged: never
+silently). One task, started with the middleware (lifespan, or the first request), drains
+it: it parses and sketches a few outputs at a time (~50 µs a KB of CPU), yielding to the
+event loop between batches, and adds them to the index. That task is the index's only user
+(``ProvenanceIndex`` is not thread-safe): while it saves, in a thread (``asyncio.to_thread``:
+the file write must not block the loop), nothing else touches the index, and the queue
+takes what arrives meanwhile. It saves every ``save_every`` (expired entries dropped first)
+and at shutdown, atomically (a temporary file, then a rename).
+
+Each worker process saves a file of its own: ``{worker}`` in ``provenance.path`` becomes the
+first slot number whose lock file (``<file>.lock``, ``flock``) no other process holds, so
+workers never write one file, and a restarted worker takes up its slot's file and goes on
+with it (the lock goes with the process, however it ends). ``guardrail trace find --index``
+merges the files of every slot (``--index 'guardrail-provenance-*.grprov'``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from guardrail.errors import ProvenanceError
+from guardrail.provenance.capture import texts
+from guardrail.provenance.index import ProvenanceIndex
+from guardrail.provenance.sketch import Sketcher
+
+logger = logging.getLogger("guardrail")
+
+#: Outputs waiting to be sketched; past this many, the newest are dropped (and counted).
+QUEUE_SIZE = 10_000
+#: Outputs sketched between two yields to the event loop (a 1 KB output: ~50 µs).
+BATCH = 8
+#: Seconds between two warnings of dropped outputs.
+WARN_EVERY = 10.0
+#: Slots tried for ``{worker}`` before giving up.
+MAX_SLOTS = 4096
+_PLACEHOLDER = "{worker}"
+
+_Item = tuple[str, bytes | list[str], float]
+
+
+class Recorder:
+    """Sketches served outputs into a ``ProvenanceIndex`` and saves it to its worker's file."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        capacity: int,
+        retention: float,
+        save_every: float,
+        sketcher: Sketcher,
+        clock: Callable[[], float],
+        queue_size: int = QUEUE_SIZE,
+    ) -> None:
+        if _PLACEHOLDER not in path:
+            raise ProvenanceError(f"the index path must hold {_PLACEHOLDER}", path)
+        self.pattern = path
+        self.path: Path | None = None  # this worker's file, once a slot is claimed
+        self.index = ProvenanceIndex(capacity, retention, sketcher)
+        self.save_every = save_every
+        self.clock = clock
+        self.dropped = 0
+        """Outputs dropped because the queue was full."""
+        self.added = 0
+        """Texts added to the index."""
+        self.saves = 0
+        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(queue_size)
+        self._task: asyncio.Task[None] | None = None
+        self._lock: IO[bytes] | None = None
+        self._dirty = False
+        self._due = float("inf")
+        self._warned_at = float("-inf")
+        self._unwarned = 0
+        self._closed = False
+        self._saving = False  # a save is being written, in a thread
+
+    # -- the request side ------------------------------------------------------------------
+
+    def offer(self, subject: str, output: bytes | list[str], ts: float) -> None:
+        """Queue an output for sketching. Never blocks: a full queue drops it, counted."""
+        try:
+            self._queue.put_nowait((subject, output, ts))
+        except asyncio.QueueFull:
+            self.dropped += 1
+            self._unwarned += 1
+            now = self.clock()
+            if now - self._warned_at >= WARN_EVERY:
+                self._warned_at = now
+                logger.warning(
+                    "guardrail: provenance queue full (%d outputs waiting): %d served "
+                    "output(s) not sketched since the last warning, %d in all; they cannot "
+                    "be traced",
+                    self._queue.qsize(),
+                    self._unwarned,
+                    self.dropped,
+                )
+                self._unwarned = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Claim a worker slot, take up its file, and start sketching."""
+        if self._task is not None or self._closed:
+            return
+        if self.path is None:
+            await asyncio.to_thread(self._claim)
+        self._due = self.clock() + self.save_every
+        self._task = asyncio.create_task(self._run(), name="guardrail-provenance-recorder")
+
+    async def close(self) -> None:
+        """Sketch what is queued, save, and release the slot."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            await self._queue.put(None)  # the task drains the queue first, then saves
+            await asyncio.shield(self._task)
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
+        if self._unwarned:
+            logger.warning(
+                "guardrail: provenance: %d served output(s) were dropped (queue full) in all",
+                self.dropped,
+            )
+
+    def exit_sync(self) -> None:
+        """The process is ending and nothing closed the recorder (no lifespan): sketch what is
+        queued and save, synchronously (``guardrail.audit.at_exit`` calls this through the
+        middleware). Skipped while the task's own save is being written: that one completes."""
+        if self._closed or self._saving or self.path is None:
+            return
+        self._closed = True
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if item is not None:
+                self._add(*item)
+        self.index.expire(self.clock())
+        try:
+            self.index.save(self.path)
+        except OSError as exc:
+            logger.error("guardrail: provenance: cannot save the index to %s: %s", self.path, exc)
+            return
+        finally:
+            if self._lock is not None:  # the slot is free: nothing here saves after this
+                self._lock.close()
+                self._lock = None
+        self.saves += 1
+        logger.info("guardrail: provenance: index saved to %s as the process ended", self.path)
+
+    async def settled(self) -> None:
+        """Wait until every output offered so far is in the index (and saved, if due)."""
+        await self._queue.join()
+
+    # -- the task --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        queue = self._queue
+        stop = False
+        while not stop:
+            batch: list[_Item] = []
+            try:
+                # Idle, the task still wakes every save_every: a save may be due.
+                async with asyncio.timeout(self.save_every):
+                    item = await queue.get()
+                if item is None:
+                    stop = True
+                else:
+                    batch.append(item)
+            except TimeoutError:
+                pass
+            while not stop and len(batch) < BATCH:
+                try:
+                    item = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if item is None:
+                    stop = True
+                else:
+                    batch.append(item)
+            for subject, output, ts in batch:
+                self._add(subject, output, ts)
+            if batch:
+                await asyncio.sleep(0)  # the requests waiting on the loop go first
+            now = self.clock()
+            if stop or now >= self._due:
+                self._due = now + self.save_every
+                await self._save(now)
+            for _ in range(len(batch) + stop):
+                queue.task_done()
+
+    def _add(self, subject: str, output: bytes | list[str], ts: float) -> None:
+        try:
+            for text in texts(output):
+                if self.index.add(subject, text, ts):
+                    self.added += 1
+                    self._dirty = True
+        except Exception:  # one odd output must not stop the recorder
+            logger.exception("guardrail: provenance: an output could not be sketched")
+
+    async def _save(self, now: float) -> None:
+        if self.index.expire(now):
+            self._dirty = True
+        if not self._dirty or self.path is None or self._lock is None:
+            return  # nothing new, or the slot was given up (exit_sync)
+        self._saving = True
+        try:
+            await asyncio.to_thread(self.index.save, self.path)
+        except OSError as exc:
+            logger.error("guardrail: provenance: cannot save the index to %s: %s", self.path, exc)
+            return
+        finally:
+            self._saving = False
+        self._dirty = False
+        self.saves += 1
+
+    # -- the worker's slot -----------------------------------------------------------------
+
+    def _claim(self) -> None:
+        """The first slot whose lock nobody holds (in a thread: file I/O); its file, if a
+        worker before this one saved it, is taken up."""
+        for slot in range(MAX_SLOTS):
+            path = Path(self.pattern.replace(_PLACEHOLDER, str(slot)))
+            try:
+                lock = path.with_name(path.name + ".lock").open("ab")
+            except OSError as exc:  # refused at startup: no index could ever be saved here
+                where = str(path.with_name(path.name + ".lock"))
+                raise ProvenanceError(
+                    f"cannot create a worker's lock: {exc.strerror}", where
+                ) from exc
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                continue
+            self.path, self._lock = path, lock
+            self._take_up(path)
+            logger.info("guardrail: provenance: this worker saves its index to %s", path)
+            return
+        raise ProvenanceError(f"no free worker slot among {MAX_SLOTS}", self.pattern)
+
+    def _take_up(self, path: Path) -> None:
+        if not path.exists():
+            return
+        try:
+            saved = ProvenanceIndex.load(path)
+        except ProvenanceError as exc:
+            kept = self._set_aside(path)
+            logger.error("guardrail: provenance: %s; moved to %s, starting afresh", exc, kept)
+            return
+        if saved.sketcher.params != self.index.sketcher.params:
+            kept = self._set_aside(path)
+            logger.warning(
+                "guardrail: provenance: %s was sketched with another key (provenance.key); "
+                "moved to %s, starting afresh",
+                path,
+                kept,
+            )
+            return
+        saved.bound(self.index.capacity, self.index.retention)
+        self.index = saved
+
+    @staticmethod
+    def _set_aside(path: Path) -> Path:
+        kept = path.with_name(f"{path.name}.{int(os.stat(path).st_mtime)}.old")
+        path.replace(kept)
+        return kept

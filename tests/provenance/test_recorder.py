@@ -1,0 +1,120 @@
+"""Recorder: outputs sketched off the request path, saved per worker slot, never lost silently."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+from guardrail.provenance.index import ProvenanceIndex
+from guardrail.provenance.recorder import Recorder
+from guardrail.provenance.sketch import Sketcher
+from guardrail.simulate import leaks
+
+ACCOUNT = leaks.LeakAccount("benign", 0, 40)
+TEXTS = list(leaks.outputs(5, ACCOUNT))
+
+
+def recorder(tmp_path: Path, clock, *, key: bytes = b"", **options) -> Recorder:
+    settings = {"capacity": 1000, "retention": 86400.0, "save_every": 60.0} | options
+    return Recorder(
+        str(tmp_path / "prov-{worker}.grprov"), sketcher=Sketcher(key), clock=clock, **settings
+    )
+
+
+def completion(text: str) -> bytes:
+    return json.dumps({"choices": [{"message": {"content": text}}]}).encode()
+
+
+async def test_outputs_are_sketched_and_saved_at_shutdown(tmp_path: Path, clock):
+    rec = recorder(tmp_path, clock)
+    await rec.start()
+    for i, text in enumerate(TEXTS[:20]):
+        rec.offer("a:alice" if i % 2 else "a:bob", completion(text), clock())
+    rec.offer("a:carol", [TEXTS[20], TEXTS[21]], clock())  # a stream with two choices
+    rec.offer("a:dave", b"{not json", clock())  # malformed: nothing, and nothing breaks
+    await rec.close()
+    saved = ProvenanceIndex.load(tmp_path / "prov-0.grprov")
+    assert len(saved) == 22 == rec.added
+    assert saved.subjects_entries() == {"a:alice": 10, "a:bob": 10, "a:carol": 2}
+    assert rec.saves == 1 and not (tmp_path / "prov-0.grprov.tmp").exists()
+
+
+async def test_a_save_comes_every_save_every_with_expired_entries_dropped(tmp_path: Path, clock):
+    rec = recorder(tmp_path, clock, retention=3600.0)
+    await rec.start()
+    rec.offer("a:old", completion(TEXTS[0]), clock())
+    await rec.settled()
+    assert rec.added == 1 and rec.saves == 0  # not due yet
+    clock.advance(3601)  # the first entry is past retention, and a save is due
+    rec.offer("a:new", completion(TEXTS[1]), clock())
+    await rec.settled()
+    assert rec.saves == 1
+    assert ProvenanceIndex.load(tmp_path / "prov-0.grprov").subjects_entries() == {"a:new": 1}
+    await rec.close()
+
+
+async def test_a_full_queue_drops_the_newest_counted_and_logged(tmp_path: Path, clock, caplog):
+    rec = recorder(tmp_path, clock, queue_size=3)
+    await rec.start()
+    with caplog.at_level(logging.WARNING, logger="guardrail"):
+        for text in TEXTS[:5]:  # the task has not run yet: the queue holds 3
+            rec.offer("a:alice", completion(text), clock())
+    assert rec.dropped == 2
+    warnings = [r.getMessage() for r in caplog.records if "queue full" in r.getMessage()]
+    assert len(warnings) == 1 and "2 in all" not in warnings[0]  # one warning per interval
+    assert "1 served output(s) not sketched" in warnings[0]
+    await rec.close()
+    assert len(ProvenanceIndex.load(tmp_path / "prov-0.grprov")) == 3
+    assert any("2 served output(s) were dropped" in r.getMessage() for r in caplog.records)
+
+
+async def test_workers_take_slots_of_their_own_and_a_restart_takes_its_slot_up(
+    tmp_path: Path, clock
+):
+    first, second = recorder(tmp_path, clock), recorder(tmp_path, clock)
+    await first.start()
+    await second.start()
+    assert (first.path, second.path) == (tmp_path / "prov-0.grprov", tmp_path / "prov-1.grprov")
+    first.offer("a:alice", completion(TEXTS[0]), clock())
+    second.offer("a:bob", completion(TEXTS[1]), clock())
+    await first.close()
+    await second.close()
+    again = recorder(tmp_path, clock, capacity=5000)
+    await again.start()  # slot 0 is free again: its file is taken up
+    assert again.path == tmp_path / "prov-0.grprov"
+    assert again.index.subjects_entries() == {"a:alice": 1} and again.index.capacity == 5000
+    await again.close()
+
+
+async def test_a_file_of_another_key_is_set_aside_not_overwritten(tmp_path: Path, clock, caplog):
+    rec = recorder(tmp_path, clock)
+    await rec.start()
+    rec.offer("a:alice", completion(TEXTS[0]), clock())
+    await rec.close()
+    rekeyed = recorder(tmp_path, clock, key=b"another key")
+    with caplog.at_level(logging.WARNING, logger="guardrail"):
+        await rekeyed.start()
+    assert len(rekeyed.index) == 0
+    (aside,) = await asyncio.to_thread(lambda: list(tmp_path.glob("prov-0.grprov.*.old")))
+    assert ProvenanceIndex.load(aside).subjects_entries() == {"a:alice": 1}
+    assert any("another key" in r.getMessage() for r in caplog.records)
+    await rekeyed.close()
+
+
+async def test_a_path_nobody_can_write_is_refused_at_startup(tmp_path: Path, clock):
+    import pytest
+
+    from guardrail.errors import ProvenanceError
+
+    rec = Recorder(
+        str(tmp_path / "missing" / "prov-{worker}.grprov"),
+        capacity=10,
+        retention=60.0,
+        save_every=60.0,
+        sketcher=Sketcher(),
+        clock=clock,
+    )
+    with pytest.raises(ProvenanceError, match=r"missing/prov-0\.grprov\.lock: cannot create"):
+        await rec.start()
