@@ -303,3 +303,26 @@ def test_a_metrics_path_open_to_a_public_network_is_cautioned() -> None:
     [caution] = cautions(Policy.from_string(LIMITED + extra))
     assert caution.path == "metrics.allow_from[1]" and "every route" in caution.expected
     assert cautions(Policy.from_string(LIMITED + METRICS)) == []
+
+
+async def test_a_reload_keeps_the_counts_and_refuses_a_metrics_change(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    app = build(tmp_path, clock, LIMITED + METRICS)
+    wider = tmp_path / "wider.yaml"
+    wider.write_text(LIMITED.replace("burst: 2", "burst: 5") + METRICS)
+    closed = tmp_path / "closed.yaml"
+    closed.write_text(LIMITED + "metrics: {enabled: true, allow_from: [10.0.0.0/8]}\n")
+    decided = "guardrail_decisions_total"
+    async with client(app) as http:
+        assert (await http.get("/page/1")).status_code == 200
+        await app.reload(wider)
+        assert (await http.get("/page/2")).status_code == 200
+        samples = await scrape(app)
+        assert value(samples, decided, action="allow", route="pages", tier="") == 2
+        with pytest.raises(PolicyError) as refused:
+            await app.reload(closed)
+        [issue] = refused.value.issues
+        assert issue.path == "metrics" and "restart" in issue.expected
+        await scrape(app)  # still served to loopback: scrape asserts the 200
+    await app.shutdown()
