@@ -46,7 +46,7 @@ async def run(configuration: str, count: int) -> None:
         auth, body = requests[i % len(requests)]
         messages = [{"type": "http.request", "body": body, "more_body": False}]
 
-        async def receive() -> Any:
+        async def receive(messages: list[dict[str, Any]] = messages) -> Any:
             return messages.pop() if messages else {"type": "http.disconnect"}
 
         await app(scope(auth), receive, send)
