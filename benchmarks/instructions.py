@@ -5,6 +5,9 @@ do not. Run it at two request counts and take the difference (start-up cancels o
     valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
         .venv/bin/python benchmarks/instructions.py risk_memory 300
     # ... and 1300: (second - first) / 1000 instructions a request
+
+A configuration ending in ``+metrics`` is the same with ``metrics: {enabled: true}`` (issue 16:
+what metrics add to a request), for ``memory`` and ``risk_memory``.
 """
 
 from __future__ import annotations
@@ -35,8 +38,18 @@ def scope(auth: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+POLICIES = {"memory": _apps.INSPECT_POLICY, "risk_memory": _apps.RISK_POLICY}
+
+
+def build(configuration: str) -> Any:
+    name, _, extra = configuration.partition("+")
+    if extra == "metrics":
+        return _apps._guardrail(POLICIES[name] + "metrics: {enabled: true}\n", redis=False)
+    return getattr(_apps, name)()
+
+
 async def run(configuration: str, count: int) -> None:
-    app = getattr(_apps, configuration)()
+    app = build(configuration)
     requests = stream(1000)
 
     async def send(message: Any) -> None:
