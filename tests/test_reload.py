@@ -241,14 +241,23 @@ async def test_concurrent_requests_across_reloads_each_see_one_policy(
     ]
     digests = {Policy.from_string(t).digest: f"pages-{n}" for t, n in zip(texts, "ab", strict=True)}
     app = guard(tmp_path, clock, texts[0], Starlette(routes=[Route("/{p:path}", page)]))
+    first = asyncio.Event()
     async with lifespan(app), client(app) as http:
 
         async def load() -> list[int]:
-            return [(await http.get(f"/p{i}")).status_code for i in range(40)]
+            # half before the first reload has landed, half after: the reloads (in a thread)
+            # and the requests overlap however fast either side is
+            statuses = [(await http.get(f"/p{i}")).status_code for i in range(20)]
+            await first.wait()
+            return statuses + [(await http.get(f"/q{i}")).status_code for i in range(20)]
 
         async def reloads() -> None:
-            for n in range(10):
-                await app.reload(write(tmp_path / "policy.yaml", texts[(n + 1) % 2]))
+            try:
+                for n in range(10):
+                    await app.reload(write(tmp_path / "policy.yaml", texts[(n + 1) % 2]))
+                    first.set()
+            finally:
+                first.set()
 
         results = await asyncio.gather(*(load() for _ in range(4)), reloads())
     served = [status for statuses_ in results[:4] if statuses_ for status in statuses_]
@@ -381,7 +390,9 @@ async def test_the_cli_reads_a_trail_with_reloads(
     assert "policy_reload_refused   -  refused (call: " in lines[-1]
     assert f"{new[:19]}… stays in force; errors: line 18 routes[1].limits[0].rate" in lines[-1]
     assert main(["audit", "summary", trail]) == 0
-    assert "policy_reload_refused         1" in capsys.readouterr().out
+    assert "(1 decisions; 2 events: policy_reload 1, policy_reload_refused 1)" in (
+        capsys.readouterr().out
+    )
 
 
 def test_sighup_off_the_main_thread_is_said_and_left_alone(

@@ -375,6 +375,25 @@ def test_summary_counts_the_whole_trail(tmp_path: Path) -> None:
     json.dumps(data)  # --json prints it as is
 
 
+def test_summary_counts_decisions_not_the_trail_s_own_events(tmp_path: Path) -> None:
+    """Policy reloads are records of the trail, not decisions about requests: they are counted
+    apart, not as decisions, actions or routes (a writer's seal is not read as a record)."""
+    path = tmp_path / "audit.jsonl"
+    events = [
+        make_record(5, at=T0 + 3_560, action="policy_reload", route=None),
+        make_record(6, at=T0 + 3_570, action="policy_reload_refused", route=None),
+        make_record(7, at=T0 + 3_580, action="sealed", route=None),
+    ]
+    write_trail(path, [*mixed_records(), *events])
+    data = summary(path, None, T0 + 3_600)
+    assert data["records"] == 7
+    assert data["decisions"] == 5
+    assert data["events"] == {"policy_reload": 1, "policy_reload_refused": 1}
+    assert data["by_action"] == {"limit": 2, "allow": 1, "challenge": 1, "block": 1}
+    assert "-" not in data["by_route"]
+    assert "records: 7 (5 decisions; 2 events: policy_reload 1" in render_summary(data)
+
+
 def test_summary_since_keeps_only_the_window(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     write_trail(path, mixed_records())

@@ -423,6 +423,7 @@ def summary(
     files = [file for trail in trails for file in trail.files()]
     writers: Counter[str] = Counter()
     unmatched: Counter[str] = Counter()  # "METHOD /path" no policy route matched
+    events: Counter[str] = Counter()  # records of the trail itself: reloads, seals
     total = decisions = dropped = undated = 0
     first: float | None = None
     last: float | None = None
@@ -435,15 +436,18 @@ def summary(
             undated += when is None
             continue
         total += 1
-        count = repeats(record)
-        decisions += count
         if when is not None:
             first = when if first is None else min(first, when)
             last = when if last is None else max(last, when)
         action = str(record.get("action", "?"))
-        by_action[action] += count
         writer = record.get("writer")
         writers[writer if isinstance(writer, str) else _UNNAMED] += 1
+        if action in EVENTS:
+            events[action] += 1
+            continue
+        count = repeats(record)
+        decisions += count
+        by_action[action] += count
         by_route.setdefault(str(record.get("route") or "-"), Counter())[action] += count
         if isinstance(record.get("dropped"), int):
             dropped += record["dropped"]
@@ -466,6 +470,7 @@ def summary(
         "now": format_ts(current),
         "records": total,
         "decisions": decisions,  # records with "repeated": N stand for N decisions
+        "events": dict(events.most_common()),
         "first": None if first is None else format_ts(first),
         "last": None if last is None else format_ts(last),
         "malformed": [str(location) for location in malformed],
@@ -489,13 +494,25 @@ def summary(
     }
 
 
+#: Records about the trail or the policy, not decisions about requests.
+EVENTS = frozenset({"policy_reload", "policy_reload_refused", "sealed"})
+
+
+def _events(data: dict[str, Any]) -> str:
+    events = data.get("events") or {}
+    if not events:
+        return ""
+    named = ", ".join(f"{kind} {n}" for kind, n in events.items())
+    return f"; {sum(events.values())} events: {named}"
+
+
 def render_summary(data: dict[str, Any]) -> str:
     """The summary as aligned tables for a terminal."""
     window = f"since {data['since']}" if data["since"] else "whole trail"
     writers = data.get("writers") or {}
     lines = [
         f"audit summary ({window}; {len(data['files'])} file(s), {len(writers)} writer(s))",
-        f"records: {data['records']} ({data['decisions']} decisions)   "
+        f"records: {data['records']} ({data['decisions']} decisions{_events(data)})   "
         f"from {data['first'] or '-'} to {data['last'] or '-'}",
     ]
     if data["dropped"]:
