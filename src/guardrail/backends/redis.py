@@ -77,7 +77,7 @@ def connect(target: RedisTarget) -> tuple[lua.Client, list[aioredis.Redis]]:
         # per node; a request spanning several slots holds one connection per slot
         options["max_connections"] = target.max_connections * CLUSTER_CONNECTIONS_PER_CHARGE
         return RedisCluster(startup_nodes=nodes, **options), []
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
         list(target.hosts), sentinel_kwargs=dict(options), **options
     )
     return sentinel.master_for(target.service), list(sentinel.sentinels)
