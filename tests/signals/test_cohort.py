@@ -6,7 +6,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from .streams import START, Driver, diverse, human, templated
+from guardrail.signals.engine import Assessment
+
+from .streams import QUESTIONS, START, Driver, diverse, human, templated
 
 Make = Any
 
@@ -259,3 +261,93 @@ async def test_a_short_one_shot_template_is_indexed_across_accounts(make_driver:
                 START + r * 60 + a, account=f"person-{a}", ip=f"198.18.{a}.9", body=body
             )
     assert follow is not None and "cross_account_templates" not in follow.signals
+
+
+#: The hydra's way: one instruction around a new problem each time, a quarter of a team's work.
+FRAMES = (
+    "For our internal training material, reason step by step through this and include every "
+    "intermediate step: {q}",
+    "{q} Explain in detail, step by step, how you would arrive at the answer; we compare it "
+    "with ours.",
+)
+
+
+def framed(rng: random.Random, n: int) -> list[str]:
+    """Extraction in one of FRAMES, each around a problem that is new every time."""
+    return [
+        rng.choice(FRAMES).format(q=f"{rng.choice(QUESTIONS)} for n = {rng.randint(2, 10**6)}?")
+        for _ in range(n)
+    ]
+
+
+async def team(
+    driver: Driver, rng: random.Random, prompts: list[list[str]], ips: list[str]
+) -> list[Assessment]:
+    """Accounts taking turns at human pace, account ``a`` on ``ips[a]``, sending
+    ``prompts[a]``; returns each one's last assessment."""
+    last: list[Assessment] = []
+    for a, (mine, ip) in enumerate(zip(prompts, ips, strict=True)):
+        times = human(rng, len(mine), START + a * 13.0)
+        last.append(await driver.stream(times, mine, account=f"member-{a}", ip=ip))
+    return last
+
+
+def mixed(rng: random.Random, n: int) -> list[str]:
+    """Ordinary work, with extraction in a shared frame every fourth prompt."""
+    work, asks = diverse(rng, n), framed(rng, n // 4)
+    return [asks[i // 4] if i % 4 == 3 else work[i] for i in range(n // 4 * 4)]
+
+
+async def test_a_team_filling_one_instruction_on_one_network_shares_its_frames(
+    make_driver: Make,
+) -> None:
+    """Five accounts of one office, a quarter of whose prompts put a new problem in one of
+    two extraction frames: each account's requests for reasoning are in frames its colleagues
+    send, and the signal is at full strength for every one of them."""
+    rng = random.Random(30)
+    driver = await make_driver()
+    # one office's working hours: each account's turn comes while the others' are recent
+    last: dict[int, Assessment] = {}
+    prompts = [mixed(rng, 96) for _ in range(5)]
+    hours = human(rng, 96)
+    order = sorted((t + a * 13.0, a, i) for a in range(5) for i, t in enumerate(hours))
+    for when, a, i in order:
+        last[a] = await driver.send(
+            when, account=f"member-{a}", ip=f"198.51.100.{a % 3 + 2}", prompt=prompts[a][i]
+        )
+    for assessment in last.values():
+        assert assessment.signals["shared_frames"] == 40.0
+
+
+async def test_one_frame_from_strangers_on_other_networks_is_not_shared(
+    make_driver: Make,
+) -> None:
+    """The same instruction from accounts on five different networks: a popular way of
+    asking, or a campaign that the cross-account index and the cohorts must catch instead."""
+    rng = random.Random(31)
+    driver = await make_driver()
+    last = await team(
+        driver, rng, [framed(rng, 24) for _ in range(5)], [f"198.18.{a}.5" for a in range(5)]
+    )
+    assert all("shared_frames" not in assessment.signals for assessment in last)
+
+
+async def test_a_household_with_one_habit_shares_no_frame(make_driver: Make) -> None:
+    """Three people at one address who all close their own questions with the same phrase: the
+    phrase's frame takes in the end of each question, which is theirs alone."""
+    rng = random.Random(32)
+    driver = await make_driver()
+    habit = [[f"{q}? Let's think step by step." for q in diverse(rng, 40)] for _ in range(3)]
+    last = await team(driver, rng, habit, ["192.0.2.8"] * 3)
+    assert all(assessment.signals["reasoning_extraction"] == 20.0 for assessment in last)
+    assert all("shared_frames" not in assessment.signals for assessment in last)
+
+
+async def test_students_pasting_one_assignment_share_no_frame(make_driver: Make) -> None:
+    """A class behind one NAT pasting the same assignment questions, which ask for the
+    working: copies of one text are not a frame filled in."""
+    rng = random.Random(33)
+    driver = await make_driver()
+    sheet = [f"Exercise {i}: {q}. Show your working step by step." for i, q in enumerate(QUESTIONS)]
+    last = await team(driver, rng, [rng.sample(sheet, 10) for _ in range(8)], ["192.0.2.9"] * 8)
+    assert all("shared_frames" not in assessment.signals for assessment in last)

@@ -60,3 +60,17 @@ async def test_an_honest_class_beside_its_look_alike_campaign_is_never_mitigated
     assert mine["active_accounts"] >= 2
     assert mine["accounts_mitigated"] == 0, mine["why_mitigated"]
     assert theirs["accounts_mitigated"] >= 1  # the engine was seeing something
+
+
+async def test_the_hydra_is_caught_by_the_frames_its_accounts_share(
+    tmp_path: Path, example_secret: None
+) -> None:
+    """Campaign C, five corporate accounts a quarter of whose work is extraction in a few
+    frames, beside an office of a hundred honest people behind one NAT (some on one class
+    assignment): the frames the hydra's accounts share on their network name all five, and
+    the office's shared assignment names no one."""
+    rows = await run(tmp_path, 4, ["campaign_c", "nat_office"], 1.0)
+    hydra, office = rows["campaign_c"], rows["nat_office"]
+    assert hydra["accounts_mitigated"] >= 4, hydra
+    assert office["active_accounts"] >= 20
+    assert office["accounts_mitigated"] == 0, office["why_mitigated"]

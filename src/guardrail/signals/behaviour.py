@@ -14,6 +14,7 @@ import math
 from guardrail.signals import sketch
 from guardrail.signals.state import (
     FCH,
+    FRM,
     GN,
     GQ,
     GS,
@@ -110,6 +111,17 @@ def templated_reasoning(c: list[float]) -> float:
     habitual askers 7 % at the median, 15 % at the 90th percentile over two days, more within
     a session of follow-ups) where a script that fills in one template has half."""
     return share(c, TRS, PRM, 0.25, 0.5, 16)
+
+
+def shared_frames(c: list[float]) -> float:
+    """Share of the requests for reasoning whose opening or closing words (a frame, keyed by
+    the network) at least two other identities on the network sent lately: one instruction
+    that a team of accounts fills in with ever new problems, the hydra's way of hiding a
+    quarter of extraction in ordinary work. Nobody else's frame is a habit's: a stock phrase
+    is closed by the sender's own question, and strangers on other networks never share one.
+    Half of them is where it starts (an office whose people ask alike shares some: the
+    simulator's NAT office at most a third, over two days), four in five are full."""
+    return share(c, FRM, RSN, 0.5, 0.8, 8)
 
 
 def cross_account_templates(c: list[float]) -> float:

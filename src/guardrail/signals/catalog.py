@@ -59,6 +59,14 @@ SIGNALS: tuple[SignalInfo, ...] = (
         "others'): a quarter and more is a script filling one in; a closing phrase is no template",
     ),
     SignalInfo(
+        "shared_frames",
+        40,
+        "cohort",
+        "share of the requests for reasoning whose opening or closing eight words other "
+        "identities on the same network sent too: one extraction instruction spread over a "
+        "team of accounts (a stock phrase closing one's own questions is no frame)",
+    ),
+    SignalInfo(
         "cross_account_templates",
         25,
         "cohort",

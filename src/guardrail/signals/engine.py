@@ -34,6 +34,7 @@ from guardrail.signals.catalog import SIGNALS
 from guardrail.signals.state import (
     COHORT_BITS,
     FCH,
+    FRM,
     GN,
     GQ,
     GS,
@@ -83,7 +84,7 @@ RESCORE_AFTER = 1.0
 #: of a deployment send (at most 16 MB); a longer one is read each time.
 INSTRUCTIONS_KEPT = 1024
 INSTRUCTIONS_LONGEST = 16384
-#: The order the scorer computes signals in. The first eight describe how an identity itself
+#: The order the scorer computes signals in. The first nine describe how an identity itself
 #: behaves, as its cohorts see it ("manner"); refusals and failed challenges are consequences
 #: of guardrail's own answers, and volume is not a manner.
 ORDER = (
@@ -95,6 +96,7 @@ ORDER = (
     "network_spread",
     "request_shape",
     "templated_reasoning",
+    "shared_frames",
     "request_volume",
     "refusals",
     "failed_challenges",
@@ -105,8 +107,12 @@ ORDER = (
 _NO_INCREMENTS = [0.0] * len(PRINCIPAL)
 _new = tuple.__new__  # a NamedTuple without its Python-level __new__, on the hot path
 #: What an analysed prompt shows: it asks for reasoning, it repeats one of its principal's
-#: recent prompts, it repeats another principal's.
-Read = tuple[bool, bool, bool]
+#: recent prompts, it repeats another principal's, other principals on its network sent its
+#: frame.
+Read = tuple[bool, bool, bool, bool]
+#: Other principals on a network that must have sent a frame for it to be shared: two
+#: accounts are a couple at home; three sending one instruction are a team or a farm.
+FRAME_SENDERS = 2
 
 
 @dataclass(slots=True)
@@ -232,7 +238,7 @@ class RiskEngine:
                     if self._fold(local, keys, standing, request, now)[0]:
                         return Assessment(keys, standing.score, None, self._points, None, None)
                 else:
-                    asks, sk = self._analyse(request, prompt)
+                    asks, sk = self._analyse(request, prompt, subnet)
                     keys = Keys(principal, subnet, fingerprint, _indexed(sk, request))
                     folded, read = self._fold(local, keys, standing, request, now, sk, asks)
                     if folded:
@@ -248,24 +254,29 @@ class RiskEngine:
         if not prompt:
             keys = Keys(principal, subnet, fingerprint, ())
             return await self._assess(route, keys, request, now, None, None)
-        asks, sk = self._analyse(request, prompt)
+        asks, sk = self._analyse(request, prompt, subnet)
         keys = Keys(principal, subnet, fingerprint, _indexed(sk, request))
         return await self._assess(route, keys, request, now, sk, asks)
 
     def _analyse(
-        self, request: OpenAIRequest | None, prompt: str
+        self, request: OpenAIRequest | None, prompt: str, subnet: str
     ) -> tuple[bool, sketch.Sketch | None]:
         """Does the request ask for reasoning, and the sketch of its prompt's template, which
         leaves requests for reasoning out (``ReasoningMatcher.split``). A request for
         reasoning counts in the instructions too (system or developer messages): moving it
-        there must not hide it."""
+        there must not hide it. A prompt that asks for reasoning also has its frames on its
+        network (``subnet``) taken: ``Sketch.frame``."""
         matcher = self.asks_for_reasoning
-        asks, rest = matcher.split(sketch.excerpt(prompt))
+        cut = sketch.excerpt(prompt)
+        asks, rest = matcher.split(cut)
         if not asks:
             asks = matcher.anywhere(sketch.middle(prompt)) or (
                 request is not None and self._instructed(request)
             )
-        return asks, sketch.sketch(prompt, rest)
+        sk = sketch.sketch(prompt, rest)
+        if asks and sk is not None:
+            sk.frame(cut, subnet)
+        return asks, sk
 
     def _instructed(self, request: OpenAIRequest) -> bool:
         """Do the request's instructions ask for reasoning? A client sends the same ones
@@ -423,7 +434,7 @@ class RiskEngine:
         again. (A script could resend its last prompt as history to hide a template: that
         costs it the tokens, and the cross-account index still sees it.)"""
         if sk is None:
-            return asks, False, False
+            return asks, False, False, False
         own = False
         if near := sketch.near(sk, ring):
             history = request is not None and {
@@ -431,7 +442,8 @@ class RiskEngine:
             }
             own = not history or any(crc not in history for crc in near)
         other = sketch.any_near_elsewhere(sk, tag, neighbours, now, self.window)
-        return asks, own, other
+        framed = sketch.frame_senders(sk, tag, neighbours, now, self.window) >= FRAME_SENDERS
+        return asks, own, other, framed
 
     def _score(
         self,
@@ -471,10 +483,13 @@ class RiskEngine:
             c[PRM] += 1.0
             if read is None:
                 read = self._read(sk, asks, snap.ring, snap.neighbours, tag, now, request)
-            reasoning, own, other = read
+            reasoning, own, other, framed = read
             if reasoning:
                 inc[RSN] = 1.0
                 c[RSN] += 1.0
+                if framed:
+                    inc[FRM] = 1.0
+                    c[FRM] += 1.0
             if own:
                 inc[TPL] = 1.0
                 c[TPL] += 1.0
@@ -496,6 +511,7 @@ class RiskEngine:
             spread,
             behaviour.request_shape(c),
             behaviour.templated_reasoning(c),
+            behaviour.shared_frames(c),
         ]  # the manner signals, in ORDER
         points = self._points
         manner = cohort.behaviour_score(sum(map(mul, values, points)))
@@ -601,8 +617,8 @@ def _indexed(sk: sketch.Sketch | None, request: OpenAIRequest | None) -> tuple[s
     if sk is None:
         return ()
     if sk.short and (request is None or not metering.opens_conversation(request.body)):
-        return ()
-    return sk.buckets()
+        return sk.frame_buckets()
+    return sk.buckets() + sk.frame_buckets()
 
 
 def _per_request(

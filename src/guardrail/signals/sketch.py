@@ -52,29 +52,61 @@ _PUNCTUATION = string.punctuation.encode()
 _ASCII_SPACES = bytes.maketrans(b"\x1c\x1d\x1e\x1f", b"    ")
 #: Characters from which a text with too few words is shingled instead (spaceless scripts).
 SHINGLED_FROM = 24
+#: Words of a prompt's opening and of its closing that make its two *frames*: a campaign's
+#: instruction opens or closes what it sends ("Explain in detail, step by step, how you would
+#: arrive at the answer: {q}"), and eight words are more than the stock phrases people add on
+#: their own ("Let's think step by step." is five): a habit's frame takes in the words of the
+#: question it closes, which change.
+FRAME_WORDS = 8
 _ENTRY = Struct(f"<I{K}I")  # exact-text CRC, then the sketch (padded with PAD)
-_TEMPLATE = Struct(f"<III{K}I")  # principal tag, time (s), exact CRC, sketch
+# principal tag, time (s), exact CRC, the two frames (0: none), sketch
+_TEMPLATE = Struct(f"<IIIII{K}I")
+_TEMPLATE_HEAD = 5  # fields before the sketch
 PAD = 0xFFFFFFFF
 
 
 class Sketch:
-    """A prompt's sketch and the CRC of its exact text (a copy is not a template)."""
+    """A prompt's sketch and the CRC of its exact text (a copy is not a template); for a
+    prompt that asks for reasoning, its two frames on its network (``frames``)."""
 
-    __slots__ = ("exact", "values")
+    __slots__ = ("exact", "frames", "values")
 
     def __init__(self, exact: int, values: tuple[int, ...]) -> None:
         self.exact = exact
         self.values = values  # ascending, at most K
+        self.frames: tuple[int, int] = (0, 0)
 
     def pack(self) -> bytes:
         return _ENTRY.pack(self.exact, *self.values, *(PAD,) * (K - len(self.values)))
 
     def pack_template(self, tag: int, now: float) -> bytes:
         padding = (PAD,) * (K - len(self.values))
-        return _TEMPLATE.pack(tag, int(now) & 0xFFFFFFFF, self.exact, *self.values, *padding)
+        head, tail = self.frames
+        return _TEMPLATE.pack(
+            tag, int(now) & 0xFFFFFFFF, self.exact, head, tail, *self.values, *padding
+        )
 
     def buckets(self) -> tuple[str, ...]:
         return tuple(f"t:{value:08x}" for value in self.values[:BUCKETS])
+
+    def frame_buckets(self) -> tuple[str, ...]:
+        """The index buckets of its frames (none unless ``frame`` set them)."""
+        head, tail = self.frames
+        return (f"t:h{head:08x}", f"t:t{tail:08x}") if head else ()
+
+    def frame(self, cut: str, network: str) -> None:
+        """Set the frames of a prompt (``cut``: its excerpt) sent from ``network``: its first
+        and its last FRAME_WORDS words, keyed by the network. Strangers on other networks who
+        open or close alike ("can you explain ... step by step") do not share a frame; a
+        campaign's accounts that send one instruction from one office do. A prompt of fewer
+        than FRAME_WORDS + 3 words has none: its frame would be all of it."""
+        words = _words(cut)
+        if words is None or len(words) < FRAME_WORDS + 3:
+            return
+        key = zlib.crc32(network.encode("utf-8", "surrogatepass"))
+        head = zlib.crc32(b" ".join(words[:FRAME_WORDS]), key) or 1
+        tail = zlib.crc32(b" ".join(words[-FRAME_WORDS:]), key ^ 0x5A5A5A5A) or 1
+        self.frames = (head, tail)
 
     @property
     def short(self) -> bool:
@@ -187,9 +219,9 @@ def any_near_elsewhere(
     exact, values = sk.exact, sk.values
     stamp = int(now) & 0xFFFFFFFF
     limit = int(horizon)
-    width = 3 + K
+    width = _TEMPLATE_HEAD + K
     for start in range(0, len(flat), width):
-        other = flat[start + 3 : start + width]
+        other = flat[start + _TEMPLATE_HEAD : start + width]
         if (
             flat[start] == tag
             or flat[start + 2] == exact
@@ -201,6 +233,35 @@ def any_near_elsewhere(
         if shared >= MIN_SHARED and estimate >= NEAR_ELSEWHERE:
             return True
     return False
+
+
+def frame_senders(
+    sk: Sketch, tag: int, entries: Sequence[bytes], now: float, horizon: float
+) -> int:
+    """How many other principals (``tag`` is this one's) sent one of ``sk``'s frames within
+    ``horizon`` seconds, as far as the template-index ``entries`` tell (a bucket keeps its
+    newest BUCKET_SIZE: a count of at most that many). An exact copy of the prompt is left out,
+    as by ``any_near_elsewhere``: students who paste one assignment's question send a copy,
+    a campaign fills its frame with a new problem each time."""
+    head, tail = sk.frames
+    if not head:
+        return 0
+    exact = sk.exact
+    flat = _flat(entries, _TEMPLATE.size)
+    if head not in flat and tail not in flat:  # a C-level scan rules out the usual case
+        return 0
+    stamp = int(now) & 0xFFFFFFFF
+    limit = int(horizon)
+    senders = set()
+    for start in range(0, len(flat), _TEMPLATE_HEAD + K):
+        if (
+            (flat[start + 3] == head or flat[start + 4] == tail)
+            and flat[start] != tag
+            and flat[start + 2] != exact
+            and (stamp - flat[start + 1]) & 0xFFFFFFFF <= limit
+        ):
+            senders.add(flat[start])
+    return len(senders)
 
 
 def _flat(entries: Sequence[bytes], size: int) -> tuple[int, ...]:

@@ -18,8 +18,9 @@ Four kinds of state, each keyed by a string the engine builds:
   otherwise let one client buy state without bound;
 - a *subnet* and a client *fingerprint*: ``COHORT`` counters and the principals seen in it
   (a bitmap per window);
-- a *template bucket* (one per sketch value): the recent prompt sketches of every principal
-  that had that value among its smallest, for the cross-account index.
+- a *template bucket* (one per sketch value, and one per frame of a prompt that asks for
+  reasoning): the recent prompt sketches of every principal that had that value among its
+  smallest, or sent that frame from that network, for the cross-account index.
 """
 
 from __future__ import annotations
@@ -43,10 +44,11 @@ PRINCIPAL = (
     "gq",  # their sum of squares
     "trs",  # prompts that both ask for reasoning and are near-duplicates (own or others')
     "pas",  # challenges passed
+    "frm",  # prompts asking for reasoning in a frame that other principals on the network sent
     *(f"h{hour}" for hour in range(24)),
 )
-(REQ, PRM, TPL, RSN, XAC, SHP, REF, FCH, GN, GS, GQ, TRS, PAS) = range(13)
-HOUR0 = 13  # index of h0
+(REQ, PRM, TPL, RSN, XAC, SHP, REF, FCH, GN, GS, GQ, TRS, PAS, FRM) = range(14)
+HOUR0 = 14  # index of h0
 
 #: Decayed counters of a subnet or a fingerprint cohort.
 COHORT = (
