@@ -270,3 +270,65 @@ async def test_a_cluster_holds_the_index_one_key_a_command(
     assert await find(["trace", "find", str(leak), "--index", redis_cluster.url]) in (0, 1)
     assert f"index {redis_cluster.url}: 300 entries" in capsys.readouterr().out
     await storage.close()
+
+
+def completion(text: str) -> bytes:
+    return json.dumps({"choices": [{"message": {"content": text}}]}).encode()
+
+
+async def test_the_recorder_flushes_once_enough_wait_and_at_shutdown(
+    tmp_path: Path, clock, redis_url: str
+):
+    from guardrail.provenance.recorder import Recorder
+
+    store = writer(redis_url, clock, flush_at=10)
+    rec = Recorder(
+        "unused",
+        capacity=1,
+        retention=1.0,
+        save_every=3600.0,
+        sketcher=store.sketcher,
+        clock=clock,
+        store=store,
+    )
+    await rec.start()
+    for text in TEXTS[:12]:
+        rec.offer("a:alice", completion(text), clock())
+    await rec.settled()
+    assert store.flushed >= 10 and rec.saves >= 1  # before save_every: 10 were waiting
+    rec.offer("a:bob", completion(TEXTS[12]), clock())
+    await rec.close()
+    assert store.flushed == 13 and store.pending == 0
+    assert (await read_index(redis_url)).subjects_entries() == {"a:alice": 12, "a:bob": 1}
+    files = await asyncio.to_thread(lambda: list(tmp_path.iterdir()))
+    assert files == []
+    await store.client.aclose()
+
+
+async def test_an_open_breaker_is_not_asked_and_an_exit_without_lifespan_is_said(
+    clock, redis_url: str, caplog
+):
+    from guardrail.provenance.recorder import Recorder
+
+    store = writer(redis_url, clock, is_open=lambda: True)
+    store.add("a:alice", TEXTS[0], clock())
+    assert not await store.flush(clock())
+    assert (store.pending, store.failures) == (1, 0)  # kept, and Redis never asked
+    redis = aioredis.from_url(redis_url)
+    assert await redis.keys("*") == []
+    await redis.aclose()
+    rec = Recorder(
+        "unused",
+        capacity=1,
+        retention=1.0,
+        save_every=60.0,
+        sketcher=store.sketcher,
+        clock=clock,
+        store=store,
+    )
+    rec.offer("a:bob", completion(TEXTS[1]), clock())
+    with caplog.at_level(logging.WARNING, logger="guardrail"):
+        rec.exit_sync()
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "1 entries not yet written to Redis" in message and "1 outputs not yet" in message
+    await store.client.aclose()

@@ -136,6 +136,7 @@ class RedisIndexWriter:
         gate_wait: float = 1.0,
         is_open: Callable[[], bool] = lambda: False,
         pending_max: int = PENDING_MAX,
+        flush_at: int = FLUSH_AT,
     ) -> None:
         if capacity < 1 or retention <= 0:
             raise ProvenanceError("an index needs a capacity >= 1 and a retention > 0")
@@ -151,6 +152,7 @@ class RedisIndexWriter:
         self._gate_wait = gate_wait
         self._is_open = is_open  # the storage's breaker: no flush tried while it is open
         self.pending_max = pending_max
+        self.flush_at = flush_at
         self._pending: dict[int, _Bucket] = {}
         self.pending = 0
         """Entries waiting for a flush."""
@@ -201,7 +203,7 @@ class RedisIndexWriter:
     def due(self, now: float) -> bool:
         """Enough entries wait for a flush before its time (unless the last one failed
         lately: a Redis that is down is not asked again with every batch)."""
-        return self.pending >= FLUSH_AT and now >= self._retry_at
+        return self.pending >= self.flush_at and now >= self._retry_at
 
     async def flush(self, now: float) -> bool:
         """Append what waits, in one pipeline, then enforce the bounds; False when Redis
