@@ -133,13 +133,36 @@ async def test_retention_drops_old_buckets_on_the_injected_clock(clock, redis_ur
     w = writer(redis_url, clock, retention=2 * HOUR)
     w.add("a:old", TEXTS[0], clock())
     assert await w.flush(clock())
-    clock.advance(3 * HOUR + 1)  # the first hour is now wholly past retention
+    clock.advance(30 * HOUR)  # the first hour (and its day) is now wholly past retention
     w.add("a:new", TEXTS[1], clock())
     assert await w.flush(clock())
     assert (await read_index(redis_url)).subjects_entries() == {"a:new": 1}
     assert w.trimmed == 1
     redis = aioredis.from_url(redis_url)
-    assert len(await redis.keys("gr:prov:*")) == 4  # current, sizes, one bucket, its names
+    hour = int(clock()) // HOUR
+    keys = Keys("gr:", header(w.sketcher.params))
+    assert sorted(await redis.keys("gr:prov:*")) == sorted(  # the old day's names gone too
+        k.encode() for k in (keys.current, keys.sizes, keys.bucket(hour), keys.names(hour // 24))
+    )
+    await redis.aclose()
+    await w.client.aclose()
+
+
+async def test_a_past_hour_is_written_anew_without_the_room_append_left(clock, redis_url: str):
+    w = writer(redis_url, clock)
+    keys = Keys("gr:", header(w.sketcher.params))
+    hour = int(clock()) // HOUR
+    for text in TEXTS[:40]:  # one entry a flush: APPEND grows the string with room to spare
+        w.add("a:alice", text, clock())
+        assert await w.flush(clock())
+    redis = aioredis.from_url(redis_url)
+    grown = await redis.memory_usage(keys.bucket(hour), samples=0)
+    clock.advance(HOUR)
+    w.add("a:bob", TEXTS[40], clock())
+    assert await w.flush(clock())
+    assert await redis.strlen(keys.bucket(hour)) == 40 * RECORD
+    assert await redis.memory_usage(keys.bucket(hour), samples=0) < grown
+    assert await redis.ttl(keys.bucket(hour)) > 0  # kept by the rewrite
     await redis.aclose()
     await w.client.aclose()
 
