@@ -355,3 +355,31 @@ async def test_an_open_breaker_is_not_asked_and_an_exit_without_lifespan_is_said
     (message,) = [r.getMessage() for r in caplog.records]
     assert "1 entries not yet written to Redis" in message and "1 outputs not yet" in message
     await store.client.aclose()
+
+
+async def test_through_a_redis_outage_requests_are_served_and_entries_wait(
+    tmp_path: Path, clock, caplog
+):
+    port = free_port()
+    server = Server(tmp_path / "r1", port=port)
+    app = build(tmp_path, clock, REDIS_POLICY, storage=server.url, app=model_app())
+    try:
+        with caplog.at_level(logging.WARNING, logger="guardrail"):
+            async with lifespan(app), client(app) as http:
+                await serve_all(http, [("alice", OTHERS[0])])
+                server.stop()  # the storage fails open; the breaker opens
+                clock.advance(61)  # a flush is due: it fails, or the open breaker skips it
+                await serve_all(http, [("bob", OTHERS[1])])
+                await app.recorder.settled()
+                assert app.recorder.store.pending == OTHERS[0].responses + OTHERS[1].responses
+                server = Server(tmp_path / "r2", port=port)  # back, empty
+            # shutdown: the last flush is tried whatever the breaker says
+        index = await read_index(server.url)
+        assert index.subjects_entries() == {
+            "a:alice": OTHERS[0].responses,
+            "a:bob": OTHERS[1].responses,
+        }
+        assert app.recorder.store.dropped == 0
+        assert not [r for r in caplog.records if "they are lost" in r.getMessage()]
+    finally:
+        server.stop()

@@ -208,10 +208,11 @@ class RedisIndexWriter:
         lately: a Redis that is down is not asked again with every batch)."""
         return self.pending >= self.flush_at and now >= self._retry_at
 
-    async def flush(self, now: float) -> bool:
+    async def flush(self, now: float, *, last: bool = False) -> bool:
         """Append what waits, in one pipeline, then enforce the bounds; False when Redis
-        failed (the entries wait for the next flush). Never raises a Redis error."""
-        if self._is_open():
+        failed (the entries wait for the next flush). Never raises a Redis error. Not tried
+        while the storage's breaker is open, unless it is the ``last`` (at shutdown)."""
+        if self._is_open() and not last:
             self._retry_at = now + WARN_EVERY
             return False
         try:
@@ -243,7 +244,10 @@ class RedisIndexWriter:
         keys, pipe = self.keys, self.client.pipeline(transaction=False)
         # The first flush points prov:current at this index; later ones only restore it (a
         # Redis restarted empty): workers of two keys do not flip it to and fro.
-        pipe.set(keys.current, self.head, get=True, nx=self._announced)
+        if self._announced:
+            pipe.set(keys.current, self.head, nx=True)
+        else:  # the header it replaces, to say so (SET … GET: Redis 6.2)
+            pipe.set(keys.current, self.head, get=True)
         for day, names in self._names.items():  # before the entries that need them
             pipe.hset(keys.names(day), mapping=names)  # type: ignore[arg-type]
             pipe.expire(keys.names(day), self._ttl(day * DAY + DAY, now))

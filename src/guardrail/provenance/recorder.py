@@ -221,7 +221,7 @@ class Recorder:
             now = self.clock()
             if stop or now >= self._due or (self.store is not None and self.store.due(now)):
                 self._due = now + self.save_every
-                await self._save(now)
+                await self._save(now, last=stop)
             for _ in range(len(batch) + stop):
                 queue.task_done()
 
@@ -235,9 +235,9 @@ class Recorder:
         except Exception:  # one odd output must not stop the recorder
             logger.exception("guardrail: provenance: an output could not be sketched")
 
-    async def _save(self, now: float) -> None:
+    async def _save(self, now: float, *, last: bool = False) -> None:
         if self.store is not None:
-            if await self.store.flush(now):
+            if await self.store.flush(now, last=last):
                 self.saves += 1
             return
         if self.index.expire(now):
