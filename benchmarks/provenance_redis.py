@@ -31,8 +31,8 @@ from guardrail.provenance.index_redis import (
     Keys,
     RedisIndexWriter,
     header,
-    read_index,
 )
+from guardrail.provenance.index_redis_read import read_index
 from guardrail.provenance.sketch import BINS, Sketcher
 from guardrail.simulate import leaks
 

@@ -22,8 +22,8 @@ from guardrail.provenance.index_redis import (
     Keys,
     RedisIndexWriter,
     header,
-    read_index,
 )
+from guardrail.provenance.index_redis_read import read_index
 from guardrail.provenance.sketch import Sketcher
 from guardrail.simulate import leaks
 

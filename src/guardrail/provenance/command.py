@@ -56,9 +56,9 @@ def find(args: argparse.Namespace) -> int:
         paths = index_files([location for location in args.index if location not in redis])
         indexes = [ProvenanceIndex.load(path) for path in paths]
         if redis:
-            from guardrail.provenance import index_redis  # redis: an optional dependency
+            from guardrail.provenance import index_redis_read  # redis: an optional dependency
 
-            indexes += [index_redis.load(uri) for uri in redis]
+            indexes += [index_redis_read.load(uri) for uri in redis]
         index = ProvenanceIndex.merged(indexes)
         texts = list(suspects.read(args.suspects))
     except ProvenanceError as exc:

@@ -2,7 +2,8 @@
 
 With a Redis storage (and no ``provenance.path``), a fleet's index is not scattered over its
 hosts' disks: each worker buffers its entries and appends them, in one pipeline per flush,
-to hourly buckets that ``guardrail trace find --index redis://…`` reads back.
+to hourly buckets that ``guardrail trace find --index redis://…`` reads back
+(index_redis_read.py).
 
 Keys, under the storage's prefix (``gr:`` by default)::
 
@@ -41,19 +42,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import operator
 import struct
-from array import array
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from guardrail.backends.base import Storage
 from guardrail.backends.lua import Client, LuaScript, evalsha
-from guardrail.backends.redis import REDIS_FAILURES, client_error, connect, gated
-from guardrail.backends.uri import mask_uri, parse_uri
+from guardrail.backends.redis import client_error, gated
 from guardrail.errors import ProvenanceError, StorageError
-from guardrail.provenance.index import MAGIC, VERSION, ProvenanceIndex
+from guardrail.provenance.index import MAGIC, VERSION
 from guardrail.provenance.sketch import BINS, PARAMS_SIZE, Sketcher
 
 logger = logging.getLogger("guardrail")
@@ -61,16 +58,15 @@ logger = logging.getLogger("guardrail")
 #: Bytes an entry takes in Redis: sketch, time (u32), subject id.
 RECORD = BINS + 4 + 8
 HOUR = 3600
+DAY = 24 * HOUR
 #: Entries a flush sends at most: a pipeline of ~250 KB, well within a socket timeout.
 FLUSH_AT = 4096
 #: Entries kept for the next flush while Redis fails (100,000: 6 MB); past it, dropped.
 PENDING_MAX = 100_000
 #: Seconds between two warnings of a failing flush.
 WARN_EVERY = 10.0
-_HEAD = struct.Struct(f"<8sHH{PARAMS_SIZE}s")
+HEAD = struct.Struct(f"<8sHH{PARAMS_SIZE}s")
 _ENTRY = struct.Struct(f"<{BINS}sI8s")
-#: Timeout of a reader (``trace find``) that its URI does not set: it reads megabytes.
-READ_TIMEOUT = 30.0
 
 _TRIM_BODY = b"""
 -- Keep the newest ARGV[1] bytes of the entries at KEYS[1] (their TTL too), written anew:
@@ -88,7 +84,7 @@ _TRIM = LuaScript(_TRIM_BODY, hashlib.sha1(_TRIM_BODY, usedforsecurity=False).he
 
 
 def header(params: bytes) -> bytes:
-    return _HEAD.pack(MAGIC, VERSION, BINS, params)
+    return HEAD.pack(MAGIC, VERSION, BINS, params)
 
 
 class Keys:
@@ -109,9 +105,6 @@ class Keys:
 
 def subject_id(subject: str) -> bytes:
     return hashlib.blake2b(subject.encode(), digest_size=8).digest()
-
-
-DAY = 24 * HOUR
 
 
 class RedisIndexWriter:
@@ -376,91 +369,7 @@ def writer_for(
 
 def describe(head: bytes) -> str:
     """What an index header says, for messages."""
-    if len(head) != _HEAD.size or head[:8] != MAGIC:
+    if len(head) != HEAD.size or head[:8] != MAGIC:
         return "not a guardrail provenance index header"
-    _, version, bins, params = _HEAD.unpack(head)
+    _, version, bins, params = HEAD.unpack(head)
     return f"version {version}, {bins} bins, sketch parameters {params.hex()}"
-
-
-# -- trace find --------------------------------------------------------------------------------
-
-
-def load(uri: str) -> ProvenanceIndex:
-    """The index that ``prov:current`` names at ``uri`` (a storage URI: its ``prefix``, and
-    ``timeout`` or 30 s), for ``trace find``; ProvenanceError naming what is wrong."""
-    return asyncio.run(read_index(uri))
-
-
-async def read_index(uri: str) -> ProvenanceIndex:
-    """``load``, on a running event loop."""
-    shown = mask_uri(uri)
-    try:
-        target = parse_uri(uri)
-    except StorageError as exc:
-        raise ProvenanceError(str(exc)) from exc
-    if "timeout=" not in uri.partition("?")[2]:
-        target = replace(target, timeout=READ_TIMEOUT)
-    client, extra = connect(target)
-    try:
-        return await _read(client, target.prefix, shown)
-    except REDIS_FAILURES as exc:
-        raise ProvenanceError(f"cannot read the index: {type(exc).__name__}: {exc}", shown) from exc
-    finally:
-        await client.aclose()
-        for other in extra:
-            await other.aclose()
-
-
-async def _read(client: Client, prefix: str, shown: str) -> ProvenanceIndex:
-    head = await client.get(f"{prefix}prov:current")
-    if not isinstance(head, bytes):  # None: nothing there (the client never decodes)
-        raise ProvenanceError(f"no provenance index under the prefix {prefix!r}", shown)
-    if len(head) != _HEAD.size or head[:8] != MAGIC:
-        raise ProvenanceError(f"{prefix}prov:current is not a provenance index header", shown)
-    _, version, bins, params = _HEAD.unpack(head)
-    if version != VERSION or bins != BINS:
-        raise ProvenanceError(
-            f"index version {version} with {bins} bins; this guardrail reads version "
-            f"{VERSION} with {BINS}",
-            shown,
-        )
-    keys = Keys(prefix, head)
-    hours = sorted(int(hour) for hour in await client.hgetall(keys.sizes))
-    days = sorted({hour * HOUR // DAY for hour in hours})
-    pipe = client.pipeline(transaction=False)
-    for hour in hours:
-        pipe.get(keys.bucket(hour))
-    for day in days:
-        pipe.hgetall(keys.names(day))
-    replies = await pipe.execute() if hours else []
-    parts: list[bytes] = []
-    for hour, data in zip(hours, replies, strict=False):
-        if data is None:  # expired between the two reads
-            continue
-        if len(data) % RECORD:
-            raise ProvenanceError(f"corrupt: {keys.bucket(hour)} is not whole entries", shown)
-        parts.append(data)
-    names: dict[bytes, str] = {}
-    for table in replies[len(hours) :]:
-        names.update(zip(table.keys(), map(bytes.decode, table.values()), strict=True))
-    return entries_index(b"".join(parts), names, Sketcher.from_params(params))
-
-
-def entries_index(data: bytes, names: dict[bytes, str], sketcher: Sketcher) -> ProvenanceIndex:
-    """Records (``RECORD`` bytes each) as a ``ProvenanceIndex``, field by field in C (struct's
-    iterator, ``bytes.join``): a loop over 1M entries in Python would cost seconds; this
-    takes ~0.65 s of CPU for 1M, as 60 extended slices did."""
-    first = operator.itemgetter(0)
-    sketches = b"".join(map(first, struct.iter_unpack(f"<{BINS}s12x", data)))
-    times = array("I", b"".join(map(first, struct.iter_unpack(f"<{BINS}x4s8x", data))))
-    numbers = array("Q", b"".join(map(first, struct.iter_unpack(f"<{BINS + 4}x8s", data))))
-    table = list(names.values())
-    # array("Q") reads native order, as index files are read: little-endian
-    order = {int.from_bytes(ident, "little"): n for n, ident in enumerate(names)}
-    for number in sorted(set(numbers) - order.keys()):
-        order[number] = len(table)  # a name that expired before its entries: shown by its id
-        table.append(f"?{number.to_bytes(8, 'little').hex()}")
-    subjects = array("I", map(order.__getitem__, numbers))
-    return ProvenanceIndex.from_entries(
-        table, subjects, times, sketches, sketcher, retention=float(2**31)
-    )
