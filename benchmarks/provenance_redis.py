@@ -3,7 +3,7 @@ takes to read and search 1M entries, against the same index read from a file in 
 
     redis-server --port 6390 --save '' --appendonly no &
     .venv/bin/python benchmarks/provenance_redis.py --redis redis://127.0.0.1:6390/0 \\
-        [--entries 1000000] [--subjects 10000] [--flushes 50]
+        [--entries 1000000] [--subjects 10000] [--flushes 50] [--keep]
 
 The database is flushed first: give it a server of its own. Sketches are random bytes (the
 cost of writing and reading them does not depend on what they hold; sketching itself is
@@ -52,6 +52,7 @@ async def main() -> None:
     parser.add_argument("--subjects", type=int, default=10_000)
     parser.add_argument("--flushes", type=int, default=50, help="flushes of FLUSH_AT timed")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--keep", action="store_true", help="leave the index for trace find")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     client = aioredis.from_url(args.redis)
@@ -143,7 +144,8 @@ async def main() -> None:
         f"suspects {search[0]:.2f} s CPU ({search[1]:.2f} s wall), {len(result.ranked)} subjects "
         "matched"
     )
-    await client.flushall()
+    if not args.keep:
+        await client.flushall()
     await client.aclose()
 
 

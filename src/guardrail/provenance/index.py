@@ -202,7 +202,8 @@ class ProvenanceIndex:
         index.names = list(names)
         index._ids = {name: number for number, name in enumerate(index.names)}
         index._subjects, index._times = subjects, times
-        index._sketches = bytearray(sketches)
+        # taken as it is (not copied: 48 MB for 1M entries), the caller lets it go
+        index._sketches = sketches if isinstance(sketches, bytearray) else bytearray(sketches)
         index._count = count
         return index
 
