@@ -383,3 +383,38 @@ async def test_through_a_redis_outage_requests_are_served_and_entries_wait(
         assert not [r for r in caplog.records if "they are lost" in r.getMessage()]
     finally:
         server.stop()
+
+
+async def test_trace_find_reads_through_a_sentinel(
+    tmp_path: Path, clock, redis_url: str, redis_server: Server, capsys
+):
+    from redis_servers import SentinelServer
+
+    w = writer(redis_url, clock)
+    await fill(w, clock)
+    await w.client.aclose()
+    sentinel = SentinelServer(tmp_path / "sentinel", redis_server.port)
+    try:
+        leak = jsonl(tmp_path / "leak.jsonl", leaked(ACCOUNTS[2], 40))
+        assert await find(["trace", "find", str(leak), "--index", sentinel.url]) == 0
+        assert f"named (*, >= 9 texts matching at >= 8/48 bins): {ACCOUNTS[2].subject}" in (
+            capsys.readouterr().out
+        )
+    finally:
+        sentinel.stop()
+
+
+async def test_two_workers_bounding_at_once_keep_the_newest_within_the_bound(clock, redis_url: str):
+    first, second = writer(redis_url, clock, capacity=100), writer(redis_url, clock, capacity=100)
+    for n, text in enumerate(TEXTS[:240]):
+        (first if n % 2 else second).add(f"a:{n}", text, clock() + n * 60)
+    assert all(await asyncio.gather(first.flush(clock()), second.flush(clock())))
+    kept = (await read_index(redis_url)).subjects_entries()
+    # never over; under by at most one flush's entries of an hour (30 here): an append
+    # between one worker's trim and its count makes the count too high, and a trim too deep
+    assert 70 <= len(kept) <= 100
+    # whole hours go oldest first; within the hour trimmed, the first written (workers'
+    # flushes interleave, so not strictly the oldest): at most the hour before the newest 100
+    assert set(kept) <= {f"a:{n}" for n in range(120, 240)}
+    for w in (first, second):
+        await w.client.aclose()

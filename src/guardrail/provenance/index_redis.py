@@ -25,10 +25,13 @@ touches one key, so on a Redis Cluster they spread over the nodes.
 Bounds, enforced by each worker after its flush on what ``sizes`` says: buckets whose every
 entry is older than ``retention`` (on guardrail's clock) are deleted, then the oldest until
 at most ``capacity`` entries remain, the last of them trimmed from its front (a Lua script
-on that one key: an APPEND racing it lands before or after, never in the middle). Each key
+on that one key: an APPEND racing it lands before or after, never in the middle). Within
+that hour, what goes first is what was written first: workers' flushes interleave, so it is
+not strictly the oldest. Each key
 also gets an EXPIRE of its hour plus retention plus an hour, a safety net for an index
-nobody writes any more. Two workers enforcing at once may both trim: the bound then holds
-with a few entries to spare.
+nobody writes any more. Two workers enforcing at once may both trim: the bound holds, with
+at most one flush's entries of an hour to spare (an append between one worker's trim and its
+count leaves ``sizes`` too high for that hour until it is dropped).
 
 A failed flush (Redis down, a timeout) keeps the entries for the next one, up to
 ``pending_max``; beyond that the newest are dropped, counted and logged, never silently.
