@@ -29,9 +29,9 @@ on that one key: an APPEND racing it lands before or after, never in the middle)
 that hour, what goes first is what was written first: workers' flushes interleave, so it is
 not strictly the oldest. Each key
 also gets an EXPIRE of its hour plus retention plus an hour, a safety net for an index
-nobody writes any more. Two workers enforcing at once may both trim: the bound holds, with
-at most one flush's entries of an hour to spare (an append between one worker's trim and its
-count leaves ``sizes`` too high for that hour until it is dropped).
+nobody writes any more. ``sizes`` only moves by increments (an append adds what it wrote, a
+trim takes off what it removed), so racing workers leave it exact once their pipelines are
+done; two enforcing at once on different counts may trim deeper than needed, never less.
 
 A failed flush (Redis down, a timeout) keeps the entries for the next one, up to
 ``pending_max``; beyond that the newest are dropped, counted and logged, never silently.
@@ -280,8 +280,9 @@ class RedisIndexWriter:
         """Delete the buckets past retention, then the oldest beyond ``capacity``."""
         cutoff = now - self.retention
         hours = sorted(sizes)
-        drop = [hour for hour in hours if (hour + 1) * HOUR <= cutoff]
-        live = hours[len(drop) :]
+        # a count below 1: an hour dropped while another trimmed it (see the trim below)
+        drop = [hour for hour in hours if (hour + 1) * HOUR <= cutoff or sizes[hour] < 1]
+        live = [hour for hour in hours if hour not in drop]
         total = sum(sizes[hour] for hour in live)
         trim: tuple[int, int] | None = None
         for hour in live:
@@ -304,12 +305,14 @@ class RedisIndexWriter:
         for day in {hour * HOUR // DAY for hour in gone} - kept:
             pipe.delete(keys.names(day))
         await pipe.execute()
-        self.trimmed += sum(sizes[hour] for hour in drop)
+        self.trimmed += sum(max(0, sizes[hour]) for hour in drop)
         if trim is not None:
             hour, keep = trim
             size = await evalsha(self.client, _TRIM, [keys.bucket(hour)], [keep * RECORD])
-            await self.client.hset(keys.sizes, str(hour), keep)
-            self.trimmed += max(0, int(size) // RECORD - keep)
+            removed = max(0, int(size) // RECORD - keep)  # what this call took, however raced
+            if await self.client.hincrby(keys.sizes, str(hour), -removed) <= 0:
+                await self.client.hdel(keys.sizes, str(hour))  # another worker dropped it
+            self.trimmed += removed
 
     async def _compact(self, now: float) -> None:
         """Write anew the buckets of past hours this worker appended to: APPEND leaves up to
