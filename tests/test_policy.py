@@ -142,7 +142,7 @@ def test_good_set_is_complete() -> None:
     expected |= {"openai_shapes", "unmatched_default_route", "unmatched_refuse"}
     expected |= {"storage_breaker", "audit_chain_key", "audit_chain_key_from_secret"}
     expected |= {"challenges_site_name"}
-    expected |= {"provenance", "provenance_routes"}
+    expected |= {"provenance", "provenance_routes", "provenance_redis"}
     expected |= {"reload"}
     assert expected <= {path.stem for path in GOOD}
 

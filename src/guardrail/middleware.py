@@ -198,7 +198,7 @@ class Guardrail:
         self._started = False  # read on every request: cheaper than asking the future
         self._storage_warned_at = float("-inf")
         # provenance: the routes whose responses are captured (empty: off, no wrapper at all)
-        self.recorder, self._provenance = _provenance(self.policy, self.clock)
+        self.recorder, self._provenance = _provenance(self.policy, self.clock, self.storage)
         self._view = self  # what requests are decided on: another after a reload (reload.py)
         self._reloader = Reloader(self)
 
@@ -856,20 +856,30 @@ class Guardrail:
         await self.metrics.serve(scope, send, client, self.request_ids())
 
 
-def _provenance(policy: Policy, clock: Clock) -> tuple[Recorder | None, frozenset[str]]:
-    """The recorder and the routes it records, when ``provenance.enabled``."""
+def _provenance(
+    policy: Policy, clock: Clock, storage: Storage
+) -> tuple[Recorder | None, frozenset[str]]:
+    """The recorder and the routes it records, when ``provenance.enabled``; its index in
+    Redis with a Redis storage, unless ``provenance.path`` asks for files."""
     conf = policy.provenance
     names = captured_routes(policy)
     if not conf.enabled:
         return None, names
     key = resolve_secret(conf.key) if conf.key is not None else b""
+    sketcher = Sketcher(key)
+    store = None
+    if "path" not in conf.model_fields_set and not isinstance(storage, MemoryStorage):
+        from guardrail.provenance.index_redis import writer_for
+
+        store = writer_for(storage, sketcher, conf.max_entries, conf.retention, clock)
     recorder = Recorder(
         conf.path,
         capacity=conf.max_entries,
         retention=conf.retention,
         save_every=conf.save_every,
-        sketcher=Sketcher(key),
+        sketcher=sketcher,
         clock=clock,
+        store=store,
     )
     return recorder, names
 

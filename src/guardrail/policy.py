@@ -531,7 +531,12 @@ class Provenance(_Model):
     """What was served, to whom. With ``enabled``, sketches of the texts served on some routes,
     kept to trace a leaked dataset back to the subjects it was served to (``guardrail trace
     find``), and every response of those routes recorded in the audit trail with a receipt (the
-    SHA-256 and size of its body as served); the watermark seed and signatures apart."""
+    SHA-256 and size of its body as served); the watermark seed and signatures apart.
+
+    Where the sketches go: with a Redis ``storage`` and no ``path`` set, into Redis next to the
+    buckets (under the storage's prefix, one index every worker feeds, which ``guardrail trace
+    find --index redis://…`` reads); otherwise each worker saves a file of its own (``path``).
+    Setting ``path`` keeps the files with a Redis storage."""
 
     enabled: bool = Field(default=False, strict=True)
     """Capture what provenance routes serve (sketches for trace find, receipts in the trail)."""
@@ -542,13 +547,15 @@ class Provenance(_Model):
     """How long a sketch is kept (a duration; 30d)."""
     max_entries: Count = 1_000_000
     """The most sketches each worker keeps, the oldest dropped first; 56 bytes each (1,000,000:
-    56 MB)."""
+    56 MB). In Redis: the most the one shared index keeps, ~60 bytes each."""
     path: str = Field(default="guardrail-provenance-{worker}.grprov", min_length=1)
     """Where each worker saves its index; {worker} becomes its slot (0, 1, …: the first whose
     lock file no other process holds), so workers never share a file and a restarted worker
-    continues its slot's. `guardrail trace find --index` takes several files and globs."""
+    continues its slot's. `guardrail trace find --index` takes several files and globs. Unset
+    with a Redis storage: no files, the index is in Redis; set, the files even then."""
     save_every: PositiveDuration = 60.0
-    """How often the index is saved (a duration; 60s), and at shutdown."""
+    """How often the index is saved (a duration; 60s), and at shutdown. In Redis: how often
+    each worker writes what it sketched (sooner once 4,096 entries wait), in one pipeline."""
     key: ReferencedSecret | None = None
     """env:NAME or file:PATH keying the sketches' hash functions, so nobody without it can tell
     which words a sketch rests on; an index only compares with suspects sketched under its key.

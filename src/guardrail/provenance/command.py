@@ -9,12 +9,15 @@ import re
 import sys
 import time
 
+from guardrail.backends.uri import mask_uri
 from guardrail.errors import ProvenanceError
 from guardrail.provenance import suspects
 from guardrail.provenance.attribute import MIN_BINS, MIN_TEXTS, Attribution, attribute
 from guardrail.provenance.index import ProvenanceIndex
 
 _GLOB = re.compile(r"[*?[]")
+#: An index in Redis rather than a file: a storage URI (uri.SCHEMES).
+_REDIS = re.compile(r"(?i)redis(s|\+cluster|\+sentinel)?://")
 #: Exit codes: someone named, nobody beyond chance, input refused.
 NAMED, NOBODY, BAD_INPUT = 0, 1, 2
 
@@ -33,7 +36,9 @@ def add_find_arguments(find: argparse.ArgumentParser) -> None:
         action="append",
         metavar="PATH",
         help="an index file a server saved, or a glob of them (one per worker: "
-        "'guardrail-provenance-*.grprov'); repeat it for more, they are searched as one",
+        "'guardrail-provenance-*.grprov'), or the storage URI of an index in Redis "
+        "(redis://host:port/db, redis+cluster://h1:p1,h2:p2; ?prefix= as in the policy); "
+        "repeat it for more, they are searched as one",
     )
     find.add_argument("--json", action="store_true", help="machine-readable output")
     find.add_argument("--top", type=int, default=10, metavar="N", help="subjects listed (10)")
@@ -46,9 +51,15 @@ def add_find_arguments(find: argparse.ArgumentParser) -> None:
 
 
 def find(args: argparse.Namespace) -> int:
+    redis = [location for location in args.index if _REDIS.match(location)]
     try:
-        paths = index_files(args.index)
-        index = ProvenanceIndex.merged([ProvenanceIndex.load(path) for path in paths])
+        paths = index_files([location for location in args.index if location not in redis])
+        indexes = [ProvenanceIndex.load(path) for path in paths]
+        if redis:
+            from guardrail.provenance import index_redis_read  # redis: an optional dependency
+
+            indexes += [index_redis_read.load(uri) for uri in redis]
+        index = ProvenanceIndex.merged(indexes)
         texts = list(suspects.read(args.suspects))
     except ProvenanceError as exc:
         print(f"guardrail: {exc}", file=sys.stderr)
@@ -57,12 +68,16 @@ def find(args: argparse.Namespace) -> int:
         print(f"guardrail: no suspect texts in {' '.join(args.suspects)}", file=sys.stderr)
         return BAD_INPUT
     result = attribute(index, texts, min_bins=args.min_bins, min_texts=args.min_texts)
+    shown = " ".join([*paths, *map(mask_uri, redis)])
     if args.json:
         data = result.as_dict(args.top)
-        data["index"] = {"path": " ".join(paths), "files": paths, "entries": len(index)}
+        where: dict[str, object] = {"path": shown, "files": paths, "entries": len(index)}
+        if redis:
+            where["redis"] = [mask_uri(uri) for uri in redis]
+        data["index"] = where
         print(json.dumps(data, indent=2))
     else:
-        print(render(result, " ".join(paths), len(index), args.top))
+        print(render(result, shown, len(index), args.top))
     return NAMED if result.named else NOBODY
 
 

@@ -19,12 +19,8 @@ File format (little-endian), written by ``save`` and read by ``load``::
     entries  count x u32 subject, count x u32 time, count x bins sketch bytes (oldest first)
     trailer  CRC-32 of everything above
 
-Redis (not built yet): the same layout maps onto per-hour segments. Each served response
-APPENDs its 56 bytes to ``provenance:seg:<hour>`` (one round trip, no read), subject numbers
-come from ``HSETNX``/``INCR`` on ``provenance:subjects``/``provenance:next`` (cached per
-worker), a segment gets ``EXPIRE`` retention + 1 h, and the size bound drops whole segments
-oldest first (``provenance:segs``, a sorted set of hours with their byte counts). ``find``
-reads the segments with ``GET`` and slices each into columns exactly as here.
+With a Redis storage the entries live in Redis instead, shared by every worker
+(``index_redis.py``); ``trace find`` reads them back into this class (``from_entries``).
 """
 
 from __future__ import annotations
@@ -183,6 +179,33 @@ class ProvenanceIndex:
         out._sketches, out._subjects, out._times = sketches, subjects, times
         out._count = total
         return out
+
+    @classmethod
+    def from_entries(
+        cls,
+        names: list[str],
+        subjects: array[int],
+        times: array[int],
+        sketches: bytes | bytearray,
+        sketcher: Sketcher,
+        retention: float,
+    ) -> ProvenanceIndex:
+        """An index over entries kept elsewhere (the Redis index, index_redis.py), oldest
+        first: entry ``i`` is subject ``names[subjects[i]]``, served at ``times[i]``, sketch
+        ``sketches[i * BINS : (i + 1) * BINS]``."""
+        count = len(subjects)
+        if len(times) != count or len(sketches) != count * BINS:
+            raise ProvenanceError("entries of unequal lengths")
+        if count and max(subjects) >= len(names):
+            raise ProvenanceError("an entry names a subject the table lacks")
+        index = cls(max(count, 1), retention, sketcher)
+        index.names = list(names)
+        index._ids = {name: number for number, name in enumerate(index.names)}
+        index._subjects, index._times = subjects, times
+        # taken as it is (not copied: 48 MB for 1M entries), the caller lets it go
+        index._sketches = sketches if isinstance(sketches, bytearray) else bytearray(sketches)
+        index._count = count
+        return index
 
     def _number(self, subject: str) -> int:
         number = self._ids.get(subject)

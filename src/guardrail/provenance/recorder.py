@@ -15,6 +15,10 @@ first slot number whose lock file (``<file>.lock``, ``flock``) no other process 
 workers never write one file, and a restarted worker takes up its slot's file and goes on
 with it (the lock goes with the process, however it ends). ``guardrail trace find --index``
 merges the files of every slot (``--index 'guardrail-provenance-*.grprov'``).
+
+With a ``store`` (a Redis storage, index_redis.py) there are no files nor slots: the task
+hands the sketches to the store, which flushes them to Redis every ``save_every``, sooner
+once ``FLUSH_AT`` wait, and at shutdown; every worker feeds the one index there.
 """
 
 from __future__ import annotations
@@ -25,12 +29,15 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from guardrail.errors import ProvenanceError
 from guardrail.provenance.capture import texts
 from guardrail.provenance.index import ProvenanceIndex
 from guardrail.provenance.sketch import Sketcher
+
+if TYPE_CHECKING:  # redis is an optional dependency
+    from guardrail.provenance.index_redis import RedisIndexWriter
 
 logger = logging.getLogger("guardrail")
 
@@ -60,8 +67,10 @@ class Recorder:
         sketcher: Sketcher,
         clock: Callable[[], float],
         queue_size: int = QUEUE_SIZE,
+        store: RedisIndexWriter | None = None,
     ) -> None:
-        if _PLACEHOLDER not in path:
+        self.store = store
+        if store is None and _PLACEHOLDER not in path:
             raise ProvenanceError(f"the index path must hold {_PLACEHOLDER}", path)
         self.pattern = path
         self.path: Path | None = None  # this worker's file, once a slot is claimed
@@ -111,7 +120,9 @@ class Recorder:
         """Claim a worker slot, take up its file, and start sketching."""
         if self._task is not None or self._closed:
             return
-        if self.path is None:
+        if self.store is not None:
+            await self.store.flush(self.clock())  # names its index; a Redis down is retried
+        elif self.path is None:
             await asyncio.to_thread(self._claim)
         self._due = self.clock() + self.save_every
         self._task = asyncio.create_task(self._run(), name="guardrail-provenance-recorder")
@@ -132,11 +143,24 @@ class Recorder:
                 "guardrail: provenance: %d served output(s) were dropped (queue full) in all",
                 self.dropped,
             )
+        if self.store is not None and self.store.pending:
+            logger.error(
+                "guardrail: provenance: %d entries could not be written to Redis (%s) before "
+                "shutdown; they are lost",
+                self.store.pending,
+                self.store.uri,
+            )
 
     def exit_sync(self) -> None:
         """The process is ending and nothing closed the recorder (no lifespan): sketch what is
         queued and save, synchronously (``guardrail.audit.at_exit`` calls this through the
-        middleware). Skipped while the task's own save is being written: that one completes."""
+        middleware). Skipped while the task's own save is being written: that one completes.
+        A Redis store is not written from here (no event loop to run it): its loss is said."""
+        if self.store is not None:
+            if not self._closed:
+                self._closed = True
+                self.store.lost_at_exit(self._queue.qsize())
+            return
         if self._closed or self._saving or self.path is None:
             return
         self._closed = True
@@ -195,22 +219,27 @@ class Recorder:
             if batch:
                 await asyncio.sleep(0)  # the requests waiting on the loop go first
             now = self.clock()
-            if stop or now >= self._due:
+            if stop or now >= self._due or (self.store is not None and self.store.due(now)):
                 self._due = now + self.save_every
-                await self._save(now)
+                await self._save(now, last=stop)
             for _ in range(len(batch) + stop):
                 queue.task_done()
 
     def _add(self, subject: str, output: bytes | list[str], ts: float) -> None:
+        target = self.store if self.store is not None else self.index
         try:
             for text in texts(output):
-                if self.index.add(subject, text, ts):
+                if target.add(subject, text, ts):
                     self.added += 1
                     self._dirty = True
         except Exception:  # one odd output must not stop the recorder
             logger.exception("guardrail: provenance: an output could not be sketched")
 
-    async def _save(self, now: float) -> None:
+    async def _save(self, now: float, *, last: bool = False) -> None:
+        if self.store is not None:
+            if await self.store.flush(now, last=last):
+                self.saves += 1
+            return
         if self.index.expire(now):
             self._dirty = True
         if not self._dirty or self.path is None or self._lock is None:

@@ -1,0 +1,423 @@
+"""The provenance index in Redis: every worker feeds one index there, bounded by retention (on
+guardrail's clock) and max_entries, kept across a Redis outage within a bound, and read back
+by ``trace find --index redis://…`` exactly as files are."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from guardrail.cli import main
+from guardrail.provenance.index import ProvenanceIndex
+from guardrail.provenance.index_redis import (
+    HOUR,
+    RECORD,
+    Keys,
+    RedisIndexWriter,
+    header,
+)
+from guardrail.provenance.index_redis_read import read_index
+from guardrail.provenance.sketch import Sketcher
+from guardrail.simulate import leaks
+
+from .conftest import ACCOUNTS, leaked
+from .test_middleware import ALICE, OTHERS, POLICY, model_app, serve_all
+from helpers import build, client, lifespan
+from redis_servers import Cluster, Server, free_port
+
+#: The provenance policy of test_middleware with no path: the index goes to the storage.
+REDIS_POLICY = "\n".join(line for line in POLICY.splitlines() if "PATH" not in line)
+TEXTS = [text for account in ACCOUNTS for text in leaks.outputs(3, account)]
+
+
+def writer(uri: str, clock, *, key: bytes = b"", **options) -> RedisIndexWriter:
+    settings = {"capacity": 100_000, "retention": 86400.0} | options
+    return RedisIndexWriter(
+        aioredis.from_url(uri),
+        prefix="gr:",
+        uri=uri,
+        sketcher=Sketcher(key),
+        clock=clock,
+        **settings,
+    )
+
+
+async def find(argv: list[str]) -> int:
+    """``guardrail``'s command line, in a thread: it runs an event loop of its own."""
+    return await asyncio.to_thread(main, argv)
+
+
+def jsonl(path: Path, texts: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return path
+
+
+async def fill(w: RedisIndexWriter, clock, spread: float = 0.0) -> None:
+    """Every account's outputs, at times from now to now + spread."""
+    rng = random.Random(1)
+    for account in ACCOUNTS:
+        for text in leaks.outputs(3, account):
+            assert w.add(account.subject, text, clock() + rng.uniform(0, spread))
+    assert await w.flush(clock())
+
+
+async def test_served_responses_land_in_redis_and_trace_find_names_the_subject(
+    tmp_path: Path, clock, redis_url: str, capsys
+):
+    app = build(tmp_path, clock, REDIS_POLICY, storage=redis_url, app=model_app())
+    accounts = [("alice", ALICE), *((f"user{i}", a) for i, a in enumerate(OTHERS))]
+    async with lifespan(app), client(app) as http:
+        await serve_all(http, accounts)
+    files = await asyncio.to_thread(lambda: list(tmp_path.glob("prov-*")))
+    assert files == []  # the index is in Redis
+    index = await read_index(redis_url)
+    assert index.subjects_entries() == {f"a:{name}": a.responses for name, a in accounts}
+
+    rng = random.Random(4)
+    sample = rng.sample(list(leaks.outputs(9, ALICE)), 20)
+    leak = jsonl(tmp_path / "leak.jsonl", [leaks.perturb(t, rng) for t in sample])
+    assert await find(["trace", "find", str(leak), "--index", redis_url, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["named"] == ["a:alice"]
+    assert result["index"]["redis"] == [redis_url] and result["index"]["files"] == []
+
+
+async def test_two_workers_feed_one_index(tmp_path: Path, clock, redis_url: str):
+    first = build(tmp_path / "1", clock, REDIS_POLICY, storage=redis_url, app=model_app())
+    second = build(tmp_path / "2", clock, REDIS_POLICY, storage=redis_url, app=model_app())
+    async with lifespan(first), lifespan(second), client(first) as a, client(second) as b:
+        await serve_all(a, [("alice", ALICE)])
+        await serve_all(b, [("bob", OTHERS[0])])
+    assert (await read_index(redis_url)).subjects_entries() == {
+        "a:alice": ALICE.responses,
+        "a:bob": OTHERS[0].responses,
+    }
+
+
+async def test_an_explicit_path_keeps_the_files(tmp_path: Path, clock, redis_url: str):
+    text = POLICY.replace("PATH", str(tmp_path))
+    app = build(tmp_path, clock, text, storage=redis_url, app=model_app())
+    async with lifespan(app), client(app) as http:
+        await serve_all(http, [("alice", OTHERS[1])])
+    saved = ProvenanceIndex.load(tmp_path / "prov-0.grprov")
+    assert saved.subjects_entries() == {"a:alice": OTHERS[1].responses}
+    redis = aioredis.from_url(redis_url)
+    assert await redis.keys("gr:prov:*") == []
+    await redis.aclose()
+
+
+async def test_entries_are_records_of_60_bytes_in_hourly_buckets_with_a_ttl(clock, redis_url: str):
+    w = writer(redis_url, clock)
+    await fill(w, clock, spread=3 * HOUR)
+    keys = Keys("gr:", header(w.sketcher.params))
+    redis = aioredis.from_url(redis_url)
+    sizes = {int(h): int(n) for h, n in (await redis.hgetall(keys.sizes)).items()}
+    assert len(sizes) in (3, 4) and sum(sizes.values()) == len(TEXTS) == w.flushed
+    for hour, count in sizes.items():
+        assert await redis.strlen(keys.bucket(hour)) == count * RECORD
+        # the hour's end, retention and an hour to spare, on guardrail's clock
+        assert await redis.ttl(keys.bucket(hour)) == (hour + 2) * HOUR + 86400 - int(clock())
+    assert await redis.get(keys.current) == header(w.sketcher.params)
+    await redis.aclose()
+    await w.client.aclose()
+
+
+async def test_retention_drops_old_buckets_on_the_injected_clock(clock, redis_url: str):
+    w = writer(redis_url, clock, retention=2 * HOUR)
+    w.add("a:old", TEXTS[0], clock())
+    assert await w.flush(clock())
+    clock.advance(30 * HOUR)  # the first hour (and its day) is now wholly past retention
+    w.add("a:new", TEXTS[1], clock())
+    assert await w.flush(clock())
+    assert (await read_index(redis_url)).subjects_entries() == {"a:new": 1}
+    assert w.trimmed == 1
+    redis = aioredis.from_url(redis_url)
+    hour = int(clock()) // HOUR
+    keys = Keys("gr:", header(w.sketcher.params))
+    assert sorted(await redis.keys("gr:prov:*")) == sorted(  # the old day's names gone too
+        k.encode() for k in (keys.current, keys.sizes, keys.bucket(hour), keys.names(hour // 24))
+    )
+    await redis.aclose()
+    await w.client.aclose()
+
+
+async def test_a_past_hour_is_written_anew_without_the_room_append_left(clock, redis_url: str):
+    w = writer(redis_url, clock)
+    keys = Keys("gr:", header(w.sketcher.params))
+    hour = int(clock()) // HOUR
+    for text in TEXTS[:40]:  # one entry a flush: APPEND grows the string with room to spare
+        w.add("a:alice", text, clock())
+        assert await w.flush(clock())
+    redis = aioredis.from_url(redis_url)
+    grown = await redis.memory_usage(keys.bucket(hour), samples=0)
+    clock.advance(HOUR)
+    w.add("a:bob", TEXTS[40], clock())
+    assert await w.flush(clock())
+    assert await redis.strlen(keys.bucket(hour)) == 40 * RECORD
+    assert await redis.memory_usage(keys.bucket(hour), samples=0) < grown
+    assert await redis.ttl(keys.bucket(hour)) > 0  # kept by the rewrite
+    await redis.aclose()
+    await w.client.aclose()
+
+
+async def test_max_entries_holds_the_newest(clock, redis_url: str):
+    w = writer(redis_url, clock, capacity=100)
+    for n, text in enumerate(TEXTS[:250]):
+        w.add(f"a:{n}", text, clock() + n * 60)  # ~4 hours of entries
+        if n % 50 == 49:
+            assert await w.flush(clock() + n * 60)
+    index = await read_index(redis_url)
+    assert len(index) == 100
+    assert set(index.subjects_entries()) == {f"a:{n}" for n in range(150, 250)}
+    assert w.trimmed == 150
+    await w.client.aclose()
+
+
+async def test_a_redis_that_goes_away_loses_nothing_within_the_bound(tmp_path: Path, clock, caplog):
+    port = free_port()
+    server = Server(tmp_path / "r1", port=port)
+    uri = server.url
+    w = writer(uri, clock, pending_max=30)
+    for text in TEXTS[:10]:
+        w.add("a:alice", text, clock())
+    assert await w.flush(clock())
+    server.stop()
+    with caplog.at_level(logging.WARNING, logger="guardrail"):
+        for text in TEXTS[10:50]:  # 30 kept for the next flush, 10 dropped
+            w.add("a:alice", text, clock())
+        assert not await w.flush(clock())
+        assert not await w.flush(clock())
+    assert (w.pending, w.dropped, w.failures) == (30, 10, 2)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("cannot write the index to Redis" in m and "30 entries wait" in m for m in messages)
+    assert sum("10 in all" in m for m in messages) <= 1  # one warning an interval
+    assert any("dropped since the last warning" in m for m in messages)
+    server = Server(tmp_path / "r2", port=port)  # back, empty (no persistence)
+    try:
+        assert await w.flush(clock())
+        assert (await read_index(uri)).subjects_entries() == {"a:alice": 30}
+        assert w.pending == 0 and w.flushed == 40
+    finally:
+        await w.client.aclose()
+        server.stop()
+
+
+async def test_another_key_writes_apart_and_the_reader_reads_the_current(
+    clock, redis_url: str, caplog
+):
+    old, new = writer(redis_url, clock), writer(redis_url, clock, key=b"rotated")
+    old.add("a:before", TEXTS[0], clock())
+    assert await old.flush(clock())
+    with caplog.at_level(logging.WARNING, logger="guardrail"):
+        new.add("a:after", TEXTS[1], clock())
+        assert await new.flush(clock())
+    assert any("another key or version" in r.getMessage() for r in caplog.records)
+    index = await read_index(redis_url)
+    assert index.subjects_entries() == {"a:after": 1}
+    assert index.sketcher.params == new.sketcher.params
+    old.add("a:before", TEXTS[2], clock())  # a worker not yet restarted: apart, not mixed
+    assert await old.flush(clock())
+    assert (await read_index(redis_url)).subjects_entries() == {"a:after": 1}
+    for w in (old, new):
+        await w.client.aclose()
+
+
+async def test_trace_find_exit_codes_and_refusals(
+    index_file: Path, tmp_path: Path, clock, redis_url: str, capsys
+):
+    w = writer(redis_url, clock)
+    await fill(w, clock)
+    await w.client.aclose()
+    leak = jsonl(tmp_path / "leak.jsonl", leaked(ACCOUNTS[1], 40))
+    clean = jsonl(tmp_path / "clean.jsonl", list(leaks.never_served(77, 40)))
+    assert await find(["trace", "find", str(leak), "--index", redis_url]) == 0
+    out = capsys.readouterr().out
+    assert f"index {redis_url}: {len(TEXTS)} entries" in out
+    assert f"named (*, >= 9 texts matching at >= 8/48 bins): {ACCOUNTS[1].subject}" in out
+    assert await find(["trace", "find", str(clean), "--index", redis_url]) == 1
+    assert "attributed to nobody" in capsys.readouterr().out
+    # a file and Redis at once, sketched alike: searched as one
+    argv = ["trace", "find", str(leak), "--index", str(index_file), "--index", redis_url, "--json"]
+    assert await find(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["index"]["entries"] == 2 * len(TEXTS)
+    assert data["index"]["files"] == [str(index_file)] and data["index"]["redis"] == [redis_url]
+
+    async def refused(index: str, message: str) -> None:
+        assert await find(["trace", "find", str(leak), "--index", index]) == 2
+        assert message in capsys.readouterr().err
+
+    await refused(f"{redis_url}?prefix=other:", "no provenance index under the prefix 'other:'")
+    await refused(f"redis://127.0.0.1:{free_port()}/0?timeout=0.5", "cannot read the index")
+    await refused("redis://:secret@127.0.0.1:1/0?timeout=0.5", "redis://:***@127.0.0.1:1/0")
+    redis = aioredis.from_url(redis_url)
+    head = await redis.get("gr:prov:current")
+    await redis.set("gr:prov:current", head[:8] + b"\x09\x00" + head[10:])
+    await refused(redis_url, "index version 9 with 48 bins; this guardrail reads version 1")
+    await redis.set("gr:prov:current", head)
+    keyed = ProvenanceIndex(sketcher=Sketcher(b"another key"))
+    keyed.save(tmp_path / "keyed.grprov")
+    argv = ["trace", "find", str(leak), "--index", str(tmp_path / "keyed.grprov")]
+    assert await find([*argv, "--index", redis_url]) == 2
+    assert "different keys" in capsys.readouterr().err
+    await redis.aclose()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    cluster = Cluster(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()
+
+
+async def test_a_cluster_holds_the_index_one_key_a_command(
+    tmp_path: Path, clock, redis_cluster: Cluster, capsys
+):
+    from guardrail.backends.redis import RedisStorage
+    from guardrail.provenance.index_redis import writer_for
+
+    redis_cluster.reset()
+    storage = RedisStorage(redis_cluster.url + "?timeout=5")
+    w = writer_for(storage, Sketcher(), 300, 86400.0, clock)
+    await fill(w, clock, spread=5 * HOUR)  # several buckets: keys on several masters
+    # bounded (the oldest trimmed) across masters
+    assert len(await read_index(redis_cluster.url)) == 300
+    leak = jsonl(tmp_path / "leak.jsonl", leaked(ACCOUNTS[0], 40))
+    assert await find(["trace", "find", str(leak), "--index", redis_cluster.url]) in (0, 1)
+    assert f"index {redis_cluster.url}: 300 entries" in capsys.readouterr().out
+    await storage.close()
+
+
+def completion(text: str) -> bytes:
+    return json.dumps({"choices": [{"message": {"content": text}}]}).encode()
+
+
+async def test_the_recorder_flushes_once_enough_wait_and_at_shutdown(
+    tmp_path: Path, clock, redis_url: str
+):
+    from guardrail.provenance.recorder import Recorder
+
+    store = writer(redis_url, clock, flush_at=10)
+    rec = Recorder(
+        "unused",
+        capacity=1,
+        retention=1.0,
+        save_every=3600.0,
+        sketcher=store.sketcher,
+        clock=clock,
+        store=store,
+    )
+    await rec.start()
+    for text in TEXTS[:12]:
+        rec.offer("a:alice", completion(text), clock())
+    await rec.settled()
+    assert store.flushed >= 10 and rec.saves >= 1  # before save_every: 10 were waiting
+    rec.offer("a:bob", completion(TEXTS[12]), clock())
+    await rec.close()
+    assert store.flushed == 13 and store.pending == 0
+    assert (await read_index(redis_url)).subjects_entries() == {"a:alice": 12, "a:bob": 1}
+    files = await asyncio.to_thread(lambda: list(tmp_path.iterdir()))
+    assert files == []
+    await store.client.aclose()
+
+
+async def test_an_open_breaker_is_not_asked_and_an_exit_without_lifespan_is_said(
+    clock, redis_url: str, caplog
+):
+    from guardrail.provenance.recorder import Recorder
+
+    store = writer(redis_url, clock, is_open=lambda: True)
+    store.add("a:alice", TEXTS[0], clock())
+    assert not await store.flush(clock())
+    assert (store.pending, store.failures) == (1, 0)  # kept, and Redis never asked
+    redis = aioredis.from_url(redis_url)
+    assert await redis.keys("*") == []
+    await redis.aclose()
+    rec = Recorder(
+        "unused",
+        capacity=1,
+        retention=1.0,
+        save_every=60.0,
+        sketcher=store.sketcher,
+        clock=clock,
+        store=store,
+    )
+    rec.offer("a:bob", completion(TEXTS[1]), clock())
+    with caplog.at_level(logging.WARNING, logger="guardrail"):
+        rec.exit_sync()
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "1 entries not yet written to Redis" in message and "1 outputs not yet" in message
+    await store.client.aclose()
+
+
+async def test_through_a_redis_outage_requests_are_served_and_entries_wait(
+    tmp_path: Path, clock, caplog
+):
+    port = free_port()
+    server = Server(tmp_path / "r1", port=port)
+    app = build(tmp_path, clock, REDIS_POLICY, storage=server.url, app=model_app())
+    try:
+        with caplog.at_level(logging.WARNING, logger="guardrail"):
+            async with lifespan(app), client(app) as http:
+                await serve_all(http, [("alice", OTHERS[0])])
+                server.stop()  # the storage fails open; the breaker opens
+                clock.advance(61)  # a flush is due: it fails, or the open breaker skips it
+                await serve_all(http, [("bob", OTHERS[1])])
+                await app.recorder.settled()
+                assert app.recorder.store.pending == OTHERS[0].responses + OTHERS[1].responses
+                server = Server(tmp_path / "r2", port=port)  # back, empty
+            # shutdown: the last flush is tried whatever the breaker says
+        index = await read_index(server.url)
+        assert index.subjects_entries() == {
+            "a:alice": OTHERS[0].responses,
+            "a:bob": OTHERS[1].responses,
+        }
+        assert app.recorder.store.dropped == 0
+        assert not [r for r in caplog.records if "they are lost" in r.getMessage()]
+    finally:
+        server.stop()
+
+
+async def test_trace_find_reads_through_a_sentinel(
+    tmp_path: Path, clock, redis_url: str, redis_server: Server, capsys
+):
+    from redis_servers import SentinelServer
+
+    w = writer(redis_url, clock)
+    await fill(w, clock)
+    await w.client.aclose()
+    sentinel = SentinelServer(tmp_path / "sentinel", redis_server.port)
+    try:
+        leak = jsonl(tmp_path / "leak.jsonl", leaked(ACCOUNTS[2], 40))
+        assert await find(["trace", "find", str(leak), "--index", sentinel.url]) == 0
+        assert f"named (*, >= 9 texts matching at >= 8/48 bins): {ACCOUNTS[2].subject}" in (
+            capsys.readouterr().out
+        )
+    finally:
+        sentinel.stop()
+
+
+async def test_two_workers_bounding_at_once_keep_the_newest_within_the_bound(clock, redis_url: str):
+    first, second = writer(redis_url, clock, capacity=100), writer(redis_url, clock, capacity=100)
+    for n, text in enumerate(TEXTS[:240]):
+        (first if n % 2 else second).add(f"a:{n}", text, clock() + n * 60)
+    assert all(await asyncio.gather(first.flush(clock()), second.flush(clock())))
+    kept = (await read_index(redis_url)).subjects_entries()
+    # never over; under when one trimmed on a count the other's append had not reached yet
+    assert 60 <= len(kept) <= 100
+    redis = aioredis.from_url(redis_url)
+    sizes = await redis.hgetall(Keys("gr:", header(first.sketcher.params)).sizes)
+    assert sum(map(int, sizes.values())) == len(kept)  # the counts exact after the race
+    await redis.aclose()
+    # whole hours go oldest first; within the hour trimmed, the first written (workers'
+    # flushes interleave, so not strictly the oldest): at most the hour before the newest 100
+    assert set(kept) <= {f"a:{n}" for n in range(120, 240)}
+    for w in (first, second):
+        await w.client.aclose()
