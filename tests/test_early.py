@@ -11,7 +11,7 @@ from guardrail.early import RECHECK, Bands, Refused
 from guardrail.identity import Subject
 from guardrail.limits import RouteTable
 from guardrail.policy import Policy
-from guardrail.signals.engine import Assessment
+from guardrail.signals.engine import ORDER, Assessment
 from guardrail.signals.state import Keys
 
 POLICY = """
@@ -120,7 +120,8 @@ def test_refusals_are_bounded_the_oldest_dropped_first(policy: Policy):
 def assessment(policy: Policy, level: int, principal: str = "k:one") -> Assessment:
     threshold = policy.thresholds[level - 1] if level else None
     keys = Keys(principal, "s:203.0.113.0/24", "f:ab", ("t:1",))
-    return Assessment(keys, [0.0, 60.0, 80.0, 99.0][level], [0.5] * 14, [1.0] * 14, threshold, None)
+    score = [0.0, 60.0, 80.0, 99.0][level]
+    return Assessment(keys, score, [0.5] * len(ORDER), [1.0] * len(ORDER), threshold, None)
 
 
 def test_a_refusing_band_is_believed_for_a_while_then_rechecked(policy: Policy):
