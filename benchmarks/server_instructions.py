@@ -17,8 +17,9 @@ The client is this process, not counted. Under valgrind a worker runs ~50 times 
 every connection has its next request waiting, as under load. The worker's idle ticks (uvicorn
 checks its state every 0.1 s) cost a few thousand instructions each: a run ~20 % longer than
 another moves the figure by well under 1 %: two runs of each configuration agreed within
-0.2 %. Redis configurations need ``--redis URL``. ``--keep DIR`` keeps callgrind's profiles
-(``callgrind_annotate``: which C functions the difference between two configurations is in).
+0.2 %. Redis configurations need ``--redis URL``, a scratch one: each run writes under a key
+prefix of its own (from empty state, as in load.py), and leaves its keys there. ``--keep DIR``
+keeps callgrind's profiles (``callgrind_annotate``: which C functions a difference is in).
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
+
+from load import with_prefix
 
 from _requests import PATH, stream
 
@@ -115,8 +119,9 @@ def measure(factory: str, count: int, args: argparse.Namespace, workdir: Path) -
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
     env.setdefault("GUARDRAIL_BENCH_SECRET", "bench-secret")
-    if args.redis:
-        env["GUARDRAIL_BENCH_REDIS"] = args.redis
+    if args.redis:  # every run from empty state, as in load.py
+        prefix = f"grinstr:{uuid.uuid4().hex[:8]}:{factory}:{count}:"
+        env["GUARDRAIL_BENCH_REDIS"] = with_prefix(args.redis, prefix)
     log = workdir / f"{factory}-{count}.log"
     command = [
         "valgrind", "--tool=callgrind",
