@@ -755,3 +755,35 @@ async def test_a_body_that_never_arrives_with_the_store_down_is_still_a_408(tmp_
     assert len(app.refused) == 0  # nothing the storage said: nothing learnt
     await app.shutdown()
     assert [(r["action"], r["status"]) for r in audit_records(tmp_path)] == [("timeout", 408)]
+
+
+async def test_the_app_reads_the_inspected_body_without_a_risk_engine(tmp_path: Path, clock):
+    # Nothing on guardrail's side reads it here (no thresholds, no token limit): it is parsed
+    # when the app first asks, and reads as it always did.
+    seen: list[Any] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        decision = scope["state"]["guardrail"]
+        seen.append((decision.request, decision.request))  # the second read: the same one
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    guardrail = build(tmp_path, clock, app=app)
+    async with client(guardrail) as http:
+        body = {**CHAT, "max_tokens": 7, "stream": True}
+        response = await http.post("/v1/chat/completions", json=body, headers=bearer("sk-a"))
+        refused = await http.post("/v1/chat/completions", content=b"[1, 2]", headers=bearer("sk-a"))
+    assert response.status_code == refused.status_code == 200
+    (first, again), (unparsable, _) = seen
+    assert first is again
+    assert (first.model, first.stream, first.max_tokens, first.prompt) == (
+        "m",
+        True,
+        7,
+        "hello there",
+    )
+    assert first.body == body
+    assert unparsable is None  # not a JSON object: the app answers it, as before
+    await guardrail.shutdown()

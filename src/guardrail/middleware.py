@@ -64,7 +64,6 @@ from guardrail.inspection import (
     declared_size,
     declares_body,
     parse_head,
-    parse_request,
     read_body,
     replace_body,
 )
@@ -364,7 +363,7 @@ class Guardrail:
                 replay = late.replay  # observe: the app waits for the rest, as without guardrail
             receive = replay
             if raw is not None:
-                decision.request = parse_request(raw, meter)
+                decision.inspected(raw, meter)  # parsed when first read (decision.request)
             elif replay.head:  # too large to parse: its head's prompt is still scored
                 decision.request = parse_head(replay.head, meter)
         assessment = tier = None
@@ -390,7 +389,8 @@ class Guardrail:
                     return
         held = None
         if meter is not None and replay is not None:  # tiers rewrite bodies, budgets meter
-            request = decision.request
+            request = None
+            rewrote = False  # ``request`` then has the body the app gets
             if tier is not None and tier.rewrites and self.enforce:
                 try:
                     rewritten = rewrite(raw, tier, meter)
@@ -407,8 +407,12 @@ class Guardrail:
                     return
                 if rewritten is not None:
                     scope, receive = replace_body(scope, replay, rewritten[0])
+                    request = decision.request
                     request = replace(request, body=rewritten[1]) if request else request
+                    rewrote = True
             if route.metered or (tier is not None and tier.metered):
+                if not rewrote:
+                    request = decision.request
                 if request is not None and not request.partial:  # the body the app gets
                     held = reservation(meter.ask(request.body), route.default_max_tokens)
                 else:  # unread or unreadable: its size stands in for its prompt
