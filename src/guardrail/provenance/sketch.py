@@ -34,18 +34,21 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left
-from types import ModuleType
+from typing import TYPE_CHECKING
 
 from guardrail.errors import ProvenanceError
 from guardrail.provenance.normalize import normalized
 
-sketch_numpy: ModuleType | None
+if TYPE_CHECKING:
+    from guardrail.provenance.sketch_numpy import Tables
+
+_vectorised: type[Tables] | None
 try:
     import numpy  # noqa: F401  (only whether it is there)
 except ModuleNotFoundError:  # the extra ``provenance`` brings it
-    sketch_numpy = None
+    _vectorised = None
 else:
-    from guardrail.provenance import sketch_numpy
+    from guardrail.provenance.sketch_numpy import Tables as _vectorised
 
 #: Bytes (bins) per sketch.
 BINS = 48
@@ -105,7 +108,12 @@ class Sketcher:
         odd = [int.from_bytes(spread[i : i + 8], "little") | 1 for i in range(0, len(spread), 8)]
         #: P of the words' polynomial; M0, M1, ... of the shingles' (one per word)
         self.base, self.mixers = odd[0], tuple(odd[1:])
-        self._tables = sketch_numpy.Tables(self) if sketch_numpy is not None else None
+        self._tables = _vectorised(self) if _vectorised is not None else None
+
+    @property
+    def vectorised(self) -> bool:
+        """Whether numpy sketches (else ``sketch_reference`` does, slowly)."""
+        return self._tables is not None
 
     def sketch(self, text: str) -> bytes | None:
         """``BINS`` bytes, or None when ``text`` has fewer than ``MIN_WORDS`` words."""

@@ -36,9 +36,7 @@ def _powers(base: int, count: int) -> np.ndarray[tuple[int], np.dtype[np.uint64]
 class Tables:
     """One sketcher's constants as numpy values, and its powers of P (2 x 256 KB)."""
 
-    __slots__ = (
-        "bounds", "first", "mixers", "offsets", "powers", "shifted_inverses", "shingle"
-    )
+    __slots__ = ("bounds", "first", "mixers", "offsets", "powers", "shifted_inverses", "shingle")
 
     def __init__(self, sketcher: Sketcher) -> None:
         size = sk.MAX_BYTES + 2  # the text and the two spaces around it
@@ -75,4 +73,5 @@ class Tables:
         hashes.sort()
         kept = hashes.take(hashes.searchsorted(self.bounds), mode="wrap")
         kept += self.offsets
-        return kept.view(np.uint8)[_BYTE::8].tobytes()
+        sketch: bytes = kept.view(np.uint8)[_BYTE::8].tobytes()
+        return sketch
