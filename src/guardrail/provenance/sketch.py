@@ -13,21 +13,24 @@ without the key can tell which words a sketch rests on), all arithmetic modulo 2
 
 - a word's hash is the polynomial sum(byte_j * P**j) with a keyed odd P: a vectorised sketch
   gets every word's at once from one prefix sum over the text's bytes (``sketch_numpy``);
-- a shingle's is ``(w0*M0 + w1)*M1 + w2`` over its words' hashes (Horner: one operation
-  fewer than a product per word), then ``h ^= h >> 32; h *= MF`` (a polynomial's low bits
-  depend on few bits of its input, the top bits of a product on all of them: the shift
-  brings those into the byte that is kept);
+- a shingle's is Horner's ``((w0*M0 + w1)*M1 + w2)*M2`` over its words' hashes, M0... keyed
+  and odd (a polynomial's low bits depend on few bits of its input, the top bits of a
+  product on all of them);
 - the bin is ``(h >> 32) * 48 >> 32``, which grows with h: sorting the hashes sorts them by
   bin, then by value within a bin, and a bin's smallest hash is the first at or past its
-  lower bound (one binary search for all 48); the byte kept is the low byte of that hash
-  plus 67 times the bin's number, so that two empty bins of one text that borrow the same
-  neighbour do not agree with each other by construction.
+  lower bound (one binary search for all 48). The byte kept is bits 24-31 of that hash (a
+  product's top byte modulo 2**32, unrelated to which hash of the bin is smallest: the top
+  bits decide that) plus 67 times the bin's number, so that two empty bins of one text that
+  borrow the same neighbour do not agree with each other by construction.
 
-Speed: numpy does it with ~25 calls on whole arrays (``sketch_numpy``: ~15-20 µs a KB on the
-machine where pure Python spent 66-76 µs with one ``zlib.crc32`` per word, packed big-int
-lanes and one ``sorted``). Without numpy, ``sketch_reference`` computes the same bytes one
-word and one shingle at a time, several times slower: the fallback, and the definition the
-vectorised code is tested against.
+Speed: numpy does it with ~20 calls on whole arrays (``sketch_numpy``), ~35 µs of CPU a KB
+on the machine where version 1 (pure Python: one ``zlib.crc32`` per word, big-int lanes, one
+``sorted``) took 66-79, measured in the same run (``benchmarks/sketch_stages.py``). Most of
+it is the calls' fixed cost, ~1 µs each, not the bytes: batching texts into shared calls did
+not help (the per-text segmentation cost more than it saved). Without numpy,
+``sketch_reference`` computes the same bytes one word and one shingle at a time, ~7x slower
+than numpy (~4x slower than version 1): the fallback, and the definition the vectorised code
+is tested against.
 """
 
 from __future__ import annotations
