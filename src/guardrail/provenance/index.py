@@ -86,7 +86,7 @@ class ProvenanceIndex:
 
     def add(self, subject: str, text: str, ts: float) -> bool:
         """Sketch ``text`` served to ``subject`` at ``ts`` and keep it; False when the text is
-        too short to sketch. Costs ~20-40 µs a KB with numpy: call it off the request path."""
+        too short to sketch. Costs ~35 µs a KB with numpy: call it off the request path."""
         sketch = self.sketcher.sketch(text)
         if sketch is None:
             return False

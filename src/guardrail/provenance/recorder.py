@@ -3,7 +3,7 @@
 The request hands ``(subject, output, time)`` to ``Recorder.offer`` and goes on: a bounded
 queue, which a full one refuses (the newest output is dropped, counted and logged: never
 silently). One task, started with the middleware (lifespan, or the first request), drains
-it: it parses and sketches a few outputs at a time (~20-40 µs a KB of CPU with numpy, ~5x
+it: it parses and sketches a few outputs at a time (~35 µs a KB of CPU with numpy, ~7x
 that without: a warning says so at start), yielding to the event loop between batches, and
 adds them to the index. That task is the index's only user
 (``ProvenanceIndex`` is not thread-safe): while it saves, in a thread (``asyncio.to_thread``:
@@ -37,7 +37,7 @@ logger = logging.getLogger("guardrail")
 
 #: Outputs waiting to be sketched; past this many, the newest are dropped (and counted).
 QUEUE_SIZE = 10_000
-#: Outputs sketched between two yields to the event loop (a 1 KB output: ~20-40 µs).
+#: Outputs sketched between two yields to the event loop (a 1 KB output: ~35 µs).
 BATCH = 8
 #: Seconds between two warnings of dropped outputs.
 WARN_EVERY = 10.0
