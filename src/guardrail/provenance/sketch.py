@@ -14,8 +14,11 @@ without the key can tell which words a sketch rests on), all arithmetic modulo 2
 - a word's hash is the polynomial sum(byte_j * P**j) with a keyed odd P: a vectorised sketch
   gets every word's at once from one prefix sum over the text's bytes (``sketch_numpy``);
 - a shingle's is Horner's ``((w0*M0 + w1)*M1 + w2)*M2`` over its words' hashes, M0... keyed
-  and odd (a polynomial's low bits depend on few bits of its input, the top bits of a
-  product on all of them);
+  and odd, then ``h ^= h >> 32; h *= MF``. Without that last step the whole hash is linear
+  in the text's bytes (modulo 2**64), and unrelated answers of one template agreed on 8 or
+  more bins 3x as often as with version 1's (0.19 % of pairs against 0.064 %; with the
+  step, 0.066 %); a null of 200 never-served texts then had its top subject matched by
+  5 texts or more in 16 % of samples, where version 1's had 3 %;
 - the bin is ``(h >> 32) * 48 >> 32``, which grows with h: sorting the hashes sorts them by
   bin, then by value within a bin, and a bin's smallest hash is the first at or past its
   lower bound (one binary search for all 48). The byte kept is bits 24-31 of that hash (a
@@ -79,7 +82,7 @@ OFFSETS = tuple(67 * b for b in range(BINS))
 class Sketcher:
     """Sketches texts with one key's hash functions and ``shingle`` words per shingle."""
 
-    __slots__ = ("_tables", "base", "mixers", "params", "shingle")
+    __slots__ = ("_tables", "base", "mixers", "params", "shingle", "spread")
 
     def __init__(self, key: bytes = b"", shingle: int = 3) -> None:
         if not 1 <= shingle <= 4:
@@ -107,10 +110,10 @@ class Sketcher:
             raise ProvenanceError(f"sketch parameters not understood: {params.hex()}")
         self.params = bytes(params)
         self.shingle = shingle
-        spread = hashlib.blake2b(params, digest_size=8 * (shingle + 1)).digest()
+        spread = hashlib.blake2b(params, digest_size=8 * (shingle + 2)).digest()
         odd = [int.from_bytes(spread[i : i + 8], "little") | 1 for i in range(0, len(spread), 8)]
-        #: P of the words' polynomial; M0, M1, ... of the shingles' (one per word)
-        self.base, self.mixers = odd[0], tuple(odd[1:])
+        #: P of the words' polynomial; M0, M1, ... of the shingles' (one per word); MF
+        self.base, self.mixers, self.spread = odd[0], tuple(odd[1:-1]), odd[-1]
         self._tables = _vectorised(self) if _vectorised is not None else None
 
     @property
@@ -129,7 +132,7 @@ class Sketcher:
         tokens = _head(normalized(text)).split()[:MAX_WORDS]
         if len(tokens) < MIN_WORDS:
             return None
-        base, mixers = self.base, self.mixers
+        base, mixers, spread = self.base, self.mixers, self.spread
         polys = []
         for token in tokens:
             poly = 0
@@ -141,7 +144,8 @@ class Sketcher:
             h = polys[i] * mixers[0]
             for j in range(1, self.shingle):
                 h = (h + polys[i + j]) * mixers[j]
-            hashes.append(h & MASK)
+            h &= MASK
+            hashes.append(((h ^ h >> 32) * spread) & MASK)
         hashes.sort()
         count = len(hashes)
         return bytes(

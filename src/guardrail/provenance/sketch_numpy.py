@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 _U64 = np.uint64
 _SPACE = np.uint8(32)
+_SHIFT = np.uint64(32)
 #: Where bits 24-31 of a uint64 are among its bytes
 _BYTE = 3 if sys.byteorder == "little" else 4
 
@@ -36,7 +37,7 @@ def _powers(base: int, count: int) -> np.ndarray[tuple[int], np.dtype[np.uint64]
 class Tables:
     """One sketcher's constants as numpy values, and its powers of P (2 x 256 KB)."""
 
-    __slots__ = ("bounds", "mixers", "offsets", "powers", "shifted_inverses", "shingle")
+    __slots__ = ("bounds", "mixers", "offsets", "powers", "shifted_inverses", "shingle", "spread")
 
     def __init__(self, sketcher: Sketcher) -> None:
         size = sk.MAX_BYTES + 2  # the text and the two spaces around it
@@ -49,6 +50,7 @@ class Tables:
         self.shifted_inverses = inverses * _U64(mixers[-1])
         self.shingle = sketcher.shingle
         self.mixers = [_U64(m) for m in mixers]
+        self.spread = _U64(sketcher.spread)
         self.bounds = np.array(sk.BOUNDS, dtype=_U64)
         self.offsets = np.array(sk.OFFSETS, dtype=_U64) << _U64(24)
 
@@ -76,6 +78,8 @@ class Tables:
             else:
                 hashes *= self.mixers[j - 1]
             hashes += words[j : j + shingles]
+        hashes ^= hashes >> _SHIFT
+        hashes *= self.spread
         hashes.sort()
         kept = hashes.take(hashes.searchsorted(self.bounds), mode="wrap")
         kept += self.offsets
