@@ -71,6 +71,8 @@ def main() -> None:
         for j in range(1, tables.shingle):
             hashes = hashes * tables.mixers[j - 1]  # a new array: ws is read again
             hashes += ws[j : j + count]
+        hashes = hashes ^ (hashes >> sn._SHIFT)
+        hashes *= tables.spread
         return hashes
 
     def ordered(hashes: Any) -> Any:
@@ -103,7 +105,7 @@ def main() -> None:
         ("word edges", edges, normal),
         ("prefix sums", prefix, found),
         ("word hashes", word_hashes, sums),
-        ("shingle hashes (Horner)", shingles, hashed),
+        ("shingle hashes (Horner, mix)", shingles, hashed),
         ("sort", ordered, mixed),
         ("bins: search, offsets, bytes", bins, sorted_),
         ("whole Sketcher.sketch", sketcher.sketch, texts),
