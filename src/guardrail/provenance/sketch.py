@@ -26,9 +26,9 @@ without the key can tell which words a sketch rests on), all arithmetic modulo 2
   bits decide that) plus 67 times the bin's number, so that two empty bins of one text that
   borrow the same neighbour do not agree with each other by construction.
 
-Speed: numpy does it with ~20 calls on whole arrays (``sketch_numpy``), ~35 µs of CPU a KB
-on the machine where version 1 (pure Python: one ``zlib.crc32`` per word, big-int lanes, one
-``sorted``) took 66-79, measured in the same run (``benchmarks/sketch_stages.py``). Most of
+Speed: numpy does it with ~20 calls on whole arrays (``sketch_numpy``), ~35-40 µs of CPU a
+KB on the machine where version 1 (pure Python: one ``zlib.crc32`` per word, big-int lanes,
+one ``sorted``) took 66-79, measured in the same run (``benchmarks/sketch_stages.py``). Most of
 it is the calls' fixed cost, ~1 µs each, not the bytes: batching texts into shared calls did
 not help (the per-text segmentation cost more than it saved). Without numpy,
 ``sketch_reference`` computes the same bytes one word and one shingle at a time, ~7x slower
