@@ -6,13 +6,15 @@ The texts are ``simulate.leaks.never_served`` answers (~1 KB each, the mix the p
 benchmark uses). Each stage runs over all the texts in one batch, on its own inputs computed
 beforehand, and is timed in thread CPU time (``time.thread_time_ns``): on a shared machine
 the wall clock also counts the time other processes held the CPU. Rounds alternate the
-stages; the minimum and the median over rounds are printed. ``map(len)`` over the words is
-the yardstick of one C-level pass per word: compare the stages with it across machines.
+stages; the minimum and the median over rounds are printed. Baselines in the same run:
+``map(len)`` over the words (one C-level pass per word), the version-1 sketch (pure Python,
+``_sketch_v1``) and ``sketch_reference`` (the pure-Python fallback).
 
-The stages repeat what ``Sketcher.sketch_words`` does, and the script checks that, put
+The stages repeat what ``sketch_numpy.Tables.sketch`` does, and the script checks that, put
 together, they give its sketches: if it changes, change them with it. The whole sketch is
 also timed text by text (``perf_counter``), which is how ``benchmarks/provenance.py`` reports
-it: the median over texts of each text's µs per KB.
+it: the median over texts of each text's µs per KB, with the version-1 sketch's in the same
+loop (the texts alternate between them) and the ratio of the two.
 """
 
 from __future__ import annotations
@@ -20,23 +22,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-import zlib
-from array import array
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+from _sketch_v1 import SketcherV1
+
 from guardrail.provenance import sketch as sk
-from guardrail.provenance.normalize import strip_markers, words
+from guardrail.provenance import sketch_numpy as sn
+from guardrail.provenance.normalize import normalized, words
 from guardrail.simulate import leaks
-
-
-def tail(ordered: bytes) -> bytes:
-    """``sketch_words`` after the sort: each bin's first (smallest) key, densified."""
-    bins, values = ordered[3::4], ordered[1::4]
-    first = list(map(bins.find, range(sk.BINS)))
-    if -1 in first:
-        return sk._densified(first, values)
-    return bytes(map(values.__getitem__, first))
 
 
 def main() -> None:
@@ -46,48 +41,76 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=8)
     args = parser.parse_args()
     sketcher = sk.Sketcher(b"benchmark key")
-    mults, shingle = sketcher._mults, sketcher.shingle
+    tables = sn.Tables(sketcher)
+    v1 = SketcherV1(b"benchmark key")
     texts = list(leaks.never_served(args.seed, args.texts))
     kb = sum(len(t.encode()) for t in texts) / 1024
-    tokens = [ws[: sk.MAX_WORDS] for ws in map(words, texts) if len(ws) >= sk.MIN_WORDS]
-    hashes = [list(map(zlib.crc32, ws)) for ws in tokens]
-    packed = [int.from_bytes(array("Q", h), "little") for h in hashes]
 
-    def mix(x: int) -> int:
-        mixed = x * mults[0]
-        for i, mult in enumerate(mults[1:], 1):
-            mixed ^= (x >> (64 * i)) * mult
-        return mixed
+    def edges(text: bytes) -> tuple[Any, Any]:
+        padded = np.frombuffer(b" " + text + b" ", dtype=np.uint8)
+        in_word = padded != sn._SPACE
+        found = np.not_equal(in_word[1:], in_word[:-1]).nonzero()[0][: 2 * sk.MAX_WORDS]
+        return padded, found
 
-    mixed = list(map(mix, packed))
-    lanes = [((m >> 40) & sk._LOW24) * sk.BINS for m in mixed]
-
-    def keys(item: tuple[int, int]) -> array[int]:
-        lane, count = item
-        out = array("Q", lane.to_bytes(8 * count, "little"))
-        del out[count - shingle + 1 :]
+    def prefix(item: tuple[Any, Any]) -> Any:
+        padded, _ = item
+        out = np.multiply(padded, tables.powers[: len(padded)])
+        np.add.accumulate(out, out=out)
         return out
 
-    counted = list(zip(lanes, map(len, tokens), strict=True))
-    unsorted = list(map(keys, counted))
-    ordered = [array("I", sorted(k)).tobytes() for k in unsorted]
-    mine = list(map(tail, ordered))
-    theirs = [sketcher.sketch_words(list(ws)) for ws in tokens]
+    def word_hashes(item: tuple[Any, Any]) -> Any:
+        sums, found = item
+        at_edges = sums.take(found)
+        out = at_edges[1::2] - at_edges[0::2]
+        out *= tables.shifted_inverses.take(found[0::2])
+        return out
+
+    def shingles(ws: Any) -> Any:
+        count = len(ws) - tables.shingle + 1
+        hashes = ws[:count]
+        for j in range(1, tables.shingle):
+            hashes = hashes * tables.mixers[j - 1]  # a new array: ws is read again
+            hashes += ws[j : j + count]
+        hashes = hashes ^ (hashes >> sn._SHIFT)
+        hashes *= tables.spread
+        return hashes
+
+    def ordered(hashes: Any) -> Any:
+        out = hashes.copy()  # the inputs are reused round after round
+        out.sort()
+        return out
+
+    def bins(hashes: Any) -> bytes:
+        kept = hashes.take(hashes.searchsorted(tables.bounds), mode="wrap")
+        kept += tables.offsets
+        return bytes(kept.view(np.uint8)[sn._BYTE :: 8].tobytes())
+
+    normal = [sk._head(normalized(t)) for t in texts]
+    found = [edges(x) for x in normal]
+    kept = [i for i, (_, e) in enumerate(found) if len(e) >> 1 >= sk.MIN_WORDS]
+    found = [found[i] for i in kept]
+    sums = [(prefix(f), f[1]) for f in found]
+    hashed = list(map(word_hashes, sums))
+    mixed = list(map(shingles, hashed))
+    sorted_ = list(map(ordered, mixed))
+    mine = list(map(bins, sorted_))
+    theirs = [sketcher.sketch(texts[i]) for i in kept]
     if mine != theirs:
-        raise SystemExit("the stages no longer add up to Sketcher.sketch_words: update them")
+        raise SystemExit("the stages no longer add up to sketch_numpy.Tables.sketch: update them")
+    tokens = [words(t) for t in texts]
 
     stages: list[tuple[str, Callable[[Any], object], Sequence[Any]]] = [
         ("map(len) over the words", lambda ws: list(map(len, ws)), tokens),
-        ("strip_markers", strip_markers, texts),
-        ("words (with strip_markers)", words, texts),
-        ("crc32 per word", lambda ws: list(map(zlib.crc32, ws)), tokens),
-        ("pack into 64-bit lanes", lambda h: int.from_bytes(array("Q", h), "little"), hashes),
-        ("mix shingles (keyed)", mix, packed),
-        ("bin and value lanes", lambda m: ((m >> 40) & sk._LOW24) * sk.BINS, mixed),
-        ("lanes to an array", keys, counted),
-        ("sort", lambda k: array("I", sorted(k)).tobytes(), unsorted),
-        ("per-bin minima + densify", tail, ordered),
+        ("normalized (+ _head)", lambda t: sk._head(normalized(t)), texts),
+        ("word edges", edges, normal),
+        ("prefix sums", prefix, found),
+        ("word hashes", word_hashes, sums),
+        ("shingle hashes (Horner, mix)", shingles, hashed),
+        ("sort", ordered, mixed),
+        ("bins: search, offsets, bytes", bins, sorted_),
         ("whole Sketcher.sketch", sketcher.sketch, texts),
+        ("version-1 sketch (baseline)", v1.sketch, texts),
+        ("sketch_reference (no numpy)", sketcher.sketch_reference, texts[: len(texts) // 4]),
     ]
     timings: dict[str, list[float]] = {name: [] for name, _, _ in stages}
     for _ in range(args.rounds):
@@ -95,17 +118,25 @@ def main() -> None:
             start = time.thread_time_ns()
             for item in inputs:
                 stage(item)
-            timings[name].append((time.thread_time_ns() - start) / 1000 / kb)
+            share = kb * len(inputs) / len(texts)  # the reference runs on a quarter
+            timings[name].append((time.thread_time_ns() - start) / 1000 / share)
     print(f"{len(texts)} texts, {kb:.0f} KB, median {statistics.median(map(len, texts))} chars")
     print(f"{'stage':30s} {'min':>7s} {'median':>7s}  µs/KB (thread CPU time, batch)")
     for name, values in timings.items():
         print(f"{name:30s} {min(values):7.1f} {statistics.median(values):7.1f}")
-    per_text = []
-    for text in texts:
-        start = time.perf_counter()
-        sketcher.sketch(text)
-        per_text.append((time.perf_counter() - start) * 1e6 / (len(text.encode()) / 1024))
-    print(f"whole sketch, text by text: median {statistics.median(per_text):.1f} µs/KB (wall)")
+    new, old = [], []
+    for _ in range(3):
+        for text in texts:
+            size = len(text.encode()) / 1024
+            for sketch, out in ((sketcher.sketch, new), (v1.sketch, old)):
+                start = time.perf_counter()
+                sketch(text)
+                out.append((time.perf_counter() - start) * 1e6 / size)
+    now, before = statistics.median(new), statistics.median(old)
+    print(
+        f"whole sketch, text by text: median {now:.1f} µs/KB (wall), version 1 {before:.1f} "
+        f"in the same loop: {now / before:.2f}x"
+    )
 
 
 if __name__ == "__main__":

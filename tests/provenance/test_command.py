@@ -45,7 +45,7 @@ def test_nobody_is_exit_1(index_file: Path, tmp_path: Path, capsys):
 
 
 def test_every_suspect_format_and_directories(index_file: Path, tmp_path: Path, capsys):
-    texts = leaked(ACCOUNTS[2], 24)
+    texts = leaked(ACCOUNTS[2], 36)  # ~half match: 24 left 8-16, around the 9 that names
     folder = tmp_path / "dataset"
     (folder / "sub").mkdir(parents=True)
     completion = {"choices": [{"message": {"role": "assistant", "content": t}} for t in texts[:6]]}
@@ -66,7 +66,7 @@ def test_every_suspect_format_and_directories(index_file: Path, tmp_path: Path, 
     argv = ["trace", "find", str(folder), "--index", str(index_file), "--json"]
     assert main(argv) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["suspects"] == 24 and data["named"] == [ACCOUNTS[2].subject]
+    assert data["suspects"] == 36 and data["named"] == [ACCOUNTS[2].subject]
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,24 @@ def test_a_missing_file_is_refused(tmp_path: Path):
 def test_a_sketch_of_the_wrong_size_is_refused():
     with pytest.raises(ProvenanceError):
         ProvenanceIndex().add_sketch("s", b"short", 1.0)
+
+
+def _rewritten(data: bytes, at: int, new: bytes) -> bytes:
+    """``data`` with ``new`` at ``at`` and a checksum that matches again."""
+    body = data[:at] + new + data[at + len(new) : -4]
+    return body + zlib.crc32(body).to_bytes(4, "little")
+
+
+def test_an_index_of_the_earlier_sketch_is_refused_not_compared(tmp_path: Path):
+    """Version 1 files hold sketches of the crc32 sketch, which agree with this one's by
+    chance only: searching them would name nobody, silently."""
+    path = tmp_path / "index.grprov"
+    _filled(20).save(path)
+    data = path.read_bytes()
+    path.write_bytes(_rewritten(data, 8, b"\x01\x00"))  # as version 1 wrote it
+    with pytest.raises(ProvenanceError, match="version 1: its sketches were made by an earlier"):
+        ProvenanceIndex.load(path)
+    params_at = 8 + 2 + 2 + 4 + 4 + 8
+    path.write_bytes(_rewritten(data, params_at, b"\x03"))  # version 1's parameters
+    with pytest.raises(ProvenanceError, match="sketch version 1, this guardrail makes version 2"):
+        ProvenanceIndex.load(path)

@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+from guardrail.provenance import sketch as sketch_module
 from guardrail.provenance.index import ProvenanceIndex
 from guardrail.provenance.recorder import Recorder
 from guardrail.provenance.sketch import Sketcher
@@ -118,3 +119,19 @@ async def test_a_path_nobody_can_write_is_refused_at_startup(tmp_path: Path, clo
     )
     with pytest.raises(ProvenanceError, match=r"missing/prov-0\.grprov\.lock: cannot create"):
         await rec.start()
+
+
+async def test_without_numpy_it_sketches_the_same_and_says_it_is_slower(
+    tmp_path: Path, clock, caplog, monkeypatch
+):
+    with_numpy = Sketcher()
+    assert with_numpy.vectorised
+    monkeypatch.setattr(sketch_module, "_vectorised", None)
+    rec = recorder(tmp_path, clock)
+    with caplog.at_level(logging.WARNING, logger="guardrail"):
+        await rec.start()
+    assert any("pip install 'guardrail[provenance]'" in r.getMessage() for r in caplog.records)
+    rec.offer("a:alice", completion(TEXTS[0]), clock())
+    await rec.close()
+    saved = ProvenanceIndex.load(tmp_path / "prov-0.grprov")
+    assert saved.entry(0)[2] == with_numpy.sketch(TEXTS[0])

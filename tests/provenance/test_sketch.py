@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 import statistics
-import zlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from guardrail.errors import ProvenanceError
-from guardrail.provenance.normalize import words
-from guardrail.provenance.sketch import BINS, MAX_WORDS, MIN_WORDS, Sketcher, jaccard, matches
+from guardrail.provenance import sketch as sketch_module
+from guardrail.provenance.sketch import BINS, MAX_BYTES, MAX_WORDS, Sketcher, jaccard, matches
 from guardrail.simulate import leaks
 
 VOCAB = [f"w{i}" for i in range(3000)]
@@ -70,42 +70,62 @@ def test_parameters_round_trip_and_bad_ones_are_refused():
     text = " ".join(VOCAB[:100])
     assert again.shingle == 2 and again.sketch(text) == sketcher.sketch(text)
     with pytest.raises(ProvenanceError):
-        Sketcher.from_params(b"\x09" + bytes(15))
+        Sketcher.from_params(b"\x29" + bytes(15))
+    with pytest.raises(ProvenanceError):
+        Sketcher(shingle=5)
 
 
-def _reference(sketcher: Sketcher, text: str) -> tuple[bytes | None, int]:
-    """The sketch as defined, one shingle at a time, and how many bins were empty: what the
-    fast path must equal, so that a saved index stays comparable with what a faster
-    sketcher makes."""
-    hashes = [zlib.crc32(word) for word in words(text)[:MAX_WORDS]]
-    if len(hashes) < MIN_WORDS:
-        return None, BINS
-    spread = hashlib.blake2b(sketcher.params, digest_size=16).digest()
-    mults = [int.from_bytes(spread[4 * j : 4 * j + 4], "little") | 0x80000001 for j in range(4)]
-    smallest: dict[int, int] = {}
-    for i in range(len(hashes) - sketcher.shingle + 1):
-        mixed = 0
-        for j in range(sketcher.shingle):
-            mixed ^= hashes[i + j] * mults[j]
-        key = ((mixed >> 40) & 0xFFFFFF) * BINS  # the bin in bits 24-29, the value in 8-15
-        smallest[key >> 24] = min(key, smallest.get(key >> 24, key))
-    out = []
-    for b in range(BINS):
-        distance = next(d for d in range(BINS) if (b + d) % BINS in smallest)
-        out.append(((smallest[(b + distance) % BINS] >> 8) + 67 * distance) & 0xFF)
-    return bytes(out), BINS - len(smallest)
+WORD = st.text(
+    st.characters(codec="utf-8", categories=["L", "N", "M", "S", "P", "Z", "Cc"]), min_size=1
+)
+SEPARATOR = st.sampled_from([" ", "  ", "\n", ", ", ". ", "\n- ", "\t", "\u00a0", " \u2014 ", "'"])
+
+
+@st.composite
+def _texts(draw: st.DrawFn) -> str:
+    """Texts of words (ASCII or not, markup and punctuation among them) and raw strings."""
+    if draw(st.booleans()):
+        return draw(st.text())
+    tokens = draw(st.lists(WORD | st.sampled_from(VOCAB[:20]), min_size=6, max_size=60))
+    return "".join(word + draw(SEPARATOR) for word in tokens)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_texts(), shingle=st.integers(1, 4))
+def test_numpy_and_pure_python_make_the_same_sketch(text: str, shingle: int):
+    pytest.importorskip("numpy")
+    sketcher = Sketcher(b"oracle", shingle)
+    assert sketcher.vectorised
+    assert sketcher.sketch(text) == sketcher.sketch_reference(text)
 
 
 @pytest.mark.parametrize("shingle", [1, 2, 3, 4])
-def test_the_fast_sketch_is_the_defined_one(shingle: int):
+def test_the_same_sketch_on_answers_and_at_the_limits(shingle: int):
+    """~1 KB answers (most leave a bin empty: densified), a text past ``MAX_WORDS``, one past
+    ``MAX_BYTES`` and one whose first word does not fit in it."""
+    pytest.importorskip("numpy")
     rng = random.Random(shingle)
-    texts = list(leaks.never_served(shingle, 60))  # ~1 KB answers: most leave a bin empty
-    texts += [" ".join(rng.choices(VOCAB[:9], k=rng.randint(8, 40))) for _ in range(60)]
+    texts = list(leaks.never_served(shingle, 60))
+    texts += [" ".join(rng.choices(VOCAB[:9], k=rng.randint(8, 40))) for _ in range(30)]
     texts += [" ".join(rng.choices(VOCAB, k=n)) for n in (7, 8, 9, MAX_WORDS + 50)]
+    texts += [" ".join(["x" * 5000] * 8), "y" * (MAX_BYTES + 10) + " " + " ".join(VOCAB[:20])]
     sketcher = Sketcher(b"reference", shingle)
-    densified = 0
-    for text in texts:
-        expected, empty = _reference(sketcher, text)
-        assert sketcher.sketch(text) == expected
-        densified += expected is not None and empty > 0
-    assert densified > len(texts) // 3
+    sketches = [sketcher.sketch(text) for text in texts]
+    assert sketches == [sketcher.sketch_reference(text) for text in texts]
+    assert sketches[-1] is None and sketches[-2] is None  # 6 words fit; none does
+    assert sketches[-3] == sketcher.sketch(" ".join(texts[-3].split()[:MAX_WORDS]))
+
+
+def test_without_numpy_the_sketches_are_the_same(monkeypatch: pytest.MonkeyPatch):
+    text = " ".join(VOCAB[:300])
+    vectorised = Sketcher(b"k").sketch(text)
+    monkeypatch.setattr(sketch_module, "_vectorised", None)
+    fallback = Sketcher(b"k")
+    assert not fallback.vectorised
+    assert fallback.sketch(text) == vectorised is not None
+
+
+def test_parameters_of_the_earlier_sketch_are_refused():
+    """Version 1 (crc32 lanes) wrote the shingle alone in the first byte."""
+    with pytest.raises(ProvenanceError, match="sketch version 1, this guardrail makes version 2"):
+        Sketcher.from_params(b"\x03" + bytes(15))

@@ -44,9 +44,16 @@ def strip_markers(text: str) -> str:
 
 def words(text: str) -> list[bytes]:
     """The words of ``text`` as UTF-8, lower case, without punctuation or layout."""
+    return normalized(text).split()
+
+
+def normalized(text: str) -> bytes:
+    """``text``'s words as UTF-8 separated by runs of b" " and nothing else (no other
+    whitespace byte survives: UTF-8 sequences of other characters are all >= 0x80), so that
+    a vectorised sketch finds the words without splitting them into objects."""
     text = strip_markers(text)
     if text.isascii():
-        return text.encode().translate(_ASCII_TABLE, _ASCII_DROP).split()
+        return text.encode().translate(_ASCII_TABLE, _ASCII_DROP)
     text = unicodedata.normalize("NFKC", text).translate(_NO_APOSTROPHE).casefold()
     # surrogatepass: JSON may carry lone surrogates, which strict UTF-8 refuses
-    return _NOT_WORD.sub(" ", text).encode("utf-8", "surrogatepass").split()
+    return _NOT_WORD.sub(" ", text).encode("utf-8", "surrogatepass")

@@ -5,52 +5,90 @@ into 48 bins by value, and a bin keeps one byte of its smallest hash. Two texts 
 bin with probability J + (1 - J)/256, J being the Jaccard similarity of their shingle sets,
 so the share of equal bytes estimates J. One permutation split into bins (Li, Owen & Zhang
 2012) costs one hash per shingle where 48 independent MinHashes would cost 48; a bin no
-shingle fell into borrows its right neighbour's value (rotation densification, Shrivastava &
-Li 2014), so short texts still compare bin for bin.
+shingle fell into borrows the value of the next filled bin to its right (rotation
+densification, Shrivastava & Li 2014), so short texts still compare bin for bin.
 
-Speed without numpy: every Python-level operation per word costs ~50 ns, so there are as few
-as possible. A word is hashed once, with ``zlib.crc32`` (C speed); the words' hashes are laid
-out as 64-bit lanes of one big integer, and every shingle's hash is computed at once, lane by
-lane: ``x*A ^ (x>>64)*B ^ (x>>128)*C`` multiplies 32-bit values by 32-bit constants, so no
-lane carries into the next. The top 24 bits of each lane, times 48, put the bin in the top
-byte and leave byte 1 as the value kept. One ``sorted`` orders the shingles by bin and value,
-so a bin's first shingle (``bytes.find``) is its smallest. The multipliers come from a key
-(blake2b): sketches of two deployments do not compare, and nobody without the key can tell
-which words of a text its sketch rests on. blake2b per shingle instead of crc32 and lanes
-measured ~5x slower (0.6 µs a call), and SimHash would need a loop over 64 bits per shingle.
+The hash functions, all keyed (sketches of two deployments do not compare, and nobody
+without the key can tell which words a sketch rests on), all arithmetic modulo 2**64:
+
+- a word's hash is the polynomial sum(byte_j * P**j) with a keyed odd P: a vectorised sketch
+  gets every word's at once from one prefix sum over the text's bytes (``sketch_numpy``);
+- a shingle's is Horner's ``((w0*M0 + w1)*M1 + w2)*M2`` over its words' hashes, M0... keyed
+  and odd, then ``h ^= h >> 32; h *= MF``: without that last step the whole hash would be
+  linear in the text's bytes (modulo 2**64), a family known to be far from min-wise
+  independent. (Measured on 360k pairs of unrelated answers of shared templates, the share
+  agreeing on 8 bins or more moved between 0.1 % and 0.5 % from one key to another, for
+  version 1 and for this sketch, with or without the step: keys matter more than the step);
+- the bin is ``(h >> 32) * 48 >> 32``, which grows with h: sorting the hashes sorts them by
+  bin, then by value within a bin, and a bin's smallest hash is the first at or past its
+  lower bound (one binary search for all 48). The byte kept is bits 24-31 of that hash (a
+  product's top byte modulo 2**32, unrelated to which hash of the bin is smallest: the top
+  bits decide that) plus 67 times the bin's number, so that two empty bins of one text that
+  borrow the same neighbour do not agree with each other by construction.
+
+Speed: numpy does it with ~20 calls on whole arrays (``sketch_numpy``), ~35-40 µs of CPU a
+KB on the machine where version 1 (pure Python: one ``zlib.crc32`` per word, big-int lanes,
+one ``sorted``) took 66-79, measured in the same run (``benchmarks/sketch_stages.py``). Most of
+it is the calls' fixed cost, ~1 µs each, not the bytes: batching texts into shared calls did
+not help (the per-text segmentation cost more than it saved). Without numpy,
+``sketch_reference`` computes the same bytes one word and one shingle at a time, ~7x slower
+than numpy (~4x slower than version 1): the fallback, and the definition the vectorised code
+is tested against.
 """
 
 from __future__ import annotations
 
 import hashlib
-import zlib
-from array import array
+from bisect import bisect_left
+from typing import TYPE_CHECKING
 
 from guardrail.errors import ProvenanceError
-from guardrail.provenance.normalize import words
+from guardrail.provenance.normalize import normalized
+
+if TYPE_CHECKING:
+    from guardrail.provenance.sketch_numpy import Tables
+
+_vectorised: type[Tables] | None
+try:
+    import numpy  # noqa: F401  (only whether it is there)
+except ModuleNotFoundError:  # the extra ``provenance`` brings it
+    _vectorised = None
+else:
+    from guardrail.provenance.sketch_numpy import Tables as _vectorised
 
 #: Bytes (bins) per sketch.
 BINS = 48
 #: Words a text needs to be sketched: a one-line reply is alike for everyone.
 MIN_WORDS = 8
 #: Words read from the start of a long text. A leak keeps the start of what it took (a
-#: truncation keeps the head), and a 12 KB answer costs 70 µs already.
+#: truncation keeps the head).
 MAX_WORDS = 2048
+#: Bytes of normalised text read at most (a word they cut is dropped): the vectorised
+#: sketch's tables of powers cover this many, whatever a single word's length.
+MAX_BYTES = 32768
 #: Length of the parameters that ``Sketcher.params`` carries into an index file.
 PARAMS_SIZE = 16
-_LANE = 64
-_LOW24 = int.from_bytes(b"\xff\xff\xff\x00\x00\x00\x00\x00" * MAX_WORDS, "little")
-_RANGE = range(BINS)
+#: The sketch's definition, in the top half of the parameters' first byte (the shingle in the
+#: bottom half). Version 1, ``zlib.crc32`` lanes (unnumbered: its first byte was the shingle
+#: alone), made other values of the same texts: an index of it must not meet this one's.
+VERSION = 2
+MASK = (1 << 64) - 1
+#: Each bin's lower bound among 64-bit hashes: the smallest h with ``bin(h) >= b``.
+BOUNDS = tuple((-(-(b << 32) // BINS)) << 32 for b in range(BINS))
+#: Added to a bin's byte (see the module's docstring).
+OFFSETS = tuple(67 * b for b in range(BINS))
 
 
 class Sketcher:
     """Sketches texts with one key's hash functions and ``shingle`` words per shingle."""
 
-    __slots__ = ("_mults", "params", "shingle")
+    __slots__ = ("_tables", "base", "mixers", "params", "shingle", "spread")
 
     def __init__(self, key: bytes = b"", shingle: int = 3) -> None:
+        if not 1 <= shingle <= 4:
+            raise ProvenanceError(f"a shingle is 1 to 4 words, not {shingle}")
         digest = hashlib.blake2b(key, digest_size=PARAMS_SIZE - 1, person=b"guardrail-prov")
-        self._setup(bytes([shingle]) + digest.digest())
+        self._setup(bytes([VERSION << 4 | shingle]) + digest.digest())
 
     @classmethod
     def from_params(cls, params: bytes) -> Sketcher:
@@ -60,59 +98,67 @@ class Sketcher:
         return sketcher
 
     def _setup(self, params: bytes) -> None:
-        if len(params) != PARAMS_SIZE or not 1 <= params[0] <= 4:
+        if len(params) != PARAMS_SIZE:
+            raise ProvenanceError(f"sketch parameters not understood: {params.hex()}")
+        version, shingle = params[0] >> 4, params[0] & 0xF
+        if version != VERSION:
+            raise ProvenanceError(
+                f"sketches made by sketch version {version or 1}, this guardrail makes version "
+                f"{VERSION}: they do not compare; start a new index (move the old file away)"
+            )
+        if not 1 <= shingle <= 4:
             raise ProvenanceError(f"sketch parameters not understood: {params.hex()}")
         self.params = bytes(params)
-        self.shingle = params[0]
-        # odd multipliers with the top bit set: every bit of a word's hash reaches the top
-        # bits of its lane, and a product stays within 64 bits
-        spread = hashlib.blake2b(params, digest_size=16).digest()
-        self._mults = [
-            int.from_bytes(spread[4 * i : 4 * i + 4], "little") | 0x80000001
-            for i in range(self.shingle)
-        ]
+        self.shingle = shingle
+        spread = hashlib.blake2b(params, digest_size=8 * (shingle + 2)).digest()
+        odd = [int.from_bytes(spread[i : i + 8], "little") | 1 for i in range(0, len(spread), 8)]
+        #: P of the words' polynomial; M0, M1, ... of the shingles' (one per word); MF
+        self.base, self.mixers, self.spread = odd[0], tuple(odd[1:-1]), odd[-1]
+        self._tables = _vectorised(self) if _vectorised is not None else None
+
+    @property
+    def vectorised(self) -> bool:
+        """Whether numpy sketches (else ``sketch_reference`` does, slowly)."""
+        return self._tables is not None
 
     def sketch(self, text: str) -> bytes | None:
         """``BINS`` bytes, or None when ``text`` has fewer than ``MIN_WORDS`` words."""
-        return self.sketch_words(words(text))
+        if self._tables is None:
+            return self.sketch_reference(text)
+        return self._tables.sketch(_head(normalized(text)))
 
-    def sketch_words(self, tokens: list[bytes]) -> bytes | None:
+    def sketch_reference(self, text: str) -> bytes | None:
+        """``sketch`` one word and one shingle at a time, in Python."""
+        tokens = _head(normalized(text)).split()[:MAX_WORDS]
         if len(tokens) < MIN_WORDS:
             return None
-        del tokens[MAX_WORDS:]
-        count = len(tokens)
-        x = int.from_bytes(array("Q", list(map(zlib.crc32, tokens))), "little")
-        mixed = x * self._mults[0]
-        for i, mult in enumerate(self._mults[1:], 1):
-            mixed ^= (x >> (_LANE * i)) * mult
-        lanes = ((mixed >> 40) & _LOW24) * BINS
-        shingles = array("Q", lanes.to_bytes(8 * count, "little"))
-        del shingles[count - self.shingle + 1 :]  # the last lanes are partial shingles
-        ordered = array("I", sorted(shingles)).tobytes()
-        bins, values = ordered[3::4], ordered[1::4]
-        first = list(map(bins.find, _RANGE))  # sorted: a bin's first shingle is its smallest
-        if -1 in first:
-            return _densified(first, values)
-        return bytes(map(values.__getitem__, first))
+        base, mixers, spread = self.base, self.mixers, self.spread
+        polys = []
+        for token in tokens:
+            poly = 0
+            for byte in reversed(token):  # Horner: sum(byte_j * P**j)
+                poly = (poly * base + byte) & MASK
+            polys.append(poly)
+        hashes = []
+        for i in range(len(polys) - self.shingle + 1):
+            h = polys[i] * mixers[0]
+            for j in range(1, self.shingle):
+                h = (h + polys[i + j]) * mixers[j]
+            h &= MASK
+            hashes.append(((h ^ h >> 32) * spread) & MASK)
+        hashes.sort()
+        count = len(hashes)
+        return bytes(
+            ((hashes[bisect_left(hashes, bound) % count] >> 24) + offset) & 0xFF
+            for bound, offset in zip(BOUNDS, OFFSETS, strict=True)
+        )
 
 
-def _densified(first: list[int], values: bytes) -> bytes:
-    """Empty bins (``first`` -1) take the value of the next filled bin to the right, shifted
-    by how far it is, so that two texts empty in the same bin agree when their neighbours do.
-
-    Most 1 KB texts leave a bin or two empty (155 shingles in 48 bins), so this runs for most
-    texts: only the empty bins are visited (a loop over all 48 cost 9-15 µs a text)."""
-    out = bytearray(map(values.__getitem__, first))  # an empty bin's -1 picks a placeholder
-    empty = first.index(-1)
-    while True:
-        distance = 1
-        while (at := first[(empty + distance) % BINS]) < 0:
-            distance += 1
-        out[empty] = (values[at] + 67 * distance) & 0xFF
-        try:
-            empty = first.index(-1, empty + 1)
-        except ValueError:
-            return bytes(out)
+def _head(text: bytes) -> bytes:
+    """The first ``MAX_BYTES`` bytes of a normalised text, less a word they cut."""
+    if len(text) <= MAX_BYTES:
+        return text
+    return text[: max(0, text.rfind(b" ", 0, MAX_BYTES + 1))]
 
 
 def matches(a: bytes, b: bytes) -> int:
