@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from guardrail.cli import main
-from guardrail.provenance.index import ProvenanceIndex
+from guardrail.provenance.index import VERSION, ProvenanceIndex
 from guardrail.provenance.index_redis import (
     HOUR,
     RECORD,
@@ -260,7 +260,8 @@ async def test_trace_find_exit_codes_and_refusals(
     redis = aioredis.from_url(redis_url)
     head = await redis.get("gr:prov:current")
     await redis.set("gr:prov:current", head[:8] + b"\x09\x00" + head[10:])
-    await refused(redis_url, "index version 9 with 48 bins; this guardrail reads version 1")
+    expected = f"index version 9 with 48 bins; this guardrail reads version {VERSION}"
+    await refused(redis_url, expected)
     await redis.set("gr:prov:current", head)
     keyed = ProvenanceIndex(sketcher=Sketcher(b"another key"))
     keyed.save(tmp_path / "keyed.grprov")
