@@ -122,7 +122,7 @@ def attribute_sketches(
     columns: Sequence[bytes] | None = None,
 ) -> Attribution:
     cols = columns if columns is not None else index.columns()
-    common = common_values(cols)
+    common = common_values(index.live_columns(list(cols)))
     evidence: dict[str, SubjectEvidence] = {}
     for number, slot in scan(cols, sketches, min_bins, common):
         if not index.live(slot):

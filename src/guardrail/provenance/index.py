@@ -222,6 +222,17 @@ class ProvenanceIndex:
         """Bin ``j``'s byte of every physical slot (dead slots included: ``live`` tells)."""
         return [bytes(self._sketches[j::BINS]) for j in range(BINS)]
 
+    def live_columns(self, columns: list[bytes] | None = None) -> list[bytes]:
+        """``columns`` (by default ``columns()``) cut to the live slots, oldest first. What is
+        counted over the index (which bin values are common) must not count the zeros of the
+        slots that growing by doubling leaves empty: an index and the same index saved and read
+        back (which has none) would rank a suspect differently."""
+        cols = columns if columns is not None else self.columns()
+        start, end, slots = self._start, self._start + self._count, self.slots
+        if end <= slots:
+            return [column[start:end] for column in cols]
+        return [column[start:] + column[: end - slots] for column in cols]
+
     def live(self, slot: int) -> bool:
         return (slot - self._start) % max(1, self.slots) < self._count
 
