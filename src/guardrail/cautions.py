@@ -45,7 +45,8 @@ def _captcha_hostname_from_client(policy: Policy) -> Iterator[Caution]:
             ("challenges", name, "hostnames"),
             [],
             "the hosts the challenge page is served on, e.g. [api.example.com]: without them "
-            "a token's hostname is compared with the request's Host header, which a client "
+            "a token's hostname is compared with the host the request reached (its Host header, "
+            "or X-Forwarded-Host from a trusted proxy), which a client "
             "other than a browser chooses, and only the sitekey's domain list at the provider "
             "stops a token solved on another site",
         )

@@ -319,8 +319,9 @@ class Captcha(_Model):
     (pass the client), closed (503, try later)."""
     hostnames: tuple[Hostname, ...] = ()
     """The hosts the challenge page is served on (api.example.com, *.example.com): a token
-    siteverify says was solved anywhere else is refused. Empty: the request's own Host header,
-    which a non-browser client chooses (a caution says so)."""
+    siteverify says was solved anywhere else is refused. Empty: the host the request reached
+    (its Host header, or the forwarded host from a trusted proxy), which a non-browser client
+    chooses (a caution says so)."""
 
 
 class HCaptcha(Captcha):

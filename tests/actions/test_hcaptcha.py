@@ -250,3 +250,39 @@ async def test_on_error_open_is_logged_at_startup(caplog: Any) -> None:
     await app.shutdown()
     [warning] = [r.getMessage() for r in caplog.records if "on_error" in r.getMessage()]
     assert "challenges.hcaptcha.on_error: 'open'" in warning and "pow or closed" in warning
+
+
+@pytest.mark.parametrize(
+    ("peer", "status"),
+    [
+        ("10.0.0.1", 200),  # the policy's proxy: X-Forwarded-Host is the host the client reached
+        ("203.0.113.9", 403),  # anyone else: the header is the client's own words, not believed
+    ],
+)
+async def test_behind_a_proxy_the_host_reached_is_the_forwarded_one(
+    tmp_path: Path,
+    clock: FakeClock,
+    siteverify: tuple[Siteverify, str],
+    peer: str,
+    status: int,
+) -> None:
+    """A proxy that sends the app its internal name in Host (nginx's default proxy_set_header
+    Host $proxy_host) says the public one in X-Forwarded-Host: without hostnames in the policy,
+    the token must have been solved on that one, or nobody behind the proxy ever passes."""
+    _, url = siteverify
+    app = build(tmp_path, clock, hcaptcha_policy(url))
+    forwarded = {
+        "host": "app.internal:8000",
+        "x-forwarded-host": "testserver",
+        "x-forwarded-for": "203.0.113.7",
+    }
+    async with client(app, peer=peer) as http:
+        http.headers.update(forwarded)
+        await warm_up(http, clock)
+        challenged = await http.post("/v1/chat/completions", json=chat(9), headers=HEADERS)
+        form = {"challenge_id": challenged.json()["challenge"]["id"], "h-captcha-response": "pass"}
+        verified = await http.post(VERIFY, json=form, headers=HEADERS)
+    await app.shutdown()
+    assert verified.status_code == status, verified.json()
+    if status == 403:
+        assert "'testserver' is not 'app.internal'" in verified.json()["detail"]

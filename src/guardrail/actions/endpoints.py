@@ -117,6 +117,12 @@ class ChallengeDesk:
         proxied = self.g.identity.peer_trusted(scope)
         return origin_of(scope, proxied=proxied, header=self.g.policy.identity.client_ip.header)
 
+    def _hostname(self, scope: Scope) -> str:
+        """The host the client reached, without its port: where a captcha token must have been
+        solved. Behind a proxy that sends the app an internal name, the forwarded one."""
+        origin = self._origin(scope)
+        return origin.hostname if origin is not None else ""
+
     def _site(self, origin: Origin | None) -> str | None:
         """The name the challenge page gives the site: the policy's, else the host reached."""
         named = self.g.policy.challenges.site_name
@@ -218,7 +224,7 @@ class ChallengeDesk:
                 scope=scope,
                 now=now,
                 siteverify=self.g.siteverify,
-                host=_host(scope),
+                host=self._hostname(scope),
             )
         except verify.ChallengeUnknown as exc:
             await send_problem(
@@ -368,12 +374,3 @@ def _clearance(scope: Scope) -> str | None:
     parsed = cookie_parser(cookies)
     return parsed.get("__Host-" + verify.COOKIE) or parsed.get(verify.COOKIE)
 
-
-def _host(scope: Scope) -> str:
-    """The host the client asked for (the Host header, without its port)."""
-    for name, value in scope.get("headers") or ():
-        if name == b"host":
-            host: str = value.decode("latin-1")
-            return host if host.endswith("]") else host.rsplit(":", 1)[0]
-    server = scope.get("server")
-    return str(server[0]) if server else ""
