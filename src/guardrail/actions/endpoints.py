@@ -373,4 +373,3 @@ def _clearance(scope: Scope) -> str | None:
         return None
     parsed = cookie_parser(cookies)
     return parsed.get("__Host-" + verify.COOKIE) or parsed.get(verify.COOKIE)
-
