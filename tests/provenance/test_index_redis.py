@@ -296,6 +296,38 @@ async def test_a_cluster_holds_the_index_one_key_a_command(
     await storage.close()
 
 
+@pytest.mark.parametrize("kind", ["cluster", "sentinel"])
+async def test_the_process_end_writes_through_a_cluster_or_a_sentinel(
+    tmp_path: Path, clock, kind: str, redis_cluster: Cluster, redis_server: Server
+):
+    """The blocking client at the process's end is built from the storage's own URI: a
+    cluster's (keys on several masters) or a sentinel's master."""
+    from guardrail.backends.redis import RedisStorage
+    from guardrail.provenance.index_redis import writer_for
+
+    from redis_servers import SentinelServer
+
+    sentinel = None
+    if kind == "sentinel":
+        sentinel = SentinelServer(tmp_path / "sentinel", redis_server.port)
+    uri = sentinel.url if sentinel is not None else redis_cluster.url
+    redis_cluster.reset()
+    scratch = aioredis.from_url(redis_server.url)
+    await scratch.flushall()
+    await scratch.aclose()
+    storage = RedisStorage(uri + "?timeout=5")
+    try:
+        w = writer_for(storage, Sketcher(), 1000, 86400.0, clock)
+        for n, text in enumerate(TEXTS[:30]):  # 30 hours: keys on every master of the cluster
+            assert w.add(f"a:{n % 3}", text, clock() + n * HOUR)
+        assert w.flush_blocking(clock())
+        assert (await read_index(uri)).subjects_entries() == {"a:0": 10, "a:1": 10, "a:2": 10}
+    finally:
+        await storage.close()
+        if sentinel is not None:
+            sentinel.stop()
+
+
 def completion(text: str) -> bytes:
     return json.dumps({"choices": [{"message": {"content": text}}]}).encode()
 
@@ -329,19 +361,71 @@ async def test_the_recorder_flushes_once_enough_wait_and_at_shutdown(
     await store.client.aclose()
 
 
-async def test_an_open_breaker_is_not_asked_and_an_exit_without_lifespan_is_said(
-    clock, redis_url: str, caplog
+async def test_an_open_breaker_is_not_asked_but_the_process_end_writes_what_waits(
+    clock, redis_url: str
 ):
-    from guardrail.provenance.recorder import Recorder
+    """Without lifespan nothing closes the recorder: the process's end (guardrail.audit.at_exit)
+    sketches the queue and appends everything with a blocking client, the breaker's say
+    notwithstanding (it is the last chance, as the shutdown's flush is)."""
+    from guardrail.backends.redis import connect_sync
+    from guardrail.backends.uri import parse_uri
 
-    store = writer(redis_url, clock, is_open=lambda: True)
+    store = writer(
+        redis_url, clock, is_open=lambda: True, blocking=lambda: connect_sync(parse_uri(redis_url))
+    )
     store.add("a:alice", TEXTS[0], clock())
     assert not await store.flush(clock())
     assert (store.pending, store.failures) == (1, 0)  # kept, and Redis never asked
     redis = aioredis.from_url(redis_url)
     assert await redis.keys("*") == []
     await redis.aclose()
-    rec = Recorder(
+    rec = recorder(store, clock)
+    rec.offer("a:bob", completion(TEXTS[1]), clock())
+    rec.exit_sync()
+    rec.exit_sync()  # once
+    assert store.pending == 0 and store.flushed == 2
+    index = await read_index(redis_url)
+    assert index.subjects_entries() == {"a:alice": 1, "a:bob": 1}
+    assert index.entry(1)[2] == store.sketcher.sketch(TEXTS[1])
+    await store.client.aclose()
+
+
+async def test_a_redis_down_at_the_process_end_says_what_is_lost(clock, caplog):
+    from guardrail.backends.redis import connect_sync
+    from guardrail.backends.uri import mask_uri, parse_uri
+
+    dead = f"redis://:hunter2@127.0.0.1:{free_port()}/0?timeout=0.2"
+    # as writer_for makes it: shown by the storage's masked URI
+    store = writer(mask_uri(dead), clock, blocking=lambda: connect_sync(parse_uri(dead)))
+    rec = recorder(store, clock)
+    for text in TEXTS[:3]:
+        rec.offer("a:carol", completion(text), clock())
+    with caplog.at_level(logging.WARNING, logger="guardrail"):
+        rec.exit_sync()
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "could not be written to Redis" in message and "3 entries are lost" in message
+    assert "ConnectionError" in message and "hunter2" not in message
+    await store.client.aclose()
+
+
+async def test_without_lifespan_served_outputs_reach_redis_as_the_process_ends(
+    tmp_path: Path, clock, redis_url: str
+):
+    app = build(tmp_path, clock, REDIS_POLICY, storage=redis_url, app=model_app())
+    async with client(app) as http:  # no lifespan: started by the first request
+        await serve_all(http, [("alice", OTHERS[0])])
+    await app.recorder.settled()
+    assert app.recorder.store.pending == OTHERS[0].responses  # sketched, not yet in Redis
+    app.audit.exit_sync()  # what the process's end does (guardrail.audit.at_exit)
+    index = await read_index(redis_url)
+    assert index.subjects_entries() == {"a:alice": OTHERS[0].responses}
+    await app.shutdown()  # the test's: its Redis connections are closed, not left to the GC
+
+
+def recorder(store: RedisIndexWriter, clock):
+    from guardrail.provenance.recorder import Recorder
+
+    return Recorder(
         "unused",
         capacity=1,
         retention=1.0,
@@ -350,12 +434,6 @@ async def test_an_open_breaker_is_not_asked_and_an_exit_without_lifespan_is_said
         clock=clock,
         store=store,
     )
-    rec.offer("a:bob", completion(TEXTS[1]), clock())
-    with caplog.at_level(logging.WARNING, logger="guardrail"):
-        rec.exit_sync()
-    (message,) = [r.getMessage() for r in caplog.records]
-    assert "1 entries not yet written to Redis" in message and "1 outputs not yet" in message
-    await store.client.aclose()
 
 
 async def test_through_a_redis_outage_requests_are_served_and_entries_wait(

@@ -24,10 +24,13 @@ import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 import redis.asyncio as aioredis
+import redis.cluster
+import redis.retry
+import redis.sentinel
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
@@ -62,24 +65,50 @@ PROBE_SEARCH = 4096
 
 def connect(target: RedisTarget) -> tuple[lua.Client, list[aioredis.Redis]]:
     """Build the client (no I/O yet); also returns extra clients to close (sentinels)."""
+    client, extra = _connect(target, _ASYNC)
+    return client, extra
+
+
+def connect_sync(target: RedisTarget) -> tuple[Any, list[Any]]:
+    """``connect``'s blocking twin, for where no event loop runs (the process's end)."""
+    return _connect(target, _SYNC)
+
+
+class _Classes(NamedTuple):
+    from_url: Any
+    cluster: Any
+    node: Any
+    sentinel: Any
+    retry: Any
+
+
+_ASYNC = _Classes(aioredis.from_url, RedisCluster, ClusterNode, Sentinel, Retry)
+_SYNC = _Classes(
+    redis.Redis.from_url,
+    redis.cluster.RedisCluster,
+    redis.cluster.ClusterNode,
+    redis.sentinel.Sentinel,
+    redis.retry.Retry,
+)
+
+
+def _connect(target: RedisTarget, classes: _Classes) -> tuple[Any, list[Any]]:
     options: dict[str, Any] = {
         "socket_timeout": target.timeout,
         "socket_connect_timeout": target.timeout,
-        "retry": Retry(NoBackoff(), 0),
+        "retry": classes.retry(NoBackoff(), 0),
         "max_connections": target.max_connections,
     }
     if target.scheme in ("redis", "rediss"):
-        return aioredis.from_url(target.url, **options), []
+        return classes.from_url(target.url, **options), []
     options["username"] = target.username
     options["password"] = target.password
     if target.scheme == "redis+cluster":
-        nodes = [ClusterNode(host, port) for host, port in target.hosts]
+        nodes = [classes.node(host, port) for host, port in target.hosts]
         # per node; a request spanning several slots holds one connection per slot
         options["max_connections"] = target.max_connections * CLUSTER_CONNECTIONS_PER_CHARGE
-        return RedisCluster(startup_nodes=nodes, **options), []
-    sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
-        list(target.hosts), sentinel_kwargs=dict(options), **options
-    )
+        return classes.cluster(startup_nodes=nodes, **options), []
+    sentinel = classes.sentinel(list(target.hosts), sentinel_kwargs=dict(options), **options)
     return sentinel.master_for(target.service), list(sentinel.sentinels)
 
 
@@ -124,7 +153,7 @@ class RedisStorage:
 
     def __init__(self, uri: str) -> None:
         self.uri = mask_uri(uri)  # only ever shown masked
-        target = parse_uri(uri)
+        target = self._target = parse_uri(uri)
         self.prefix = target.prefix
         self.timeout = target.timeout
         # redis-py's pools raise "Too many connections" when exhausted rather than wait:
@@ -143,6 +172,11 @@ class RedisStorage:
             else multiplexed(self.client, target.timeout)
         )
         self.charger: lua.Caller = self.fast or self.client
+
+    def blocking_client(self) -> tuple[Any, list[Any]]:
+        """A blocking client of the same server(s) and the extra ones to close, for the
+        process's end, when no event loop runs the others."""
+        return connect_sync(self._target)
 
     async def start(self) -> None:
         """Check the server answers and preload the scripts."""

@@ -129,6 +129,7 @@ class RedisIndexWriter:
         is_open: Callable[[], bool] = lambda: False,
         pending_max: int = PENDING_MAX,
         flush_at: int = FLUSH_AT,
+        blocking: Callable[[], tuple[Any, list[Any]]] | None = None,
     ) -> None:
         if capacity < 1 or retention <= 0:
             raise ProvenanceError("an index needs a capacity >= 1 and a retention > 0")
@@ -143,6 +144,7 @@ class RedisIndexWriter:
         self._gate = gate if gate is not None else asyncio.Semaphore(1)
         self._gate_wait = gate_wait
         self._is_open = is_open  # the storage's breaker: no flush tried while it is open
+        self._blocking = blocking  # a blocking client and its extras, for the process's end
         self.pending_max = pending_max
         self.flush_at = flush_at
         self._pending: dict[int, bytearray] = {}  # hour -> entries
@@ -237,7 +239,13 @@ class RedisIndexWriter:
         """Send the pending entries; the sizes after, or None when nothing was sent."""
         if not self._pending and self._announced:
             return None
-        keys, pipe = self.keys, self.client.pipeline(transaction=False)
+        pipe = self.client.pipeline(transaction=False)
+        self._queue_append(pipe, now)
+        return self._appended(await pipe.execute())
+
+    def _queue_append(self, pipe: Any, now: float) -> None:
+        """The commands of an append, on a pipeline of either client (they queue alike)."""
+        keys = self.keys
         # The first flush points prov:current at this index; later ones only restore it (a
         # Redis restarted empty): workers of two keys do not flip it to and fro.
         if self._announced:
@@ -245,7 +253,7 @@ class RedisIndexWriter:
         else:  # the header it replaces, to say so (SET … GET: Redis 6.2)
             pipe.set(keys.current, self.head, get=True)
         for day, names in self._names.items():  # before the entries that need them
-            pipe.hset(keys.names(day), mapping=names)  # type: ignore[arg-type]
+            pipe.hset(keys.names(day), mapping=names)
             pipe.expire(keys.names(day), self._ttl(day * DAY + DAY, now))
         self._grown.update(self._pending)
         for hour, entries in self._pending.items():
@@ -254,7 +262,9 @@ class RedisIndexWriter:
             pipe.hincrby(keys.sizes, str(hour), len(entries) // RECORD)
         pipe.expire(keys.sizes, int(self.retention) + 2 * HOUR)
         pipe.hgetall(keys.sizes)
-        replies = await pipe.execute()
+
+    def _appended(self, replies: list[Any]) -> dict[int, int]:
+        """What an append's ``replies`` say: said if another index was current; the sizes."""
         if not self._announced:
             self._announced = True
             before = replies[0]
@@ -271,6 +281,36 @@ class RedisIndexWriter:
         self._names.clear()
         self.pending = 0
         return {int(hour): int(count) for hour, count in replies[-1].items()}
+
+    def flush_blocking(self, now: float) -> bool:
+        """The process is ending with no event loop to run ``flush`` (no lifespan): append
+        what waits with a blocking client, once; the bounds are left to the next worker's
+        flush. False when there was no client to make, or Redis failed (said)."""
+        if not self.pending or self._blocking is None:
+            return not self.pending
+        client: Any = None
+        extra: list[Any] = []
+        try:
+            client, extra = self._blocking()
+            with client.pipeline(transaction=False) as pipe:
+                self._queue_append(pipe, now)
+                self._appended(pipe.execute())
+        except Exception as exc:
+            failure = exc if isinstance(exc, StorageError) else client_error(exc)
+            logger.warning(
+                "guardrail: provenance: the process ends and the index could not be written to "
+                "Redis (%s): %s: %s; %d entries are lost",
+                self.uri,
+                type(failure).__name__,
+                failure,
+                self.pending,
+            )
+            return False
+        finally:
+            for opened in (client, *extra):
+                if opened is not None:
+                    opened.close()
+        return True
 
     def _ttl(self, end: float, now: float) -> int:
         """Seconds until entries up to ``end`` are past retention, and an hour to spare."""
@@ -323,18 +363,6 @@ class RedisIndexWriter:
             await evalsha(self.client, _TRIM, [self.keys.bucket(hour)], [1 << 40])
             self._grown.discard(hour)
 
-    def lost_at_exit(self, queued: int) -> None:
-        """The process ends with no task to flush (no lifespan): what waits is lost, said."""
-        if self.pending or queued:
-            logger.warning(
-                "guardrail: provenance: the process ends with %d entries not yet written to "
-                "Redis (%s) and %d outputs not yet sketched; run the app with lifespan to "
-                "flush them at shutdown",
-                self.pending,
-                self.uri,
-                queued,
-            )
-
     def _warn(self, kind: str, message: str, *args: Any) -> bool:
         """Log at most once every WARN_EVERY per kind; whether it was logged."""
         now = self.clock()
@@ -371,6 +399,7 @@ def writer_for(
         gate=redis.gate,
         gate_wait=redis.timeout * QUEUE_TIMEOUTS,
         is_open=(lambda: breaker.open) if breaker is not None else (lambda: False),
+        blocking=redis.blocking_client,
     )
 
 

@@ -162,22 +162,17 @@ class Recorder:
         """The process is ending and nothing closed the recorder (no lifespan): sketch what is
         queued and save, synchronously (``guardrail.audit.at_exit`` calls this through the
         middleware). Skipped while the task's own save is being written: that one completes.
-        A Redis store is not written from here (no event loop to run it): its loss is said."""
+        A Redis store is written with a blocking client (no event loop runs its own)."""
         if self.store is not None:
             if not self._closed:
                 self._closed = True
-                self.store.lost_at_exit(self._queue.qsize())
+                self._drain()
+                self.store.flush_blocking(self.clock())
             return
         if self._closed or self._saving or self.path is None:
             return
         self._closed = True
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                break
-            if item is not None:
-                self._add(*item)
+        self._drain()
         self.index.expire(self.clock())
         try:
             self.index.save(self.path)
@@ -190,6 +185,16 @@ class Recorder:
                 self._lock = None
         self.saves += 1
         logger.info("guardrail: provenance: index saved to %s as the process ended", self.path)
+
+    def _drain(self) -> None:
+        """Sketch what is queued, here and now (the process is ending)."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if item is not None:
+                self._add(*item)
 
     async def settled(self) -> None:
         """Wait until every output offered so far is in the index (and saved, if due)."""
