@@ -78,6 +78,31 @@ async def test_a_browser_gets_a_cookie_and_a_relative_redirect(
 
 
 @pytest.mark.parametrize(
+    ("peer", "secure"),
+    [
+        ("10.0.0.1", True),  # the policy's proxy terminated TLS: X-Forwarded-Proto is https
+        ("203.0.113.9", False),  # anyone else saying so is not believed: the scope's http
+    ],
+)
+async def test_behind_a_tls_proxy_the_cookie_is_secure_and_host_only(
+    tmp_path: Path, clock: FakeClock, peer: str, secure: bool
+) -> None:
+    """A proxy that terminates TLS speaks http to the app: the cookie of a site its clients
+    reach over https must still be Secure (and __Host-: no subdomain or plain-http page can set
+    or read it), as the client's scheme, not the proxy's, says."""
+    app = build(tmp_path, clock, policy(4.0, extra=CHALLENGES))
+    async with client(app, peer=peer) as http:
+        http.headers.update({"x-forwarded-proto": "https", "x-forwarded-for": "203.0.113.7"})
+        body = await challenged(http, clock)
+        verified = await http.post(VERIFY, data=answer(body), headers=HEADERS)
+        assert verified.status_code == 303
+        cookie = verified.headers["set-cookie"]
+    await app.shutdown()
+    assert cookie.startswith("__Host-guardrail_clearance=") is secure
+    assert ("; Secure" in cookie) is secure
+
+
+@pytest.mark.parametrize(
     "redirect", ["https://evil.example/", "//evil.example/path", "/\\evil.example", "javascript:x"]
 )
 async def test_a_redirect_off_the_site_is_refused(

@@ -289,7 +289,10 @@ class ChallengeDesk:
         limit = self.g.policy.challenges.clearance.max_requests
         if answer.browser:
             self.g._record(scope, decision, now, 303)
-            secure = scope.get("scheme") == "https"
+            # the client's scheme, not the hop's: behind a proxy that terminates TLS the app
+            # speaks http, and the cookie of an https site must still be Secure and __Host-
+            origin = self._origin(scope)
+            secure = origin is not None and origin.scheme == "https"
             name = ("__Host-" if secure else "") + verify.COOKIE
             cookie = f"{name}={token}; Path=/; Max-Age={int(claims.expires_at - now)}; HttpOnly"
             cookie += "; SameSite=Lax" + ("; Secure" if secure else "")
