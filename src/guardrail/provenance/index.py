@@ -84,12 +84,10 @@ class ProvenanceIndex:
         """Sketch ``text`` served to ``subject`` at ``ts`` and keep it; False when the text is
         too short to sketch. Costs ~35 µs a KB with numpy: call it off the request path."""
         sketch = self.sketcher.sketch(text)
-        if sketch is None:
-            return False
-        self.add_sketch(subject, sketch, ts)
-        return True
+        return sketch is not None and self.add_sketch(subject, sketch, ts)
 
-    def add_sketch(self, subject: str, sketch: bytes, ts: float) -> None:
+    def add_sketch(self, subject: str, sketch: bytes, ts: float) -> bool:
+        """Keep ``sketch``; True (kept), as ``RedisIndexWriter.add_sketch`` says."""
         if len(sketch) != BINS:
             raise ProvenanceError(f"a sketch is {BINS} bytes, not {len(sketch)}")
         number = self._number(subject)
@@ -106,6 +104,7 @@ class ProvenanceIndex:
         self._subjects[slot] = number
         self._times[slot] = int(ts) & 0xFFFFFFFF
         self._count += 1
+        return True
 
     def _grow(self, slots: int) -> None:
         sketches, subjects, times = self._ordered()
