@@ -3,7 +3,7 @@
 The request hands ``(subject, output, time)`` to ``Recorder.offer`` and goes on: a bounded
 queue, which a full one refuses (the newest output is dropped, counted and logged: never
 silently). One task, started with the middleware (lifespan, or the first request), drains
-it: it parses and sketches a few outputs at a time, together (``Sketcher.sketch_many``: ~12
+it: it parses and sketches a few outputs at a time, together (``Sketcher.sketch_many``: ~14
 µs a KB of CPU with numpy, normalisation included, ~15x that without: a warning says so at
 start), yielding to the event loop between batches, and adds them to the index. That task is
 the index's only user (``ProvenanceIndex`` is not thread-safe): while it saves, in a thread
@@ -45,7 +45,7 @@ logger = logging.getLogger("guardrail")
 #: Outputs waiting to be sketched; past this many, the newest are dropped (and counted).
 QUEUE_SIZE = 10_000
 #: Outputs sketched between two yields to the event loop, together (8 outputs of 1 KB:
-#: ~100 µs of CPU).
+#: ~110 µs of CPU).
 BATCH = 8
 #: Seconds between two warnings of dropped outputs.
 WARN_EVERY = 10.0
