@@ -1,6 +1,6 @@
 """Where sketching a served text spends its time, stage by stage, in µs per KB of text.
 
-    .venv/bin/python benchmarks/sketch_stages.py [--texts 1000] [--rounds 9]
+    .venv/bin/python benchmarks/sketch_stages.py [--texts 1000] [--rounds 9] [--batches 8,64]
 
 The texts are ``simulate.leaks.never_served`` answers (~1 KB each, the mix the provenance
 benchmark uses). Each stage runs over all the texts in one batch, on its own inputs computed
@@ -13,10 +13,11 @@ stages; the minimum and the median over rounds are printed. Baselines in the sam
 The stages repeat what ``sketch_numpy.Tables.sketch`` does, and the script checks that, put
 together, they give its sketches: if it changes, change them with it. ``Sketcher.sketch_many``
 (normalisation included, like the whole ``Sketcher.sketch``) is timed on batches of the
-recorder's ``BATCH`` texts and of 64, and checked to give the same sketches. The whole sketch is
-also timed text by text (``perf_counter``), which is how ``benchmarks/provenance.py`` reports
-it: the median over texts of each text's µs per KB, with the version-1 sketch's in the same
-loop (the texts alternate between them) and the ratio of the two.
+recorder's ``BATCH`` texts and of 64 (``--batches``), and checked to give the same sketches.
+The whole sketch is also timed text by text (``perf_counter``), which is how
+``benchmarks/provenance.py`` reports it: the median over texts of each text's µs per KB, with
+the version-1 sketch's in the same loop (the texts alternate between them) and the ratio of
+the two.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--seed", type=int, default=8)
+    parser.add_argument("--batches", default=f"{BATCH},64", help="sketch_many's batch sizes")
     args = parser.parse_args()
     sketcher = sk.Sketcher(b"benchmark key")
     tables = sn.Tables(sketcher)
@@ -102,7 +104,8 @@ def main() -> None:
         raise SystemExit("the stages no longer add up to sketch_numpy.Tables.sketch: update them")
     tokens = [words(t) for t in texts]
     batches = {
-        size: [texts[i : i + size] for i in range(0, len(texts), size)] for size in (BATCH, 64)
+        size: [texts[i : i + size] for i in range(0, len(texts), size)]
+        for size in map(int, args.batches.split(","))
     }
     for size, inputs in batches.items():
         if [s for batch in inputs for s in sketcher.sketch_many(batch)] != list(
@@ -120,8 +123,10 @@ def main() -> None:
         ("sort", ordered, mixed),
         ("bins: search, offsets, bytes", bins, sorted_),
         ("whole Sketcher.sketch", sketcher.sketch, texts),
-        (f"sketch_many, batches of {BATCH}", sketcher.sketch_many, batches[BATCH]),
-        ("sketch_many, batches of 64", sketcher.sketch_many, batches[64]),
+        *(
+            (f"sketch_many, batches of {size}", sketcher.sketch_many, inputs)
+            for size, inputs in batches.items()
+        ),
         ("version-1 sketch (baseline)", v1.sketch, texts),
         ("sketch_reference (no numpy)", sketcher.sketch_reference, texts[: len(texts) // 4]),
     ]
