@@ -44,8 +44,11 @@ def build(args: argparse.Namespace, accounts: list[leaks.LeakAccount]) -> Proven
     started = time.perf_counter()
     for n, account in enumerate(accounts):
         rng = random.Random(f"times:{account.subject}")
-        for text in leaks.outputs(args.seed, account):
-            index.add(account.subject, text, EPOCH + rng.uniform(0, DAYS * 86400))
+        sketches = index.sketcher.sketch_many(list(leaks.outputs(args.seed, account)))
+        for sketch in sketches:
+            at = EPOCH + rng.uniform(0, DAYS * 86400)  # drawn for every output, as it was
+            if sketch is not None:
+                index.add_sketch(account.subject, sketch, at)
         if n % 1000 == 0:
             print(f"  built {n}/{len(accounts)} accounts, {len(index)} entries", flush=True)
     print(f"index: {len(index)} entries built in {time.perf_counter() - started:.0f} s")

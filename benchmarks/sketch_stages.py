@@ -1,6 +1,6 @@
 """Where sketching a served text spends its time, stage by stage, in µs per KB of text.
 
-    .venv/bin/python benchmarks/sketch_stages.py [--texts 1000] [--rounds 9]
+    .venv/bin/python benchmarks/sketch_stages.py [--texts 1000] [--rounds 9] [--batches 8,64]
 
 The texts are ``simulate.leaks.never_served`` answers (~1 KB each, the mix the provenance
 benchmark uses). Each stage runs over all the texts in one batch, on its own inputs computed
@@ -11,10 +11,13 @@ stages; the minimum and the median over rounds are printed. Baselines in the sam
 ``_sketch_v1``) and ``sketch_reference`` (the pure-Python fallback).
 
 The stages repeat what ``sketch_numpy.Tables.sketch`` does, and the script checks that, put
-together, they give its sketches: if it changes, change them with it. The whole sketch is
-also timed text by text (``perf_counter``), which is how ``benchmarks/provenance.py`` reports
-it: the median over texts of each text's µs per KB, with the version-1 sketch's in the same
-loop (the texts alternate between them) and the ratio of the two.
+together, they give its sketches: if it changes, change them with it. ``Sketcher.sketch_many``
+(normalisation included, like the whole ``Sketcher.sketch``) is timed on batches of the
+recorder's ``BATCH`` texts and of 64 (``--batches``), and checked to give the same sketches.
+The whole sketch is also timed text by text (``perf_counter``), which is how
+``benchmarks/provenance.py`` reports it: the median over texts of each text's µs per KB, with
+the version-1 sketch's in the same loop (the texts alternate between them) and the ratio of
+the two.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from _sketch_v1 import SketcherV1
 from guardrail.provenance import sketch as sk
 from guardrail.provenance import sketch_numpy as sn
 from guardrail.provenance.normalize import normalized, words
+from guardrail.provenance.recorder import BATCH
 from guardrail.simulate import leaks
 
 
@@ -39,6 +43,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--seed", type=int, default=8)
+    parser.add_argument("--batches", default=f"{BATCH},64", help="sketch_many's batch sizes")
     args = parser.parse_args()
     sketcher = sk.Sketcher(b"benchmark key")
     tables = sn.Tables(sketcher)
@@ -98,6 +103,15 @@ def main() -> None:
     if mine != theirs:
         raise SystemExit("the stages no longer add up to sketch_numpy.Tables.sketch: update them")
     tokens = [words(t) for t in texts]
+    batches = {
+        size: [texts[i : i + size] for i in range(0, len(texts), size)]
+        for size in map(int, args.batches.split(","))
+    }
+    for size, inputs in batches.items():
+        if [s for batch in inputs for s in sketcher.sketch_many(batch)] != list(
+            map(sketcher.sketch, texts)
+        ):
+            raise SystemExit(f"sketch_many in batches of {size} differs from sketch")
 
     stages: list[tuple[str, Callable[[Any], object], Sequence[Any]]] = [
         ("map(len) over the words", lambda ws: list(map(len, ws)), tokens),
@@ -109,16 +123,23 @@ def main() -> None:
         ("sort", ordered, mixed),
         ("bins: search, offsets, bytes", bins, sorted_),
         ("whole Sketcher.sketch", sketcher.sketch, texts),
+        *(
+            (f"sketch_many, batches of {size}", sketcher.sketch_many, inputs)
+            for size, inputs in batches.items()
+        ),
         ("version-1 sketch (baseline)", v1.sketch, texts),
         ("sketch_reference (no numpy)", sketcher.sketch_reference, texts[: len(texts) // 4]),
     ]
     timings: dict[str, list[float]] = {name: [] for name, _, _ in stages}
+    # texts per stage (the reference runs on a quarter of them, in batches or not)
+    counts = {name: len(inputs) for name, _, inputs in stages}
+    counts |= {name: len(texts) for name, stage, _ in stages if stage == sketcher.sketch_many}
     for _ in range(args.rounds):
         for name, stage, inputs in stages:
             start = time.thread_time_ns()
             for item in inputs:
                 stage(item)
-            share = kb * len(inputs) / len(texts)  # the reference runs on a quarter
+            share = kb * counts[name] / len(texts)
             timings[name].append((time.thread_time_ns() - start) / 1000 / share)
     print(f"{len(texts)} texts, {kb:.0f} KB, median {statistics.median(map(len, texts))} chars")
     print(f"{'stage':30s} {'min':>7s} {'median':>7s}  µs/KB (thread CPU time, batch)")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from guardrail.provenance import sketch as sketch_module
 from guardrail.provenance.index import ProvenanceIndex
+from guardrail.provenance.normalize import normalized
 from guardrail.provenance.recorder import Recorder
 from guardrail.provenance.sketch import Sketcher
 from guardrail.simulate import leaks
@@ -40,6 +41,40 @@ async def test_outputs_are_sketched_and_saved_at_shutdown(tmp_path: Path, clock)
     assert len(saved) == 22 == rec.added
     assert saved.subjects_entries() == {"a:alice": 10, "a:bob": 10, "a:carol": 2}
     assert rec.saves == 1 and not (tmp_path / "prov-0.grprov.tmp").exists()
+
+
+async def test_outputs_sketched_together_keep_their_own_sketches(tmp_path: Path, clock):
+    rec = recorder(tmp_path, clock)
+    await rec.start()
+    for i, text in enumerate(TEXTS[:30]):  # queued before the task runs: drained BATCH at a time
+        rec.offer(f"a:{i}", completion(text), clock() + i)
+    await rec.settled()
+    sketcher = Sketcher()
+    expected = [(f"a:{i}", int(clock()) + i, sketcher.sketch(t)) for i, t in enumerate(TEXTS[:30])]
+    assert [rec.index.entry(slot) for slot in range(30)] == expected
+    await rec.close()
+
+
+async def test_an_output_that_cannot_be_sketched_costs_only_itself(
+    tmp_path: Path, clock, caplog, monkeypatch
+):
+    def failing(text: str) -> bytes:  # a fault in normalisation, for one text only
+        if text == "odd one out " * 10:
+            raise ValueError("odd")
+        return normalized(text)
+
+    monkeypatch.setattr(sketch_module, "normalized", failing)
+    rec = recorder(tmp_path, clock)
+    await rec.start()
+    for text in [*TEXTS[:3], "odd one out " * 10, *TEXTS[3:6]]:
+        rec.offer("a:alice", completion(text), clock())
+    with caplog.at_level(logging.ERROR, logger="guardrail"):
+        await rec.settled()
+    assert rec.added == 6
+    assert [r.getMessage() for r in caplog.records] == [
+        "guardrail: provenance: an output could not be sketched"
+    ]
+    await rec.close()
 
 
 async def test_a_save_comes_every_save_every_with_expired_entries_dropped(tmp_path: Path, clock):

@@ -106,7 +106,7 @@ def attribute(
 ) -> Attribution:
     """``columns``: ``index.columns()``, when trying several suspect sets on one index."""
     texts = list(suspects)
-    sketches = [s for s in map(index.sketcher.sketch, texts) if s is not None]
+    sketches = [s for s in index.sketcher.sketch_many(texts) if s is not None]
     return attribute_sketches(
         index, sketches, len(texts), min_bins=min_bins, min_texts=min_texts, columns=columns
     )

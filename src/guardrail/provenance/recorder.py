@@ -3,13 +3,13 @@
 The request hands ``(subject, output, time)`` to ``Recorder.offer`` and goes on: a bounded
 queue, which a full one refuses (the newest output is dropped, counted and logged: never
 silently). One task, started with the middleware (lifespan, or the first request), drains
-it: it parses and sketches a few outputs at a time (~35 µs a KB of CPU with numpy, ~7x
-that without: a warning says so at start), yielding to the event loop between batches, and
-adds them to the index. That task is the index's only user
-(``ProvenanceIndex`` is not thread-safe): while it saves, in a thread (``asyncio.to_thread``:
-the file write must not block the loop), nothing else touches the index, and the queue
-takes what arrives meanwhile. It saves every ``save_every`` (expired entries dropped first)
-and at shutdown, atomically (a temporary file, then a rename).
+it: it parses and sketches a few outputs at a time, together (``Sketcher.sketch_many``: ~14
+µs a KB of CPU with numpy, normalisation included, ~15x that without: a warning says so at
+start), yielding to the event loop between batches, and adds them to the index. That task is
+the index's only user (``ProvenanceIndex`` is not thread-safe): while it saves, in a thread
+(``asyncio.to_thread``: the file write must not block the loop), nothing else touches the
+index, and the queue takes what arrives meanwhile. It saves every ``save_every`` (expired
+entries dropped first) and at shutdown, atomically (a temporary file, then a rename).
 
 Each worker process saves a file of its own: ``{worker}`` in ``provenance.path`` becomes the
 first slot number whose lock file (``<file>.lock``, ``flock``) no other process holds, so
@@ -44,7 +44,8 @@ logger = logging.getLogger("guardrail")
 
 #: Outputs waiting to be sketched; past this many, the newest are dropped (and counted).
 QUEUE_SIZE = 10_000
-#: Outputs sketched between two yields to the event loop (a 1 KB output: ~35 µs).
+#: Outputs sketched between two yields to the event loop, together (8 outputs of 1 KB:
+#: ~110 µs of CPU).
 BATCH = 8
 #: Seconds between two warnings of dropped outputs.
 WARN_EVERY = 10.0
@@ -188,13 +189,15 @@ class Recorder:
 
     def _drain(self) -> None:
         """Sketch what is queued, here and now (the process is ending)."""
+        queued: list[_Item] = []
         while True:
             try:
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 break
             if item is not None:
-                self._add(*item)
+                queued.append(item)
+        self._add(queued)
 
     async def settled(self) -> None:
         """Wait until every output offered so far is in the index (and saved, if due)."""
@@ -226,9 +229,8 @@ class Recorder:
                     stop = True
                 else:
                     batch.append(item)
-            for subject, output, ts in batch:
-                self._add(subject, output, ts)
             if batch:
+                self._add(batch)
                 await asyncio.sleep(0)  # the requests waiting on the loop go first
             now = self.clock()
             if stop or now >= self._due or (self.store is not None and self.store.due(now)):
@@ -237,15 +239,25 @@ class Recorder:
             for _ in range(len(batch) + stop):
                 queue.task_done()
 
-    def _add(self, subject: str, output: bytes | list[str], ts: float) -> None:
+    def _add(self, items: list[_Item]) -> None:
+        """Sketch the items' texts together (``Sketcher.sketch_many``: ~2x less CPU a KB than
+        one by one) and keep their sketches."""
         target = self.store if self.store is not None else self.index
+        entries: list[tuple[str, str, float]] = []
+        for subject, output, ts in items:
+            try:
+                entries += [(subject, text, ts) for text in texts(output)]
+            except Exception:  # one odd output must not stop the recorder
+                logger.exception("guardrail: provenance: an output could not be read")
+        sketcher = target.sketcher
         try:
-            for text in texts(output):
-                if target.add(subject, text, ts):
-                    self.added += 1
-                    self._dirty = True
-        except Exception:  # one odd output must not stop the recorder
-            logger.exception("guardrail: provenance: an output could not be sketched")
+            sketches = sketcher.sketch_many([text for _, text, _ in entries])
+        except Exception:  # nor cost the others theirs: text by text, the odd one logged
+            sketches = [_sketch(sketcher, text) for _, text, _ in entries]
+        for (subject, _, ts), sketch in zip(entries, sketches, strict=True):
+            if sketch is not None and target.add_sketch(subject, sketch, ts):
+                self.added += 1
+                self._dirty = True
 
     async def _save(self, now: float, *, last: bool = False) -> None:
         if self.store is not None:
@@ -318,3 +330,11 @@ class Recorder:
         kept = path.with_name(f"{path.name}.{int(os.stat(path).st_mtime)}.old")
         path.replace(kept)
         return kept
+
+
+def _sketch(sketcher: Sketcher, text: str) -> bytes | None:
+    try:
+        return sketcher.sketch(text)
+    except Exception:
+        logger.exception("guardrail: provenance: an output could not be sketched")
+        return None
