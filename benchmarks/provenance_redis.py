@@ -28,6 +28,7 @@ from guardrail.provenance.index import ProvenanceIndex
 from guardrail.provenance.index_redis import (
     FLUSH_AT,
     RECORD,
+    WEEK,
     Keys,
     RedisIndexWriter,
     header,
@@ -113,13 +114,13 @@ async def main() -> None:
     sizes = {int(h): int(c) for h, c in (await client.hgetall(keys.sizes)).items()}
     hour = sorted(sizes)[len(sizes) // 2]
     bucket = int(await client.memory_usage(keys.bucket(hour), samples=0) or 0)
-    day = hour * 3600 // 86400
-    names = int(await client.memory_usage(keys.names(day), samples=0) or 0)
-    that_day = sum(count for h, count in sizes.items() if h * 3600 // 86400 == day)
+    week = hour * 3600 // WEEK
+    names = int(await client.memory_usage(keys.names(week), samples=0) or 0)
+    that_week = sum(count for h, count in sizes.items() if h * 3600 // WEEK == week)
     print(
         f"bytes/entry: a bucket {bucket / sizes[hour]:.1f} ({sizes[hour]} entries, {RECORD} by "
-        f"layout), its day's names hash {names / that_day:.1f} more a day's entry; the server's "
-        "used_memory "
+        f"layout), its week's names hash {names / that_week:.1f} more a week's entry; the "
+        "server's used_memory "
         f"{used / args.entries:.1f} per entry over {len(sizes)} buckets"
     )
 

@@ -19,6 +19,7 @@ from guardrail.provenance.index import VERSION, ProvenanceIndex
 from guardrail.provenance.index_redis import (
     HOUR,
     RECORD,
+    WEEK,
     Keys,
     RedisIndexWriter,
     header,
@@ -133,7 +134,7 @@ async def test_retention_drops_old_buckets_on_the_injected_clock(clock, redis_ur
     w = writer(redis_url, clock, retention=2 * HOUR)
     w.add("a:old", TEXTS[0], clock())
     assert await w.flush(clock())
-    clock.advance(30 * HOUR)  # the first hour (and its day) is now wholly past retention
+    clock.advance(8 * 24 * HOUR)  # the first hour (and its week) is now wholly past retention
     w.add("a:new", TEXTS[1], clock())
     assert await w.flush(clock())
     assert (await read_index(redis_url)).subjects_entries() == {"a:new": 1}
@@ -141,8 +142,9 @@ async def test_retention_drops_old_buckets_on_the_injected_clock(clock, redis_ur
     redis = aioredis.from_url(redis_url)
     hour = int(clock()) // HOUR
     keys = Keys("gr:", header(w.sketcher.params))
-    assert sorted(await redis.keys("gr:prov:*")) == sorted(  # the old day's names gone too
-        k.encode() for k in (keys.current, keys.sizes, keys.bucket(hour), keys.names(hour // 24))
+    week = hour * HOUR // WEEK
+    assert sorted(await redis.keys("gr:prov:*")) == sorted(  # the old week's names gone too
+        k.encode() for k in (keys.current, keys.sizes, keys.bucket(hour), keys.names(week))
     )
     await redis.aclose()
     await w.client.aclose()

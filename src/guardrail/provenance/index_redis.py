@@ -10,16 +10,17 @@ Keys, under the storage's prefix (``gr:`` by default)::
     prov:current              header of the index being written: "GRPROV\\r\\n", version u16,
                               bins u16, sketch parameters (16 bytes)
     prov:<tag>:<hour>         entries, APPENDed: sketch (bins), time u32, subject id (8 bytes)
-    prov:<tag>:d<day>:names   hash: subject id -> subject name, for that day's entries
+    prov:<tag>:w<week>:names  hash: subject id -> subject name, for that week's entries
     prov:<tag>:sizes          hash: hour -> entries appended (the registry: no SCAN)
 
 ``<tag>`` is derived from the header: a worker sketching under another key or version writes
 an index of its own and points ``prov:current`` at it; the previous one is set aside (no
 worker appends to it, it expires), as a file of another key is. A subject id is 8 bytes of
 its name's hash: workers share no counter, and 60 bytes an entry stay under the 64 a record
-may take. Names are kept per day, not per hour: a subject seen every hour costs one field a
-day, and an hour's entries (often more than 128 subjects) would make a hash table of every
-hourly hash (~85 bytes a field; measured, benchmarks/provenance_redis.py). Every command
+may take. Names are kept per week, not per hour or day: a field costs ~85 bytes in a hash of
+more than 128 (measured, benchmarks/provenance_redis.py), as much as an entry, and a subject
+that asks a few times a day would pay it again every hour or every day; a week's hash is
+deleted with the last bucket of that week. Every command
 touches one key, so on a Redis Cluster they spread over the nodes.
 
 Bounds, enforced by each worker after its flush on what ``sizes`` says: buckets whose every
@@ -62,6 +63,7 @@ logger = logging.getLogger("guardrail")
 RECORD = BINS + 4 + 8
 HOUR = 3600
 DAY = 24 * HOUR
+WEEK = 7 * DAY
 #: Entries a flush sends at most: a pipeline of ~250 KB, well within a socket timeout.
 FLUSH_AT = 4096
 #: Entries kept for the next flush while Redis fails (100,000: 6 MB); past it, dropped.
@@ -102,8 +104,8 @@ class Keys:
     def bucket(self, hour: int) -> str:
         return f"{self._base}{hour}"
 
-    def names(self, day: int) -> str:
-        return f"{self._base}d{day}:names"
+    def names(self, week: int) -> str:
+        return f"{self._base}w{week}:names"
 
 
 def subject_id(subject: str) -> bytes:
@@ -148,7 +150,7 @@ class RedisIndexWriter:
         self.pending_max = pending_max
         self.flush_at = flush_at
         self._pending: dict[int, bytearray] = {}  # hour -> entries
-        self._names: dict[int, dict[bytes, str]] = {}  # day -> the names its entries need
+        self._names: dict[int, dict[bytes, str]] = {}  # week -> the names its entries need
         self.pending = 0
         """Entries waiting for a flush."""
         self.flushed = 0
@@ -194,9 +196,9 @@ class RedisIndexWriter:
         if entries is None:
             entries = self._pending[when // HOUR] = bytearray()
         entries += _ENTRY.pack(sketch, when & 0xFFFFFFFF, ident)
-        names = self._names.get(when // DAY)
+        names = self._names.get(when // WEEK)
         if names is None:
-            names = self._names[when // DAY] = {}
+            names = self._names[when // WEEK] = {}
         names[ident] = subject
         self.pending += 1
         return True
@@ -252,9 +254,9 @@ class RedisIndexWriter:
             pipe.set(keys.current, self.head, nx=True)
         else:  # the header it replaces, to say so (SET … GET: Redis 6.2)
             pipe.set(keys.current, self.head, get=True)
-        for day, names in self._names.items():  # before the entries that need them
-            pipe.hset(keys.names(day), mapping=names)
-            pipe.expire(keys.names(day), self._ttl(day * DAY + DAY, now))
+        for week, names in self._names.items():  # before the entries that need them
+            pipe.hset(keys.names(week), mapping=names)
+            pipe.expire(keys.names(week), self._ttl(week * WEEK + WEEK, now))
         self._grown.update(self._pending)
         for hour, entries in self._pending.items():
             pipe.append(keys.bucket(hour), bytes(entries))
@@ -341,9 +343,9 @@ class RedisIndexWriter:
             pipe.delete(keys.bucket(hour))
             pipe.hdel(keys.sizes, str(hour))
         gone = set(drop)
-        kept = {hour * HOUR // DAY for hour in hours if hour not in gone}
-        for day in {hour * HOUR // DAY for hour in gone} - kept:
-            pipe.delete(keys.names(day))
+        kept = {hour * HOUR // WEEK for hour in hours if hour not in gone}
+        for week in {hour * HOUR // WEEK for hour in gone} - kept:
+            pipe.delete(keys.names(week))
         await pipe.execute()
         self.trimmed += sum(max(0, sizes[hour]) for hour in drop)
         if trim is not None:

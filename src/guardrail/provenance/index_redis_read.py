@@ -15,7 +15,7 @@ from guardrail.backends.redis import REDIS_FAILURES, connect
 from guardrail.backends.uri import mask_uri, parse_uri
 from guardrail.errors import ProvenanceError, StorageError
 from guardrail.provenance.index import MAGIC, VERSION, ProvenanceIndex
-from guardrail.provenance.index_redis import DAY, HEAD, HOUR, RECORD, Keys
+from guardrail.provenance.index_redis import HEAD, HOUR, RECORD, WEEK, Keys
 from guardrail.provenance.sketch import BINS, Sketcher
 
 #: Timeout of a reader that its URI does not set: it reads megabytes.
@@ -63,12 +63,12 @@ async def _read(client: Client, prefix: str, shown: str) -> ProvenanceIndex:
         )
     keys = Keys(prefix, head)
     hours = sorted(int(hour) for hour in await client.hgetall(keys.sizes))
-    days = sorted({hour * HOUR // DAY for hour in hours})
+    weeks = sorted({hour * HOUR // WEEK for hour in hours})
     pipe = client.pipeline(transaction=False)
     for hour in hours:
         pipe.get(keys.bucket(hour))
-    for day in days:
-        pipe.hgetall(keys.names(day))
+    for week in weeks:
+        pipe.hgetall(keys.names(week))
     replies = await pipe.execute() if hours else []
     names: dict[bytes, str] = {}
     for table in replies[len(hours) :]:
