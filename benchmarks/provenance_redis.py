@@ -27,6 +27,7 @@ from guardrail.provenance.attribute import attribute
 from guardrail.provenance.index import ProvenanceIndex
 from guardrail.provenance.index_redis import (
     FLUSH_AT,
+    NAME_SHARDS,
     RECORD,
     WEEK,
     Keys,
@@ -115,11 +116,13 @@ async def main() -> None:
     hour = sorted(sizes)[len(sizes) // 2]
     bucket = int(await client.memory_usage(keys.bucket(hour), samples=0) or 0)
     week = hour * 3600 // WEEK
-    names = int(await client.memory_usage(keys.names(week), samples=0) or 0)
+    names = 0
+    for shard in range(NAME_SHARDS):
+        names += int(await client.memory_usage(keys.names(week, shard), samples=0) or 0)
     that_week = sum(count for h, count in sizes.items() if h * 3600 // WEEK == week)
     print(
         f"bytes/entry: a bucket {bucket / sizes[hour]:.1f} ({sizes[hour]} entries, {RECORD} by "
-        f"layout), its week's names hash {names / that_week:.1f} more a week's entry; the "
+        f"layout), its week's names hashes {names / that_week:.1f} more a week's entry; the "
         "server's used_memory "
         f"{used / args.entries:.1f} per entry over {len(sizes)} buckets"
     )

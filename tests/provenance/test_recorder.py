@@ -10,7 +10,7 @@ from pathlib import Path
 from guardrail.provenance import sketch as sketch_module
 from guardrail.provenance.index import ProvenanceIndex
 from guardrail.provenance.normalize import normalized
-from guardrail.provenance.recorder import Recorder
+from guardrail.provenance.recorder import BATCH, Recorder
 from guardrail.provenance.sketch import Sketcher
 from guardrail.simulate import leaks
 
@@ -53,6 +53,42 @@ async def test_outputs_sketched_together_keep_their_own_sketches(tmp_path: Path,
     expected = [(f"a:{i}", int(clock()) + i, sketcher.sketch(t)) for i, t in enumerate(TEXTS[:30])]
     assert [rec.index.entry(slot) for slot in range(30)] == expected
     await rec.close()
+
+
+async def test_under_light_load_outputs_wait_to_be_sketched_a_batch_at_a_time(
+    tmp_path: Path, clock, monkeypatch
+):
+    """One output at a time, the task running between them: it holds them until BATCH wait
+    (one text alone costs ~2x the CPU a KB of 8 together), then sketches them together; what
+    it holds is sketched before a save, at settled() and at shutdown, so that nothing waits
+    past the moment it could be read."""
+    batches: list[int] = []
+    original = Sketcher.sketch_many
+
+    def counted(self: Sketcher, texts: list[str]) -> list[bytes | None]:
+        batches.append(len(texts))
+        return original(self, texts)
+
+    monkeypatch.setattr(Sketcher, "sketch_many", counted)
+    rec = recorder(tmp_path, clock)
+    await rec.start()
+    for i, text in enumerate(TEXTS[:19]):
+        rec.offer(f"a:{i}", completion(text), clock())
+        for _ in range(3):
+            await asyncio.sleep(0)  # the task takes it, alone in the queue
+    assert batches == [BATCH, BATCH] and rec.added == 2 * BATCH
+    await rec.settled()
+    assert batches == [BATCH, BATCH, 3] and rec.added == 19
+    rec.offer("a:late", completion(TEXTS[19]), clock())
+    await asyncio.sleep(0)
+    clock.advance(61)  # a save is due: what is held goes in first
+    rec.offer("a:later", completion(TEXTS[20]), clock())
+    await rec.settled()
+    assert batches[3:] == [2] and rec.saves == 1
+    assert len(ProvenanceIndex.load(tmp_path / "prov-0.grprov")) == 21
+    rec.offer("a:last", completion(TEXTS[21]), clock())
+    await rec.close()
+    assert batches[4:] == [1] and len(ProvenanceIndex.load(tmp_path / "prov-0.grprov")) == 22
 
 
 async def test_an_output_that_cannot_be_sketched_costs_only_itself(

@@ -9,24 +9,42 @@ Keys, under the storage's prefix (``gr:`` by default)::
 
     prov:current              header of the index being written: "GRPROV\\r\\n", version u16,
                               bins u16, sketch parameters (16 bytes)
-    prov:<tag>:<hour>         entries, APPENDed: sketch (bins), time u32, subject id (8 bytes)
-    prov:<tag>:w<week>:names  hash: subject id -> subject name, for that week's entries
+    prov:<tag>:<hour>         list of entries, RPUSHed: sketch (bins), the second in the hour
+                              (u16), subject id (8 bytes)
+    prov:<tag>:w<week>:n<k>   hash: subject id -> subject name, for that week's entries, one
+                              of NAME_SHARDS by the id
     prov:<tag>:sizes          hash: hour -> entries appended (the registry: no SCAN)
 
 ``<tag>`` is derived from the header: a worker sketching under another key or version writes
 an index of its own and points ``prov:current`` at it; the previous one is set aside (no
 worker appends to it, it expires), as a file of another key is. A subject id is 8 bytes of
-its name's hash: workers share no counter, and 60 bytes an entry stay under the 64 a record
-may take. Names are kept per week, not per hour or day: a field costs ~85 bytes in a hash of
-more than 128 (measured, benchmarks/provenance_redis.py), as much as an entry, and a subject
-that asks a few times a day would pay it again every hour or every day; a week's hash is
-deleted with the last bucket of that week. Every command
-touches one key, so on a Redis Cluster they spread over the nodes.
+its name's hash: workers share no counter.
+
+What an entry costs is Redis's memory, not the record's 58 bytes, and the layout is chosen
+for it (measured, benchmarks/provenance_redis.py: 10,000 subjects, 1M entries over 30 days):
+
+- a bucket is a list, not a string: Redis packs a list's elements in nodes of 8 KB that it
+  reallocates to their size, 2 bytes over each record of 58 (60.8 an entry, the nodes' own
+  headers included). A string grown by APPEND holds up to as much room again as it is long,
+  and even rewritten to its length it is rounded up to the allocator's next size class
+  (80 KB, 96 KB, 112 KB…: 70.8 an entry for hours of ~1,400 entries);
+- a record holds the second within its hour (the key names the hour): 2 bytes, not 4;
+- names are kept per week, not per hour or day (a subject that asks a few times a day would
+  pay for its name again every hour or day), and a week's names are spread over NAME_SHARDS
+  hashes by the id: a field costs ~85 bytes in a hash table, ~30 in a small hash, which Redis
+  packs as a listpack (1.4 bytes an entry here, not 3.6). Past ``hash-max-listpack-entries``
+  names in a shard (128 in the sample redis.conf: ~32,000 subjects a week; 512 built in) or
+  a name over ``hash-max-listpack-value`` bytes (64), a shard grows into a hash table, each
+  of its fields at the larger cost: bounded still. A name costs once a week whatever the
+  subject asks: ~12 bytes an entry for 100,000 subjects asking twice a week.
+
+A week's names are deleted with the last bucket of that week. Every command touches one
+key, so on a Redis Cluster they spread over the nodes.
 
 Bounds, enforced by each worker after its flush on what ``sizes`` says: buckets whose every
 entry is older than ``retention`` (on guardrail's clock) are deleted, then the oldest until
 at most ``capacity`` entries remain, the last of them trimmed from its front (a Lua script
-on that one key: an APPEND racing it lands before or after, never in the middle). Within
+on that one key: an RPUSH racing it lands before or after, never in the middle). Within
 that hour, what goes first is what was written first: workers' flushes interleave, so it is
 not strictly the oldest. Each key
 also gets an EXPIRE of its hour plus retention plus an hour, a safety net for an index
@@ -59,8 +77,12 @@ from guardrail.provenance.sketch import BINS, PARAMS_SIZE, Sketcher
 
 logger = logging.getLogger("guardrail")
 
-#: Bytes an entry takes in Redis: sketch, time (u32), subject id.
-RECORD = BINS + 4 + 8
+#: Bytes a record takes: sketch, the second within its hour (u16), subject id.
+RECORD = BINS + 2 + 8
+#: Hashes a week's names are spread over (see above).
+NAME_SHARDS = 256
+#: Bumped when the keys' types or the records change: a new layout is an index of its own.
+LAYOUT = b"lists-1"
 HOUR = 3600
 DAY = 24 * HOUR
 WEEK = 7 * DAY
@@ -71,17 +93,16 @@ PENDING_MAX = 100_000
 #: Seconds between two warnings of a failing flush.
 WARN_EVERY = 10.0
 HEAD = struct.Struct(f"<8sHH{PARAMS_SIZE}s")
-_ENTRY = struct.Struct(f"<{BINS}sI8s")
+_ENTRY = struct.Struct(f"<{BINS}sH8s")
 
 _TRIM_BODY = b"""
--- Keep the newest ARGV[1] bytes of the entries at KEYS[1] (their TTL too), written anew:
--- a string that APPEND grew holds spare room, a new one only what it needs.
-local size = redis.call('STRLEN', KEYS[1])
+-- Keep the newest ARGV[1] entries of the list at KEYS[1]; how many it held.
+local size = redis.call('LLEN', KEYS[1])
 local keep = math.min(tonumber(ARGV[1]), size)
 if keep == 0 then
   redis.call('DEL', KEYS[1])
 else
-  redis.call('SET', KEYS[1], redis.call('GETRANGE', KEYS[1], size - keep, -1), 'KEEPTTL')
+  redis.call('LTRIM', KEYS[1], size - keep, -1)
 end
 return size
 """
@@ -97,19 +118,27 @@ class Keys:
 
     def __init__(self, prefix: str, head: bytes) -> None:
         self.current = f"{prefix}prov:current"
-        self.tag = hashlib.blake2b(head, digest_size=6).hexdigest()
+        self.tag = hashlib.blake2b(LAYOUT + head, digest_size=6).hexdigest()
         self._base = f"{prefix}prov:{self.tag}:"
         self.sizes = self._base + "sizes"
 
     def bucket(self, hour: int) -> str:
         return f"{self._base}{hour}"
 
-    def names(self, week: int) -> str:
-        return f"{self._base}w{week}:names"
+    def names(self, week: int, shard: int) -> str:
+        return f"{self._base}w{week}:n{shard}"
+
+    def names_of(self, week: int, subject: str) -> str:
+        return self.names(week, shard(subject_id(subject)))
 
 
 def subject_id(subject: str) -> bytes:
     return hashlib.blake2b(subject.encode(), digest_size=8).digest()
+
+
+def shard(ident: bytes) -> int:
+    """Which of a week's NAME_SHARDS hashes holds the name of the subject ``ident``."""
+    return int.from_bytes(ident[:2], "little") % NAME_SHARDS
 
 
 class RedisIndexWriter:
@@ -149,8 +178,8 @@ class RedisIndexWriter:
         self._blocking = blocking  # a blocking client and its extras, for the process's end
         self.pending_max = pending_max
         self.flush_at = flush_at
-        self._pending: dict[int, bytearray] = {}  # hour -> entries
-        self._names: dict[int, dict[bytes, str]] = {}  # week -> the names its entries need
+        self._pending: dict[int, list[bytes]] = {}  # hour -> records
+        self._names: dict[tuple[int, int], dict[bytes, str]] = {}  # (week, shard) -> names
         self.pending = 0
         """Entries waiting for a flush."""
         self.flushed = 0
@@ -162,7 +191,7 @@ class RedisIndexWriter:
         self.trimmed = 0
         """Entries this worker deleted to keep the bounds (retention, capacity)."""
         self._announced = False  # prov:current names this worker's index
-        self._grown: set[int] = set()  # hours this worker appended to, not compacted since
+        self._expiring: set[tuple[int, int]] = set()  # names hashes given their TTL
         self._warned_at: dict[str, float] = {}
         self._unwarned = 0
         self._retry_at = float("-inf")
@@ -192,13 +221,15 @@ class RedisIndexWriter:
             return False
         ident = subject_id(subject)
         when = int(ts)
-        entries = self._pending.get(when // HOUR)
+        hour, second = divmod(when, HOUR)
+        entries = self._pending.get(hour)
         if entries is None:
-            entries = self._pending[when // HOUR] = bytearray()
-        entries += _ENTRY.pack(sketch, when & 0xFFFFFFFF, ident)
-        names = self._names.get(when // WEEK)
+            entries = self._pending[hour] = []
+        entries.append(_ENTRY.pack(sketch, second, ident))
+        where = (when // WEEK, shard(ident))
+        names = self._names.get(where)
         if names is None:
-            names = self._names[when // WEEK] = {}
+            names = self._names[where] = {}
         names[ident] = subject
         self.pending += 1
         return True
@@ -220,8 +251,8 @@ class RedisIndexWriter:
                 sizes = await self._append(now)
                 if sizes is not None:
                     await self._bound(sizes, now)
-                await self._compact(now)
         except Exception as exc:
+            self._expiring.clear()  # a Redis restarted empty: names hashes made anew
             failure = exc if isinstance(exc, StorageError) else client_error(exc)
             self.failures += 1
             self._retry_at = now + WARN_EVERY
@@ -254,14 +285,16 @@ class RedisIndexWriter:
             pipe.set(keys.current, self.head, nx=True)
         else:  # the header it replaces, to say so (SET … GET: Redis 6.2)
             pipe.set(keys.current, self.head, get=True)
-        for week, names in self._names.items():  # before the entries that need them
-            pipe.hset(keys.names(week), mapping=names)
-            pipe.expire(keys.names(week), self._ttl(week * WEEK + WEEK, now))
-        self._grown.update(self._pending)
+        for (week, part), names in self._names.items():  # before the entries that need them
+            pipe.hset(keys.names(week, part), mapping=names)
+            # once a hash (per worker): the TTL is a safety net (the bounds delete a week's
+            # names), and a flush touches most of the shards
+            if (week, part) not in self._expiring:
+                pipe.expire(keys.names(week, part), self._ttl(week * WEEK + WEEK, now))
         for hour, entries in self._pending.items():
-            pipe.append(keys.bucket(hour), bytes(entries))
+            pipe.rpush(keys.bucket(hour), *entries)
             pipe.expire(keys.bucket(hour), self._ttl(hour * HOUR + HOUR, now))
-            pipe.hincrby(keys.sizes, str(hour), len(entries) // RECORD)
+            pipe.hincrby(keys.sizes, str(hour), len(entries))
         pipe.expire(keys.sizes, int(self.retention) + 2 * HOUR)
         pipe.hgetall(keys.sizes)
 
@@ -279,6 +312,7 @@ class RedisIndexWriter:
                     describe(before),
                 )
         self.flushed += self.pending
+        self._expiring.update(self._names)
         self._pending.clear()
         self._names.clear()
         self.pending = 0
@@ -345,25 +379,17 @@ class RedisIndexWriter:
         gone = set(drop)
         kept = {hour * HOUR // WEEK for hour in hours if hour not in gone}
         for week in {hour * HOUR // WEEK for hour in gone} - kept:
-            pipe.delete(keys.names(week))
+            for part in range(NAME_SHARDS):
+                pipe.delete(keys.names(week, part))
         await pipe.execute()
         self.trimmed += sum(max(0, sizes[hour]) for hour in drop)
         if trim is not None:
             hour, keep = trim
-            size = await evalsha(self.client, _TRIM, [keys.bucket(hour)], [keep * RECORD])
-            removed = max(0, int(size) // RECORD - keep)  # what this call took, however raced
+            size = await evalsha(self.client, _TRIM, [keys.bucket(hour)], [keep])
+            removed = max(0, int(size) - keep)  # what this call took, however raced
             if await self.client.hincrby(keys.sizes, str(hour), -removed) <= 0:
                 await self.client.hdel(keys.sizes, str(hour))  # another worker dropped it
             self.trimmed += removed
-
-    async def _compact(self, now: float) -> None:
-        """Write anew the buckets of past hours this worker appended to: APPEND leaves up to
-        as much room again as a string holds (1,389 entries in 20 APPENDs: 114,736 bytes,
-        98,352 written anew, Redis 7.0), which a bucket that no longer grows need not keep.
-        Each worker does it once for each hour it wrote."""
-        for hour in sorted(h for h in self._grown if (h + 1) * HOUR <= now):
-            await evalsha(self.client, _TRIM, [self.keys.bucket(hour)], [1 << 40])
-            self._grown.discard(hour)
 
     def _warn(self, kind: str, message: str, *args: Any) -> bool:
         """Log at most once every WARN_EVERY per kind; whether it was logged."""

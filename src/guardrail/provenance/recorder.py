@@ -3,9 +3,14 @@
 The request hands ``(subject, output, time)`` to ``Recorder.offer`` and goes on: a bounded
 queue, which a full one refuses (the newest output is dropped, counted and logged: never
 silently). One task, started with the middleware (lifespan, or the first request), drains
-it: it parses and sketches a few outputs at a time, together (``Sketcher.sketch_many``: ~14
+it: it parses and sketches BATCH outputs at a time, together (``Sketcher.sketch_many``: ~14
 µs a KB of CPU with numpy, normalisation included, ~15x that without: a warning says so at
-start), yielding to the event loop between batches, and adds them to the index. That task is
+start), yielding to the event loop between batches, and adds them to the index. Under light
+load the task is not woken for each output but once BATCH wait (or the queue is full, or
+``settled``, ``close`` or ``save_every`` comes): one text sketched alone costs ~24 µs a KB
+(some twenty numpy calls of ~1 µs each, whatever its length) and each wake-up of the task
+as much again. Outputs waiting for a batch delay nothing anyone can read: what is queued is
+taken in before each save and flush, and the index is read from what is saved. That task is
 the index's only user (``ProvenanceIndex`` is not thread-safe): while it saves, in a thread
 (``asyncio.to_thread``: the file write must not block the loop), nothing else touches the
 index, and the queue takes what arrives meanwhile. It saves every ``save_every`` (expired
@@ -54,6 +59,8 @@ MAX_SLOTS = 4096
 _PLACEHOLDER = "{worker}"
 
 _Item = tuple[str, bytes | list[str], float]
+#: In the queue, from ``settled``: take in what is queued before it now.
+_SETTLE: _Item = ("", b"", 0.0)
 
 
 class Recorder:
@@ -85,6 +92,8 @@ class Recorder:
         """Texts added to the index."""
         self.saves = 0
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(queue_size)
+        self._wake = asyncio.Event()  # wakes the task: a batch waits, or it is asked to come
+        self._asked = 0  # markers (settled, close) on their way to the task
         self._task: asyncio.Task[None] | None = None
         self._lock: IO[bytes] | None = None
         self._dirty = False
@@ -100,6 +109,8 @@ class Recorder:
         """Queue an output for sketching. Never blocks: a full queue drops it, counted."""
         try:
             self._queue.put_nowait((subject, output, ts))
+            if self._queue.qsize() >= BATCH or self._queue.full():
+                self._wake.set()
         except asyncio.QueueFull:
             self.dropped += 1
             self._unwarned += 1
@@ -141,6 +152,8 @@ class Recorder:
             return
         self._closed = True
         if self._task is not None:
+            self._asked += 1
+            self._wake.set()
             await self._queue.put(None)  # the task drains the queue first, then saves
             await asyncio.shield(self._task)
         if self._lock is not None:
@@ -195,49 +208,58 @@ class Recorder:
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 break
-            if item is not None:
+            if item is not None and item is not _SETTLE:
                 queued.append(item)
         self._add(queued)
 
     async def settled(self) -> None:
         """Wait until every output offered so far is in the index (and saved, if due)."""
+        if self._task is not None and not self._task.done():
+            self._asked += 1
+            self._wake.set()
+            await self._queue.put(_SETTLE)  # fewer than BATCH may wait: the task takes them in
         await self._queue.join()
 
     # -- the task --------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        queue = self._queue
+        queue, wake = self._queue, self._wake
         stop = False
         while not stop:
+            if queue.qsize() < BATCH and not self._asked:
+                # Idle, the task still wakes every save_every: a save may be due. Cleared
+                # only here: whatever changes the state above afterwards sets it again.
+                wake.clear()
+                try:
+                    async with asyncio.timeout(self.save_every):
+                        await wake.wait()
+                except TimeoutError:
+                    pass
             batch: list[_Item] = []
-            try:
-                # Idle, the task still wakes every save_every: a save may be due.
-                async with asyncio.timeout(self.save_every):
-                    item = await queue.get()
-                if item is None:
-                    stop = True
-                else:
-                    batch.append(item)
-            except TimeoutError:
-                pass
-            while not stop and len(batch) < BATCH:
+            taken = 0
+            while len(batch) < BATCH:
                 try:
                     item = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     break
-                if item is None:
-                    stop = True
-                else:
-                    batch.append(item)
+                taken += 1
+                if item is None or item is _SETTLE:
+                    self._asked -= 1
+                    stop = item is None
+                    break  # what was offered after it waits for the next round
+                batch.append(item)
             if batch:
                 self._add(batch)
                 await asyncio.sleep(0)  # the requests waiting on the loop go first
             now = self.clock()
-            if stop or now >= self._due or (self.store is not None and self.store.due(now)):
+            if stop or self._save_due(now):
                 self._due = now + self.save_every
                 await self._save(now, last=stop)
-            for _ in range(len(batch) + stop):
+            for _ in range(taken):
                 queue.task_done()
+
+    def _save_due(self, now: float) -> bool:
+        return now >= self._due or (self.store is not None and self.store.due(now))
 
     def _add(self, items: list[_Item]) -> None:
         """Sketch the items' texts together (``Sketcher.sketch_many``: ~2x less CPU a KB than
