@@ -15,7 +15,7 @@ from guardrail.cautions import cautions
 from guardrail.errors import GuardrailError, PolicyError
 from guardrail.identity import hash_key
 from guardrail.policy import Policy, check_files, parse_duration
-from guardrail.secrets import resolve_secret
+from guardrail.secrets import location_argument, resolve_secret
 from guardrail.simulate import command as simulate_command
 
 
@@ -249,15 +249,16 @@ def parser() -> argparse.ArgumentParser:
     )
     trails = (
         "a file (its rotated FILE.N included), a glob ('audit-*.jsonl'), or a Redis stream "
-        "(redis://host:6379/0?stream=guardrail:audit)"
+        "(redis://host:6379/0?stream=guardrail:audit); env:NAME or file:PATH reads it from "
+        "there, keeping a password off the command line"
     )
     tail = trail.add_parser("tail", help="readable lines merged by time, rotated files included")
-    tail.add_argument("trails", nargs="+", metavar="TRAIL", help=trails)
+    tail.add_argument("trails", nargs="+", metavar="TRAIL", type=location_argument, help=trails)
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
     tail.add_argument("-n", "--lines", type=int, default=None, help="only the last N records")
     tail.set_defaults(run=_audit_tail)
     summary = trail.add_parser("summary", help="decisions by action, top subjects and signals")
-    summary.add_argument("trails", nargs="+", metavar="TRAIL", help=trails)
+    summary.add_argument("trails", nargs="+", metavar="TRAIL", type=location_argument, help=trails)
     summary.add_argument("--since", metavar="DURATION", help="only the last 1h, 30m, 7d …")
     summary.add_argument("--json", action="store_true", help="machine-readable output")
     summary.set_defaults(run=_audit_summary)
@@ -266,7 +267,7 @@ def parser() -> argparse.ArgumentParser:
         help="one self-contained HTML page of plots: decisions over time, scores, top "
         "subjects, networks and client builds, token spend",
     )
-    page.add_argument("trails", nargs="+", metavar="TRAIL", help=trails)
+    page.add_argument("trails", nargs="+", metavar="TRAIL", type=location_argument, help=trails)
     page.add_argument("--html", required=True, metavar="OUT", help="the page to write")
     page.add_argument("--since", metavar="DURATION", help="only the last 1h, 30m, 7d …")
     page.add_argument("--top", type=int, default=12, metavar="N", help="rows per table (12)")
@@ -278,7 +279,7 @@ def parser() -> argparse.ArgumentParser:
         "with its key (--policy or --key); without it, only its structure is, and the exit "
         "code is 3, not 0. Exit 0: intact (a chain that ends unsealed is a warning); 1: broken.",
     )
-    verify.add_argument("trails", nargs="+", metavar="TRAIL", help=trails)
+    verify.add_argument("trails", nargs="+", metavar="TRAIL", type=location_argument, help=trails)
     keys = verify.add_mutually_exclusive_group()
     keys.add_argument("--policy", metavar="POLICY", help="the key its audit.chain_key names")
     keys.add_argument("--key", metavar="REF", help="the chain key: env:NAME or file:PATH")
@@ -352,7 +353,7 @@ def parser() -> argparse.ArgumentParser:
         "policy's thresholds so that at most --target of its principals would have been "
         "mitigated; lists who would have been, and why.",
     )
-    tune.add_argument("trails", nargs="+", metavar="TRAIL", help=trails)
+    tune.add_argument("trails", nargs="+", metavar="TRAIL", type=location_argument, help=trails)
     tune.add_argument(
         "--target", default="0.3%", help="share of principals mitigated at most (0.3%% or 0.003)"
     )

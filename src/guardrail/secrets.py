@@ -6,6 +6,7 @@ operator knows what to fix, and never the secret itself: they end up in logs.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import os
@@ -57,6 +58,18 @@ def resolve_secret(ref: str) -> bytes:
         # An empty key would make every keyed hash guessable.
         raise SecretError("secret: the literal secret is empty")
     return ref.encode("utf-8")
+
+
+def location_argument(value: str) -> str:
+    """A command line's trail or index (argparse ``type=``): ``env:NAME`` or ``file:PATH``
+    stands for it, so that a Redis URI's password stays out of argv, which ``ps`` shows every
+    user of the host; anything else is the location itself."""
+    if reference_kind(value) == "literal":
+        return value
+    try:
+        return resolve_secret(value).decode("utf-8").strip()
+    except (SecretError, UnicodeDecodeError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def policy_secret(policy: Policy, storage_uri: str) -> bytes:

@@ -128,6 +128,28 @@ async def test_a_redis_stream_is_read_tailed_and_verified(redis_url: str) -> Non
         sources([f"{redis_url}?stream=absent"])
 
 
+async def test_a_trail_named_by_env_keeps_its_password_off_the_command_line(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``env:NAME`` (or ``file:PATH``) stands for a trail's URI: a Redis password in argv
+    shows in ``ps`` to every user of the host."""
+    from guardrail.cli import main
+
+    uri = f"{redis_url}?stream=named"
+    log = AuditLog(sink_from_uri(uri))
+    await log.start()
+    log.emit(make_record(0, at=T0, request_id="r-0"))
+    await log.close()
+    monkeypatch.setenv("AUDIT_TRAIL", uri)
+    assert await asyncio.to_thread(main, ["audit", "verify", "env:AUDIT_TRAIL"]) == 0
+    assert f"OK: 1 records in {uri}" in capsys.readouterr().out
+    monkeypatch.delenv("AUDIT_TRAIL")
+    with pytest.raises(SystemExit) as refused:
+        await asyncio.to_thread(main, ["audit", "tail", "env:AUDIT_TRAIL"])
+    assert refused.value.code == 2
+    assert "environment variable 'AUDIT_TRAIL' is not set" in capsys.readouterr().err
+
+
 async def test_a_redis_stream_of_interleaved_writers_with_a_line_removed_is_broken(
     redis_url: str,
 ) -> None:

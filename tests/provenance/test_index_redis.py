@@ -269,7 +269,7 @@ async def test_another_key_writes_apart_and_the_reader_reads_the_current(
 
 
 async def test_trace_find_exit_codes_and_refusals(
-    index_file: Path, tmp_path: Path, clock, redis_url: str, capsys
+    index_file: Path, tmp_path: Path, clock, redis_url: str, capsys, monkeypatch
 ):
     w = writer(redis_url, clock)
     await fill(w, clock)
@@ -293,6 +293,9 @@ async def test_trace_find_exit_codes_and_refusals(
         assert await find(["trace", "find", str(leak), "--index", index]) == 2
         assert message in capsys.readouterr().err
 
+    monkeypatch.setenv("PROVENANCE_INDEX", redis_url)  # a URI's password kept out of ps
+    assert await find(["trace", "find", str(leak), "--index", "env:PROVENANCE_INDEX"]) == 0
+    assert f"index {redis_url}: {len(TEXTS)} entries" in capsys.readouterr().out
     await refused(f"{redis_url}?prefix=other:", "no provenance index under the prefix 'other:'")
     await refused(f"redis://127.0.0.1:{free_port()}/0?timeout=0.5", "cannot read the index")
     await refused("redis://:secret@127.0.0.1:1/0?timeout=0.5", "redis://:***@127.0.0.1:1/0")

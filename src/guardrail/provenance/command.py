@@ -14,6 +14,7 @@ from guardrail.errors import ProvenanceError
 from guardrail.provenance import suspects
 from guardrail.provenance.attribute import MIN_BINS, MIN_TEXTS, Attribution, attribute
 from guardrail.provenance.index import ProvenanceIndex
+from guardrail.secrets import location_argument
 
 _GLOB = re.compile(r"[*?[]")
 #: An index in Redis rather than a file: a storage URI (uri.SCHEMES).
@@ -35,10 +36,12 @@ def add_find_arguments(find: argparse.ArgumentParser) -> None:
         required=True,
         action="append",
         metavar="PATH",
+        type=location_argument,
         help="an index file a server saved, or a glob of them (one per worker: "
         "'guardrail-provenance-*.grprov'), or the storage URI of an index in Redis "
         "(redis://host:port/db, redis+cluster://h1:p1,h2:p2; ?prefix= as in the policy); "
-        "repeat it for more, they are searched as one",
+        "repeat it for more, they are searched as one; env:NAME or file:PATH reads it from "
+        "there, keeping a Redis password off the command line",
     )
     find.add_argument("--json", action="store_true", help="machine-readable output")
     find.add_argument("--top", type=int, default=10, metavar="N", help="subjects listed (10)")
