@@ -77,6 +77,7 @@ async def test_a_limit_changed_by_reload_takes_effect(tmp_path: Path, clock: Fak
         write(tmp_path / "policy.yaml", NARROWER)
         reloaded = await app.reload()
         assert reloaded.digest == Policy.from_string(NARROWER).digest
+        assert app.policy is reloaded  # what the app reads is the policy in force
         assert await statuses(http, "sk-b", 2) == [200, 429]  # burst 1, at once
         response = await http.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-c"))
         assert response.headers["x-ratelimit-limit-requests"] == "1"
@@ -352,9 +353,11 @@ async def test_a_view_shares_the_state_and_rebuilds_the_rest(
         await app.reload(write(tmp_path / "policy.yaml", risk_policy(4.0)))
         view = app._view
         assert view is not app
-        for name in SHARED - {"_view"}:
+        for name in SHARED:
             assert getattr(view, name) is getattr(app, name), name
+        assert app._view is view._view is view
         for name in REBUILT - {
+            "_view",
             "enforce",
             "_refuse_unmatched",
             "sample_allowed",

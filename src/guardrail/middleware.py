@@ -111,56 +111,58 @@ class Guardrail:
         audit: str | None = None,
     ) -> None:
         self.app = app
-        self.policy = policy if isinstance(policy, Policy) else Policy.from_yaml(policy)
+        self._policy = policy if isinstance(policy, Policy) else Policy.from_yaml(policy)
         self.clock: Clock = clock or time.time
         self.sleep: Sleep = sleep or asyncio.sleep
-        self.enforce = self.policy.mode == "enforce"
-        for caution in cautions(self.policy):  # what `guardrail check` warns of, said once
+        self.enforce = self._policy.mode == "enforce"
+        for caution in cautions(self._policy):  # what `guardrail check` warns of, said once
             logger.warning("guardrail: %s", caution)
-        storage_uri = storage or self.policy.storage
-        self.secret = policy_secret(self.policy, storage_uri)
-        self.identity = IdentityResolver(self.policy.identity, self.secret)
-        self.routes = RouteTable(self.policy.routes, self.policy.unmatched)
+        storage_uri = storage or self._policy.storage
+        self.secret = policy_secret(self._policy, storage_uri)
+        self.identity = IdentityResolver(self._policy.identity, self.secret)
+        self.routes = RouteTable(self._policy.routes, self._policy.unmatched)
         self._refuse_unmatched = self.routes.refuse and self.enforce
         # The breaker probes on real time, not on ``sleep``: Redis recovers in real time,
         # whatever clock the limits read.
         self.storage: Storage = storage_from_uri(
-            storage_uri, max_subjects=self.policy.max_subjects, breaker=self.policy.storage_breaker
+            storage_uri,
+            max_subjects=self._policy.max_subjects,
+            breaker=self._policy.storage_breaker,
         )
         self.fallback: MemoryStorage | None = (
-            MemoryStorage(self.policy.max_subjects)
-            if self.policy.on_storage_error == "fail_open" and not storage_uri.startswith("memory")
+            MemoryStorage(self._policy.max_subjects)
+            if self._policy.on_storage_error == "fail_open" and not storage_uri.startswith("memory")
             else None
         )
         if self.fallback is not None and isinstance(self.storage, GuardedStorage):
             # Redis back: its counts are everyone's; the fallback's were this outage's only
             self.storage.breaker.on_close(self.fallback.clear)
-        self.metrics = metrics_for(self.policy.metrics)  # a no-op unless the policy asks
-        self._metrics_path = self.policy.metrics.served_on
+        self.metrics = metrics_for(self._policy.metrics)  # a no-op unless the policy asks
+        self._metrics_path = self._policy.metrics.served_on
         self._counting = self.metrics.enabled  # read on every request: an attribute, no call
         if self.metrics.enabled and isinstance(self.storage, GuardedStorage):
             self.storage.breaker.metrics = self.metrics
             self.metrics.breaker(False)
         # The risk engine runs when the policy has thresholds to act on.
         self.risk: RiskEngine | None = None
-        if self.policy.thresholds:
+        if self._policy.thresholds:
             self.risk = risk_engine(
-                self.policy, self.storage, self.fallback is not None, self.clock
+                self._policy, self.storage, self.fallback is not None, self.clock
             )
-        self.tiers = {name: compile_tier(name, tier) for name, tier in self.policy.tiers.items()}
+        self.tiers = {name: compile_tier(name, tier) for name, tier in self._policy.tiers.items()}
         # What is refused before a body is read, and how long a body may take to arrive
         self.refused = Refused()
-        self.bands = Bands(self.policy.hysteresis.cooldown)
+        self.bands = Bands(self._policy.hysteresis.cooldown)
         timeouts = [r.inspect_timeout for r in self.routes.routes if r.meter is not None]
         self.deadlines = Deadlines(tick=min(1.0, max(0.01, min(timeouts, default=1.0) / 10)))
         self.challenges = challenge_store(self.storage)
-        clearance = self.policy.challenges.clearance
+        clearance = self._policy.challenges.clearance
         keys = [resolve_secret(ref) for ref in clearance.secrets] or [self.secret]
         self.clearances = ClearanceSigner(keys, clearance)
         # The CAPTCHA offered: the first one the order names
         self.siteverify: Siteverify | None = None
         self.widget: tuple[Provider, str] | None = None
-        offered = self.policy.challenges
+        offered = self._policy.challenges
         for name in offered.order:
             provider = {"hcaptcha": HCAPTCHA, "turnstile": TURNSTILE}.get(name)
             captcha = getattr(offered, name, None) if provider is not None else None
@@ -168,26 +170,26 @@ class Guardrail:
                 self.siteverify = Siteverify(captcha, provider)
                 self.widget = (provider, captcha.sitekey)
                 break
-        self._prefix = self.policy.challenges.prefix + "/"
+        self._prefix = self._policy.challenges.prefix + "/"
         self.desk = ChallengeDesk(self)
         self.policies = RateLimitPolicies()
         self.settlements = Settlements(
             lambda exc: self._warn_storage(exc, self.clock()), self.sleep, self.clock
         )
-        conf = self.policy.audit
+        conf = self._policy.audit
         self.audit = AuditLog(
             sink_from_uri(
                 audit or conf.sink, max_bytes=conf.rotate.max_bytes, keep=conf.rotate.keep
             ),
             hash_chain=conf.hash_chain,
-            chain_key=chain_secret(self.policy),
+            chain_key=chain_secret(self._policy),
         )
         self.refusals = Refusals(self.audit.emit, conf.aggregate, self.clock)
-        self.seeds = seeds_of(self.policy)
-        self.signer = signer_of(self.policy, self.clock)
-        head = {"policy": self.policy.digest, "mode": self.policy.mode}
+        self.seeds = seeds_of(self._policy)
+        self.signer = signer_of(self._policy, self.clock)
+        head = {"policy": self._policy.digest, "mode": self._policy.mode}
         every = conf.aggregate or UNMATCHED_EVERY
-        self.unmatched = Unmatched(self.audit.emit, head, self.policy.unmatched, every, self.clock)
+        self.unmatched = Unmatched(self.audit.emit, head, self._policy.unmatched, every, self.clock)
         self.audit.before_exit = self._before_exit  # the held counts, if the process ends
         self.metrics.watch(self.audit)
         self._unmanaged = False  # started by a request: no lifespan will call shutdown()
@@ -197,9 +199,15 @@ class Guardrail:
         self._started = False  # read on every request: cheaper than asking the future
         self._storage_warned_at = float("-inf")
         # provenance: the routes whose responses are captured (empty: off, no wrapper at all)
-        self.recorder, self._provenance = _provenance(self.policy, self.clock, self.storage)
+        self.recorder, self._provenance = _provenance(self._policy, self.clock, self.storage)
         self._view = self  # what requests are decided on: another after a reload (reload.py)
         self._reloader = Reloader(self)
+
+    @property
+    def policy(self) -> Policy:
+        """The policy in force: after a reload, the one reloaded (requests under way end on the
+        one they started on)."""
+        return self._view._policy
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -225,7 +233,7 @@ class Guardrail:
         if self.recorder is not None:
             await self.recorder.start()
         self._started = True
-        await self._reloader.arm(self.policy.reload)
+        await self._reloader.arm(self._policy.reload)
 
     async def _first_request(self) -> None:
         # No lifespan started us, so none will stop us: the trail is written as the process
@@ -829,7 +837,7 @@ class Guardrail:
         self.metrics.storage_error(isinstance(exc, BreakerOpen))
         if now - self._storage_warned_at >= 10.0:
             self._storage_warned_at = now
-            policy = self.policy.on_storage_error
+            policy = self._policy.on_storage_error
             logger.warning(
                 "guardrail: storage error, applying on_storage_error=%s: %s", policy, exc
             )
@@ -842,7 +850,7 @@ class Guardrail:
         status: int,
         receipt: dict[str, Any] | None = None,
     ) -> None:
-        record = decision_record(self.policy, scope, decision, now, status)
+        record = decision_record(self._policy, scope, decision, now, status)
         self.metrics.decided(decision)
         if receipt is not None:
             # The body as served (provenance routes): never folded into a count of refusals,

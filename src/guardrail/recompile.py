@@ -53,7 +53,6 @@ SHARED = frozenset(
         "_ready",
         "_started",
         "_storage_warned_at",
-        "_view",
         "_reloader",
         "recorder",  # the provenance index: its settings are restart-only
         "metrics",  # the instruments: the metrics section is restart-only
@@ -65,7 +64,8 @@ SHARED = frozenset(
 #: Built from the new policy for each view.
 REBUILT = frozenset(
     {
-        "policy",
+        "_policy",
+        "_view",  # a view's is itself: its own policy is the one in force while it is
         "enforce",
         "identity",
         "routes",
@@ -92,7 +92,8 @@ def recompiled(guard: Guardrail, current: Guardrail, policy: Policy) -> Guardrai
     """The view of ``guard`` deciding on ``policy``; ``current`` is the view in force.
     May block (secrets read from files, ``module:attribute`` imported): run it in a thread."""
     view = copy.copy(guard)
-    view.policy = policy
+    view._policy = policy
+    view._view = view  # its own policy is the one in force while it is
     view.enforce = policy.mode == "enforce"
     view.identity = IdentityResolver(policy.identity, guard.secret)
     view.routes = RouteTable(policy.routes, policy.unmatched)

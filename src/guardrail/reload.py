@@ -57,7 +57,7 @@ class Reloader:
             self._lock = asyncio.Lock()
         async with self._lock:
             current = guard._view
-            old = current.policy
+            old = current._policy
             try:
                 view = await asyncio.to_thread(self._prepare, current, policy)
             except Exception as exc:
@@ -71,24 +71,24 @@ class Reloader:
             self._swap(current, view, trigger)
         # Outside the lock: turning the watch off awaits the watcher, which may be waiting
         # for the lock with a reload of its own. As the policy in force says, whichever it is.
-        await self.arm(guard._view.policy.reload)
-        return view.policy
+        await self.arm(guard.policy.reload)
+        return view._policy
 
     def _prepare(
         self, current: Guardrail, policy: Policy | str | os.PathLike[str] | None
     ) -> Guardrail | None:
         """In a thread: the new policy read and checked, and its view built; None if unchanged."""
         if policy is None:
-            policy = current.policy.source
+            policy = current._policy.source
             if policy.startswith("<"):
                 raise GuardrailError(
                     f"the policy in force was not read from a file ({policy}): pass the new "
                     "one to reload()"
                 )
         new = policy if isinstance(policy, Policy) else Policy.from_yaml(policy)
-        if new.digest == current.policy.digest:
+        if new.digest == current._policy.digest:
             return None
-        issues = unchangeable(current.policy, new, self._guard.secret)
+        issues = unchangeable(current._policy, new, self._guard.secret)
         if issues:
             raise PolicyError(issues)
         for caution in cautions(new):
@@ -96,7 +96,7 @@ class Reloader:
         return recompiled(self._guard, current, new)
 
     def _swap(self, current: Guardrail, view: Guardrail, trigger: str) -> None:
-        guard, old, new = self._guard, current.policy, view.policy
+        guard, old, new = self._guard, current._policy, view._policy
         guard._view = view  # the next request decides on it; those running finish on theirs
         guard.unmatched.rehead({"policy": new.digest, "mode": new.mode}, new.unmatched)
         if current.siteverify is not None and current.siteverify is not view.siteverify:
@@ -145,7 +145,7 @@ class Reloader:
             listen(self.trigger)
         else:
             unlisten(self.trigger)
-        source = self._guard._view.policy.source
+        source = self._guard.policy.source
         if self._watcher is not None and (not conf.watch or source != self._watched):
             await self._unwatch()  # off, or another file to watch: reload() was given a path
         if conf.watch and self._watcher is None:

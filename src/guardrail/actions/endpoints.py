@@ -48,7 +48,7 @@ class ChallengeDesk:
         # have no colon, so they are neither.
         self.verify_limits = tuple(
             compile_limit(f"verify#{index}", limit, f"verify-{limit.per}")
-            for index, limit in enumerate(guardrail.policy.challenges.verify_limits)
+            for index, limit in enumerate(guardrail._policy.challenges.verify_limits)
         )
 
     async def cleared(self, scope: Scope, decision: Decision, now: float) -> bool:
@@ -77,7 +77,7 @@ class ChallengeDesk:
         except StorageError as exc:
             self.g._warn_storage(exc, now)
             return False
-        return uses <= self.g.policy.challenges.clearance.max_requests
+        return uses <= self.g._policy.challenges.clearance.max_requests
 
     async def refuse(
         self,
@@ -93,7 +93,7 @@ class ChallengeDesk:
             return
         g = self.g
         root = root_of(scope)
-        issued = challenge.issue(g.policy.challenges, g.secret, now, root)
+        issued = challenge.issue(g._policy.challenges, g.secret, now, root)
         try:
             issued = await verify.keep(g.challenges, issued, principal_of(decision.subject), now)
         except StorageError as exc:  # the client can retry for another
@@ -104,7 +104,7 @@ class ChallengeDesk:
             send,
             scope,
             challenge=issued,
-            prefix=root + g.policy.challenges.prefix,
+            prefix=root + g._policy.challenges.prefix,
             request_id=decision.request_id,
             headers=headers,
             widget=g.widget,
@@ -115,7 +115,7 @@ class ChallengeDesk:
     def _origin(self, scope: Scope) -> Origin | None:
         """The origin the client reached, through the proxies identity trusts."""
         proxied = self.g.identity.peer_trusted(scope)
-        return origin_of(scope, proxied=proxied, header=self.g.policy.identity.client_ip.header)
+        return origin_of(scope, proxied=proxied, header=self.g._policy.identity.client_ip.header)
 
     def _hostname(self, scope: Scope) -> str:
         """The host the client reached, without its port: where a captcha token must have been
@@ -125,7 +125,7 @@ class ChallengeDesk:
 
     def _site(self, origin: Origin | None) -> str | None:
         """The name the challenge page gives the site: the policy's, else the host reached."""
-        named = self.g.policy.challenges.site_name
+        named = self.g._policy.challenges.site_name
         return named or (origin.hostname if origin is not None else None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
@@ -156,7 +156,7 @@ class ChallengeDesk:
             challenge_id = name.removeprefix("challenge/")
             if verify.CHALLENGE_ID.fullmatch(challenge_id):
                 root = root_of(scope)
-                config = self.g.policy.challenges
+                config = self.g._policy.challenges
                 issued = challenge.of(config, self.g.secret, challenge_id, 0.0, root)
                 query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
                 back = (query.get("redirect") or [home(scope)])[0]
@@ -286,7 +286,7 @@ class ChallengeDesk:
                 await self.g.challenges.grant("p:" + principal_of(subject), claims.expires_at, now)
             except StorageError as exc:  # the clearance itself still works
                 self.g._warn_storage(exc, now)
-        limit = self.g.policy.challenges.clearance.max_requests
+        limit = self.g._policy.challenges.clearance.max_requests
         if answer.browser:
             self.g._record(scope, decision, now, 303)
             # the client's scheme, not the hop's: behind a proxy that terminates TLS the app
