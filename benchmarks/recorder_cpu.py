@@ -60,9 +60,7 @@ async def main() -> None:
     parser.add_argument("--seed", type=int, default=8)
     args = parser.parse_args()
     texts = list(leaks.never_served(args.seed, args.outputs))
-    outputs = [
-        json.dumps({"choices": [{"message": {"content": text}}]}).encode() for text in texts
-    ]
+    outputs = [json.dumps({"choices": [{"message": {"content": text}}]}).encode() for text in texts]
     kb = sum(len(t.encode()) for t in texts) / 1024
     results: dict[str, list[float]] = {"light": [], "heavy": []}
     with tempfile.TemporaryDirectory() as folder:
