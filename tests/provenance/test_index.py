@@ -49,6 +49,25 @@ def test_expire_drops_what_is_older_than_the_retention():
     assert len(index) == 12
 
 
+def test_names_of_subjects_with_no_entry_left_are_forgotten(tmp_path: Path):
+    """The subject table would otherwise grow with every subject ever served, and each save
+    write it whole: a year of one-time visitors in a file of a month's entries."""
+    index = ProvenanceIndex(capacity=100, retention=10)
+    for n in range(300):  # 300 subjects, one entry each: the ring keeps the last 100
+        index.add_sketch(f"once-{n}", _sketch(n), 1000.0 + n / 10)
+    assert index.expire(now=1034.0) == 40  # ... and retention takes the 40 oldest of those
+    index.add_sketch("once-7", _sketch(7), 1034.0)  # a subject seen again, after its entry went
+    before = _entries(index)
+    assert index.compact_names() == 300 - 61
+    assert sorted(index.names) == sorted({name for name, _, _ in before})
+    assert _entries(index) == before
+    assert index.compact_names() == 0  # nothing more to forget
+    index.add_sketch("new", _sketch(1), 1013.0)  # numbering goes on after the kept names
+    index.save(tmp_path / "i.grprov")
+    loaded = ProvenanceIndex.load(tmp_path / "i.grprov")
+    assert loaded.subjects_entries() == index.subjects_entries() and len(loaded.names) == 62
+
+
 def test_texts_too_short_are_not_added():
     index = ProvenanceIndex()
     assert index.add("s", "ok thanks", 1.0) is False

@@ -189,7 +189,7 @@ class Recorder:
         self._drain()
         self.index.expire(self.clock())
         try:
-            self.index.save(self.path)
+            self._write(self.path)
         except OSError as exc:
             logger.error("guardrail: provenance: cannot save the index to %s: %s", self.path, exc)
             return
@@ -292,7 +292,7 @@ class Recorder:
             return  # nothing new, or the slot was given up (exit_sync)
         self._saving = True
         try:
-            await asyncio.to_thread(self.index.save, self.path)
+            await asyncio.to_thread(self._write, self.path)
         except OSError as exc:
             logger.error("guardrail: provenance: cannot save the index to %s: %s", self.path, exc)
             return
@@ -300,6 +300,12 @@ class Recorder:
             self._saving = False
         self._dirty = False
         self.saves += 1
+
+    def _write(self, path: Path) -> None:
+        """The names of expired subjects forgotten, then the index saved (in a thread, but for
+        the process's end: nothing else touches the index meanwhile)."""
+        self.index.compact_names()
+        self.index.save(path)
 
     # -- the worker's slot -----------------------------------------------------------------
 
