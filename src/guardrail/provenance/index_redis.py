@@ -378,9 +378,12 @@ class RedisIndexWriter:
             pipe.hdel(keys.sizes, str(hour))
         gone = set(drop)
         kept = {hour * HOUR // WEEK for hour in hours if hour not in gone}
-        for week in {hour * HOUR // WEEK for hour in gone} - kept:
+        weeks = {hour * HOUR // WEEK for hour in gone} - kept
+        for week in weeks:
             for part in range(NAME_SHARDS):
                 pipe.delete(keys.names(week, part))
+        # a late entry of such a week makes its hash anew: it needs its TTL again
+        self._expiring = {where for where in self._expiring if where[0] not in weeks}
         await pipe.execute()
         self.trimmed += sum(max(0, sizes[hour]) for hour in drop)
         if trim is not None:
