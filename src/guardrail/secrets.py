@@ -63,13 +63,23 @@ def resolve_secret(ref: str) -> bytes:
 def location_argument(value: str) -> str:
     """A command line's trail or index (argparse ``type=``): ``env:NAME`` or ``file:PATH``
     stands for it, so that a Redis URI's password stays out of argv, which ``ps`` shows every
-    user of the host; anything else is the location itself."""
+    user of the host; ``file://PATH`` is a file sink's URI as the policy writes it (its
+    ``{pid}`` or ``{worker}`` read as every worker's: ``*``); anything else is the location
+    itself."""
+    if value.startswith("file://"):  # a file sink's own URI, {pid} standing for every worker
+        return value.removeprefix("file://").replace("{pid}", "*").replace("{worker}", "*")
     if reference_kind(value) == "literal":
         return value
     try:
-        return resolve_secret(value).decode("utf-8").strip()
+        location = resolve_secret(value).decode("utf-8").strip()
     except (SecretError, UnicodeDecodeError) as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if "\n" in location or len(location) > 4096:  # a trail's contents, say: not shown
+        raise argparse.ArgumentTypeError(
+            f"{value!r} holds not one location but {len(location)} characters over "
+            f"{location.count(chr(10)) + 1} lines"
+        )
+    return location
 
 
 def policy_secret(policy: Policy, storage_uri: str) -> bytes:

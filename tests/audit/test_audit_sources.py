@@ -58,6 +58,21 @@ def test_names_that_match_nothing_are_an_error(tmp_path: Path) -> None:
         sources([tmp_path / "missing.jsonl"])
 
 
+def test_the_file_sinks_own_uri_names_its_trails(
+    fleet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the policy's ``audit.sink`` says, pasted on the command line as it is: ``{pid}``
+    stands for every worker's file."""
+    from guardrail.cli import main
+
+    assert main(["audit", "verify", f"file://{fleet}/audit-{{pid}}.jsonl"]) == 0
+    first, second = capsys.readouterr().out.splitlines()
+    assert first.startswith(f"{fleet}/audit-101.jsonl: OK: 10 records in ")
+    assert second.startswith(f"{fleet}/audit-202.jsonl: OK: 10 records in ")
+    assert main(["audit", "tail", f"file://{fleet}/audit-202.jsonl"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 10
+
+
 def test_verify_reports_each_trail(fleet: Path) -> None:
     ok, report = verify([f"{fleet}/audit-*.jsonl*"])
     assert ok, report
@@ -148,6 +163,25 @@ async def test_a_trail_named_by_env_keeps_its_password_off_the_command_line(
         await asyncio.to_thread(main, ["audit", "tail", "env:AUDIT_TRAIL"])
     assert refused.value.code == 2
     assert "environment variable 'AUDIT_TRAIL' is not set" in capsys.readouterr().err
+
+
+def test_a_location_read_from_elsewhere_is_one_line_and_never_echoed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from guardrail.cli import main
+
+    trail = tmp_path / "audit.jsonl"
+    trail.write_text('{"ts": 1, "action": "allow"}\n{"ts": 2, "action": "allow"}\n')
+    monkeypatch.setenv("NOT_A_LOCATION", trail.read_text())
+    for spec in ("env:NOT_A_LOCATION", f"file:{trail}"):
+        with pytest.raises(SystemExit) as refused:
+            main(["audit", "tail", spec])
+        assert refused.value.code == 2
+        err = capsys.readouterr().err
+        assert "not one location" in err and "action" not in err, err
+    # file:// is the file sink's URI, not a reference to a file holding a location
+    assert main(["audit", "tail", f"file://{tmp_path}/absent.jsonl"]) == 1
+    assert f"no audit trail at {tmp_path}/absent.jsonl" in capsys.readouterr().err
 
 
 async def test_a_redis_stream_of_interleaved_writers_with_a_line_removed_is_broken(

@@ -268,6 +268,54 @@ async def test_another_key_writes_apart_and_the_reader_reads_the_current(
         await w.client.aclose()
 
 
+async def test_a_names_hash_made_anew_gets_its_ttl_again(clock, redis_url: str):
+    """A hash another worker's bounds deleted, or lost with a Redis restarted empty, is made
+    anew by the next entry: of another week, with its TTL at once; of the current week, within
+    the hour (its TTL is not sent with every flush)."""
+    w = writer(redis_url, clock, retention=30 * 86400.0)
+    keys = Keys("gr:", header(w.sketcher.params))
+    week = int(clock()) // WEEK
+    now_key = keys.names_of(week, "a:alice")
+    past_key = keys.names_of(week - 1, "a:alice")
+    redis = aioredis.from_url(redis_url)
+    w.add("a:alice", TEXTS[0], clock())
+    assert await w.flush(clock())
+    assert await redis.ttl(now_key) > 0
+    await redis.delete(now_key)
+    w.add("a:alice", TEXTS[1], clock())
+    w.add("a:alice", TEXTS[2], clock() - WEEK)  # a late entry of the week before
+    assert await w.flush(clock())
+    assert await redis.ttl(past_key) > 0
+    assert await redis.ttl(now_key) == -1  # for now: no TTL
+    clock.advance(HOUR)
+    w.add("a:alice", TEXTS[3], clock())
+    assert await w.flush(clock())
+    assert await redis.ttl(keys.names_of(int(clock()) // WEEK, "a:alice")) > 0
+    await redis.aclose()
+    await w.client.aclose()
+
+
+async def test_an_index_in_the_earlier_layout_is_said_to_be_set_aside(
+    clock, redis_url: str, caplog
+):
+    """Before 0.2's lists, hours were strings under a tag of the header alone: trace find no
+    longer reads them, and the first flush says so rather than let history vanish quietly."""
+    import hashlib
+
+    w = writer(redis_url, clock)
+    head = header(w.sketcher.params)
+    earlier = f"gr:prov:{hashlib.blake2b(head, digest_size=6).hexdigest()}:sizes"
+    await w.client.hset(earlier, "500000", "1389")
+    with caplog.at_level(logging.WARNING, logger="guardrail"):
+        w.add("a:alice", TEXTS[0], clock())
+        assert await w.flush(clock())
+        w.add("a:alice", TEXTS[1], clock())
+        assert await w.flush(clock())
+    said = [r.getMessage() for r in caplog.records if "earlier layout" in r.getMessage()]
+    assert len(said) == 1 and earlier in said[0] and "expire" in said[0]
+    await w.client.aclose()
+
+
 async def test_trace_find_exit_codes_and_refusals(
     index_file: Path, tmp_path: Path, clock, redis_url: str, capsys, monkeypatch
 ):

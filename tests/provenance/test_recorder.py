@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -89,6 +90,46 @@ async def test_under_light_load_outputs_wait_to_be_sketched_a_batch_at_a_time(
     rec.offer("a:last", completion(TEXTS[21]), clock())
     await rec.close()
     assert batches[4:] == [1] and len(ProvenanceIndex.load(tmp_path / "prov-0.grprov")) == 22
+
+
+async def test_a_settled_cancelled_while_the_queue_is_full_leaves_the_task_sleeping(
+    tmp_path: Path, clock
+):
+    """Cancelled waiting for room, ``settled`` has put no marker: the task must not believe one
+    is coming (it would spin without yielding, and the loop with it)."""
+    rec = recorder(tmp_path, clock, queue_size=3)
+    await rec.start()
+    for text in TEXTS[:3]:  # the task has not run yet: the queue is full
+        rec.offer("a:alice", completion(text), clock())
+    waiting = asyncio.create_task(rec.settled())
+    await asyncio.sleep(0)  # settled() waits for room in the full queue
+    waiting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+    for _ in range(5):
+        await asyncio.sleep(0)  # the loop goes on: the task drained the queue and sleeps
+    rec.offer("a:bob", completion(TEXTS[3]), clock())
+    await asyncio.wait_for(rec.settled(), 10)
+    assert rec.added == 4
+    await asyncio.wait_for(rec.close(), 10)
+
+
+async def test_settled_waits_for_what_was_offered_before_it_not_after(tmp_path: Path, clock):
+    rec = recorder(tmp_path, clock, save_every=3600.0)
+    await rec.start()
+    for text in TEXTS[:20]:
+        rec.offer("a:alice", completion(text), clock())
+
+    async def late() -> None:  # a request that ends while settled() waits
+        await asyncio.sleep(0)
+        rec.offer("a:late", completion(TEXTS[20]), clock())
+
+    offered = asyncio.create_task(late())
+    await asyncio.wait_for(rec.settled(), 10)  # not save_every
+    assert rec.added >= 20
+    await offered
+    await rec.close()
+    assert rec.added == 21
 
 
 async def test_an_output_that_cannot_be_sketched_costs_only_itself(

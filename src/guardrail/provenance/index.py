@@ -148,8 +148,11 @@ class ProvenanceIndex:
         overwritten), renumbering the rest; how many were forgotten. Without it the subject
         table grows with every subject ever served, and every save writes it whole. Costs a
         pass over the entries (~0.1 s for 1M): the recorder runs it in its save's thread."""
-        _, subjects, _ = self._ordered()
-        used = sorted(set(subjects))
+        start, end, slots = self._start, self._start + self._count, self.slots
+        live = set(self._subjects[start:end] if end <= slots else self._subjects[start:])
+        if end > slots:
+            live.update(self._subjects[: end - slots])
+        used = sorted(live)
         forgotten = len(self.names) - len(used)
         if not forgotten:
             return 0

@@ -121,6 +121,10 @@ class Keys:
         self.tag = hashlib.blake2b(LAYOUT + head, digest_size=6).hexdigest()
         self._base = f"{prefix}prov:{self.tag}:"
         self.sizes = self._base + "sizes"
+        # the registry of an index in the earlier layout (strings, 60-byte records), under a
+        # tag of the header alone: read by no trace find of this version
+        earlier = hashlib.blake2b(head, digest_size=6).hexdigest()
+        self.earlier_sizes = f"{prefix}prov:{earlier}:sizes"
 
     def bucket(self, hour: int) -> str:
         return f"{self._base}{hour}"
@@ -191,7 +195,9 @@ class RedisIndexWriter:
         self.trimmed = 0
         """Entries this worker deleted to keep the bounds (retention, capacity)."""
         self._announced = False  # prov:current names this worker's index
-        self._expiring: set[tuple[int, int]] = set()  # names hashes given their TTL
+        # names hashes of the current week given their TTL by this worker, this hour
+        self._expiring: set[tuple[int, int]] = set()
+        self._expiring_hour = -1
         self._warned_at: dict[str, float] = {}
         self._unwarned = 0
         self._retry_at = float("-inf")
@@ -252,7 +258,7 @@ class RedisIndexWriter:
                 if sizes is not None:
                     await self._bound(sizes, now)
         except Exception as exc:
-            self._expiring.clear()  # a Redis restarted empty: names hashes made anew
+            self._expiring.clear()  # Redis may have restarted empty
             failure = exc if isinstance(exc, StorageError) else client_error(exc)
             self.failures += 1
             self._retry_at = now + WARN_EVERY
@@ -279,16 +285,22 @@ class RedisIndexWriter:
     def _queue_append(self, pipe: Any, now: float) -> None:
         """The commands of an append, on a pipeline of either client (they queue alike)."""
         keys = self.keys
+        hour = int(now) // HOUR
+        if hour != self._expiring_hour:  # every hash of the week is given its TTL again
+            self._expiring, self._expiring_hour = set(), hour
         # The first flush points prov:current at this index; later ones only restore it (a
         # Redis restarted empty): workers of two keys do not flip it to and fro.
         if self._announced:
             pipe.set(keys.current, self.head, nx=True)
         else:  # the header it replaces, to say so (SET … GET: Redis 6.2)
             pipe.set(keys.current, self.head, get=True)
+            pipe.exists(keys.earlier_sizes)
         for (week, part), names in self._names.items():  # before the entries that need them
             pipe.hset(keys.names(week, part), mapping=names)
-            # once a hash (per worker): the TTL is a safety net (the bounds delete a week's
-            # names), and a flush touches most of the shards
+            # Not with every flush (256 EXPIREs where a flush of 4,096 entries takes ~5 ms of
+            # CPU more), but once an hour a hash of the current week, and always one of
+            # another week (what bounds delete: a late entry makes it anew): a hash lost with
+            # a Redis restarted empty and made anew is without a TTL for an hour at most.
             if (week, part) not in self._expiring:
                 pipe.expire(keys.names(week, part), self._ttl(week * WEEK + WEEK, now))
         for hour, entries in self._pending.items():
@@ -302,7 +314,16 @@ class RedisIndexWriter:
         """What an append's ``replies`` say: said if another index was current; the sizes."""
         if not self._announced:
             self._announced = True
-            before = replies[0]
+            before, earlier = replies[0], replies[1]
+            if earlier:
+                logger.warning(
+                    "guardrail: provenance: an index in the earlier layout of guardrail's "
+                    "development versions (hourly strings) is in Redis (%s, registry %s): trace "
+                    "find does not read it; this one is written apart, and that one's keys "
+                    "expire with its retention",
+                    self.uri,
+                    self.keys.earlier_sizes,
+                )
             if before is not None and before != self.head:
                 logger.warning(
                     "guardrail: provenance: the index in Redis (%s) was sketched under another "
@@ -312,7 +333,8 @@ class RedisIndexWriter:
                     describe(before),
                 )
         self.flushed += self.pending
-        self._expiring.update(self._names)
+        week = self._expiring_hour * HOUR // WEEK
+        self._expiring.update(where for where in self._names if where[0] == week)
         self._pending.clear()
         self._names.clear()
         self.pending = 0
@@ -382,8 +404,6 @@ class RedisIndexWriter:
         for week in weeks:
             for part in range(NAME_SHARDS):
                 pipe.delete(keys.names(week, part))
-        # a late entry of such a week makes its hash anew: it needs its TTL again
-        self._expiring = {where for where in self._expiring if where[0] not in weeks}
         await pipe.execute()
         self.trimmed += sum(max(0, sizes[hour]) for hour in drop)
         if trim is not None:

@@ -59,8 +59,14 @@ MAX_SLOTS = 4096
 _PLACEHOLDER = "{worker}"
 
 _Item = tuple[str, bytes | list[str], float]
-#: In the queue, from ``settled``: take in what is queued before it now.
-_SETTLE: _Item = ("", b"", 0.0)
+
+
+class _Settle:
+    """In the queue, from ``settled``: what was queued before it is taken in now, and then
+    ``done`` says so."""
+
+    def __init__(self) -> None:
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
 class Recorder:
@@ -91,9 +97,9 @@ class Recorder:
         self.added = 0
         """Texts added to the index."""
         self.saves = 0
-        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[_Item | _Settle | None] = asyncio.Queue(queue_size)
         self._wake = asyncio.Event()  # wakes the task: a batch waits, or it is asked to come
-        self._asked = 0  # markers (settled, close) on their way to the task
+        self._asked = 0  # markers (settled, close) in the queue, not yet taken
         self._task: asyncio.Task[None] | None = None
         self._lock: IO[bytes] | None = None
         self._dirty = False
@@ -152,9 +158,9 @@ class Recorder:
             return
         self._closed = True
         if self._task is not None:
-            self._asked += 1
-            self._wake.set()
             await self._queue.put(None)  # the task drains the queue first, then saves
+            self._asked += 1  # counted once in the queue: a put cancelled put nothing
+            self._wake.set()
             await asyncio.shield(self._task)
         if self._lock is not None:
             self._lock.close()  # releases the flock
@@ -208,17 +214,21 @@ class Recorder:
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 break
-            if item is not None and item is not _SETTLE:
+            if isinstance(item, tuple):
                 queued.append(item)
         self._add(queued)
 
     async def settled(self) -> None:
-        """Wait until every output offered so far is in the index (and saved, if due)."""
-        if self._task is not None and not self._task.done():
-            self._asked += 1
-            self._wake.set()
-            await self._queue.put(_SETTLE)  # fewer than BATCH may wait: the task takes them in
-        await self._queue.join()
+        """Wait until every output offered so far is in the index (and saved, if due); not
+        for those offered meanwhile."""
+        task = self._task
+        if task is None or task.done():
+            return
+        marker = _Settle()
+        await self._queue.put(marker)  # fewer than BATCH may wait: the task takes them in
+        self._asked += 1  # counted once in the queue: a put cancelled put nothing
+        self._wake.set()
+        await asyncio.wait([marker.done, task], return_when=asyncio.FIRST_COMPLETED)
 
     # -- the task --------------------------------------------------------------------------
 
@@ -226,26 +236,28 @@ class Recorder:
         queue, wake = self._queue, self._wake
         stop = False
         while not stop:
-            if queue.qsize() < BATCH and not self._asked:
-                # Idle, the task still wakes every save_every: a save may be due. Cleared
-                # only here: whatever changes the state above afterwards sets it again.
+            if queue.qsize() < BATCH and not queue.full() and not self._asked:
+                # Idle, the task still wakes when a save is due. Cleared only here, after
+                # the state was read: whatever changes it afterwards sets it again.
                 wake.clear()
+                wait = min(self.save_every, max(0.0, self._due - self.clock()))
                 try:
-                    async with asyncio.timeout(self.save_every):
+                    async with asyncio.timeout(wait):
                         await wake.wait()
                 except TimeoutError:
                     pass
             batch: list[_Item] = []
             taken = 0
+            marker: _Settle | None = None
             while len(batch) < BATCH:
                 try:
                     item = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     break
                 taken += 1
-                if item is None or item is _SETTLE:
+                if not isinstance(item, tuple):
                     self._asked -= 1
-                    stop = item is None
+                    stop, marker = item is None, item
                     break  # what was offered after it waits for the next round
                 batch.append(item)
             if batch:
@@ -257,6 +269,8 @@ class Recorder:
                 await self._save(now, last=stop)
             for _ in range(taken):
                 queue.task_done()
+            if marker is not None and not marker.done.done():
+                marker.done.set_result(None)
 
     def _save_due(self, now: float) -> bool:
         return now >= self._due or (self.store is not None and self.store.due(now))
