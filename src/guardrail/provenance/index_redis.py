@@ -24,7 +24,7 @@ What an entry costs is Redis's memory, not the record's 58 bytes, and the layout
 for it (measured, benchmarks/provenance_redis.py: 10,000 subjects, 1M entries over 30 days):
 
 - a bucket is a list, not a string: Redis packs a list's elements in nodes of 8 KB that it
-  reallocates to their size, 2 bytes over each record of 58 (60.8 an entry, the nodes' own
+  reallocates to their size, 2 bytes over each record of 58 (60.7 an entry, the nodes' own
   headers included). A string grown by APPEND holds up to as much room again as it is long,
   and even rewritten to its length it is rounded up to the allocator's next size class
   (80 KB, 96 KB, 112 KB…: 70.8 an entry for hours of ~1,400 entries);

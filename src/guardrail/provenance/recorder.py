@@ -247,14 +247,12 @@ class Recorder:
                 except TimeoutError:
                     pass
             batch: list[_Item] = []
-            taken = 0
             marker: _Settle | None = None
             while len(batch) < BATCH:
                 try:
                     item = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     break
-                taken += 1
                 if not isinstance(item, tuple):
                     self._asked -= 1
                     stop, marker = item is None, item
@@ -267,8 +265,6 @@ class Recorder:
             if stop or self._save_due(now):
                 self._due = now + self.save_every
                 await self._save(now, last=stop)
-            for _ in range(taken):
-                queue.task_done()
             if marker is not None and not marker.done.done():
                 marker.done.set_result(None)
 
