@@ -93,6 +93,7 @@ class Processes:
     stopped with its whole group, on the way out too (Ctrl-C, SIGTERM, an exception)."""
 
     def __init__(self) -> None:
+        self.pins: dict[str, str] = {}  # role: the CPUs (taskset's list) its processes run on
         self.running: list[subprocess.Popen[bytes]] = []
         self.starting = False
         self.interrupted = False
@@ -105,7 +106,10 @@ class Processes:
         else:
             raise KeyboardInterrupt
 
-    def start(self, command: list[str], **options: Any) -> subprocess.Popen[bytes]:
+    def start(self, command: list[str], role: str = "", **options: Any) -> subprocess.Popen[bytes]:
+        cpus = self.pins.get(role)
+        if cpus:
+            command = ["taskset", "-c", cpus, *command]
         self.starting = True
         try:
             process = subprocess.Popen(command, start_new_session=True, **options)
@@ -181,6 +185,7 @@ class Redis:
         command += ["--appendonly", "no", "--dir", str(workdir)]
         self.process = processes.start(
             command,
+            "others",
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -238,6 +243,7 @@ class Workers:
                     self.started.append(
                         processes.start(
                             [sys.executable, str(HERE / "_worker.py"), factory, str(sock.fileno())],
+                            "workers",
                             pass_fds=(sock.fileno(),),
                             env=env,
                             stdout=out,
@@ -428,7 +434,9 @@ class Wrk(Generator):
         command = ["wrk", f"-t{self.threads}", f"-c{self.args.connections}"]
         command += [f"-d{math.ceil(seconds) + 2}s", "--timeout", "30s", "-s", str(self.script)]
         command.append(f"http://127.0.0.1:{port}{PATH}")
-        process = self.processes.start(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        process = self.processes.start(
+            command, "others", stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         try:
             if watch:
                 watch.generator = [process.pid]
@@ -475,7 +483,9 @@ class PythonGenerator(Generator):
                 command += ["--offset", str(index * length // self.count)]
                 command += ["--warmup", str(args.warmup), "--duration", str(args.duration)]
                 started.append(
-                    self.processes.start(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                    self.processes.start(
+                        command, "others", stdin=subprocess.PIPE, stdout=subprocess.PIPE
+                    )
                 )
             for process in started:
                 assert process.stdout is not None
@@ -653,13 +663,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--threads", type=int, default=2, help="wrk's threads")
     parser.add_argument("--generator-processes", type=int, default=1, help="the Python one's")
+    parser.add_argument(
+        "--pin",
+        metavar="CPUS",
+        help="run the workers on these CPUs (taskset's list, e.g. 0), the generator and Redis "
+        "on the others: the server's cores to itself, as where its clients are elsewhere",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return parser.parse_args(argv)
+
+
+def pins(cpus: str) -> dict[str, str]:
+    """The workers on ``cpus``, everything else on the remaining usable CPUs."""
+    usable = sorted(os.sched_getaffinity(0))
+    chosen: set[int] = set()
+    for part in cpus.split(","):
+        first, _, last = part.partition("-")
+        chosen.update(range(int(first), int(last or first) + 1))
+    others = [cpu for cpu in usable if cpu not in chosen]
+    if not chosen <= set(usable) or not others:
+        raise SystemExit(f"--pin {cpus!r}: choose some of the usable CPUs {usable}, not all")
+    return {"workers": cpus, "others": ",".join(map(str, others))}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     processes = Processes()
+    if args.pin:
+        processes.pins = pins(args.pin)
     signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     handlers = {signum: signal.signal(signum, processes.interrupt) for signum in signals}
     try:

@@ -272,6 +272,21 @@ async def test_two_instances_sharing_redis_share_the_evidence_at_the_next_flush(
     await second.shutdown()
 
 
+@pytest.mark.parametrize(
+    ("share", "reads"), [("50ms", 0.2), ("20ms", 0.2), ("200ms", 0.0), ("1s", 0.0)]
+)
+async def test_a_flush_reads_back_every_200ms_whatever_share_every(
+    tmp_path: Path, clock: FakeClock, redis_url: str, share: str, reads: float
+) -> None:
+    """Writes leave every share_every; what the others wrote is read back every 200ms at
+    most often (0: with every flush, share_every being as long)."""
+    app = build(tmp_path, clock, policy(3.0, share=share), storage=redis_url)
+    store = app.risk.store  # type: ignore[union-attr]
+    assert isinstance(store, SharedRiskStore)
+    assert store.read_every == reads
+    await app.shutdown()
+
+
 async def test_the_workers_flush_on_their_own(
     tmp_path: Path, clock: FakeClock, redis_url: str
 ) -> None:

@@ -6,6 +6,7 @@ one."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -196,8 +197,35 @@ STEPS = st.lists(st.tuples(st.integers(0, 2), st.booleans()), min_size=1, max_si
 async def test_any_interleaving_ends_where_one_store_would(
     redis_url: str, steps: list[tuple[int, bool]]
 ) -> None:
+    await interleaved(redis_url, [(index, flush, 0.0) for index, flush in steps], 0.0)
+
+
+# The same with flushes that read back only every 0.2 s (the default under share_every: 50ms),
+# the clock moving on between requests: whatever flushes read back or only wrote, the last
+# writer's flush that reads back (0.2 s on) holds what the one store holds.
+TIMED_STEPS = st.lists(
+    st.tuples(st.integers(0, 2), st.booleans(), st.sampled_from([0.0, 0.05, 0.1])),
+    min_size=1,
+    max_size=RING_SIZE - 1,
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=TIMED_STEPS)
+async def test_any_interleaving_ends_where_one_store_would_reading_back_now_and_then(
+    redis_url: str, steps: list[tuple[int, bool, float]]
+) -> None:
+    await interleaved(redis_url, steps, 0.2)
+
+
+async def interleaved(
+    redis_url: str, steps: list[tuple[int, bool, float]], read_every: float
+) -> None:
     storage = RedisStorage(redis_url + "?timeout=5")
     prefix = f"gr-shared-{next(PREFIXES)}:"
+    now = [NOW]
     try:
         workers = []
         for _ in range(3):
@@ -205,21 +233,28 @@ async def test_any_interleaving_ends_where_one_store_would(
                 storage.client, prefix=prefix, uri=storage.uri, half_life=HALF_LIFE,
                 window=WINDOW, ttl=TTL,
             )  # fmt: skip
-            workers.append(SharedRiskStore(memory(), remote, interval=0.05, clock=lambda: NOW))
+            workers.append(
+                SharedRiskStore(
+                    memory(), remote, interval=0.05, read_every=read_every, clock=lambda: now[0]
+                )
+            )
         await workers[0].remote.start()
         one = memory()
-        for n, (index, flush) in enumerate(steps):
-            await workers[index].save(KEYS, request(n))
-            await one.save(KEYS, request(n))
+        for n, (index, flush, later) in enumerate(steps):
+            now[0] += later
+            await workers[index].save(KEYS, request(n, now[0]))
+            await one.save(KEYS, request(n, now[0]))
             if flush:
                 await workers[index].flush()
+        now[0] += read_every
         for worker in workers:
             await worker.flush()
         last = workers[steps[-1][0]]
-        await last.save(KEYS, request(len(steps)))
-        await one.save(KEYS, request(len(steps)))
+        now[0] += read_every
+        await last.save(KEYS, request(len(steps), now[0]))
+        await one.save(KEYS, request(len(steps), now[0]))
         await last.flush()
-        shared, alone = await last.load(KEYS, NOW), await one.load(KEYS, NOW)
+        shared, alone = await last.load(KEYS, now[0]), await one.load(KEYS, now[0])
         assert sorted(shared.ring) == sorted(alone.ring)
         assert sorted(shared.neighbours) == sorted(alone.neighbours)
         shared.ring, shared.neighbours = alone.ring, alone.neighbours
@@ -242,6 +277,50 @@ async def test_a_state_another_worker_changed_is_read_again_at_the_next_flush(
     await b.flush()
     await a.flush()  # nothing written here since
     assert (await a.load(KEYS, NOW)).principal[REQ] == near(4.0)
+
+
+async def test_a_flush_between_reads_writes_and_reads_back_nothing(remote_url: str) -> None:
+    """read_every 0.2 s, a flush every 0.05: the flushes between write what this worker saw
+    (the others read it) and take in nothing; the next that reads back takes what the others
+    wrote meanwhile. A flush that only wrote must not stamp the state this worker's: a's copy
+    holds none of b's request when a writes over it, and a stamp of a's would have spared it
+    the read that brings that request in."""
+    now = [NOW]
+    storages = [RedisStorage(remote_url) for _ in range(2)]
+    try:
+        remotes = [redis_risk_store(storage) for storage in storages]
+        a, b = [
+            SharedRiskStore(memory(), remote, interval=0.05, read_every=0.2, clock=lambda: now[0])
+            for remote in remotes
+        ]
+        await a.remote.start()
+        one = memory()  # saw every write
+        about = functools.partial(pytest.approx, rel=0.01)  # counts, decayed over 0.2 s
+
+        async def send(store: SharedRiskStore, n: int) -> None:
+            await store.save(KEYS, request(n, now[0]))
+            await one.save(KEYS, request(n, now[0]))
+
+        await send(a, 0)
+        await a.flush()  # the first flush reads back: a's copy is Redis's, stamped a's
+        now[0] += 0.05
+        await send(b, 1)
+        await b.flush()  # b's first: reads back a's request
+        assert (await b.load(KEYS, now[0])).principal[REQ] == about(2.0)
+        now[0] += 0.05
+        await send(a, 2)
+        await a.flush()  # 0.1 s after its last read: written, nothing read back
+        assert (await a.load(KEYS, now[0])).principal[REQ] == about(2.0)  # 0 and 2, not b's
+        assert a.flushes == 2
+        now[0] += 0.15
+        await b.flush()  # 0.2 s after its read: a's request 2 comes in
+        assert (await b.load(KEYS, now[0])).principal[REQ] == about(3.0)
+        await send(a, 3)
+        await a.flush()  # 0.25 s after its read, writing: reads back, the stamp still b's
+        assert_same(await a.load(KEYS, now[0]), await one.load(KEYS, now[0]))
+    finally:
+        for storage in storages:
+            await storage.close()
 
 
 async def test_a_worker_reads_only_what_it_holds_and_others_changed(worker: Worker) -> None:

@@ -117,13 +117,15 @@ def risk_engine(
     )
     share_every = policy.risk.share_every
     if share_every != "request":
-        from guardrail.backends.risk_shared import SharedRiskStore
+        from guardrail.backends.risk_shared import READ_EVERY_OTHERS, SharedRiskStore
 
         assert isinstance(store, RedisRiskStore)
         shared = SharedRiskStore(
             memory(),
             store,
             interval=share_every,
+            # a flush every share_every, one that reads back every READ_EVERY_OTHERS
+            read_every=READ_EVERY_OTHERS if share_every < READ_EVERY_OTHERS else 0.0,
             clock=clock,
             breaker=guarded.breaker if guarded is not None else None,
         )

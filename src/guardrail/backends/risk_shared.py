@@ -2,11 +2,13 @@
 
 Each worker reads and writes its own ``MemoryRiskStore``, as in memory mode, and journals what it
 writes. Every ``interval`` one round trip sends the journal to Redis (``risk_sync.lua``: the
-writes ``risk.lua`` would make, gathered per state) and reads back every state it wrote, appends
-the names of those states to a log (a Redis stream) and reads what the other workers appended
-since; a second round trip reads the states this worker holds that they changed. The worker
-then takes Redis's copy of each state read, which holds what every worker wrote, plus what it
-wrote itself while the round trip was under way.
+writes ``risk.lua`` would make, gathered per state) and appends the names of those states to a
+log (a Redis stream). Every ``read_every`` (200 ms under the default ``share_every: 50ms``:
+``READ_EVERY_OTHERS``) that round trip also reads back every state written since the last
+read, and what the other workers appended to the log since; a second round trip reads the
+states this worker holds that they changed. The worker then takes Redis's copy of each state
+read, which holds what every worker wrote, plus what it wrote itself while the round trip was
+under way.
 
 That is possible without locks because every write commutes (forward-decayed counters add, bits
 are OR-ed, lists are pushed): for counters, the copy here becomes ``here + (redis - here_then)``,
@@ -17,17 +19,26 @@ front; a band set elsewhere replaces this one unless one was set here since. A r
 so keeps the entries Redis received last, flush by flush: within an interval, not always in the
 order of the requests.
 
-How stale: what another worker wrote reaches this one within that worker's flush and this
-one's next, for every state this worker holds. A principal's first request on a worker is
-assessed on what that worker holds (nothing, or what an earlier request left), its next ones on
-everything. A worker that dies loses its last interval of evidence; limits are not here (their
-buckets are charged in Redis on every request).
+Why read less often than write: a read takes in every change made to a state since the last,
+however many, at the same cost; with several workers serving the same principals, reading the
+others' changes back was what grew the engine's cost a request with the workers. A flush that
+only writes stamps nothing: a stamp says "this copy holds what the others wrote before", which
+it would not.
+
+How stale: what another worker wrote reaches this one within that worker's next flush and this
+one's next read, ``share_every`` plus ``read_every`` (250 ms by default), for every state this
+worker holds; the engine decides from a standing up to a second old anyway (``RESCORE_AFTER``).
+A principal's first request on a worker is assessed on what that worker holds (nothing, or what
+an earlier request left), its next ones on everything. A worker that dies loses its last
+interval of evidence; limits are not here (their buckets are charged in Redis on every
+request).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import os
 import secrets
 import time
@@ -59,6 +70,10 @@ logger = logging.getLogger("guardrail")
 #: or a failover that lost writes left unseen is seen within it.
 READ_EVERY = 1.0
 
+#: A flush reads back (see the module's docstring) at most this often (seconds), unless
+#: ``share_every`` is longer: its writes are sent every interval all the same.
+READ_EVERY_OTHERS = 0.2
+
 #: Writes kept for Redis while it does not answer (a few seconds of a busy worker's traffic).
 JOURNAL_MAX = 100_000
 #: A failure to share is said at most this often (seconds): the flush is tried every interval.
@@ -71,7 +86,8 @@ Sleep = Callable[[float], Awaitable[None]]
 
 class SharedRiskStore:
     """A ``LocalRiskStore`` whose state ``local`` is kept in step with ``remote`` (see the
-    module's docstring) by ``flush``, called every ``interval`` seconds once started."""
+    module's docstring) by ``flush``, called every ``interval`` seconds once started; a flush
+    reads back when ``read_every`` seconds have passed since the last that did (0: each)."""
 
     def __init__(
         self,
@@ -79,6 +95,7 @@ class SharedRiskStore:
         remote: RedisRiskStore,
         *,
         interval: float,
+        read_every: float = 0.0,
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
         breaker: Breaker | None = None,
@@ -88,6 +105,7 @@ class SharedRiskStore:
         self.local = local
         self.remote = remote
         self.interval = interval
+        self.read_every = read_every
         self.half_life = local.half_life
         self.window = local.window
         self.ttl = local.ttl
@@ -105,6 +123,9 @@ class SharedRiskStore:
         self._last: str | None = None  # the last log entry read
         self._started = False  # the log's end is known: entries after it are read
         self._stale: list[str] = []  # changed elsewhere, not read again yet (Redis failed)
+        self._read_at = float("-inf")  # the last flush that read back
+        # written by flushes that did not read back: read back by the next that does
+        self._unread: tuple[dict[str, None], dict[str, None], dict[str, None]] = ({}, {}, {})
         self._flushing: asyncio.Lock | None = None
         self._task: asyncio.Task[None] | None = None
         self._failed_at = float("-inf")
@@ -245,6 +266,11 @@ class SharedRiskStore:
         is what it held plus what this worker wrote since; where it holds less it lost some
         (evicted, failed over): this copy keeps its counts, and what Redis lacks is sent to
         it with the next flush."""
+        correction = list(map(operator.sub, theirs, mine))
+        if len(theirs) != len(mine):
+            raise ValueError("a state read back has counters of another size")
+        if not correction or min(correction) >= -LOSS:  # the usual case: nothing lost
+            return correction
         correction, lost = [], []
         for t, m in zip(theirs, mine, strict=True):
             difference = t - m
@@ -289,7 +315,18 @@ class SharedRiskStore:
             await self._send(batch, journal, now, ({}, {}, {}), False)
             replayed += self._unanswered.pop(0)[1]
         batch, journal = self._unanswered[0] if self._unanswered else ("", [])
+        if not replayed and now - self._read_at < self.read_every:
+            # written only (and logged): nothing read back, nothing stamped
+            if journal:
+                await self._send(batch, journal, now, ({}, {}, {}), False, stamp=False)
+                self._unanswered.pop(0)
+                for unread, names in zip(self._unread, _written(journal), strict=True):
+                    unread.update(names)
+            self.flushes += 1
+            return
         read = _written(replayed + journal)
+        for names, unread in zip(read, self._unread, strict=True):
+            names.update(unread)
         if replayed:
             # written here during the replays: not in Redis yet, so not read now (it would
             # look like a loss); read back with those writes next time (unsynced: a stamp of
@@ -303,6 +340,8 @@ class SharedRiskStore:
         log = await self._send(batch, journal, now, read, True)
         if self._unanswered:
             self._unanswered.pop(0)
+        self._unread = ({}, {}, {})
+        self._read_at = now
         await self._read_changed(log, now, {name for names in read for name in names})
         self.flushes += 1
 
@@ -313,6 +352,7 @@ class SharedRiskStore:
         now: float,
         read: tuple[dict[str, None], dict[str, None], dict[str, None]],
         read_log: bool,
+        stamp: bool = True,
     ) -> list[str]:
         """``journal`` written under the name ``batch``, the states ``read`` names (principals,
         cohorts, buckets) read back and taken here, the log appended to (and read, with
@@ -324,7 +364,9 @@ class SharedRiskStore:
         if journal:
             extra.insert(0, remote.log_append(self.worker, [n for ns in written for n in ns]))
         try:
-            return await self._exchange(journal, now, principals, cohorts, buckets, extra, batch)
+            return await self._exchange(
+                journal, now, principals, cohorts, buckets, extra, batch, stamp
+            )
         except StorageError:
             # The script may have run with its reply lost (a timeout, a reset): Redis then
             # stamped these states this worker's without this copy taking theirs. The journal
@@ -366,6 +408,7 @@ class SharedRiskStore:
         buckets: dict[str, None],
         extra: list[tuple[Any, ...]],
         batch: str = "",
+        stamp: bool = True,
     ) -> list[str]:
         """One round trip: ``journal`` written, the states named read back and taken here
         (``absorb_*``), the ``extra`` log commands run; returns the names the other workers
@@ -382,7 +425,7 @@ class SharedRiskStore:
             current.update(n for n in cohorts if local.synced(n, 1, now, READ_EVERY))
         read_principals, read_cohorts, read_buckets, logged = await remote.sync(
             journal, now, list(principals), list(cohorts), list(buckets), extra,
-            self.worker, current, batch,
+            self.worker, current, batch, stamp,
         )  # fmt: skip
         since = self._journal  # written here during the round trip
         rings, banded, pushed = _newer(since)
