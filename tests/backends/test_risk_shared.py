@@ -675,3 +675,21 @@ async def test_a_batch_replayed_past_its_marker_s_first_ttl_counts_once(
     await b.save(KEYS, update(principal=counters(req=1)))
     await b.flush()
     assert (await b.load(KEYS, NOW)).principal[REQ] == near(2.0)  # 1 of a's, 1 of b's
+
+
+async def test_a_flush_sets_each_bit_once(worker: Worker) -> None:
+    """Forty requests of one principal on one network, in one flush: each bitmap's bit goes to
+    Redis once (SETBIT is idempotent), and the bits are all there."""
+    a, b = await worker(), await worker()
+    batched = a.remote.batched([(KEYS, request(0)) for _ in range(40)], NOW)
+    # the principal's network bit, its member bit in the subnet's and the fingerprint's cohort
+    assert sum(state.ops.count("B") for state in batched.values()) == 3
+    for _ in range(40):
+        await a.save(KEYS, request(0))
+    await a.flush()
+    await b.save(KEYS, request(1))
+    await b.flush()
+    seen = await b.load(KEYS, NOW)
+    assert seen.spread == 1 << 0 | 1 << 1  # request(n) sets bit n % 3
+    assert seen.subnet_members == 1 << 7
+    assert seen.principal[REQ] == near(41.0)

@@ -512,7 +512,7 @@ class RedisRiskStore:
 class _Batched:
     """One state's writes gathered for one call (``batched``)."""
 
-    __slots__ = ("band", "create", "fields", "keys", "ops")
+    __slots__ = ("band", "bits", "create", "fields", "keys", "ops")
 
     def __init__(self, keys: list[str]) -> None:
         self.keys = keys
@@ -520,6 +520,7 @@ class _Batched:
         self.ops: list[Any] = []
         self.band: str | None = None
         self.create = False
+        self.bits: set[tuple[str, int]] = set()  # set once a call (SETBIT is idempotent)
 
     def add(self, names: Sequence[str], increments: Sequence[float], weight: float) -> None:
         fields = self.fields
@@ -533,6 +534,11 @@ class _Batched:
             self.fields["_t"] = now
 
     def bit(self, key: str, bit: int, ttl_ms: int) -> None:
+        # a flush's requests set the same bits again and again (a principal's on its network,
+        # each member's on a cohort's): once each
+        if (key, bit) in self.bits:
+            return
+        self.bits.add((key, bit))
         if key not in self.keys:
             self.keys.append(key)
         self.ops += ("B", self.keys.index(key) + 1, bit, ttl_ms)
