@@ -6,9 +6,11 @@ one."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -321,6 +323,100 @@ async def test_a_flush_between_reads_writes_and_reads_back_nothing(remote_url: s
     finally:
         for storage in storages:
             await storage.close()
+
+
+@contextlib.asynccontextmanager
+async def timed_pair(
+    remote_url: str, now: list[float]
+) -> AsyncIterator[tuple[SharedRiskStore, SharedRiskStore]]:
+    """Two workers on ``now``, flushing every 0.05 s and reading back every 0.2 s."""
+    storages = [RedisStorage(remote_url) for _ in range(2)]
+    try:
+        remotes = [redis_risk_store(storage) for storage in storages]
+        a, b = [
+            SharedRiskStore(memory(), remote, interval=0.05, read_every=0.2, clock=lambda: now[0])
+            for remote in remotes
+        ]
+        await a.remote.start()
+        yield a, b
+    finally:
+        for storage in storages:
+            await storage.close()
+
+
+async def test_another_workers_flush_between_reads_is_not_hidden_by_a_stamp(
+    remote_url: str,
+) -> None:
+    """Review: a's reading flush skips a state stamped a's (nobody else wrote it since a took
+    Redis's copy). b's flush that only writes must not leave a's stamp there, or a never reads
+    b's request, nor its band (it drops b's log entry too: the state was "read")."""
+    now = [NOW]
+    one = memory()
+    async with timed_pair(remote_url, now) as (a, b):
+        await b.save(KEYS, request(0, now[0]))
+        await b.flush()  # reads back: stamped b's
+        now[0] += 0.01
+        await a.save(KEYS, request(1, now[0]))
+        await a.flush()  # a's first flush reads back: stamped a's, a's copy Redis's
+        now[0] += 0.04
+        banded = update(now[0], principal=counters(req=1), band=Band(3, now[0]))
+        await b.save(KEYS, banded)
+        await b.flush()  # 0.05 s after b's read: only writes
+        now[0] += 0.2
+        await a.save(KEYS, request(2, now[0]))
+        await a.flush()  # reads back: the stamp must not spare it
+        for store, n in ((one, 0), (one, 1)):
+            await store.save(KEYS, request(n, NOW + 0.01 * n))
+        await one.save(KEYS, banded)
+        await one.save(KEYS, request(2, now[0]))
+        seen = await a.load(KEYS, now[0])
+        assert seen.band == Band(3, NOW + 0.05)
+        assert seen.principal[REQ] == near((await one.load(KEYS, now[0])).principal[REQ])
+
+
+async def test_a_clock_stepped_back_does_not_stop_the_reads(remote_url: str) -> None:
+    """Review: the clock is the wall clock; stepped back (NTP, a VM resumed), "0.2 s since the
+    last read" would not come again until it caught up, and no flush would read back."""
+    now = [NOW]
+    async with timed_pair(remote_url, now) as (a, b):
+        await a.save(KEYS, request(0, now[0]))
+        await a.flush()
+        now[0] -= 60.0
+        await b.save(KEYS, request(1, now[0]))
+        await b.flush()
+        now[0] += 0.05
+        await a.flush()
+        mine = a.local.held_principal(KEYS.principal, now[0])
+        theirs = b.local.held_principal(KEYS.principal, now[0])
+        assert mine is not None and theirs is not None
+        assert mine[REQ] == near(theirs[REQ])
+
+
+async def test_a_template_pushed_during_a_flush_does_not_hide_another_workers_change(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: a state this worker writes during a flush's round trip is read back with that
+    write at the next flush, not now. A template pushed after the fact writes the template
+    buckets only: the principal and subnet it names must still be read now, or b's change to
+    them is missed until a writes them again."""
+    a, b = await worker(), await worker()
+    await a.save(KEYS, request(0))
+    await a.flush()
+    await b.save(KEYS, request(1))
+    await b.flush()
+    sync = a.remote.sync
+
+    async def with_a_request_admitted_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        replies = await sync(*args, **kwargs)
+        if not a._journal:
+            a.push_template(KEYS, b"tmpl-late", NOW)
+        return replies
+
+    monkeypatch.setattr(a.remote, "sync", with_a_request_admitted_meanwhile)
+    await a.flush()
+    monkeypatch.setattr(a.remote, "sync", sync)
+    await a.flush()
+    assert (await a.load(KEYS, NOW)).principal[REQ] == near(2.0)
 
 
 async def test_a_worker_reads_only_what_it_holds_and_others_changed(worker: Worker) -> None:

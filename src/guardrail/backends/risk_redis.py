@@ -60,8 +60,9 @@ SYNC = lua.LuaScript.load("risk_sync.lua", "risk_state.lua")
 _SCRIPTS = {RISK.sha: RISK, READ.sha: READ, SYNC.sha: SYNC}
 
 #: The log of written states (a stream): each flush adds the names it wrote, and reads what
-#: the other workers added since its last flush. Kept to about LOG_MAX entries (a few seconds
-#: of flushes of many workers; one worker reads it every interval), at most LOG_READ read at once.
+#: the other workers added since its last read. Kept to about LOG_MAX entries (a few seconds
+#: of flushes of many workers; a worker reads it every READ_EVERY_OTHERS), at most LOG_READ read
+#: at once.
 #: States one risk_sync.lua call writes and reads at most: a few ms of Redis's time (measured
 #: 20-50 ms for 256 principals written and read, on a loaded 2-core machine), short of any
 #: timeout, and a stall the limits charged on the same Redis hardly feel.
@@ -262,9 +263,9 @@ class RedisRiskStore:
 
         The states go in calls of at most ``SYNC_STATES`` each (pipelined: still one round
         trip), so that no call holds Redis, and every other client of it, for long. Without
-        ``stamp`` nothing is stamped (a flush that writes and reads nothing back: a stamp of
-        ``worker``'s would say its copy holds what others wrote before, which it has not
-        read). A call
+        ``stamp`` (a flush that reads nothing back) a written state keeps ``worker``'s stamp
+        and loses any other's: a stamp says its worker's copy holds everything written to the
+        state, which another's write makes untrue. A call
         that writes carries a marker named for ``batch`` (the caller's name for this journal,
         the same each time it is sent again): a call whose reply was lost and that is sent
         again finds its marker and writes nothing twice."""
@@ -298,8 +299,8 @@ class RedisRiskStore:
                 x=[k[len(key) :] for k in batched.keys[1:]],
                 f=batched.field_list(),
             )
-            if key not in lists and stamp:
-                spec["m"] = 1  # a hash: stamped
+            if key not in lists:  # a hash: stamped, or another's stamp taken off
+                spec["m" if stamp else "u"] = 1
         for name in current:
             stamped = specs.get(self.key(name))
             if stamped is not None and "m" in stamped:

@@ -315,7 +315,8 @@ class SharedRiskStore:
             await self._send(batch, journal, now, ({}, {}, {}), False)
             replayed += self._unanswered.pop(0)[1]
         batch, journal = self._unanswered[0] if self._unanswered else ("", [])
-        if not replayed and now - self._read_at < self.read_every:
+        # (a clock stepped back must not stop the reads until it has caught up)
+        if not replayed and 0.0 <= now - self._read_at < self.read_every:
             # written only (and logged): nothing read back, nothing stamped
             if journal:
                 await self._send(batch, journal, now, ({}, {}, {}), False, stamp=False)
@@ -331,7 +332,7 @@ class SharedRiskStore:
             # written here during the replays: not in Redis yet, so not read now (it would
             # look like a loss); read back with those writes next time (unsynced: a stamp of
             # this worker's must not spare that read)
-            since = _touched(self._journal)
+            since = _pending(self._journal)
             for kind, names in enumerate(read):
                 for name in [n for n in names if n in since]:
                     del names[name]
@@ -383,7 +384,7 @@ class SharedRiskStore:
         those are read back with their own write at the next flush."""
         # what the other workers wrote since: read again what this worker holds of it (and has
         # not written since: that is read back with its own write at the next flush)
-        pending = _touched(self._journal)
+        pending = _pending(self._journal)
         changed: tuple[dict[str, None], dict[str, None], dict[str, None]] = ({}, {}, {})
         log, self._stale = [*self._stale, *log], []
         for name in log:
@@ -503,17 +504,11 @@ def _written(
     return principals, cohorts, buckets
 
 
-def _touched(journal: list[tuple[Keys, Update]]) -> set[str]:
-    """Every state ``journal`` writes to."""
-    names: set[str] = set()
-    for keys, update in journal:
-        names.add(keys.principal)
-        names.add(keys.subnet)
-        if keys.fingerprint is not None:
-            names.add(keys.fingerprint)
-        if update.template is not None:
-            names.update(keys.templates)
-    return names
+def _pending(journal: list[tuple[Keys, Update]]) -> set[str]:
+    """Every state ``journal`` writes to (as ``_written`` names them): read back with that
+    write at the next flush, not before. A name an update only mentions (a template pushed
+    after the fact names its principal and subnet, and writes its buckets alone) is not one."""
+    return {name for names in _written(journal) for name in names}
 
 
 def _template_only(now: float, entry: bytes) -> Update:

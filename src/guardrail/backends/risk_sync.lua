@@ -14,7 +14,9 @@
 -- or "b": a template bucket, read with LRANGE. A written hash (a principal, a cohort: "m") is
 -- stamped with the worker's name in its field "_w"; with "q", a hash whose stamp was already
 -- this worker's is not read (0 in its place): nobody else wrote it since this worker last read
--- it back, so its copy is Redis's. A state with "z" is written and not read (0).
+-- it back, so its copy is Redis's. With "u" instead of "m" (a flush that reads nothing back) a
+-- written hash loses any other worker's stamp and keeps this one's: that worker's copy no
+-- longer holds everything written. A state with "z" is written and not read (0).
 -- Returns one reply per state, what read (or LRANGE) returns, or 0.
 local me = ARGV[4]
 local spec = cjson.decode(ARGV[5])
@@ -50,6 +52,8 @@ for s, state in ipairs(spec) do
     end
     if state.m and done == 1 then
       redis.call('HSET', base, '_w', me)
+    elseif state.u and done == 1 and redis.call('HGET', base, '_w') ~= me then
+      redis.call('HDEL', base, '_w')
     end
     if unchanged then
       out[s] = 0
