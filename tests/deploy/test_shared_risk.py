@@ -19,7 +19,9 @@ from ._fleet_servers import uvicorn_cli
 
 WORKERS = 4
 REQUESTS = 10
-PACE = 0.12  # seconds between a principal's requests: several intervals of 20ms, and a flush
+# seconds between a principal's requests: each worker sees it every 0.48 s, after at least
+# two reads of what the others wrote (every 200ms; writes every 20ms)
+PACE = 0.12
 
 APP = """\
 from starlette.applications import Starlette
