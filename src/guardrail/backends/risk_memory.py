@@ -509,7 +509,8 @@ class MemoryRiskStore:
         ``within`` seconds ago: a copy created afresh (first seen here, or evicted and seen
         again) holds only what this worker saw, whatever Redis's stamp says."""
         state = self._own(key, now) if kind == 0 else self._cohorts.get(key)
-        return state is not None and now - state.synced < within
+        # a clock stepped back is no reason to trust the copy longer
+        return state is not None and 0.0 <= now - state.synced < within
 
     def unsync(self, key: str, kind: int, now: float) -> None:
         """This copy may have missed Redis's (a flush whose reply was lost): read it back."""

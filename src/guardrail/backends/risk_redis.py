@@ -309,7 +309,7 @@ class RedisRiskStore:
         # write are cut alike from the same journal whatever is read with it, so a batch sent
         # again finds its markers (named for each call's first key).
         groups: dict[int, tuple[list[str], list[str]]] = {}
-        clustered = isinstance(self.client, RedisCluster)
+        clustered = self.clustered
         for key in [*writes, *(key for key in specs if key not in writes)]:
             slot = key_slot(key.encode()) if clustered else 0
             groups.setdefault(slot, ([], []))[key not in writes].append(key)
@@ -352,6 +352,16 @@ class RedisRiskStore:
             [replies[self.key(name)] for name in buckets],
             answers[len(commands) :],
         )
+
+    @property
+    def clustered(self) -> bool:
+        """A Redis Cluster: a pipeline's commands to different nodes run in no given order."""
+        return isinstance(self.client, RedisCluster)
+
+    async def log(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """``log_append`` and ``log_since`` commands in one round trip of their own, each
+        one's error in its place."""
+        return await self._execute(commands)
 
     def log_append(self, worker: str, names: Sequence[str]) -> tuple[Any, ...]:
         """Adds to the log of written states: ``worker`` wrote ``names`` (``Keys`` strings).

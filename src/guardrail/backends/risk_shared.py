@@ -301,6 +301,17 @@ class SharedRiskStore:
             self.dropped += len(journal)
 
     async def _flush(self) -> None:
+        # What failed before is read back with what it wrote; otherwise a flush reads back
+        # every read_every (a clock stepped back must not stop the reads until it caught up).
+        since_read = self._clock() - self._read_at
+        reading = bool(self._unanswered) or not 0.0 <= since_read < self.read_every
+        # The log first, in a round trip of its own: an entry read here was appended after its
+        # writes were applied (``_send``), so they are in the states read below, and its names
+        # among those can be passed over. Read after the states, another worker's write and
+        # entry could land between the two (on a cluster, whose nodes answer apart, easily)
+        # and the write would be passed over unread. Before the journal is taken: what is
+        # written here meanwhile goes with it, and is in Redis when the states are read.
+        log = await self._read_log() if reading else []
         if self._journal:
             self._bound()  # the newest writes are kept; older unanswered batches go first
             self._unanswered.append((secrets.token_hex(8), self._journal))
@@ -312,14 +323,13 @@ class SharedRiskStore:
         replayed: list[tuple[Keys, Update]] = []
         while len(self._unanswered) > 1:
             batch, journal = self._unanswered[0]
-            await self._send(batch, journal, now, ({}, {}, {}), False)
+            await self._send(batch, journal, now, ({}, {}, {}))
             replayed += self._unanswered.pop(0)[1]
         batch, journal = self._unanswered[0] if self._unanswered else ("", [])
-        # (a clock stepped back must not stop the reads until it has caught up)
-        if not replayed and 0.0 <= now - self._read_at < self.read_every:
+        if not reading:
             # written only (and logged): nothing read back, nothing stamped
             if journal:
-                await self._send(batch, journal, now, ({}, {}, {}), False, stamp=False)
+                await self._send(batch, journal, now, ({}, {}, {}), stamp=False)
                 self._unanswered.pop(0)
                 for unread, names in zip(self._unread, _written(journal), strict=True):
                     unread.update(names)
@@ -338,7 +348,7 @@ class SharedRiskStore:
                     del names[name]
                     if kind < 2:
                         self.local.unsync(name, kind, now)
-        log = await self._send(batch, journal, now, read, True)
+        await self._send(batch, journal, now, read)
         if self._unanswered:
             self._unanswered.pop(0)
         self._unread = ({}, {}, {})
@@ -352,21 +362,20 @@ class SharedRiskStore:
         journal: list[tuple[Keys, Update]],
         now: float,
         read: tuple[dict[str, None], dict[str, None], dict[str, None]],
-        read_log: bool,
         stamp: bool = True,
-    ) -> list[str]:
+    ) -> None:
         """``journal`` written under the name ``batch``, the states ``read`` names (principals,
-        cohorts, buckets) read back and taken here, the log appended to (and read, with
-        ``read_log``): one round trip. Returns the names the other workers logged since."""
+        cohorts, buckets) read back and taken here, and the names written appended to the log
+        after the writes: in the same round trip on one server, which runs a pipeline in
+        order; in one of its own once they have answered on a cluster, whose nodes do not."""
         remote = self.remote
         principals, cohorts, buckets = read
         written = _written(journal)
-        extra = [remote.log_since(self._last)] if read_log else []
-        if journal:
-            extra.insert(0, remote.log_append(self.worker, [n for ns in written for n in ns]))
+        log = [remote.log_append(self.worker, [n for ns in written for n in ns])] if journal else []
+        after = bool(log) and remote.clustered
         try:
-            return await self._exchange(
-                journal, now, principals, cohorts, buckets, extra, batch, stamp
+            await self._exchange(
+                journal, now, principals, cohorts, buckets, [] if after else log, batch, stamp
             )
         except StorageError:
             # The script may have run with its reply lost (a timeout, a reset): Redis then
@@ -377,6 +386,46 @@ class SharedRiskStore:
             for name in (*cohorts, *written[1]):
                 self.local.unsync(name, 1, now)
             raise
+        if after:
+            try:
+                self._log_failed(await remote.log(log))
+            except StorageError as exc:  # the writes landed: not sent again for the log
+                self._log_failed([exc])
+
+    async def _read_log(self) -> list[str]:
+        """The names of the states the other workers logged since this worker's last read
+        (nothing at the first: it finds the log's end). A log that cannot be read is read from
+        the same place next time."""
+        try:
+            (reply,) = await self.remote.log([self.remote.log_since(self._last)])
+        except StorageError as exc:
+            reply = exc
+        if self._log_failed([reply]):
+            return []
+        entries = [e for e in reply or [] if _text(e[0]) != self._last]
+        if entries:
+            self._last = _text(entries[-1][0])
+        elif self._last is None:
+            self._last = "0-0"  # an empty log: everything after its start
+        names: list[str] = []
+        if self._started:
+            for _, values in entries:  # redis-py's reply: (id, {field: value})
+                if _text(values.get(b"w", b"")) != self.worker:
+                    names += _text(values.get(b"s", b"")).split("\n")
+        self._started = True
+        return names
+
+    def _log_failed(self, answers: list[Any]) -> bool:
+        """Says (now and then) that the log could not be written or read: the writes landed,
+        and the others learn of these states at their next change."""
+        failed = [answer for answer in answers if isinstance(answer, Exception)]
+        if failed and time.monotonic() - self._log_failed_at >= WARN_EVERY:
+            self._log_failed_at = time.monotonic()
+            failure = failed[0]
+            if not isinstance(failure, StorageError):
+                failure = self.remote.failure(failure)
+            logger.warning("guardrail: the risk log failed: %s", failure)
+        return bool(failed)
 
     async def _read_changed(self, log: list[str], now: float, read: set[str]) -> None:
         """Reads again what this worker holds of the states ``log`` names (and the ones a
@@ -410,10 +459,9 @@ class SharedRiskStore:
         extra: list[tuple[Any, ...]],
         batch: str = "",
         stamp: bool = True,
-    ) -> list[str]:
+    ) -> None:
         """One round trip: ``journal`` written, the states named read back and taken here
-        (``absorb_*``), the ``extra`` log commands run; returns the names the other workers
-        logged since this worker's last read."""
+        (``absorb_*``), then the ``extra`` log commands run."""
         local, remote = self.local, self.remote
         # what is held here as the journal leaves: Redis's copy less this is what others added
         held = {name: local.held_principal(name, now) for name in principals}
@@ -446,26 +494,7 @@ class SharedRiskStore:
             local.absorb_cohort(name, now, self._repaired(name, 1, counters, own, now), state)
         for name, entries in zip(buckets, read_buckets, strict=True):
             local.absorb_bucket(name, now, Remote(entries=entries, newer=pushed.get(name, ())))
-        names: list[str] = []
-        failed = [answer for answer in logged if isinstance(answer, Exception)]
-        if failed:
-            # the writes landed; the log could not be written or read: others learn of these
-            # states at their next change, this worker reads the log from where it was
-            if time.monotonic() - self._log_failed_at >= WARN_EVERY:
-                self._log_failed_at = time.monotonic()
-                logger.warning("guardrail: the risk log failed: %s", remote.failure(failed[0]))
-        elif logged and extra[-1][0] in ("XRANGE", "XREVRANGE"):  # the log read
-            entries = [e for e in logged[-1] or [] if _text(e[0]) != self._last]
-            if entries:
-                self._last = _text(entries[-1][0])
-            elif self._last is None:
-                self._last = "0-0"  # an empty log: everything after its start
-            if self._started:
-                for _, values in entries:  # redis-py's reply: (id, {field: value})
-                    if _text(values.get(b"w", b"")) != self.worker:
-                        names += _text(values.get(b"s", b"")).split("\n")
-            self._started = True
-        return names
+        self._log_failed(logged)
 
 
 #: Redis holding less than this copy by more than this share of a counter is a loss (an
