@@ -3,12 +3,13 @@
 Each worker reads and writes its own ``MemoryRiskStore``, as in memory mode, and journals what it
 writes. Every ``interval`` one round trip sends the journal to Redis (``risk_sync.lua``: the
 writes ``risk.lua`` would make, gathered per state) and appends the names of those states to a
-log (a Redis stream). Every ``read_every`` (200 ms under the default ``share_every: 50ms``:
-``READ_EVERY_OTHERS``) that round trip also reads back every state written since the last
-read, and what the other workers appended to the log since; a second round trip reads the
-states this worker holds that they changed. The worker then takes Redis's copy of each state
-read, which holds what every worker wrote, plus what it wrote itself while the round trip was
-under way.
+log (a Redis stream; on a cluster, in a round trip of its own once the writes have answered).
+Every ``read_every`` (200 ms under the default ``share_every: 50ms``: ``READ_EVERY_OTHERS``)
+a flush first reads what the other workers appended to the log since its last read, then sends
+its journal and reads back every state written since its last read, and a third round trip
+reads the states this worker holds that the others changed. The worker then takes Redis's copy
+of each state read, which holds what every worker wrote, plus what it wrote itself while the
+round trip was under way.
 
 That is possible without locks because every write commutes (forward-decayed counters add, bits
 are OR-ed, lists are pushed): for counters, the copy here becomes ``here + (redis - here_then)``,
