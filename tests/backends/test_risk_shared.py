@@ -456,6 +456,33 @@ async def test_a_write_landing_between_the_states_read_and_the_log_read_is_not_l
     assert (await a.load(KEYS, NOW)).band == Band(3, NOW)
 
 
+async def test_what_the_log_named_is_read_after_a_flush_that_failed_past_it(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log is read in a round trip of its own: a flush that read it and then failed to
+    send (Redis went away) has used its entries up, and must read their states next time."""
+    a, b = await worker(), await worker()
+    await a.save(KEYS, request(0))
+    await a.flush()
+    await b.save(KEYS, request(1))
+    await b.flush()  # logged: a is to read KEYS again
+    execute = a.remote._execute
+
+    async def down_after_the_log(commands: list[tuple[Any, ...]]) -> list[Any]:
+        if any(c[0] == "EVALSHA" for c in commands):
+            raise StorageError("connection lost")
+        return await execute(commands)
+
+    other = KEYS._replace(principal="k:" + "9" * 32)
+    await a.save(other, update(principal=counters(req=1)))
+    monkeypatch.setattr(a.remote, "_execute", down_after_the_log)
+    with pytest.raises(StorageError):
+        await a.flush()
+    monkeypatch.setattr(a.remote, "_execute", execute)
+    await a.flush()
+    assert (await a.load(KEYS, NOW)).principal[REQ] == near(2.0)
+
+
 async def test_on_a_cluster_the_log_entry_follows_the_writes(
     cluster_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -313,6 +313,18 @@ class SharedRiskStore:
         # and the write would be passed over unread. Before the journal is taken: what is
         # written here meanwhile goes with it, and is in Redis when the states are read.
         log = await self._read_log() if reading else []
+        try:
+            read = await self._write(reading)
+        except StorageError:
+            self._stale += log  # read from the log, not read again yet: at the next flush
+            raise
+        if read is not None:
+            await self._read_changed(log, self._read_at, read)
+        self.flushes += 1
+
+    async def _write(self, reading: bool) -> set[str] | None:
+        """The journal sent (after those that failed before), and with ``reading`` the states
+        written since the last read read back; returns the names of those (None without)."""
         if self._journal:
             self._bound()  # the newest writes are kept; older unanswered batches go first
             self._unanswered.append((secrets.token_hex(8), self._journal))
@@ -320,7 +332,7 @@ class SharedRiskStore:
         now = self._clock()
         # What failed before goes first, each journal alone and written only: read back before
         # the newer ones are in Redis too, a state would look like one Redis lost. The newest
-        # reads back what they all wrote, and the log.
+        # reads back what they all wrote.
         replayed: list[tuple[Keys, Update]] = []
         while len(self._unanswered) > 1:
             batch, journal = self._unanswered[0]
@@ -334,8 +346,7 @@ class SharedRiskStore:
                 self._unanswered.pop(0)
                 for unread, names in zip(self._unread, _written(journal), strict=True):
                     unread.update(names)
-            self.flushes += 1
-            return
+            return None
         read = _written(replayed + journal)
         for names, unread in zip(read, self._unread, strict=True):
             names.update(unread)
@@ -354,8 +365,7 @@ class SharedRiskStore:
             self._unanswered.pop(0)
         self._unread = ({}, {}, {})
         self._read_at = now
-        await self._read_changed(log, now, {name for names in read for name in names})
-        self.flushes += 1
+        return {name for names in read for name in names}
 
     async def _send(
         self,
