@@ -336,7 +336,11 @@ class RedisRiskStore:
                     *entries,
                 )
             )  # fmt: skip
-        answers = await self._replies([*commands, *extra])
+        answers, retried = await self._replies([*commands, *extra])
+        if extra and retried:
+            # NOSCRIPT: the scripts ran again as EVAL a round trip after the log's commands,
+            # which so named writes not yet applied: appended again, after them
+            answers[len(commands) :] = await self._execute(list(extra))
         # The states' writes failed: the caller sends the same batch again, and the calls
         # that did run (their reply lost, or other slots of a cluster) find their markers.
         # The log's commands only are replaced by their errors: the writes landed.
@@ -464,23 +468,24 @@ class RedisRiskStore:
 
     async def _run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """``_replies``, raising the first command's error as a StorageError."""
-        replies = await self._replies(commands)
+        replies, _ = await self._replies(commands)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise self.failure(reply)
         return replies
 
-    async def _replies(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def _replies(self, commands: list[tuple[Any, ...]]) -> tuple[list[Any], bool]:
         """One round trip, each command's error in its place; on NOSCRIPT (a flushed,
         restarted or failed-over server), the scripts that were refused go again as EVAL,
-        which also caches them. Only those: the rest of the pipeline was applied, once."""
+        which also caches them. Only those: the rest of the pipeline was applied, once, and
+        before them (the second value says so)."""
         replies = await self._execute(commands)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
             retry = [_as_eval(commands[i]) for i in missing]
             for i, reply in zip(missing, await self._execute(retry), strict=True):
                 replies[i] = reply
-        return replies
+        return replies, bool(missing)
 
     def _script(
         self, keys: Sequence[str], now: float, fields: list[Any], ops: list[Any], create: bool

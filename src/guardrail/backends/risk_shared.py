@@ -123,7 +123,9 @@ class SharedRiskStore:
         self._named: tuple[int, str] = (os.getpid(), secrets.token_hex(8))
         self._last: str | None = None  # the last log entry read
         self._started = False  # the log's end is known: entries after it are read
-        self._stale: list[str] = []  # changed elsewhere, not read again yet (Redis failed)
+        # named by the log, held here, not read again yet: at the end of the flush (or the
+        # next, if it fails); each once, whatever the entries that name it
+        self._stale: dict[str, None] = {}
         self._read_at = float("-inf")  # the last flush that read back
         # written by flushes that did not read back: read back by the next that does
         self._unread: tuple[dict[str, None], dict[str, None], dict[str, None]] = ({}, {}, {})
@@ -312,14 +314,14 @@ class SharedRiskStore:
         # entry could land between the two (on a cluster, whose nodes answer apart, easily)
         # and the write would be passed over unread. Before the journal is taken: what is
         # written here meanwhile goes with it, and is in Redis when the states are read.
-        log = await self._read_log() if reading else []
-        try:
-            read = await self._write(reading)
-        except StorageError:
-            self._stale += log  # read from the log, not read again yet: at the next flush
-            raise
+        if reading:
+            now = self._clock()
+            for name in await self._read_log():
+                if self.local.holds(name, _kind(name), now):
+                    self._stale[name] = None
+        read = await self._write(reading)
         if read is not None:
-            await self._read_changed(log, self._read_at, read)
+            await self._read_changed(self._read_at, read)
         self.flushes += 1
 
     async def _write(self, reading: bool) -> set[str] | None:
@@ -412,6 +414,11 @@ class SharedRiskStore:
         except StorageError as exc:
             reply = exc
         if self._log_failed([reply]):
+            if not self._started:
+                # The log's end unknown, the states read back now, the next first read would
+                # take the entries after them for entries before: the flush waits (nothing
+                # has been sent).
+                raise reply if isinstance(reply, StorageError) else self.remote.failure(reply)
             return []
         entries = [e for e in reply or [] if _text(e[0]) != self._last]
         if entries:
@@ -438,15 +445,15 @@ class SharedRiskStore:
             logger.warning("guardrail: the risk log failed: %s", failure)
         return bool(failed)
 
-    async def _read_changed(self, log: list[str], now: float, read: set[str]) -> None:
-        """Reads again what this worker holds of the states ``log`` names (and the ones a
-        failed read left stale), but for those just ``read`` and those written here since:
-        those are read back with their own write at the next flush."""
+    async def _read_changed(self, now: float, read: set[str]) -> None:
+        """Reads again what this worker holds of the states the log named (``_stale``), but
+        for those just ``read`` and those written here since: those are read back with their
+        own write at the next flush."""
         # what the other workers wrote since: read again what this worker holds of it (and has
         # not written since: that is read back with its own write at the next flush)
         pending = _pending(self._journal)
         changed: tuple[dict[str, None], dict[str, None], dict[str, None]] = ({}, {}, {})
-        log, self._stale = [*self._stale, *log], []
+        log, self._stale = self._stale, {}
         for name in log:
             if name in pending or name in read:
                 continue
@@ -457,7 +464,7 @@ class SharedRiskStore:
             try:
                 await self._exchange([], now, *changed, [])
             except StorageError:
-                self._stale = [name for names in changed for name in names]  # next flush
+                self._stale = {name: None for names in changed for name in names}
                 raise
 
     async def _exchange(
