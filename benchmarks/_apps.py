@@ -114,6 +114,12 @@ def risk_redis() -> Guardrail:
     return _guardrail(RISK_POLICY, redis=True)
 
 
+def risk_redis_200ms() -> Guardrail:
+    """The risk state shared through Redis every 200ms."""
+    policy = RISK_POLICY.replace("thresholds:", "risk: {share_every: 200ms}\nthresholds:")
+    return _guardrail(policy, redis=True)
+
+
 def risk_redis_each_request() -> Guardrail:
     """The risk state read and written in Redis on every request (``share_every: request``)."""
     policy = RISK_POLICY.replace("thresholds:", "risk: {share_every: request}\nthresholds:")
