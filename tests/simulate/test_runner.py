@@ -344,6 +344,6 @@ async def test_four_instances_sharing_redis_see_what_one_sees(
             for name, rows in (("one", one), ("shared", shared), ("apart", apart))
         }
         print(f"\n{campaign}, median served before its first mitigation: {medians}")
-        # measured: A 5 / 6 / 12, B 5 / 6 / 16 (seed 3): an account's first request at each
+        # measured: A 3 / 4 / 9, B 5 / 6 / 16 (seed 3): an account's first request at each
         # instance is scored on that request alone
         assert medians["shared"] <= medians["one"] + 3 < medians["apart"]
