@@ -401,6 +401,15 @@ async def test_a_clock_stepped_back_does_not_stop_the_reads(remote_url: str) -> 
         assert mine[REQ] == near(theirs[REQ])
 
 
+async def b_changed_what_a_holds(a: SharedRiskStore, b: SharedRiskStore) -> None:
+    """a holds KEYS (one request, flushed); b then sent one of its own: the log names KEYS
+    for a to read again."""
+    await a.save(KEYS, request(0))
+    await a.flush()
+    await b.save(KEYS, request(1))
+    await b.flush()
+
+
 async def test_a_template_pushed_during_a_flush_does_not_hide_another_workers_change(
     worker: Worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -409,10 +418,7 @@ async def test_a_template_pushed_during_a_flush_does_not_hide_another_workers_ch
     buckets only: the principal and subnet it names must still be read now, or b's change to
     them is missed until a writes them again."""
     a, b = await worker(), await worker()
-    await a.save(KEYS, request(0))
-    await a.flush()
-    await b.save(KEYS, request(1))
-    await b.flush()
+    await b_changed_what_a_holds(a, b)
     sync = a.remote.sync
 
     async def with_a_request_admitted_meanwhile(*args: Any, **kwargs: Any) -> Any:
@@ -436,10 +442,7 @@ async def test_a_write_landing_between_the_states_read_and_the_log_read_is_not_l
     node answering after the state's). a must not take b's entry for a change it has just
     read: the log is read before the states, so any entry a sees was applied before them."""
     a, b = await worker(), await worker()
-    await a.save(KEYS, request(0))
-    await a.flush()
-    await b.save(KEYS, request(1))
-    await b.flush()
+    await b_changed_what_a_holds(a, b)
     await a.save(KEYS, request(2))
     await a.flush()
     execute = a.remote._execute
@@ -500,10 +503,7 @@ async def test_a_script_run_again_after_noscript_is_logged_after_its_write(
     trip later, as EVAL. a flushing in between sees b's entry before b's write: the entry goes
     again after the write."""
     a, b = await worker(), await worker()
-    await a.save(KEYS, request(0))
-    await a.flush()
-    await b.save(KEYS, request(1))
-    await b.flush()
+    await b_changed_what_a_holds(a, b)
     await a.save(KEYS, request(2))
     await a.flush()
     await b.remote.client.script_flush()
