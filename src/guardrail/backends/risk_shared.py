@@ -342,7 +342,7 @@ class SharedRiskStore:
             replayed += self._unanswered.pop(0)[1]
         batch, journal = self._unanswered[0] if self._unanswered else ("", [])
         if not reading:
-            # written only (and logged): nothing read back, nothing stamped
+            # written only (and logged): nothing read back, no stamp but this worker's left
             if journal:
                 await self._send(batch, journal, now, ({}, {}, {}), stamp=False)
                 self._unanswered.pop(0)
