@@ -23,8 +23,9 @@ order of the requests.
 Why read less often than write: a read takes in every change made to a state since the last,
 however many, at the same cost; with several workers serving the same principals, reading the
 others' changes back was what grew the engine's cost a request with the workers. A flush that
-only writes stamps nothing: a stamp says "this copy holds what the others wrote before", which
-it would not.
+only writes takes another worker's stamp off what it writes: a stamp says "that worker's copy
+holds everything written to this state", which the write makes untrue (left there, it would
+spare that worker the read).
 
 How stale: what another worker wrote reaches this one within that worker's next flush and this
 one's next read, ``share_every`` plus ``read_every`` (250 ms by default), for every state this
