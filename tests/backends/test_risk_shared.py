@@ -474,10 +474,7 @@ async def test_what_the_log_named_is_read_after_a_flush_that_failed_past_it(
     """The log is read in a round trip of its own: a flush that read it and then failed to
     send (Redis went away) has used its entries up, and must read their states next time."""
     a, b = await worker(), await worker()
-    await a.save(KEYS, request(0))
-    await a.flush()
-    await b.save(KEYS, request(1))
-    await b.flush()  # logged: a is to read KEYS again
+    await b_changed_what_a_holds(a, b)  # logged: a is to read KEYS again
     execute = a.remote._execute
 
     async def down_after_the_log(commands: list[tuple[Any, ...]]) -> list[Any]:

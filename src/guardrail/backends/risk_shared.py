@@ -83,6 +83,8 @@ WARN_EVERY = 60.0
 
 
 Clock = Callable[[], float]
+#: States by kind (principals, cohorts, template buckets), in order: ``_written``'s answer.
+Names = tuple[dict[str, None], dict[str, None], dict[str, None]]
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -129,7 +131,7 @@ class SharedRiskStore:
         self._stale: dict[str, None] = {}
         self._read_at = float("-inf")  # the last flush that read back
         # written by flushes that did not read back: read back by the next that does
-        self._unread: tuple[dict[str, None], dict[str, None], dict[str, None]] = ({}, {}, {})
+        self._unread: Names = ({}, {}, {})
         self._flushing: asyncio.Lock | None = None
         self._task: asyncio.Task[None] | None = None
         self._failed_at = float("-inf")
@@ -336,23 +338,26 @@ class SharedRiskStore:
         # What failed before goes first, each journal alone and written only: read back before
         # the newer ones are in Redis too, a state would look like one Redis lost. The newest
         # reads back what they all wrote.
-        replayed: list[tuple[Keys, Update]] = []
+        read: Names = ({}, {}, {})
+        replayed = False
         while len(self._unanswered) > 1:
             batch, journal = self._unanswered[0]
-            await self._send(batch, journal, now, ({}, {}, {}))
-            replayed += self._unanswered.pop(0)[1]
+            written = _written(journal)
+            await self._send(batch, journal, written, now, ({}, {}, {}))
+            self._unanswered.pop(0)
+            _merge(read, written)
+            replayed = True
         batch, journal = self._unanswered[0] if self._unanswered else ("", [])
+        written = _written(journal)
         if not reading:
             # written only (and logged): nothing read back, no stamp but this worker's left
             if journal:
-                await self._send(batch, journal, now, ({}, {}, {}), stamp=False)
+                await self._send(batch, journal, written, now, ({}, {}, {}), stamp=False)
                 self._unanswered.pop(0)
-                for unread, names in zip(self._unread, _written(journal), strict=True):
-                    unread.update(names)
+                _merge(self._unread, written)
             return None
-        read = _written(replayed + journal)
-        for names, unread in zip(read, self._unread, strict=True):
-            names.update(unread)
+        _merge(read, written)
+        _merge(read, self._unread)
         if replayed:
             # written here during the replays: not in Redis yet, so not read now (it would
             # look like a loss); read back with those writes next time (unsynced: a stamp of
@@ -363,7 +368,7 @@ class SharedRiskStore:
                     del names[name]
                     if kind < 2:
                         self.local.unsync(name, kind, now)
-        await self._send(batch, journal, now, read)
+        await self._send(batch, journal, written, now, read)
         if self._unanswered:
             self._unanswered.pop(0)
         self._unread = ({}, {}, {})
@@ -374,17 +379,18 @@ class SharedRiskStore:
         self,
         batch: str,
         journal: list[tuple[Keys, Update]],
+        written: Names,
         now: float,
-        read: tuple[dict[str, None], dict[str, None], dict[str, None]],
+        read: Names,
         stamp: bool = True,
     ) -> None:
-        """``journal`` written under the name ``batch``, the states ``read`` names (principals,
-        cohorts, buckets) read back and taken here, and the names written appended to the log
-        after the writes: in the same round trip on one server, which runs a pipeline in
-        order; in one of its own once they have answered on a cluster, whose nodes do not."""
+        """``journal`` (whose states ``written`` names: ``_written(journal)``) written under
+        the name ``batch``, the states ``read`` names (principals, cohorts, buckets) read back
+        and taken here, and the names written appended to the log after the writes: in the
+        same round trip on one server, which runs a pipeline in order; in one of its own once
+        they have answered on a cluster, whose nodes do not."""
         remote = self.remote
         principals, cohorts, buckets = read
-        written = _written(journal)
         log = [remote.log_append(self.worker, [n for ns in written for n in ns])] if journal else []
         after = bool(log) and remote.clustered
         try:
@@ -453,7 +459,7 @@ class SharedRiskStore:
         # what the other workers wrote since: read again what this worker holds of it (and has
         # not written since: that is read back with its own write at the next flush)
         pending = _pending(self._journal)
-        changed: tuple[dict[str, None], dict[str, None], dict[str, None]] = ({}, {}, {})
+        changed: Names = ({}, {}, {})
         log, self._stale = self._stale, {}
         for name in log:
             if name in pending or name in read:
@@ -534,7 +540,7 @@ def _kind(name: str) -> int:
 
 def _written(
     journal: list[tuple[Keys, Update]],
-) -> tuple[dict[str, None], dict[str, None], dict[str, None]]:
+) -> Names:
     """The principals, cohorts and template buckets ``journal`` writes, in order: the
     states a flush of it reads back."""
     principals: dict[str, None] = {}
@@ -550,6 +556,15 @@ def _written(
         if update.template is not None:
             buckets.update(dict.fromkeys(keys.templates))
     return principals, cohorts, buckets
+
+
+def _merge(
+    into: Names,
+    names: Names,
+) -> None:
+    """``_written``'s names added to ``into``, kind by kind, in order."""
+    for kept, more in zip(into, names, strict=True):
+        kept.update(more)
 
 
 def _pending(journal: list[tuple[Keys, Update]]) -> set[str]:
