@@ -684,7 +684,10 @@ def pins(cpus: str) -> dict[str, str]:
     chosen: set[int] = set()
     for part in cpus.split(","):
         first, _, last = part.partition("-")
-        chosen.update(range(int(first), int(last or first) + 1))
+        try:
+            chosen.update(range(int(first), int(last or first) + 1))
+        except ValueError:
+            raise SystemExit(f"--pin {cpus!r}: CPUs as taskset lists them, e.g. 0 or 0-1") from None
     others = [cpu for cpu in usable if cpu not in chosen]
     if not chosen <= set(usable) or not others:
         raise SystemExit(f"--pin {cpus!r}: choose some of the usable CPUs {usable}, not all")
