@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from guardrail.backends import risk_shared
 from guardrail.backends.redis import RedisStorage
 from guardrail.backends.risk_memory import MemoryRiskStore
 from guardrail.backends.risk_redis import SYNC_STATES, RedisRiskStore
@@ -639,6 +640,54 @@ async def test_writes_that_landed_are_not_sent_again_when_the_log_fails(worker: 
     await b.save(KEYS, update(principal=counters(req=1)))
     await b.flush()
     assert (await b.load(KEYS, NOW)).principal[REQ] == near(2.0)  # Redis counted it once
+
+
+@pytest.mark.parametrize("read_every", [0.0, 10.0], ids=["reading", "writing only"])
+async def test_names_a_failed_log_entry_held_go_with_the_next_that_lands(
+    worker: Worker, read_every: float
+) -> None:
+    """The writes land and their log entry does not (the stream's node down on a cluster, a
+    full or misconfigured server): the names go with the next entry that lands, or the
+    other workers would not read those states again until they write them. With flushes
+    that read back (each, here) and flushes that only write (all but a's first)."""
+    a, b = await worker(), await worker()
+    a.read_every = read_every
+    await b.save(KEYS, request(0))
+    await b.flush()
+    await a.flush()  # finds the log's end
+    await a.remote.client.set(a.remote.key("~log"), "not a stream")
+    await a.save(KEYS, request(1))
+    await a.flush()  # writes land, the entry fails: said, not raised
+    await a.remote.client.delete(a.remote.key("~log"))
+    await a.flush()  # nothing new written: the names held are logged alone
+    await b.flush()
+    assert (await b.load(KEYS, NOW)).principal[REQ] == near(2.0)
+    assert not a._unlogged
+    # and once logged, not again
+    calls: list[tuple[Any, ...]] = []
+    log = a.remote.log
+
+    async def recorded(commands: list[tuple[Any, ...]]) -> list[Any]:
+        calls.extend(commands)
+        return await log(commands)
+
+    a.remote.log = recorded  # type: ignore[method-assign]
+    await a.flush()
+    assert not [c for c in calls if c[0] == "XADD"]
+
+
+async def test_names_waiting_for_a_log_that_never_comes_back_are_bounded(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(risk_shared, "JOURNAL_MAX", 3)
+    a = await worker()
+    await a.flush()
+    await a.remote.client.set(a.remote.key("~log"), "not a stream")
+    for n in range(3):
+        await a.save(KEYS._replace(principal=f"k:{n:032x}"), request(n))
+        await a.flush()
+    # at most three, the newest among them
+    assert len(a._unlogged) == 3 and f"k:{2:032x}" in a._unlogged
 
 
 async def test_a_principal_redis_lost_is_put_back_not_wiped_here(worker: Worker) -> None:

@@ -39,6 +39,7 @@ request).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import operator
 import os
@@ -132,6 +133,8 @@ class SharedRiskStore:
         self._read_at = float("-inf")  # the last flush that read back
         # written by flushes that did not read back: read back by the next that does
         self._unread: Names = ({}, {}, {})
+        # written, their log entry lost (the writes landed): named again by the next entry
+        self._unlogged: dict[str, None] = {}
         self._flushing: asyncio.Lock | None = None
         self._task: asyncio.Task[None] | None = None
         self._failed_at = float("-inf")
@@ -355,6 +358,8 @@ class SharedRiskStore:
                 await self._send(batch, journal, written, now, ({}, {}, {}), stamp=False)
                 self._unanswered.pop(0)
                 _merge(self._unread, written)
+            elif self._unlogged:
+                await self._append([])
             return None
         _merge(read, written)
         _merge(read, self._unread)
@@ -386,15 +391,18 @@ class SharedRiskStore:
     ) -> None:
         """``journal`` (whose states ``written`` names: ``_written(journal)``) written under
         the name ``batch``, the states ``read`` names (principals, cohorts, buckets) read back
-        and taken here, and the names written appended to the log after the writes: in the
-        same round trip on one server, which runs a pipeline in order; in one of its own once
-        they have answered on a cluster, whose nodes do not."""
+        and taken here, and the names written (with any an earlier entry failed to log)
+        appended to the log after the writes: in the same round trip on one server, which runs
+        a pipeline in order; in one of its own once they have answered on a cluster, whose
+        nodes do not."""
         remote = self.remote
         principals, cohorts, buckets = read
-        log = [remote.log_append(self.worker, [n for ns in written for n in ns])] if journal else []
-        after = bool(log) and remote.clustered
+        names = [n for ns in written for n in ns]
+        logs = bool(journal or self._unlogged)
+        after = logs and remote.clustered
+        log = [remote.log_append(self.worker, [*self._unlogged, *names])] if logs else []
         try:
-            await self._exchange(
+            logged = await self._exchange(
                 journal, now, principals, cohorts, buckets, [] if after else log, batch, stamp
             )
         except StorageError:
@@ -407,10 +415,31 @@ class SharedRiskStore:
                 self.local.unsync(name, 1, now)
             raise
         if after:
-            try:
-                self._log_failed(await remote.log(log))
-            except StorageError as exc:  # the writes landed: not sent again for the log
-                self._log_failed([exc])
+            await self._append(names)
+        elif logs:
+            self._logged(names, logged)
+
+    async def _append(self, names: list[str]) -> None:
+        """``names`` (and those whose entry failed before) logged in a round trip of their
+        own: the writes landed, so a failure is not a reason to send them again."""
+        try:
+            logged = await self.remote.log(
+                [self.remote.log_append(self.worker, [*self._unlogged, *names])]
+            )
+        except StorageError as exc:
+            logged = [exc]
+        self._logged(names, logged)
+
+    def _logged(self, names: list[str], answers: list[Any]) -> None:
+        if self._log_failed(answers):
+            # at most JOURNAL_MAX, the oldest first out (a log that never works again)
+            unlogged = self._unlogged
+            unlogged.update(dict.fromkeys(names))
+            if len(unlogged) > JOURNAL_MAX:
+                for name in list(itertools.islice(unlogged, len(unlogged) - JOURNAL_MAX)):
+                    del unlogged[name]
+        elif self._unlogged:
+            self._unlogged = {}
 
     async def _read_log(self) -> list[str]:
         """The names of the states the other workers logged since this worker's last read
@@ -441,8 +470,8 @@ class SharedRiskStore:
         return names
 
     def _log_failed(self, answers: list[Any]) -> bool:
-        """Says (now and then) that the log could not be written or read: the writes landed,
-        and the others learn of these states at their next change."""
+        """Says (now and then) that the log could not be written or read (the writes landed:
+        their names go with the next entry)."""
         failed = [answer for answer in answers if isinstance(answer, Exception)]
         if failed and time.monotonic() - self._log_failed_at >= WARN_EVERY:
             self._log_failed_at = time.monotonic()
@@ -484,9 +513,10 @@ class SharedRiskStore:
         extra: list[tuple[Any, ...]],
         batch: str = "",
         stamp: bool = True,
-    ) -> None:
+    ) -> list[Any]:
         """One round trip: ``journal`` written, the states named read back and taken here
-        (``absorb_*``), then the ``extra`` log commands run."""
+        (``absorb_*``), then the ``extra`` log commands run; returns their answers (each
+        error in its place)."""
         local, remote = self.local, self.remote
         # what is held here as the journal leaves: Redis's copy less this is what others added
         held = {name: local.held_principal(name, now) for name in principals}
@@ -519,7 +549,7 @@ class SharedRiskStore:
             local.absorb_cohort(name, now, self._repaired(name, 1, counters, own, now), state)
         for name, entries in zip(buckets, read_buckets, strict=True):
             local.absorb_bucket(name, now, Remote(entries=entries, newer=pushed.get(name, ())))
-        self._log_failed(logged)
+        return logged
 
 
 #: Redis holding less than this copy by more than this share of a counter is a loss (an
