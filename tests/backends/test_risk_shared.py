@@ -690,6 +690,40 @@ async def test_names_waiting_for_a_log_that_never_comes_back_are_bounded(
     assert len(a._unlogged) == 3 and f"k:{2:032x}" in a._unlogged
 
 
+async def test_the_flushing_task_stops_when_a_client_turns_its_cancellation_into_an_error(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py can raise a connection error where it was cancelled (the breaker's probe
+    says so too): the task flushing every interval takes that for a failed flush and would
+    go on, forever, past a loop's shutdown that cancels each task once."""
+    a = await worker()
+    never = asyncio.Event()
+
+    async def hung(commands: list[tuple[Any, ...]]) -> list[Any]:
+        try:
+            await never.wait()
+        except asyncio.CancelledError:
+            raise StorageError("Connection closed by server.") from None
+        return []
+
+    async def turn(seconds: float) -> None:
+        await asyncio.sleep(0)
+
+    monkeypatch.setattr(a.remote, "_execute", hung)
+    a._sleep = turn
+    await a.start()
+    task = a._task
+    assert task is not None
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not task.done()  # waiting on Redis
+    task.cancel()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert task.cancelled()
+    a._task = None
+
+
 async def test_a_principal_redis_lost_is_put_back_not_wiped_here(worker: Worker) -> None:
     """Evicted or failed over: Redis no longer has a principal this worker holds. A request
     decided from its standing writes it there again; the copy here is not reset to Redis's

@@ -10,6 +10,7 @@ import logging
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -448,6 +449,51 @@ async def test_the_recorder_flushes_once_enough_wait_and_at_shutdown(
     assert (await read_index(redis_url)).subjects_entries() == {"a:alice": 12, "a:bob": 1}
     files = await asyncio.to_thread(lambda: list(tmp_path.iterdir()))
     assert files == []
+    await store.client.aclose()
+
+
+async def test_the_recorder_stops_when_redis_py_turns_its_cancellation_into_an_error(
+    clock, redis_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """A loop's shutdown cancels each task once; redis-py can raise a connection error where
+    it was cancelled, which the index's flush takes for a failed write: the recorder's task
+    must stop all the same, or the shutdown waits for it forever."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from guardrail.provenance.recorder import Recorder
+
+    store = writer(redis_url, clock, flush_at=1)
+    never = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def hung(now: float) -> Any:
+        entered.set()
+        try:
+            await never.wait()
+        except asyncio.CancelledError:
+            raise RedisConnectionError("Connection closed by server.") from None
+
+    rec = Recorder(
+        "unused",
+        capacity=1,
+        retention=1.0,
+        save_every=3600.0,
+        sketcher=store.sketcher,
+        clock=clock,
+        store=store,
+    )
+    await rec.start()
+    monkeypatch.setattr(store, "_append", hung)
+    rec.offer("a:alice", completion(TEXTS[0]), clock())
+    settling = asyncio.ensure_future(rec.settled())  # taken in now, not a batch later
+    await entered.wait()
+    task = rec._task
+    assert task is not None
+    task.cancel()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert task.cancelled()
+    await settling
     await store.client.aclose()
 
 

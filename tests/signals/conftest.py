@@ -27,6 +27,7 @@ def store_uri(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 async def make_driver(store_uri: str) -> AsyncIterator[Any]:
     storages: list[Storage] = []
+    stores: list[Any] = []  # the engines' risk stores: a shared one flushes in the background
     uri = store_uri
 
     async def make(policy_text: str = BASE_POLICY) -> Driver:
@@ -36,8 +37,11 @@ async def make_driver(store_uri: str) -> AsyncIterator[Any]:
         await storage.start()
         engine = risk_engine(policy, storage, fallback=False)
         await engine.store.start()
+        stores.append(engine.store)
         return Driver(engine, compile_route(policy.routes[0]))
 
     yield make
+    for store in stores:
+        await store.close()
     for storage in storages:
         await storage.close()

@@ -223,21 +223,25 @@ class SharedRiskStore:
         await self.local.close()
 
     async def _run(self) -> None:
+        task = asyncio.current_task()
         while True:
             await self._sleep(self.interval)
             try:
                 await self.flush()
-            except StorageError as exc:
-                now = time.monotonic()
-                if now - self._failed_at >= WARN_EVERY:
-                    self._failed_at = now
+            except Exception as exc:
+                if task is not None and task.cancelling():
+                    # redis-py can raise a connection error where it was cancelled: this
+                    # task was asked to stop (``close``, a loop's shutdown), and only once
+                    raise asyncio.CancelledError from exc
+                if not isinstance(exc, StorageError):
+                    logger.exception("guardrail: sharing risk evidence failed unexpectedly")
+                elif time.monotonic() - self._failed_at >= WARN_EVERY:
+                    self._failed_at = time.monotonic()
                     logger.warning(
                         "guardrail: risk evidence not shared (kept here, sent with the next "
                         "flush): %s",
                         exc,
                     )
-            except Exception:
-                logger.exception("guardrail: sharing risk evidence failed unexpectedly")
 
     async def flush(self) -> None:
         """Send the journal and take Redis's copy of every state it touched; one at a time."""

@@ -234,6 +234,7 @@ class Recorder:
 
     async def _run(self) -> None:
         queue, wake = self._queue, self._wake
+        task = asyncio.current_task()
         stop = False
         while not stop:
             if queue.qsize() < BATCH and not queue.full() and not self._asked:
@@ -265,6 +266,10 @@ class Recorder:
             if stop or self._save_due(now):
                 self._due = now + self.save_every
                 await self._save(now, last=stop)
+                if task is not None and task.cancelling():
+                    # redis-py can raise a connection error where it was cancelled, which the
+                    # index's flush takes for a failed write: asked to stop, the task stops
+                    raise asyncio.CancelledError
             if marker is not None and not marker.done.done():
                 marker.done.set_result(None)
 
