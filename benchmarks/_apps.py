@@ -9,6 +9,7 @@ Redis configurations take their URL from ``GUARDRAIL_BENCH_REDIS``.
 
 from __future__ import annotations
 
+import itertools
 import os
 
 from slowapi import Limiter
@@ -17,6 +18,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from guardrail import Guardrail, Policy
 
@@ -81,6 +83,39 @@ def slowapi_app(read_body: bool = False) -> Starlette:
     return app
 
 
+class Floor:
+    """What any middleware that inspects the body does on every request, and nothing else: the
+    body read and replayed to the app, one response header (guardrail's request id). The
+    least a pure ASGI middleware in guardrail's place costs (load.py's ``floor``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.served = itertools.count()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = (b"guardrail-request-id", b"%x" % next(self.served))
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay() -> Message:
+            return pending.pop() if pending else await receive()
+
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        await self.app(scope, replay, wrapped)
+
+
 # The factories uvicorn serves (``--factory``): one per configuration of load.py.
 
 
@@ -90,6 +125,10 @@ def bare() -> Starlette:
 
 def slowapi() -> Starlette:
     return slowapi_app(read_body=True)
+
+
+def floor() -> Floor:
+    return Floor(bare_app(read_body=True))
 
 
 def _guardrail(policy: str, redis: bool) -> Guardrail:

@@ -76,6 +76,7 @@ ROOT = HERE.parent
 CONFIGS: dict[str, tuple[str, str, bool]] = {
     "bare": ("bare", "bare Starlette app, 1 KB chat body read", False),
     "slowapi": ("slowapi", "slowapi, one memory limit", False),
+    "floor": ("floor", "a pure ASGI middleware: body read and replayed, one header", False),
     "memory": ("memory", "guardrail, 3 memory buckets, `inspect: openai`", False),
     "redis": ("redis", "guardrail, 3 Redis buckets", True),
     "risk-memory": ("risk_memory", "+ risk engine, memory", False),
@@ -89,8 +90,9 @@ CONFIGS: dict[str, tuple[str, str, bool]] = {
 }
 
 
-#: What ``make load`` runs: every configuration but the informative share_every: 200ms.
-DEFAULT_CONFIGS = [name for name in CONFIGS if name != "risk-redis-200ms"]
+#: What ``make load`` runs: every configuration but the informative ones (the floor under any
+#: middleware that inspects the body, share_every: 200ms).
+DEFAULT_CONFIGS = [name for name in CONFIGS if name not in ("floor", "risk-redis-200ms")]
 
 
 class Processes:

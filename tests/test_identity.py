@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from starlette.types import Scope
 
+from guardrail import identity
 from guardrail.errors import GuardrailError
 from guardrail.identity import MAX_ACCOUNT, IdentityResolver, Subject, hash_key
 from guardrail.policy import Policy
@@ -640,6 +641,21 @@ def test_utf8_key_hashes_like_hash_key() -> None:
     raw = "clé-ключ"
     subject = resolver().resolve(scope(headers=[("authorization", b"Bearer " + raw.encode())]))
     assert subject.api_key == hash_key(SECRET, raw)
+
+
+def test_keys_seen_again_hash_the_same_and_the_hashes_kept_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(identity, "KEYS_KEPT", 3)
+    r = resolver()
+    for raw in ["sk-a", "sk-b", "sk-c", "sk-a", "sk-d", "sk-e", "sk-a", "sk-a2", "sk-"]:
+        subject = r.resolve(scope(headers=[("authorization", f"Bearer {raw}")]))
+        assert subject.api_key == hash_key(SECRET, raw)
+    assert len(r._hash._known) == 3  # the oldest out first
+    long = "sk-" + "x" * identity.KEPT_KEY_BYTES
+    subject = r.resolve(scope(headers=[("authorization", f"Bearer {long}")]))
+    assert subject.api_key == hash_key(SECRET, long)
+    assert long.encode() not in r._hash._known  # hashed each time, never held
 
 
 # -- hash_key and Subject -------------------------------------------------------------------

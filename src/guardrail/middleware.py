@@ -793,7 +793,10 @@ class Guardrail:
         outcome = None
         try:
             try:
-                outcome = await storage.charge(charges, now)
+                if type(storage) is MemoryStorage:  # the embedded default: no coroutine
+                    outcome = storage.charge_now(charges, now)
+                else:
+                    outcome = await storage.charge(charges, now)
             except StorageError as exc:
                 self._warn_storage(exc, now)
                 if self.fallback is None:

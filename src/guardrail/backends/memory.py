@@ -40,6 +40,10 @@ class MemoryStorage:
         self._subjects.clear()
 
     async def charge(self, charges: Sequence[BucketCharge], now: float) -> Outcome:
+        return self.charge_now(charges, now)
+
+    def charge_now(self, charges: Sequence[BucketCharge], now: float) -> Outcome:
+        """``charge`` without a coroutine: the middleware calls this one directly."""
         # The admitted path is ``gcra`` fused with the dict lookups (one pass to decide, one to
         # store): it is the embedded default's hot path. A refusal takes the reference code.
         subjects = self._subjects
