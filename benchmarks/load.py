@@ -719,22 +719,30 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signum, handler)
 
 
+def set_up(
+    given: str | None, needs_redis: bool, processes: Processes, workdir: Path
+) -> tuple[Redis | None, str, dict[str, str]]:
+    """The Redis the configurations use (``given``, checked, or one started here if any needs
+    one: None when given) and its URL, and the workers' environment."""
+    redis = Redis(processes, workdir) if needs_redis and not given else None
+    if given and needs_redis:
+        check_redis(given)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT / "src"), str(ROOT), str(HERE), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    env.setdefault("GUARDRAIL_BENCH_SECRET", "bench-secret")
+    return redis, given or (redis.url if redis else ""), env
+
+
 def benchmark(args: argparse.Namespace, processes: Processes, workdir: Path) -> int:
     use_wrk = args.generator == "wrk" or (args.generator == "auto" and shutil.which("wrk"))
     generator: Generator = (
         Wrk(processes, args, workdir) if use_wrk else PythonGenerator(processes, args)
     )
     needs_redis = any(CONFIGS[name][2] for name in args.configs)
-    redis = Redis(processes, workdir) if needs_redis and not args.redis else None
-    redis_url = args.redis or (redis.url if redis else "")
-    if args.redis and needs_redis:
-        check_redis(args.redis)
+    redis, redis_url, env = set_up(args.redis, needs_redis, processes, workdir)
     prefix = f"grbench:{uuid.uuid4().hex[:8]}:"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT / "src"), str(ROOT), str(HERE), *filter(None, [env.get("PYTHONPATH")])]
-    )
-    env.setdefault("GUARDRAIL_BENCH_SECRET", "bench-secret")
     header = describe(args, generator)
     if not args.json:
         print(header["text"], flush=True)

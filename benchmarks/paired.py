@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import signal
 import statistics
@@ -46,14 +45,12 @@ from typing import Any
 
 from load import (
     CONFIGS,
-    HERE,
-    ROOT,
     Processes,
     Redis,
     Workers,
-    check_redis,
     cpu_seconds,
     delete_keys,
+    set_up,
     with_prefix,
     wrk_script,
 )
@@ -93,16 +90,8 @@ def measure(
     script = workdir / "load.lua"
     script.write_text(wrk_script(args.keys, 1))
     needs_redis = any(CONFIGS[name][2] for name in configs)
-    redis = Redis(processes, workdir) if needs_redis and not args.redis else None
-    redis_url = args.redis or (redis.url if redis else "")
-    if args.redis and needs_redis:
-        check_redis(args.redis)
+    redis, redis_url, env = set_up(args.redis, needs_redis, processes, workdir)
     prefix = f"grpaired:{uuid.uuid4().hex[:8]}:"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT / "src"), str(ROOT), str(HERE), *filter(None, [env.get("PYTHONPATH")])]
-    )
-    env.setdefault("GUARDRAIL_BENCH_SECRET", "bench-secret")
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
     try:
         for round_ in range(args.rounds):

@@ -426,18 +426,8 @@ def completion(text: str) -> bytes:
 async def test_the_recorder_flushes_once_enough_wait_and_at_shutdown(
     tmp_path: Path, clock, redis_url: str
 ):
-    from guardrail.provenance.recorder import Recorder
-
     store = writer(redis_url, clock, flush_at=10)
-    rec = Recorder(
-        "unused",
-        capacity=1,
-        retention=1.0,
-        save_every=3600.0,
-        sketcher=store.sketcher,
-        clock=clock,
-        store=store,
-    )
+    rec = recorder(store, clock, save_every=3600.0)
     await rec.start()
     for text in TEXTS[:12]:
         rec.offer("a:alice", completion(text), clock())
@@ -460,8 +450,6 @@ async def test_the_recorder_stops_when_redis_py_turns_its_cancellation_into_an_e
     must stop all the same, or the shutdown waits for it forever."""
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from guardrail.provenance.recorder import Recorder
-
     store = writer(redis_url, clock, flush_at=1)
     never = asyncio.Event()
     entered = asyncio.Event()
@@ -473,15 +461,7 @@ async def test_the_recorder_stops_when_redis_py_turns_its_cancellation_into_an_e
         except asyncio.CancelledError:
             raise RedisConnectionError("Connection closed by server.") from None
 
-    rec = Recorder(
-        "unused",
-        capacity=1,
-        retention=1.0,
-        save_every=3600.0,
-        sketcher=store.sketcher,
-        clock=clock,
-        store=store,
-    )
+    rec = recorder(store, clock, save_every=3600.0)
     await rec.start()
     monkeypatch.setattr(store, "_append", hung)
     rec.offer("a:alice", completion(TEXTS[0]), clock())
@@ -558,14 +538,14 @@ async def test_without_lifespan_served_outputs_reach_redis_as_the_process_ends(
     await app.shutdown()  # the test's: its Redis connections are closed, not left to the GC
 
 
-def recorder(store: RedisIndexWriter, clock):
+def recorder(store: RedisIndexWriter, clock, save_every: float = 60.0):
     from guardrail.provenance.recorder import Recorder
 
     return Recorder(
         "unused",
         capacity=1,
         retention=1.0,
-        save_every=60.0,
+        save_every=save_every,
         sketcher=store.sketcher,
         clock=clock,
         store=store,
