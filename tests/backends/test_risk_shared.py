@@ -679,15 +679,31 @@ async def test_names_a_failed_log_entry_held_go_with_the_next_that_lands(
 async def test_names_waiting_for_a_log_that_never_comes_back_are_bounded(
     worker: Worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(risk_shared, "JOURNAL_MAX", 3)
+    monkeypatch.setattr(risk_shared, "UNLOGGED_MAX", 3)
     a = await worker()
     await a.flush()
     await a.remote.client.set(a.remote.key("~log"), "not a stream")
     for n in range(3):
         await a.save(KEYS._replace(principal=f"k:{n:032x}"), request(n))
         await a.flush()
-    # at most three, the newest among them
-    assert len(a._unlogged) == 3 and f"k:{2:032x}" in a._unlogged
+    # at most three, those that failed last (the last entry's last names: what every request
+    # wrote, after its principal)
+    assert len(a._unlogged) == 3
+    assert KEYS.subnet in a._unlogged and KEYS.fingerprint in a._unlogged
+    assert a.unlogged_dropped > 0
+    appends: list[int] = []
+    execute = a.remote._execute
+
+    async def measured(commands: list[tuple[Any, ...]]) -> list[Any]:
+        appends.extend(
+            len(b"\n".join(map(str.encode, map(str, c)))) for c in commands if c[0] == "XADD"
+        )
+        return await execute(commands)
+
+    a.remote._execute = measured  # type: ignore[method-assign]
+    for _ in range(3):  # idle, the log still broken: the same few names, not a growing list
+        await a.flush()
+    assert appends and max(appends) < 1000
 
 
 async def test_the_flushing_task_stops_when_a_client_turns_its_cancellation_into_an_error(
@@ -720,8 +736,52 @@ async def test_the_flushing_task_stops_when_a_client_turns_its_cancellation_into
     task.cancel()
     for _ in range(20):
         await asyncio.sleep(0)
-    assert task.cancelled()
+    stopped = task.cancelled()
     a._task = None
+    if not stopped:  # failing: end it (each cancel is turned into an error; unblocked, it ends)
+        never.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert stopped
+
+
+async def test_the_flushing_task_stops_when_a_cancellation_is_swallowed_and_the_flush_succeeds(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: Python 3.11's asyncio.wait_for (in redis-py's socket send) returns the result
+    and drops a cancellation that lands as what it waits for completes; the flush then
+    returns as usual, and the loop must still stop."""
+    a = await worker()
+    never = asyncio.Event()
+    execute = a.remote._execute
+
+    swallowed = []
+
+    async def swallowing(commands: list[tuple[Any, ...]]) -> list[Any]:
+        if never.is_set():
+            raise asyncio.CancelledError  # only to end the test
+        if not swallowed:  # the first call waits for the cancellation, and drops it
+            with contextlib.suppress(asyncio.CancelledError):  # as wait_for does then
+                await never.wait()
+            swallowed.append(True)
+        return await execute(commands)
+
+    async def turn(seconds: float) -> None:
+        await asyncio.sleep(0)
+
+    monkeypatch.setattr(a.remote, "_execute", swallowing)
+    a._sleep = turn
+    task = asyncio.ensure_future(a._run())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    task.cancel()  # a loop's shutdown: once
+    # the flush's round trips to the real Redis go on: a bound, not a sleep (done at once)
+    await asyncio.wait([task], timeout=10)
+    stopped = task.done()
+    never.set()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert stopped, "the flush loop went on after its one cancellation (a shutdown would hang)"
 
 
 async def test_a_principal_redis_lost_is_put_back_not_wiped_here(worker: Worker) -> None:

@@ -81,6 +81,9 @@ READ_EVERY_OTHERS = 0.2
 JOURNAL_MAX = 100_000
 #: A failure to share is said at most this often (seconds): the flush is tried every interval.
 WARN_EVERY = 60.0
+#: Names whose log entry failed, kept for the next (each flush sends them again while the log
+#: fails: ~40 KB at most, not megabytes every interval); past it the oldest are dropped, counted.
+UNLOGGED_MAX = 1024
 
 
 Clock = Callable[[], float]
@@ -117,6 +120,7 @@ class SharedRiskStore:
         self.flushes = 0  # done, for tests and operators
         self.autoflush = True  # False: whoever set it calls flush (the simulator, on its clock)
         self.dropped = 0  # writes never shared: Redis did not answer for too long
+        self.unlogged_dropped = 0  # names never logged: the log failed for too long
         self._clock = clock
         self._sleep = sleep
         self._breaker = breaker  # the storage's: no flush while it is open
@@ -242,6 +246,10 @@ class SharedRiskStore:
                         "flush): %s",
                         exc,
                     )
+            if task is not None and task.cancelling():
+                # or returned as if nothing happened (Python 3.11's wait_for, inside redis-py,
+                # drops a cancellation that lands as what it waits for completes)
+                raise asyncio.CancelledError
 
     async def flush(self) -> None:
         """Send the journal and take Redis's copy of every state it touched; one at a time."""
@@ -436,12 +444,15 @@ class SharedRiskStore:
 
     def _logged(self, names: list[str], answers: list[Any]) -> None:
         if self._log_failed(answers):
-            # at most JOURNAL_MAX, the oldest first out (a log that never works again)
             unlogged = self._unlogged
-            unlogged.update(dict.fromkeys(names))
-            if len(unlogged) > JOURNAL_MAX:
-                for name in list(itertools.islice(unlogged, len(unlogged) - JOURNAL_MAX)):
+            for name in names:  # the latest failure last: the first kept
+                unlogged.pop(name, None)
+                unlogged[name] = None
+            if len(unlogged) > UNLOGGED_MAX:
+                over = len(unlogged) - UNLOGGED_MAX
+                for name in list(itertools.islice(unlogged, over)):
                     del unlogged[name]
+                self.unlogged_dropped += over
         elif self._unlogged:
             self._unlogged = {}
 
