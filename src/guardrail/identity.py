@@ -110,7 +110,7 @@ KEPT_KEY_BYTES = 256
 
 
 class _KeyHasher:
-    """``hash_key`` over bytes, with the HMAC pads hashed once, and the hashes of the last
+    """``hash_key`` over bytes, with the HMAC pads hashed once, and the hashes of up to
     ``KEYS_KEPT`` keys kept: a client sends the same key request after request, and its HMAC
     was the identity's largest cost in a worker under load. The keys are held in this
     process only, as each request's headers hold them; never stored, logged or sent. A dict

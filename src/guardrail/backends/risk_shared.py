@@ -411,11 +411,13 @@ class SharedRiskStore:
         principals, cohorts, buckets = read
         names = [n for ns in written for n in ns]
         logs = bool(journal or self._unlogged)
-        after = logs and remote.clustered
-        log = [remote.log_append(self.worker, [*self._unlogged, *names])] if logs else []
+        after = logs and remote.clustered  # then ``_append``, once the writes have answered
+        log = []
+        if logs and not after:
+            log = [remote.log_append(self.worker, [*self._unlogged, *names])]
         try:
             logged = await self._exchange(
-                journal, now, principals, cohorts, buckets, [] if after else log, batch, stamp
+                journal, now, principals, cohorts, buckets, log, batch, stamp
             )
         except StorageError:
             # The script may have run with its reply lost (a timeout, a reset): Redis then
