@@ -10,4 +10,5 @@ end
 for i = 6 + 2 * n, #ARGV do
   ops[#ops + 1] = ARGV[i]
 end
-return apply(KEYS, ARGV[1], ARGV[2], ARGV[3], ARGV[4] ~= '0', fields, ops)
+local done = apply(KEYS, ARGV[1], ARGV[2], ARGV[3], ARGV[4] ~= '0', fields, ops)
+return done

@@ -45,18 +45,13 @@ for s, state in ipairs(spec) do
         i = i + 4
       end
     end
-    local unchanged = state.q and redis.call('HGET', base, '_w') == me
-    local done = apply(keys, ARGV[1], ARGV[2], ARGV[3], state.c, state.f, ops)
+    local stamp = (state.m and 'm') or (state.u and 'u') or nil
+    local done, stamped = apply(keys, ARGV[1], ARGV[2], ARGV[3], state.c, state.f, ops, me, stamp)
     if type(done) == 'table' then
       return done  -- an error reply
     end
-    if state.m and done == 1 then
-      redis.call('HSET', base, '_w', me)
-    elseif state.u and done == 1 and redis.call('HGET', base, '_w') ~= me then
-      redis.call('HDEL', base, '_w')
-    end
-    if unchanged then
-      out[s] = 0
+    if state.q and stamped == me then
+      out[s] = 0  -- stamped this worker's before this write: unchanged since it read it
     end
   end
   if state.z then
