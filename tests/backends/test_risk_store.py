@@ -1010,3 +1010,37 @@ async def test_a_changed_half_life_reads_and_rescales_what_the_old_one_wrote(
         assert after.principal[REQ] == near((8 * 2.0**-40 + 1) / 2)
     finally:
         await storage.close()
+
+
+async def test_a_flush_stamping_a_state_of_bits_alone_leaves_it_expiring(
+    remote: RedisRiskStore,
+) -> None:
+    """A principal written with no counter nor field (a bit only) and stamped by a flush: the
+    stamp goes in before the state's expiry is renewed, so its hash expires with the rest (it
+    went in after: a hash holding the stamp alone never expired)."""
+    update = Update(NOW, [0.0] * len(PRINCIPAL), seen=False, spread_bit=3)
+    await remote.sync([(KEYS, update)], NOW, [], [], [], worker="w1", batch="b1")
+    ttl = await remote.client.pttl(remote.key(KEYS.principal))
+    assert 0 < ttl <= math.ceil(TTL * 1000)
+
+
+async def test_a_counter_made_infinite_is_refused_and_nothing_written(
+    remote: RedisRiskStore,
+) -> None:
+    """Redis refused an infinite sum (HINCRBYFLOAT) before counters were summed in the script:
+    still refused, and the state left as it was, not stored as "inf"."""
+    await remote.save(KEYS, Update(NOW, counters(req=1)))
+    with pytest.raises(StorageError):
+        await remote.save(KEYS, Update(NOW, counters(req=math.inf)))
+    assert (await remote.load(KEYS, NOW)).principal[REQ] == 1.0
+
+
+async def test_a_cohort_flush_sets_thousands_of_bits(remote: RedisRiskStore) -> None:
+    """One BITFIELD a bitmap, sent in parts: Lua's unpack stops at ~8,000 values."""
+    journal = [
+        (KEYS, Update(NOW, [0.0] * len(PRINCIPAL), seen=False, subnet=[], subnet_bit=bit))
+        for bit in range(2500)
+    ]
+    await remote.sync(journal, NOW, [], [], [], worker="w1", batch="b2")
+    members = await remote.client.get(remote.key(KEYS.subnet) + f":m:{int(NOW // WINDOW)}")
+    assert members == b"\xff" * (2500 // 8) + b"\xf0"

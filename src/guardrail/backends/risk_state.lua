@@ -1,11 +1,12 @@
 -- Risk state in Redis: the two functions risk.lua, risk_read.lua and risk_sync.lua are made of
 -- (this file is put before each of them: one copy of the logic, three scripts).
 --
--- apply(keys, now, half_life, ttl_ms, create, fields, ops, me, stamp): forward-decayed counters of one risk
--- state (a principal, a subnet, a fingerprint), kept in one hash so that any worker's increment
--- commutes with any other's (see signals/state.py). keys[1]: the hash; keys[2..]: other keys of
--- the same state (same hash tag, so one slot on a cluster), the ring and the band, whose expiry
--- is renewed with the hash: a state expires as a whole, as it does in the memory store.
+-- apply(keys, now, half_life, ttl_ms, create, fields, ops, me, stamp): forward-decayed counters
+-- of one risk state (a principal, a subnet, a fingerprint), kept in one hash so that any
+-- worker's increment commutes with any other's (see signals/state.py). keys[1]: the hash;
+-- keys[2..]: other keys of the same state (same hash tag, so one slot on a cluster), the ring
+-- and the band, whose expiry is renewed with the hash: a state expires as a whole, as it does
+-- in the memory store.
 -- now and half_life are passed as the text they are stored as; fields: field, value, field,
 -- value...; ops: operations on keys[2..]:
 --   "L", i, value, cap   push value on list keys[i], keep the newest cap (a ring, a bucket)
@@ -25,6 +26,7 @@
 --
 -- read(keys, lists): {HGETALL keys[1], LRANGE 0 -1 of keys[2..1+lists], MGET of the rest}.
 local RENORMALISE_AFTER = 64
+local BITFIELD_ARGUMENTS = 4000  -- 1,000 bits a call
 
 -- A value as Redis stores it: a Lua number passed to redis.call would be truncated to an integer.
 local function text(value)
@@ -85,13 +87,19 @@ local function apply(keys, now_text, half_life_text, ttl_ms, create, fields, ops
     local weight = 2 ^ ((now - landmark) / half_life)
     for c = 1, #counters do
       local i, old = counters[c][1], counters[c][2]
+      local sum = old + tonumber(fields[i + 1]) * weight
+      if sum ~= sum or sum == math.huge or sum == -math.huge then
+        -- as HINCRBYFLOAT refused it: nothing of this state written, not "inf" stored
+        return redis.error_reply('risk: counter ' .. fields[i] .. ' would not be finite')
+      end
       set[#set + 1] = fields[i]
-      set[#set + 1] = text(old + tonumber(fields[i + 1]) * weight)
+      set[#set + 1] = text(sum)
     end
   end
   for i = 1, #fields, 2 do
     local field, value = fields[i], fields[i + 1]
-    if string.sub(field, 1, 1) == '_' and (field ~= '_t' or seen == nil or tonumber(value) > seen) then
+    local kept = field ~= '_t' or seen == nil or tonumber(value) > seen
+    if string.sub(field, 1, 1) == '_' and kept then
       set[#set + 1] = field
       set[#set + 1] = text(value)
     end
@@ -136,7 +144,11 @@ local function apply(keys, now_text, half_life_text, ttl_ms, create, fields, ops
     end
   end
   for b = 1, #bits do
-    redis.call('BITFIELD', bits[b], unpack(bits[bits[b]]))
+    local target, all = bits[b], bits[bits[b]]
+    for first = 1, #all, BITFIELD_ARGUMENTS do  -- in parts: unpack stops at ~8,000 values
+      local last = math.min(first + BITFIELD_ARGUMENTS - 1, #all)
+      redis.call('BITFIELD', target, unpack(all, first, last))
+    end
   end
   for k = 1, #keys do
     redis.call('PEXPIRE', keys[k], bitmaps[keys[k]] or ttl_ms)
