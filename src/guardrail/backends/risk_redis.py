@@ -21,8 +21,9 @@ Keys (``P`` the prefix, ``K`` a ``Keys`` string, ``E`` a window epoch)::
     P{r:K}:m:E        bitmap of principals seen in window E (subnets, fingerprints)
     P{r:T}            list, newest first (template bucket T)
 
-Bitmaps are read with GET: byte ``i // 8``, most significant bit first, holds SETBIT offset
-``i``, decoded to the int whose bit ``i`` is that offset, as the memory store keeps it.
+Bitmaps are set with BITFIELD and read with GET: byte ``i // 8``, most significant bit first,
+holds offset ``i`` (as BITFIELD and SETBIT number bits), decoded to the int whose bit ``i``
+is that offset, as the memory store keeps it.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ LOG_READ = 4096
 #: Redis's clock, windows on the callers' (as TTL_SLACK_MS in gcra.lua).
 BITMAP_SLACK = 1.0
 
-#: Reverses the bits of each byte: SETBIT numbers a byte's bits from the most significant.
+#: Reverses the bits of each byte: Redis numbers a byte's bits from the most significant.
 _REVERSED = bytes(int(f"{byte:08b}"[::-1], 2) for byte in range(256))
 _PRINCIPAL_FIELDS = {name.encode(): index for index, name in enumerate(PRINCIPAL)}
 _COHORT_FIELDS = {name.encode(): index for index, name in enumerate(COHORT)}
@@ -536,7 +537,7 @@ class _Batched:
         self.ops: list[Any] = []
         self.band: str | None = None
         self.create = False
-        self.bits: set[tuple[str, int]] = set()  # set once a call (SETBIT is idempotent)
+        self.bits: set[tuple[str, int]] = set()  # set once a call (setting a bit is idempotent)
 
     def add(self, names: Sequence[str], increments: Sequence[float], weight: float) -> None:
         fields = self.fields
@@ -581,7 +582,7 @@ def _referred(ops: list[Any], entries: dict[bytes, int]) -> list[Any]:
 
 
 def _bitmap(chunks: Sequence[bytes | None]) -> int:
-    """The OR of GET replies of SETBIT bitmaps, bit ``i`` of the int being offset ``i``."""
+    """The OR of GET replies of bitmaps, bit ``i`` of the int being offset ``i``."""
     bits = 0
     for chunk in chunks:
         if chunk:
