@@ -42,20 +42,13 @@ logging.disable(logging.WARNING)
 
 from instructions import scope  # noqa: E402
 from load import Processes, Redis  # noqa: E402
+from risk_paths import Clock  # noqa: E402
 
 from guardrail import Guardrail, Policy  # noqa: E402
 from guardrail.backends.risk_shared import SharedRiskStore  # noqa: E402
 
 import _apps  # noqa: E402  (benchmarks/ is on sys.path when run)
 from _requests import stream  # noqa: E402
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_764_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def commandstats(client: aioredis.Redis) -> dict[str, tuple[int, int]]:
