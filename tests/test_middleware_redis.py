@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,16 +31,18 @@ THREE_BUCKETS = POLICY.replace(
 ).replace("rate: 10/minute, burst: 3", "rate: 10/minute, burst: 30")
 
 
-async def test_one_redis_round_trip_per_request(tmp_path: Path, clock):
-    # A server of its own: the shared one is watched by the Sentinel tests, which PUBLISH to it.
+@pytest.fixture
+def own_redis_url(tmp_path: Path) -> Iterator[str]:
+    """A redis-server of the test's own, for tests that count every command it receives: the
+    session's is watched by the Sentinel tests' sentinel, which PUBLISHes its hello to it every
+    2 s (one landed in a count of a CI run)."""
     server = Server(tmp_path)
-    try:
-        await _count_round_trips(tmp_path, clock, server.url)
-    finally:
-        server.stop()
+    yield server.url
+    server.stop()
 
 
-async def _count_round_trips(tmp_path: Path, clock, redis_url: str) -> None:
+async def test_one_redis_round_trip_per_request(tmp_path: Path, clock, own_redis_url: str):
+    redis_url = own_redis_url
     app = build(tmp_path, clock, THREE_BUCKETS, storage=redis_url)
     async with client(app) as http:
         await http.post(
@@ -152,17 +155,10 @@ async def test_fail_closed_answers_503(tmp_path: Path, clock):
     assert record["status"] == 503 and record["storage_error"] is True
 
 
-async def test_a_refusal_already_known_costs_no_round_trip(tmp_path: Path, clock):
-    # A server of its own, as above: on the shared one a Sentinel test's PUBLISH can land in
-    # the window counted (it failed a CI run so: one command more than the requests sent).
-    server = Server(tmp_path)
-    try:
-        await _refuse_from_memory(tmp_path, clock, server.url)
-    finally:
-        server.stop()
-
-
-async def _refuse_from_memory(tmp_path: Path, clock, redis_url: str) -> None:
+async def test_a_refusal_already_known_costs_no_round_trip(
+    tmp_path: Path, clock, own_redis_url: str
+):
+    redis_url = own_redis_url
     app = build(tmp_path, clock, storage=redis_url)
     async with client(app) as http:
         statuses = [

@@ -1033,6 +1033,13 @@ async def test_a_counter_made_infinite_is_refused_and_nothing_written(
     with pytest.raises(StorageError):
         await remote.save(KEYS, Update(NOW, counters(req=math.inf)))
     assert (await remote.load(KEYS, NOW)).principal[REQ] == 1.0
+    # refused where the landmark is due to move too: the counters are not rescaled without it
+    other = KEYS._replace(principal="k:" + "c" * 32)
+    await remote.save(other, Update(NOW, counters(req=2.0**80)))
+    later = NOW + 70 * HALF_LIFE
+    with pytest.raises(StorageError):
+        await remote.save(other, Update(later, counters(req=math.inf)))
+    assert (await remote.load(other, later)).principal[REQ] == near(2.0**10)
 
 
 async def test_a_cohort_flush_sets_thousands_of_bits(remote: RedisRiskStore) -> None:

@@ -67,33 +67,33 @@ local function apply(keys, now_text, half_life_text, ttl_ms, create, fields, ops
     -- "_H": the half-life the sums were weighted with. A policy whose half_life changed (or a
     -- rolling deploy running two) rescales them to its own instead of misreading them.
     weighted = weighted or half_life
+    local factor = nil  -- the sums rescaled to a landmark at now
     if landmark == nil then
       landmark = now
       set = {'_L', now_text, '_H', half_life_text}
     elseif weighted ~= half_life or now - landmark > RENORMALISE_AFTER * half_life then
-      local factor = 2 ^ ((landmark - now) / weighted)
-      local all = redis.call('HGETALL', key)
-      for i = 1, #all, 2 do
-        if string.sub(all[i], 1, 1) ~= '_' then
-          redis.call('HSET', key, all[i], text(tonumber(all[i + 1]) * factor))
-        end
-      end
-      for c = 1, #counters do
-        counters[c][2] = counters[c][2] * factor
-      end
+      factor = 2 ^ ((landmark - now) / weighted)
       landmark = now
       set = {'_L', now_text, '_H', half_life_text}
     end
     local weight = 2 ^ ((now - landmark) / half_life)
     for c = 1, #counters do
       local i, old = counters[c][1], counters[c][2]
-      local sum = old + tonumber(fields[i + 1]) * weight
+      local sum = old * (factor or 1) + tonumber(fields[i + 1]) * weight
       if sum ~= sum or sum == math.huge or sum == -math.huge then
         -- as HINCRBYFLOAT refused it: nothing of this state written, not "inf" stored
         return redis.error_reply('risk: counter ' .. fields[i] .. ' would not be finite')
       end
       set[#set + 1] = fields[i]
       set[#set + 1] = text(sum)
+    end
+    if factor then  -- only once the write is known to go ahead: with its new landmark
+      local all = redis.call('HGETALL', key)
+      for i = 1, #all, 2 do
+        if string.sub(all[i], 1, 1) ~= '_' then
+          redis.call('HSET', key, all[i], text(tonumber(all[i + 1]) * factor))
+        end
+      end
     end
   end
   for i = 1, #fields, 2 do
