@@ -807,6 +807,57 @@ async def test_a_principal_redis_lost_is_put_back_not_wiped_here(worker: Worker)
     assert (await b.load(KEYS, NOW)).principal[REQ] == near(6.0)
 
 
+async def test_what_redis_lost_is_put_back_once_however_many_workers_held_it(
+    worker: Worker,
+) -> None:
+    """Redis restarted empty (or failed over to a replica behind): every worker holding the
+    principal and its subnet finds Redis short at its next read, before any other's repair has
+    landed. Each puts back what it held, not what it finds missing: added up, four workers'
+    repairs made the counts four times the truth (a principal's refusals so scored it 100)."""
+    workers = [await worker() for _ in range(4)]
+    one = memory()
+    n = 0
+    for _ in range(3):
+        for store in workers:
+            await store.save(KEYS, request(n))
+            await one.save(KEYS, request(n))
+            n += 1
+    for _ in range(2):
+        for store in workers:
+            await store.flush()
+    for store in workers:
+        assert (await store.load(KEYS, NOW)).principal[REQ] == near(12.0)
+    await workers[0].remote.client.flushall()
+    for store in workers:  # each worker's next request, then each one's flush
+        await store.save(KEYS, request(n))
+        await one.save(KEYS, request(n))
+        n += 1
+    for _ in range(3):
+        for store in workers:
+            await store.flush()
+    truth = await one.load(KEYS, NOW)
+    for store in workers:
+        # the first to read after the loss found only its own new request there: its repair
+        # is the loss exactly, and the others' add nothing to it
+        seen = await store.load(KEYS, NOW)
+        assert seen.principal[REQ] == near(truth.principal[REQ])
+        assert seen.subnet[C_REQ] == near(truth.subnet[C_REQ])
+        assert seen.fingerprint[C_REQ] == near(truth.fingerprint[C_REQ])
+    # then a failover to a replica behind: the restored part there, two requests short
+    remote = workers[0].remote
+    await remote.client.hincrbyfloat(remote.key(KEYS.principal), "req", -2.0)
+    for store in workers:
+        await store.save(KEYS, request(n))
+        await one.save(KEYS, request(n))
+        n += 1
+    for _ in range(3):
+        for store in workers:
+            await store.flush()
+    truth = await one.load(KEYS, NOW)
+    for store in workers:
+        assert (await store.load(KEYS, NOW)).principal[REQ] == near(truth.principal[REQ])
+
+
 def counting_reads(store: SharedRiskStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The principals whose copy in Redis a flush reads back and takes."""
     read: list[str] = []

@@ -722,6 +722,36 @@ async def test_redis_renormalisation_moves_the_landmark(remote: RedisRiskStore) 
     assert stored == near(1.0 + 0.5 + 2.0**-65)
 
 
+async def test_redis_a_restore_raises_what_was_put_back_and_never_adds(
+    remote: RedisRiskStore,
+) -> None:
+    """``Update.restore`` (a shared worker's repair of a state Redis lost): the counters'
+    restored part is raised to the value, so repairs of one loss by several workers count it
+    once; added requests still add; both decay alike, across a renormalisation too."""
+    store = remote
+
+    def restore(now: float, req: float, subnet: float) -> Update:
+        return Update(now, counters(req=req), seen=False, subnet=[subnet, 0, 0], restore=True)
+
+    await store.save(KEYS, update(principal=counters(req=3), subnet=[3.0, 0.0, 0.0]))
+    await store.save(KEYS, restore(NOW, 5, 6))
+    await store.save(KEYS, restore(NOW, 4, 2))  # another worker's, smaller: nothing
+    snap = await store.load(KEYS, NOW)
+    assert (snap.principal[REQ], snap.subnet[C_REQ]) == (near(8.0), near(9.0))
+    await store.save(KEYS, restore(NOW, 7, 6))  # larger: raised to it
+    await store.save(KEYS, update(principal=counters(req=1), subnet=[1.0, 0.0, 0.0]))
+    snap = await store.load(KEYS, NOW)
+    assert (snap.principal[REQ], snap.subnet[C_REQ]) == (near(11.0), near(10.0))
+    # a half-life on, 5.5 of it is there: a restore to 3.5 (what a copy holds less Redis's
+    # counts added) adds nothing, its restored part having decayed to 3.5 too
+    await store.save(KEYS, restore(NOW + HALF_LIFE, 3.5, 3))
+    assert (await store.load(KEYS, NOW + HALF_LIFE)).principal[REQ] == near(5.5)
+    later = NOW + 70 * HALF_LIFE  # renormalised on the way: the restored part with the rest
+    await store.save(KEYS, restore(later, 2, 2))
+    snap = await store.load(KEYS, later)
+    assert snap.principal[REQ] == near(2.0 + 4.0 * 2.0**-70)
+
+
 @pytest.fixture
 async def counted(tmp_path: Path) -> AsyncIterator[tuple[RedisStorage, Server]]:
     # A server of its own, so that its command counts are this test's alone.

@@ -803,6 +803,7 @@ class Remote:
     max_tokens: int = -1
     temperature: float = -1.0
     band: Band | None = None
+    restored: Sequence[float] = ()  # the counters' part a repair put back (``Update.restore``)
 
 
 def _correct(counters: array[float], correction: list[float], weight: float) -> None:

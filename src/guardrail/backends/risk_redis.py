@@ -212,18 +212,31 @@ class RedisRiskStore:
     def _decay(
         self, fields: dict[bytes, bytes], names: dict[bytes, int], size: int, now: float
     ) -> list[float]:
+        return self._decayed(fields, names, size, now)[0]
+
+    def _decayed(
+        self, fields: dict[bytes, bytes], names: dict[bytes, int], size: int, now: float
+    ) -> tuple[list[float], list[float]]:
+        """The counters decayed to ``now``, and the part of them a repair put back (``^``
+        fields: see ``Update.restore``; empty when there is none)."""
         values = [0.0] * size
+        restored: list[float] = []
         landmark = fields.get(b"_L")
         if landmark is None:
-            return values
+            return values, restored
         weighted = fields.get(b"_H")  # the half-life the sums were written with
         half_life = self.half_life if weighted is None else float(weighted)
         factor = 2.0 ** ((float(landmark) - now) / half_life)
         for name, value in fields.items():
             index = names.get(name)
             if index is not None:
-                values[index] = float(value) * factor
-        return values
+                values[index] += float(value) * factor
+            elif name[:1] == b"^" and (index := names.get(name[1:])) is not None:
+                if not restored:
+                    restored = [0.0] * size
+                restored[index] = float(value) * factor
+                values[index] += restored[index]
+        return values, restored
 
     async def save(self, keys: Keys, update: Update) -> None:
         """One risk.lua call per state: counters, ring, band and bitmap together. Without
@@ -405,7 +418,10 @@ class RedisRiskStore:
             create = update.create
             key = self.key(keys.principal)
             p = state(key, key + ":ring", key + ":band")
-            p.add(PRINCIPAL, update.principal, weight)
+            if update.restore:
+                p.restore(PRINCIPAL, update.principal, weight)
+            else:
+                p.add(PRINCIPAL, update.principal, weight)
             if update.seen:
                 p.seen(update.now)
             if update.max_tokens >= 0:
@@ -430,7 +446,10 @@ class RedisRiskStore:
                     continue
                 key = self.key(name)
                 c = state(key)
-                c.add(COHORT, increments, weight)
+                if update.restore:
+                    c.restore(COHORT, increments, weight)
+                else:
+                    c.add(COHORT, increments, weight)
                 if member is not None:
                     c.bit(f"{key}:m:{epoch}", member, ttl_ms)
                 c.create |= may_create
@@ -460,12 +479,13 @@ class RedisRiskStore:
             -1.0 if temperature is None else float(temperature),
             band,
         )
-        return self._decay(fields, _PRINCIPAL_FIELDS, len(PRINCIPAL), now), remote
+        counters, remote.restored = self._decayed(fields, _PRINCIPAL_FIELDS, len(PRINCIPAL), now)
+        return counters, remote
 
     def parse_cohort(self, reply: Any, now: float) -> tuple[list[float], Remote]:
         counters_flat, (current, previous) = reply
-        counters = self._decay(_pairs(counters_flat), _COHORT_FIELDS, len(COHORT), now)
-        return counters, Remote(_bitmap((current,)), _bitmap((previous,)))
+        counters, restored = self._decayed(_pairs(counters_flat), _COHORT_FIELDS, len(COHORT), now)
+        return counters, Remote(_bitmap((current,)), _bitmap((previous,)), restored=restored)
 
     async def _run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """``_replies``, raising the first command's error as a StorageError."""
@@ -545,6 +565,13 @@ class _Batched:
         kept = zip(compress(names, increments), filter(None, increments), strict=False)
         for name, value in kept:
             fields[name] = fields.get(name, 0.0) + value * weight
+
+    def restore(self, names: Sequence[str], values: Sequence[float], weight: float) -> None:
+        # "^name": risk_state.lua raises the counter's restored part to the value, at least
+        fields = self.fields
+        for name, value in zip(compress(names, values), filter(None, values), strict=False):
+            floor = "^" + name
+            fields[floor] = max(fields.get(floor, 0.0), value * weight)
 
     def seen(self, now: float) -> None:
         if now > self.fields.get("_t", float("-inf")):

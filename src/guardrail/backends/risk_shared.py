@@ -45,7 +45,7 @@ import operator
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from guardrail.backends.breaker import Breaker, BreakerOpen
@@ -280,33 +280,45 @@ class SharedRiskStore:
         return self._flushing
 
     def _repaired(
-        self, name: str, kind: int, theirs: list[float], mine: list[float], now: float
+        self,
+        name: str,
+        kind: int,
+        theirs: list[float],
+        mine: list[float],
+        now: float,
+        restored: Sequence[float] = (),
     ) -> list[float]:
         """What to add here to a state's counters (``mine``) to make them Redis's
         (``theirs``): what the others added. Redis can only hold more than this copy, which
         is what it held plus what this worker wrote since; where it holds less it lost some
-        (evicted, failed over): this copy keeps its counts, and what Redis lacks is sent to
-        it with the next flush."""
+        (evicted, failed over): this copy keeps its counts, and Redis is sent, with the next
+        flush, what it should hold besides what was added since the loss: this copy less
+        Redis's counts added (``theirs`` less its ``restored`` part), to raise its restored
+        part to, not to add (``Update.restore``). Every worker holding the state finds the
+        same loss: added, four workers' repairs made it count four times over; raised, the
+        largest counts, the one whose copy had the fewest of the others' new writes in
+        Redis when it read (the first to read after the loss: usually none)."""
         correction = list(map(operator.sub, theirs, mine))
         if len(theirs) != len(mine):
             raise ValueError("a state read back has counters of another size")
         if not correction or min(correction) >= -LOSS:  # the usual case: nothing lost
             return correction
         correction, lost = [], []
-        for t, m in zip(theirs, mine, strict=True):
+        restored = restored or [0.0] * len(theirs)
+        for t, m, r in zip(theirs, mine, restored, strict=True):
             difference = t - m
             if difference < -LOSS * max(m, 1.0):
                 correction.append(0.0)
-                lost.append(-difference)
+                lost.append(m - (t - r))
             else:
                 correction.append(difference)
                 lost.append(0.0)
         if any(lost):
             keys = Keys(name, "", None, ()) if kind == 0 else Keys("", name, None, ())
             repair = (
-                Update(now, lost, seen=False)
+                Update(now, lost, seen=False, restore=True)
                 if kind == 0
-                else Update(now, [], seen=False, subnet=lost)
+                else Update(now, [], seen=False, subnet=lost, restore=True)
             )
             self._journal.append((keys, repair))
         return correction
@@ -556,14 +568,15 @@ class SharedRiskStore:
                 continue  # not held here, Redis's already, or not in Redis (refused, lost): kept
             counters, state = remote.parse_principal(reply, now)
             state.newer = rings.get(name, ())
-            correction = self._repaired(name, 0, counters, mine, now)
+            correction = self._repaired(name, 0, counters, mine, now, state.restored)
             local.absorb_principal(name, now, correction, state, name in banded)
         for name, reply in zip(cohorts, read_cohorts, strict=True):
             own = held_cohorts[name]
             if own is None or reply == 0 or not reply[0]:
                 continue
             counters, state = remote.parse_cohort(reply, now)
-            local.absorb_cohort(name, now, self._repaired(name, 1, counters, own, now), state)
+            repaired = self._repaired(name, 1, counters, own, now, state.restored)
+            local.absorb_cohort(name, now, repaired, state)
         for name, entries in zip(buckets, read_buckets, strict=True):
             local.absorb_bucket(name, now, Remote(entries=entries, newer=pushed.get(name, ())))
         return logged

@@ -14,7 +14,10 @@
 --   "B", i, bit, ttl_ms  set bit in bitmap keys[i], which expires in its own ttl_ms
 -- Every key but bitmaps then expires in ttl_ms. A field without a leading "_" is a counter:
 -- value x at time now adds x * 2^((now - L)/h) to it, for the landmark L kept in the field "_L"
--- (set by the first increment). A field with a leading "_" is stored as given, undecayed: "_t"
+-- (set by the first increment). A field "^x" (a counter x's restored part: Update.restore) is
+-- raised to its value that way, at least, not added to: each worker that held a state Redis
+-- lost repairs it, and the loss must count once; the counter is x plus "^x".
+-- A field with a leading "_" is stored as given, undecayed: "_t"
 -- (last seen) keeps the larger of old and new, since workers' requests land out of order; any
 -- other ("_m" last max_tokens, "_p" last temperature) is overwritten, the last write wins.
 -- create false: a state whose keys[1] does not exist is left alone (a request the limits refused
@@ -79,7 +82,12 @@ local function apply(keys, now_text, half_life_text, ttl_ms, create, fields, ops
     local weight = 2 ^ ((now - landmark) / half_life)
     for c = 1, #counters do
       local i, old = counters[c][1], counters[c][2]
-      local sum = old * (factor or 1) + tonumber(fields[i + 1]) * weight
+      local sum
+      if string.sub(fields[i], 1, 1) == '^' then
+        sum = math.max(old * (factor or 1), tonumber(fields[i + 1]) * weight)
+      else
+        sum = old * (factor or 1) + tonumber(fields[i + 1]) * weight
+      end
       if sum ~= sum or sum == math.huge or sum == -math.huge then
         -- as HINCRBYFLOAT refused it: nothing of this state written, not "inf" stored
         return redis.error_reply('risk: counter ' .. fields[i] .. ' would not be finite')

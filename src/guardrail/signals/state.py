@@ -141,6 +141,10 @@ class Update:
     # cohort and template buckets are written only if they exist (a subnet, one per network,
     # always is)
     create: bool = True
+    # True: ``principal`` and ``subnet`` are what the state lost (Redis evicted or failed over)
+    # as one worker saw it, put back by raising, not adding: every worker that held the state
+    # repairs the same loss, and it must count once (a shared store's repair; Redis only)
+    restore: bool = False
 
 
 class RiskStore(Protocol):
