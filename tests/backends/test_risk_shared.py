@@ -858,6 +858,37 @@ async def test_what_redis_lost_is_put_back_once_however_many_workers_held_it(
         assert (await store.load(KEYS, NOW)).principal[REQ] == near(truth.principal[REQ])
 
 
+HOLD = 900.0  # the policy's cooldown, as the engine writes a band with it
+
+
+async def test_a_band_set_elsewhere_is_not_undone_by_a_stale_copys_renewal(
+    worker: Worker,
+) -> None:
+    """a blocks a principal; b, whose copy still has it throttled (it read before a's block),
+    renews the throttle at its next full assessment and flushes after a. The block stands,
+    in Redis and in both copies: a lower band replaces a higher one only once the higher's
+    hold (the policy's cooldown) has run out by the lower's time, as a step down does."""
+    a, b = await worker(), await worker()
+    await b.save(KEYS, update(NOW, principal=counters(req=1), band=Band(1, NOW), hold=HOLD))
+    await b.flush()
+    await a.save(KEYS, update(NOW + 1, principal=counters(req=1)))
+    await a.flush()
+    assert (await a.load(KEYS, NOW + 1)).band == Band(1, NOW)
+    await a.save(KEYS, update(NOW + 2, principal=counters(req=1), band=Band(3, NOW + 2), hold=HOLD))
+    await a.flush()
+    await b.save(KEYS, update(NOW + 3, principal=counters(req=1), band=Band(1, NOW + 3), hold=HOLD))
+    await b.flush()
+    await a.flush()
+    assert (await b.load(KEYS, NOW + 3)).band == Band(3, NOW + 2)
+    assert (await a.load(KEYS, NOW + 3)).band == Band(3, NOW + 2)
+    # the block's hold run out: b's step down to a challenge is everyone's
+    step_down = Band(2, NOW + 2 + HOLD)
+    await b.save(KEYS, update(step_down.held, principal=counters(req=1), band=step_down, hold=HOLD))
+    await b.flush()
+    await a.flush()
+    assert (await a.load(KEYS, step_down.held)).band == step_down
+
+
 def counting_reads(store: SharedRiskStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The principals whose copy in Redis a flush reads back and takes."""
     read: list[str] = []

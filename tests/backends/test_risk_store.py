@@ -659,6 +659,31 @@ def redis_risk_store_on(store: RedisRiskStore, *, ttl: float) -> RedisRiskStore:
     )
 
 
+async def test_redis_bands_from_several_writers_merge_as_hysteresis_would(
+    remote: RedisRiskStore,
+) -> None:
+    """Workers decide from copies that may be behind: Redis keeps a band against a lower one
+    written within its hold (``Update.hold``, the cooldown, after its ``held``), which only a
+    stale copy writes; a higher band replaces a lower at once (a rise), unless the lower was
+    written after the higher's hold had run out (a step down that a late write must not
+    undo); within a level, the later ``held``."""
+    store = remote
+
+    async def written(band: Band) -> Band | None:
+        await store.save(KEYS, update(band.held, band=band, hold=900.0))
+        return (await store.load(KEYS, band.held)).band
+
+    assert await written(Band(1, NOW)) == Band(1, NOW)
+    assert await written(Band(3, NOW + 1)) == Band(3, NOW + 1)  # a rise
+    assert await written(Band(1, NOW + 2)) == Band(3, NOW + 1)  # a stale renewal
+    assert await written(Band(0, NOW + 3)) == Band(3, NOW + 1)  # a stale exit
+    assert await written(Band(3, NOW + 5)) == Band(3, NOW + 5)  # renewed
+    assert await written(Band(3, NOW + 4)) == Band(3, NOW + 5)  # a renewal arriving late
+    assert await written(Band(2, NOW + 905)) == Band(2, NOW + 905)  # the hold ran out
+    assert await written(Band(3, NOW + 4.5)) == Band(2, NOW + 905)  # older than the step down
+    assert await written(Band(3, NOW + 906)) == Band(3, NOW + 906)  # a rise again
+
+
 async def key_ttls(store: RedisRiskStore, *names: str) -> list[int]:
     return [int(await store.client.pttl(name)) for name in names]
 

@@ -433,6 +433,7 @@ class RedisRiskStore:
             if update.band is not None:
                 level, held = update.band
                 p.band = f"{level}:{held!r}"
+                p.hold = update.hold
             if update.spread_bit is not None:
                 p.bit(f"{key}:sp:{epoch}", update.spread_bit, ttl_ms)
             p.create |= create
@@ -549,13 +550,14 @@ class RedisRiskStore:
 class _Batched:
     """One state's writes gathered for one call (``batched``)."""
 
-    __slots__ = ("band", "bits", "create", "fields", "keys", "ops")
+    __slots__ = ("band", "bits", "create", "fields", "hold", "keys", "ops")
 
     def __init__(self, keys: list[str]) -> None:
         self.keys = keys
         self.fields: dict[str, float] = {}
         self.ops: list[Any] = []
         self.band: str | None = None
+        self.hold = 0.0  # the band's (``Update.hold``)
         self.create = False
         self.bits: set[tuple[str, int]] = set()  # set once a call (setting a bit is idempotent)
 
@@ -591,7 +593,7 @@ class _Batched:
         return [item for pair in self.fields.items() for item in pair]
 
     def op_list(self) -> list[Any]:
-        return self.ops if self.band is None else [*self.ops, "S", 3, self.band]
+        return self.ops if self.band is None else [*self.ops, "S", 3, self.band, self.hold]
 
 
 def _referred(ops: list[Any], entries: dict[bytes, int]) -> list[Any]:
@@ -604,7 +606,7 @@ def _referred(ops: list[Any], entries: dict[bytes, int]) -> list[Any]:
             out[i + 2] = entries.setdefault(out[i + 2], len(entries) + 1)
             i += 4
         else:
-            i += 3 if out[i] == "S" else 4
+            i += 4
     return out
 
 

@@ -10,7 +10,7 @@
 -- now and half_life are passed as the text they are stored as; fields: field, value, field,
 -- value...; ops: operations on keys[2..]:
 --   "L", i, value, cap   push value on list keys[i], keep the newest cap (a ring, a bucket)
---   "S", i, value        set string keys[i] (the band)
+--   "S", i, band, hold   set string keys[i] (the band, "level:held"), as ``kept`` merges it
 --   "B", i, bit, ttl_ms  set bit in bitmap keys[i], which expires in its own ttl_ms
 -- Every key but bitmaps then expires in ttl_ms. A field without a leading "_" is a counter:
 -- value x at time now adds x * 2^((now - L)/h) to it, for the landmark L kept in the field "_L"
@@ -37,6 +37,31 @@ local function text(value)
     return string.format('%.17g', value)
   end
   return value
+end
+
+-- Whether a band ("level:held") written now replaces the one Redis holds. Workers decide from
+-- copies that may be behind, and hysteresis steps a band down only once its hold (the
+-- cooldown, ``hold``) has run out since it was last held: so a lower band whose held is within
+-- the higher one's hold comes from a copy that had not seen the higher (it stays), and a higher
+-- band is replaced by a lower one held after its hold ran out (a step down that a late write
+-- of the higher must not undo). Within a level, the later held. No hold: the last write wins.
+local function kept(band, old, hold)
+  if not (hold and hold > 0) then
+    return true
+  end
+  local level, held = string.match(band, '^(-?%d+):(.+)$')
+  local old_level, old_held = string.match(old, '^(-?%d+):(.+)$')
+  level, held = tonumber(level), tonumber(held)
+  old_level, old_held = tonumber(old_level), tonumber(old_held)
+  if not (old_level and old_held) then
+    return true  -- not a band this script wrote: replaced
+  end
+  if level == old_level then
+    return held >= old_held
+  elseif level > old_level then
+    return old_held < held + hold
+  end
+  return held >= old_held + hold
 end
 
 local function apply(keys, now_text, half_life_text, ttl_ms, create, fields, ops, me, stamp)
@@ -132,8 +157,12 @@ local function apply(keys, now_text, half_life_text, ttl_ms, create, fields, ops
       redis.call('LTRIM', target, 0, tonumber(ops[i + 3]) - 1)
       i = i + 4
     elseif op == 'S' then
-      redis.call('SET', target, ops[i + 2])
-      i = i + 3
+      local band = ops[i + 2]
+      local old = redis.call('GET', target)
+      if not old or kept(band, old, tonumber(ops[i + 3])) then
+        redis.call('SET', target, band)
+      end
+      i = i + 4
     elseif op == 'B' then
       local set_bits = bits[target]
       if set_bits == nil then

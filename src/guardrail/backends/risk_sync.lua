@@ -38,12 +38,8 @@ for s, state in ipairs(spec) do
     while i <= #ops do
       if ops[i] == 'L' then
         ops[i + 2] = ARGV[6 + ops[i + 2]]
-        i = i + 4
-      elseif ops[i] == 'S' then
-        i = i + 3
-      else
-        i = i + 4
       end
+      i = i + 4
     end
     local stamp = (state.m and 'm') or (state.u and 'u') or nil
     local done, stamped = apply(keys, ARGV[1], ARGV[2], ARGV[3], state.c, state.f, ops, me, stamp)

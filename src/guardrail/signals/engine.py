@@ -560,6 +560,7 @@ class RiskEngine:
             sk.pack_template(tag, now) if sk is not None else None,
             score,
             manner,
+            hold=self.cooldown,
         )
         threshold = self.thresholds[level - 1] if level else None
         assessment = Assessment(keys, score, values, points, threshold, update)

@@ -145,6 +145,11 @@ class Update:
     # as one worker saw it, put back by raising, not adding: every worker that held the state
     # repairs the same loss, and it must count once (a shared store's repair; Redis only)
     restore: bool = False
+    # How long ``band`` holds against a lower one (the policy's cooldown). A store several
+    # writers share (Redis) keeps a band against a lower one whose ``held`` is within it: the
+    # engine steps down only once a band's hold has run out, so such a write comes from a copy
+    # that had not seen the band yet. 0: the last write wins (one writer, as in memory).
+    hold: float = 0.0
 
 
 class RiskStore(Protocol):
