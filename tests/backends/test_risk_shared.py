@@ -858,6 +858,21 @@ async def test_what_redis_lost_is_put_back_once_however_many_workers_held_it(
         assert (await store.load(KEYS, NOW)).principal[REQ] == near(truth.principal[REQ])
 
 
+async def test_a_flushed_template_bucket_expires_as_its_entries_stop_counting(
+    worker: Worker,
+) -> None:
+    """A template bucket's entries count for a window of their time: in Redis it lives two
+    windows after its last push, as a bitmap does, not the state's TTL."""
+    a = await worker()
+    await a.save(KEYS, request(0))
+    await a.flush()
+    (bucket,) = KEYS.templates
+    ttl = await a.remote.client.pttl(a.remote.key(bucket))
+    assert (2 * WINDOW - 10) * 1000 < ttl <= (2 * WINDOW + 1) * 1000
+    ttl = await a.remote.client.pttl(a.remote.key(KEYS.principal))
+    assert ttl > (TTL - 10) * 1000
+
+
 HOLD = 900.0  # the policy's cooldown, as the engine writes a band with it
 
 

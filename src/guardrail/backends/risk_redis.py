@@ -245,7 +245,14 @@ class RedisRiskStore:
         now = update.now
         await self._run(
             [
-                self._script(state.keys, now, state.field_list(), state.op_list(), state.create)
+                self._script(
+                    state.keys,
+                    now,
+                    state.field_list(),
+                    state.op_list(),
+                    state.create,
+                    state.ttl_ms,
+                )
                 for state in self.batched([(keys, update)], now).values()
             ]
         )
@@ -313,6 +320,8 @@ class RedisRiskStore:
                 x=[k[len(key) :] for k in batched.keys[1:]],
                 f=batched.field_list(),
             )
+            if batched.ttl_ms:
+                spec["t"] = batched.ttl_ms
             if key not in lists:  # a hash: stamped, or another's stamp taken off
                 spec["m" if stamp else "u"] = 1
         for name in current:
@@ -459,6 +468,10 @@ class RedisRiskStore:
                     bucket = state(self.key(template))
                     bucket.ops += ("L", 1, update.template, BUCKET_SIZE)
                     bucket.create |= create
+                    # its entries count within a window of their time (the engine's horizon):
+                    # kept for the state's TTL, a bucket for each prompt analysed made Redis
+                    # grow with the traffic over 48 half-lives
+                    bucket.ttl_ms = ttl_ms
         return states
 
     def parse_principal(self, reply: Any, now: float) -> tuple[list[float], Remote]:
@@ -510,7 +523,13 @@ class RedisRiskStore:
         return replies, bool(missing)
 
     def _script(
-        self, keys: Sequence[str], now: float, fields: list[Any], ops: list[Any], create: bool
+        self,
+        keys: Sequence[str],
+        now: float,
+        fields: list[Any],
+        ops: list[Any],
+        create: bool,
+        ttl_ms: int = 0,
     ) -> tuple[Any, ...]:
         return (
             "EVALSHA",
@@ -519,7 +538,7 @@ class RedisRiskStore:
             *keys,
             now,
             self.half_life,
-            self._ttl_ms,
+            ttl_ms or self._ttl_ms,
             1 if create else 0,
             len(fields) // 2,
             *fields,
@@ -550,7 +569,7 @@ class RedisRiskStore:
 class _Batched:
     """One state's writes gathered for one call (``batched``)."""
 
-    __slots__ = ("band", "bits", "create", "fields", "hold", "keys", "ops")
+    __slots__ = ("band", "bits", "create", "fields", "hold", "keys", "ops", "ttl_ms")
 
     def __init__(self, keys: list[str]) -> None:
         self.keys = keys
@@ -559,6 +578,7 @@ class _Batched:
         self.band: str | None = None
         self.hold = 0.0  # the band's (``Update.hold``)
         self.create = False
+        self.ttl_ms = 0  # when its keys expire (ms; 0: the store's TTL)
         self.bits: set[tuple[str, int]] = set()  # set once a call (setting a bit is idempotent)
 
     def add(self, names: Sequence[str], increments: Sequence[float], weight: float) -> None:

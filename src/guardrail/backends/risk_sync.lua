@@ -9,7 +9,8 @@
 -- the same part of the same flush again): it writes nothing and reads as usual.
 -- The spec is a list, one object per state: "x" the suffixes of its other keys (its keys are
 -- KEYS[s] and KEYS[s] .. suffix: one hash tag, one slot); "w" (a write) with "c" create,
--- "f" fields, "o" operations as apply takes them (key numbers into the state's keys); then "r"
+-- "f" fields, "o" operations as apply takes them (key numbers into the state's keys), "t" its
+-- own ttl_ms if not ARGV[3]'s (a template bucket: its entries count for a window); then "r"
 -- the suffixes of the keys read and "l" how many of them are lists (read(KEYS[s] and those)),
 -- or "b": a template bucket, read with LRANGE. A written hash (a principal, a cohort: "m") is
 -- stamped with the worker's name in its field "_w"; with "q", a hash whose stamp was already
@@ -42,7 +43,8 @@ for s, state in ipairs(spec) do
       i = i + 4
     end
     local stamp = (state.m and 'm') or (state.u and 'u') or nil
-    local done, stamped = apply(keys, ARGV[1], ARGV[2], ARGV[3], state.c, state.f, ops, me, stamp)
+    local ttl_ms = state.t or ARGV[3]
+    local done, stamped = apply(keys, ARGV[1], ARGV[2], ttl_ms, state.c, state.f, ops, me, stamp)
     if type(done) == 'table' then
       return done  -- an error reply
     end
