@@ -218,7 +218,7 @@ class RedisRiskStore:
         self, fields: dict[bytes, bytes], names: dict[bytes, int], size: int, now: float
     ) -> tuple[list[float], list[float]]:
         """The counters decayed to ``now``, and the part of them a repair put back (``^``
-        fields: see ``Update.restore``; empty when there is none)."""
+        fields beside them: see ``Update.restore``; empty when there is none)."""
         values = [0.0] * size
         restored: list[float] = []
         landmark = fields.get(b"_L")
@@ -230,12 +230,11 @@ class RedisRiskStore:
         for name, value in fields.items():
             index = names.get(name)
             if index is not None:
-                values[index] += float(value) * factor
+                values[index] = float(value) * factor
             elif name[:1] == b"^" and (index := names.get(name[1:])) is not None:
                 if not restored:
                     restored = [0.0] * size
                 restored[index] = float(value) * factor
-                values[index] += restored[index]
         return values, restored
 
     async def save(self, keys: Keys, update: Update) -> None:
@@ -470,7 +469,7 @@ class RedisRiskStore:
                     bucket.create |= create
                     # its entries count within a window of their time (the engine's horizon):
                     # kept for the state's TTL, a bucket for each prompt analysed made Redis
-                    # grow with the traffic over 48 half-lives
+                    # grow with the traffic over 8 half-lives (48 hours by default)
                     bucket.ttl_ms = ttl_ms
         return states
 

@@ -14,9 +14,10 @@
 --   "B", i, bit, ttl_ms  set bit in bitmap keys[i], which expires in its own ttl_ms
 -- Every key but bitmaps then expires in ttl_ms. A field without a leading "_" is a counter:
 -- value x at time now adds x * 2^((now - L)/h) to it, for the landmark L kept in the field "_L"
--- (set by the first increment). A field "^x" (a counter x's restored part: Update.restore) is
--- raised to its value that way, at least, not added to: each worker that held a state Redis
--- lost repairs it, and the loss must count once; the counter is x plus "^x".
+-- (set by the first increment). A field "^x" (the part of counter x a repair put back:
+-- Update.restore) is raised to its value that way, never lowered, and x by as much: each
+-- worker that held a state Redis lost repairs it, and the loss must count once. x stays the
+-- whole count, so a worker of an earlier release reads it right.
 -- A field with a leading "_" is stored as given, undecayed: "_t"
 -- (last seen) keeps the larger of old and new, since workers' requests land out of order; any
 -- other ("_m" last max_tokens, "_p" last temperature) is overwritten, the last write wins.
@@ -72,14 +73,22 @@ local function apply(keys, now_text, half_life_text, ttl_ms, create, fields, ops
   local now, half_life = tonumber(now_text), tonumber(half_life_text)
   -- One HMGET and one HSET a hash, whatever its fields: each command a script runs costs
   -- Redis ~1.5 µs on top of its work, and a flush writes a principal a request.
-  local counters = {}
+  local counters = {}  -- the counters written, each once: {field, stored value}
   local landmark, seen, weighted, stamped
   if #fields > 0 or stamp then  -- no fields: keys[1] may be a list (a bucket), not a hash
     local asked = {'_L', '_t', '_H', '_w'}
+    local function ask(field)
+      counters[#counters + 1] = field
+      asked[#asked + 1] = field
+    end
     for i = 1, #fields, 2 do
-      if string.sub(fields[i], 1, 1) ~= '_' then
-        counters[#counters + 1] = i
-        asked[#asked + 1] = fields[i]
+      local field = fields[i]
+      local first = string.sub(field, 1, 1)
+      if first == '^' then  -- a restored part raises its counter too
+        ask(field)
+        ask(string.sub(field, 2))
+      elseif first ~= '_' then
+        ask(field)
       end
     end
     local state = redis.call('HMGET', key, unpack(asked))
@@ -105,20 +114,38 @@ local function apply(keys, now_text, half_life_text, ttl_ms, create, fields, ops
       set = {'_L', now_text, '_H', half_life_text}
     end
     local weight = 2 ^ ((now - landmark) / half_life)
+    local sums = {}  -- by field (a counter asked twice, with a restored part and alone: once)
     for c = 1, #counters do
-      local i, old = counters[c][1], counters[c][2]
-      local sum
-      if string.sub(fields[i], 1, 1) == '^' then
-        sum = math.max(old * (factor or 1), tonumber(fields[i + 1]) * weight)
-      else
-        sum = old * (factor or 1) + tonumber(fields[i + 1]) * weight
+      sums[counters[c][1]] = counters[c][2] * (factor or 1)
+    end
+    for i = 1, #fields, 2 do
+      local field = fields[i]
+      local first = string.sub(field, 1, 1)
+      if first == '^' then
+        -- raised, never lowered, and the counter (the whole count) with it: every worker
+        -- that held a state Redis lost repairs it, and the loss counts once
+        local raised = tonumber(fields[i + 1]) * weight - sums[field]
+        if raised > 0 then
+          local whole = string.sub(field, 2)
+          sums[field] = sums[field] + raised
+          sums[whole] = sums[whole] + raised
+        end
+      elseif first ~= '_' then
+        sums[field] = sums[field] + tonumber(fields[i + 1]) * weight
       end
+    end
+    for c = 1, #counters do
+      local field = counters[c][1]
+      local sum = sums[field]
       if sum ~= sum or sum == math.huge or sum == -math.huge then
         -- as HINCRBYFLOAT refused it: nothing of this state written, not "inf" stored
-        return redis.error_reply('risk: counter ' .. fields[i] .. ' would not be finite')
+        return redis.error_reply('risk: counter ' .. field .. ' would not be finite')
       end
-      set[#set + 1] = fields[i]
-      set[#set + 1] = text(sum)
+      if sum ~= nil then
+        sums[field] = nil  -- written once
+        set[#set + 1] = field
+        set[#set + 1] = text(sum)
+      end
     end
     if factor then  -- only once the write is known to go ahead: with its new landmark
       local all = redis.call('HGETALL', key)
