@@ -11,7 +11,7 @@ from guardrail.identity import Subject
 from guardrail.policy import Policy
 from guardrail.signals.catalog import SIGNALS
 from guardrail.signals.engine import RiskEngine, principal_of
-from guardrail.signals.state import C_REQ, REF, REQ, Band
+from guardrail.signals.state import C_REQ, PRINCIPAL, REF, REQ, Band, Update
 
 from .streams import BASE_POLICY, START, human, steady, templated
 
@@ -105,6 +105,23 @@ def test_it_leaves_only_after_the_cooldown_below_the_exit_line() -> None:
 def test_from_challenge_it_steps_down_to_the_band_its_score_is_in() -> None:
     engine = bands()
     assert engine._band(55.0, Band(2, START), START + 900) == (1, Band(1, START + 900))
+
+
+async def test_a_band_this_policy_no_longer_has_is_left_at_once(make_driver: Make) -> None:
+    """A band is written with its hold, the cooldown, which a store several workers share
+    keeps it for against a lower one. A reload that removed a threshold leaves principals in a
+    band past the list: they count as in none, and what is written instead holds nothing
+    against it (Redis would keep the old band for the cooldown, and every request would write
+    the new one again)."""
+    driver = await make_driver()
+    first = await driver.send(START, account="asker", prompt=ASK.format(1))
+    assert first.update.hold == 900.0
+    gone = Update(START, [0.0] * len(PRINCIPAL), seen=False, band=Band(9, START))
+    await driver.engine.store.save(first.keys, gone)
+    later = await driver.send(START + 5, account="asker", prompt=ASK.format(2))
+    assert later.threshold is None
+    assert later.update.band == Band(0, START + 5) and later.update.hold == 0.0
+    assert (await driver.engine.store.load(first.keys, START + 5)).band == Band(0, START + 5)
 
 
 async def test_hysteresis_holds_in_the_store(make_driver: Make) -> None:

@@ -544,6 +544,9 @@ class RiskEngine:
         if c[FCH] >= FAILURES_TO_BLOCK:
             score = 100.0  # failing again and again: the top band, whatever else is seen
         level, band = self._band(score, snap.band, now)
+        # a band past this policy's thresholds (a reload removed some) counts as none: what
+        # replaces it holds nothing against it
+        gone = snap.band is not None and snap.band.level > len(self.thresholds)
         update = Update(
             now,
             inc,
@@ -560,7 +563,7 @@ class RiskEngine:
             sk.pack_template(tag, now) if sk is not None else None,
             score,
             manner,
-            hold=self.cooldown,
+            hold=0.0 if gone else self.cooldown,
         )
         threshold = self.thresholds[level - 1] if level else None
         assessment = Assessment(keys, score, values, points, threshold, update)
