@@ -817,25 +817,23 @@ async def test_what_redis_lost_is_put_back_once_however_many_workers_held_it(
     repairs made the counts four times the truth (a principal's refusals so scored it 100)."""
     workers = [await worker() for _ in range(4)]
     one = memory()
-    n = 0
-    for _ in range(3):
-        for store in workers:
-            await store.save(KEYS, request(n))
-            await one.save(KEYS, request(n))
-            n += 1
-    for _ in range(2):
-        for store in workers:
-            await store.flush()
+    sent = itertools.count()
+
+    async def each_sends(requests: int, flushes: int) -> None:
+        for _ in range(requests):
+            for store in workers:
+                n = next(sent)
+                await store.save(KEYS, request(n))
+                await one.save(KEYS, request(n))
+        for _ in range(flushes):
+            for store in workers:
+                await store.flush()
+
+    await each_sends(3, 2)
     for store in workers:
         assert (await store.load(KEYS, NOW)).principal[REQ] == near(12.0)
     await workers[0].remote.client.flushall()
-    for store in workers:  # each worker's next request, then each one's flush
-        await store.save(KEYS, request(n))
-        await one.save(KEYS, request(n))
-        n += 1
-    for _ in range(3):
-        for store in workers:
-            await store.flush()
+    await each_sends(1, 3)  # each worker's next request, then each one's flush
     truth = await one.load(KEYS, NOW)
     for store in workers:
         # the first to read after the loss found only its own new request there: its repair
@@ -847,13 +845,7 @@ async def test_what_redis_lost_is_put_back_once_however_many_workers_held_it(
     # then a failover to a replica behind: the restored part there, two requests short
     remote = workers[0].remote
     await remote.client.hincrbyfloat(remote.key(KEYS.principal), "req", -2.0)
-    for store in workers:
-        await store.save(KEYS, request(n))
-        await one.save(KEYS, request(n))
-        n += 1
-    for _ in range(3):
-        for store in workers:
-            await store.flush()
+    await each_sends(1, 3)
     truth = await one.load(KEYS, NOW)
     for store in workers:
         assert (await store.load(KEYS, NOW)).principal[REQ] == near(truth.principal[REQ])
