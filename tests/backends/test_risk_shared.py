@@ -915,6 +915,24 @@ async def test_losses_at_random_never_leave_more_than_was_sent(remote_url: str, 
             await storage.close()
 
 
+async def test_a_worker_whose_clock_ran_ahead_does_not_blind_the_others_timing(
+    worker: Worker,
+) -> None:
+    """A worker whose clock stepped an hour ahead writes a last-seen time in the future; Redis
+    keeps the latest. Taken as it is, every other worker's next request of that principal came
+    "before" its last one, and counted no gap: the timing signal blind for the hour, after the
+    clock was set right too. What is further ahead of a worker's clock than a skew is left."""
+    a, b = await worker(), await worker()
+    await b.save(KEYS, update(NOW, principal=counters(req=1)))
+    await b.flush()
+    await a.save(KEYS, update(NOW + 3600, principal=counters(req=1)))  # a's clock ahead
+    await a.flush()
+    await b.save(KEYS, update(NOW + 1, principal=counters(req=1)))
+    await b.flush()
+    seen = await b.load(KEYS, NOW + 1)
+    assert seen.last_seen == NOW + 1
+
+
 HOLD = 900.0  # the policy's cooldown, as the engine writes a band with it
 
 

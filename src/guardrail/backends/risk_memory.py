@@ -553,7 +553,8 @@ class MemoryRiskStore:
         p.epoch, p.spread, p.spread_prev = _merged(
             p.epoch, p.spread, p.spread_prev, epoch, remote.current, remote.previous
         )
-        if remote.last_seen is not None and (p.last_seen is None or remote.last_seen > p.last_seen):
+        seen = remote.last_seen
+        if seen is not None and (p.last_seen is None or seen > p.last_seen) and seen <= now + SKEW:
             p.last_seen = remote.last_seen
             if remote.max_tokens >= 0:
                 p.max_tokens = _intern(self._ints, remote.max_tokens)
@@ -788,6 +789,12 @@ class MemoryRiskStore:
             c.epoch, c.members, c.members_prev = _marked(
                 c.epoch, c.members, c.members_prev, epoch, member
             )
+
+
+#: Seconds another worker's clock may run ahead of this one's: a last-seen time further ahead
+#: (a worker whose clock stepped forward; Redis keeps the latest) is not taken, or this
+#: worker's next requests would come "before" it and count no gap until its clock caught up.
+SKEW = 60.0
 
 
 @dataclass(slots=True)
