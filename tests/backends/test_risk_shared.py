@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -931,6 +932,29 @@ async def test_a_worker_whose_clock_ran_ahead_does_not_blind_the_others_timing(
     await b.flush()
     seen = await b.load(KEYS, NOW + 1)
     assert seen.last_seen == NOW + 1
+
+
+async def test_a_state_redis_refuses_costs_that_state_alone(
+    worker: Worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key of the wrong type under guardrail's prefix (another program's) makes Redis refuse
+    one state's write. The script stopped there: the states after it in the call were never
+    written, the batch, sent again, found its marker and wrote nothing, and every flush after
+    failed on reading it back. Now that state alone is refused, and said; the rest is shared."""
+    a, b = await worker(), await worker()
+    other = KEYS._replace(principal="k:" + "c" * 32)
+    await a.remote.client.hset(a.remote.key(KEYS.principal) + ":ring", "not", "a list")
+    await a.save(KEYS, request(0))
+    await a.save(other, update(principal=counters(req=1)))
+    with caplog.at_level(logging.WARNING, logger="guardrail"):
+        await a.flush()
+    assert "WRONGTYPE" in caplog.text and KEYS.principal in caplog.text
+    await b.save(other, update(principal=counters(req=1)))
+    await b.flush()
+    assert (await b.load(other, NOW)).principal[REQ] == near(2.0)
+    await a.save(other, update(principal=counters(req=1)))
+    await a.flush()  # and the flushes after it go on
+    assert (await a.load(other, NOW)).principal[REQ] == near(3.0)
 
 
 HOLD = 900.0  # the policy's cooldown, as the engine writes a band with it

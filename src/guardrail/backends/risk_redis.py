@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
+import time
 from collections.abc import Collection, Sequence
 from itertools import compress
 from typing import Any
@@ -54,6 +56,11 @@ from guardrail.signals.state import (
     Snapshot,
     Update,
 )
+
+logger = logging.getLogger("guardrail")
+
+#: A state Redis refuses at every flush (a key of the wrong type) is said at most this often.
+WARN_EVERY = 60.0
 
 RISK = lua.LuaScript.load("risk.lua", "risk_state.lua")
 READ = lua.LuaScript.load("risk_read.lua", "risk_state.lua")
@@ -119,6 +126,8 @@ class RedisRiskStore:
         self._gate = gate
         self._queue_timeout = queue_timeout  # how long a call may wait for the gate
         self._ttl_ms = math.ceil(ttl * 1000)
+        self.refused = 0  # states Redis refused to write or read in flushes (``_refused``)
+        self._refused_at = float("-inf")
         self._bitmap_ttl_ms = math.ceil((2 * window + BITMAP_SLACK) * 1000)
 
     async def start(self) -> None:
@@ -372,12 +381,30 @@ class RedisRiskStore:
         replies: dict[str, Any] = {}
         for (keys, _), reply in zip(chunks, answers, strict=False):
             replies.update(zip(keys, reply, strict=True))
+        self._refused(
+            [(key, reply) for key, reply in replies.items() if isinstance(reply, Exception)]
+        )
         return (
             [replies[self.key(name)] for name in principals],
             [replies[self.key(name)] for name in cohorts],
             [replies[self.key(name)] for name in buckets],
             answers[len(commands) :],
         )
+
+    def _refused(self, refused: list[tuple[str, Exception]]) -> None:
+        """States Redis refused in a flush (risk_sync.lua: each in its place, the others
+        written): counted, and said at most every ``WARN_EVERY`` seconds, for a key of the
+        wrong type is refused at every flush until someone removes it."""
+        if not refused:
+            return
+        self.refused += len(refused)
+        if time.monotonic() - self._refused_at >= WARN_EVERY:
+            self._refused_at = time.monotonic()
+            key, error = refused[0]
+            logger.warning(
+                "guardrail: Redis refused %d risk state(s) of a flush (%d so far), %r first: %s",
+                len(refused), self.refused, key, error,
+            )  # fmt: skip
 
     @property
     def clustered(self) -> bool:

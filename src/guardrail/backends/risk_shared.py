@@ -564,20 +564,24 @@ class SharedRiskStore:
         rings, banded, pushed = _newer(since)
         for name, reply in zip(principals, read_principals, strict=True):
             mine = held[name]
-            if mine is None or reply == 0 or not reply[0]:
-                continue  # not held here, Redis's already, or not in Redis (refused, lost): kept
+            if mine is None or reply == 0 or isinstance(reply, Exception) or not reply[0]:
+                # not held here, Redis's already, refused (said by ``sync``), or not in Redis
+                # (refused, lost): kept
+                continue
             counters, state = remote.parse_principal(reply, now)
             state.newer = rings.get(name, ())
             correction = self._repaired(name, 0, counters, mine, now, state.restored)
             local.absorb_principal(name, now, correction, state, name in banded)
         for name, reply in zip(cohorts, read_cohorts, strict=True):
             own = held_cohorts[name]
-            if own is None or reply == 0 or not reply[0]:
+            if own is None or reply == 0 or isinstance(reply, Exception) or not reply[0]:
                 continue
             counters, state = remote.parse_cohort(reply, now)
             repaired = self._repaired(name, 1, counters, own, now, state.restored)
             local.absorb_cohort(name, now, repaired, state)
         for name, entries in zip(buckets, read_buckets, strict=True):
+            if isinstance(entries, Exception):
+                continue
             local.absorb_bucket(name, now, Remote(entries=entries, newer=pushed.get(name, ())))
         return logged
 

@@ -18,8 +18,19 @@
 -- it back, so its copy is Redis's. With "u" instead of "m" (a flush that reads nothing back) a
 -- written hash loses any other worker's stamp and keeps this one's: that worker's copy no
 -- longer holds everything written. A state with "z" is written and not read (0).
--- Returns one reply per state, what read (or LRANGE) returns, or 0.
+-- Returns one reply per state, what read (or LRANGE) returns, or 0, or an error: a state Redis
+-- refuses (a key of another type under the prefix, another program's; a counter that would
+-- not be finite) costs that state alone. Stopped there, the script left the states after it
+-- unwritten, and the batch sent again found its marker and wrote nothing.
 local me = ARGV[4]
+
+local function refused(err)
+  if type(err) == 'table' then
+    err = err.err
+  end
+  return redis.error_reply('risk: ' .. tostring(err))
+end
+
 local spec = cjson.decode(ARGV[5])
 local out = {}
 local marker = KEYS[#spec + 1]
@@ -44,26 +55,31 @@ for s, state in ipairs(spec) do
     end
     local stamp = (state.m and 'm') or (state.u and 'u') or nil
     local ttl_ms = state.t or ARGV[3]
-    local done, stamped = apply(keys, ARGV[1], ARGV[2], ttl_ms, state.c, state.f, ops, me, stamp)
-    if type(done) == 'table' then
-      return done  -- an error reply
-    end
-    if state.q and stamped == me then
+    local ok, done, stamped = pcall(
+      apply, keys, ARGV[1], ARGV[2], ttl_ms, state.c, state.f, ops, me, stamp
+    )
+    if not ok then
+      out[s] = refused(done)
+    elseif type(done) == 'table' then
+      out[s] = done  -- an error reply: nothing of this state written
+    elseif state.q and stamped == me then
       out[s] = 0  -- stamped this worker's before this write: unchanged since it read it
     end
   end
-  if state.z then
+  if out[s] then
+    -- refused, or not read: unchanged
+  elseif state.z then
     out[s] = 0  -- not asked for
-  elseif out[s] then
-    -- not read: unchanged
   elseif state.b then
-    out[s] = redis.call('LRANGE', base, 0, state.b - 1)
+    local ok, entries = pcall(redis.call, 'LRANGE', base, 0, state.b - 1)
+    out[s] = ok and entries or refused(entries)
   else
     local keys = {base}
     for _, suffix in ipairs(state.r) do
       keys[#keys + 1] = base .. suffix
     end
-    out[s] = read(keys, state.l)
+    local ok, got = pcall(read, keys, state.l)
+    out[s] = ok and got or refused(got)
   end
 end
 return out
