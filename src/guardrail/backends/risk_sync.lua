@@ -24,11 +24,14 @@
 -- unwritten, and the batch sent again found its marker and wrote nothing.
 local me = ARGV[4]
 
+-- Only errors about the state itself are taken so: anything else (a Redis out of memory, a
+-- replica) stops the call as before, and the worker sends the batch again.
 local function refused(err)
-  if type(err) == 'table' then
-    err = err.err
+  local message = tostring(type(err) == 'table' and err.err or err)
+  if not (string.find(message, 'WRONGTYPE', 1, true) or string.find(message, 'risk: ', 1, true)) then
+    error(err)
   end
-  return redis.error_reply('risk: ' .. tostring(err))
+  return redis.error_reply('risk: ' .. message)
 end
 
 local spec = cjson.decode(ARGV[5])
