@@ -957,6 +957,34 @@ async def test_a_state_redis_refuses_costs_that_state_alone(
     assert (await a.load(other, NOW)).principal[REQ] == near(3.0)
 
 
+async def test_a_refused_states_stamp_does_not_spare_its_next_read(worker: Worker) -> None:
+    """A state refused part way (its hash written and stamped this worker's, its ring not):
+    the stamp says this copy holds what Redis does, which it does not (another's write was
+    there). The copy is marked unsynced, so the next flush reads it back all the same; and the
+    hash so written still expires with the state."""
+    a, b = await worker(), await worker()
+    await a.save(KEYS, request(0))
+    await a.flush()  # a's copy took Redis's: synced, stamped a's
+    await b.save(KEYS, update(principal=counters(req=1)))
+    await b.flush()  # stamped b's; Redis: 2
+    ring = a.remote.key(KEYS.principal) + ":ring"
+    await a.remote.client.delete(ring)
+    await a.remote.client.hset(ring, "not", "a list")
+    await a.save(KEYS, request(1))
+    await a.flush()  # the hash written (stamped a's, Redis 3), the ring refused
+    assert a.remote.refused == 1
+    await a.remote.client.delete(ring)  # put right
+    await a.save(KEYS, update(principal=counters(req=1)))
+    await a.flush()
+    assert (await a.remote.load(KEYS, NOW)).principal[REQ] == near(4.0)
+    assert (await a.load(KEYS, NOW)).principal[REQ] == near(4.0)
+    fresh = KEYS._replace(principal="k:" + "d" * 32)
+    await a.remote.client.hset(a.remote.key(fresh.principal) + ":ring", "not", "a list")
+    await a.save(fresh, request(2))
+    await a.flush()
+    assert await a.remote.client.pttl(a.remote.key(fresh.principal)) > 0
+
+
 HOLD = 900.0  # the policy's cooldown, as the engine writes a band with it
 
 

@@ -127,6 +127,7 @@ class RedisRiskStore:
         self._queue_timeout = queue_timeout  # how long a call may wait for the gate
         self._ttl_ms = math.ceil(ttl * 1000)
         self.refused = 0  # states Redis refused to write or read in flushes (``_refused``)
+        self.refused_keys: set[str] = set()  # the last ``sync``'s, by key
         self._refused_at = float("-inf")
         self._bitmap_ttl_ms = math.ceil((2 * window + BITMAP_SLACK) * 1000)
 
@@ -381,9 +382,9 @@ class RedisRiskStore:
         replies: dict[str, Any] = {}
         for (keys, _), reply in zip(chunks, answers, strict=False):
             replies.update(zip(keys, reply, strict=True))
-        self._refused(
-            [(key, reply) for key, reply in replies.items() if isinstance(reply, Exception)]
-        )
+        refused = [(key, reply) for key, reply in replies.items() if isinstance(reply, Exception)]
+        self.refused_keys = {key for key, _ in refused}
+        self._refused(refused)
         return (
             [replies[self.key(name)] for name in principals],
             [replies[self.key(name)] for name in cohorts],

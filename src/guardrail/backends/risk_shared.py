@@ -560,21 +560,32 @@ class SharedRiskStore:
             journal, now, list(principals), list(cohorts), list(buckets), extra,
             self.worker, current, batch, stamp,
         )  # fmt: skip
+        if remote.refused_keys:
+            # refused, perhaps part way, written only or read too: a hash may be stamped this
+            # worker's though this copy does not hold what Redis does; read back next time
+            for keys, _ in journal:
+                for name, kind in ((keys.principal, 0), (keys.subnet, 1), (keys.fingerprint, 1)):
+                    if name and remote.key(name) in remote.refused_keys:
+                        local.unsync(name, kind, now)
         since = self._journal  # written here during the round trip
         rings, banded, pushed = _newer(since)
         for name, reply in zip(principals, read_principals, strict=True):
             mine = held[name]
-            if mine is None or reply == 0 or isinstance(reply, Exception) or not reply[0]:
-                # not held here, Redis's already, refused (said by ``sync``), or not in Redis
-                # (refused, lost): kept
+            if isinstance(reply, Exception):
+                local.unsync(name, 0, now)  # refused (said by ``sync``): read back next time
                 continue
+            if mine is None or reply == 0 or not reply[0]:
+                continue  # not held here, Redis's already, or not in Redis (refused, lost): kept
             counters, state = remote.parse_principal(reply, now)
             state.newer = rings.get(name, ())
             correction = self._repaired(name, 0, counters, mine, now, state.restored)
             local.absorb_principal(name, now, correction, state, name in banded)
         for name, reply in zip(cohorts, read_cohorts, strict=True):
             own = held_cohorts[name]
-            if own is None or reply == 0 or isinstance(reply, Exception) or not reply[0]:
+            if isinstance(reply, Exception):
+                local.unsync(name, 1, now)
+                continue
+            if own is None or reply == 0 or not reply[0]:
                 continue
             counters, state = remote.parse_cohort(reply, now)
             repaired = self._repaired(name, 1, counters, own, now, state.restored)

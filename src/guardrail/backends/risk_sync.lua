@@ -63,8 +63,9 @@ for s, state in ipairs(spec) do
     )
     if not ok then
       out[s] = refused(done)
+      pcall(redis.call, 'PEXPIRE', base, ttl_ms)  -- written part way: it expires all the same
     elseif type(done) == 'table' then
-      out[s] = done  -- an error reply: nothing of this state written
+      out[s] = done  -- refused by apply (a counter that would not be finite, before any write)
     elseif state.q and stamped == me then
       out[s] = 0  -- stamped this worker's before this write: unchanged since it read it
     end
