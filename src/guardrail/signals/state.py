@@ -141,9 +141,10 @@ class Update:
     # cohort and template buckets are written only if they exist (a subnet, one per network,
     # always is)
     create: bool = True
-    # True: ``principal`` and ``subnet`` are what the state lost (Redis evicted or failed over)
-    # as one worker saw it, put back by raising, not adding: every worker that held the state
-    # repairs the same loss, and it must count once (a shared store's repair; Redis only)
+    # True: a shared store's repair after Redis lost the state (evicted, failed over):
+    # ``principal`` and ``subnet`` are what one worker held less what Redis counted since,
+    # which the counters' restored part is raised to, not added to: every worker that held the
+    # state repairs the same loss, and it must count once (Redis only)
     restore: bool = False
     # How long ``band`` holds against a lower one (the policy's cooldown). A store several
     # writers share (Redis) keeps a band against a lower one whose ``held`` is within it: the
