@@ -20,15 +20,16 @@
 -- longer holds everything written. A state with "z" is written and not read (0).
 -- Returns one reply per state, what read (or LRANGE) returns, or 0, or an error: a state Redis
 -- refuses (a key of another type under the prefix, another program's; a counter that would
--- not be finite) costs that state alone. Stopped there, the script left the states after it
--- unwritten, and the batch sent again found its marker and wrote nothing.
+-- not be finite) costs that state alone. A script stopped there would leave the states after
+-- it unwritten, and the batch sent again would find its marker and write nothing.
 local me = ARGV[4]
 
--- Only errors about the state itself are taken so: anything else (a Redis out of memory, a
--- replica) stops the call as before, and the worker sends the batch again.
+-- Only a key of the wrong type is taken so (apply returns its own refusals, it does not raise
+-- them): anything else (a Redis out of memory, a replica) stops the call as before, and the
+-- worker sends the batch again.
 local function refused(err)
   local message = tostring(type(err) == 'table' and err.err or err)
-  if not (string.find(message, 'WRONGTYPE', 1, true) or string.find(message, 'risk: ', 1, true)) then
+  if not string.find(message, 'WRONGTYPE', 1, true) then
     error(err)
   end
   return redis.error_reply('risk: ' .. message)
